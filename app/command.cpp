@@ -1,0 +1,49 @@
+#include "command.h"
+
+#include <iostream>
+
+#include "dslens/core/errors.h"
+#include "dslens/core/logging.h"
+
+namespace dslens::app {
+
+std::vector<Command>& commands() {
+  static std::vector<Command> table;
+  return table;
+}
+
+std::vector<Command>& benches() {
+  static std::vector<Command> table;
+  return table;
+}
+
+void add_compute_options(cxxopts::Options& options, const std::string& default_dtype) {
+  options.add_options("compute")
+      ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("auto"))
+      ("dtype", "float64 or float32", cxxopts::value<std::string>()->default_value(default_dtype))
+      ("threads", "CPU threads (0 = one per core)", cxxopts::value<int>()->default_value("0"))
+      ("log-level", "debug, info, warn or error",
+       cxxopts::value<std::string>()->default_value("info"));
+}
+
+Compute compute_from(const cxxopts::ParseResult& result) {
+  init_logging(result["log-level"].as<std::string>());
+  set_num_threads(result["threads"].as<int>());
+  return make_compute(result["device"].as<std::string>(), result["dtype"].as<std::string>());
+}
+
+bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out) {
+  options.add_options()("h,help", "Show this help");
+  try {
+    out = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw InvalidArgument(std::string(e.what()) + " (see --help)");
+  }
+  if (out.count("help")) {
+    std::cout << options.help() << std::endl;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace dslens::app

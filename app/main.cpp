@@ -1,0 +1,70 @@
+// dslens: differentiable strong-lens modelling. Dispatches to the registered subcommands and turns
+// library exceptions into messages and exit codes (2: bad input, 1: other failures).
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+
+#include "command.h"
+#include "dslens/core/errors.h"
+#include "dslens/core/logging.h"
+#include "dslens/core/version.h"
+
+namespace {
+
+void print_usage(std::ostream& os) {
+  os << "dslens " << dslens::version()
+     << " - differentiable strong gravitational lens modelling\n\n"
+     << "Usage: dslens COMMAND [OPTIONS]\n       dslens COMMAND --help\n\nCommands:\n";
+  auto table = dslens::app::commands();
+  std::sort(table.begin(), table.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  for (const auto& c : table) os << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
+  os << "\nOptions:\n  -h, --help     Show this help\n  -v, --version  Show the version\n";
+}
+
+int run_command(const dslens::app::Command& command, int argc, char** argv) {
+  // argv[0] becomes "dslens NAME" so that cxxopts prints "Usage: dslens NAME ...".
+  std::string program = "dslens " + command.name;
+  std::vector<char*> args;
+  args.push_back(program.data());
+  for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+  return command.run(static_cast<int>(args.size()), args.data());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dslens::init_logging("info");
+  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") ||
+      !std::strcmp(argv[1], "help")) {
+    print_usage(std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "-v") || !std::strcmp(argv[1], "--version")) {
+    std::cout << "dslens " << dslens::version() << "\n";
+    return 0;
+  }
+  for (const auto& command : dslens::app::commands()) {
+    if (command.name != argv[1]) continue;
+    try {
+      return run_command(command, argc, argv);
+    } catch (const dslens::InputError& e) {
+      std::cerr << "dslens " << command.name << ": error: " << e.what() << "\n";
+      return 2;
+    } catch (const dslens::Error& e) {
+      std::cerr << "dslens " << command.name << ": error: " << e.what() << "\n";
+      return 1;
+    } catch (const c10::Error& e) {
+      std::cerr << "dslens " << command.name << ": internal error: " << e.what_without_backtrace()
+                << "\n";
+      return 1;
+    } catch (const std::exception& e) {
+      std::cerr << "dslens " << command.name << ": error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  std::cerr << "dslens: unknown command '" << argv[1] << "'\n\n";
+  print_usage(std::cerr);
+  return 2;
+}

@@ -1,0 +1,48 @@
+// FITS images through CFITSIO. Images map to tensors as [NAXIS2, NAXIS1] (rows, columns), i.e.
+// tensor[i][j] is the pixel at FITS (x = j+1, y = i+1); cubes as [NAXIS3, NAXIS2, NAXIS1].
+// Errors are FileError naming the file and HDU.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace dslens {
+
+// A header card value written with an image.
+using FitsValue = std::variant<double, long long, std::string, bool>;
+struct FitsCard {
+  std::string key;
+  FitsValue value;
+  std::string comment;
+};
+
+// Which HDU to read: an index (0 = primary) or an EXTNAME.
+struct FitsHdu {
+  int index = -1;    // >= 0 selects by number
+  std::string name;  // non-empty selects by EXTNAME
+  static FitsHdu primary_or_first_image() { return {}; }
+  static FitsHdu number(int i) { return {i, ""}; }
+  static FitsHdu named(const std::string& n) { return {-1, n}; }
+  std::string describe() const;
+};
+
+// Reads a 2-d image (or an N-d array) as float64 on the CPU. With the default HDU, the primary
+// HDU is used if it holds data, else the first image extension.
+torch::Tensor read_fits_image(const std::string& path,
+                              const FitsHdu& hdu = FitsHdu::primary_or_first_image());
+// Reads header keywords of the selected HDU (numeric ones only; others skipped).
+std::map<std::string, double> read_fits_numeric_header(
+    const std::string& path, const FitsHdu& hdu = FitsHdu::primary_or_first_image());
+
+// Writes `image` (any float/int tensor, any device) as a float64 (or float32 when
+// `as_float32`) primary image, atomically: to a temporary file renamed into place.
+void write_fits_image(const std::string& path, const torch::Tensor& image,
+                      const std::vector<FitsCard>& cards = {}, bool as_float32 = false);
+
+// Number of HDUs in a file.
+int fits_hdu_count(const std::string& path);
+
+}  // namespace dslens

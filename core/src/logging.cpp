@@ -1,0 +1,31 @@
+#include "dslens/core/logging.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "dslens/core/errors.h"
+
+namespace dslens {
+
+void init_logging(const std::string& level) {
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  console->set_level(spdlog::level::from_str(level));
+  auto logger = std::make_shared<spdlog::logger>("dslens", console);
+  logger->set_pattern("[%H:%M:%S] %^%l%$ %v");
+  logger->set_level(spdlog::level::debug);
+  spdlog::set_default_logger(logger);
+}
+
+void add_log_file(const std::string& path) {
+  try {
+    auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, false);
+    file->set_level(spdlog::level::debug);
+    file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
+    spdlog::default_logger()->sinks().push_back(file);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw FileError("cannot open log file '" + path + "': " + e.what());
+  }
+}
+
+}  // namespace dslens

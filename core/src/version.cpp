@@ -1,0 +1,5 @@
+#include "dslens/core/version.h"
+
+namespace dslens {
+std::string version() { return DSLENS_VERSION; }
+}  // namespace dslens
