@@ -1,0 +1,66 @@
+// The contract shared by every mass and light profile.
+//
+// Shapes. Parameters are a ParamMap: lenstronomy's parameter name -> tensor of shape [B] (one value
+// per lens or chain in the batch). Coordinates x, y are tensors [B, N] (N points per batch member)
+// or [1, N] (the same points for every batch member); results are [B, N]. Everything follows the
+// dtype and device of the inputs and is differentiable by autograd in every parameter and in x, y.
+// Angles are in arcsec, position angles in radians, lenstronomy's conventions throughout
+// (e1 = (1-q)/(1+q) cos 2phi, e2 = (1-q)/(1+q) sin 2phi).
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dslens::physics {
+
+using torch::Tensor;
+using ParamMap = std::map<std::string, Tensor>;
+
+// Second derivatives of the lensing potential: f_xx, f_xy, f_yy.
+struct Hessian {
+  Tensor xx, xy, yy;
+};
+
+struct Deflection {
+  Tensor x, y;  // alpha_x, alpha_y
+};
+
+class MassProfile {
+ public:
+  virtual ~MassProfile() = default;
+  virtual std::string type() const = 0;  // lenstronomy's name: "SIE", "EPL", "SHEAR", ...
+  virtual std::vector<std::string> param_names() const = 0;
+  virtual Deflection deflection(const Tensor& x, const Tensor& y, const ParamMap& p) const = 0;
+  virtual Tensor potential(const Tensor& x, const Tensor& y, const ParamMap& p) const = 0;
+  // Default: analytic where a profile overrides, else autograd of the deflection.
+  virtual Hessian hessian(const Tensor& x, const Tensor& y, const ParamMap& p) const;
+  // kappa = (f_xx + f_yy) / 2.
+  virtual Tensor convergence(const Tensor& x, const Tensor& y, const ParamMap& p) const;
+};
+
+class LightProfile {
+ public:
+  virtual ~LightProfile() = default;
+  virtual std::string type() const = 0;  // "SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL"
+  virtual std::vector<std::string> param_names() const = 0;
+  // Surface brightness at (x, y), [B, N].
+  virtual Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const = 0;
+};
+
+// Registries: lenstronomy name -> profile. Throw InvalidArgument naming the allowed types.
+std::shared_ptr<const MassProfile> make_mass_profile(const std::string& type);
+std::shared_ptr<const LightProfile> make_light_profile(const std::string& type);
+std::vector<std::string> mass_profile_types();
+std::vector<std::string> light_profile_types();
+
+// A parameter of shape [B] reshaped to broadcast against coordinates of shape [B, N] (or [1, N]).
+inline Tensor per_batch(const Tensor& param, const Tensor& like) {
+  std::vector<int64_t> shape(like.dim(), 1);
+  shape[0] = param.numel() == 1 ? 1 : param.size(0);
+  return param.reshape(shape);
+}
+
+}  // namespace dslens::physics
