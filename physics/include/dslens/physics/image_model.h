@@ -1,0 +1,74 @@
+// Pixel grids, PSF convolution, whole-image simulation and noise (lenstronomy's ImageModel).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "dslens/core/device.h"
+#include "dslens/physics/lens_model.h"
+#include "dslens/physics/profile.h"
+
+namespace dslens::physics {
+
+// lenstronomy's orientation: pixel (row i, col j) is centred at
+//   ra  = ra_at_xy_0  + j * pixel_scale,   dec = dec_at_xy_0 + i * pixel_scale.
+struct PixelGrid {
+  int64_t ny = 0, nx = 0;  // rows, columns
+  double pixel_scale = 0.0;
+  double ra_at_xy_0 = 0.0, dec_at_xy_0 = 0.0;
+
+  // A grid whose centre (between the middle pixels for even sizes) is at (0, 0).
+  static PixelGrid centered(int64_t ny, int64_t nx, double pixel_scale);
+  // Pixel centres, each [ny, nx].
+  std::pair<Tensor, Tensor> coordinates(const Compute& compute) const;
+  // Centres of the factor x factor sub-pixels of every pixel, each [ny*factor, nx*factor].
+  std::pair<Tensor, Tensor> supersampled_coordinates(int64_t factor, const Compute& compute) const;
+};
+
+// Mean over factor x factor blocks: [B, ny*f, nx*f] -> [B, ny, nx].
+Tensor bin_supersampled(const Tensor& image, int64_t factor);
+
+// 'same'-size, zero-padded convolution of images [B, H, W] with a kernel [h, w] (odd sizes,
+// normalised by the caller) or one kernel per batch member [B, h, w]. Uses FFT when the kernel
+// is large (h*w above ~ 225), direct convolution otherwise; both agree to float precision.
+Tensor convolve_psf(const Tensor& images, const Tensor& kernel);
+// A normalised, odd-sized Gaussian kernel with the given FWHM (arcsec) on pixels of `pixel_scale`.
+Tensor gaussian_psf_kernel(double fwhm, double pixel_scale, const Compute& compute,
+                           int64_t size = 0 /* 0: about 3 FWHM on each side */);
+
+struct LightComponent {
+  std::shared_ptr<const LightProfile> profile;
+  ParamMap params;  // name -> [B]; INTERPOL also takes "image" -> [B, h, w] (or [1, h, w])
+};
+
+// Everything that defines the noise-free model image.
+struct ImageModel {
+  PixelGrid grid;
+  int64_t supersampling = 1;
+  LensModel lens;
+  std::vector<LightComponent> lens_light;    // drawn at the image-plane positions (unlensed)
+  std::vector<LightComponent> source_light;  // drawn at the ray-shot source-plane positions
+  std::optional<Tensor> psf_kernel;          // [h, w]; none = no convolution
+};
+
+// Noise-free image [B, ny, nx]: each pixel is the mean surface brightness over its sub-pixels
+// times the pixel area (lenstronomy's convention), then convolved with the PSF.
+// `batch` is the batch size B (parameters of size 1 broadcast to it).
+Tensor simulate_image(const ImageModel& model, int64_t batch, const Compute& compute);
+// The same without PSF convolution.
+Tensor simulate_unconvolved(const ImageModel& model, int64_t batch, const Compute& compute);
+
+struct NoiseModel {
+  double background_rms = 0.0;  // Gaussian background per pixel, in image units
+  double exposure_time = 0.0;   // seconds; 0 = no Poisson noise. Image units are counts / s.
+};
+// Per-pixel standard deviation sqrt(bg^2 + max(model, 0) / t_exp), same shape as `model`.
+Tensor noise_map(const Tensor& model, const NoiseModel& noise);
+// model + Gaussian background + Poisson noise (Gaussian approximation of the Poisson term when
+// counts are large), reproducible: the same seed gives the same noise on any device.
+Tensor add_noise(const Tensor& model, const NoiseModel& noise, uint64_t seed);
+
+}  // namespace dslens::physics
