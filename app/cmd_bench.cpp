@@ -1,4 +1,5 @@
-// `dslens bench NAME ...`: throughput benchmarks, each registered with DSLENS_BENCH in its own file.
+// `dslens bench NAME ...`: throughput benchmarks, each registered with DSLENS_BENCH in its own
+// file.
 #include <iomanip>
 #include <iostream>
 
@@ -10,7 +11,8 @@ namespace {
 
 void print_bench_usage(std::ostream& os) {
   os << "Usage: dslens bench NAME [OPTIONS]   (dslens bench NAME --help)\n\nBenchmarks:\n";
-  for (const auto& b : benches()) os << "  " << std::left << std::setw(12) << b.name << b.summary << "\n";
+  for (const auto& b : benches())
+    os << "  " << std::left << std::setw(12) << b.name << b.summary << "\n";
 }
 
 int run_bench(int argc, char** argv) {
@@ -25,7 +27,8 @@ int run_bench(int argc, char** argv) {
     for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
     return b.run(static_cast<int>(args.size()), args.data());
   }
-  throw InvalidArgument("unknown benchmark '" + std::string(argv[1]) + "' (see dslens bench --help)");
+  throw InvalidArgument("unknown benchmark '" + std::string(argv[1]) +
+                        "' (see dslens bench --help)");
 }
 
 }  // namespace

@@ -18,12 +18,12 @@ std::vector<Command>& benches() {
 }
 
 void add_compute_options(cxxopts::Options& options, const std::string& default_dtype) {
-  options.add_options("compute")
-      ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("auto"))
-      ("dtype", "float64 or float32", cxxopts::value<std::string>()->default_value(default_dtype))
-      ("threads", "CPU threads (0 = one per core)", cxxopts::value<int>()->default_value("0"))
-      ("log-level", "debug, info, warn or error",
-       cxxopts::value<std::string>()->default_value("info"));
+  options.add_options("compute")("device", "cpu, cuda, cuda:N or auto",
+                                 cxxopts::value<std::string>()->default_value("auto"))(
+      "dtype", "float64 or float32", cxxopts::value<std::string>()->default_value(default_dtype))(
+      "threads", "CPU threads (0 = one per core)", cxxopts::value<int>()->default_value("0"))(
+      "log-level", "debug, info, warn or error",
+      cxxopts::value<std::string>()->default_value("info"));
 }
 
 Compute compute_from(const cxxopts::ParseResult& result) {

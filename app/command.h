@@ -46,9 +46,9 @@ bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::Pa
 
 #define DSLENS_REGISTRY_CAT2(a, b) a##b
 #define DSLENS_REGISTRY_CAT(a, b) DSLENS_REGISTRY_CAT2(a, b)
-#define DSLENS_COMMAND(name, summary, fn)                                                   \
+#define DSLENS_COMMAND(name, summary, fn)                                            \
   static ::dslens::app::CommandRegistrar DSLENS_REGISTRY_CAT(dslens_command_, name)( \
       ::dslens::app::commands(), #name, summary, fn)
-#define DSLENS_BENCH(name, summary, fn)                                                   \
+#define DSLENS_BENCH(name, summary, fn)                                            \
   static ::dslens::app::CommandRegistrar DSLENS_REGISTRY_CAT(dslens_bench_, name)( \
       ::dslens::app::benches(), #name, summary, fn)

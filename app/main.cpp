@@ -19,7 +19,8 @@ void print_usage(std::ostream& os) {
      << "Usage: dslens COMMAND [OPTIONS]\n       dslens COMMAND --help\n\nCommands:\n";
   auto table = dslens::app::commands();
   std::sort(table.begin(), table.end(), [](auto& a, auto& b) { return a.name < b.name; });
-  for (const auto& c : table) os << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
+  for (const auto& c : table)
+    os << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
   os << "\nOptions:\n  -h, --help     Show this help\n  -v, --version  Show the version\n";
 }
 

@@ -54,9 +54,12 @@ std::string json_excerpt(const json& value) {
 static std::string escape_pointer_token(const std::string& key) {
   std::string out;
   for (char c : key) {
-    if (c == '~') out += "~0";
-    else if (c == '/') out += "~1";
-    else out += c;
+    if (c == '~')
+      out += "~0";
+    else if (c == '/')
+      out += "~1";
+    else
+      out += c;
   }
   return out;
 }
@@ -68,7 +71,9 @@ std::string ConfigNode::child_path(size_t index) const {
   return path_ + "/" + std::to_string(index);
 }
 
-void ConfigNode::fail(const std::string& what) const { throw ConfigError(path_, what); }
+void ConfigNode::fail(const std::string& what) const {
+  throw ConfigError(path_, what);
+}
 void ConfigNode::fail_at(const std::string& key, const std::string& what) const {
   throw ConfigError(child_path(key), what);
 }
@@ -165,7 +170,8 @@ long long ConfigNode::integer_or(const std::string& key, long long fallback,
 
 bool ConfigNode::boolean(const std::string& key) const {
   ConfigNode node = at(key);
-  if (!node.value().is_boolean()) node.fail("expected true or false, got " + json_excerpt(node.value()));
+  if (!node.value().is_boolean())
+    node.fail("expected true or false, got " + json_excerpt(node.value()));
   return node.value().get<bool>();
 }
 
@@ -173,13 +179,16 @@ bool ConfigNode::boolean_or(const std::string& key, bool fallback) const {
   return has(key) ? boolean(key) : fallback;
 }
 
-std::string ConfigNode::string(const std::string& key) const { return at(key).as_string(); }
+std::string ConfigNode::string(const std::string& key) const {
+  return at(key).as_string();
+}
 
 std::string ConfigNode::string_or(const std::string& key, const std::string& fallback) const {
   return has(key) ? string(key) : fallback;
 }
 
-std::string ConfigNode::choice(const std::string& key, const std::vector<std::string>& allowed) const {
+std::string ConfigNode::choice(const std::string& key,
+                               const std::vector<std::string>& allowed) const {
   const std::string v = string(key);
   if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
     std::string list;

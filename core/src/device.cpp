@@ -9,7 +9,8 @@ namespace dslens {
 torch::Device parse_device(const std::string& text) {
   if (text == "cpu") return torch::kCPU;
   if (text == "auto") {
-    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0)
+                                       : torch::Device(torch::kCPU);
   }
   if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
     int index = 0;

@@ -165,10 +165,12 @@ void write_fits_image(const std::string& path, const torch::Tensor& image,
     }
     std::vector<long> first(naxes.size(), 1);
     fits_write_pix(f.ptr, TDOUBLE, first.data(), data.numel(), data.data_ptr<double>(), &status);
-    if (status) throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
+    if (status)
+      throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
     fits_close_file(f.ptr, &status);
     f.ptr = nullptr;
-    if (status) throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
+    if (status)
+      throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
   });
 }
 

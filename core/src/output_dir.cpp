@@ -21,7 +21,8 @@ void write_file_atomically(const std::string& path,
     write(tmp.string());
     std::error_code ec;
     fs::rename(tmp, target, ec);
-    if (ec) throw FileError("cannot move '" + tmp.string() + "' to '" + path + "': " + ec.message());
+    if (ec)
+      throw FileError("cannot move '" + tmp.string() + "' to '" + path + "': " + ec.message());
   } catch (...) {
     std::error_code ignored;
     fs::remove(tmp, ignored);
@@ -40,12 +41,17 @@ void write_text_atomically(const std::string& path, const std::string& text) {
 }
 
 OutputDir::OutputDir(std::string final_dir, std::string working, bool staged, bool overwrite)
-    : final_(std::move(final_dir)), working_(std::move(working)), staged_(staged),
+    : final_(std::move(final_dir)),
+      working_(std::move(working)),
+      staged_(staged),
       overwrite_(overwrite) {}
 
 OutputDir::OutputDir(OutputDir&& other) noexcept
-    : final_(std::move(other.final_)), working_(std::move(other.working_)),
-      staged_(other.staged_), overwrite_(other.overwrite_), committed_(other.committed_) {
+    : final_(std::move(other.final_)),
+      working_(std::move(other.working_)),
+      staged_(other.staged_),
+      overwrite_(other.overwrite_),
+      committed_(other.committed_) {
   other.committed_ = true;  // the moved-from object must not clean up
 }
 

@@ -1,5 +1,7 @@
 #include "dslens/core/version.h"
 
 namespace dslens {
-std::string version() { return DSLENS_VERSION; }
+std::string version() {
+  return DSLENS_VERSION;
+}
 }  // namespace dslens

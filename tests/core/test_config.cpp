@@ -51,7 +51,10 @@ TEST(Config, IntegerAndChoice) {
   auto root = ConfigNode::root(j);
   EXPECT_NE(error_of([&] { root.integer("k"); }).find("integer"), std::string::npos);
   EXPECT_EQ(root.integer("m"), 3);
-  EXPECT_NE(error_of([&] { root.choice("c", {"a", "b"}); }).find("allowed: a, b"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              root.choice("c", {"a", "b"});
+            }).find("allowed: a, b"),
+            std::string::npos);
   EXPECT_EQ(root.number_or("absent", 7.0), 7.0);
 }
 

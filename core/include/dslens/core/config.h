@@ -29,7 +29,9 @@ struct Range {
   bool hi_open = false;
   static Range any() { return {}; }
   static Range positive() { return {0.0, std::numeric_limits<double>::infinity(), true, false}; }
-  static Range non_negative() { return {0.0, std::numeric_limits<double>::infinity(), false, false}; }
+  static Range non_negative() {
+    return {0.0, std::numeric_limits<double>::infinity(), false, false};
+  }
   static Range closed(double lo, double hi) { return {lo, hi, false, false}; }
   static Range open(double lo, double hi) { return {lo, hi, true, true}; }
   static Range left_open(double lo, double hi) { return {lo, hi, true, false}; }
@@ -66,7 +68,8 @@ class ConfigNode {
   void require_array() const;
 
   double number(const std::string& key, const Range& range = Range::any()) const;
-  double number_or(const std::string& key, double fallback, const Range& range = Range::any()) const;
+  double number_or(const std::string& key, double fallback,
+                   const Range& range = Range::any()) const;
   long long integer(const std::string& key, const Range& range = Range::any()) const;
   long long integer_or(const std::string& key, long long fallback,
                        const Range& range = Range::any()) const;

@@ -9,7 +9,9 @@ namespace dslens {
 struct Compute {
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat64;
-  torch::TensorOptions options() const { return torch::TensorOptions().device(device).dtype(dtype); }
+  torch::TensorOptions options() const {
+    return torch::TensorOptions().device(device).dtype(dtype);
+  }
 };
 
 // "cpu", "cuda", "cuda:N" or "auto" (CUDA device 0 when available, else CPU).

@@ -1,0 +1,75 @@
+// Priors on model parameters and the bijections that map them to an unconstrained space, where
+// the samplers work. For a parameter x = T(u) with prior p(x), the density of u is
+//   log p_u(u) = log p(T(u)) + log |dT/du|,
+// so the log-Jacobian enters the posterior (Stan reference manual, "Change of variables").
+//
+// Config form of a free parameter (a plain number means the parameter is fixed):
+//   {"prior": "uniform",          "lower": a, "upper": b}
+//   {"prior": "normal",           "mean": m, "sigma": s}
+//   {"prior": "lognormal",        "mu": m, "sigma": s}          (log x ~ N(mu, sigma))
+//   {"prior": "truncated_normal", "mean": m, "sigma": s, "lower": a, "upper": b}
+// with an optional "init" (a starting value inside the support).
+#pragma once
+#include <torch/torch.h>
+
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "dslens/core/config.h"
+
+namespace dslens {
+
+// Support-matching transform from R to (lower, upper), (lower, inf) or R.
+class Bijection {
+ public:
+  static Bijection identity() { return Bijection(); }
+  static Bijection lower_bounded(double lower);           // x = lower + exp(u)
+  static Bijection interval(double lower, double upper);  // x = lower + (upper-lower) sigmoid(u)
+  static Bijection for_support(double lower, double upper);
+
+  torch::Tensor forward(const torch::Tensor& u) const;  // u -> x
+  torch::Tensor inverse(const torch::Tensor& x) const;  // x -> u
+  // log |dx/du| evaluated at u, elementwise.
+  torch::Tensor log_abs_det_jacobian(const torch::Tensor& u) const;
+  std::string describe() const;
+
+ private:
+  enum class Kind { kIdentity, kLower, kInterval };
+  Kind kind_ = Kind::kIdentity;
+  double lower_ = 0.0, upper_ = 0.0;
+};
+
+class Prior {
+ public:
+  enum class Kind { kUniform, kNormal, kLogNormal, kTruncatedNormal };
+
+  static Prior uniform(double lower, double upper);
+  static Prior normal(double mean, double sigma);
+  static Prior lognormal(double mu, double sigma);
+  static Prior truncated_normal(double mean, double sigma, double lower, double upper);
+  // Parses the object form above; errors name the JSON path.
+  static Prior parse(const ConfigNode& node);
+
+  Kind kind() const { return kind_; }
+  double lower() const { return lower_; }  // support bounds (may be infinite)
+  double upper() const { return upper_; }
+  // Normalised log density of the constrained value, elementwise; -inf outside the support.
+  torch::Tensor log_prob(const torch::Tensor& x) const;
+  // Draws with the given shape, dtype/device of `options`, from `gen` (CPU generator; values are
+  // generated on the CPU then moved, so a seed gives the same draws on any device).
+  torch::Tensor sample(at::IntArrayRef shape, const torch::TensorOptions& options,
+                       torch::Generator& gen) const;
+  Bijection bijection() const { return Bijection::for_support(lower_, upper_); }
+  // A representative value (median), used when no "init" is given.
+  double median() const;
+  nlohmann::json to_json() const;
+
+ private:
+  Kind kind_ = Kind::kUniform;
+  double a_ = 0.0, b_ = 1.0;  // uniform: lower/upper; (log)normal: location/scale
+  double lower_ = -std::numeric_limits<double>::infinity();
+  double upper_ = std::numeric_limits<double>::infinity();
+};
+
+}  // namespace dslens

@@ -1,0 +1,292 @@
+#include "dslens/core/priors.h"
+
+#include <cmath>
+
+#include "dslens/core/errors.h"
+
+namespace dslens {
+namespace priors_detail {
+
+constexpr double kLogSqrt2Pi = 0.91893853320467274178;  // log(sqrt(2 pi))
+
+// Standard normal CDF, for the truncated normal's normalising constant.
+double normal_cdf(double z) {
+  return 0.5 * std::erfc(-z / std::sqrt(2.0));
+}
+
+// Inverse of the standard normal CDF (Acklam's rational approximation refined by one Halley
+// step, accurate to ~1e-15), for sampling the truncated normal by inversion.
+double normal_quantile(double p) {
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
+                             1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                             6.680131188771972e+01, -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                             -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                             3.754408661907416e+00};
+  double x;
+  if (p < 0.02425) {
+    const double q = std::sqrt(-2 * std::log(p));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else if (p > 1 - 0.02425) {
+    const double q = std::sqrt(-2 * std::log(1 - p));
+    x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else {
+    const double q = p - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  }
+  const double e = normal_cdf(x) - p;
+  const double u = e * std::sqrt(2 * M_PI) * std::exp(x * x / 2);
+  return x - u / (1 + x * u / 2);
+}
+
+}  // namespace priors_detail
+
+using namespace priors_detail;
+
+Bijection Bijection::lower_bounded(double lower) {
+  Bijection b;
+  b.kind_ = Kind::kLower;
+  b.lower_ = lower;
+  return b;
+}
+
+Bijection Bijection::interval(double lower, double upper) {
+  if (!(upper > lower)) throw InvalidArgument("interval bijection needs upper > lower");
+  Bijection b;
+  b.kind_ = Kind::kInterval;
+  b.lower_ = lower;
+  b.upper_ = upper;
+  return b;
+}
+
+Bijection Bijection::for_support(double lower, double upper) {
+  const bool lo = std::isfinite(lower), hi = std::isfinite(upper);
+  if (lo && hi) return interval(lower, upper);
+  if (lo) return lower_bounded(lower);
+  if (hi) throw InvalidArgument("supports bounded only above are not used by any dslens prior");
+  return identity();
+}
+
+torch::Tensor Bijection::forward(const torch::Tensor& u) const {
+  switch (kind_) {
+    case Kind::kIdentity:
+      return u;
+    case Kind::kLower:
+      return lower_ + torch::exp(u);
+    case Kind::kInterval:
+      return lower_ + (upper_ - lower_) * torch::sigmoid(u);
+  }
+  return u;
+}
+
+torch::Tensor Bijection::inverse(const torch::Tensor& x) const {
+  switch (kind_) {
+    case Kind::kIdentity:
+      return x;
+    case Kind::kLower:
+      return torch::log(x - lower_);
+    case Kind::kInterval: {
+      const auto t = (x - lower_) / (upper_ - lower_);
+      return torch::log(t) - torch::log1p(-t);
+    }
+  }
+  return x;
+}
+
+torch::Tensor Bijection::log_abs_det_jacobian(const torch::Tensor& u) const {
+  switch (kind_) {
+    case Kind::kIdentity:
+      return torch::zeros_like(u);
+    case Kind::kLower:
+      return u;
+    // d/du sigmoid(u) = sigmoid(u) sigmoid(-u); log form is stable for large |u|.
+    case Kind::kInterval:
+      return std::log(upper_ - lower_) - torch::nn::functional::softplus(-u) -
+             torch::nn::functional::softplus(u);
+  }
+  return u;
+}
+
+std::string Bijection::describe() const {
+  switch (kind_) {
+    case Kind::kIdentity:
+      return "identity";
+    case Kind::kLower:
+      return "lower_bounded";
+    case Kind::kInterval:
+      return "interval";
+  }
+  return "?";
+}
+
+Prior Prior::uniform(double lower, double upper) {
+  if (!(std::isfinite(lower) && std::isfinite(upper) && upper > lower)) {
+    throw InvalidArgument("uniform prior needs finite lower < upper");
+  }
+  Prior p;
+  p.kind_ = Kind::kUniform;
+  p.a_ = lower;
+  p.b_ = upper;
+  p.lower_ = lower;
+  p.upper_ = upper;
+  return p;
+}
+
+Prior Prior::normal(double mean, double sigma) {
+  if (!(sigma > 0) || !std::isfinite(mean)) throw InvalidArgument("normal prior needs sigma > 0");
+  Prior p;
+  p.kind_ = Kind::kNormal;
+  p.a_ = mean;
+  p.b_ = sigma;
+  return p;
+}
+
+Prior Prior::lognormal(double mu, double sigma) {
+  if (!(sigma > 0) || !std::isfinite(mu)) throw InvalidArgument("lognormal prior needs sigma > 0");
+  Prior p;
+  p.kind_ = Kind::kLogNormal;
+  p.a_ = mu;
+  p.b_ = sigma;
+  p.lower_ = 0.0;
+  return p;
+}
+
+Prior Prior::truncated_normal(double mean, double sigma, double lower, double upper) {
+  if (!(sigma > 0) || !(upper > lower) || !std::isfinite(lower) || !std::isfinite(upper)) {
+    throw InvalidArgument("truncated normal prior needs sigma > 0 and finite lower < upper");
+  }
+  Prior p;
+  p.kind_ = Kind::kTruncatedNormal;
+  p.a_ = mean;
+  p.b_ = sigma;
+  p.lower_ = lower;
+  p.upper_ = upper;
+  return p;
+}
+
+Prior Prior::parse(const ConfigNode& node) {
+  node.require_object();
+  const std::string kind =
+      node.choice("prior", {"uniform", "normal", "lognormal", "truncated_normal"});
+  if (kind == "uniform") {
+    node.allow_only({"prior", "lower", "upper", "init"});
+    const double lo = node.number("lower");
+    const double hi = node.number("upper", Range{lo, INFINITY, true, false});
+    return uniform(lo, hi);
+  }
+  if (kind == "normal") {
+    node.allow_only({"prior", "mean", "sigma", "init"});
+    return normal(node.number("mean"), node.number("sigma", Range::positive()));
+  }
+  if (kind == "lognormal") {
+    node.allow_only({"prior", "mu", "sigma", "init"});
+    return lognormal(node.number("mu"), node.number("sigma", Range::positive()));
+  }
+  node.allow_only({"prior", "mean", "sigma", "lower", "upper", "init"});
+  const double lo = node.number("lower");
+  const double hi = node.number("upper", Range{lo, INFINITY, true, false});
+  return truncated_normal(node.number("mean"), node.number("sigma", Range::positive()), lo, hi);
+}
+
+torch::Tensor Prior::log_prob(const torch::Tensor& x) const {
+  const double inf = std::numeric_limits<double>::infinity();
+  torch::Tensor lp;
+  switch (kind_) {
+    case Kind::kUniform:
+      lp = torch::full_like(x, -std::log(b_ - a_));
+      break;
+    case Kind::kNormal: {
+      const auto z = (x - a_) / b_;
+      lp = -0.5 * z * z - std::log(b_) - kLogSqrt2Pi;
+      break;
+    }
+    case Kind::kLogNormal: {
+      // Clamp inside the log so x <= 0 gives finite intermediate values (masked below).
+      const auto lx = torch::log(torch::clamp_min(x, 1e-300));
+      const auto z = (lx - a_) / b_;
+      lp = -0.5 * z * z - std::log(b_) - kLogSqrt2Pi - lx;
+      break;
+    }
+    case Kind::kTruncatedNormal: {
+      const auto z = (x - a_) / b_;
+      const double mass = normal_cdf((upper_ - a_) / b_) - normal_cdf((lower_ - a_) / b_);
+      lp = -0.5 * z * z - std::log(b_) - kLogSqrt2Pi - std::log(mass);
+      break;
+    }
+  }
+  const auto inside = kind_ == Kind::kLogNormal  ? (x > 0)
+                      : (kind_ == Kind::kNormal) ? torch::isfinite(x)
+                                                 : (x >= lower_) & (x <= upper_);
+  return torch::where(inside, lp, torch::full_like(lp, -inf));
+}
+
+torch::Tensor Prior::sample(at::IntArrayRef shape, const torch::TensorOptions& options,
+                            torch::Generator& gen) const {
+  const auto cpu = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor out;
+  switch (kind_) {
+    case Kind::kUniform:
+      out = a_ + (b_ - a_) * torch::rand(shape, gen, cpu);
+      break;
+    case Kind::kNormal:
+      out = a_ + b_ * torch::randn(shape, gen, cpu);
+      break;
+    case Kind::kLogNormal:
+      out = torch::exp(a_ + b_ * torch::randn(shape, gen, cpu));
+      break;
+    case Kind::kTruncatedNormal: {
+      // Inversion: u uniform between the CDF values of the bounds.
+      const double plo = normal_cdf((lower_ - a_) / b_), phi = normal_cdf((upper_ - a_) / b_);
+      auto u = (plo + (phi - plo) * torch::rand(shape, gen, cpu)).contiguous();
+      auto* p = u.data_ptr<double>();
+      for (int64_t i = 0; i < u.numel(); ++i) {
+        p[i] = std::clamp(a_ + b_ * normal_quantile(std::clamp(p[i], 1e-300, 1 - 1e-16)), lower_,
+                          upper_);
+      }
+      out = u;
+      break;
+    }
+  }
+  return out.to(options);
+}
+
+double Prior::median() const {
+  switch (kind_) {
+    case Kind::kUniform:
+      return 0.5 * (a_ + b_);
+    case Kind::kNormal:
+      return a_;
+    case Kind::kLogNormal:
+      return std::exp(a_);
+    case Kind::kTruncatedNormal: {
+      const double plo = normal_cdf((lower_ - a_) / b_), phi = normal_cdf((upper_ - a_) / b_);
+      return std::clamp(a_ + b_ * normal_quantile(0.5 * (plo + phi)), lower_, upper_);
+    }
+  }
+  return 0.0;
+}
+
+nlohmann::json Prior::to_json() const {
+  switch (kind_) {
+    case Kind::kUniform:
+      return {{"prior", "uniform"}, {"lower", a_}, {"upper", b_}};
+    case Kind::kNormal:
+      return {{"prior", "normal"}, {"mean", a_}, {"sigma", b_}};
+    case Kind::kLogNormal:
+      return {{"prior", "lognormal"}, {"mu", a_}, {"sigma", b_}};
+    case Kind::kTruncatedNormal:
+      return {{"prior", "truncated_normal"},
+              {"mean", a_},
+              {"sigma", b_},
+              {"lower", lower_},
+              {"upper", upper_}};
+  }
+  return {};
+}
+
+}  // namespace dslens
