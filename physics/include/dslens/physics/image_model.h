@@ -31,10 +31,17 @@ struct PixelGrid {
 // Mean over factor x factor blocks: [B, ny*f, nx*f] -> [B, ny, nx].
 Tensor bin_supersampled(const Tensor& image, int64_t factor);
 
-// 'same'-size, zero-padded convolution of images [B, H, W] with a kernel [h, w] (odd sizes,
-// normalised by the caller) or one kernel per batch member [B, h, w]. Uses FFT when the kernel
-// is large (h*w above ~ 225), direct convolution otherwise; both agree to float precision.
-Tensor convolve_psf(const Tensor& images, const Tensor& kernel);
+// How convolve_psf convolves: kAuto picks FFT on the CPU (faster than LibTorch's CPU conv2d at
+// every kernel size measured) and, on other devices, when the kernel is large (h*w above 225),
+// direct convolution otherwise; both agree to float precision.
+enum class ConvolutionMethod { kAuto, kDirect, kFft };
+
+// 'same'-size, zero-padded (true, flipped-kernel) convolution of images [B, H, W] with a kernel
+// [h, w] (odd sizes, normalised by the caller) or one kernel per batch member [B, h, w]; as
+// scipy.signal.fftconvolve(mode='same') in lenstronomy. The kernel is moved to the images'
+// dtype and device. Differentiable in both.
+Tensor convolve_psf(const Tensor& images, const Tensor& kernel,
+                    ConvolutionMethod method = ConvolutionMethod::kAuto);
 // A normalised, odd-sized Gaussian kernel with the given FWHM (arcsec) on pixels of `pixel_scale`.
 Tensor gaussian_psf_kernel(double fwhm, double pixel_scale, const Compute& compute,
                            int64_t size = 0 /* 0: about 3 FWHM on each side */);
@@ -56,7 +63,8 @@ struct ImageModel {
 
 // Noise-free image [B, ny, nx]: each pixel is the mean surface brightness over its sub-pixels
 // times the pixel area (lenstronomy's convention), then convolved with the PSF.
-// `batch` is the batch size B (parameters of size 1 broadcast to it).
+// `batch` is the batch size B (parameters of size 1 broadcast to it). When every parameter has
+// batch 1 the result is an expanded (stride-0, read-only) view of one image.
 Tensor simulate_image(const ImageModel& model, int64_t batch, const Compute& compute);
 // The same without PSF convolution.
 Tensor simulate_unconvolved(const ImageModel& model, int64_t batch, const Compute& compute);

@@ -1,0 +1,75 @@
+// The probabilistic lens model of Chianese et al. (2020): parameters u (unconstrained) ->
+// lens, lens-light and source parameters -> model image by exact lensing physics -> Gaussian
+// pixel likelihood; the log posterior is log p(u) = log prior (with Jacobians) + log likelihood.
+// Batched over chains: u is [C, D] and every method returns one value per chain.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dslens/core/device.h"
+#include "dslens/model/parameter_space.h"
+#include "dslens/physics/image_model.h"
+#include "dslens/samplers/log_density.h"
+
+namespace dslens::model {
+
+// Where the parameters of one profile come from: profile parameter name -> ParameterSpace name.
+// An elliptical profile may bind "q" and "phi" instead of "e1" and "e2"; they are converted with
+// lenstronomy's e1 = (1-q)/(1+q) cos 2phi, e2 = (1-q)/(1+q) sin 2phi.
+struct ProfileBinding {
+  std::string type;
+  std::map<std::string, std::string> params;
+};
+
+// Maps a latent block [C, k] to source images [C, S, S] (a VAE decoder), differentiably.
+using SourceDecoder = std::function<torch::Tensor(const torch::Tensor& z)>;
+
+struct LensModelSpec {
+  physics::PixelGrid grid;
+  int64_t supersampling = 1;
+  std::optional<torch::Tensor> psf_kernel;
+  std::vector<ProfileBinding> mass, lens_light, source;
+  // For a decoded source: the INTERPOL binding's "image" is decoder(values[latent_block]).
+  std::string latent_block;
+  SourceDecoder decoder;
+};
+
+struct ImagingData {
+  torch::Tensor image;  // [ny, nx]
+  torch::Tensor sigma;  // [ny, nx], per-pixel noise standard deviation (> 0 where unmasked)
+  torch::Tensor mask;   // [ny, nx] bool, true = pixel enters the likelihood
+};
+
+class LensPosterior {
+ public:
+  LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingData data, Compute compute);
+
+  const ParameterSpace& space() const { return space_; }
+  const Compute& compute() const { return compute_; }
+  // Noise-free model images [C, ny, nx] for constrained values.
+  torch::Tensor model_image(const ParameterSpace::Unpacked& values) const;
+  torch::Tensor log_likelihood(const torch::Tensor& u) const;  // [C]
+  torch::Tensor log_prob(const torch::Tensor& u) const;        // [C]
+  // The posterior in the samplers' interface (autograd gradient).
+  samplers::LogDensityFn log_density() const;
+  // Chi-square over unmasked pixels and their count, for the reduced chi-square.
+  torch::Tensor chi_square(const torch::Tensor& u) const;
+  int64_t n_pixels() const { return n_pixels_; }
+
+ private:
+  physics::ImageModel build(const ParameterSpace::Unpacked& values) const;
+  LensModelSpec spec_;
+  ParameterSpace space_;
+  ImagingData data_;
+  Compute compute_;
+  torch::Tensor weight_;   // mask / sigma^2, 0 where masked
+  double log_norm_ = 0.0;  // -sum log sigma - n/2 log 2 pi over unmasked pixels
+  int64_t n_pixels_ = 0;
+};
+
+}  // namespace dslens::model

@@ -1,0 +1,157 @@
+#include "dslens/model/parameter_space.h"
+
+#include "dslens/core/errors.h"
+
+namespace dslens::model {
+
+void ParameterSpace::check_new(const std::string& name) const {
+  if (has(name)) throw InvalidArgument("parameter '" + name + "' is declared twice");
+}
+
+void ParameterSpace::add_fixed(const std::string& name, double value) {
+  check_new(name);
+  entries_.push_back({name, Entry::Kind::kFixed, value, std::nullopt, 0, 0});
+}
+
+void ParameterSpace::add_free(const std::string& name, const Prior& prior,
+                              std::optional<double> init) {
+  check_new(name);
+  const double start = init.value_or(prior.median());
+  if (!(start > prior.lower() && start < prior.upper()) && prior.kind() != Prior::Kind::kNormal) {
+    throw InvalidArgument("parameter '" + name + "': init " + std::to_string(start) +
+                          " lies outside its prior's support");
+  }
+  entries_.push_back({name, Entry::Kind::kFree, start, prior, dim_, 1});
+  dim_ += 1;
+}
+
+void ParameterSpace::add_standard_normal_block(const std::string& name, int64_t size) {
+  check_new(name);
+  if (size <= 0) throw InvalidArgument("parameter block '" + name + "' needs a positive size");
+  entries_.push_back({name, Entry::Kind::kBlock, 0.0, Prior::normal(0, 1), dim_, size});
+  dim_ += size;
+}
+
+bool ParameterSpace::has(const std::string& name) const {
+  return std::any_of(entries_.begin(), entries_.end(), [&](auto& e) { return e.name == name; });
+}
+
+const ParameterSpace::Entry& ParameterSpace::find(const std::string& name) const {
+  for (const auto& e : entries_) {
+    if (e.name == name) return e;
+  }
+  throw InvalidArgument("unknown parameter '" + name + "'");
+}
+
+bool ParameterSpace::is_fixed(const std::string& name) const {
+  return find(name).kind == Entry::Kind::kFixed;
+}
+
+std::vector<std::string> ParameterSpace::coordinate_names() const {
+  std::vector<std::string> out;
+  for (const auto& e : entries_) {
+    if (e.kind == Entry::Kind::kFree) out.push_back(e.name);
+    if (e.kind == Entry::Kind::kBlock) {
+      for (int64_t i = 0; i < e.size; ++i) out.push_back(e.name + "[" + std::to_string(i) + "]");
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> ParameterSpace::free_names() const {
+  std::vector<std::string> out;
+  for (const auto& e : entries_) {
+    if (e.kind != Entry::Kind::kFixed) out.push_back(e.name);
+  }
+  return out;
+}
+
+ParameterSpace::Unpacked ParameterSpace::unpack(const torch::Tensor& u) const {
+  if (u.dim() != 2 || u.size(1) != dim_) {
+    throw InvalidArgument("parameter vector must be [chains, " + std::to_string(dim_) + "], got " +
+                          std::to_string(u.dim()) + "-d");
+  }
+  const int64_t chains = u.size(0);
+  Unpacked out;
+  out.log_prior = torch::zeros({chains}, u.options());
+  for (const auto& e : entries_) {
+    switch (e.kind) {
+      case Entry::Kind::kFixed:
+        out.values[e.name] = torch::full({chains}, e.value, u.options());
+        break;
+      case Entry::Kind::kFree: {
+        const auto ui = u.select(1, e.offset);
+        const auto bij = e.prior->bijection();
+        const auto x = bij.forward(ui);
+        out.values[e.name] = x;
+        out.log_prior = out.log_prior + e.prior->log_prob(x) + bij.log_abs_det_jacobian(ui);
+        break;
+      }
+      case Entry::Kind::kBlock: {
+        const auto z = u.narrow(1, e.offset, e.size);
+        out.values[e.name] = z;
+        // Standard normal: -z^2/2 - log sqrt(2 pi) per coordinate.
+        out.log_prior = out.log_prior - 0.5 * (z * z).sum(1) - e.size * 0.91893853320467274178;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+torch::Tensor ParameterSpace::pack(const std::map<std::string, torch::Tensor>& values) const {
+  std::vector<torch::Tensor> columns;
+  for (const auto& e : entries_) {
+    if (e.kind == Entry::Kind::kFixed) continue;
+    auto it = values.find(e.name);
+    if (it == values.end()) throw InvalidArgument("pack: no value for parameter '" + e.name + "'");
+    if (e.kind == Entry::Kind::kFree) {
+      columns.push_back(e.prior->bijection().inverse(it->second.reshape({-1, 1})));
+    } else {
+      columns.push_back(it->second.reshape({-1, e.size}));
+    }
+  }
+  if (columns.empty()) throw InvalidArgument("pack: the model has no free parameters");
+  return torch::cat(columns, 1);
+}
+
+torch::Tensor ParameterSpace::sample_prior(int64_t chains, const torch::TensorOptions& options,
+                                           torch::Generator& gen) const {
+  std::map<std::string, torch::Tensor> values;
+  for (const auto& e : entries_) {
+    if (e.kind == Entry::Kind::kFree) values[e.name] = e.prior->sample({chains}, options, gen);
+    if (e.kind == Entry::Kind::kBlock) {
+      values[e.name] = torch::randn({chains, e.size}, gen, torch::kFloat64).to(options);
+    }
+  }
+  return pack(values);
+}
+
+torch::Tensor ParameterSpace::initial(int64_t chains, const torch::TensorOptions& options) const {
+  std::map<std::string, torch::Tensor> values;
+  for (const auto& e : entries_) {
+    if (e.kind == Entry::Kind::kFree) values[e.name] = torch::full({chains}, e.value, options);
+    if (e.kind == Entry::Kind::kBlock) values[e.name] = torch::zeros({chains, e.size}, options);
+  }
+  return pack(values);
+}
+
+nlohmann::json ParameterSpace::describe() const {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& e : entries_) {
+    nlohmann::json j{{"name", e.name}};
+    if (e.kind == Entry::Kind::kFixed) j["fixed"] = e.value;
+    if (e.kind == Entry::Kind::kFree) {
+      j["prior"] = e.prior->to_json();
+      j["init"] = e.value;
+      j["transform"] = e.prior->bijection().describe();
+    }
+    if (e.kind == Entry::Kind::kBlock) {
+      j["prior"] = {{"prior", "standard_normal"}, {"size", e.size}};
+    }
+    out.push_back(j);
+  }
+  return out;
+}
+
+}  // namespace dslens::model

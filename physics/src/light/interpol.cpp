@@ -1,0 +1,367 @@
+// INTERPOL light profile: a pixelated source drawn by bilinear interpolation
+// (lenstronomy's LightModel/Profiles/interpolation.py). One autograd function: on the CPU a loop
+// kernel with a hand-written backward, on other devices torch grid_sample; derivatives of order
+// two and more (create_graph) go through an equivalent floor + gather tensor-op path.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dslens/core/errors.h"
+#include "dslens/physics/light_profiles.h"
+
+namespace dslens::physics {
+
+namespace interpol_light_detail {
+
+namespace F = torch::nn::functional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// grid_sample path (any device; first derivatives only: grid_sampler_2d_backward has no derivative
+// in LibTorch 1.13). Verified against the lenstronomy reference on the CPU before the CPU kernel
+// replaced it there. With
+// align_corners = false, normalised -1 and 1 are the outer edges of the outer pixels, so the
+// centre of pixel c is at (2 c + 1) / w - 1 = 2 x_pix / w; zero padding reproduces lenstronomy's
+// one-pixel zero border (the value falls linearly to 0 one pixel beyond the outer centres).
+Tensor sample_grid(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix) {
+  const int64_t h = image.size(1), w = image.size(2);
+  const int64_t b_img = image.size(0), b_pts = x_pix.size(0), n = x_pix.size(1);
+  const int64_t b = std::max(b_img, b_pts);
+  Tensor gx = x_pix * (2.0 / static_cast<double>(w));
+  Tensor gy = y_pix * (2.0 / static_cast<double>(h));
+  auto opts = F::GridSampleFuncOptions()
+                  .mode(torch::kBilinear)
+                  .padding_mode(torch::kZeros)
+                  .align_corners(false);
+  if (b_img == 1) {
+    // One image for every batch member: a single [1, 1, B*N] sampling pass.
+    Tensor grid = torch::stack({gx, gy}, -1).reshape({1, 1, b_pts * n, 2});
+    return F::grid_sample(image.unsqueeze(1), grid, opts).reshape({b_pts, n});
+  }
+  Tensor grid = torch::stack({gx, gy}, -1).unsqueeze(1);  // [b, 1, N, 2]
+  if (b_pts == 1) grid = grid.expand({b, 1, n, 2});
+  return F::grid_sample(image.unsqueeze(1), grid, opts).reshape({b, n});
+}
+
+// Tensor-op path differentiable to any order (any device): floor + gather on the image padded with
+// two rows/columns of zeros, cells clamped into the padding far outside (all four corners 0).
+Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix) {
+  const int64_t h = image.size(1), w = image.size(2);
+  const int64_t b_img = image.size(0), b_pts = x_pix.size(0), n = x_pix.size(1);
+  const int64_t b = std::max(b_img, b_pts);
+  const int64_t wp = w + 4, hp = h + 4;
+  Tensor flat = F::pad(image, F::PadFuncOptions({2, 2, 2, 2})).reshape({b_img, hp * wp});
+  if (b_img != b) flat = flat.expand({b, hp * wp});
+  Tensor col = x_pix + 0.5 * static_cast<double>(w - 1);
+  Tensor row = y_pix + 0.5 * static_cast<double>(h - 1);
+  Tensor c0 = torch::floor(col).detach(), r0 = torch::floor(row).detach();
+  Tensor ax = col - c0, ay = row - r0;
+  Tensor pc = torch::clamp(c0 + 2, 0, w + 2).to(torch::kLong);
+  Tensor pr = torch::clamp(r0 + 2, 0, h + 2).to(torch::kLong);
+  Tensor idx = pr * wp + pc;
+  if (b_pts != b) idx = idx.expand({b, n});
+  Tensor v00 = flat.gather(1, idx), v01 = flat.gather(1, idx + 1);
+  Tensor v10 = flat.gather(1, idx + wp), v11 = flat.gather(1, idx + wp + 1);
+  return (1 - ay) * ((1 - ax) * v00 + ax * v01) + ay * ((1 - ax) * v10 + ax * v11);
+}
+
+// The per-batch map from source-plane (x, y) to centred source-pixel coordinates, and the
+// amplitude, as [B, 7] (or [1, 7]) rows:
+//   x_pix = a00 (x - cx) + a01 (y - cy),   y_pix = a10 (x - cx) + a11 (y - cy),   value * amp.
+enum AffineColumn : int64_t { kA00, kA01, kA10, kA11, kCx, kCy, kAmp, kAffineColumns };
+
+// The same map with tensor ops (other devices, higher-order derivatives).
+std::pair<Tensor, Tensor> pixel_coords(const Tensor& xs, const Tensor& ys, const Tensor& aff) {
+  auto col = [&](int64_t k) { return aff.select(1, k).unsqueeze(1); };
+  Tensor dx = xs - col(kCx), dy = ys - col(kCy);
+  return {col(kA00) * dx + col(kA01) * dy, col(kA10) * dx + col(kA11) * dy};
+}
+
+Tensor sample_tensor_ops(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff,
+                         bool gather) {
+  auto [px, py] = pixel_coords(xs, ys, aff);
+  Tensor v = gather ? sample_gather(image, px, py) : sample_grid(image, px, py);
+  return v * aff.select(1, kAmp).unsqueeze(1);
+}
+
+// CPU kernel: the same bilinear interpolation as a tight loop with a hand-written backward; the
+// affine map and the amplitude are applied on the fly (no [B, N] temporaries).
+// Pixel (r, c) at x_pix = c - (w - 1) / 2, y_pix = r - (h - 1) / 2; zero outside the image.
+template <typename T>
+struct Cell {
+  int64_t r0 = 0, c0 = 0;
+  T ax = 0, ay = 0;
+  T v00 = 0, v01 = 0, v10 = 0, v11 = 0;
+  bool inside = false;  // false: beyond the zero border, value and gradients 0
+  T value() const {
+    return (T(1) - ay) * ((T(1) - ax) * v00 + ax * v01) + ay * ((T(1) - ax) * v10 + ax * v11);
+  }
+};
+
+template <typename T>
+inline Cell<T> locate(const T* im, int64_t h, int64_t w, T col, T row) {
+  Cell<T> c;
+  const T fc = std::floor(col), fr = std::floor(row);
+  // Also false for NaN, and keeps the integer conversion in range.
+  if (!(fc >= T(-1) && fc <= T(w - 1) && fr >= T(-1) && fr <= T(h - 1))) return c;
+  c.inside = true;
+  c.c0 = static_cast<int64_t>(fc);
+  c.r0 = static_cast<int64_t>(fr);
+  c.ax = col - fc;
+  c.ay = row - fr;
+  const bool c0_ok = c.c0 >= 0, c1_ok = c.c0 + 1 < w, r0_ok = c.r0 >= 0, r1_ok = c.r0 + 1 < h;
+  const T* p = im + c.r0 * w + c.c0;
+  if (r0_ok && c0_ok) c.v00 = p[0];
+  if (r0_ok && c1_ok) c.v01 = p[1];
+  if (r1_ok && c0_ok) c.v10 = p[w];
+  if (r1_ok && c1_ok) c.v11 = p[w + 1];
+  return c;
+}
+
+// Shapes and pointers shared by the forward and backward loops.
+template <typename T>
+struct Batch {
+  int64_t b_all, n, h, w;
+  bool img_batched, pts_batched, aff_batched;
+  const T *ip, *xp, *yp, *ap;
+  Batch(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff, int64_t b)
+      : b_all(b),
+        n(xs.size(1)),
+        h(image.size(1)),
+        w(image.size(2)),
+        img_batched(image.size(0) > 1),
+        pts_batched(xs.size(0) > 1),
+        aff_batched(aff.size(0) > 1),
+        ip(image.data_ptr<T>()),
+        xp(xs.data_ptr<T>()),
+        yp(ys.data_ptr<T>()),
+        ap(aff.data_ptr<T>()) {}
+  const T* image(int64_t b) const { return ip + (img_batched ? b * h * w : 0); }
+  const T* x(int64_t b) const { return xp + (pts_batched ? b * n : 0); }
+  const T* y(int64_t b) const { return yp + (pts_batched ? b * n : 0); }
+  const T* affine(int64_t b) const { return ap + (aff_batched ? b * kAffineColumns : 0); }
+};
+
+template <typename T>
+void forward_cpu(const Batch<T>& bt, T* op) {
+  const T half_w = T(0.5) * T(bt.w - 1), half_h = T(0.5) * T(bt.h - 1);
+  at::parallel_for(0, bt.b_all, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T *im = bt.image(b), *xb = bt.x(b), *yb = bt.y(b), *a = bt.affine(b);
+      // Parameters in registers (the output pointer could alias them as far as the compiler knows).
+      const T a00 = a[kA00], a01 = a[kA01], a10 = a[kA10], a11 = a[kA11];
+      const T cx = a[kCx], cy = a[kCy], amp = a[kAmp];
+      const int64_t h = bt.h, w = bt.w, n = bt.n;
+      T* ob = op + b * n;
+      for (int64_t k = 0; k < n; ++k) {
+        const T dx = xb[k] - cx, dy = yb[k] - cy;
+        const T col = a00 * dx + a01 * dy + half_w;
+        const T row = a10 * dx + a11 * dy + half_h;
+        ob[k] = amp * locate(im, h, w, col, row).value();
+      }
+    }
+  });
+}
+
+// Gradients per batch member: image [B, h, w], x and y [B, N], affine [B, 7]; summed over the
+// batch afterwards for inputs shared by the batch.
+template <typename T>
+void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* gap) {
+  using Acc = at::acc_type<T, false>;
+  const T half_w = T(0.5) * T(bt.w - 1), half_h = T(0.5) * T(bt.h - 1);
+  const int64_t h = bt.h, w = bt.w, n = bt.n;
+  at::parallel_for(0, bt.b_all, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T *im = bt.image(b), *xb = bt.x(b), *yb = bt.y(b), *a = bt.affine(b);
+      const T a00 = a[kA00], a01 = a[kA01], a10 = a[kA10], a11 = a[kA11];
+      const T cx = a[kCx], cy = a[kCy], amp = a[kAmp];
+      const T* gb = gp + b * n;
+      T* gi = gip + b * h * w;
+      T* gx = gxp + b * n;
+      T* gy = gyp + b * n;
+      Acc s00 = 0, s01 = 0, s10 = 0, s11 = 0, scx = 0, scy = 0, samp = 0;
+      for (int64_t k = 0; k < n; ++k) {
+        const T dx = xb[k] - cx, dy = yb[k] - cy;
+        const T col = a00 * dx + a01 * dy + half_w;
+        const T row = a10 * dx + a11 * dy + half_h;
+        const Cell<T> c = locate(im, h, w, col, row);
+        if (!c.inside) {
+          gx[k] = T(0);
+          gy[k] = T(0);
+          continue;
+        }
+        const T gk = gb[k];
+        samp += static_cast<Acc>(gk * c.value());
+        const T ga = gk * amp;
+        const T gc = ga * ((T(1) - c.ay) * (c.v01 - c.v00) + c.ay * (c.v11 - c.v10));
+        const T gr = ga * ((T(1) - c.ax) * (c.v10 - c.v00) + c.ax * (c.v11 - c.v01));
+        const T gxk = a00 * gc + a10 * gr, gyk = a01 * gc + a11 * gr;
+        gx[k] = gxk;
+        gy[k] = gyk;
+        s00 += static_cast<Acc>(gc * dx);
+        s01 += static_cast<Acc>(gc * dy);
+        s10 += static_cast<Acc>(gr * dx);
+        s11 += static_cast<Acc>(gr * dy);
+        scx -= static_cast<Acc>(gxk);
+        scy -= static_cast<Acc>(gyk);
+        const bool c0_ok = c.c0 >= 0, c1_ok = c.c0 + 1 < w, r0_ok = c.r0 >= 0, r1_ok = c.r0 + 1 < h;
+        T* p = gi + c.r0 * w + c.c0;
+        const T wy0 = ga * (T(1) - c.ay), wy1 = ga * c.ay;
+        if (r0_ok && c0_ok) p[0] += wy0 * (T(1) - c.ax);
+        if (r0_ok && c1_ok) p[1] += wy0 * c.ax;
+        if (r1_ok && c0_ok) p[w] += wy1 * (T(1) - c.ax);
+        if (r1_ok && c1_ok) p[w + 1] += wy1 * c.ax;
+      }
+      T* ga_out = gap + b * kAffineColumns;
+      ga_out[kA00] = static_cast<T>(s00);
+      ga_out[kA01] = static_cast<T>(s01);
+      ga_out[kA10] = static_cast<T>(s10);
+      ga_out[kA11] = static_cast<T>(s11);
+      ga_out[kCx] = static_cast<T>(scx);
+      ga_out[kCy] = static_cast<T>(scy);
+      ga_out[kAmp] = static_cast<T>(samp);
+    }
+  });
+}
+
+// image [Bi, h, w], xs/ys [Bp, N], aff [Ba, 7] (each batch 1 or B) -> [B, N].
+struct BilinearSample : public torch::autograd::Function<BilinearSample> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& image, const Tensor& xs,
+                        const Tensor& ys, const Tensor& aff) {
+    ctx->save_for_backward({image, xs, ys, aff});
+    if (!xs.device().is_cpu()) return sample_tensor_ops(image, xs, ys, aff, false);
+    const int64_t b = std::max({image.size(0), xs.size(0), aff.size(0)});
+    Tensor out = torch::empty({b, xs.size(1)}, xs.options());
+    AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_forward", [&] {
+      forward_cpu<scalar_t>(Batch<scalar_t>(image, xs, ys, aff, b), out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &image = saved[0], &xs = saved[1], &ys = saved[2], &aff = saved[3];
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: differentiate the gather path, which is differentiable to any order
+      // (grid_sample's backward has no derivative in LibTorch 1.13).
+      std::vector<Tensor> wrt;
+      for (const auto& t : saved)
+        if (t.requires_grad()) wrt.push_back(t);
+      variable_list out(4);
+      if (wrt.empty()) return out;
+      auto g = torch::autograd::grad({sample_tensor_ops(image, xs, ys, aff, true)}, wrt, {grads[0]},
+                                     true, true, true);
+      for (size_t i = 0, j = 0; i < 4; ++i)
+        if (saved[i].requires_grad()) out[i] = g[j++];
+      return out;
+    }
+    if (!xs.device().is_cpu()) {
+      // Other devices: grid_sample's own backward on a re-run of the forward.
+      torch::AutoGradMode enable(true);
+      std::vector<Tensor> in;
+      for (const auto& t : saved) in.push_back(t.detach().requires_grad_(true));
+      auto g = torch::autograd::grad({sample_tensor_ops(in[0], in[1], in[2], in[3], false)}, in,
+                                     {grads[0]}, false, false, true);
+      return {g[0], g[1], g[2], g[3]};
+    }
+    Tensor g = grads[0].contiguous();
+    const int64_t b = g.size(0), n = g.size(1);
+    Tensor g_img = torch::zeros({b, image.size(1), image.size(2)}, image.options());
+    Tensor g_x = torch::empty({b, n}, xs.options());
+    Tensor g_y = torch::empty({b, n}, xs.options());
+    Tensor g_aff = torch::empty({b, kAffineColumns}, aff.options());
+    AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_backward", [&] {
+      backward_cpu<scalar_t>(Batch<scalar_t>(image, xs, ys, aff, b), g.data_ptr<scalar_t>(),
+                             g_img.data_ptr<scalar_t>(), g_x.data_ptr<scalar_t>(),
+                             g_y.data_ptr<scalar_t>(), g_aff.data_ptr<scalar_t>());
+    });
+    if (image.size(0) != b) g_img = g_img.sum(0, true);
+    if (xs.size(0) != b) {
+      g_x = g_x.sum(0, true);
+      g_y = g_y.sum(0, true);
+    }
+    if (aff.size(0) != b) g_aff = g_aff.sum(0, true);
+    return {g_img, g_x, g_y, g_aff};
+  }
+};
+
+// Checks shapes, aligns dtype/device, and samples: image [Bi, h, w] (or [h, w]), xs/ys [Bp, N],
+// aff [Ba, 7].
+Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const Tensor& aff,
+              bool tensor_ops) {
+  Tensor image = image_in.dim() == 2 ? image_in.unsqueeze(0) : image_in;
+  if (image.dim() != 3) {
+    throw InvalidArgument("INTERPOL: 'image' must be [B, h, w], [1, h, w] or [h, w]; got " +
+                          std::to_string(image_in.dim()) + " dimensions");
+  }
+  if (xs.dim() != 2 || xs.sizes() != ys.sizes()) {
+    throw InvalidArgument("INTERPOL: coordinates must be two tensors of the same shape [B, N]");
+  }
+  if (image.size(1) < 1 || image.size(2) < 1) throw InvalidArgument("INTERPOL: empty source image");
+  const bool floating = xs.scalar_type() == torch::kFloat || xs.scalar_type() == torch::kDouble;
+  if (!floating) throw InvalidArgument("INTERPOL: coordinates must be float32 or float64");
+  const int64_t b = std::max({image.size(0), xs.size(0), aff.size(0)});
+  for (int64_t bi : {image.size(0), xs.size(0), aff.size(0)}) {
+    if (bi != 1 && bi != b) {
+      throw InvalidArgument("INTERPOL: batch sizes of the image (" + std::to_string(image.size(0)) +
+                            "), the coordinates (" + std::to_string(xs.size(0)) +
+                            ") and the parameters (" + std::to_string(aff.size(0)) +
+                            ") do not match");
+    }
+  }
+  auto align = [&](const Tensor& t) {
+    return t.scalar_type() == xs.scalar_type() && t.device() == xs.device()
+               ? t
+               : t.to(xs.device(), xs.scalar_type());
+  };
+  image = align(image);
+  Tensor a = align(aff);
+  if (tensor_ops) return sample_tensor_ops(image, xs, ys, a, true);
+  return BilinearSample::apply(image.contiguous(), xs.contiguous(), ys.contiguous(),
+                               a.contiguous());
+}
+
+}  // namespace interpol_light_detail
+
+Tensor interpolate_source_image(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix,
+                                bool tensor_ops) {
+  auto identity =
+      torch::tensor({1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0}, x_pix.options().dtype(torch::kFloat64))
+          .reshape({1, interpol_light_detail::kAffineColumns});
+  return interpol_light_detail::sample(image, x_pix, y_pix, identity, tensor_ops);
+}
+
+std::vector<std::string> InterpolLight::param_names() const {
+  return {"image", "center_x", "center_y", "scale", "phi_G", "amp"};
+}
+
+Tensor InterpolLight::surface_brightness(const Tensor& x, const Tensor& y,
+                                         const ParamMap& p) const {
+  const auto names = param_names();
+  auto flat = [&](const Tensor& t) { return t.reshape({-1}).to(x.device(), x.scalar_type()); };
+  auto get = [&](const char* n) { return flat(light_param(p, n, type(), names)); };
+  // lenstronomy: (x_pix, y_pix) = rotate((x - cx) / scale, (y - cy) / scale, phi_G), with
+  // util.rotate(x, y, phi) = (x cos + y sin, -x sin + y cos).
+  Tensor inv_scale = 1.0 / get("scale");
+  Tensor cx = get("center_x"), cy = get("center_y");
+  Tensor c = inv_scale, s = torch::zeros_like(inv_scale);
+  auto phi = p.find("phi_G");
+  if (phi != p.end() && phi->second.defined()) {
+    Tensor angle = flat(phi->second);
+    c = torch::cos(angle) * inv_scale;
+    s = torch::sin(angle) * inv_scale;
+  }
+  auto amp_it = p.find("amp");
+  Tensor amp = amp_it != p.end() && amp_it->second.defined() ? flat(amp_it->second)
+                                                             : torch::ones_like(inv_scale);
+  auto parts = torch::broadcast_tensors({c, s, -s, c, cx, cy, amp});
+  Tensor aff = torch::stack(parts, 1);  // [Ba, 7]
+  return interpol_light_detail::sample(light_param(p, "image", type(), names), x, y, aff, false);
+}
+
+}  // namespace dslens::physics

@@ -1,0 +1,419 @@
+// Fused EPL deflection: one parallel loop over points computing alpha and its derivatives wrt
+// x, y, theta_E, gamma, e1, e2 (and so center_x, center_y) in the same pass; backward contracts the
+// saved derivatives with the incoming gradients. See epl.cpp for the formulas.
+//
+// Derivatives in the major-axis frame (alpha' = A omega, A = 2/(1+q) b^t R^(1-t)):
+//   d alpha'/dx' = (1-t) A/R dR/dx' omega + A d omega/dphi dphi/dx'   (same for y', q)
+//   d omega/dphi = i sum (2n+1) T_n,  d omega/df = sum n T_n / f,  d omega/dt = sum L_n T_n,
+//   L_n = d ln c_n/dt = sum_{k<=n} [1/(2k-2+t) + 1/(2k+2-t)],
+//   d alpha'/db = t alpha'/b,  d alpha'/dt |_series-free = alpha' ln(b/R),  dA/dq |_R = -A/(1+q).
+// Then alpha = e^{i phi_G} alpha'(x'(phi_G), y'(phi_G)), q(c), c = |e|, phi_G = atan2(e2, e1)/2.
+// Arithmetic is in double for both float32 and float64; float32 uses fewer series terms.
+// Backward under create_graph (double backward) recomputes with the tensor-op version instead.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dslens/core/errors.h"
+#include "dslens/physics/mass_profiles.h"
+
+namespace dslens::physics {
+
+namespace epl_fused_detail {
+
+constexpr double kTinyR2 = 1e-30;
+constexpr int kNumDerivs = 11;  // jxx, jxy, jyy, then (x, y) for theta_E, gamma, e1, e2
+constexpr int64_t kBlock = 2048;
+
+struct Consts {
+  double cg = 1, sg = 0, q = 1, f = 0, b = 1, t = 1, sqrt_q = 1;
+  double db_dq = 0, dq_de1 = 0, dq_de2 = 0, dphi_de1 = 0, dphi_de2 = 0;
+  int nterms = 2;
+  std::vector<double> r, L;  // r[n], L[n] for n = 1 .. nterms-1 (index 0 unused)
+};
+
+Consts make_consts(double theta_E, double gamma, double e1, double e2, double eps) {
+  Consts k;
+  const double floor = mass::kEllipticityFloor;
+  if (e1 * e1 + e2 * e2 < floor * floor) e1 += 2.0 * floor;
+  const double c_raw = std::sqrt(e1 * e1 + e2 * e2);
+  const bool clipped = c_raw > 0.9999;
+  const double c = clipped ? 0.9999 : c_raw;
+  const double phi = 0.5 * std::atan2(e2, e1);
+  k.cg = std::cos(phi);
+  k.sg = std::sin(phi);
+  k.q = (1.0 - c) / (1.0 + c);
+  k.f = (1.0 - k.q) / (1.0 + k.q);
+  k.sqrt_q = std::sqrt(k.q);
+  k.b = theta_E * k.sqrt_q;
+  k.t = gamma - 1.0;
+  k.db_dq = theta_E / (2.0 * k.sqrt_q);
+  const double dq_dc = -2.0 / ((1.0 + c) * (1.0 + c));
+  k.dq_de1 = clipped ? 0.0 : dq_dc * e1 / c_raw;
+  k.dq_de2 = clipped ? 0.0 : dq_dc * e2 / c_raw;
+  k.dphi_de1 = -0.5 * e2 / (c_raw * c_raw);
+  k.dphi_de2 = 0.5 * e1 / (c_raw * c_raw);
+  k.nterms = mass::epl_series_terms(k.f, eps);
+  k.r.assign(k.nterms, 0.0);
+  k.L.assign(k.nterms, 0.0);
+  double L = 0.0;
+  for (int n = 1; n < k.nterms; ++n) {
+    const double lo = 2.0 * n - 2.0 + k.t, hi = 2.0 * n + 2.0 - k.t;
+    k.r[n] = lo / hi;
+    L += 1.0 / lo + 1.0 / hi;
+    k.L[n] = L;
+  }
+  return k;
+}
+
+// Points are evaluated kLanes at a time: the series recurrence is a serial dependency chain per
+// point, so interleaving independent points keeps the FPU busy (and lets the compiler vectorise).
+constexpr int kLanes = 8;
+
+// Results of one chunk: out[0][l], out[1][l] = alpha_x, alpha_y; out[2 + d][l] = derivative d.
+struct Chunk {
+  double v[2 + kNumDerivs][kLanes];
+};
+
+// On x86-64 GCC, an AVX2 clone is selected at load time where the CPU has it (4 doubles a lane op).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DSLENS_EPL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DSLENS_EPL_CLONES
+#endif
+
+// derivs = false: alpha only (out.v[0], out.v[1]), for evaluations that need no gradient.
+DSLENS_EPL_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const double* dys,
+                                      bool derivs, Chunk& out) {
+  const double cg = k.cg, sg = k.sg, q = k.q, t = k.t, b = k.b, f = k.f;
+  double xr[kLanes], yr[kLanes], R[kLanes], cph[kLanes], sph[kLanes], wr[kLanes], wi[kLanes];
+  double tr[kLanes], ti[kLanes], om_r[kLanes], om_i[kLanes], p_r[kLanes], p_i[kLanes];
+  double l_r[kLanes], l_i[kLanes];
+  bool valid[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    xr[l] = dxs[l] * cg + dys[l] * sg;
+    yr[l] = -dxs[l] * sg + dys[l] * cg;
+    const double R2 = q * q * xr[l] * xr[l] + yr[l] * yr[l];
+    valid[l] = R2 >= kTinyR2;
+    R[l] = valid[l] ? std::sqrt(R2) : 1.0;
+    const double inv = 1.0 / R[l];
+    cph[l] = valid[l] ? q * xr[l] * inv : 1.0;
+    sph[l] = valid[l] ? yr[l] * inv : 0.0;
+    wr[l] = -f * (cph[l] * cph[l] - sph[l] * sph[l]);
+    wi[l] = -f * 2.0 * sph[l] * cph[l];
+    tr[l] = om_r[l] = p_r[l] = cph[l];
+    ti[l] = om_i[l] = p_i[l] = sph[l];
+    l_r[l] = l_i[l] = 0.0;
+  }
+  const double* rr = k.r.data();
+  const double* LL = k.L.data();
+  for (int n = 1; n < k.nterms && !derivs; ++n) {
+    const double rn = rr[n];
+    for (int l = 0; l < kLanes; ++l) {
+      const double nr = rn * (tr[l] * wr[l] - ti[l] * wi[l]);
+      const double ni = rn * (tr[l] * wi[l] + ti[l] * wr[l]);
+      tr[l] = nr;
+      ti[l] = ni;
+      om_r[l] += nr;
+      om_i[l] += ni;
+    }
+  }
+  for (int n = 1; n < k.nterms && derivs; ++n) {
+    const double rn = rr[n], c2n1 = 2.0 * n + 1.0, Ln = LL[n];
+    for (int l = 0; l < kLanes; ++l) {
+      const double nr = rn * (tr[l] * wr[l] - ti[l] * wi[l]);
+      const double ni = rn * (tr[l] * wi[l] + ti[l] * wr[l]);
+      tr[l] = nr;
+      ti[l] = ni;
+      om_r[l] += nr;
+      om_i[l] += ni;
+      p_r[l] += c2n1 * nr;
+      p_i[l] += c2n1 * ni;
+      l_r[l] += Ln * nr;
+      l_i[l] += Ln * ni;
+    }
+  }
+  const double log_b = std::log(b);
+  const double inv_1pq = 1.0 / (1.0 + q), inv_f = f > 1e-12 ? 1.0 / f : 0.0, t_over_b = t / b;
+  const double df_dq = -2.0 * inv_1pq * inv_1pq, A0 = 2.0 * inv_1pq * b;
+  for (int l = 0; l < kLanes; ++l) {
+    if (!valid[l]) {
+      for (auto& row : out.v) row[l] = 0.0;
+      continue;
+    }
+    const double c = cph[l], s = sph[l], Rl = R[l], invR = 1.0 / Rl;
+    // d omega / df = sum n T_n / f = (sum (2n+1) T_n - omega) / (2 f)
+    double of_r, of_i;
+    if (f > 1e-12) {
+      of_r = 0.5 * (p_r[l] - om_r[l]) * inv_f;
+      of_i = 0.5 * (p_i[l] - om_i[l]) * inv_f;
+    } else {  // first term only: -c_1 e^{3 i phi}
+      const double c2 = c * c - s * s, s2 = 2.0 * s * c;
+      of_r = -rr[1] * (c * c2 - s * s2);
+      of_i = -rr[1] * (c * s2 + s * c2);
+    }
+    const double lbr = log_b - std::log(Rl);
+    const double A = A0 * std::exp((t - 1.0) * lbr);
+    const double ar = A * om_r[l], ai = A * om_i[l];
+    if (!derivs) {
+      out.v[0][l] = ar * cg - ai * sg;
+      out.v[1][l] = ar * sg + ai * cg;
+      continue;
+    }
+    const double ip_r = -p_i[l], ip_i = p_r[l];  // d omega / dphi = i sum (2n+1) T_n
+    const double k1 = (1.0 - t) * A * invR;
+    const double dR_dx = q * c, dR_dy = s, dph_dx = -q * s * invR, dph_dy = c * invR;
+    const double dax_dxr = k1 * dR_dx * om_r[l] + A * ip_r * dph_dx;
+    const double day_dxr = k1 * dR_dx * om_i[l] + A * ip_i * dph_dx;
+    const double dax_dyr = k1 * dR_dy * om_r[l] + A * ip_r * dph_dy;
+    const double day_dyr = k1 * dR_dy * om_i[l] + A * ip_i * dph_dy;
+    const double db_r = t_over_b * ar, db_i = t_over_b * ai;
+    const double dt_r = ar * lbr + A * l_r[l], dt_i = ai * lbr + A * l_i[l];
+    const double dR_dq = xr[l] * c, dph_dq = -xr[l] * s * invR;
+    const double dq_r =
+        -ar * inv_1pq + k1 * dR_dq * om_r[l] + A * (ip_r * dph_dq + of_r * df_dq) + db_r * k.db_dq;
+    const double dq_i =
+        -ai * inv_1pq + k1 * dR_dq * om_i[l] + A * (ip_i * dph_dq + of_i * df_dq) + db_i * k.db_dq;
+    // rotate back: v -> e^{i phi_G} v
+    const double axl = ar * cg - ai * sg, ayl = ar * sg + ai * cg;
+    out.v[0][l] = axl;
+    out.v[1][l] = ayl;
+    // wrt x, y: dx'/dx = cg, dy'/dx = -sg, dx'/dy = sg, dy'/dy = cg
+    const double gx_r = dax_dxr * cg - dax_dyr * sg, gx_i = day_dxr * cg - day_dyr * sg;
+    const double gy_r = dax_dxr * sg + dax_dyr * cg, gy_i = day_dxr * sg + day_dyr * cg;
+    out.v[2][l] = gx_r * cg - gx_i * sg;  // d alpha_x / dx
+    out.v[3][l] = gy_r * cg - gy_i * sg;  // d alpha_x / dy (= d alpha_y / dx)
+    out.v[4][l] = gy_r * sg + gy_i * cg;  // d alpha_y / dy
+    // wrt phi_G: i alpha + e^{i phi_G} (d alpha'/dx' y' - d alpha'/dy' x')
+    const double ph_r = dax_dxr * yr[l] - dax_dyr * xr[l];
+    const double ph_i = day_dxr * yr[l] - day_dyr * xr[l];
+    const double dphx = -ayl + ph_r * cg - ph_i * sg, dphy = axl + ph_r * sg + ph_i * cg;
+    const double dqx = dq_r * cg - dq_i * sg, dqy = dq_r * sg + dq_i * cg;
+    out.v[5][l] = (db_r * cg - db_i * sg) * k.sqrt_q;  // theta_E
+    out.v[6][l] = (db_r * sg + db_i * cg) * k.sqrt_q;
+    out.v[7][l] = dt_r * cg - dt_i * sg;  // gamma
+    out.v[8][l] = dt_r * sg + dt_i * cg;
+    out.v[9][l] = dqx * k.dq_de1 + dphx * k.dphi_de1;  // e1
+    out.v[10][l] = dqy * k.dq_de1 + dphy * k.dphi_de1;
+    out.v[11][l] = dqx * k.dq_de2 + dphx * k.dphi_de2;  // e2
+    out.v[12][l] = dqy * k.dq_de2 + dphy * k.dphi_de2;
+  }
+}
+
+std::vector<double> to_doubles(const Tensor& t) {
+  auto c = t.detach().to(torch::kCPU, torch::kFloat64).contiguous().reshape({-1});
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// Forward: x, y [bx, N], [by, N]; params [1] or [B]. Returns ax, ay [B, N] and (with_derivs) the
+// kNumDerivs derivatives, each [B, N] (separate tensors: one block of 11 x B x N doubles would
+// exceed glibc's mmap threshold and be page-faulted afresh on every call).
+std::vector<Tensor> forward_cpu(const Tensor& x, const Tensor& y, const std::vector<Tensor>& params,
+                                int64_t B, bool with_derivs) {
+  const int64_t N = std::max(x.size(1), y.size(1));
+  auto xc = x.contiguous(), yc = y.contiguous();
+  std::vector<std::vector<double>> pv;
+  for (const auto& p : params) pv.push_back(to_doubles(p));
+  auto pick = [&](int i, int64_t b) { return pv[i].size() == 1 ? pv[i][0] : pv[i][b]; };
+  const double eps = mass::epl_series_eps(x.scalar_type());
+  std::vector<Consts> consts;
+  std::vector<double> cx(B), cy(B);
+  for (int64_t b = 0; b < B; ++b) {
+    consts.push_back(make_consts(pick(0, b), pick(1, b), pick(2, b), pick(3, b), eps));
+    cx[b] = pick(4, b);
+    cy[b] = pick(5, b);
+  }
+  auto ax = torch::empty({B, N}, x.options());
+  auto ay = torch::empty({B, N}, x.options());
+  std::vector<Tensor> derivs;
+  for (int d = 0; d < (with_derivs ? kNumDerivs : 0); ++d)
+    derivs.push_back(torch::empty({B, N}, x.options()));
+  const int64_t xs0 = xc.size(0) == 1 ? 0 : N, ys0 = yc.size(0) == 1 ? 0 : N;
+  const int64_t xs1 = xc.size(1) == 1 ? 0 : 1, ys1 = yc.size(1) == 1 ? 0 : 1;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "epl_fused_forward", [&] {
+    const scalar_t* px = xc.data_ptr<scalar_t>();
+    const scalar_t* py = yc.data_ptr<scalar_t>();
+    scalar_t* pax = ax.data_ptr<scalar_t>();
+    scalar_t* pay = ay.data_ptr<scalar_t>();
+    scalar_t* pd[kNumDerivs] = {};
+    for (size_t d = 0; d < derivs.size(); ++d) pd[d] = derivs[d].data_ptr<scalar_t>();
+    // Work items: (batch member, run of kLanes points); a run never crosses batch members.
+    const int64_t runs_per_b = (N + kLanes - 1) / kLanes;
+    at::parallel_for(0, B * runs_per_b, kBlock / kLanes, [&](int64_t begin, int64_t end) {
+      Chunk res;
+      double dxs[kLanes], dys[kLanes];
+      for (int64_t run = begin; run < end; ++run) {
+        const int64_t b = run / runs_per_b, n0 = (run % runs_per_b) * kLanes;
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, N - n0));
+        for (int l = 0; l < kLanes; ++l) {
+          const int64_t n = n0 + std::min(l, count - 1);
+          dxs[l] = static_cast<double>(px[b * xs0 + n * xs1]) - cx[b];
+          dys[l] = static_cast<double>(py[b * ys0 + n * ys1]) - cy[b];
+        }
+        evaluate_chunk(consts[b], dxs, dys, with_derivs, res);
+        const int64_t i0 = b * N + n0;
+        for (int l = 0; l < count; ++l) {
+          pax[i0 + l] = static_cast<scalar_t>(res.v[0][l]);
+          pay[i0 + l] = static_cast<scalar_t>(res.v[1][l]);
+        }
+        for (int d = 0; d < (with_derivs ? kNumDerivs : 0); ++d)
+          for (int l = 0; l < count; ++l) pd[d][i0 + l] = static_cast<scalar_t>(res.v[2 + d][l]);
+      }
+    });
+  });
+  std::vector<Tensor> out{ax, ay};
+  out.insert(out.end(), derivs.begin(), derivs.end());
+  return out;
+}
+
+// Backward: grads of ax, ay [B, N] -> grad_x, grad_y [B, N] and per-batch sums [B, 6]
+// (theta_E, gamma, e1, e2, center_x, center_y).
+std::vector<Tensor> backward_cpu(const Tensor& gax, const Tensor& gay,
+                                 const std::vector<Tensor>& derivs) {
+  const int64_t B = derivs[0].size(0), N = derivs[0].size(1);
+  auto opts = derivs[0].options();
+  auto gx_out = torch::empty({B, N}, opts), gy_out = torch::empty({B, N}, opts);
+  const int64_t blocks_per_b = (N + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(B * blocks_per_b * 6), 0.0);
+  auto gaxc = gax.expand({B, N}).contiguous(), gayc = gay.expand({B, N}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(derivs[0].scalar_type(), "epl_fused_backward", [&] {
+    const scalar_t* pgx = gaxc.data_ptr<scalar_t>();
+    const scalar_t* pgy = gayc.data_ptr<scalar_t>();
+    const scalar_t* pd[kNumDerivs];
+    for (int d = 0; d < kNumDerivs; ++d) pd[d] = derivs[d].data_ptr<scalar_t>();
+    scalar_t* ox = gx_out.data_ptr<scalar_t>();
+    scalar_t* oy = gy_out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * blocks_per_b, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t b = blk / blocks_per_b, start = (blk % blocks_per_b) * kBlock;
+        const int64_t stop = std::min(N, start + kBlock);
+        double s[6] = {0, 0, 0, 0, 0, 0};
+        for (int64_t n = start; n < stop; ++n) {
+          const int64_t i = b * N + n;
+          const double g1 = pgx[i], g2 = pgy[i];
+          const double jxx = pd[0][i], jxy = pd[1][i], jyy = pd[2][i];
+          const double vx = g1 * jxx + g2 * jxy, vy = g1 * jxy + g2 * jyy;
+          ox[i] = static_cast<scalar_t>(vx);
+          oy[i] = static_cast<scalar_t>(vy);
+          for (int k = 0; k < 4; ++k) s[k] += g1 * pd[3 + 2 * k][i] + g2 * pd[4 + 2 * k][i];
+          s[4] -= vx;
+          s[5] -= vy;
+        }
+        for (int k = 0; k < 6; ++k) partial[static_cast<size_t>(blk * 6 + k)] = s[k];
+      }
+    });
+  });
+  auto sums = torch::zeros({B, 6}, torch::kFloat64);
+  auto ps = sums.accessor<double, 2>();
+  for (int64_t blk = 0; blk < B * blocks_per_b; ++blk)
+    for (int k = 0; k < 6; ++k)
+      ps[blk / blocks_per_b][k] += partial[static_cast<size_t>(blk * 6 + k)];
+  return {gx_out, gy_out, sums.to(opts)};
+}
+
+// Sums a [B, ...] gradient down to the shape of the input it belongs to ([1, ...] or [B, ...]).
+Tensor reduce_to(const Tensor& g, const Tensor& input) {
+  if (input.sizes() == g.sizes()) return g;
+  return g.sum(0, /*keepdim=*/true).reshape(input.sizes());
+}
+
+class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, Tensor x,
+                                                Tensor y, Tensor theta_E, Tensor gamma, Tensor e1,
+                                                Tensor e2, Tensor center_x, Tensor center_y) {
+    std::vector<Tensor> params{theta_E, gamma, e1, e2, center_x, center_y};
+    int64_t B = std::max(x.size(0), y.size(0));
+    for (const auto& p : params) B = std::max<int64_t>(B, p.numel());
+    auto out = forward_cpu(x, y, params, B, /*with_derivs=*/true);
+    std::vector<Tensor> saved{x, y, theta_E, gamma, e1, e2, center_x, center_y};
+    saved.insert(saved.end(), out.begin() + 2, out.end());
+    ctx->save_for_backward(saved);
+    return {out[0], out[1]};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    std::vector<Tensor> derivs(saved.begin() + 8, saved.end());
+    const int64_t B = derivs[0].size(0), N = derivs[0].size(1);
+    const auto dtype = derivs[0].scalar_type();
+    Tensor gax = grads[0].defined() ? grads[0] : torch::zeros({B, N}, derivs[0].options());
+    Tensor gay = grads[1].defined() ? grads[1] : torch::zeros({B, N}, derivs[0].options());
+    torch::autograd::variable_list result(8);
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: recompute by tensor ops so that second derivatives are exact.
+      std::vector<Tensor> inputs, wanted;
+      std::vector<int> index;
+      for (int i = 0; i < 8; ++i)
+        if (saved[i].requires_grad()) {
+          wanted.push_back(saved[i]);
+          index.push_back(i);
+        }
+      if (wanted.empty()) return result;
+      auto a = mass::epl_deflection_tensor(saved[0], saved[1], saved[2], saved[3], saved[4],
+                                           saved[5], saved[6], saved[7]);
+      auto g = torch::autograd::grad({a.x.expand({B, N}), a.y.expand({B, N})}, wanted, {gax, gay},
+                                     /*retain_graph=*/true, /*create_graph=*/true,
+                                     /*allow_unused=*/true);
+      for (size_t k = 0; k < index.size(); ++k) result[index[k]] = g[k];
+      return result;
+    }
+    auto out = backward_cpu(gax.to(dtype), gay.to(dtype), derivs);
+    result[0] = reduce_to(out[0], saved[0]);
+    result[1] = reduce_to(out[1], saved[1]);
+    for (int k = 0; k < 6; ++k) {
+      Tensor col = out[2].select(1, k);  // [B]
+      const Tensor& p = saved[2 + k];
+      result[2 + k] = (p.numel() == 1 ? col.sum().reshape(p.sizes()) : col.reshape(p.sizes()))
+                          .to(p.scalar_type());
+    }
+    return result;
+  }
+};
+
+}  // namespace epl_fused_detail
+
+namespace mass {
+
+Deflection epl_deflection_fused(const Tensor& x, const Tensor& y, const Tensor& theta_E,
+                                const Tensor& gamma, const Tensor& e1, const Tensor& e2,
+                                const Tensor& center_x, const Tensor& center_y) {
+  const bool cpu = x.device().is_cpu() && y.device().is_cpu();
+  const auto dt = x.scalar_type();
+  const bool floating = dt == torch::kFloat32 || dt == torch::kFloat64;
+  if (!cpu || !floating || y.scalar_type() != dt)
+    return epl_deflection_tensor(x, y, theta_E, gamma, e1, e2, center_x, center_y);
+  auto flat = [&](const Tensor& p) { return p.reshape({-1}); };
+  std::vector<Tensor> params{flat(theta_E), flat(gamma),    flat(e1),
+                             flat(e2),      flat(center_x), flat(center_y)};
+  if (x.dim() != 2 || y.dim() != 2 || (x.size(1) != y.size(1) && x.size(1) != 1 && y.size(1) != 1))
+    throw InvalidArgument("EPL: coordinates must be [B, N] or [1, N] of the same N");
+  int64_t B = std::max(x.size(0), y.size(0));
+  bool needs_grad = x.requires_grad() || y.requires_grad();
+  for (const auto& p : params) {
+    B = std::max<int64_t>(B, p.numel());
+    needs_grad = needs_grad || p.requires_grad();
+  }
+  for (const auto& p : params)
+    if (p.numel() != 1 && p.numel() != B)
+      throw InvalidArgument("EPL: parameters must have 1 or B = " + std::to_string(B) + " values");
+  if ((x.size(0) != 1 && x.size(0) != B) || (y.size(0) != 1 && y.size(0) != B))
+    throw InvalidArgument("EPL: coordinates must have 1 or B = " + std::to_string(B) + " rows");
+  if (!needs_grad || !torch::GradMode::is_enabled()) {
+    auto out = epl_fused_detail::forward_cpu(x, y, params, B, /*with_derivs=*/false);
+    return {out[0], out[1]};
+  }
+  auto out = epl_fused_detail::EPLFusedFunction::apply(x, y, flat(theta_E), flat(gamma), flat(e1),
+                                                       flat(e2), flat(center_x), flat(center_y));
+  return {out[0], out[1]};
+}
+
+}  // namespace mass
+
+}  // namespace dslens::physics

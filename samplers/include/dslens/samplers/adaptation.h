@@ -1,0 +1,86 @@
+// Stan's warmup building blocks, batched over chains: dual averaging of the step size
+// (stan/mcmc/stepsize_adaptation.hpp), the windowed adaptation schedule
+// (stan/mcmc/windowed_adaptation.hpp) and Welford (co)variance estimators with Stan's
+// regularisation (var_adaptation.hpp, covar_adaptation.hpp).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "dslens/samplers/sampler_settings.h"
+
+namespace dslens::samplers {
+
+// Nesterov dual averaging of log(step size), one state per chain ([C] tensors).
+class DualAveraging {
+ public:
+  DualAveraging(const StepSizeAdaptSettings& settings, const torch::Tensor& mu);
+  void set_mu(const torch::Tensor& mu) { mu_ = mu; }
+  void restart();
+  // One update with the acceptance statistics [C] (clipped at 1); returns exp(x) [C], the step
+  // sizes to use next.
+  torch::Tensor learn(const torch::Tensor& adapt_stat);
+  // exp(x_bar) [C]: the step sizes after warmup.
+  torch::Tensor final_step_size() const { return torch::exp(x_bar_); }
+  int64_t counter() const { return counter_; }
+  const torch::Tensor& s_bar() const { return s_bar_; }
+  const torch::Tensor& x_bar() const { return x_bar_; }
+
+ private:
+  StepSizeAdaptSettings settings_;
+  int64_t counter_ = 0;
+  torch::Tensor mu_, s_bar_, x_bar_;
+};
+
+// Stan's window schedule: an initial fast buffer, slow windows doubling from base_window (the
+// last one stretched to the terminal buffer), a terminal fast buffer. Host-side, shared by chains.
+class WindowedAdaptation {
+ public:
+  WindowedAdaptation(int64_t num_warmup, const WindowSettings& settings);
+  struct Step {
+    bool add_sample = false;  // this iteration's draw goes into the (co)variance estimate
+    bool end_window = false;  // after adding it, a slow window ends: update the metric
+  };
+  // Advances by one warmup iteration, exactly as Stan's learn_variance does.
+  Step step();
+  // Slow windows as [begin, end) warmup iteration ranges.
+  static std::vector<std::pair<int64_t, int64_t>> slow_windows(int64_t num_warmup,
+                                                               const WindowSettings& settings);
+
+ private:
+  bool adaptation_window() const;
+  bool end_adaptation_window() const;
+  void compute_next_window();
+  void restart();
+  int64_t num_warmup_, init_buffer_, term_buffer_, base_window_;
+  int64_t counter_ = 0, window_size_ = 0, next_window_ = 0;
+};
+
+// Welford running (co)variance per chain: [C, D] (diag) or [C, D, D] (dense).
+class WelfordEstimator {
+ public:
+  WelfordEstimator(MetricKind kind, int64_t chains, int64_t dim,
+                   const torch::TensorOptions& options);
+  void restart();
+  void add(const torch::Tensor& q);  // q [C, D]
+  int64_t num_samples() const { return n_; }
+  // Sample (co)variance (divisor n - 1) per chain, or pooled over chains and broadcast.
+  torch::Tensor covariance(bool pooled) const;
+  // Number of draws behind covariance(pooled).
+  int64_t effective_count(bool pooled) const { return pooled ? n_ * chains_ : n_; }
+
+ private:
+  MetricKind kind_;
+  int64_t chains_, dim_;
+  torch::TensorOptions options_;
+  int64_t n_ = 0;
+  torch::Tensor mean_, m2_;
+};
+
+// Stan's shrinkage of an estimated (co)variance from n draws towards 1e-3 I:
+// (n / (n + 5)) var + 1e-3 (5 / (n + 5)) I.
+torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind);
+
+}  // namespace dslens::samplers

@@ -1,0 +1,161 @@
+// Batched Hamiltonian Monte Carlo: per-chain counter-based random streams, the leapfrog
+// integrator, the Stan-style warmup/sampling driver shared with NUTS, and static HMC with fixed or
+// jittered trajectory lengths. All chains advance together on the positions' device; each chain's
+// draws are those it would get alone with the same seed and chain id.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "dslens/samplers/log_density.h"
+#include "dslens/samplers/metric.h"
+#include "dslens/samplers/sampler_settings.h"
+
+namespace dslens::samplers {
+
+// Counter-based random numbers with one independent stream per chain: the value drawn for
+// (iteration, stream, sub, element) depends only on (seed, chain id) and those counters, never on
+// other chains or on how many numbers were drawn before. Computed on the device with 32-bit
+// integer hashing (MurmurHash3 / lowbias32 finalisers) in int64 tensors.
+class ChainRandom {
+ public:
+  ChainRandom() = default;
+  // Chains get ids first_chain_id, ..., first_chain_id + chains - 1.
+  ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains, torch::Device device);
+  int64_t chains() const { return key_a_.defined() ? key_a_.size(0) : 0; }
+  // Raw 32-bit words [C, n] (int64 in [0, 2^32)) for elements offset, ..., offset + n - 1.
+  torch::Tensor bits(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
+                     int64_t n) const;
+  // Uniforms in (0, 1) with 32-bit resolution, [C, n].
+  torch::Tensor uniform(int64_t iteration, int64_t stream, int64_t sub, int64_t offset, int64_t n,
+                        torch::Dtype dtype) const;
+  // Standard normals (Box-Muller with a 53-bit radius uniform), [C, n].
+  torch::Tensor normal(int64_t iteration, int64_t stream, int64_t sub, int64_t n,
+                       torch::Dtype dtype) const;
+  // The conversions behind uniform() (one word each) and normal() (three words each, [C, 3n]).
+  static torch::Tensor uniform_from_bits(const torch::Tensor& words, torch::Dtype dtype);
+  static torch::Tensor normal_from_bits(const torch::Tensor& words, torch::Dtype dtype);
+
+ private:
+  torch::Tensor key_a_, key_b_;  // [C, 1]
+};
+
+// Random stream ids used by the samplers.
+enum RandomStream : int64_t {
+  kStreamMomentum = 1,
+  kStreamStepSearch = 3,  // step-size search after a metric update: sub = probe
+  kStreamHmc = 4,         // static HMC: element 0 acceptance, 1 trajectory length
+  kStreamFirstStepSearch = 5,
+  kStreamNuts = 6,  // NUTS: elements [0, 3D) momentum; then per tree depth d a block of 2^d + 1:
+                    // direction, top-level sampling, the 2^d - 1 subtree merges (post-order)
+};
+
+// A point in phase space per chain.
+struct PhasePoint {
+  torch::Tensor q;      // [C, D]
+  torch::Tensor p;      // [C, D]
+  torch::Tensor log_p;  // [C]
+  torch::Tensor grad;   // [C, D]
+};
+// mask [C] ? a : b, field by field.
+PhasePoint select(const torch::Tensor& mask, const PhasePoint& a, const PhasePoint& b);
+
+// The log density, metric and random streams of a run; counts batched log-density calls.
+class HamiltonianSystem {
+ public:
+  HamiltonianSystem(LogDensityFn f, Metric metric, ChainRandom random,
+                    double max_energy_error = 1000.0);
+  LogDensityValue evaluate(const torch::Tensor& q);
+  // One leapfrog step with per-chain (signed) step sizes eps [C].
+  PhasePoint leapfrog(const PhasePoint& z, const torch::Tensor& eps);
+  // The same with eps and eps / 2 given as columns [C, 1].
+  PhasePoint leapfrog(const PhasePoint& z, const torch::Tensor& eps_col,
+                      const torch::Tensor& half_eps_col);
+  // -log p + kinetic, [C]; +inf wherever it is not finite (NaN log p or gradient included).
+  // velocity, when given, receives M^-1 p.
+  torch::Tensor hamiltonian(const PhasePoint& z, torch::Tensor* velocity = nullptr) const;
+
+  Metric& metric() { return metric_; }
+  const Metric& metric() const { return metric_; }
+  const ChainRandom& random() const { return random_; }
+  double max_energy_error() const { return max_energy_error_; }
+  int64_t calls() const { return calls_; }
+
+ private:
+  LogDensityFn f_;
+  Metric metric_;
+  ChainRandom random_;
+  double max_energy_error_;
+  int64_t calls_ = 0;
+};
+
+// Positions and their log density / gradient, [C, D], [C], [C, D].
+struct ChainState {
+  torch::Tensor q, log_p, grad;
+};
+
+// Per-transition statistics, [C] each.
+struct TransitionStats {
+  torch::Tensor accept_stat;  // mean Metropolis acceptance over the trajectory
+  torch::Tensor tree_depth;   // int64; 0 for static HMC
+  torch::Tensor n_leapfrog;   // int64
+  torch::Tensor divergent;    // bool
+  torch::Tensor energy;       // Hamiltonian of the selected state
+};
+
+// Draws [C, N, D] and per-draw statistics [C, N].
+struct Draws {
+  torch::Tensor draws;
+  torch::Tensor log_density;
+  torch::Tensor step_size;
+  torch::Tensor tree_depth;  // int64
+  torch::Tensor n_leapfrog;  // int64
+  torch::Tensor accept_stat;
+  torch::Tensor energy;
+  torch::Tensor divergent;  // bool
+};
+
+struct SamplerResult : Draws {
+  Draws warmup;                     // defined only with save_warmup
+  torch::Tensor step_size_adapted;  // [C], the step sizes used for sampling
+  MetricKind metric = MetricKind::diag;
+  torch::Tensor inv_metric;          // [C, D] or [C, D, D], the inverse metric used for sampling
+  int64_t log_density_calls = 0;     // batched calls
+  int64_t gradient_evaluations = 0;  // calls x chains (masked chains included)
+  int64_t warmup_gradient_evaluations = 0;
+  double warmup_seconds = 0;
+  double sampling_seconds = 0;
+};
+
+// One transition of all chains: updates state in place.
+using TransitionFn =
+    std::function<TransitionStats(HamiltonianSystem& system, ChainState& state,
+                                  const torch::Tensor& step_size, int64_t iteration)>;
+
+// Stan's init_stepsize (base_hmc.hpp), per chain: doubles or halves each chain's step size until
+// the acceptance of one leapfrog step from state with fresh momenta crosses 0.8. Chains run in
+// lock-step; the loop ends when every chain has finished. Throws dslens::NumericalError for an
+// improper posterior (step size > 1e7) or a step size that underflows to 0.
+torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainState& state,
+                                        const torch::Tensor& step_size, int64_t iteration,
+                                        int64_t stream = kStreamStepSearch);
+
+// The warmup (Stan's adaptive sampler: step-size search, dual averaging, windowed metric
+// adaptation) and sampling loop shared by HMC and NUTS. init [C, D] on the run's device/dtype.
+SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
+                                   const SamplerSettings& settings, const TransitionFn& transition,
+                                   const std::string& name);
+
+// Static HMC transition: num_steps leapfrog steps (per-chain random lengths with jitter > 0) and a
+// Metropolis correction.
+TransitionStats hmc_transition(HamiltonianSystem& system, ChainState& state,
+                               const torch::Tensor& step_size, int64_t iteration, int64_t num_steps,
+                               double trajectory_jitter);
+
+// Static HMC with Stan's warmup. init [C, D].
+SamplerResult sample_hmc(const LogDensityFn& log_density, const torch::Tensor& init,
+                         const HmcSettings& settings);
+
+}  // namespace dslens::samplers

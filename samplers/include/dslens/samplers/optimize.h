@@ -1,0 +1,53 @@
+// Batched maximum-a-posteriori optimisation from many starting points at once: every start is an
+// independent row of [S, D] and runs on the positions' device. Adam, and L-BFGS with a per-start
+// history and a backtracking (Armijo) line search.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+
+#include "dslens/samplers/log_density.h"
+
+namespace dslens::samplers {
+
+struct AdamSettings {
+  int64_t max_iterations = 2000;
+  double learning_rate = 0.05;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double epsilon = 1e-8;
+  double grad_tol = 1e-6;    // a start has converged when max_i |d log p / dx_i| < grad_tol
+  int64_t check_every = 10;  // convergence is checked on the host every this many iterations
+  void validate() const;
+};
+
+struct LbfgsSettings {
+  int64_t max_iterations = 500;
+  int64_t history = 10;          // stored (s, y) pairs per start
+  double grad_tol = 1e-6;        // converged when max_i |d log p / dx_i| < grad_tol
+  double armijo = 1e-4;          // sufficient-decrease constant c1 in (0, 1)
+  double backtrack = 0.5;        // step shrink factor in (0, 1)
+  int64_t max_line_search = 40;  // backtracking steps before a start is declared stalled
+  void validate() const;
+};
+
+struct OptimizeResult {
+  torch::Tensor x;           // [S, D] final positions
+  torch::Tensor log_p;       // [S] (-inf for starts whose log density was never finite)
+  torch::Tensor grad_norm;   // [S] max-abs gradient of log p at x
+  torch::Tensor converged;   // [S] bool: grad_norm < grad_tol
+  torch::Tensor iterations;  // [S] int64
+  int64_t best = -1;         // index of the start with the largest finite log p
+  torch::Tensor best_x;      // [D]
+  double best_log_p = -INFINITY;
+  int64_t log_density_calls = 0;
+};
+
+// Maximises log p from every start. Throws dslens::InvalidArgument for bad settings or starts that
+// are not [S, D], dslens::NumericalError when no start has a finite log density.
+OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tensor& starts,
+                             const AdamSettings& settings = {});
+OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
+                              const LbfgsSettings& settings = {});
+
+}  // namespace dslens::samplers

@@ -1,0 +1,77 @@
+// Settings of the HMC and NUTS samplers and of their Stan-style warmup. Every struct has a
+// validate() that throws dslens::InvalidArgument naming the offending field and its value.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace dslens::samplers {
+
+enum class MetricKind { diag, dense };
+const char* metric_name(MetricKind kind);
+
+// Nesterov dual averaging of log(step size) (Hoffman & Gelman 2014, as in Stan).
+struct StepSizeAdaptSettings {
+  double delta = 0.8;   // target acceptance statistic, in (0, 1)
+  double gamma = 0.05;  // regularisation scale, > 0
+  double kappa = 0.75;  // relaxation exponent, in (0, 1]
+  double t0 = 10.0;     // iteration offset, > 0
+  void validate() const;
+};
+
+// Stan's windowed metric adaptation: a fast initial buffer, slow windows that double in length,
+// a fast terminal buffer.
+struct WindowSettings {
+  int64_t init_buffer = 75;
+  int64_t base_window = 25;
+  int64_t term_buffer = 50;
+  void validate() const;
+  int64_t required_warmup() const { return init_buffer + base_window + term_buffer; }
+};
+
+struct AdaptSettings {
+  bool step_size = true;  // dual averaging during warmup
+  bool metric = true;     // windowed (co)variance estimation during warmup
+  // true: every chain adapts its own step size and metric (and chains stay independent);
+  // false: one step size from the mean acceptance statistic and one metric from the pooled draws.
+  bool per_chain = true;
+  StepSizeAdaptSettings dual_averaging;
+  WindowSettings windows;
+  void validate(int64_t num_warmup) const;
+};
+
+// Shared by HMC and NUTS.
+struct SamplerSettings {
+  int64_t num_warmup = 1000;
+  int64_t num_draws = 1000;
+  double step_size = 1.0;  // initial step size (the warmup's starting point)
+  MetricKind metric = MetricKind::diag;
+  // Optional initial inverse metric: diag [D] or [C, D]; dense [D, D] or [C, D, D]. Undefined:
+  // identity.
+  torch::Tensor inv_metric;
+  AdaptSettings adapt;
+  double max_energy_error = 1000.0;  // a leapfrog step with H - H0 above this is divergent
+  // Per-chain random streams: chain c draws from stream (seed, chain_id_offset + c), so a chain's
+  // draws do not depend on how many other chains run beside it.
+  uint64_t seed = 0;
+  int64_t chain_id_offset = 0;
+  bool save_warmup = false;
+  // Log progress every this many iterations (0: every 10 %).
+  int64_t refresh = 0;
+  void validate() const;
+};
+
+struct NutsSettings : SamplerSettings {
+  int max_depth = 10;  // in [1, 30]
+  void validate() const;
+};
+
+struct HmcSettings : SamplerSettings {
+  int64_t num_steps = 16;  // leapfrog steps per transition (the maximum when jittered)
+  // 0: always num_steps; j in (0, 1]: each chain and transition draws its number of steps
+  // uniformly from {max(1, ceil((1 - j) num_steps)), ..., num_steps}.
+  double trajectory_jitter = 0.0;
+  void validate() const;
+};
+
+}  // namespace dslens::samplers

@@ -1,0 +1,143 @@
+#include "dslens/samplers/adaptation.h"
+
+#include <cmath>
+
+#include "dslens/core/errors.h"
+
+namespace dslens::samplers {
+
+DualAveraging::DualAveraging(const StepSizeAdaptSettings& settings, const torch::Tensor& mu)
+    : settings_(settings), mu_(mu) {
+  restart();
+}
+
+void DualAveraging::restart() {
+  counter_ = 0;
+  s_bar_ = torch::zeros_like(mu_);
+  x_bar_ = torch::zeros_like(mu_);
+}
+
+torch::Tensor DualAveraging::learn(const torch::Tensor& adapt_stat) {
+  ++counter_;
+  const double n = static_cast<double>(counter_);
+  torch::Tensor stat = torch::clamp_max(adapt_stat.to(mu_.options()), 1.0);
+  const double eta = 1.0 / (n + settings_.t0);
+  s_bar_ = (1.0 - eta) * s_bar_ + eta * (settings_.delta - stat);
+  torch::Tensor x = mu_ - s_bar_ * (std::sqrt(n) / settings_.gamma);
+  const double x_eta = std::pow(n, -settings_.kappa);
+  x_bar_ = (1.0 - x_eta) * x_bar_ + x_eta * x;
+  return torch::exp(x);
+}
+
+WindowedAdaptation::WindowedAdaptation(int64_t num_warmup, const WindowSettings& settings)
+    : num_warmup_(num_warmup),
+      init_buffer_(settings.init_buffer),
+      term_buffer_(settings.term_buffer),
+      base_window_(settings.base_window) {
+  restart();
+}
+
+void WindowedAdaptation::restart() {
+  counter_ = 0;
+  window_size_ = base_window_;
+  next_window_ = init_buffer_ + window_size_ - 1;
+}
+
+bool WindowedAdaptation::adaptation_window() const {
+  return counter_ >= init_buffer_ && counter_ < num_warmup_ - term_buffer_ &&
+         counter_ != num_warmup_;
+}
+
+bool WindowedAdaptation::end_adaptation_window() const {
+  return counter_ == next_window_ && counter_ != num_warmup_;
+}
+
+void WindowedAdaptation::compute_next_window() {
+  if (next_window_ == num_warmup_ - term_buffer_ - 1) return;
+  window_size_ *= 2;
+  next_window_ = counter_ + window_size_;
+  if (next_window_ != num_warmup_ - term_buffer_ - 1) {
+    const int64_t next_boundary = next_window_ + 2 * window_size_;
+    if (next_boundary >= num_warmup_ - term_buffer_) next_window_ = num_warmup_ - term_buffer_ - 1;
+  }
+}
+
+WindowedAdaptation::Step WindowedAdaptation::step() {
+  Step s;
+  s.add_sample = adaptation_window();
+  if (end_adaptation_window()) {
+    compute_next_window();
+    s.end_window = true;
+  }
+  ++counter_;
+  return s;
+}
+
+std::vector<std::pair<int64_t, int64_t>> WindowedAdaptation::slow_windows(
+    int64_t num_warmup, const WindowSettings& settings) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  WindowedAdaptation w(num_warmup, settings);
+  int64_t begin = -1;
+  for (int64_t i = 0; i < num_warmup; ++i) {
+    Step s = w.step();
+    if (s.add_sample && begin < 0) begin = i;
+    if (s.end_window) {
+      out.emplace_back(begin < 0 ? i : begin, i + 1);
+      begin = -1;
+    }
+  }
+  return out;
+}
+
+WelfordEstimator::WelfordEstimator(MetricKind kind, int64_t chains, int64_t dim,
+                                   const torch::TensorOptions& options)
+    : kind_(kind), chains_(chains), dim_(dim), options_(options) {
+  restart();
+}
+
+void WelfordEstimator::restart() {
+  n_ = 0;
+  mean_ = torch::zeros({chains_, dim_}, options_);
+  m2_ = kind_ == MetricKind::diag ? torch::zeros({chains_, dim_}, options_)
+                                  : torch::zeros({chains_, dim_, dim_}, options_);
+}
+
+void WelfordEstimator::add(const torch::Tensor& q) {
+  ++n_;
+  torch::Tensor delta = q - mean_;
+  mean_ = mean_ + delta / static_cast<double>(n_);
+  torch::Tensor delta2 = q - mean_;
+  if (kind_ == MetricKind::diag) {
+    m2_ = m2_ + delta * delta2;
+  } else {
+    m2_ = m2_ + delta2.unsqueeze(-1) * delta.unsqueeze(-2);
+  }
+}
+
+torch::Tensor WelfordEstimator::covariance(bool pooled) const {
+  if (n_ < 2) throw Error("WelfordEstimator: a (co)variance needs at least two draws");
+  if (!pooled) return m2_ / static_cast<double>(n_ - 1);
+  // Chan et al.'s parallel combination of equal-sized per-chain accumulators.
+  torch::Tensor grand = mean_.mean(0, /*keepdim=*/true);
+  torch::Tensor dev = mean_ - grand;
+  torch::Tensor m2 = m2_.sum(0, true);
+  if (kind_ == MetricKind::diag) {
+    m2 = m2 + static_cast<double>(n_) * (dev * dev).sum(0, true);
+  } else {
+    m2 = m2 + static_cast<double>(n_) * (dev.unsqueeze(-1) * dev.unsqueeze(-2)).sum(0, true);
+  }
+  torch::Tensor cov = m2 / static_cast<double>(n_ * chains_ - 1);
+  return kind_ == MetricKind::diag ? cov.expand({chains_, dim_}).contiguous()
+                                   : cov.expand({chains_, dim_, dim_}).contiguous();
+}
+
+torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind) {
+  const double nd = static_cast<double>(n);
+  const double w = nd / (nd + 5.0);
+  const double shrink = 1e-3 * (5.0 / (nd + 5.0));
+  if (kind == MetricKind::diag) return w * var + shrink;
+  const int64_t d = var.size(-1);
+  return w * var + shrink * torch::eye(d, var.options());
+}
+
+}  // namespace dslens::samplers

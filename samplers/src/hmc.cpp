@@ -1,0 +1,400 @@
+#include "dslens/samplers/hmc.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "dslens/core/errors.h"
+#include "dslens/samplers/adaptation.h"
+
+namespace dslens::samplers {
+namespace hmc_detail {
+
+constexpr int64_t kMask32 = 0xFFFFFFFFLL;
+
+// x * c mod 2^32 for x in [0, 2^32), without int64 overflow (16-bit halves).
+torch::Tensor mul32(const torch::Tensor& x, int64_t c) {
+  torch::Tensor lo = x.bitwise_and(0xFFFF);
+  torch::Tensor hi = torch::bitwise_right_shift(x, 16);
+  return (lo * c + torch::bitwise_left_shift((hi * c).bitwise_and(0xFFFF), 16))
+      .bitwise_and(kMask32);
+}
+
+torch::Tensor xorshift(const torch::Tensor& x, int64_t s) {
+  return x.bitwise_xor(torch::bitwise_right_shift(x, s));
+}
+
+// MurmurHash3's 32-bit finaliser.
+torch::Tensor fmix_a(torch::Tensor x) {
+  x = xorshift(x, 16);
+  x = mul32(x, 0x85EBCA6BLL);
+  x = xorshift(x, 13);
+  x = mul32(x, 0xC2B2AE35LL);
+  return xorshift(x, 16);
+}
+
+// Chris Wellons' lowbias32.
+torch::Tensor fmix_b(torch::Tensor x) {
+  x = xorshift(x, 16);
+  x = mul32(x, 0x7FEB352DLL);
+  x = xorshift(x, 15);
+  x = mul32(x, 0x846CA68BLL);
+  return xorshift(x, 16);
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+std::string chain_list(const torch::Tensor& mask) {
+  torch::Tensor idx = torch::nonzero(mask.to(torch::kCPU)).flatten();
+  std::ostringstream os;
+  const int64_t n = idx.size(0);
+  for (int64_t i = 0; i < std::min<int64_t>(n, 10); ++i)
+    os << (i ? ", " : "") << idx[i].item<int64_t>();
+  if (n > 10) os << ", ... (" << n << " chains)";
+  return os.str();
+}
+
+Draws allocate_draws(int64_t chains, int64_t n, int64_t dim, const torch::TensorOptions& opt) {
+  Draws d;
+  d.draws = torch::empty({chains, n, dim}, opt);
+  d.log_density = torch::empty({chains, n}, opt);
+  d.step_size = torch::empty({chains, n}, opt);
+  d.tree_depth = torch::empty({chains, n}, opt.dtype(torch::kInt64));
+  d.n_leapfrog = torch::empty({chains, n}, opt.dtype(torch::kInt64));
+  d.accept_stat = torch::empty({chains, n}, opt);
+  d.energy = torch::empty({chains, n}, opt);
+  d.divergent = torch::empty({chains, n}, opt.dtype(torch::kBool));
+  return d;
+}
+
+void record(Draws& d, int64_t i, const ChainState& s, const torch::Tensor& eps,
+            const TransitionStats& st) {
+  d.draws.select(1, i).copy_(s.q);
+  d.log_density.select(1, i).copy_(s.log_p);
+  d.step_size.select(1, i).copy_(eps);
+  d.tree_depth.select(1, i).copy_(st.tree_depth);
+  d.n_leapfrog.select(1, i).copy_(st.n_leapfrog);
+  d.accept_stat.select(1, i).copy_(st.accept_stat);
+  d.energy.select(1, i).copy_(st.energy);
+  d.divergent.select(1, i).copy_(st.divergent);
+}
+
+}  // namespace hmc_detail
+
+ChainRandom::ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains,
+                         torch::Device device) {
+  std::vector<int64_t> a(chains), b(chains);
+  const uint64_t s = hmc_detail::splitmix64(seed);
+  for (int64_t c = 0; c < chains; ++c) {
+    const uint64_t k = hmc_detail::splitmix64(
+        s ^ hmc_detail::splitmix64(static_cast<uint64_t>(first_chain_id + c)));
+    a[c] = static_cast<int64_t>(k & 0xFFFFFFFFULL);
+    b[c] = static_cast<int64_t>(k >> 32);
+  }
+  key_a_ = torch::tensor(a, torch::kInt64).view({chains, 1}).to(device);
+  key_b_ = torch::tensor(b, torch::kInt64).view({chains, 1}).to(device);
+}
+
+torch::Tensor ChainRandom::bits(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
+                                int64_t n) const {
+  using namespace hmc_detail;
+  const int64_t c0 = iteration & kMask32;
+  const int64_t c1 = ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & kMask32;
+  torch::Tensor a = fmix_a(fmix_a(key_a_.bitwise_xor(c0)).bitwise_xor(c1));
+  torch::Tensor b = fmix_b(fmix_b(key_b_.bitwise_xor(c1)).bitwise_xor(c0));
+  torch::Tensor e = torch::arange(offset, offset + n, key_a_.options()).view({1, n});
+  e = fmix_b((e + int64_t{0x632BE5AB}).bitwise_and(kMask32));
+  return fmix_b(fmix_a(a.bitwise_xor(e)).bitwise_xor(b));
+}
+
+torch::Tensor ChainRandom::uniform_from_bits(const torch::Tensor& words, torch::Dtype dtype) {
+  return ((words.to(torch::kFloat64) + 0.5) * std::ldexp(1.0, -32)).to(dtype);
+}
+
+torch::Tensor ChainRandom::normal_from_bits(const torch::Tensor& words, torch::Dtype dtype) {
+  torch::Tensor w = words.view({words.size(0), -1, 3});
+  torch::Tensor hi = torch::bitwise_right_shift(w.select(2, 0), 5);
+  torch::Tensor lo = torch::bitwise_right_shift(w.select(2, 1), 6);
+  torch::Tensor u1 =
+      ((hi * int64_t{67108864} + lo).to(torch::kFloat64) + 0.5) * std::ldexp(1.0, -53);
+  torch::Tensor u2 = (w.select(2, 2).to(torch::kFloat64) + 0.5) * std::ldexp(1.0, -32);
+  return (torch::sqrt(-2.0 * torch::log(u1)) * torch::cos((2.0 * M_PI) * u2)).to(dtype);
+}
+
+torch::Tensor ChainRandom::uniform(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
+                                   int64_t n, torch::Dtype dtype) const {
+  return uniform_from_bits(bits(iteration, stream, sub, offset, n), dtype);
+}
+
+torch::Tensor ChainRandom::normal(int64_t iteration, int64_t stream, int64_t sub, int64_t n,
+                                  torch::Dtype dtype) const {
+  return normal_from_bits(bits(iteration, stream, sub, 0, 3 * n), dtype);
+}
+
+PhasePoint select(const torch::Tensor& mask, const PhasePoint& a, const PhasePoint& b) {
+  torch::Tensor m = mask.unsqueeze(-1);
+  return PhasePoint{torch::where(m, a.q, b.q), torch::where(m, a.p, b.p),
+                    torch::where(mask, a.log_p, b.log_p), torch::where(m, a.grad, b.grad)};
+}
+
+HamiltonianSystem::HamiltonianSystem(LogDensityFn f, Metric metric, ChainRandom random,
+                                     double max_energy_error)
+    : f_(std::move(f)),
+      metric_(std::move(metric)),
+      random_(std::move(random)),
+      max_energy_error_(max_energy_error) {}
+
+LogDensityValue HamiltonianSystem::evaluate(const torch::Tensor& q) {
+  ++calls_;
+  return evaluate_checked(f_, q);
+}
+
+PhasePoint HamiltonianSystem::leapfrog(const PhasePoint& z, const torch::Tensor& eps) {
+  torch::Tensor e = eps.unsqueeze(-1);
+  return leapfrog(z, e, 0.5 * e);
+}
+
+PhasePoint HamiltonianSystem::leapfrog(const PhasePoint& z, const torch::Tensor& eps_col,
+                                       const torch::Tensor& half_eps_col) {
+  torch::Tensor p_half = torch::addcmul(z.p, half_eps_col, z.grad);
+  torch::Tensor q = torch::addcmul(z.q, eps_col, metric_.velocity(p_half));
+  LogDensityValue v = evaluate(q);
+  torch::Tensor p = torch::addcmul(p_half, half_eps_col, v.grad);
+  return PhasePoint{q, p, v.log_p, v.grad};
+}
+
+torch::Tensor HamiltonianSystem::hamiltonian(const PhasePoint& z, torch::Tensor* velocity) const {
+  torch::Tensor v = metric_.velocity(z.p);
+  torch::Tensor h = 0.5 * (z.p * v).sum(-1) - z.log_p;
+  if (velocity) *velocity = v;
+  return torch::nan_to_num(h, INFINITY, INFINITY, INFINITY);
+}
+
+torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainState& state,
+                                        const torch::Tensor& step_size, int64_t iteration,
+                                        int64_t stream) {
+  const int64_t dim = state.q.size(1);
+  const auto dtype = state.q.scalar_type();
+  const double log_08 = std::log(0.8);
+  torch::Tensor eps = step_size.clone();
+  // Stan skips the search for step sizes that could loop forever.
+  torch::Tensor active = (eps > 0) & (eps <= 1e7) & torch::isfinite(eps);
+
+  auto probe = [&](int64_t k) {
+    torch::Tensor z = system.random().normal(iteration, stream, k, dim, dtype);
+    PhasePoint z0{state.q, system.metric().momentum_from_normal(z), state.log_p, state.grad};
+    torch::Tensor h0 = system.hamiltonian(z0);
+    torch::Tensor h = system.hamiltonian(system.leapfrog(z0, eps));
+    return h0 - h;  // -inf where the step is not finite
+  };
+
+  torch::Tensor up = probe(0) > log_08;  // direction: true doubles, false halves
+  for (int64_t k = 1;; ++k) {
+    torch::Tensor delta_h = probe(k);
+    torch::Tensor stop = torch::where(up, ~(delta_h > log_08), ~(delta_h < log_08));
+    active = active & ~stop;
+    eps = torch::where(active, torch::where(up, 2.0 * eps, 0.5 * eps), eps);
+    torch::Tensor too_big = active & (eps > 1e7);
+    torch::Tensor zero = active & (eps == 0);
+    torch::Tensor flags = torch::stack({active.any(), too_big.any(), zero.any()}).to(torch::kCPU);
+    auto f = flags.accessor<bool, 1>();
+    if (f[1])
+      throw NumericalError("step-size search: the step size of chain(s) " +
+                           hmc_detail::chain_list(too_big) +
+                           " grew beyond 1e7; the posterior is improper, check the model");
+    if (f[2])
+      throw NumericalError(
+          "step-size search: no acceptably small step size could be found for "
+          "chain(s) " +
+          hmc_detail::chain_list(zero) + "; is the log density continuous?");
+    if (!f[0]) break;
+  }
+  return eps;
+}
+
+SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
+                                   const SamplerSettings& settings, const TransitionFn& transition,
+                                   const std::string& name) {
+  settings.validate();
+  if (!init.defined() || init.dim() != 2 || init.size(0) < 1 || init.size(1) < 1)
+    throw InvalidArgument(name +
+                          ": initial positions must be a [chains, dim] tensor with at "
+                          "least one chain and one dimension");
+  if (!init.is_floating_point())
+    throw InvalidArgument(name + ": initial positions must be floating point");
+  const int64_t chains = init.size(0), dim = init.size(1);
+  const torch::TensorOptions opt = init.options();
+  const int64_t num_warmup = settings.num_warmup, num_draws = settings.num_draws;
+  const bool pooled = !settings.adapt.per_chain;
+
+  Metric metric = settings.inv_metric.defined()
+                      ? Metric::from_inverse(settings.metric, settings.inv_metric, chains, dim, opt)
+                      : Metric::identity(settings.metric, chains, dim, opt);
+  HamiltonianSystem system(
+      log_density, std::move(metric),
+      ChainRandom(settings.seed, settings.chain_id_offset, chains, init.device()),
+      settings.max_energy_error);
+
+  ChainState state;
+  state.q = init.detach().clone();
+  {
+    LogDensityValue v = system.evaluate(state.q);
+    state.log_p = v.log_p;
+    state.grad = v.grad;
+    torch::Tensor bad = ~(torch::isfinite(v.log_p) & torch::isfinite(v.grad).all(1)) |
+                        ~torch::isfinite(state.q).all(1);
+    if (bad.any().item<bool>())
+      throw InvalidArgument(name + ": the initial point of chain(s) " +
+                            hmc_detail::chain_list(bad) +
+                            " has a non-finite position, log density or gradient; choose "
+                            "initial values inside the support");
+  }
+
+  SamplerResult result;
+  result.metric = settings.metric;
+  if (settings.save_warmup)
+    result.warmup = hmc_detail::allocate_draws(chains, num_warmup, dim, opt);
+  static_cast<Draws&>(result) = hmc_detail::allocate_draws(chains, num_draws, dim, opt);
+
+  const int64_t total = num_warmup + num_draws;
+  const int64_t refresh =
+      settings.refresh > 0 ? settings.refresh : std::max<int64_t>(1, total / 10);
+  auto progress = [&](int64_t i) {
+    if ((i + 1) % refresh == 0 || i + 1 == total)
+      spdlog::info("{}: iteration {:>6} / {} ({})", name, i + 1, total,
+                   i < num_warmup ? "warmup" : "sampling");
+  };
+  auto pool_step = [&](const torch::Tensor& eps) {
+    return pooled ? torch::exp(torch::log(eps).mean()).expand({chains}).contiguous() : eps;
+  };
+
+  torch::Tensor eps = torch::full({chains}, settings.step_size, opt);
+  const bool adapt_step = settings.adapt.step_size && num_warmup > 0;
+  const bool adapt_metric = settings.adapt.metric && num_warmup > 0;
+  torch::NoGradGuard no_grad;  // a log density built on autograd re-enables it inside
+  auto t0 = std::chrono::steady_clock::now();
+  if (adapt_step)
+    eps = pool_step(find_reasonable_step_size(system, state, eps, 0, kStreamFirstStepSearch));
+  DualAveraging dual(settings.adapt.dual_averaging,
+                     torch::full({chains}, std::log(10.0 * settings.step_size), opt));
+  WindowedAdaptation windows(num_warmup, settings.adapt.windows);
+  WelfordEstimator estimator(settings.metric, adapt_metric ? chains : 1, adapt_metric ? dim : 1,
+                             opt);
+  torch::Tensor all_chains = torch::ones({chains}, opt.dtype(torch::kBool));
+
+  for (int64_t i = 0; i < num_warmup; ++i) {
+    TransitionStats st = transition(system, state, eps, i);
+    if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
+    if (adapt_step) {
+      torch::Tensor stat = pooled ? st.accept_stat.mean().expand({chains}) : st.accept_stat;
+      eps = dual.learn(stat);
+    }
+    if (adapt_metric) {
+      WindowedAdaptation::Step w = windows.step();
+      if (w.add_sample) estimator.add(state.q);
+      if (w.end_window) {
+        torch::Tensor cov = regularize_covariance(
+            estimator.covariance(pooled), estimator.effective_count(pooled), settings.metric);
+        system.metric().update(cov, all_chains);
+        estimator.restart();
+        spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
+        if (adapt_step) {
+          eps = pool_step(find_reasonable_step_size(system, state, eps, i));
+          dual.set_mu(torch::log(10.0 * eps));
+          dual.restart();
+        }
+      }
+    }
+    progress(i);
+  }
+  if (adapt_step) eps = pool_step(dual.final_step_size());
+  state.log_p.sum().item<double>();  // waits for the device before reading the clock
+  auto t1 = std::chrono::steady_clock::now();
+  const int64_t warmup_calls = system.calls();
+
+  for (int64_t j = 0; j < num_draws; ++j) {
+    TransitionStats st = transition(system, state, eps, num_warmup + j);
+    hmc_detail::record(result, j, state, eps, st);
+    progress(num_warmup + j);
+  }
+  state.log_p.sum().item<double>();
+  auto t2 = std::chrono::steady_clock::now();
+
+  result.step_size_adapted = eps;
+  result.inv_metric = system.metric().inverse();
+  result.log_density_calls = system.calls();
+  result.gradient_evaluations = system.calls() * chains;
+  result.warmup_gradient_evaluations = warmup_calls * chains;
+  result.warmup_seconds = std::chrono::duration<double>(t1 - t0).count();
+  result.sampling_seconds = std::chrono::duration<double>(t2 - t1).count();
+  return result;
+}
+
+TransitionStats hmc_transition(HamiltonianSystem& system, ChainState& state,
+                               const torch::Tensor& step_size, int64_t iteration, int64_t num_steps,
+                               double trajectory_jitter) {
+  const int64_t dim = state.q.size(1);
+  const auto dtype = state.q.scalar_type();
+  torch::Tensor z = system.random().normal(iteration, kStreamMomentum, 0, dim, dtype);
+  PhasePoint start{state.q, system.metric().momentum_from_normal(z), state.log_p, state.grad};
+  torch::Tensor h0 = system.hamiltonian(start);
+  torch::Tensor u = system.random().uniform(iteration, kStreamHmc, 0, 0, 2, torch::kFloat64);
+
+  torch::Tensor steps;
+  if (trajectory_jitter > 0) {
+    const int64_t lo = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil((1.0 - trajectory_jitter) * num_steps)));
+    steps =
+        torch::clamp_max(lo + torch::floor(u.select(1, 1) * static_cast<double>(num_steps - lo + 1))
+                                  .to(torch::kInt64),
+                         num_steps);
+  } else {
+    steps = torch::full({state.q.size(0)}, num_steps, state.q.options().dtype(torch::kInt64));
+  }
+
+  PhasePoint cur = start;
+  for (int64_t s = 0; s < num_steps; ++s) {
+    PhasePoint next = system.leapfrog(cur, step_size);
+    cur = trajectory_jitter > 0 ? select(steps > s, next, cur) : next;
+  }
+  torch::Tensor h = system.hamiltonian(cur);
+  torch::Tensor delta = h0 - h;  // -inf for non-finite ends
+  torch::Tensor accept_prob = torch::where(delta > 0, torch::ones_like(delta), torch::exp(delta));
+  torch::Tensor accept = u.select(1, 0).to(accept_prob.scalar_type()) < accept_prob;
+
+  TransitionStats st;
+  st.accept_stat = accept_prob;
+  st.divergent = (h - h0) > system.max_energy_error();
+  st.n_leapfrog = steps;
+  st.tree_depth = torch::zeros_like(steps);
+  st.energy = torch::where(accept, h, h0);
+  torch::Tensor m = accept.unsqueeze(-1);
+  state.q = torch::where(m, cur.q, state.q);
+  state.log_p = torch::where(accept, cur.log_p, state.log_p);
+  state.grad = torch::where(m, cur.grad, state.grad);
+  return st;
+}
+
+SamplerResult sample_hmc(const LogDensityFn& log_density, const torch::Tensor& init,
+                         const HmcSettings& settings) {
+  settings.validate();
+  const int64_t num_steps = settings.num_steps;
+  const double jitter = settings.trajectory_jitter;
+  return run_adaptive_sampler(
+      log_density, init, settings,
+      [num_steps, jitter](HamiltonianSystem& system, ChainState& state,
+                          const torch::Tensor& step_size, int64_t iteration) {
+        return hmc_transition(system, state, step_size, iteration, num_steps, jitter);
+      },
+      "hmc");
+}
+
+}  // namespace dslens::samplers

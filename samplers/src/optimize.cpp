@@ -1,0 +1,228 @@
+#include "dslens/samplers/optimize.h"
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dslens/core/errors.h"
+
+namespace dslens::samplers {
+namespace optimize_detail {
+
+template <typename T>
+std::string str(T v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw InvalidArgument(message);
+}
+
+void check_starts(const torch::Tensor& starts, const char* name) {
+  if (!starts.defined() || starts.dim() != 2 || starts.size(0) < 1 || starts.size(1) < 1 ||
+      !starts.is_floating_point())
+    throw InvalidArgument(std::string(name) +
+                          ": starting points must be a floating-point [starts, dim] tensor");
+}
+
+torch::Tensor finite_rows(const torch::Tensor& lp, const torch::Tensor& grad) {
+  return torch::isfinite(lp) & torch::isfinite(grad).all(1);
+}
+
+torch::Tensor max_abs(const torch::Tensor& g) {
+  return std::get<0>(g.abs().max(1));
+}
+
+void finish(OptimizeResult& r, const char* name) {
+  torch::Tensor lp =
+      torch::where(torch::isfinite(r.log_p), r.log_p, torch::full_like(r.log_p, -INFINITY));
+  r.log_p = lp;
+  auto best = lp.argmax();
+  r.best = best.item<int64_t>();
+  r.best_log_p = lp[r.best].item<double>();
+  if (!std::isfinite(r.best_log_p))
+    throw NumericalError(std::string(name) + ": the log density is not finite at any start");
+  r.best_x = r.x[r.best].clone();
+}
+
+}  // namespace optimize_detail
+
+void AdamSettings::validate() const {
+  using optimize_detail::require;
+  using optimize_detail::str;
+  require(max_iterations >= 1, "adam max_iterations must be >= 1, got " + str(max_iterations));
+  require(learning_rate > 0 && std::isfinite(learning_rate),
+          "adam learning_rate must be positive, got " + str(learning_rate));
+  require(beta1 >= 0 && beta1 < 1, "adam beta1 must be in [0, 1), got " + str(beta1));
+  require(beta2 >= 0 && beta2 < 1, "adam beta2 must be in [0, 1), got " + str(beta2));
+  require(epsilon > 0, "adam epsilon must be positive, got " + str(epsilon));
+  require(grad_tol >= 0, "adam grad_tol must be >= 0, got " + str(grad_tol));
+  require(check_every >= 1, "adam check_every must be >= 1, got " + str(check_every));
+}
+
+void LbfgsSettings::validate() const {
+  using optimize_detail::require;
+  using optimize_detail::str;
+  require(max_iterations >= 1, "lbfgs max_iterations must be >= 1, got " + str(max_iterations));
+  require(history >= 1, "lbfgs history must be >= 1, got " + str(history));
+  require(grad_tol >= 0, "lbfgs grad_tol must be >= 0, got " + str(grad_tol));
+  require(armijo > 0 && armijo < 1, "lbfgs armijo must be in (0, 1), got " + str(armijo));
+  require(backtrack > 0 && backtrack < 1,
+          "lbfgs backtrack must be in (0, 1), got " + str(backtrack));
+  require(max_line_search >= 1, "lbfgs max_line_search must be >= 1, got " + str(max_line_search));
+}
+
+OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tensor& starts,
+                             const AdamSettings& s) {
+  using namespace optimize_detail;
+  s.validate();
+  check_starts(starts, "adam");
+  OptimizeResult r;
+  torch::Tensor x = starts.detach().clone();
+  LogDensityValue v = evaluate_checked(log_density, x);
+  ++r.log_density_calls;
+  torch::Tensor lp = v.log_p, g = v.grad;
+  torch::Tensor ok = finite_rows(lp, g);
+  torch::Tensor active =
+      ok & (max_abs(torch::where(ok.unsqueeze(1), g, torch::zeros_like(g))) >= s.grad_tol);
+  torch::Tensor lr = torch::full({x.size(0)}, s.learning_rate, x.options());
+  torch::Tensor m = torch::zeros_like(x), vv = torch::zeros_like(x);
+  torch::Tensor iters = torch::zeros({x.size(0)}, x.options().dtype(torch::kInt64));
+  for (int64_t t = 1; t <= s.max_iterations; ++t) {
+    if ((t - 1) % s.check_every == 0 && !active.any().item<bool>()) break;
+    torch::Tensor a = active.unsqueeze(1);
+    torch::Tensor m_new = s.beta1 * m + (1 - s.beta1) * g;
+    torch::Tensor v_new = s.beta2 * vv + (1 - s.beta2) * g * g;
+    torch::Tensor mhat = m_new / (1 - std::pow(s.beta1, static_cast<double>(t)));
+    torch::Tensor vhat = v_new / (1 - std::pow(s.beta2, static_cast<double>(t)));
+    torch::Tensor x_try = x + lr.unsqueeze(1) * mhat / (torch::sqrt(vhat) + s.epsilon);
+    LogDensityValue vt = evaluate_checked(log_density, x_try);
+    ++r.log_density_calls;
+    torch::Tensor fine = finite_rows(vt.log_p, vt.grad);
+    torch::Tensor step = active & fine;
+    torch::Tensor sm = step.unsqueeze(1);
+    x = torch::where(sm, x_try, x);
+    lp = torch::where(step, vt.log_p, lp);
+    g = torch::where(sm, vt.grad, g);
+    m = torch::where(a, m_new, m);
+    vv = torch::where(a, v_new, vv);
+    // A step into a non-finite region is undone and that start's learning rate halved.
+    lr = torch::where(active & ~fine, 0.5 * lr, lr);
+    iters = iters + active.to(torch::kInt64);
+    if (t % s.check_every == 0) active = active & (max_abs(g) >= s.grad_tol);
+  }
+  r.x = x;
+  r.log_p = torch::where(ok, lp, torch::full_like(lp, -INFINITY));
+  r.grad_norm = max_abs(g);
+  r.converged = ok & (r.grad_norm < s.grad_tol);
+  r.iterations = iters;
+  finish(r, "adam");
+  return r;
+}
+
+OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
+                              const LbfgsSettings& s) {
+  using namespace optimize_detail;
+  s.validate();
+  check_starts(starts, "lbfgs");
+  OptimizeResult r;
+  const int64_t n = starts.size(0), dim = starts.size(1), mh = s.history;
+  const auto opt = starts.options();
+  torch::Tensor x = starts.detach().clone();
+  LogDensityValue v = evaluate_checked(log_density, x);
+  ++r.log_density_calls;
+  // Minimise f = -log p.
+  torch::Tensor f = -v.log_p, g = -v.grad;
+  torch::Tensor ok = finite_rows(f, g);
+  g = torch::where(ok.unsqueeze(1), g, torch::zeros_like(g));
+  torch::Tensor active = ok & (max_abs(g) >= s.grad_tol);
+  torch::Tensor s_hist = torch::zeros({n, mh, dim}, opt), y_hist = torch::zeros({n, mh, dim}, opt);
+  torch::Tensor rho = torch::zeros({n, mh}, opt);
+  torch::Tensor valid = torch::zeros({n, mh}, opt.dtype(torch::kBool));
+  torch::Tensor gamma = torch::ones({n}, opt);
+  torch::Tensor has_history = torch::zeros({n}, opt.dtype(torch::kBool));
+  torch::Tensor iters = torch::zeros({n}, opt.dtype(torch::kInt64));
+  int64_t slot = 0;
+
+  for (int64_t it = 0; it < s.max_iterations; ++it) {
+    if (!active.any().item<bool>()) break;
+    // Two-loop recursion, newest pair first; invalid slots contribute nothing.
+    torch::Tensor q = g.clone();
+    std::vector<torch::Tensor> alphas(mh);
+    for (int64_t j = 0; j < mh; ++j) {
+      const int64_t i = ((slot - 1 - j) % mh + mh) % mh;
+      torch::Tensor si = s_hist.select(1, i), yi = y_hist.select(1, i);
+      torch::Tensor a = torch::where(valid.select(1, i), rho.select(1, i) * (si * q).sum(1),
+                                     torch::zeros({n}, opt));
+      q = q - a.unsqueeze(1) * yi;
+      alphas[j] = a;
+    }
+    torch::Tensor rr = gamma.unsqueeze(1) * q;
+    for (int64_t j = mh - 1; j >= 0; --j) {
+      const int64_t i = ((slot - 1 - j) % mh + mh) % mh;
+      torch::Tensor si = s_hist.select(1, i), yi = y_hist.select(1, i);
+      torch::Tensor b = torch::where(valid.select(1, i), rho.select(1, i) * (yi * rr).sum(1),
+                                     torch::zeros({n}, opt));
+      rr = rr + (alphas[j] - b).unsqueeze(1) * si;
+    }
+    torch::Tensor d = -rr;
+    torch::Tensor gd = (g * d).sum(1);
+    // Fall back to steepest descent where the quasi-Newton direction is not a descent direction.
+    torch::Tensor reset = ~(gd < 0) | ~torch::isfinite(gd);
+    d = torch::where(reset.unsqueeze(1), -g, d);
+    gd = torch::where(reset, -(g * g).sum(1), gd);
+    // Without history, the first trial step moves by at most 1 in the max norm.
+    torch::Tensor t = torch::where(has_history & ~reset, torch::ones({n}, opt),
+                                   torch::clamp_max(1.0 / max_abs(g).clamp_min(1e-300), 1.0));
+
+    torch::Tensor accepted = ~active;
+    torch::Tensor x_new = x, f_new = f, g_new = g;
+    for (int64_t ls = 0; ls < s.max_line_search; ++ls) {
+      torch::Tensor x_try = x + t.unsqueeze(1) * d;
+      LogDensityValue vt = evaluate_checked(log_density, x_try);
+      ++r.log_density_calls;
+      torch::Tensor f_try = -vt.log_p, g_try = -vt.grad;
+      torch::Tensor good = finite_rows(f_try, g_try) & (f_try <= f + s.armijo * t * gd);
+      torch::Tensor fresh = ~accepted & good;
+      torch::Tensor fm = fresh.unsqueeze(1);
+      x_new = torch::where(fm, x_try, x_new);
+      f_new = torch::where(fresh, f_try, f_new);
+      g_new = torch::where(fm, g_try, g_new);
+      accepted = accepted | fresh;
+      if (accepted.all().item<bool>()) break;
+      t = torch::where(accepted, t, s.backtrack * t);
+    }
+    torch::Tensor moved = active & accepted;
+    torch::Tensor sv = x_new - x, yv = g_new - g;
+    torch::Tensor sy = (sv * yv).sum(1);
+    torch::Tensor curvature = moved & (sy > 1e-10 * sv.norm(2, 1) * yv.norm(2, 1)) & (sy > 0);
+    torch::Tensor cm = curvature.unsqueeze(1);
+    s_hist.select(1, slot).copy_(torch::where(cm, sv, s_hist.select(1, slot)));
+    y_hist.select(1, slot).copy_(torch::where(cm, yv, y_hist.select(1, slot)));
+    rho.select(1, slot).copy_(torch::where(curvature, 1.0 / sy, rho.select(1, slot)));
+    valid.select(1, slot).copy_(curvature);
+    gamma = torch::where(curvature, sy / (yv * yv).sum(1), gamma);
+    has_history = has_history | curvature;
+    slot = (slot + 1) % mh;
+
+    torch::Tensor mm = moved.unsqueeze(1);
+    x = torch::where(mm, x_new, x);
+    f = torch::where(moved, f_new, f);
+    g = torch::where(mm, g_new, g);
+    iters = iters + active.to(torch::kInt64);
+    // Starts whose line search failed have stalled: they stop where they are.
+    active = moved & (max_abs(g) >= s.grad_tol);
+  }
+  r.x = x;
+  r.log_p = torch::where(ok, -f, torch::full_like(f, -INFINITY));
+  r.grad_norm = max_abs(g);
+  r.converged = ok & (r.grad_norm < s.grad_tol);
+  r.iterations = iters;
+  finish(r, "lbfgs");
+  return r;
+}
+
+}  // namespace dslens::samplers

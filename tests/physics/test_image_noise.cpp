@@ -1,0 +1,84 @@
+// Noise maps and noise realisations: formula, reproducibility by seed (across dtypes and devices),
+// and the right statistics (Gaussian background, exact Poisson counts, Gaussian large-count limit).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "dslens/core/errors.h"
+#include "dslens/physics/image_model.h"
+
+namespace dslens::physics {
+
+TEST(Noise, NoiseMapFormula) {
+  auto model = torch::tensor({{-1.0, 0.0, 2.0, 50.0}}, torch::kFloat64);
+  NoiseModel nm{0.1, 20.0};
+  auto sigma = noise_map(model, nm);
+  auto expected =
+      torch::sqrt(0.01 + torch::tensor({{0.0, 0.0, 2.0, 50.0}}, torch::kFloat64) / 20.0);
+  EXPECT_TRUE(torch::allclose(sigma, expected, 1e-15, 0));
+  auto bg_only = noise_map(model, NoiseModel{0.1, 0.0});
+  EXPECT_TRUE(torch::allclose(bg_only, torch::full_like(model, 0.1), 0, 0));
+  EXPECT_THROW(noise_map(model, NoiseModel{-1.0, 0.0}), dslens::InvalidArgument);
+}
+
+TEST(Noise, ReproducibleBySeedAcrossDtypesAndDevices) {
+  // Values exact in float32, so that both dtypes draw from the same expected counts.
+  auto model = (torch::rand({2, 32, 32}, torch::kFloat64) * 3 * 1024).round() / 1024;
+  NoiseModel nm{0.2, 50.0};
+  auto a = add_noise(model, nm, 1234);
+  auto b = add_noise(model, nm, 1234);
+  auto c = add_noise(model, nm, 1235);
+  EXPECT_TRUE(torch::equal(a, b));
+  EXPECT_GT((a - c).abs().max().item<double>(), 0.01);
+  auto a32 = add_noise(model.to(torch::kFloat32), nm, 1234);
+  EXPECT_EQ(a32.scalar_type(), torch::kFloat32);
+  EXPECT_LT((a32.to(torch::kFloat64) - a).abs().max().item<double>(), 1e-5);
+  if (torch::cuda::is_available()) {
+    auto g = add_noise(model.to(torch::kCUDA), nm, 1234);
+    EXPECT_TRUE(g.is_cuda());
+    EXPECT_TRUE(torch::equal(g.cpu(), a));
+  }
+}
+
+TEST(Noise, StatisticsMatchTheNoiseMap) {
+  const int64_t n = 256;
+  // Gaussian background + exact Poisson (500 expected counts per pixel), and the Gaussian
+  // large-count branch (1e5 counts per pixel). The standardised residuals must have mean 0 and
+  // variance 1: with 65536 pixels the standard errors are 0.004 and 0.0055; allow 5 of them.
+  for (double level : {5.0, 1000.0}) {
+    auto model = torch::full({1, n, n}, level, torch::kFloat64);
+    NoiseModel nm{0.3, 100.0};
+    auto z = (add_noise(model, nm, 99) - model) / noise_map(model, nm);
+    EXPECT_NEAR(z.mean().item<double>(), 0.0, 0.02) << level;
+    EXPECT_NEAR(z.var().item<double>(), 1.0, 0.028) << level;
+  }
+  // Background only.
+  auto zero = torch::zeros({1, n, n}, torch::kFloat64);
+  auto bg = add_noise(zero, NoiseModel{0.5, 0.0}, 3);
+  EXPECT_NEAR(bg.std().item<double>(), 0.5, 0.5 * 0.028);
+}
+
+TEST(Noise, PoissonCountsAreIntegers) {
+  // Without background, t_exp * (model + noise) are Poisson counts: integers, mean = variance
+  // = 1.4.
+  const double t = 2.0;
+  auto model = torch::full({1, 200, 200}, 0.7, torch::kFloat64);
+  auto counts = add_noise(model, NoiseModel{0.0, t}, 5) * t;
+  EXPECT_LT((counts - counts.round()).abs().max().item<double>(), 1e-12);
+  EXPECT_GE(counts.min().item<double>(), 0.0);
+  EXPECT_NEAR(counts.mean().item<double>(), 1.4, 5 * std::sqrt(1.4 / 40000));
+  EXPECT_NEAR(counts.var().item<double>(), 1.4, 0.05);
+  // Negative model values draw no Poisson counts.
+  auto neg = add_noise(torch::full({1, 10, 10}, -3.0, torch::kFloat64), NoiseModel{0.0, t}, 5);
+  EXPECT_TRUE(torch::equal(neg, torch::full({1, 10, 10}, -3.0, torch::kFloat64)));
+}
+
+TEST(Noise, DifferentiableInTheModel) {
+  auto model = torch::rand({1, 8, 8}, torch::kFloat64).requires_grad_(true);
+  auto noisy = add_noise(model, NoiseModel{0.1, 10.0}, 1);
+  auto g = torch::autograd::grad({noisy.sum()}, {model})[0];
+  EXPECT_TRUE(torch::allclose(g, torch::ones_like(g)));
+}
+
+}  // namespace dslens::physics

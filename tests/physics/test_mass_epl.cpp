@@ -1,0 +1,263 @@
+// EPL: fused CPU kernel vs tensor-op series, closed forms at q = 0.2, series length, timing.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "dslens/core/errors.h"
+#include "dslens/physics/mass_profiles.h"
+#include "dslens/physics/profile.h"
+
+namespace dslens::physics::test_mass_epl_detail {
+
+torch::TensorOptions f64() {
+  return torch::TensorOptions().dtype(torch::kFloat64);
+}
+
+ParamMap epl_params(std::vector<double> te, std::vector<double> g, std::vector<double> e1,
+                    std::vector<double> e2, std::vector<double> cx, std::vector<double> cy) {
+  return {{"theta_E", torch::tensor(te, f64())},  {"gamma", torch::tensor(g, f64())},
+          {"e1", torch::tensor(e1, f64())},       {"e2", torch::tensor(e2, f64())},
+          {"center_x", torch::tensor(cx, f64())}, {"center_y", torch::tensor(cy, f64())}};
+}
+
+// e1, e2 for axis ratio q and position angle phi.
+std::pair<double, double> ellipticity(double q, double phi) {
+  const double c = (1 - q) / (1 + q);
+  return {c * std::cos(2 * phi), c * std::sin(2 * phi)};
+}
+
+std::pair<Tensor, Tensor> grid(int n, double half, torch::Dtype dtype = torch::kFloat64) {
+  auto lin = torch::linspace(-half, half, n, torch::TensorOptions().dtype(dtype));
+  auto mesh = torch::meshgrid({lin, lin}, "ij");
+  // offset so that no point sits exactly on the centre
+  return {mesh[1].reshape({1, -1}) + 0.0123, mesh[0].reshape({1, -1}) - 0.0071};
+}
+
+double max_scaled(const Tensor& a, const Tensor& b) {
+  auto a64 = a.detach().to(torch::kFloat64), b64 = b.detach().to(torch::kFloat64);
+  return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-300)).item<double>();
+}
+
+TEST(EPL, SeriesTermsFromAxisRatio) {
+  // enough terms for float64 at q = 0.2 (f = 2/3), fewer for round lenses and float32
+  const int n02 = mass::epl_series_terms(2.0 / 3.0, 1e-16);
+  EXPECT_GT(n02, 90);
+  EXPECT_LT(n02, 200);
+  EXPECT_LT(mass::epl_series_terms(0.176, 1e-16), 40);
+  EXPECT_LT(mass::epl_series_terms(0.176, 1e-8), mass::epl_series_terms(0.176, 1e-16));
+  const double f = 2.0 / 3.0;
+  EXPECT_LT(std::pow(f, n02) * (2 * n02 + 1), 1e-16);
+}
+
+// gamma = 2 (series, fused and tensor) equals the closed-form SIE at q = 0.2; kappa from the
+// Hessian equals the analytic kappa at q = 0.2 for gamma != 2.
+TEST(EPL, ClosedFormsAtAxisRatio02) {
+  auto [e1, e2] = ellipticity(0.2, 0.3);
+  auto [x, y] = grid(23, 2.5);
+  ParamMap sie{{"theta_E", torch::tensor({1.3}, f64())},
+               {"e1", torch::tensor({e1}, f64())},
+               {"e2", torch::tensor({e2}, f64())},
+               {"center_x", torch::tensor({0.1}, f64())},
+               {"center_y", torch::tensor({-0.05}, f64())}};
+  ParamMap epl = sie;
+  epl["gamma"] = torch::tensor({2.0}, f64());
+  auto ref = SIEProfile().deflection(x, y, sie);
+  for (bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "tensor");
+    auto a = EPLProfile(fused).deflection(x, y, epl);
+    EXPECT_LT(max_scaled(a.x, ref.x), 1e-12);
+    EXPECT_LT(max_scaled(a.y, ref.y), 1e-12);
+    EXPECT_LT(max_scaled(EPLProfile(fused).potential(x, y, epl), SIEProfile().potential(x, y, sie)),
+              1e-12);
+  }
+  for (double gamma : {1.6, 2.3, 2.7}) {
+    SCOPED_TRACE(gamma);
+    ParamMap p = epl;
+    p["gamma"] = torch::tensor({gamma}, f64());
+    EPLProfile prof;
+    auto h = prof.MassProfile::hessian(x, y, p);  // autograd of the fused deflection
+    auto k = 0.5 * (h.xx + h.yy);
+    // kappa = (3-gamma)/2 (theta_E / sqrt(q x'^2 + y'^2/q))^(gamma-1)
+    const double q = 0.2, phi = 0.3;
+    auto dx = x - 0.1, dy = y + 0.05;
+    auto xr = dx * std::cos(phi) + dy * std::sin(phi),
+         yr = -dx * std::sin(phi) + dy * std::cos(phi);
+    auto kref =
+        (3 - gamma) / 2 * torch::pow(1.3 / torch::sqrt(q * xr * xr + yr * yr / q), gamma - 1);
+    EXPECT_LT(((k - kref).abs() / kref).max().item<double>(), 1e-10);
+    EXPECT_LT(((prof.convergence(x, y, p) - kref).abs() / kref).max().item<double>(), 1e-12);
+    auto ha = prof.hessian(x, y, p);  // analytic from alpha
+    EXPECT_LT(max_scaled(ha.xx, h.xx), 1e-10);
+    EXPECT_LT(max_scaled(ha.xy, h.xy), 1e-10);
+    EXPECT_LT(max_scaled(ha.yy, h.yy), 1e-10);
+  }
+}
+
+// Fused kernel vs tensor ops: values and gradients wrt every input, float64 and float32, B = 3
+// with x [1, N], including a round lens (e = 0) and q = 0.2.
+TEST(EPL, FusedMatchesTensorOps) {
+  auto [e1a, e2a] = ellipticity(0.2, -0.7);
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    SCOPED_TRACE(dtype == torch::kFloat64 ? "float64" : "float32");
+    const double tol = dtype == torch::kFloat64 ? 1e-11 : 2e-5;
+    auto [x, y] = grid(17, 2.0, dtype);
+    // float64: a round lens (e = 0) as well; float32's tensor-op path uses a larger ellipticity
+    // floor there (see mass_profiles.h), checked in RoundLensFloat32Gradients.
+    const double e_round = dtype == torch::kFloat64 ? 0.0 : 0.02;
+    auto base = epl_params({1.1, 0.8, 1.5}, {2.05, 1.7, 2.4}, {0.12, e_round, e1a},
+                           {-0.07, -0.5 * e_round, e2a}, {0.05, -0.1, 0.2}, {-0.02, 0.1, 0.0});
+    std::vector<std::string> names{"theta_E", "gamma", "e1", "e2", "center_x", "center_y"};
+    auto run = [&](bool fused, std::vector<Tensor>& grads, Tensor& ax, Tensor& ay) {
+      ParamMap p;
+      std::vector<Tensor> leaves;
+      for (const auto& n : names) {
+        p[n] = base[n].to(dtype).requires_grad_(true);
+        leaves.push_back(p[n]);
+      }
+      auto xl = x.clone().requires_grad_(true), yl = y.clone().requires_grad_(true);
+      leaves.push_back(xl);
+      leaves.push_back(yl);
+      auto a = EPLProfile(fused).deflection(xl, yl, p);
+      auto w = torch::cos(torch::arange(a.x.numel(), a.x.options()).reshape(a.x.sizes()) * 0.37);
+      auto obj = (w * a.x + (1 - w) * a.y).sum();
+      grads = torch::autograd::grad({obj}, leaves);
+      ax = a.x;
+      ay = a.y;
+    };
+    std::vector<Tensor> gf, gt;
+    Tensor fx, fy, tx, ty;
+    run(true, gf, fx, fy);
+    run(false, gt, tx, ty);
+    EXPECT_EQ(fx.sizes(), tx.sizes());
+    EXPECT_LT(max_scaled(fx, tx), tol);
+    EXPECT_LT(max_scaled(fy, ty), tol);
+    for (size_t i = 0; i < gf.size(); ++i) {
+      SCOPED_TRACE(i < names.size() ? names[i] : (i == 6 ? "x" : "y"));
+      EXPECT_EQ(gf[i].sizes(), gt[i].sizes());
+      // float64: the round lens' orientation derivative is good to ~1e-8 (ellipticity floor 1e-9)
+      EXPECT_LT(max_scaled(gf[i], gt[i]), dtype == torch::kFloat64 ? 2e-7 : 50 * tol);
+    }
+  }
+}
+
+// The float32 tensor-op path (the CUDA fallback) at e = 0: gradients wrt e1, e2 stay meaningful.
+TEST(EPL, RoundLensFloat32Gradients) {
+  auto [x, y] = grid(9, 2.0, torch::kFloat32);
+  auto grads = [&](bool fused, torch::Dtype dtype) {
+    auto p = epl_params({1.2}, {2.2}, {0.0}, {0.0}, {0.03}, {-0.04});
+    for (auto& [k, v] : p) v = v.to(dtype);
+    p["e1"].requires_grad_(true);
+    p["e2"].requires_grad_(true);
+    auto a = EPLProfile(fused).deflection(x.to(dtype), y.to(dtype), p);
+    auto g = torch::autograd::grad({(a.x * 0.7 - a.y * 0.4).sum()}, {p["e1"], p["e2"]});
+    return torch::cat(g).to(torch::kFloat64);
+  };
+  auto ref = grads(true, torch::kFloat64);
+  EXPECT_LT(max_scaled(grads(false, torch::kFloat32), ref), 2e-3);
+  EXPECT_LT(max_scaled(grads(true, torch::kFloat32), ref), 1e-5);
+}
+
+// Fused gradients vs central finite differences in float64 at q = 0.2 and near-round.
+TEST(EPL, FusedGradientsMatchFiniteDifferences) {
+  auto [e1a, e2a] = ellipticity(0.2, 1.1);
+  auto [x, y] = grid(9, 2.0);
+  for (auto [e1, e2] :
+       std::vector<std::pair<double, double>>{{e1a, e2a}, {0.0, 0.0}, {1e-4, -2e-4}}) {
+    SCOPED_TRACE(std::to_string(e1) + "," + std::to_string(e2));
+    auto base = epl_params({1.2}, {2.2}, {e1}, {e2}, {0.03}, {-0.04});
+    auto obj = [&](const ParamMap& p) {
+      auto a = EPLProfile(true).deflection(x, y, p);
+      return (a.x * 0.7 - a.y * 0.4).sum();
+    };
+    for (const auto& name : {"theta_E", "gamma", "e1", "e2", "center_x", "center_y"}) {
+      SCOPED_TRACE(name);
+      ParamMap p = base;
+      p[name] = base[name].clone().requires_grad_(true);
+      const double g = torch::autograd::grad({obj(p)}, {p[name]})[0].item<double>();
+      const double h = 1e-6;
+      ParamMap pp = base, pm = base;
+      pp[name] = base[name] + h;
+      pm[name] = base[name] - h;
+      const double fd = (obj(pp).item<double>() - obj(pm).item<double>()) / (2 * h);
+      EXPECT_NEAR(g, fd, 2e-6 * std::max(1.0, std::abs(fd)));
+    }
+  }
+}
+
+TEST(EPL, FusedRejectsInconsistentBatchSizes) {
+  auto p = epl_params({1.0, 1.1, 1.2}, {2.0, 2.0, 2.0}, {0.1, 0.1, 0.1}, {0.0, 0.0, 0.0},
+                      {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0});
+  auto x = torch::zeros({2, 5}, f64());
+  EXPECT_THROW(EPLProfile(true).deflection(x, x, p), InvalidArgument);
+}
+
+// Second derivatives through the fused op (create_graph) use the tensor-op recompute.
+TEST(EPL, DoubleBackwardThroughFusedOp) {
+  auto [x, y] = grid(7, 1.5);
+  auto p = epl_params({1.0}, {2.1}, {0.1}, {0.05}, {0.0}, {0.0});
+  p["theta_E"].requires_grad_(true);
+  auto fused = EPLProfile(true).MassProfile::hessian(x, y, p);
+  auto tens = EPLProfile(false).MassProfile::hessian(x, y, p);
+  auto g1 = torch::autograd::grad({fused.xx.sum()}, {p["theta_E"]})[0];
+  auto g2 = torch::autograd::grad({tens.xx.sum()}, {p["theta_E"]})[0];
+  EXPECT_LT(max_scaled(fused.xx, tens.xx), 1e-11);
+  EXPECT_LT(max_scaled(g1, g2), 1e-10);
+}
+
+// Timing of the fused deflection, forward + backward, B = 16, N = 40000 (100x100, supersampling 2).
+// Not a timed test: run with --gtest_also_run_disabled_tests to print the numbers.
+TEST(EPL, DISABLED_FusedTiming) {
+  const int threads_before = at::get_num_threads();
+  for (int threads : {1, 2})
+    for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+      for (bool fused : {true, false}) {
+        if (!fused && threads == 2) continue;
+        at::set_num_threads(threads);
+        const int64_t B = 16, N = 40000;
+        auto opt = torch::TensorOptions().dtype(dtype);
+        auto x = (torch::rand({1, N}, opt) * 5 - 2.5), y = (torch::rand({1, N}, opt) * 5 - 2.5);
+        ParamMap p{{"theta_E", 1.0 + 0.2 * torch::rand({B}, opt)},
+                   {"gamma", 1.9 + 0.2 * torch::rand({B}, opt)},
+                   {"e1", 0.2 * torch::rand({B}, opt) - 0.1},
+                   {"e2", 0.2 * torch::rand({B}, opt) - 0.1},
+                   {"center_x", 0.1 * torch::rand({B}, opt)},
+                   {"center_y", 0.1 * torch::rand({B}, opt)}};
+        for (auto& [k, v] : p) v.requires_grad_(true);
+        EPLProfile prof(fused);
+        auto step = [&] {
+          auto a = prof.deflection(x, y, p);
+          auto loss = (a.x * a.x + a.y).sum();
+          loss.backward();
+        };
+        step();
+        // minimum over repetitions: robust against other processes on a shared machine
+        const int reps = fused ? 20 : 3;
+        double best = 1e300, best_fwd = 1e300;
+        for (int i = 0; i < reps; ++i) {
+          auto t0 = std::chrono::steady_clock::now();
+          step();
+          auto t1 = std::chrono::steady_clock::now();
+          {
+            torch::NoGradGuard no_grad;
+            prof.deflection(x, y, p);
+          }
+          auto t2 = std::chrono::steady_clock::now();
+          best = std::min(best, std::chrono::duration<double, std::milli>(t1 - t0).count());
+          best_fwd = std::min(best_fwd, std::chrono::duration<double, std::milli>(t2 - t1).count());
+        }
+        std::cout << "[timing] EPL " << (fused ? "fused " : "tensor ")
+                  << (dtype == torch::kFloat32 ? "float32" : "float64")
+                  << " B=16 N=40000: forward+backward " << best << " ms, forward only " << best_fwd
+                  << " ms (best of " << reps << ", threads " << at::get_num_threads() << ")\n";
+      }
+    }
+  at::set_num_threads(threads_before);
+}
+
+}  // namespace dslens::physics::test_mass_epl_detail

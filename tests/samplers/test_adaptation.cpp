@@ -1,0 +1,142 @@
+// Stan's warmup building blocks: dual averaging, the window schedule, Welford estimators and the
+// step-size search.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "dslens/core/errors.h"
+#include "dslens/samplers/adaptation.h"
+#include "dslens/samplers/hmc.h"
+
+namespace adaptation_test {
+
+using namespace dslens::samplers;
+using Windows = std::vector<std::pair<int64_t, int64_t>>;
+
+// Stan's stepsize_adaptation::learn_stepsize, scalar, written from the paper's equations.
+struct ScalarDualAveraging {
+  double mu, delta = 0.8, gamma = 0.05, kappa = 0.75, t0 = 10;
+  double s_bar = 0, x_bar = 0;
+  int counter = 0;
+  double learn(double stat) {
+    ++counter;
+    stat = std::min(stat, 1.0);
+    double eta = 1.0 / (counter + t0);
+    s_bar = (1 - eta) * s_bar + eta * (delta - stat);
+    double x = mu - s_bar * std::sqrt(counter) / gamma;
+    double w = std::pow(counter, -kappa);
+    x_bar = (1 - w) * x_bar + w * x;
+    return std::exp(x);
+  }
+};
+
+TEST(DualAveraging, MatchesStanRecurrencePerChain) {
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor mu = torch::tensor({std::log(10.0 * 0.3), std::log(10.0 * 1.7)}, opt);
+  DualAveraging da(StepSizeAdaptSettings{}, mu);
+  ScalarDualAveraging ref0{std::log(3.0)}, ref1{std::log(17.0)};
+  for (int i = 0; i < 60; ++i) {
+    double a0 = 0.5 + 0.45 * std::sin(0.3 * i), a1 = i % 7 == 0 ? 1.3 : 0.1 + 0.01 * i;
+    torch::Tensor eps = da.learn(torch::tensor({a0, a1}, opt));
+    const double e0 = ref0.learn(a0), e1 = ref1.learn(a1);
+    ASSERT_NEAR(eps[0].item<double>(), e0, 1e-12 * e0) << i;
+    ASSERT_NEAR(eps[1].item<double>(), e1, 1e-12 * e1) << i;
+    EXPECT_NEAR(da.final_step_size()[0].item<double>(), std::exp(ref0.x_bar),
+                1e-12 * std::exp(ref0.x_bar));
+    EXPECT_NEAR(da.final_step_size()[1].item<double>(), std::exp(ref1.x_bar),
+                1e-12 * std::exp(ref1.x_bar));
+  }
+}
+
+TEST(DualAveraging, ConvergesToTheTargetAcceptance) {
+  // A synthetic sampler whose acceptance is exp(-eps): the fixed point is eps = -log(delta).
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  for (double delta : {0.6, 0.8, 0.95}) {
+    StepSizeAdaptSettings s;
+    s.delta = delta;
+    DualAveraging da(s, torch::full({1}, std::log(10.0), opt));
+    torch::Tensor eps = torch::ones({1}, opt);
+    for (int i = 0; i < 3000; ++i) eps = da.learn(torch::exp(-eps));
+    EXPECT_NEAR(da.final_step_size().item<double>(), -std::log(delta), 0.08 * -std::log(delta))
+        << "delta " << delta;
+  }
+}
+
+TEST(WindowedAdaptation, SlowWindowsMatchStan) {
+  WindowSettings w;  // 75 / 25 / 50
+  EXPECT_EQ(WindowedAdaptation::slow_windows(1000, w),
+            (Windows{{75, 100}, {100, 150}, {150, 250}, {250, 450}, {450, 950}}));
+  EXPECT_EQ(WindowedAdaptation::slow_windows(2000, w),
+            (Windows{{75, 100}, {100, 150}, {150, 250}, {250, 450}, {450, 850}, {850, 1950}}));
+  EXPECT_EQ(WindowedAdaptation::slow_windows(150, w), (Windows{{75, 100}}));
+  // 300: the third window ends exactly at the terminal buffer.
+  EXPECT_EQ(WindowedAdaptation::slow_windows(300, w), (Windows{{75, 100}, {100, 150}, {150, 250}}));
+  WindowSettings small{10, 5, 10};
+  EXPECT_EQ(WindowedAdaptation::slow_windows(60, small), (Windows{{10, 15}, {15, 25}, {25, 50}}));
+}
+
+TEST(Welford, MatchesTorchCovariance) {
+  torch::manual_seed(3);
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t C = 3, N = 40, D = 4;
+  torch::Tensor x = torch::randn({C, N, D}, opt) * torch::tensor({1.0, 2.0, 0.5, 3.0}, opt) + 1.5;
+  WelfordEstimator diag(MetricKind::diag, C, D, opt), dense(MetricKind::dense, C, D, opt);
+  for (int64_t i = 0; i < N; ++i) {
+    diag.add(x.select(1, i));
+    dense.add(x.select(1, i));
+  }
+  EXPECT_EQ(diag.num_samples(), N);
+  EXPECT_TRUE(torch::allclose(diag.covariance(false), x.var(1, /*unbiased=*/true), 1e-10, 1e-12));
+  for (int64_t c = 0; c < C; ++c) {
+    torch::Tensor xc = x[c] - x[c].mean(0);
+    torch::Tensor cov = xc.t().mm(xc) / double(N - 1);
+    EXPECT_TRUE(torch::allclose(dense.covariance(false)[c], cov, 1e-10, 1e-12));
+  }
+  torch::Tensor all = x.reshape({C * N, D});
+  EXPECT_TRUE(torch::allclose(diag.covariance(true)[1], all.var(0, true), 1e-10, 1e-12));
+  torch::Tensor ac = all - all.mean(0);
+  EXPECT_TRUE(
+      torch::allclose(dense.covariance(true)[2], ac.t().mm(ac) / double(C * N - 1), 1e-10, 1e-12));
+  EXPECT_EQ(dense.effective_count(true), C * N);
+}
+
+TEST(Welford, StanRegularisation) {
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor var = torch::tensor({{2.0, 0.5}}, opt);
+  torch::Tensor r = regularize_covariance(var, 10, MetricKind::diag);
+  EXPECT_NEAR(r[0][0].item<double>(), 10.0 / 15.0 * 2.0 + 1e-3 * 5.0 / 15.0, 1e-15);
+  EXPECT_NEAR(r[0][1].item<double>(), 10.0 / 15.0 * 0.5 + 1e-3 * 5.0 / 15.0, 1e-15);
+  torch::Tensor cov = torch::tensor({{{2.0, 0.3}, {0.3, 1.0}}}, opt);
+  torch::Tensor rd = regularize_covariance(cov, 20, MetricKind::dense);
+  EXPECT_NEAR(rd[0][0][1].item<double>(), 0.8 * 0.3, 1e-15);
+  EXPECT_NEAR(rd[0][1][1].item<double>(), 0.8 * 1.0 + 1e-3 * 0.2, 1e-15);
+}
+
+TEST(StepSizeSearch, FindsTheAcceptanceCrossingPerChain) {
+  // Standard normal in 1-d with unit metric: one leapfrog step of size e from (q, p) changes H by
+  // a known amount; the search must stop at a step size whose acceptance brackets 0.8.
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t C = 6;
+  LogDensityFn f = [](const torch::Tensor& q) {
+    return LogDensityValue{-0.5 * (q * q).sum(1) * 1e4, -q * 1e4};
+  };
+  HamiltonianSystem sys(f, Metric::identity(MetricKind::diag, C, 1, opt),
+                        ChainRandom(5, 0, C, torch::kCPU));
+  ChainState st;
+  st.q = torch::linspace(-0.02, 0.02, C, opt).unsqueeze(1);
+  LogDensityValue v = f(st.q);
+  st.log_p = v.log_p;
+  st.grad = v.grad;
+  torch::Tensor eps = find_reasonable_step_size(sys, st, torch::ones({C}, opt), 0);
+  // For sigma = 0.01 a reasonable step is of order sigma: far below the start of 1.
+  EXPECT_TRUE((eps < 0.05).all().item<bool>()) << eps;
+  EXPECT_TRUE((eps > 1e-4).all().item<bool>()) << eps;
+  // Halving stops at the first step size whose acceptance exceeds 0.8 for the probe momentum:
+  // the step size is a power of two.
+  torch::Tensor l2 = torch::log2(eps);
+  EXPECT_TRUE(torch::allclose(l2, torch::round(l2)));
+}
+
+}  // namespace adaptation_test

@@ -1,0 +1,314 @@
+// NUTS: the U-turn criterion, batched == single chain, posteriors with known moments, divergences.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+
+#include "dslens/core/errors.h"
+#include "dslens/samplers/nuts.h"
+
+namespace nuts_test {
+
+using namespace dslens::samplers;
+
+torch::TensorOptions f64() {
+  return torch::TensorOptions().dtype(torch::kFloat64);
+}
+
+LogDensityFn gaussian(torch::Tensor sigma) {
+  return [sigma](const torch::Tensor& q) {
+    torch::Tensor z = q / sigma;
+    return LogDensityValue{-0.5 * (z * z).sum(1), -z / sigma};
+  };
+}
+
+// Mean of x [C, N] and its batch-means Monte Carlo standard error (20 batches per chain).
+std::pair<double, double> mean_mcse(const torch::Tensor& x) {
+  const int64_t C = x.size(0), N = x.size(1), B = 20, L = N / B;
+  torch::Tensor bm = x.narrow(1, 0, B * L).reshape({C, B, L}).mean(2).flatten();
+  return {bm.mean().item<double>(), bm.std().item<double>() / std::sqrt(double(bm.numel()))};
+}
+
+void expect_moment(const torch::Tensor& x, double truth, const std::string& what) {
+  auto [m, se] = mean_mcse(x);
+  EXPECT_NEAR(m, truth, 4 * se) << what << " (MCSE " << se << ")";
+}
+
+torch::Tensor row(std::initializer_list<double> v) {
+  return torch::tensor(std::vector<double>(v), f64()).unsqueeze(0);
+}
+
+TEST(UTurn, StanCriterionOnHandMadeMomenta) {
+  // Both ends still move along rho: no U-turn.
+  EXPECT_TRUE(no_uturn(row({1, 0}), row({0.5, 0.5}), row({2, 1})).item<bool>());
+  // The forward end moves against rho.
+  EXPECT_FALSE(no_uturn(row({1, 0}), row({-1, 0.1}), row({1, 0.3})).item<bool>());
+  // The backward end moves against rho.
+  EXPECT_FALSE(no_uturn(row({-1, 0}), row({1, 0}), row({1, 0})).item<bool>());
+  // Batched: one answer per chain.
+  torch::Tensor ok =
+      no_uturn(torch::tensor({{1.0}, {1.0}}, f64()), torch::tensor({{1.0}, {-1.0}}, f64()),
+               torch::tensor({{2.0}, {1.0}}, f64()));
+  EXPECT_TRUE(ok[0].item<bool>());
+  EXPECT_FALSE(ok[1].item<bool>());
+}
+
+TEST(UTurn, ChecksAcrossSubtreeBoundariesCatchWhatTheMergedCheckMisses) {
+  // 1-d momenta: first subtree [1, 1], second [-0.5, 3]. Over the merged tree rho = 4.5 and both
+  // ends point along it, but the first subtree extended by -0.5 (rho = 1.5) ends moving backwards.
+  SubtreeEnds first{row({1}), row({1}), row({1}), row({1}), row({2})};
+  SubtreeEnds second{row({-0.5}), row({3}), row({-0.5}), row({3}), row({2.5})};
+  EXPECT_TRUE(no_uturn(first.p_sharp_beg, second.p_sharp_end, first.rho + second.rho).item<bool>());
+  EXPECT_FALSE(merged_no_uturn(first, second).item<bool>());
+  // Without the backward step everything agrees.
+  SubtreeEnds smooth{row({0.9}), row({3}), row({0.9}), row({3}), row({3.9})};
+  EXPECT_TRUE(merged_no_uturn(first, smooth).item<bool>());
+  // Sharp momenta use the metric: the same momenta turn back under a different M^-1.
+  SubtreeEnds a{row({1, 1}), row({1, 1}), row({1, 1}), row({1, 1}), row({1, 1})};
+  SubtreeEnds b{row({1, -0.9}), row({1, -0.9}), row({1, -0.9}), row({1, -0.9}), row({1, -0.9})};
+  EXPECT_TRUE(merged_no_uturn(a, b).item<bool>());
+  SubtreeEnds b_sharp = b;
+  b_sharp.p_sharp_beg = b_sharp.p_sharp_end = row({0.01, -0.9});  // M^-1 = diag(0.01, 1)
+  EXPECT_FALSE(merged_no_uturn(a, b_sharp).item<bool>());
+}
+
+TEST(UTurn, WholeTrajectoriesOnACircle) {
+  // Momenta rotating at a constant rate: NUTS keeps doubling while the trajectory spans less than
+  // half a turn and stops once some subtree turns back.
+  auto circle = [](int n, double total_angle) {
+    torch::Tensor a = torch::linspace(0, total_angle, n, f64());
+    return torch::stack({torch::cos(a), torch::sin(a)}, 1).unsqueeze(0);
+  };
+  EXPECT_TRUE(trajectory_no_uturn(circle(8, 1.0)).item<bool>());
+  EXPECT_TRUE(trajectory_no_uturn(circle(16, 2.5)).item<bool>());
+  EXPECT_FALSE(trajectory_no_uturn(circle(16, 4.0)).item<bool>());
+  EXPECT_FALSE(trajectory_no_uturn(circle(32, 2 * M_PI)).item<bool>());
+  // A trajectory that reverses inside its second quarter: the whole-tree check alone passes.
+  torch::Tensor p = torch::tensor({1.0, 1.0, 1.0, 1.0, -0.5, 3.0, 3.0, 3.0}, f64()).view({1, 8, 1});
+  EXPECT_FALSE(trajectory_no_uturn(p).item<bool>());
+  EXPECT_TRUE(no_uturn(p[0][0].view({1, 1}), p[0][7].view({1, 1}), p.sum(1)).item<bool>());
+  EXPECT_THROW(trajectory_no_uturn(torch::ones({1, 6, 1}, f64())), dslens::InvalidArgument);
+}
+
+TEST(Nuts, BatchedChainsEqualSingleChains) {
+  const int64_t C = 8, D = 6;
+  torch::Tensor sigma = torch::tensor({0.2, 0.5, 1.0, 2.0, 3.0, 5.0}, f64());
+  auto f = gaussian(sigma);
+  torch::Tensor init =
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(7)), f64());
+  NutsSettings s;
+  s.num_warmup = 200;
+  s.num_draws = 60;
+  s.adapt.windows = WindowSettings{30, 20, 30};
+  s.seed = 2024;
+  SamplerResult all = sample_nuts(f, init, s);
+  // Chains do not march in step: their tree depths differ in some iteration.
+  EXPECT_TRUE((std::get<0>(all.tree_depth.max(0)) != std::get<0>(all.tree_depth.min(0)))
+                  .any()
+                  .item<bool>());
+  for (int64_t k : {0, 3, 7}) {
+    NutsSettings one = s;
+    one.chain_id_offset = k;
+    SamplerResult r = sample_nuts(f, init.narrow(0, k, 1), one);
+    EXPECT_TRUE(torch::allclose(r.draws[0], all.draws[k], 1e-9, 1e-11)) << "chain " << k;
+    EXPECT_TRUE(torch::allclose(r.step_size[0], all.step_size[k], 1e-9, 0)) << "chain " << k;
+    EXPECT_TRUE(torch::equal(r.tree_depth[0], all.tree_depth[k])) << "chain " << k;
+    EXPECT_TRUE(torch::equal(r.n_leapfrog[0], all.n_leapfrog[k])) << "chain " << k;
+    EXPECT_TRUE(torch::allclose(r.accept_stat[0], all.accept_stat[k], 1e-9, 1e-11));
+    EXPECT_TRUE(torch::allclose(r.energy[0], all.energy[k], 1e-9, 1e-11));
+    EXPECT_TRUE(torch::allclose(r.inv_metric[0], all.inv_metric[k], 1e-9, 0));
+  }
+}
+
+TEST(Nuts, HundredDimensionalGaussianAdaptsTheDiagonalMetric) {
+  const int64_t C = 4, D = 100;
+  // Scales spread over four orders of magnitude.
+  torch::Tensor sigma = torch::pow(10.0, torch::linspace(-2, 2, D, f64()));
+  NutsSettings s;
+  s.seed = 1;
+  s.num_warmup = 1000;
+  s.num_draws = 1000;
+  torch::Tensor init =
+      torch::rand({C, D}, torch::Generator(at::detail::createCPUGenerator(3)), f64()) * 4 - 2;
+  SamplerResult r = sample_nuts(gaussian(sigma), init, s);
+  EXPECT_EQ(r.divergent.sum().item<int64_t>(), 0);
+  for (int64_t d = 0; d < D; ++d) {
+    const double sd = sigma[d].item<double>();
+    torch::Tensor z = r.draws.select(2, d) / sd;  // standardised
+    expect_moment(z, 0.0, "mean of coordinate " + std::to_string(d));
+    expect_moment(z * z, 1.0, "variance of coordinate " + std::to_string(d));
+  }
+  // The metric learned the variances and the trees are short.
+  torch::Tensor ratio = r.inv_metric / (sigma * sigma);
+  EXPECT_TRUE(((ratio > 0.5) & (ratio < 2.0)).all().item<bool>()) << ratio.min() << ratio.max();
+  EXPECT_LE(r.tree_depth.to(torch::kFloat64).mean().item<double>(), 4.0);
+  EXPECT_NEAR(r.accept_stat.mean().item<double>(), 0.8, 0.1);
+  EXPECT_EQ(r.draws.sizes(), (c10::IntArrayRef{C, 1000, D}));
+  EXPECT_EQ(r.energy.sizes(), (c10::IntArrayRef{C, 1000}));
+}
+
+TEST(Nuts, CorrelatedGaussianWithDenseMetric) {
+  const int64_t C = 4;
+  // sd 1 and 10, correlation 0.95.
+  torch::Tensor cov = torch::tensor({{1.0, 9.5}, {9.5, 100.0}}, f64());
+  torch::Tensor prec = torch::inverse(cov);
+  torch::Tensor mu = torch::tensor({1.0, -3.0}, f64());
+  LogDensityFn f = [prec, mu](const torch::Tensor& q) {
+    torch::Tensor x = q - mu;
+    torch::Tensor px = x.matmul(prec);
+    return LogDensityValue{-0.5 * (x * px).sum(1), -px};
+  };
+  NutsSettings s;
+  s.metric = MetricKind::dense;
+  s.seed = 5;
+  SamplerResult r = sample_nuts(f, torch::zeros({C, 2}, f64()), s);
+  EXPECT_EQ(r.divergent.sum().item<int64_t>(), 0);
+  torch::Tensor x0 = r.draws.select(2, 0) - 1.0, x1 = r.draws.select(2, 1) + 3.0;
+  expect_moment(x0, 0.0, "mean 0");
+  expect_moment(x1, 0.0, "mean 1");
+  expect_moment(x0 * x0, 1.0, "var 0");
+  expect_moment(x1 * x1, 100.0, "var 1");
+  expect_moment(x0 * x1, 9.5, "cov");
+  ASSERT_EQ(r.inv_metric.sizes(), (c10::IntArrayRef{C, 2, 2}));
+  torch::Tensor rel = (r.inv_metric - cov).abs() / cov.abs();
+  EXPECT_TRUE((rel < 0.35).all().item<bool>()) << r.inv_metric;
+  // With the covariance as metric the target is isotropic: short trees.
+  EXPECT_LE(r.tree_depth.to(torch::kFloat64).mean().item<double>(), 2.6);
+}
+
+TEST(Nuts, NonCentredFunnel) {
+  // v ~ N(0, 3^2), z_i ~ N(0, 1), x_i = exp(v / 2) z_i: NUTS samples (v, z).
+  const int64_t C = 4, D = 10;
+  LogDensityFn f = autograd_log_density([](const torch::Tensor& q) {
+    torch::Tensor v = q.select(1, 0), z = q.narrow(1, 1, 9);
+    return -v * v / 18.0 - 0.5 * (z * z).sum(1);
+  });
+  NutsSettings s;
+  s.seed = 9;
+  SamplerResult r = sample_nuts(f, torch::zeros({C, D}, f64()), s);
+  EXPECT_EQ(r.divergent.sum().item<int64_t>(), 0);
+  torch::Tensor v = r.draws.select(2, 0);
+  expect_moment(v, 0.0, "E v");
+  expect_moment(v * v, 9.0, "E v^2");
+  for (int64_t i = 1; i < D; ++i) {
+    torch::Tensor z = r.draws.select(2, i);
+    expect_moment(z, 0.0, "E z" + std::to_string(i));
+    expect_moment(z * z, 1.0, "E z^2 " + std::to_string(i));
+  }
+}
+
+// Eight schools, non-centred: mu ~ N(0, 5), tau ~ half-Cauchy(0, 5), theta~_j ~ N(0, 1),
+// y_j ~ N(mu + tau theta~_j, sigma_j); unconstrained (mu, log tau, theta~).
+const double kY[8] = {28, 8, -3, 7, -1, 1, 18, 12};
+const double kSigma[8] = {15, 10, 16, 11, 9, 11, 10, 18};
+
+struct SchoolsReference {
+  double mu, mu2, log_tau, log_tau2, theta1;
+};
+
+// Quadrature over (mu, log tau) with theta integrated out analytically.
+SchoolsReference schools_reference() {
+  torch::Tensor y = torch::tensor(std::vector<double>(kY, kY + 8), f64());
+  torch::Tensor s2 = torch::tensor(std::vector<double>(kSigma, kSigma + 8), f64()).pow(2);
+  torch::Tensor mu = torch::linspace(-40, 50, 1801, f64()).view({-1, 1, 1});
+  torch::Tensor lt = torch::linspace(-14, 7, 1401, f64()).view({1, -1, 1});
+  torch::Tensor tau2 = torch::exp(2 * lt);
+  torch::Tensor var = s2 + tau2;  // [1, T, 8]
+  torch::Tensor loglik = (-0.5 * (y - mu).pow(2) / var - 0.5 * torch::log(var)).sum(2);
+  torch::Tensor lt2 = lt.squeeze(2), mu2 = mu.squeeze(2);
+  torch::Tensor logp = loglik - mu2.pow(2) / 50.0 - torch::log1p(tau2.squeeze(2) / 25.0) + lt2;
+  torch::Tensor w = torch::exp(logp - logp.max());
+  w = w / w.sum();
+  torch::Tensor t2 = tau2.squeeze(2);
+  torch::Tensor theta1_mean = (kY[0] / s2[0] + mu2 / t2) / (1.0 / s2[0] + 1.0 / t2);
+  auto e = [&](const torch::Tensor& g) { return (w * g).sum().item<double>(); };
+  return {e(mu2 + 0 * lt2), e(mu2.pow(2) + 0 * lt2), e(lt2 + 0 * mu2), e(lt2.pow(2) + 0 * mu2),
+          e(theta1_mean)};
+}
+
+TEST(Nuts, EightSchoolsNonCentred) {
+  const int64_t C = 4;
+  torch::Tensor y = torch::tensor(std::vector<double>(kY, kY + 8), f64());
+  torch::Tensor sigma = torch::tensor(std::vector<double>(kSigma, kSigma + 8), f64());
+  // Analytic gradient (the autograd wrapper is tested elsewhere; this keeps the test fast).
+  LogDensityFn f = [y, sigma](const torch::Tensor& q) {
+    torch::Tensor mu = q.narrow(1, 0, 1), lt = q.narrow(1, 1, 1), th = q.narrow(1, 2, 8);
+    torch::Tensor tau = torch::exp(lt);
+    torch::Tensor resid = (y - (mu + tau * th)) / sigma;
+    torch::Tensor r = resid / sigma;
+    torch::Tensor t2 = tau * tau / 25.0;
+    torch::Tensor lp = (-mu * mu / 50.0 - torch::log1p(t2) + lt).squeeze(1) -
+                       0.5 * (th * th).sum(1) - 0.5 * (resid * resid).sum(1);
+    torch::Tensor g_mu = -mu / 25.0 + r.sum(1, true);
+    torch::Tensor g_lt = -2.0 * t2 / (1.0 + t2) + 1.0 + (r * tau * th).sum(1, true);
+    torch::Tensor g_th = -th + r * tau;
+    return LogDensityValue{lp, torch::cat({g_mu, g_lt, g_th}, 1)};
+  };
+  NutsSettings s;
+  s.seed = 8;
+  s.adapt.dual_averaging.delta = 0.9;
+  torch::Tensor init =
+      torch::rand({C, 10}, torch::Generator(at::detail::createCPUGenerator(4)), f64()) * 4 - 2;
+  SamplerResult r = sample_nuts(f, init, s);
+  SchoolsReference ref = schools_reference();
+  // A rare divergence can occur in the tau -> 0 neck even when non-centred.
+  EXPECT_LE(r.divergent.sum().item<int64_t>(), 4);
+  torch::Tensor mu = r.draws.select(2, 0), lt = r.draws.select(2, 1);
+  expect_moment(mu, ref.mu, "E mu");
+  expect_moment(mu * mu, ref.mu2, "E mu^2");
+  expect_moment(lt, ref.log_tau, "E log tau");
+  expect_moment(lt * lt, ref.log_tau2, "E log tau^2");
+  expect_moment(mu + torch::exp(lt) * r.draws.select(2, 2), ref.theta1, "E theta_1");
+  // Sanity of the reference itself (posteriordb: E mu ~ 4.4, E tau ~ 3.6).
+  EXPECT_NEAR(ref.mu, 4.4, 0.3);
+}
+
+TEST(Nuts, NonFiniteLogDensityMarksTransitionsDivergent) {
+  // A standard normal whose log density is NaN beyond q0 = 1: chains keep running, never enter.
+  LogDensityFn f = [](const torch::Tensor& q) {
+    torch::Tensor lp = -0.5 * (q * q).sum(1);
+    torch::Tensor bad = q.select(1, 0) > 1.0;
+    lp = torch::where(bad, torch::full_like(lp, NAN), lp);
+    torch::Tensor g = torch::where(bad.unsqueeze(1), torch::full_like(q, NAN), -q);
+    return LogDensityValue{lp, g};
+  };
+  NutsSettings s;
+  s.num_warmup = 200;
+  s.num_draws = 300;
+  s.adapt.metric = false;
+  s.seed = 3;
+  SamplerResult r = sample_nuts(f, torch::zeros({4, 3}, f64()), s);
+  EXPECT_GT(r.divergent.sum().item<int64_t>(), 0);
+  EXPECT_TRUE((r.draws.select(2, 0) <= 1.0).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(r.draws).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(r.log_density).all().item<bool>());
+  // Divergent transitions are those with a NaN somewhere on the trajectory: a chain's energy and
+  // acceptance statistics stay finite.
+  EXPECT_TRUE(torch::isfinite(r.accept_stat).all().item<bool>());
+
+  // A non-finite initial point is a clear error naming the chain.
+  torch::Tensor init = torch::zeros({4, 3}, f64());
+  init[2][0] = 2.0;
+  try {
+    sample_nuts(f, init, s);
+    FAIL() << "expected InvalidArgument";
+  } catch (const dslens::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("chain(s) 2 "), std::string::npos) << e.what();
+  }
+}
+
+TEST(Nuts, MaxDepthBoundsTheTrees) {
+  NutsSettings s;
+  s.num_warmup = 0;
+  s.num_draws = 20;
+  s.step_size = 0.01;  // far too small: trees would grow to depth 8 or more
+  s.max_depth = 3;
+  SamplerResult r = sample_nuts(gaussian(torch::ones({2}, f64())), torch::zeros({3, 2}, f64()), s);
+  EXPECT_TRUE((r.tree_depth == 3).all().item<bool>());
+  EXPECT_TRUE((r.n_leapfrog == 7).all().item<bool>());
+  EXPECT_TRUE((r.step_size == 0.01).all().item<bool>());
+  EXPECT_EQ(r.gradient_evaluations, (1 + 20 * 7) * 3);
+}
+
+}  // namespace nuts_test
