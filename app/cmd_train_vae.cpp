@@ -254,6 +254,7 @@ int run(int argc, char** argv) {
     out.emplace(OutputDir::live(out_arg, overwrite, resume));
     out_dir = out->working_dir();
     add_log_file(out->file("train.log"));
+    spdlog::default_logger()->flush_on(spdlog::level::debug);  // the log follows the run
     write_text_atomically(out->file("config.json"), config.dump(2) + "\n");
   }
   spdlog::info("dslens {} train-vae: config {}, output {}{}", version(), config_path, out_dir,

@@ -23,6 +23,8 @@ void add_log_file(const std::string& path) {
     file->set_level(spdlog::level::debug);
     file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
     spdlog::default_logger()->sinks().push_back(file);
+    // Log files are read while long jobs run (and after a kill): flush every record.
+    spdlog::default_logger()->flush_on(spdlog::level::debug);
   } catch (const spdlog::spdlog_ex& e) {
     throw FileError("cannot open log file '" + path + "': " + e.what());
   }

@@ -31,7 +31,7 @@ torch::Tensor source_galaxy() {
   auto r = torch::arange(n, torch::kFloat64) - 0.5 * (n - 1);
   auto u = r.unsqueeze(0).expand({n, n});  // columns: x
   auto v = r.unsqueeze(1).expand({n, n});  // rows: y
-  auto img = sersic(u, v, 2.5, 2.5, 0.85, 0.4, 0.35) + sersic(u, v, 9.0, 1.0, 0.55, 0.5, 0.12);
+  auto img = sersic(u, v, 3.0, 1.5, 0.85, 0.4, 0.08) + sersic(u, v, 9.0, 1.0, 0.55, 0.5, 0.12);
   for (int arm = 0; arm < 2; ++arm) {
     for (int k = 0; k < 6; ++k) {
       const double rad = 5.0 + 3.2 * k;
