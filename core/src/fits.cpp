@@ -6,36 +6,13 @@
 
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/errors.h"
+#include "fits_file.h"
 
 namespace dslens {
 namespace {
 
-std::string fits_status_text(int status) {
-  char text[FLEN_STATUS];
-  fits_get_errstatus(status, text);
-  return std::string(text);
-}
-
-// Owns an open fitsfile*; closes it on scope exit.
-struct FitsFile {
-  fitsfile* ptr = nullptr;
-  ~FitsFile() {
-    int status = 0;
-    if (ptr) fits_close_file(ptr, &status);
-  }
-};
-
-void open_for_read(FitsFile& f, const std::string& path) {
-  if (!std::filesystem::exists(path)) throw FileError("FITS file '" + path + "' does not exist");
-  int status = 0;
-  if (fits_open_file(&f.ptr, path.c_str(), READONLY, &status)) {
-    f.ptr = nullptr;
-    throw FileError("FITS file '" + path + "' cannot be opened: " + fits_status_text(status));
-  }
-}
-
 // Moves to the requested HDU; for the default, the first HDU that holds image data.
-void move_to_hdu(FitsFile& f, const std::string& path, const FitsHdu& hdu) {
+void move_to_hdu(fits_io::FitsFile& f, const std::string& path, const FitsHdu& hdu) {
   int status = 0;
   int type = 0;
   if (!hdu.name.empty()) {
@@ -73,48 +50,24 @@ std::string FitsHdu::describe() const {
 }
 
 int fits_hdu_count(const std::string& path) {
-  FitsFile f;
-  open_for_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   int status = 0, count = 0;
   fits_get_num_hdus(f.ptr, &count, &status);
   return count;
 }
 
 torch::Tensor read_fits_image(const std::string& path, const FitsHdu& hdu) {
-  FitsFile f;
-  open_for_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   move_to_hdu(f, path, hdu);
-  int status = 0, type = 0;
-  fits_get_hdu_type(f.ptr, &type, &status);
-  const std::string where = "FITS file '" + path + "', " + hdu.describe();
-  if (type != IMAGE_HDU) throw FileError(where + ": not an image HDU (it is a table)");
-  int naxis = 0;
-  fits_get_img_dim(f.ptr, &naxis, &status);
-  if (status || naxis <= 0) throw FileError(where + ": holds no image data");
-  std::vector<long> naxes(naxis);
-  fits_get_img_size(f.ptr, naxis, naxes.data(), &status);
-  std::vector<int64_t> shape;
-  int64_t n = 1;
-  for (int i = naxis - 1; i >= 0; --i) {
-    shape.push_back(naxes[i]);
-    n *= naxes[i];
-  }
-  if (n <= 0) throw FileError(where + ": image has zero size");
-  torch::Tensor out = torch::empty(shape, torch::kFloat64);
-  std::vector<long> first(naxis, 1);
-  int anynul = 0;
-  double nulval = std::numeric_limits<double>::quiet_NaN();
-  if (fits_read_pix(f.ptr, TDOUBLE, first.data(), n, &nulval, out.data_ptr<double>(), &anynul,
-                    &status)) {
-    throw FileError(where + ": cannot read pixels: " + fits_status_text(status));
-  }
-  return out;
+  return fits_io::read_current_image(f, "FITS file '" + path + "', " + hdu.describe());
 }
 
 std::map<std::string, double> read_fits_numeric_header(const std::string& path,
                                                        const FitsHdu& hdu) {
-  FitsFile f;
-  open_for_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   move_to_hdu(f, path, hdu);
   int status = 0, nkeys = 0;
   fits_get_hdrspace(f.ptr, &nkeys, nullptr, &status);
@@ -135,13 +88,13 @@ void write_fits_image(const std::string& path, const torch::Tensor& image,
   if (image.dim() < 1) throw InvalidArgument("write_fits_image: a scalar is not an image");
   torch::Tensor data = image.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   write_file_atomically(path, [&](const std::string& tmp) {
-    FitsFile f;
+    fits_io::FitsFile f;
     int status = 0;
     // A leading '!' tells CFITSIO to overwrite; tmp is a fresh temporary name anyway.
     const std::string target = "!" + tmp;
     if (fits_create_file(&f.ptr, target.c_str(), &status)) {
       f.ptr = nullptr;
-      throw FileError("cannot create FITS file '" + path + "': " + fits_status_text(status));
+      throw FileError("cannot create FITS file '" + path + "': " + fits_io::status_text(status));
     }
     std::vector<long> naxes;
     for (int64_t i = data.dim() - 1; i >= 0; --i) naxes.push_back(data.size(i));
@@ -166,11 +119,11 @@ void write_fits_image(const std::string& path, const torch::Tensor& image,
     std::vector<long> first(naxes.size(), 1);
     fits_write_pix(f.ptr, TDOUBLE, first.data(), data.numel(), data.data_ptr<double>(), &status);
     if (status)
-      throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
+      throw FileError("cannot write FITS file '" + path + "': " + fits_io::status_text(status));
     fits_close_file(f.ptr, &status);
     f.ptr = nullptr;
     if (status)
-      throw FileError("cannot write FITS file '" + path + "': " + fits_status_text(status));
+      throw FileError("cannot write FITS file '" + path + "': " + fits_io::status_text(status));
   });
 }
 

@@ -8,47 +8,22 @@
 #include <limits>
 
 #include "dslens/core/errors.h"
+#include "fits_file.h"
 
 namespace dslens::fits_table_detail {
-
-std::string status_text(int status) {
-  char text[FLEN_STATUS];
-  fits_get_errstatus(status, text);
-  return std::string(text);
-}
-
-// Owns an open fitsfile*; closes it on scope exit.
-struct TableFile {
-  fitsfile* ptr = nullptr;
-  std::string path;
-  ~TableFile() {
-    int status = 0;
-    if (ptr) fits_close_file(ptr, &status);
-  }
-};
-
-void open_read(TableFile& f, const std::string& path) {
-  f.path = path;
-  if (!std::filesystem::exists(path)) throw FileError("FITS file '" + path + "' does not exist");
-  int status = 0;
-  if (fits_open_file(&f.ptr, path.c_str(), READONLY, &status)) {
-    f.ptr = nullptr;
-    throw FileError("FITS file '" + path + "' cannot be opened: " + status_text(status));
-  }
-}
 
 std::string where(const std::string& path, const FitsHdu& hdu) {
   return "FITS file '" + path + "', " + hdu.describe();
 }
 
-int hdu_count(TableFile& f) {
+int hdu_count(fits_io::FitsFile& f) {
   int status = 0, count = 0;
   fits_get_num_hdus(f.ptr, &count, &status);
   return count;
 }
 
 // Moves to the table HDU `hdu` (the default selector means HDU 1).
-void move_to_table(TableFile& f, const FitsHdu& hdu) {
+void move_to_table(fits_io::FitsFile& f, const FitsHdu& hdu) {
   int status = 0, type = 0;
   const FitsHdu h = (hdu.name.empty() && hdu.index < 0) ? FitsHdu::number(1) : hdu;
   if (!h.name.empty()) {
@@ -76,7 +51,7 @@ std::string rtrim(std::string s) {
   return s;
 }
 
-std::vector<std::string> column_names(TableFile& f) {
+std::vector<std::string> column_names(fits_io::FitsFile& f) {
   int status = 0, ncols = 0;
   fits_get_num_cols(f.ptr, &ncols, &status);
   std::vector<std::string> names;
@@ -90,7 +65,7 @@ std::vector<std::string> column_names(TableFile& f) {
   return names;
 }
 
-long long row_count(TableFile& f) {
+long long row_count(fits_io::FitsFile& f) {
   int status = 0;
   LONGLONG rows = 0;
   fits_get_num_rowsll(f.ptr, &rows, &status);
@@ -98,7 +73,7 @@ long long row_count(TableFile& f) {
 }
 
 // 1-based column number of `column`, matched case-insensitively; FileError listing the columns.
-int find_column(TableFile& f, const FitsHdu& hdu, const std::string& column) {
+int find_column(fits_io::FitsFile& f, const FitsHdu& hdu, const std::string& column) {
   const auto names = column_names(f);
   for (size_t i = 0; i < names.size(); ++i) {
     if (upper(names[i]) == upper(column)) return static_cast<int>(i) + 1;
@@ -132,15 +107,16 @@ bool is_numeric_type(int typecode) {
 
 std::vector<double> read_numeric(const std::string& path, const std::string& column,
                                  const FitsHdu& hdu) {
-  TableFile f;
-  open_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   move_to_table(f, hdu);
   const int col = find_column(f, hdu, column);
   const std::string at = where(path, hdu) + ", column '" + column + "'";
   int status = 0, typecode = 0;
   long repeat = 0, width = 0;
   fits_get_coltype(f.ptr, col, &typecode, &repeat, &width, &status);
-  if (status) throw FileError(at + ": cannot read the column type: " + status_text(status));
+  if (status)
+    throw FileError(at + ": cannot read the column type: " + fits_io::status_text(status));
   if (typecode < 0) throw FileError(at + ": variable-length array columns are not supported");
   if (!is_numeric_type(typecode)) {
     throw FileError(at + ": not a numeric column (CFITSIO type code " + std::to_string(typecode) +
@@ -156,35 +132,7 @@ std::vector<double> read_numeric(const std::string& path, const std::string& col
   double nulval = std::numeric_limits<double>::quiet_NaN();
   int anynul = 0;
   if (fits_read_col(f.ptr, TDOUBLE, col, 1, 1, rows, &nulval, out.data(), &anynul, &status)) {
-    throw FileError(at + ": cannot read: " + status_text(status));
-  }
-  return out;
-}
-
-// Reads the image of the current HDU.
-torch::Tensor read_current_image(TableFile& f, const std::string& at) {
-  int status = 0, type = 0;
-  fits_get_hdu_type(f.ptr, &type, &status);
-  if (type != IMAGE_HDU) throw FileError(at + ": not an image HDU (it is a table)");
-  int naxis = 0;
-  fits_get_img_dim(f.ptr, &naxis, &status);
-  if (status || naxis <= 0) throw FileError(at + ": holds no image data");
-  std::vector<long> naxes(naxis);
-  fits_get_img_size(f.ptr, naxis, naxes.data(), &status);
-  std::vector<int64_t> shape;
-  int64_t n = 1;
-  for (int i = naxis - 1; i >= 0; --i) {
-    shape.push_back(naxes[i]);
-    n *= naxes[i];
-  }
-  if (n <= 0) throw FileError(at + ": image has zero size");
-  torch::Tensor out = torch::empty(shape, torch::kFloat64);
-  std::vector<long> first(naxis, 1);
-  int anynul = 0;
-  double nulval = std::numeric_limits<double>::quiet_NaN();
-  if (fits_read_pix(f.ptr, TDOUBLE, first.data(), n, &nulval, out.data_ptr<double>(), &anynul,
-                    &status)) {
-    throw FileError(at + ": cannot read pixels: " + status_text(status));
+    throw FileError(at + ": cannot read: " + fits_io::status_text(status));
   }
   return out;
 }
@@ -194,8 +142,8 @@ torch::Tensor read_current_image(TableFile& f, const std::string& at) {
 namespace dslens {
 
 FitsTableInfo read_fits_table_info(const std::string& path, const FitsHdu& hdu) {
-  fits_table_detail::TableFile f;
-  fits_table_detail::open_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   fits_table_detail::move_to_table(f, hdu);
   FitsTableInfo info;
   info.rows = fits_table_detail::row_count(f);
@@ -205,8 +153,8 @@ FitsTableInfo read_fits_table_info(const std::string& path, const FitsHdu& hdu) 
 
 std::vector<std::string> read_fits_string_column(const std::string& path, const std::string& column,
                                                  const FitsHdu& hdu) {
-  fits_table_detail::TableFile f;
-  fits_table_detail::open_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   fits_table_detail::move_to_table(f, hdu);
   const int col = fits_table_detail::find_column(f, hdu, column);
   const std::string at = fits_table_detail::where(path, hdu) + ", column '" + column + "'";
@@ -214,8 +162,7 @@ std::vector<std::string> read_fits_string_column(const std::string& path, const 
   long repeat = 0, width = 0;
   fits_get_coltype(f.ptr, col, &typecode, &repeat, &width, &status);
   if (status) {
-    throw FileError(at +
-                    ": cannot read the column type: " + fits_table_detail::status_text(status));
+    throw FileError(at + ": cannot read the column type: " + fits_io::status_text(status));
   }
   if (typecode != TSTRING) {
     throw FileError(at + ": not a character column (CFITSIO type code " + std::to_string(typecode) +
@@ -231,7 +178,7 @@ std::vector<std::string> read_fits_string_column(const std::string& path, const 
   char nulstr[] = "";
   int anynul = 0;
   if (fits_read_col(f.ptr, TSTRING, col, 1, 1, rows, nulstr, pointers.data(), &anynul, &status)) {
-    throw FileError(at + ": cannot read: " + fits_table_detail::status_text(status));
+    throw FileError(at + ": cannot read: " + fits_io::status_text(status));
   }
   for (const auto& b : buffers) out.push_back(fits_table_detail::rtrim(std::string(b.data())));
   return out;
@@ -261,8 +208,8 @@ std::vector<long long> read_fits_integer_column(const std::string& path, const s
 
 std::vector<torch::Tensor> read_fits_image_hdus(const std::string& path,
                                                 const std::vector<int>& hdus) {
-  fits_table_detail::TableFile f;
-  fits_table_detail::open_read(f, path);
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
   const int count = fits_table_detail::hdu_count(f);
   std::vector<torch::Tensor> out;
   out.reserve(hdus.size());
@@ -273,7 +220,7 @@ std::vector<torch::Tensor> read_fits_image_hdus(const std::string& path,
       throw FileError("FITS file '" + path + "': HDU " + std::to_string(hdu) + " does not exist (" +
                       std::to_string(count) + " HDUs)");
     }
-    out.push_back(fits_table_detail::read_current_image(f, at));
+    out.push_back(fits_io::read_current_image(f, at));
   }
   return out;
 }
