@@ -1,6 +1,8 @@
 // `dslens bench vae`: VAE decoder throughput in latents per second, forward alone and forward plus
-// the gradient with respect to z (what a fitter needs), at several batch sizes. Uses the default
-// architecture (64x64 stamps, 64 latents) with random weights, or a trained --checkpoint.
+// the gradient with respect to z (what a fitter needs; the weights are frozen), at several batch
+// sizes. Uses the default architecture (that of configs/train_vae_default.json) with random
+// weights, the "model" of a train-vae --config, or a trained --checkpoint. --kernels libtorch runs
+// LibTorch's own layers instead of the CPU kernels of nn/cpu_ops.h, for comparison.
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -12,6 +14,7 @@
 #include "dslens/core/config.h"
 #include "dslens/core/errors.h"
 #include "dslens/nn/checkpoint.h"
+#include "dslens/nn/trainer.h"
 #include "dslens/nn/vae.h"
 
 namespace dslens::app {
@@ -21,6 +24,8 @@ struct Row {
   int64_t batch;
   double forward_per_s;
   double gradient_per_s;
+  double forward_ms() const { return 1e3 * double(batch) / forward_per_s; }
+  double gradient_ms() const { return 1e3 * double(batch) / gradient_per_s; }
 };
 
 // Repeats `fn` (which must synchronise) until `min_seconds` have passed; returns calls per second.
@@ -42,10 +47,14 @@ int run(int argc, char** argv) {
   cxxopts::Options options(argv[0],
                            "VAE decoder throughput (latents/s), forward and forward+grad wrt z");
   options.add_options()("batches", "comma-separated batch sizes",
-                        cxxopts::value<std::vector<int64_t>>()->default_value("1,64,1024"))(
+                        cxxopts::value<std::vector<int64_t>>()->default_value("1,4,64,1024"))(
       "seconds", "minimum time per measurement", cxxopts::value<double>()->default_value("1.0"))(
       "checkpoint", "a trained VAE checkpoint (folder or checkpoint.json); default: random weights",
-      cxxopts::value<std::string>())("json", "print the results as JSON");
+      cxxopts::value<std::string>())(
+      "config", "a train-vae config whose \"model\" to use (random weights)",
+      cxxopts::value<std::string>())(
+      "kernels", "CPU layers: dslens (nn/cpu_ops.h) or libtorch",
+      cxxopts::value<std::string>()->default_value("dslens"))("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
@@ -53,17 +62,35 @@ int run(int argc, char** argv) {
   const double min_seconds = args["seconds"].as<double>();
   if (!(min_seconds > 0)) throw InvalidArgument("--seconds must be > 0");
 
+  const std::string kernels = args["kernels"].as<std::string>();
+  if (kernels != "dslens" && kernels != "libtorch") {
+    throw InvalidArgument("--kernels must be dslens or libtorch, got '" + kernels + "'");
+  }
+  if (args.count("checkpoint") && args.count("config")) {
+    throw InvalidArgument("--checkpoint and --config exclude each other");
+  }
+
   nn::Vae vae{nullptr};
   std::string source = "random weights, default architecture";
   if (args.count("checkpoint")) {
     source = args["checkpoint"].as<std::string>();
     vae = nn::load_vae(source, compute).vae;
   } else {
+    nn::VaeArch arch;
+    if (args.count("config")) {
+      const std::string path = args["config"].as<std::string>();
+      const json config = load_json_file(path);
+      const auto root = ConfigNode::root(config);
+      root.require_object();
+      if (root.has("model")) arch = nn::vae_arch_from_config(root.at("model"));
+      source = "random weights, model of " + path;
+    }
     torch::manual_seed(0);
-    vae = nn::Vae(nn::VaeArch());
+    vae = nn::Vae(arch);
     vae->to(compute.device, compute.dtype);
   }
   vae->eval();
+  vae->set_cpu_kernels(kernels == "dslens");
   for (auto& p : vae->parameters()) p.requires_grad_(false);
   const int64_t d = vae->arch().latent_dim;
 
@@ -98,7 +125,9 @@ int run(int argc, char** argv) {
               {"device", compute.device.str()},
               {"dtype", dtype_name(compute.dtype)},
               {"threads", torch::get_num_threads()},
+              {"kernels", kernels},
               {"model", source},
+              {"architecture", vae->arch().to_json()},
               {"stamp_size", vae->arch().stamp_size},
               {"latent_dim", d},
               {"parameters", vae->parameter_count()},
@@ -106,20 +135,26 @@ int run(int argc, char** argv) {
     for (const auto& r : rows) {
       j["results"].push_back({{"batch", r.batch},
                               {"forward_latents_per_s", r.forward_per_s},
-                              {"forward_grad_latents_per_s", r.gradient_per_s}});
+                              {"forward_ms", r.forward_ms()},
+                              {"forward_grad_latents_per_s", r.gradient_per_s},
+                              {"forward_grad_ms", r.gradient_ms()}});
     }
     std::cout << j.dump(2) << "\n";
     return 0;
   }
   std::cout << "VAE decoder (" << source << ", " << vae->arch().stamp_size << "x"
-            << vae->arch().stamp_size << ", latent " << d << ", " << vae->parameter_count()
+            << vae->arch().stamp_size << ", latent " << d << ", channels "
+            << vae->arch().to_json()["channels"].dump() << ", " << vae->parameter_count()
             << " parameters) on " << compute.device.str() << ", " << dtype_name(compute.dtype)
-            << ", " << torch::get_num_threads() << " threads\n";
-  std::cout << std::setw(8) << "batch" << std::setw(20) << "forward latents/s" << std::setw(24)
-            << "fwd+grad(z) latents/s\n";
+            << ", " << torch::get_num_threads() << " threads, " << kernels << " kernels\n";
+  std::cout << std::setw(8) << "batch" << std::setw(14) << "fwd lat/s" << std::setw(12)
+            << "fwd ms" << std::setw(20) << "fwd+grad(z) lat/s" << std::setw(16)
+            << "fwd+grad ms\n";
   for (const auto& r : rows) {
-    std::cout << std::setw(8) << r.batch << std::setw(20) << std::setprecision(4) << r.forward_per_s
-              << std::setw(23) << r.gradient_per_s << "\n";
+    std::cout << std::setw(8) << r.batch << std::fixed << std::setprecision(1) << std::setw(14)
+              << r.forward_per_s << std::setprecision(3) << std::setw(12) << r.forward_ms()
+              << std::setprecision(1) << std::setw(20) << r.gradient_per_s
+              << std::setprecision(3) << std::setw(15) << r.gradient_ms() << "\n";
   }
   return 0;
 }

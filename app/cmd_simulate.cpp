@@ -15,6 +15,7 @@
 #include "dslens/core/plot.h"
 #include "dslens/core/version.h"
 #include "lens_config.h"
+#include "plot_panels.h"
 
 namespace fs = std::filesystem;
 
@@ -25,25 +26,9 @@ using plot::Box;
 using plot::Canvas;
 using plot::Rgb;
 
-// Data coordinates of a panel's edges, for overlays.
-struct Extent {
-  double xmin, xmax, ymin, ymax;
-};
-
-void draw_segments(Canvas& canvas, const Box& box, const Extent& e,
-                   const std::vector<std::array<double, 4>>& segments, Rgb colour) {
-  auto px = [&](double x) { return box.x + (x - e.xmin) / (e.xmax - e.xmin) * box.w; };
-  auto py = [&](double y) { return box.y + box.h - (y - e.ymin) / (e.ymax - e.ymin) * box.h; };
-  for (const auto& s : segments) {
-    double x0 = px(s[0]), y0 = py(s[1]), x1 = px(s[2]), y1 = py(s[3]);
-    // Keep overlays inside their panel.
-    auto inside = [&](double x, double y) {
-      return x >= box.x && x <= box.x + box.w - 1 && y >= box.y && y <= box.y + box.h - 1;
-    };
-    if (!inside(x0, y0) || !inside(x1, y1)) continue;
-    canvas.line(x0, y0, x1, y1, colour, 1);
-  }
-}
+using plot_panels::draw_segments;
+using plot_panels::Extent;
+using plot_panels::panel_title;
 
 // Square source-plane window covering the caustics and the configured sources.
 Extent source_window(const LensConfig& cfg, const CriticalCurves& curves) {
@@ -99,18 +84,12 @@ std::string fmt(double v, int precision = 3) {
   return buf;
 }
 
-void panel_title(Canvas& canvas, const Box& box, const std::string& title) {
-  canvas.text(box.x + (box.w - Canvas::text_width(title)) / 2, box.y - 12, title);
-}
-
 void write_preview(const std::string& path, const LensConfig& cfg, const torch::Tensor& image,
                    const torch::Tensor& model, const Compute& compute) {
   const auto& g = cfg.model.grid;
   const int64_t oversample = std::clamp<int64_t>(400 / std::max(g.nx, g.ny), 1, 4);
   const CriticalCurves curves = critical_curves(cfg.model.lens, g, oversample, compute);
-  const Extent image_extent{
-      g.ra_at_xy_0 - 0.5 * g.pixel_scale, g.ra_at_xy_0 + (g.nx - 0.5) * g.pixel_scale,
-      g.dec_at_xy_0 - 0.5 * g.pixel_scale, g.dec_at_xy_0 + (g.ny - 0.5) * g.pixel_scale};
+  const Extent image_extent = plot_panels::grid_extent(g);
   const Extent src_extent = source_window(cfg, curves);
   const torch::Tensor source = source_brightness(cfg, src_extent, 200, compute);
 
@@ -146,20 +125,8 @@ void write_preview(const std::string& path, const LensConfig& cfg, const torch::
   panel_title(canvas, box_at(2), "source plane + caustics");
   canvas.colorbar(bar_at(2), "magma", smin, smax);
 
-  torch::Tensor kappa = curves.convergence;
-  torch::Tensor logk = torch::where(kappa > 0, torch::log10(torch::clamp_min(kappa, 1e-3)),
-                                    torch::full_like(kappa, std::nan("")));
-  double kmin = -3.0, kmax = 1.0;
-  const torch::Tensor finite = logk.masked_select(torch::isfinite(logk));
-  if (finite.numel() > 0) {
-    kmin = finite.min().item<double>();
-    kmax = finite.max().item<double>();
-  }
-  if (!(kmax > kmin)) kmax = kmin + 1.0;
-  canvas.image(box_at(3), logk, "viridis", kmin, kmax);
-  draw_segments(canvas, box_at(3), image_extent, curves.critical, plot::kRed);
-  panel_title(canvas, box_at(3), "log10 convergence + critical curves");
-  canvas.colorbar(bar_at(3), "viridis", kmin, kmax);
+  plot_panels::draw_log_convergence(canvas, box_at(3), bar_at(3), curves.convergence, image_extent,
+                                    curves.critical, "log10 convergence + critical curves");
 
   for (int k = 0; k < 4; ++k) canvas.rect(box_at(k), plot::kBlack);
   const std::string fov = fmt(image_extent.xmax - image_extent.xmin) + "\" x " +

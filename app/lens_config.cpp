@@ -6,6 +6,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
 #include "dslens/core/version.h"
+#include "dslens/nn/checkpoint.h"
 #include "dslens/physics/mass_profiles.h"
 
 namespace fs = std::filesystem;
@@ -79,11 +80,62 @@ struct Parsed {
   physics::ParamMap params;
 };
 
+// A source decoded by a trained VAE: {"type": "VAE", "checkpoint": DIR, "z": [...] or
+// "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp}; lensed as INTERPOL.
+Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
+                        const Compute& compute) {
+  node.allow_only(
+      {"type", "checkpoint", "z", "z_seed", "center_x", "center_y", "scale", "phi_G", "amp"});
+  Parsed out;
+  out.spec.type = "VAE";
+  const std::map<std::string, double> defaults = {{"phi_G", 0.0}, {"amp", 1.0}};
+  for (const std::string n : {"center_x", "center_y", "scale", "phi_G", "amp"}) {
+    out.spec.params[n] =
+        node.has(n) || !defaults.count(n) ? node.number(n, param_range(n)) : defaults.at(n);
+    out.params[n] = torch::full({1}, out.spec.params[n], compute.options());
+  }
+  out.spec.checkpoint = resolve(base_dir, node.string("checkpoint"));
+  nn::LoadedVae loaded;
+  try {
+    loaded = nn::load_vae(out.spec.checkpoint, compute);
+  } catch (const FileError& e) {
+    throw ConfigError(node.child_path("checkpoint"), e.what());
+  }
+  const int64_t d = loaded.meta.arch.latent_dim;
+  if (node.has("z") == node.has("z_seed")) {
+    node.fail("give the latent vector either as 'z' (" + std::to_string(d) +
+              " numbers) or as 'z_seed' (z drawn from N(0, I)), exactly one of them");
+  }
+  if (node.has("z")) {
+    out.spec.latent = node.numbers("z");
+    if (static_cast<int64_t>(out.spec.latent.size()) != d) {
+      node.fail_at("z", "has " + std::to_string(out.spec.latent.size()) +
+                            " values; the checkpoint's latent dimension is " + std::to_string(d));
+    }
+  } else {
+    const auto seed = node.integer("z_seed", Range::closed(0, 9007199254740992.0));
+    auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+    const auto z = torch::randn({d}, gen, torch::kFloat64);
+    out.spec.latent.assign(z.data_ptr<double>(), z.data_ptr<double>() + d);
+  }
+  torch::NoGradGuard no_grad;
+  const auto z = torch::tensor(out.spec.latent, torch::kFloat64).unsqueeze(0);
+  const auto image = loaded.vae->decode(z.to(compute.options())).detach();
+  out.spec.image_shape = {image.size(1), image.size(2)};
+  out.params["image"] = image;
+  return out;
+}
+
 Parsed parse_component(const ConfigNode& node, bool is_mass, const std::string& base_dir,
-                       const Compute& compute) {
+                       const Compute& compute, bool is_source = false) {
   node.require_object();
-  const std::string type =
-      node.choice("type", is_mass ? physics::mass_profile_types() : physics::light_profile_types());
+  if (is_source && node.has("type") && node.at("type").value() == "VAE") {
+    return parse_vae_source(node, base_dir, compute);
+  }
+  std::vector<std::string> types =
+      is_mass ? physics::mass_profile_types() : physics::light_profile_types();
+  if (is_source) types.push_back("VAE");
+  const std::string type = node.choice("type", types);
   const std::vector<std::string> names = is_mass ? physics::make_mass_profile(type)->param_names()
                                                  : physics::make_light_profile(type)->param_names();
   const std::map<std::string, double> defaults =
@@ -234,9 +286,11 @@ LensConfig parse_lens_config(const json& config, const std::string& base_dir,
   const ConfigNode source = root.at("source");
   source.require_array();
   for (const auto& c : source.elements()) {
-    Parsed p = parse_component(c, false, base_dir, compute);
+    Parsed p = parse_component(c, false, base_dir, compute, true);
+    // A VAE source is its decoded stamp, lensed as INTERPOL.
     out.model.source_light.push_back(
-        {physics::make_light_profile(p.spec.type), std::move(p.params)});
+        {physics::make_light_profile(p.spec.type == "VAE" ? "INTERPOL" : p.spec.type),
+         std::move(p.params)});
     out.source.push_back(std::move(p.spec));
   }
 
@@ -304,6 +358,10 @@ json lens_config_truth(const LensConfig& config) {
         json d;
         for (const auto& [n, v] : c.derived) d[n] = value(v, parameter_unit(c.type, n));
         j["derived_from_e1_e2"] = d;
+      }
+      if (!c.checkpoint.empty()) {
+        j["checkpoint"] = c.checkpoint;
+        j["z"] = c.latent;
       }
       if (!c.image_path.empty()) {
         j["image"] = {{"fits", c.image_path},

@@ -9,6 +9,8 @@
 //     "lens_light": [{"type": "SERSIC_ELLIPSE", ...}],            // optional
 //     "source": [{"type": "INTERPOL", "fits": "data/galaxy.fits", "center_x": 0.05,
 //                 "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1}],
+//               or [{"type": "VAE", "checkpoint": "runs/vae", "z_seed": 7 (or "z": [...]),
+//                 "center_x": 0.05, "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1}],
 //     "noise":  {"background_rms": 0.01, "exposure_time": 1000},
 //     "seed":   42,                                               // optional (default 1)
 //     "comment": "free text"                                      // optional
@@ -37,7 +39,9 @@ struct ComponentSpec {
   std::map<std::string, double> params;
   std::map<std::string, double> derived;
   std::string image_path;            // INTERPOL: the FITS file (resolved)
-  std::vector<int64_t> image_shape;  // INTERPOL: [h, w]
+  std::vector<int64_t> image_shape;  // INTERPOL and VAE: [h, w]
+  std::string checkpoint;            // VAE: the checkpoint folder (resolved)
+  std::vector<double> latent;        // VAE: the latent vector z that was decoded
 };
 
 struct PsfSpec {

@@ -6,6 +6,9 @@
 #include <malloc.h>
 #endif
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <iomanip>
 #include <iostream>
@@ -41,6 +44,16 @@ int run_command(const dslens::app::Command& command, int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // LibTorch's CPU thread pool (and the physics kernels' at::parallel_for) is OpenMP. libgomp's
+  // default lets idle threads spin; when the cores are shared (ctest -j, several fits on a node,
+  // any other load) a spinning thread waits for a descheduled one and a fit runs 4x slower
+  // (measured: MAP on a 40x40 mock, 2 threads, machine under load: 59 s spinning, 16 s passive).
+  // libgomp reads its settings when it is loaded, before main(), so set them and re-execute once.
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("DSLENS_NO_REEXEC")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    setenv("DSLENS_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the defaults
+  }
 #if defined(__GLIBC__)
   // Batched [B, N] tensors are tens of MB. glibc serves blocks above its mmap threshold with fresh
   // mmap()s and unmaps them on free, so every intermediate tensor is page-faulted in anew on every

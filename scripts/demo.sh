@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# The main dslens job, from a fresh checkout: sets up (scripts/setup.sh: packages + Release build
-# in build/), trains a small source-prior VAE on synthetic galaxies, simulates a lensed pixelated
-# galaxy, and says where the reports are.
+# The main dslens job, from a fresh checkout (docs/fit.md): sets up (scripts/setup.sh: packages +
+# Release build in build/), trains a small source-prior VAE on synthetic galaxies, simulates a
+# mock lens whose source is decoded by that VAE, fits it (MAP, then NUTS), and prints where the
+# report is. About 15 minutes on 2 cores after the build.
 #   BUILD_DIR  build folder (default: build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
+dslens="$BUILD_DIR/dslens"
 stamp=$(date +%Y%m%d-%H%M%S)
 run=runs/demo-$stamp
+mkdir -p "$run"
+# The demo configs refer to ./vae and ./mock beside them.
+cp configs/demo/simulate.json configs/demo/fit.json "$run/"
 
-mkdir -p runs
-echo "demo: training the source-prior VAE on synthetic galaxies (configs/train_vae_default.json) into $run-vae"
-"$BUILD_DIR/dslens" train-vae configs/train_vae_default.json --out "$run-vae"
+echo "demo [1/3]: training the source-prior VAE on synthetic galaxies (configs/train_vae_default.json) into $run/vae"
+"$dslens" train-vae configs/train_vae_default.json --out "$run/vae"
 
-echo "demo: simulating configs/epl_shear_pixelated.json into $run"
-"$BUILD_DIR/dslens" simulate configs/epl_shear_pixelated.json --out "$run"
+echo "demo [2/3]: simulating a mock lens (EPL + shear, VAE source) into $run/mock"
+"$dslens" simulate "$run/simulate.json" --out "$run/mock"
+
+echo "demo [3/3]: fitting it (MAP from many prior draws, then NUTS) into $run/fit"
+"$dslens" fit "$run/fit.json" --out "$run/fit" --dtype float32
 
 echo
 echo "demo: done."
-echo "  simulated image, model, noise map, PSF, truth: $run/"
-echo "  preview (image, model, source + caustics, convergence + critical curves):"
-echo "    $run/preview.png"
-echo "  VAE training report (loss curves, reconstructions, prior samples, metrics.json): $run-vae/"
+echo "  fit report (data, model, residuals, source + caustics, convergence + critical curves, corner plot):"
+echo "    $run/fit/report.png"
+echo "  posterior summary against the truth: $run/fit/summary.txt"
+echo "  mock: $run/mock/ (preview.png, truth.json); VAE training report: $run/vae/"

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <utility>
 
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/errors.h"
@@ -598,6 +600,424 @@ void Axes::legend(const std::vector<std::pair<std::string, Rgb>>& entries) {
     canvas_.line(bg.x + 3, y + 3, bg.x + 3 + sample_w - 3, y + 3, entries[i].second, 2);
     canvas_.text(bg.x + 3 + sample_w, y, entries[i].first);
   }
+}
+
+namespace corner_plot_detail {
+
+constexpr Rgb kHistFill{214, 214, 214};
+constexpr Rgb kHistEdge{50, 50, 50};
+constexpr Rgb kQuantile{110, 110, 110};
+constexpr Rgb kOuter{222, 235, 247};    // drawn bins outside the 95 % region
+constexpr Rgb kLevel95{120, 170, 220};  // 68 % .. 95 %
+constexpr Rgb kLevel68{33, 90, 170};    // inside 68 %
+constexpr Rgb kContour{8, 40, 100};
+
+// Quantile of sorted values, linear interpolation between order statistics (numpy's default).
+double quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return std::nan("");
+  const double at = q * (static_cast<double>(sorted.size()) - 1.0);
+  const size_t i = static_cast<size_t>(std::floor(at));
+  if (i + 1 >= sorted.size()) return sorted.back();
+  return sorted[i] + (sorted[i + 1] - sorted[i]) * (at - static_cast<double>(i));
+}
+
+struct Param {
+  std::vector<double> sorted;  // finite draws
+  double lo = -1.0, hi = 1.0;
+  std::optional<double> truth;
+  int truth_side = 0;  // -1 / +1: far below / above the range (drawn as an arrow)
+  std::vector<double> ticks;
+  double tick_step = 1.0;
+};
+
+void set_range(Param& p) {
+  if (p.sorted.empty()) {
+    p.lo = -1.0;
+    p.hi = 1.0;
+  } else {
+    double lo = quantile(p.sorted, 0.005), hi = quantile(p.sorted, 0.995);
+    const double c = 0.5 * (lo + hi);
+    if (!(hi - lo > 1e-12 * std::max(1.0, std::fabs(c)))) {
+      const double half = c != 0.0 ? 0.05 * std::fabs(c) : 0.5;
+      lo = c - half;
+      hi = c + half;
+    } else {
+      const double pad = 0.05 * (hi - lo);
+      lo -= pad;
+      hi += pad;
+    }
+    p.lo = lo;
+    p.hi = hi;
+  }
+  if (p.truth && std::isfinite(*p.truth)) {
+    const double t = *p.truth, span = p.hi - p.lo;
+    if (t < p.lo) {
+      if (p.lo - t <= span) {
+        p.lo = t - 0.05 * span;
+      } else {
+        p.truth_side = -1;
+      }
+    } else if (t > p.hi) {
+      if (t - p.hi <= span) {
+        p.hi = t + 0.05 * span;
+      } else {
+        p.truth_side = 1;
+      }
+    }
+  }
+}
+
+// printf into a string, without the sign of a value that rounds to zero ("-0.00" -> "0.00").
+std::string number(const char* format, int decimals, double v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, format, decimals, v);
+  std::string s(buf);
+  if (!s.empty() && s[0] == '-' && s.find_first_of("123456789") == std::string::npos) s.erase(0, 1);
+  return s;
+}
+
+// Tick label with as many decimals as the tick step needs.
+std::string tick_label(double v, double step) {
+  if (v == 0.0) return "0";
+  const int decimals = std::clamp(static_cast<int>(std::ceil(-std::log10(step) - 1e-9)), 0, 8);
+  if (std::fabs(v) >= 1e6 || (std::fabs(v) < 1e-4 && decimals > 6)) return number("%.*e", 2, v);
+  return number("%.*f", decimals, v);
+}
+
+// "median +a -b" (and shorter variants) with the precision of the smaller half-width; scientific
+// notation for very small or large values.
+std::vector<std::string> summary_titles(const std::vector<double>& sorted) {
+  if (sorted.empty()) return {"no finite draws"};
+  const double q16 = quantile(sorted, 0.16), q50 = quantile(sorted, 0.5),
+               q84 = quantile(sorted, 0.84);
+  const double up = q84 - q50, down = q50 - q16, half = 0.5 * (up + down);
+  const double scale = std::min(up, down) > 0 ? std::min(up, down) : std::max(up, down);
+  int decimals = 3;
+  if (scale > 0 && std::isfinite(scale)) {
+    decimals = std::clamp(static_cast<int>(std::ceil(-std::log10(scale) - 1e-9)) + 1, 0, 8);
+  }
+  const bool sci = decimals > 4 || std::fabs(q50) >= 1e6;
+  const std::string m = sci ? number("%.*e", 2, q50) : number("%.*f", decimals, q50);
+  auto err = [&](double e) { return sci ? number("%.*e", 1, e) : number("%.*f", decimals, e); };
+  // Longest first; the caller takes the first that fits.
+  return {m + " +" + err(up) + " -" + err(down), m + "+/-" + err(half), m};
+}
+
+// Round ticks whose labels fit side by side in a panel `cell` pixels wide.
+void choose_ticks(Param& p, int cell) {
+  for (int target = 5; target >= 2; --target) {
+    std::vector<double> ticks = plot_detail::nice_ticks(p.lo, p.hi, target);
+    if (ticks.size() < 2) continue;
+    const double step = ticks[1] - ticks[0];
+    int widest = 0;
+    for (double t : ticks) widest = std::max(widest, Canvas::text_width(tick_label(t, step)));
+    const double spacing = step / (p.hi - p.lo) * (cell - 1);
+    p.ticks = ticks;
+    p.tick_step = step;
+    if (spacing >= widest + 6) return;
+  }
+}
+
+std::string fit_text(const std::string& s, int width) {
+  if (Canvas::text_width(s) <= width) return s;
+  const int chars = std::max(1, (width + 1) / plot_detail::kAdvance);
+  if (chars <= 2) return s.substr(0, chars);
+  return s.substr(0, chars - 2) + "..";
+}
+
+// Pixel of a value along an axis of `cell` pixels starting at `origin`; y axes run upwards.
+double to_px(const Param& p, double v, int origin, int cell) {
+  return origin + (v - p.lo) / (p.hi - p.lo) * (cell - 1);
+}
+double to_py(const Param& p, double v, int origin, int cell) {
+  return origin + cell - 1 - (v - p.lo) / (p.hi - p.lo) * (cell - 1);
+}
+
+int bin_of(const Param& p, double v, int bins) {
+  if (!(v >= p.lo && v <= p.hi)) return -1;
+  return std::clamp(static_cast<int>((v - p.lo) / (p.hi - p.lo) * bins), 0, bins - 1);
+}
+
+// A small filled triangle pointing left (side -1) or right (+1) with its tip at (x, y).
+void arrow(Canvas& canvas, int x, int y, int side, Rgb c) {
+  for (int k = 0; k < 6; ++k) {
+    const int X = x - side * k;
+    canvas.line(X, y - k / 2, X, y + k / 2, c);
+  }
+}
+
+void diagonal_panel(Canvas& canvas, const Box& b, const Param& p, int bins) {
+  std::vector<double> counts(bins, 0.0);
+  for (double v : p.sorted) {
+    const int k = bin_of(p, v, bins);
+    if (k >= 0) counts[k] += 1.0;
+  }
+  const double peak = *std::max_element(counts.begin(), counts.end());
+  const int base = b.y + b.h - 1;
+  if (peak > 0) {
+    int last_top = base;
+    for (int k = 0; k < bins; ++k) {
+      const int x0 = b.x + k * (b.w - 1) / bins, x1 = b.x + (k + 1) * (b.w - 1) / bins;
+      const int top = base - static_cast<int>(std::lround(0.9 * (b.h - 1) * counts[k] / peak));
+      if (x1 > x0) canvas.fill({x0, top, x1 - x0, base - top + 1}, kHistFill);
+      canvas.line(x0, last_top, x0, top, kHistEdge);
+      canvas.line(x0, top, x1 - 1, top, kHistEdge);
+      last_top = top;
+    }
+    canvas.line(b.x + b.w - 1, last_top, b.x + b.w - 1, base, kHistEdge);
+    for (double q : {0.16, 0.5, 0.84}) {
+      const double X = std::round(to_px(p, quantile(p.sorted, q), b.x, b.w));
+      for (int y = b.y + 2; y < base; y += 4) canvas.line(X, y, X, y + 1, kQuantile);
+    }
+  }
+  if (p.truth && std::isfinite(*p.truth)) {
+    if (p.truth_side == 0) {
+      const double X = std::round(to_px(p, *p.truth, b.x, b.w));
+      canvas.line(X, b.y, X, base, kRed);
+    } else {
+      arrow(canvas, p.truth_side < 0 ? b.x + 1 : b.x + b.w - 2, b.y + b.h / 2, p.truth_side, kRed);
+    }
+  }
+}
+
+void pair_panel(Canvas& canvas, const Box& b, const Param& px, const Param& py,
+                const std::vector<double>& xs, const std::vector<double>& ys, int bins) {
+  // 2-d histogram [bins(y)][bins(x)], then a [1 2 1] x [1 2 1] smoothing.
+  std::vector<double> h(static_cast<size_t>(bins) * bins, 0.0);
+  for (size_t n = 0; n < xs.size(); ++n) {
+    const int i = bin_of(px, xs[n], bins), j = bin_of(py, ys[n], bins);
+    if (i >= 0 && j >= 0) h[static_cast<size_t>(j) * bins + i] += 1.0;
+  }
+  auto smooth = [&](bool along_x) {
+    std::vector<double> out(h.size(), 0.0);
+    for (int j = 0; j < bins; ++j) {
+      for (int i = 0; i < bins; ++i) {
+        double s = 2.0 * h[static_cast<size_t>(j) * bins + i];
+        for (int d : {-1, 1}) {
+          const int ii = along_x ? i + d : i, jj = along_x ? j : j + d;
+          if (ii >= 0 && ii < bins && jj >= 0 && jj < bins)
+            s += h[static_cast<size_t>(jj) * bins + ii];
+        }
+        out[static_cast<size_t>(j) * bins + i] = 0.25 * s;
+      }
+    }
+    h.swap(out);
+  };
+  if (bins >= 3) {
+    smooth(true);
+    smooth(false);
+  }
+  // Density thresholds of the highest-density regions holding 68 % and 95 % of the draws.
+  std::vector<double> sorted(h);
+  std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+  double total = 0.0;
+  for (double v : sorted) total += v;
+  auto threshold = [&](double mass) {
+    double cum = 0.0;
+    for (double v : sorted) {
+      cum += v;
+      if (cum >= mass * total) return v;
+    }
+    return sorted.empty() ? 0.0 : sorted.back();
+  };
+  const double t68 = threshold(0.68), t95 = threshold(0.95);
+  // Level of every pixel: 0 empty, 1 outside 95 %, 2 inside 95 %, 3 inside 68 %.
+  std::vector<uint8_t> level(static_cast<size_t>(b.w) * b.h, 0);
+  if (total > 0) {
+    for (int y = 0; y < b.h; ++y) {
+      const int j = std::min(bins - 1, (b.h - 1 - y) * bins / (b.h - 1));
+      for (int x = 0; x < b.w; ++x) {
+        const int i = std::min(bins - 1, x * bins / (b.w - 1));
+        const double v = h[static_cast<size_t>(j) * bins + i];
+        level[static_cast<size_t>(y) * b.w + x] = v <= 0 ? 0 : v >= t68 ? 3 : v >= t95 ? 2 : 1;
+      }
+    }
+  }
+  const Rgb shades[4] = {kWhite, kOuter, kLevel95, kLevel68};
+  for (int y = 0; y < b.h; ++y) {
+    for (int x = 0; x < b.w; ++x) {
+      const uint8_t l = level[static_cast<size_t>(y) * b.w + x];
+      if (l == 0) continue;
+      bool edge = false;
+      if (l >= 2) {
+        for (auto [dx, dy] : {std::pair{1, 0}, {-1, 0}, {0, 1}, {0, -1}}) {
+          const int X = x + dx, Y = y + dy;
+          if (X < 0 || Y < 0 || X >= b.w || Y >= b.h) continue;
+          if (level[static_cast<size_t>(Y) * b.w + X] < l) edge = true;
+        }
+      }
+      canvas.set(b.x + x, b.y + y, edge ? kContour : shades[l]);
+    }
+  }
+  // Truths: lines through the panel and a marker where they cross.
+  const bool tx = px.truth && std::isfinite(*px.truth) && px.truth_side == 0;
+  const bool ty = py.truth && std::isfinite(*py.truth) && py.truth_side == 0;
+  const double X = tx ? std::round(to_px(px, *px.truth, b.x, b.w)) : 0.0;
+  const double Y = ty ? std::round(to_py(py, *py.truth, b.y, b.h)) : 0.0;
+  if (tx) canvas.line(X, b.y, X, b.y + b.h - 1, kRed);
+  if (ty) canvas.line(b.x, Y, b.x + b.w - 1, Y, kRed);
+  if (tx && ty) canvas.fill({static_cast<int>(X) - 2, static_cast<int>(Y) - 2, 5, 5}, kRed);
+}
+
+}  // namespace corner_plot_detail
+
+CornerLayout corner_plot(Canvas& canvas, Box box, const torch::Tensor& draws,
+                         const std::vector<std::string>& names,
+                         const std::vector<std::optional<double>>& truths, int bins) {
+  using namespace corner_plot_detail;
+  if (!draws.defined() || draws.dim() != 2 || draws.size(0) < 1 || draws.size(1) < 1) {
+    throw InvalidArgument("corner_plot: draws must be a 2-d tensor [N >= 1, P >= 1], got " +
+                          (draws.defined() ? std::to_string(draws.dim()) + "-d" : "undefined"));
+  }
+  const int P = static_cast<int>(draws.size(1));
+  const int64_t N = draws.size(0);
+  if (names.size() != static_cast<size_t>(P)) {
+    throw InvalidArgument("corner_plot: " + std::to_string(names.size()) + " names for " +
+                          std::to_string(P) + " parameters");
+  }
+  if (!truths.empty() && truths.size() != static_cast<size_t>(P)) {
+    throw InvalidArgument("corner_plot: " + std::to_string(truths.size()) + " truths for " +
+                          std::to_string(P) + " parameters (give none or one per parameter)");
+  }
+  if (bins < 1 || bins > 1000) {
+    throw InvalidArgument("corner_plot: bins must be in 1..1000, got " + std::to_string(bins));
+  }
+  const torch::Tensor d = draws.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* v = d.data_ptr<double>();
+
+  std::vector<Param> params(P);
+  for (int k = 0; k < P; ++k) {
+    Param& p = params[k];
+    p.sorted.reserve(N);
+    for (int64_t n = 0; n < N; ++n) {
+      const double x = v[n * P + k];
+      if (std::isfinite(x)) p.sorted.push_back(x);
+    }
+    std::sort(p.sorted.begin(), p.sorted.end());
+    if (!truths.empty()) p.truth = truths[k];
+    set_range(p);
+  }
+
+  // Layout: y tick labels and names on the left, x tick labels and names below, a title row
+  // above every diagonal panel.
+  const int gap_x = 6, gap_y = 14, top = 14, right = 10;
+  const int bottom = 3 + plot_detail::kGlyphH + 5 + plot_detail::kGlyphH + 2;
+  const int name_w = plot_detail::kGlyphH + 5;
+  auto cell_for = [&](int left) {
+    return std::min((box.w - left - right - (P - 1) * gap_x) / P,
+                    (box.h - top - bottom - (P - 1) * gap_y) / P);
+  };
+  int cell = cell_for(name_w + 40);
+  if (cell >= 24) {
+    for (auto& p : params) choose_ticks(p, cell);
+  }
+  int label_w = 0;
+  for (int k = 1; k < P; ++k) {
+    for (double t : params[k].ticks) {
+      label_w = std::max(label_w, Canvas::text_width(tick_label(t, params[k].tick_step)));
+    }
+  }
+  const int left = P > 1 ? name_w + label_w + 5 : 4;
+  cell = cell_for(left);
+  if (cell < 24) {
+    throw InvalidArgument("corner_plot: a box of " + std::to_string(box.w) + "x" +
+                          std::to_string(box.h) + " pixels is too small for " + std::to_string(P) +
+                          " parameters (panels need at least 24 pixels)");
+  }
+  const int grid_w = P * cell + (P - 1) * gap_x;
+  const int x0 = box.x + left + std::max(0, (box.w - left - right - grid_w) / 2);
+  const int y0 = box.y + top;
+
+  CornerLayout layout;
+  layout.parameters = P;
+  layout.cell = cell;
+  layout.panels.assign(static_cast<size_t>(P) * P, Box{});
+  for (const auto& p : params) layout.ranges.emplace_back(p.lo, p.hi);
+  for (int i = 0; i < P; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      layout.panels[static_cast<size_t>(i) * P + j] =
+          Box{x0 + j * (cell + gap_x), y0 + i * (cell + gap_y), cell, cell};
+    }
+  }
+
+  std::vector<double> xs, ys;
+  for (int i = 0; i < P; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      const Box& b = layout.panel(i, j);
+      if (i == j) {
+        diagonal_panel(canvas, b, params[i], bins);
+        // Title: the widest summary that fits over the panel and its gaps.
+        const std::vector<std::string> titles = summary_titles(params[i].sorted);
+        for (size_t k = 0; k < titles.size(); ++k) {
+          const int w = Canvas::text_width(titles[k]);
+          if (w > cell + 2 * gap_x && k + 1 < titles.size()) continue;
+          canvas.text(b.x + (b.w - w) / 2, b.y - plot_detail::kGlyphH - 4, titles[k]);
+          break;
+        }
+      } else {
+        xs.clear();
+        ys.clear();
+        for (int64_t n = 0; n < N; ++n) {
+          const double a = v[n * P + j], c = v[n * P + i];
+          if (std::isfinite(a) && std::isfinite(c)) {
+            xs.push_back(a);
+            ys.push_back(c);
+          }
+        }
+        pair_panel(canvas, b, params[j], params[i], xs, ys, bins);
+      }
+      // Frame and tick marks (x on every panel, y on the pair panels).
+      canvas.rect(b, kBlack);
+      for (double t : params[j].ticks) {
+        const double X = std::round(to_px(params[j], t, b.x, b.w));
+        canvas.line(X, b.y + b.h - 1, X, b.y + b.h - 4, kBlack);
+      }
+      if (i != j) {
+        for (double t : params[i].ticks) {
+          const double Y = std::round(to_py(params[i], t, b.y, b.h));
+          canvas.line(b.x, Y, b.x + 3, Y, kBlack);
+        }
+      }
+    }
+  }
+
+  // Tick labels and names: x along the bottom row, y along the left column (rows below the first).
+  const int grid_bottom = y0 + (P - 1) * (cell + gap_y) + cell;
+  for (int j = 0; j < P; ++j) {
+    const Param& p = params[j];
+    const Box& b = layout.panel(P - 1, j);
+    // Labels stay under their own column (half the gap either side) and never overlap.
+    const int lo_x = j == 0 ? box.x : b.x - gap_x / 2;
+    const int hi_x = j == P - 1 ? box.x + box.w : b.x + b.w + gap_x / 2;
+    int last_right = std::numeric_limits<int>::min();
+    for (double t : p.ticks) {
+      const std::string s = tick_label(t, p.tick_step);
+      const int w = Canvas::text_width(s);
+      const int x = static_cast<int>(std::lround(to_px(p, t, b.x, b.w))) - w / 2;
+      if (x < lo_x || x + w > hi_x || x < last_right + 4) continue;
+      canvas.text(x, grid_bottom + 3, s);
+      last_right = x + w;
+    }
+    const std::string name = fit_text(names[j], cell + gap_x - 2);
+    canvas.text(b.x + (b.w - Canvas::text_width(name)) / 2,
+                grid_bottom + 3 + plot_detail::kGlyphH + 5, name);
+  }
+  for (int i = 1; i < P; ++i) {
+    const Param& p = params[i];
+    const Box& b = layout.panel(i, 0);
+    int last_y = std::numeric_limits<int>::max();
+    for (auto it = p.ticks.begin(); it != p.ticks.end(); ++it) {
+      const std::string s = tick_label(*it, p.tick_step);
+      const int y = static_cast<int>(std::lround(to_py(p, *it, b.y, b.h)));
+      if (y > last_y - plot_detail::kGlyphH - 3) continue;
+      canvas.text(b.x - 3 - Canvas::text_width(s), y - plot_detail::kGlyphH / 2, s);
+      last_y = y;
+    }
+    const std::string name = fit_text(names[i], cell + gap_y - 2);
+    plot_detail::vertical_text(canvas, b.x - left, b.y + (b.h + Canvas::text_width(name)) / 2, name,
+                               kBlack);
+  }
+  return layout;
 }
 
 }  // namespace dslens::plot

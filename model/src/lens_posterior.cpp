@@ -45,11 +45,24 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
                              Compute compute)
     : spec_(std::move(spec)), space_(std::move(space)), data_(std::move(data)), compute_(compute) {
   const auto& g = spec_.grid;
-  for (const auto* t : {&data_.image, &data_.sigma, &data_.mask}) {
-    if (!t->defined() || t->dim() != 2 || t->size(0) != g.ny || t->size(1) != g.nx) {
-      throw InvalidArgument("imaging data must be [" + std::to_string(g.ny) + ", " +
-                            std::to_string(g.nx) + "] like the pixel grid");
+  if (data_.image.defined() && data_.image.dim() == 2) {
+    for (auto* t : {&data_.image, &data_.sigma, &data_.mask}) {
+      if (t->defined()) *t = t->unsqueeze(0);
     }
+  }
+  n_lenses_ = data_.image.defined() ? data_.image.size(0) : 0;
+  for (const auto* t : {&data_.image, &data_.sigma, &data_.mask}) {
+    if (!t->defined() || t->dim() != 3 || t->size(0) != n_lenses_ || t->size(1) != g.ny ||
+        t->size(2) != g.nx) {
+      throw InvalidArgument("imaging data must be [" + std::to_string(g.ny) + ", " +
+                            std::to_string(g.nx) + "] like the pixel grid (or [L, ny, nx])");
+    }
+  }
+  if (n_lenses_ < 1) throw InvalidArgument("imaging data hold no lens");
+  if (spec_.psf_kernel && spec_.psf_kernel->dim() == 3 && spec_.psf_kernel->size(0) != n_lenses_) {
+    throw InvalidArgument("one PSF per lens is needed: got " +
+                          std::to_string(spec_.psf_kernel->size(0)) + " kernels for " +
+                          std::to_string(n_lenses_) + " lenses");
   }
   for (const auto* list : {&spec_.mass, &spec_.lens_light, &spec_.source}) {
     for (const auto& b : *list) check_binding(b, space_);
@@ -70,17 +83,32 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   const auto safe_sigma = torch::where(used, data_.sigma, torch::ones_like(data_.sigma));
   weight_ = used.to(opts) / (safe_sigma * safe_sigma);
   data_.image = torch::where(used, data_.image, torch::zeros_like(data_.image));
-  n_pixels_ = used.sum().item<int64_t>();
-  if (n_pixels_ == 0) throw InvalidArgument("the mask leaves no pixel to fit");
-  log_norm_ = -(torch::log(safe_sigma) * used.to(opts)).sum().item<double>() -
-              0.5 * static_cast<double>(n_pixels_) * std::log(2 * M_PI);
+  pixels_per_lens_ = used.sum({1, 2}).to(torch::kCPU, torch::kLong);
+  n_pixels_ = pixels_per_lens_.sum().item<int64_t>();
+  if ((pixels_per_lens_ == 0).any().item<bool>()) {
+    throw InvalidArgument("the mask leaves no pixel to fit");
+  }
+  log_norm_ = -(torch::log(safe_sigma) * used.to(opts)).sum({1, 2}) -
+              0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
+  if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
 }
 
-physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un) const {
+int64_t LensPosterior::rows_per_lens(int64_t batch) const {
+  if (batch % n_lenses_ != 0) {
+    throw InvalidArgument("a batch of " + std::to_string(batch) + " rows cannot be split over " +
+                          std::to_string(n_lenses_) + " lenses");
+  }
+  return batch / n_lenses_;
+}
+
+physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int64_t batch) const {
   physics::ImageModel m;
   m.grid = spec_.grid;
   m.supersampling = spec_.supersampling;
   m.psf_kernel = spec_.psf_kernel;
+  if (m.psf_kernel && m.psf_kernel->dim() == 3) {
+    m.psf_kernel = m.psf_kernel->repeat_interleave(rows_per_lens(batch), 0);
+  }
   for (const auto& b : spec_.mass)
     m.lens.add(physics::make_mass_profile(b.type), bind(b, un.values));
   for (const auto& b : spec_.lens_light) {
@@ -97,24 +125,30 @@ physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un) con
 }
 
 torch::Tensor LensPosterior::model_image(const ParameterSpace::Unpacked& values) const {
-  const int64_t chains = values.log_prior.size(0);
-  return physics::simulate_image(build(values), chains, compute_);
+  const int64_t rows = values.log_prior.size(0);
+  return physics::simulate_image(build(values, rows), rows, compute_);
 }
 
 torch::Tensor LensPosterior::chi_square(const torch::Tensor& u) const {
   const auto un = space_.unpack(u);
-  const auto r = model_image(un) - data_.image;
-  return (r * r * weight_).sum({1, 2});
+  const int64_t rows = u.size(0), per = rows_per_lens(rows);
+  const auto model = model_image(un).reshape({n_lenses_, per, spec_.grid.ny, spec_.grid.nx});
+  const auto r = model - data_.image.unsqueeze(1);
+  return (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
 }
 
 torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
-  return -0.5 * chi_square(u) + log_norm_;
+  const int64_t per = rows_per_lens(u.size(0));
+  return -0.5 * chi_square(u) + log_norm_.repeat_interleave(per, 0);
 }
 
 torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
   const auto un = space_.unpack(u);
-  const auto r = model_image(un) - data_.image;
-  return un.log_prior - 0.5 * (r * r * weight_).sum({1, 2}) + log_norm_;
+  const int64_t rows = u.size(0), per = rows_per_lens(rows);
+  const auto model = model_image(un).reshape({n_lenses_, per, spec_.grid.ny, spec_.grid.nx});
+  const auto r = model - data_.image.unsqueeze(1);
+  const auto chi2 = (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
+  return un.log_prior - 0.5 * chi2 + log_norm_.repeat_interleave(per, 0);
 }
 
 samplers::LogDensityFn LensPosterior::log_density() const {

@@ -115,6 +115,21 @@ torch::Tensor ParameterSpace::pack(const std::map<std::string, torch::Tensor>& v
   return torch::cat(columns, 1);
 }
 
+torch::Tensor ParameterSpace::constrained(const torch::Tensor& u) const {
+  const Unpacked un = unpack(u);
+  std::vector<torch::Tensor> columns;
+  for (const auto& e : entries_) {
+    if (e.kind == Entry::Kind::kFree) columns.push_back(un.values.at(e.name).reshape({-1, 1}));
+    if (e.kind == Entry::Kind::kBlock) columns.push_back(un.values.at(e.name));
+  }
+  return torch::cat(columns, 1);
+}
+
+std::optional<Prior> ParameterSpace::prior(const std::string& name) const {
+  const Entry& e = find(name);
+  return e.kind == Entry::Kind::kFree ? e.prior : std::nullopt;
+}
+
 torch::Tensor ParameterSpace::sample_prior(int64_t chains, const torch::TensorOptions& options,
                                            torch::Generator& gen) const {
   std::map<std::string, torch::Tensor> values;

@@ -280,6 +280,8 @@ LoadedVae load_vae(const std::string& path, const Compute& compute) {
   load_weights(out.meta, *out.vae);
   out.vae->to(compute.device, compute.dtype);
   out.vae->eval();
+  // A loaded VAE is a fixed prior: gradients flow to z only, never into (or through) the weights.
+  for (auto& p : out.vae->parameters()) p.requires_grad_(false);
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "dslens/core/errors.h"
+#include "dslens/nn/cpu_ops.h"
 
 namespace dslens::nn {
 namespace vae_detail {
@@ -19,6 +20,59 @@ void add_norm(torch::nn::Sequential& seq, const VaeArch& arch, int64_t channels)
     seq->push_back(torch::nn::GroupNorm(
         torch::nn::GroupNormOptions(group_count(channels, arch.groups), channels)));
   }
+}
+
+bool is_pad1(const torch::nn::detail::ConvNdOptions<2>& o) {
+  const auto* p = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  return p && (**p)[0] == 1 && (**p)[1] == 1;
+}
+
+// seq->forward(h) with the CPU kernels of cpu_ops.h for the layers the VAE uses: 4x4 stride-2 and
+// 3x3 convolutions, 4x4 stride-2 transposed convolutions, GroupNorm followed by SiLU, SiLU.
+torch::Tensor run_cpu(torch::nn::Sequential& seq, torch::Tensor h) {
+  namespace ops = cpu_ops;
+  const size_t n = seq->size();
+  for (size_t i = 0; i < n; ++i) {
+    const auto& m = seq->ptr(i);
+    if (auto* conv = m->as<torch::nn::Conv2d>()) {
+      const auto& o = conv->options;
+      const bool plain = o.groups() == 1 && (*o.dilation())[0] == 1 && (*o.dilation())[1] == 1 &&
+                         is_pad1(o) && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode());
+      const auto k = *o.kernel_size();
+      const auto st = *o.stride();
+      if (plain && k[0] == 4 && k[1] == 4 && st[0] == 2 && st[1] == 2) {
+        h = ops::conv4x4s2(h, conv->weight, conv->bias);
+        continue;
+      }
+      if (plain && k[0] == 3 && k[1] == 3 && st[0] == 1 && st[1] == 1) {
+        h = ops::conv3x3(h, conv->weight, conv->bias);
+        continue;
+      }
+    } else if (auto* convt = m->as<torch::nn::ConvTranspose2d>()) {
+      const auto& o = convt->options;
+      const auto k = *o.kernel_size();
+      const auto st = *o.stride();
+      const auto out_pad = *o.output_padding();
+      if (o.groups() == 1 && k[0] == 4 && k[1] == 4 && st[0] == 2 && st[1] == 2 && is_pad1(o) &&
+          out_pad[0] == 0 && out_pad[1] == 0 && (*o.dilation())[0] == 1 &&
+          (*o.dilation())[1] == 1) {
+        h = ops::conv_transpose4x4s2(h, convt->weight, convt->bias);
+        continue;
+      }
+    } else if (auto* gn = m->as<torch::nn::GroupNorm>()) {
+      if (i + 1 < n && seq->ptr(i + 1)->as<torch::nn::SiLU>()) {
+        h = ops::group_norm_silu(h, gn->options.num_groups(), gn->weight, gn->bias,
+                                 gn->options.eps());
+        ++i;
+        continue;
+      }
+    } else if (m->as<torch::nn::SiLU>()) {
+      h = ops::group_norm_silu(h, 0, {}, {}, 0.0);
+      continue;
+    }
+    h = (seq->begin() + static_cast<std::ptrdiff_t>(i))->forward(h);  // any other layer: LibTorch
+  }
+  return h;
 }
 
 const nlohmann::json& require_key(const nlohmann::json& j, const char* key, const char* what) {
@@ -153,6 +207,10 @@ torch::TensorOptions VaeImpl::options() const {
   return params.front().options();
 }
 
+bool VaeImpl::use_cpu_kernels(const torch::Tensor& x) const {
+  return cpu_kernels_ && cpu_ops::supported(x) && options().device().is_cpu();
+}
+
 int64_t VaeImpl::parameter_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();
@@ -166,8 +224,13 @@ std::pair<torch::Tensor, torch::Tensor> VaeImpl::encode(const torch::Tensor& x) 
                           c10::str(x.sizes()));
   }
   auto xn = ((x.to(options()) - norm_.offset) / norm_.scale).unsqueeze(1);
-  auto h = encoder_->forward(xn).flatten(1);
-  auto moments = to_moments_->forward(h);
+  torch::Tensor moments;
+  if (use_cpu_kernels(xn)) {
+    auto h = vae_detail::run_cpu(encoder_, xn).flatten(1);
+    moments = cpu_ops::linear(h, to_moments_->weight, to_moments_->bias);
+  } else {
+    moments = to_moments_->forward(encoder_->forward(xn).flatten(1));
+  }
   auto mean = moments.narrow(1, 0, arch_.latent_dim);
   auto logvar = moments.narrow(1, arch_.latent_dim, arch_.latent_dim).clamp(-30.0, 20.0);
   return {mean, logvar};
@@ -179,9 +242,17 @@ torch::Tensor VaeImpl::decode(const torch::Tensor& z) {
                           "], got " + c10::str(z.sizes()));
   }
   const int64_t coarse = arch_.coarse_size();
-  auto h = from_latent_->forward(z).view({z.size(0), arch_.channels.back(), coarse, coarse});
-  auto img = decoder_->forward(h).squeeze(1);
-  return img * norm_.scale + norm_.offset;
+  const auto zz = z.to(options());
+  torch::Tensor img;
+  if (use_cpu_kernels(zz)) {
+    auto h = cpu_ops::linear(zz, from_latent_->weight, from_latent_->bias)
+                 .view({z.size(0), arch_.channels.back(), coarse, coarse});
+    img = vae_detail::run_cpu(decoder_, h);
+  } else {
+    auto h = from_latent_->forward(zz).view({z.size(0), arch_.channels.back(), coarse, coarse});
+    img = decoder_->forward(h);
+  }
+  return img.squeeze(1) * norm_.scale + norm_.offset;
 }
 
 VaeOutput VaeImpl::forward(const torch::Tensor& x, const torch::Tensor& eps) {

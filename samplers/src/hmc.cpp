@@ -2,8 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <ATen/Parallel.h>
+
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <sstream>
 
@@ -15,33 +18,51 @@ namespace hmc_detail {
 
 constexpr int64_t kMask32 = 0xFFFFFFFFLL;
 
-// x * c mod 2^32 for x in [0, 2^32), without int64 overflow (16-bit halves).
+// x * c mod 2^32 for x in [0, 2^32) and c in [0, 2^32) (a scalar or a tensor): the int64 product
+// wraps modulo 2^64 on overflow, as PyTorch's integer kernels do on CPU and CUDA, and its low 32
+// bits are those of the exact product. One multiply instead of four on 16-bit halves: the hash is
+// most of a NUTS transition's tensor operations when chains are few.
+// (ChainRandom.MatchesAHostReferenceHash checks this against uint32 arithmetic.)
 torch::Tensor mul32(const torch::Tensor& x, int64_t c) {
-  torch::Tensor lo = x.bitwise_and(0xFFFF);
-  torch::Tensor hi = torch::bitwise_right_shift(x, 16);
-  return (lo * c + torch::bitwise_left_shift((hi * c).bitwise_and(0xFFFF), 16))
-      .bitwise_and(kMask32);
+  return (x * c).bitwise_and(kMask32);
+}
+torch::Tensor mul32(const torch::Tensor& x, const torch::Tensor& c) {
+  return (x * c).bitwise_and(kMask32);
 }
 
 torch::Tensor xorshift(const torch::Tensor& x, int64_t s) {
+  return x.bitwise_xor(torch::bitwise_right_shift(x, s));
+}
+torch::Tensor xorshift(const torch::Tensor& x, const torch::Tensor& s) {
   return x.bitwise_xor(torch::bitwise_right_shift(x, s));
 }
 
 // MurmurHash3's 32-bit finaliser.
 torch::Tensor fmix_a(torch::Tensor x) {
   x = xorshift(x, 16);
-  x = mul32(x, 0x85EBCA6BLL);
+  x = mul32(x, int64_t{0x85EBCA6B});
   x = xorshift(x, 13);
-  x = mul32(x, 0xC2B2AE35LL);
+  x = mul32(x, int64_t{0xC2B2AE35});
   return xorshift(x, 16);
 }
 
 // Chris Wellons' lowbias32.
 torch::Tensor fmix_b(torch::Tensor x) {
   x = xorshift(x, 16);
-  x = mul32(x, 0x7FEB352DLL);
+  x = mul32(x, int64_t{0x7FEB352D});
   x = xorshift(x, 15);
-  x = mul32(x, 0x846CA68BLL);
+  x = mul32(x, int64_t{0x846CA68B});
+  return xorshift(x, 16);
+}
+
+// fmix_a on column 0 and fmix_b on column 1 of x [C, 2], in one pass; constants [1, 2] each
+// (first multiplier, second shift, second multiplier).
+torch::Tensor fmix_ab(torch::Tensor x, const torch::Tensor& m1, const torch::Tensor& s2,
+                      const torch::Tensor& m2) {
+  x = xorshift(x, 16);
+  x = mul32(x, m1);
+  x = xorshift(x, s2);
+  x = mul32(x, m2);
   return xorshift(x, 16);
 }
 
@@ -50,6 +71,47 @@ uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
   return x ^ (x >> 31);
+}
+
+// The finalisers above on host integers (uint32 arithmetic wraps modulo 2^32).
+inline uint32_t fmix_a32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x85EBCA6BU;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35U;
+  return x ^ (x >> 16);
+}
+
+inline uint32_t fmix_b32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352DU;
+  x ^= x >> 15;
+  x *= 0x846CA68BU;
+  return x ^ (x >> 16);
+}
+
+// ChainRandom::bits on CPU tensors in one pass: the same words as the tensor-operation version
+// (about 50 passes over [C, n] int64 tensors, which at 1024 chains cost more than the leapfrog
+// steps of a short NUTS tree). key_ab [C, 2] int64, contiguous.
+torch::Tensor bits_cpu(const torch::Tensor& key_ab, uint32_t c0, uint32_t c1, int64_t offset,
+                       int64_t n) {
+  const int64_t chains = key_ab.size(0);
+  torch::Tensor out = torch::empty({chains, n}, key_ab.options());
+  const int64_t* key = key_ab.data_ptr<int64_t>();
+  int64_t* words = out.data_ptr<int64_t>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, chains, grain, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> e(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j)
+      e[j] = fmix_b32(static_cast<uint32_t>(offset + j) + 0x632BE5ABU);
+    for (int64_t c = begin; c < end; ++c) {
+      const uint32_t a = fmix_a32(fmix_a32(static_cast<uint32_t>(key[2 * c]) ^ c0) ^ c1);
+      const uint32_t b = fmix_b32(fmix_b32(static_cast<uint32_t>(key[2 * c + 1]) ^ c1) ^ c0);
+      int64_t* row = words + c * n;
+      for (int64_t j = 0; j < n; ++j) row[j] = fmix_b32(fmix_a32(a ^ e[j]) ^ b);
+    }
+  });
+  return out;
 }
 
 std::string chain_list(const torch::Tensor& mask) {
@@ -91,28 +153,52 @@ void record(Draws& d, int64_t i, const ChainState& s, const torch::Tensor& eps,
 
 ChainRandom::ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains,
                          torch::Device device) {
-  std::vector<int64_t> a(chains), b(chains);
+  std::vector<int64_t> ab(2 * chains);
   const uint64_t s = hmc_detail::splitmix64(seed);
   for (int64_t c = 0; c < chains; ++c) {
     const uint64_t k = hmc_detail::splitmix64(
         s ^ hmc_detail::splitmix64(static_cast<uint64_t>(first_chain_id + c)));
-    a[c] = static_cast<int64_t>(k & 0xFFFFFFFFULL);
-    b[c] = static_cast<int64_t>(k >> 32);
+    ab[2 * c] = static_cast<int64_t>(k & 0xFFFFFFFFULL);
+    ab[2 * c + 1] = static_cast<int64_t>(k >> 32);
   }
-  key_a_ = torch::tensor(a, torch::kInt64).view({chains, 1}).to(device);
-  key_b_ = torch::tensor(b, torch::kInt64).view({chains, 1}).to(device);
+  const auto opt = torch::TensorOptions().dtype(torch::kInt64);
+  key_ab_ = torch::tensor(ab, opt).view({chains, 2}).to(device);
+  mix1_ = torch::tensor({int64_t{0x85EBCA6B}, int64_t{0x7FEB352D}}, opt).view({1, 2}).to(device);
+  shift2_ = torch::tensor({int64_t{13}, int64_t{15}}, opt).view({1, 2}).to(device);
+  mix2_ = torch::tensor({int64_t{0xC2B2AE35}, int64_t{0x846CA68B}}, opt).view({1, 2}).to(device);
+  second_column_ = torch::tensor({int64_t{0}, hmc_detail::kMask32}, opt).view({1, 2}).to(device);
 }
 
 torch::Tensor ChainRandom::bits(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
                                 int64_t n) const {
+  if (key_ab_.device().is_cpu()) {
+    const int64_t c0 = iteration & hmc_detail::kMask32;
+    const int64_t c1 = ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & hmc_detail::kMask32;
+    return hmc_detail::bits_cpu(key_ab_, static_cast<uint32_t>(c0), static_cast<uint32_t>(c1),
+                                offset, n);
+  }
+  return bits_tensor_ops(iteration, stream, sub, offset, n);
+}
+
+torch::Tensor ChainRandom::bits_tensor_ops(int64_t iteration, int64_t stream, int64_t sub,
+                                           int64_t offset, int64_t n) const {
   using namespace hmc_detail;
   const int64_t c0 = iteration & kMask32;
   const int64_t c1 = ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & kMask32;
-  torch::Tensor a = fmix_a(fmix_a(key_a_.bitwise_xor(c0)).bitwise_xor(c1));
-  torch::Tensor b = fmix_b(fmix_b(key_b_.bitwise_xor(c1)).bitwise_xor(c0));
-  torch::Tensor e = torch::arange(offset, offset + n, key_a_.options()).view({1, n});
-  e = fmix_b((e + int64_t{0x632BE5AB}).bitwise_and(kMask32));
-  return fmix_b(fmix_a(a.bitwise_xor(e)).bitwise_xor(b));
+  // Per chain a = fmix_a(fmix_a(key_a ^ c0) ^ c1) and b = fmix_b(fmix_b(key_b ^ c1) ^ c0), both
+  // columns at once: column 1 gets c0 ^ (c0 ^ c1) = c1, then c1 ^ (c0 ^ c1) = c0.
+  const torch::Tensor swap = second_column_.bitwise_and(c0 ^ c1);
+  torch::Tensor ab = fmix_ab(key_ab_.bitwise_xor(c0).bitwise_xor(swap), mix1_, shift2_, mix2_);
+  ab = fmix_ab(ab.bitwise_xor(c1).bitwise_xor(swap), mix1_, shift2_, mix2_);
+  // The element hash depends only on (offset, n): kept from the previous call (a NUTS transition
+  // asks for the same block every time).
+  if (!element_hash_.defined() || element_offset_ != offset || element_hash_.size(1) != n) {
+    torch::Tensor e = torch::arange(offset, offset + n, key_ab_.options()).view({1, n});
+    element_hash_ = fmix_b((e + int64_t{0x632BE5AB}).bitwise_and(kMask32));
+    element_offset_ = offset;
+  }
+  return fmix_b(
+      fmix_a(ab.narrow(1, 0, 1).bitwise_xor(element_hash_)).bitwise_xor(ab.narrow(1, 1, 1)));
 }
 
 torch::Tensor ChainRandom::uniform_from_bits(const torch::Tensor& words, torch::Dtype dtype) {
@@ -267,10 +353,34 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   const int64_t total = num_warmup + num_draws;
   const int64_t refresh =
       settings.refresh > 0 ? settings.refresh : std::max<int64_t>(1, total / 10);
-  auto progress = [&](int64_t i) {
-    if ((i + 1) % refresh == 0 || i + 1 == total)
+  // Divergences and leapfrog steps accumulate on the device; they are read only when reported.
+  torch::Tensor divergences = torch::zeros({}, opt.dtype(torch::kLong));
+  torch::Tensor leapfrogs = torch::zeros({}, opt.dtype(torch::kLong));
+  int64_t reported_at = 0;
+  const auto started = std::chrono::steady_clock::now();
+  auto progress = [&](int64_t i, const TransitionStats& st, const torch::Tensor& eps) {
+    if (settings.on_progress) {
+      divergences += st.divergent.sum();
+      leapfrogs += st.n_leapfrog.sum();
+    }
+    if (!((i + 1) % refresh == 0 || i + 1 == total)) return;
+    if (!settings.on_progress) {
       spdlog::info("{}: iteration {:>6} / {} ({})", name, i + 1, total,
                    i < num_warmup ? "warmup" : "sampling");
+      return;
+    }
+    SamplerProgress p;
+    p.iteration = i + 1;
+    p.total = total;
+    p.warmup = i < num_warmup;
+    p.divergences = divergences.item<int64_t>();
+    p.mean_step_size = torch::exp(torch::log(eps).mean()).item<double>();
+    p.mean_leapfrog = static_cast<double>(leapfrogs.item<int64_t>()) /
+                      static_cast<double>(std::max<int64_t>(1, (i + 1 - reported_at) * chains));
+    leapfrogs.zero_();
+    reported_at = i + 1;
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    settings.on_progress(p);
   };
   auto pool_step = [&](const torch::Tensor& eps) {
     return pooled ? torch::exp(torch::log(eps).mean()).expand({chains}).contiguous() : eps;
@@ -313,7 +423,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
         }
       }
     }
-    progress(i);
+    progress(i, st, eps);
   }
   if (adapt_step) eps = pool_step(dual.final_step_size());
   state.log_p.sum().item<double>();  // waits for the device before reading the clock
@@ -323,7 +433,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   for (int64_t j = 0; j < num_draws; ++j) {
     TransitionStats st = transition(system, state, eps, num_warmup + j);
     hmc_detail::record(result, j, state, eps, st);
-    progress(num_warmup + j);
+    progress(num_warmup + j, st, eps);
   }
   state.log_p.sum().item<double>();
   auto t2 = std::chrono::steady_clock::now();

@@ -1,6 +1,7 @@
 #include "dslens/samplers/nuts.h"
 
 #include <cmath>
+#include <vector>
 
 #include "dslens/core/errors.h"
 
@@ -20,20 +21,53 @@ int64_t depth_base(int64_t dim, int d) {
   return 3 * dim + ((int64_t{1} << d) - 1) + d;
 }
 
+// What a subtree proposes: position, gradient, log density and Hamiltonian (the energy reported
+// when it is selected; the momentum itself is not needed).
+struct Proposal {
+  torch::Tensor q, grad, log_p, h;
+};
+
+Proposal select_proposal(const torch::Tensor& mask, const Proposal& a, const Proposal& b) {
+  torch::Tensor m = mask.unsqueeze(-1);
+  return Proposal{torch::where(m, a.q, b.q), torch::where(m, a.grad, b.grad),
+                  torch::where(mask, a.log_p, b.log_p), torch::where(mask, a.h, b.h)};
+}
+
 struct Subtree {
-  PhasePoint propose;
+  Proposal propose;
   SubtreeEnds ends;
   torch::Tensor log_sum_weight;  // [C]
   torch::Tensor valid;           // [C] bool
 };
 
+// Stan's generalised criterion for joining `first` and `second` (adjacent along the trajectory)
+// given rho = first.rho + second.rho: the merged tree, first extended by second's first point,
+// second extended by first's last point (base_nuts.hpp, build_tree and transition). The six
+// products are stacked and compared at once: 17 tensor operations, and each [C, D] operand read
+// once per product (stacking the [C, D] operands instead copies six of them).
+torch::Tensor merged_no_uturn(const SubtreeEnds& first, const SubtreeEnds& second,
+                              const torch::Tensor& rho) {
+  torch::Tensor rho_first = first.rho + second.p_beg;
+  torch::Tensor rho_second = second.rho + first.p_end;
+  auto dot = [](const torch::Tensor& a, const torch::Tensor& b) { return (a * b).sum(-1); };
+  torch::Tensor dots =
+      torch::stack({dot(first.p_sharp_beg, rho), dot(second.p_sharp_end, rho),
+                    dot(first.p_sharp_beg, rho_first), dot(second.p_sharp_beg, rho_first),
+                    dot(first.p_sharp_end, rho_second), dot(second.p_sharp_end, rho_second)});
+  return (dots > 0).all(0);
+}
+
 struct TreeContext {
   HamiltonianSystem& system;
   int64_t iteration;
   double max_energy_error;
-  torch::Tensor eps_col, half_eps_col;  // signed, [C, 1]
-  torch::Tensor h0;                     // [C]
-  torch::Tensor n_leapfrog, sum_metro_prob, divergent;
+  torch::Tensor eps_col;  // signed step sizes of this doubling, [C, 1]
+  torch::Tensor h0;       // [C]
+  // Summed leaf by leaf in trajectory order, so a chain's sum does not depend on the batch.
+  torch::Tensor sum_metro_prob;
+  // Per leaf: which chains integrated it and which of those stayed within max_energy_error;
+  // reduced into the leapfrog and divergence counts once per tree doubling.
+  std::vector<torch::Tensor> leaf_active, leaf_valid;
   // log-uniforms of merges [block_offset, block_offset + block.size(1)) of this tree depth, whose
   // merge k is element merge_base + k of the stream.
   torch::Tensor block;
@@ -56,25 +90,29 @@ torch::Tensor merge_log_uniform(const TreeContext& ctx, int64_t index) {
   return log_uniform(ctx, ctx.merge_base + index, 1).select(1, 0);
 }
 
-// Stan's build_tree for every chain where `active`; z is the integrator state, advanced in place
-// (frozen for inactive chains). Merges of this subtree have indices [offset, offset + 2^depth - 1)
-// in post-order.
+// Stan's build_tree for every chain where `active`; z is the integrator state, advanced in place.
+// Merges of this subtree have indices [offset, offset + 2^depth - 1) in post-order.
+//
+// Chains that are not active integrate with a step size of 0, which leaves a finite state as it
+// is, instead of computing the step and selecting the old state afterwards (three [C, D] selects
+// per leapfrog step). Nothing an inactive chain computes is used: its subtree is invalid, so the
+// caller neither samples from it nor extends the trajectory from its end.
 Subtree build_tree(TreeContext& ctx, int depth, PhasePoint& z, const torch::Tensor& active,
                    int64_t offset) {
   if (depth == 0) {
-    z = select(active, ctx.system.leapfrog(z, ctx.eps_col, ctx.half_eps_col), z);
+    torch::Tensor eps = ctx.eps_col * active.unsqueeze(-1);
+    z = ctx.system.leapfrog(z, eps, 0.5 * eps);
     torch::Tensor sharp;
     torch::Tensor h = ctx.system.hamiltonian(z, &sharp);
     torch::Tensor delta = ctx.h0 - h;  // -inf where not finite
     Subtree out;
     // Divergent when h - H0 > max_energy_error (always when h is not finite).
     out.valid = active & (delta >= -ctx.max_energy_error);
-    ctx.divergent = ctx.divergent | (active ^ out.valid);
-    ctx.n_leapfrog = ctx.n_leapfrog + active;
-    // Metropolis acceptance min(1, exp(H0 - h)).
-    ctx.sum_metro_prob =
-        ctx.sum_metro_prob + torch::where(active, torch::exp(torch::clamp_max(delta, 0.0)), 0.0);
-    out.propose = z;
+    ctx.leaf_active.push_back(active);
+    ctx.leaf_valid.push_back(out.valid);
+    // Metropolis acceptance min(1, exp(H0 - h)) of the chains that integrated this leaf.
+    ctx.sum_metro_prob.add_(torch::exp(torch::clamp_max(delta, 0.0)).mul_(active));
+    out.propose = Proposal{z.q, z.grad, z.log_p, h};
     out.ends = SubtreeEnds{z.p, z.p, sharp, sharp, z.p};
     out.log_sum_weight = delta;
     return out;
@@ -95,10 +133,11 @@ Subtree build_tree(TreeContext& ctx, int depth, PhasePoint& z, const torch::Tens
   // w_final / (w_init + w_final), i.e. when log u < log w_final - log w_subtree.
   torch::Tensor take_final =
       merge_log_uniform(ctx, offset + 2 * half) < (fin.log_sum_weight - out.log_sum_weight);
-  out.propose = select(take_final, fin.propose, init.propose);
+  out.propose = select_proposal(take_final, fin.propose, init.propose);
+  torch::Tensor rho = init.ends.rho + fin.ends.rho;
+  out.valid = fin.valid & merged_no_uturn(init.ends, fin.ends, rho);
   out.ends = SubtreeEnds{init.ends.p_beg, fin.ends.p_end, init.ends.p_sharp_beg,
-                         fin.ends.p_sharp_end, init.ends.rho + fin.ends.rho};
-  out.valid = fin.valid & merged_no_uturn(init.ends, fin.ends);
+                         fin.ends.p_sharp_end, rho};
   return out;
 }
 
@@ -110,15 +149,7 @@ torch::Tensor no_uturn(const torch::Tensor& p_sharp_minus, const torch::Tensor& 
 }
 
 torch::Tensor merged_no_uturn(const SubtreeEnds& first, const SubtreeEnds& second) {
-  // The three compute_criterion calls of Stan's build_tree as one batched product:
-  // over the merged tree, first + second's first point, second + first's last point.
-  torch::Tensor rho = first.rho + second.rho;
-  torch::Tensor rho_first = first.rho + second.p_beg;
-  torch::Tensor rho_second = second.rho + first.p_end;
-  torch::Tensor sharp = torch::stack({first.p_sharp_beg, second.p_sharp_end, first.p_sharp_beg,
-                                      second.p_sharp_beg, first.p_sharp_end, second.p_sharp_end});
-  torch::Tensor rhos = torch::stack({rho, rho, rho_first, rho_first, rho_second, rho_second});
-  return ((sharp * rhos).sum(-1) > 0).all(0);
+  return nuts_detail::merged_no_uturn(first, second, first.rho + second.rho);
 }
 
 torch::Tensor trajectory_no_uturn(const torch::Tensor& momenta, const torch::Tensor& inv_metric) {
@@ -168,18 +199,22 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
   PhasePoint z0{state.q, p0, state.log_p, state.grad};
   torch::Tensor sharp0;
   torch::Tensor h0 = system.hamiltonian(z0, &sharp0);
-  PhasePoint z_fwd = z0, z_bck = z0, z_sample = z0;
-  torch::Tensor p_ff = p0, p_bb = p0, ps_ff = sharp0, ps_bb = sharp0, rho = p0;
+  // The trajectory's backward and forward ends (integrator states and sharp momenta), the draw it
+  // proposes so far, its summed momenta and log weight.
+  PhasePoint z_bck = z0, z_fwd = z0;
+  torch::Tensor sharp_bck = sharp0, sharp_fwd = sharp0;
+  Proposal sample{state.q, state.grad, state.log_p, h0};
+  torch::Tensor rho = p0;
   torch::Tensor log_sum_weight = torch::zeros({chains}, opt);
   torch::Tensor depth = torch::zeros({chains}, opt.dtype(torch::kInt64));
+  torch::Tensor n_leapfrog = torch::zeros({chains}, opt.dtype(torch::kInt64));
+  torch::Tensor divergent = torch::zeros({chains}, opt.dtype(torch::kBool));
   torch::Tensor building = torch::ones({chains}, opt.dtype(torch::kBool));
 
-  TreeContext ctx{system, iteration, system.max_energy_error(), {}, {}, {}, {}, {}, {}, {}, 0, 0};
-  ctx.h0 = h0;
-  ctx.n_leapfrog = torch::zeros({chains}, opt.dtype(torch::kInt64));
+  TreeContext ctx{system, iteration, system.max_energy_error(), {}, h0, {}, {}, {}, {}, 0, 0};
   ctx.sum_metro_prob = torch::zeros({chains}, opt);
-  ctx.divergent = torch::zeros({chains}, opt.dtype(torch::kBool));
   torch::Tensor eps_col = step_size.unsqueeze(-1);
+  torch::Tensor neg_eps_col = -eps_col;
 
   for (int d = 0; d < max_depth; ++d) {
     if (d > 0 && !building.any().item<bool>()) break;
@@ -193,58 +228,61 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
     }
     torch::Tensor forward = level.select(1, 0) > log_half;
     torch::Tensor fwd_col = forward.unsqueeze(-1);
-    ctx.eps_col = torch::where(fwd_col, eps_col, -eps_col);
-    ctx.half_eps_col = 0.5 * ctx.eps_col;
+    ctx.eps_col = torch::where(fwd_col, eps_col, neg_eps_col);
     ctx.merge_base = depth_base(dim, d) + 2;
     ctx.block_offset = 0;
     ctx.block = d > 0 && level.size(1) > 2 ? level.narrow(1, 2, width - 2) : torch::Tensor();
 
-    PhasePoint z = select(forward, z_fwd, z_bck);
+    // Extend the trajectory from its end in the chosen direction.
+    PhasePoint start = select(forward, z_fwd, z_bck);
+    torch::Tensor sharp_start = torch::where(fwd_col, sharp_fwd, sharp_bck);
+    PhasePoint z = start;
     Subtree sub = build_tree(ctx, d, z, building, 0);
-    z_fwd = select(building & forward, z, z_fwd);
-    z_bck = select(building & ~forward, z, z_bck);
 
-    // The old trajectory and the new subtree in trajectory order (backward part first).
-    SubtreeEnds bck, fwd;
-    bck.rho = torch::where(fwd_col, rho, sub.ends.rho);
-    fwd.rho = torch::where(fwd_col, sub.ends.rho, rho);
-    bck.p_end = torch::where(fwd_col, p_ff, sub.ends.p_beg);
-    bck.p_sharp_end = torch::where(fwd_col, ps_ff, sub.ends.p_sharp_beg);
-    bck.p_beg = torch::where(fwd_col, p_bb, sub.ends.p_end);
-    bck.p_sharp_beg = torch::where(fwd_col, ps_bb, sub.ends.p_sharp_end);
-    fwd.p_beg = torch::where(fwd_col, sub.ends.p_beg, p_bb);
-    fwd.p_sharp_beg = torch::where(fwd_col, sub.ends.p_sharp_beg, ps_bb);
-    fwd.p_end = torch::where(fwd_col, sub.ends.p_end, p_ff);
-    fwd.p_sharp_end = torch::where(fwd_col, sub.ends.p_sharp_end, ps_ff);
+    // The old trajectory oriented along the integration direction: it begins at the end opposite
+    // to the direction and ends where the new subtree starts. The six checks of merged_no_uturn
+    // are unchanged when both trajectories and their order are reversed, so (old, new) in
+    // integration order is Stan's (backward, forward) check of the merged trajectory.
+    SubtreeEnds old{torch::where(fwd_col, z_bck.p, z_fwd.p), start.p,
+                    torch::where(fwd_col, sharp_bck, sharp_fwd), sharp_start, rho};
+    torch::Tensor rho_merged = rho + sub.ends.rho;
+    torch::Tensor persist = merged_no_uturn(old, sub.ends, rho_merged);
 
     torch::Tensor valid = sub.valid;
-    torch::Tensor valid_col = valid.unsqueeze(-1);
     depth = depth + valid;
     // Biased progressive sampling: move to the new subtree with probability
     // min(1, w_subtree / w_old).
     torch::Tensor take = valid & ((sub.log_sum_weight > log_sum_weight) |
                                   (level.select(1, 1) < (sub.log_sum_weight - log_sum_weight)));
-    z_sample = select(take, sub.propose, z_sample);
+    sample = select_proposal(take, sub.propose, sample);
     log_sum_weight =
         torch::where(valid, torch::logaddexp(log_sum_weight, sub.log_sum_weight), log_sum_weight);
-    torch::Tensor persist = merged_no_uturn(bck, fwd);
-    rho = torch::where(valid_col, bck.rho + fwd.rho, rho);
-    p_ff = torch::where(valid_col, fwd.p_end, p_ff);
-    ps_ff = torch::where(valid_col, fwd.p_sharp_end, ps_ff);
-    p_bb = torch::where(valid_col, bck.p_beg, p_bb);
-    ps_bb = torch::where(valid_col, bck.p_sharp_beg, ps_bb);
+    rho = torch::where(valid.unsqueeze(-1), rho_merged, rho);
+    // The subtree's far end is the trajectory's new end in this direction (for chains whose
+    // subtree is invalid it is never used again: they stop building).
+    torch::Tensor new_fwd = building & forward, new_bck = building & ~forward;
+    z_fwd = select(new_fwd, z, z_fwd);
+    z_bck = select(new_bck, z, z_bck);
+    sharp_fwd = torch::where(new_fwd.unsqueeze(-1), sub.ends.p_sharp_end, sharp_fwd);
+    sharp_bck = torch::where(new_bck.unsqueeze(-1), sub.ends.p_sharp_end, sharp_bck);
     building = valid & persist;
+
+    torch::Tensor leaf_active = torch::stack(ctx.leaf_active);
+    n_leapfrog = n_leapfrog + leaf_active.sum(0);
+    divergent = divergent | (leaf_active ^ torch::stack(ctx.leaf_valid)).any(0);
+    ctx.leaf_active.clear();
+    ctx.leaf_valid.clear();
   }
 
   TransitionStats st;
-  st.n_leapfrog = ctx.n_leapfrog;
+  st.n_leapfrog = n_leapfrog;
   st.tree_depth = depth;
-  st.divergent = ctx.divergent;
-  st.accept_stat = ctx.sum_metro_prob / ctx.n_leapfrog.to(ctx.sum_metro_prob.scalar_type());
-  st.energy = system.hamiltonian(z_sample);
-  state.q = z_sample.q;
-  state.log_p = z_sample.log_p;
-  state.grad = z_sample.grad;
+  st.divergent = divergent;
+  st.accept_stat = ctx.sum_metro_prob / n_leapfrog.to(ctx.sum_metro_prob.scalar_type());
+  st.energy = sample.h;
+  state.q = sample.q;
+  state.log_p = sample.log_p;
+  state.grad = sample.grad;
   return st;
 }
 

@@ -3,10 +3,13 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <optional>
 #include <vector>
 
 #include "dslens/core/errors.h"
@@ -212,4 +215,223 @@ TEST(Axes, MapsDataToPixelsAndDrawsInsideTheBox) {
   EXPECT_EQ(p[mid + 1], dslens::plot::kRed.g);
   EXPECT_THROW(dslens::plot::Axes(canvas, {0, 0, 10, 10}, 0, 1, 0, 1, true),
                dslens::InvalidArgument);
+}
+
+namespace corner_plot_test {
+
+using dslens::plot::Box;
+using dslens::plot::CornerLayout;
+
+struct Pixels {
+  const Canvas& c;
+  Rgb at(int x, int y) const {
+    const size_t i = (static_cast<size_t>(y) * c.width() + x) * 3;
+    return {c.pixels()[i], c.pixels()[i + 1], c.pixels()[i + 2]};
+  }
+};
+// The 68 % region and the contour lines of the 2-d panels: dark blue.
+bool dark_blue(Rgb p) {
+  return p.r < 60 && p.b > p.r + 60;
+}
+// Any shade of the 2-d panels (68 %, 95 %, outer bins, contours).
+bool blue_shade(Rgb p) {
+  return p.b > p.r + 20 && p.b >= p.g;
+}
+bool red(Rgb p) {
+  return p.r > 200 && p.g < 80 && p.b < 80;
+}
+
+// Correlated standard normals [n, 2] with correlation rho.
+torch::Tensor correlated(int64_t n, double rho, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  torch::Tensor z = torch::randn({n, 2}, gen, torch::kFloat64);
+  torch::Tensor x = z.select(1, 0);
+  torch::Tensor y = rho * x + std::sqrt(1 - rho * rho) * z.select(1, 1);
+  return torch::stack({x, y}, 1);
+}
+
+// Pearson correlation of the dark pixels' positions (x right, y up) inside `b`.
+double pixel_correlation(const Canvas& canvas, const Box& b, int* count) {
+  Pixels px{canvas};
+  std::vector<double> xs, ys;
+  for (int y = b.y + 1; y < b.y + b.h - 1; ++y) {
+    for (int x = b.x + 1; x < b.x + b.w - 1; ++x) {
+      if (dark_blue(px.at(x, y))) {
+        xs.push_back(x);
+        ys.push_back(-y);
+      }
+    }
+  }
+  *count = static_cast<int>(xs.size());
+  auto t = torch::stack({torch::tensor(xs, torch::kFloat64), torch::tensor(ys, torch::kFloat64)});
+  return torch::corrcoef(t)[0][1].item<double>();
+}
+
+}  // namespace corner_plot_test
+
+using namespace corner_plot_test;
+
+TEST(CornerPlot, CorrelatedGaussianIsShadedAlongTheCorrelation) {
+  for (double rho : {0.9, -0.9}) {
+    Canvas canvas(420, 420);
+    const torch::Tensor draws = correlated(4000, rho, 11);
+    const CornerLayout layout =
+        dslens::plot::corner_plot(canvas, {0, 0, 420, 420}, draws, {"a", "b"});
+    ASSERT_EQ(layout.parameters, 2);
+    const Box& pair = layout.panel(1, 0);
+    EXPECT_GT(layout.cell, 150);
+    int dark = 0;
+    const double r = pixel_correlation(canvas, pair, &dark);
+    EXPECT_GT(dark, 500) << rho;
+    EXPECT_GT(r * rho / std::fabs(rho), 0.8) << "rho " << rho << ": pixel correlation " << r;
+
+    // The share of draws on the 68 % shade and inside the shaded 95 % region.
+    Pixels px{canvas};
+    const auto [xlo, xhi] = layout.ranges[0];
+    const auto [ylo, yhi] = layout.ranges[1];
+    int in68 = 0, in95 = 0;
+    auto a = draws.accessor<double, 2>();
+    for (int64_t n = 0; n < draws.size(0); ++n) {
+      const double fx = (a[n][0] - xlo) / (xhi - xlo), fy = (a[n][1] - ylo) / (yhi - ylo);
+      if (fx < 0 || fx > 1 || fy < 0 || fy > 1) continue;
+      const int x = pair.x + static_cast<int>(std::lround(fx * (pair.w - 1)));
+      const int y = pair.y + pair.h - 1 - static_cast<int>(std::lround(fy * (pair.h - 1)));
+      const Rgb p = px.at(x, y);
+      in68 += dark_blue(p);
+      in95 += blue_shade(p) && p.r < 150;
+    }
+    const double n = static_cast<double>(draws.size(0));
+    EXPECT_NEAR(in68 / n, 0.68, 0.1) << rho;
+    EXPECT_NEAR(in95 / n, 0.95, 0.05) << rho;
+    // Nothing shaded in the diagonal panels, nothing drawn above the diagonal.
+    for (int k = 0; k < 2; ++k) {
+      const Box& d = layout.panel(k, k);
+      for (int y = d.y; y < d.y + d.h; ++y) {
+        for (int x = d.x; x < d.x + d.w; ++x) ASSERT_FALSE(blue_shade(px.at(x, y)));
+      }
+    }
+    const Box above{layout.panel(1, 1).x, layout.panel(0, 0).y, layout.cell, layout.cell};
+    for (int y = above.y; y < above.y + above.h; ++y) {
+      for (int x = above.x; x < above.x + above.w; ++x) {
+        const Rgb p = px.at(x, y);
+        ASSERT_TRUE(p.r == 255 && p.g == 255 && p.b == 255) << x << "," << y;
+      }
+    }
+  }
+}
+
+TEST(CornerPlot, TruthsAreRedLinesAtTheirValues) {
+  const torch::Tensor draws = correlated(2000, 0.0, 5);
+  auto red_columns_rows = [](const Canvas& canvas, const Box& b, std::map<int, int>& cols,
+                             std::map<int, int>& rows) {
+    Pixels px{canvas};
+    for (int y = b.y; y < b.y + b.h; ++y) {
+      for (int x = b.x; x < b.x + b.w; ++x) {
+        if (red(px.at(x, y))) {
+          ++cols[x];
+          ++rows[y];
+        }
+      }
+    }
+  };
+  {
+    Canvas canvas(400, 400);
+    const auto layout = dslens::plot::corner_plot(canvas, {0, 0, 400, 400}, draws, {"x", "y"},
+                                                  {0.37, std::nullopt});
+    const auto [lo, hi] = layout.ranges[0];
+    for (int row = 0; row < 2; ++row) {
+      const Box& b = layout.panel(row, 0);
+      const int expected_x =
+          static_cast<int>(std::lround(b.x + (0.37 - lo) / (hi - lo) * (b.w - 1)));
+      std::map<int, int> cols, rows;
+      red_columns_rows(canvas, b, cols, rows);
+      ASSERT_EQ(cols.size(), 1u) << "panel row " << row;
+      EXPECT_EQ(cols.begin()->first, expected_x);
+      EXPECT_EQ(cols.begin()->second, b.h - 2);  // the full height inside the frame
+    }
+    std::map<int, int> cols, rows;
+    red_columns_rows(canvas, layout.panel(1, 1), cols, rows);
+    EXPECT_TRUE(cols.empty());  // no truth for y
+  }
+  {
+    Canvas canvas(400, 400);
+    const auto layout = dslens::plot::corner_plot(canvas, {0, 0, 400, 400}, draws, {"x", "y"},
+                                                  {std::nullopt, -0.43});
+    const auto [lo, hi] = layout.ranges[1];
+    const Box& pair = layout.panel(1, 0);
+    std::map<int, int> cols, rows;
+    red_columns_rows(canvas, pair, cols, rows);
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows.begin()->first,
+              static_cast<int>(
+                  std::lround(pair.y + pair.h - 1 - (-0.43 - lo) / (hi - lo) * (pair.h - 1))));
+    EXPECT_EQ(rows.begin()->second, pair.w - 2);
+    const Box& diag = layout.panel(1, 1);
+    cols.clear();
+    rows.clear();
+    red_columns_rows(canvas, diag, cols, rows);
+    ASSERT_EQ(cols.size(), 1u);
+    EXPECT_EQ(cols.begin()->first,
+              static_cast<int>(std::lround(diag.x + (-0.43 - lo) / (hi - lo) * (diag.w - 1))));
+  }
+  {
+    // A truth far outside the draws keeps the range and is marked by an arrow at the edge.
+    Canvas canvas(400, 400);
+    const auto layout =
+        dslens::plot::corner_plot(canvas, {0, 0, 400, 400}, draws, {"x", "y"}, {50.0, 4.0});
+    EXPECT_LT(layout.ranges[0].second, 5.0);
+    EXPECT_GT(layout.ranges[1].second, 4.0);  // near enough: the range takes it in
+    std::map<int, int> cols, rows;
+    red_columns_rows(canvas, layout.panel(0, 0), cols, rows);
+    ASSERT_FALSE(cols.empty());
+    EXPECT_GE(cols.begin()->first, layout.panel(0, 0).x + layout.cell - 10);
+  }
+}
+
+TEST(CornerPlot, RangesFollowTheQuantilesAndIgnoreOutliers) {
+  torch::Tensor a = torch::linspace(-1.0, 1.0, 1001, torch::kFloat64);
+  torch::Tensor b = torch::full({1001}, 3.0, torch::kFloat64);  // a constant parameter
+  torch::Tensor draws = torch::stack({a, b}, 1);
+  draws[0][0] = 1e6;
+  draws[1][0] = std::nan("");
+  Canvas canvas(300, 300);
+  const auto layout =
+      dslens::plot::corner_plot(canvas, {0, 0, 300, 300}, draws, {"a", "b"}, {}, 20);
+  const auto [lo, hi] = layout.ranges[0];
+  // 0.5 % / 99.5 % quantiles of the finite draws, padded by 5 % of their distance.
+  EXPECT_NEAR(lo, -0.99 - 0.05 * 1.98, 0.01);
+  EXPECT_NEAR(hi, 0.99 + 0.05 * 1.98, 0.01);
+  EXPECT_NEAR(layout.ranges[1].first, 2.85, 1e-9);
+  EXPECT_NEAR(layout.ranges[1].second, 3.15, 1e-9);
+  // Tick labels and names leave ink below the bottom row and left of the first column.
+  Pixels px{canvas};
+  const Box& pair = layout.panel(1, 0);
+  int below = 0, left = 0;
+  for (int y = pair.y + pair.h + 1; y < 300; ++y)
+    for (int x = 0; x < 300; ++x) below += px.at(x, y).r == 0;
+  for (int y = pair.y; y < pair.y + pair.h; ++y)
+    for (int x = 0; x < pair.x - 1; ++x) left += px.at(x, y).r == 0;
+  EXPECT_GT(below, 100);
+  EXPECT_GT(left, 50);
+}
+
+TEST(CornerPlot, RejectsBadShapes) {
+  using dslens::InvalidArgument;
+  using dslens::plot::corner_plot;
+  Canvas canvas(300, 300);
+  const Box box{0, 0, 300, 300};
+  const torch::Tensor ok = torch::zeros({10, 2});
+  EXPECT_NO_THROW(corner_plot(canvas, box, ok, {"a", "b"}));
+  // Degenerate but valid: one draw of one parameter, all-NaN draws, integer draws.
+  EXPECT_NO_THROW(corner_plot(canvas, box, torch::ones({1, 1}), {"one"}, {2.0}, 1));
+  EXPECT_NO_THROW(corner_plot(canvas, box, torch::full({5, 2}, std::nan("")), {"a", "b"}));
+  EXPECT_NO_THROW(corner_plot(canvas, box, torch::arange(20).reshape({10, 2}), {"a", "b"}));
+  EXPECT_THROW(corner_plot(canvas, box, torch::zeros({10}), {"a"}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, torch::zeros({2, 3, 4}), {"a"}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, torch::zeros({0, 2}), {"a", "b"}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, torch::Tensor(), {}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, ok, {"a"}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, ok, {"a", "b"}, {1.0}), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, box, ok, {"a", "b"}, {}, 0), InvalidArgument);
+  EXPECT_THROW(corner_plot(canvas, {0, 0, 60, 60}, ok, {"a", "b"}), InvalidArgument);
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dslens::plot {
@@ -86,6 +87,31 @@ class Axes {
   double xmin_, xmax_, ymin_, ymax_;
   bool log_y_;
 };
+
+// Where corner_plot drew: the panel of each parameter pair and each parameter's axis range.
+struct CornerLayout {
+  int parameters = 0;
+  int cell = 0;                                   // side of every panel, pixels
+  std::vector<Box> panels;                        // row-major [P * P]; empty above the diagonal
+  std::vector<std::pair<double, double>> ranges;  // axis range [lo, hi] of every parameter
+  // Panel of row `row` (parameter on the y axis) and column `col` (on the x axis), col <= row;
+  // the diagonal panels hold the 1-d histograms.
+  const Box& panel(int row, int col) const { return panels.at(row * parameters + col); }
+};
+
+// Corner plot of posterior draws [N, P] (any dtype and device) in `box`, labels included: the
+// lower triangle of a P x P grid, 1-d histograms with the 16/50/84 % quantiles on the diagonal
+// (titled median +/- the 68 % half-widths), 2-d histograms (smoothed by one bin) shaded by the
+// 68 % and 95 % highest-density regions below it, truths as red lines (a red arrow at the edge of
+// the histogram when a truth lies far outside the range), tick values on the left column and
+// bottom row, and the names as axis labels. Axis ranges span the 0.5 % to 99.5 % quantiles of the
+// finite draws, padded by 5 % (widened to take in a truth no further than one range away).
+// Non-finite draws are left out. Throws InvalidArgument for draws that are not [N >= 1, P >= 1],
+// names or truths (when given) not of length P, bins outside 1..1000, or a box too small for
+// panels of 24 pixels.
+CornerLayout corner_plot(Canvas& canvas, Box box, const torch::Tensor& draws,
+                         const std::vector<std::string>& names,
+                         const std::vector<std::optional<double>>& truths = {}, int bins = 30);
 
 // PNG encoding of 8-bit RGB pixels (row-major, width*height*3 bytes) with zlib.
 std::vector<uint8_t> encode_png(const std::vector<uint8_t>& rgb, int width, int height);

@@ -32,17 +32,20 @@ using SourceDecoder = std::function<torch::Tensor(const torch::Tensor& z)>;
 struct LensModelSpec {
   physics::PixelGrid grid;
   int64_t supersampling = 1;
-  std::optional<torch::Tensor> psf_kernel;
+  std::optional<torch::Tensor> psf_kernel;  // [h, w], or one per lens [L, h, w]
   std::vector<ProfileBinding> mass, lens_light, source;
   // For a decoded source: the INTERPOL binding's "image" is decoder(values[latent_block]).
   std::string latent_block;
   SourceDecoder decoder;
 };
 
+// One lens's data [ny, nx], or L lenses of the same model and grid [L, ny, nx] fitted as one
+// batch: then rows of u [B, D] belong to lens b / (B / L) (B a multiple of L), i.e. the rows are
+// lens-major, B / L chains (or optimiser starts) per lens.
 struct ImagingData {
-  torch::Tensor image;  // [ny, nx]
-  torch::Tensor sigma;  // [ny, nx], per-pixel noise standard deviation (> 0 where unmasked)
-  torch::Tensor mask;   // [ny, nx] bool, true = pixel enters the likelihood
+  torch::Tensor image;  // [ny, nx] or [L, ny, nx]
+  torch::Tensor sigma;  // per-pixel noise standard deviation (> 0 where unmasked), like image
+  torch::Tensor mask;   // bool, like image: true = pixel enters the likelihood
 };
 
 class LensPosterior {
@@ -51,6 +54,10 @@ class LensPosterior {
 
   const ParameterSpace& space() const { return space_; }
   const Compute& compute() const { return compute_; }
+  // The physics for constrained values of `rows` rows (lens-major, see ImagingData).
+  physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows) const;
+  const ImagingData& data() const { return data_; }  // [L, ny, nx] on the compute device
+  const LensModelSpec& spec() const { return spec_; }
   // Noise-free model images [C, ny, nx] for constrained values.
   torch::Tensor model_image(const ParameterSpace::Unpacked& values) const;
   torch::Tensor log_likelihood(const torch::Tensor& u) const;  // [C]
@@ -59,17 +66,22 @@ class LensPosterior {
   samplers::LogDensityFn log_density() const;
   // Chi-square over unmasked pixels and their count, for the reduced chi-square.
   torch::Tensor chi_square(const torch::Tensor& u) const;
-  int64_t n_pixels() const { return n_pixels_; }
+  int64_t n_pixels() const { return n_pixels_; }  // summed over lenses
+  int64_t n_lenses() const { return n_lenses_; }
+  // Unmasked pixels of each lens, [L] int64 on the CPU.
+  const torch::Tensor& pixels_per_lens() const { return pixels_per_lens_; }
 
  private:
-  physics::ImageModel build(const ParameterSpace::Unpacked& values) const;
+  int64_t rows_per_lens(int64_t batch) const;
   LensModelSpec spec_;
   ParameterSpace space_;
   ImagingData data_;
   Compute compute_;
-  torch::Tensor weight_;   // mask / sigma^2, 0 where masked
-  double log_norm_ = 0.0;  // -sum log sigma - n/2 log 2 pi over unmasked pixels
+  torch::Tensor weight_;    // [L, ny, nx]: mask / sigma^2, 0 where masked
+  torch::Tensor log_norm_;  // [L]: -sum log sigma - n/2 log 2 pi over unmasked pixels
   int64_t n_pixels_ = 0;
+  int64_t n_lenses_ = 1;
+  torch::Tensor pixels_per_lens_;
 };
 
 }  // namespace dslens::model

@@ -36,6 +36,10 @@ class ParameterSpace {
   bool is_fixed(const std::string& name) const;
 
   Unpacked unpack(const torch::Tensor& u) const;
+  // Constrained values of every coordinate [C, D], in coordinate_names() order.
+  torch::Tensor constrained(const torch::Tensor& u) const;
+  // The prior of a free scalar parameter; nullopt for fixed parameters and blocks.
+  std::optional<Prior> prior(const std::string& name) const;
   // Constrained values (every free name present, [C] or [C, k]) -> u [C, D].
   torch::Tensor pack(const std::map<std::string, torch::Tensor>& values) const;
   // u [C, D] drawn from the prior (CPU generator; moved to `options`).

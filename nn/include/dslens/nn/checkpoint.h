@@ -55,7 +55,9 @@ struct LoadedVae {
   Vae vae{nullptr};
   CheckpointMeta meta;
 };
-// Rebuilds the VAE from a checkpoint, on compute.device in compute.dtype, in eval mode.
+// Rebuilds the VAE from a checkpoint, on compute.device in compute.dtype, in eval mode, with
+// every parameter's requires_grad off (decode(z) is differentiable in z only; turn it back on to
+// fine-tune).
 LoadedVae load_vae(const std::string& path,
                    const Compute& compute = Compute{torch::kCPU, torch::kFloat32});
 

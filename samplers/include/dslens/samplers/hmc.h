@@ -17,17 +17,22 @@ namespace dslens::samplers {
 
 // Counter-based random numbers with one independent stream per chain: the value drawn for
 // (iteration, stream, sub, element) depends only on (seed, chain id) and those counters, never on
-// other chains or on how many numbers were drawn before. Computed on the device with 32-bit
-// integer hashing (MurmurHash3 / lowbias32 finalisers) in int64 tensors.
+// other chains or on how many numbers were drawn before. 32-bit integer hashing (MurmurHash3 /
+// lowbias32 finalisers): on the CPU in one fused loop, elsewhere with int64 tensor operations on
+// the device; both give the same words.
 class ChainRandom {
  public:
   ChainRandom() = default;
   // Chains get ids first_chain_id, ..., first_chain_id + chains - 1.
   ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains, torch::Device device);
-  int64_t chains() const { return key_a_.defined() ? key_a_.size(0) : 0; }
+  int64_t chains() const { return key_ab_.defined() ? key_ab_.size(0) : 0; }
   // Raw 32-bit words [C, n] (int64 in [0, 2^32)) for elements offset, ..., offset + n - 1.
   torch::Tensor bits(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
                      int64_t n) const;
+  // The same words computed with tensor operations (what bits() does off the CPU, where it runs
+  // one fused loop instead); public so that tests can compare the two.
+  torch::Tensor bits_tensor_ops(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
+                                int64_t n) const;
   // Uniforms in (0, 1) with 32-bit resolution, [C, n].
   torch::Tensor uniform(int64_t iteration, int64_t stream, int64_t sub, int64_t offset, int64_t n,
                         torch::Dtype dtype) const;
@@ -39,7 +44,12 @@ class ChainRandom {
   static torch::Tensor normal_from_bits(const torch::Tensor& words, torch::Dtype dtype);
 
  private:
-  torch::Tensor key_a_, key_b_;  // [C, 1]
+  torch::Tensor key_ab_;  // [C, 2]: the two 32-bit halves of each chain's key
+  // Per-column constants of the two finalisers, [1, 2] on the device.
+  torch::Tensor mix1_, shift2_, mix2_, second_column_;
+  // The last element hash (it depends only on offset and n); not thread-safe, like the sampler.
+  mutable torch::Tensor element_hash_;
+  mutable int64_t element_offset_ = 0;
 };
 
 // Random stream ids used by the samplers.

@@ -2,6 +2,7 @@
 // validate() that throws dslens::InvalidArgument naming the offending field and its value.
 #pragma once
 #include <torch/torch.h>
+#include <functional>
 
 #include <cstdint>
 
@@ -40,6 +41,17 @@ struct AdaptSettings {
   void validate(int64_t num_warmup) const;
 };
 
+// What a progress callback sees (every `refresh` iterations and at the end).
+struct SamplerProgress {
+  int64_t iteration = 0;  // 1-based, warmup included
+  int64_t total = 0;
+  bool warmup = true;
+  int64_t divergences = 0;      // so far, all chains, warmup and sampling counted apart
+  double mean_step_size = 0.0;  // geometric mean over chains
+  double mean_leapfrog = 0.0;   // leapfrog steps per transition since the last report
+  double seconds = 0.0;         // since the start
+};
+
 // Shared by HMC and NUTS.
 struct SamplerSettings {
   int64_t num_warmup = 1000;
@@ -58,6 +70,8 @@ struct SamplerSettings {
   bool save_warmup = false;
   // Log progress every this many iterations (0: every 10 %).
   int64_t refresh = 0;
+  // Called instead of the log line when set (e.g. a progress bar); never inside a transition.
+  std::function<void(const SamplerProgress&)> on_progress;
   void validate() const;
 };
 

@@ -1,0 +1,203 @@
+// `dslens bench fit`: the whole fit (MAP, then NUTS) on the standard mock of the fit issue —
+// 100x100 pixels, EPL + shear, a VAE source (64 latents), 4 chains, 500 warmup + 500 draws — run
+// through the real `dslens simulate` and `dslens fit` commands in a temporary folder. Prints the
+// time per lens, gradient evaluations per second and bulk ESS per second. With --lenses L, L mocks
+// (different noise and Einstein radii) are fitted together as one batch.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+
+#include "command.h"
+#include "dslens/core/config.h"
+#include "dslens/core/errors.h"
+#include "dslens/nn/checkpoint.h"
+#include "dslens/nn/vae.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace bench_fit_detail {
+
+int call(const std::string& name, std::vector<std::string> args) {
+  for (const auto& c : commands()) {
+    if (c.name != name) continue;
+    args.insert(args.begin(), "dslens " + name);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    return c.run(static_cast<int>(argv.size()), argv.data());
+  }
+  throw InvalidArgument("no command '" + name + "'");
+}
+
+json prior(double lower, double upper) {
+  return {{"prior", "uniform"}, {"lower", lower}, {"upper", upper}};
+}
+
+int run(int argc, char** argv) {
+  cxxopts::Options options(argv[0], "Time MAP + NUTS on the standard mock (docs/benchmarks.md)");
+  options.add_options()("vae",
+                        "a trained VAE checkpoint; default: the demo architecture with "
+                        "random weights (the same cost)",
+                        cxxopts::value<std::string>())(
+      "lenses", "mocks fitted together in one batch",
+      cxxopts::value<int64_t>()->default_value("1"))(
+      "pixels", "image side in pixels", cxxopts::value<int64_t>()->default_value("100"))(
+      "chains", "chains per lens", cxxopts::value<int64_t>()->default_value("4"))(
+      "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
+      "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
+      "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
+  add_compute_options(options, "float32");
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  const Compute compute = compute_from(args);
+  const int64_t lenses = args["lenses"].as<int64_t>(), pixels = args["pixels"].as<int64_t>();
+  if (lenses < 1 || pixels < 8) throw InvalidArgument("--lenses >= 1 and --pixels >= 8 needed");
+
+  const fs::path dir =
+      fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "configs");
+  std::string vae_dir;
+  if (args.count("vae")) {
+    vae_dir = fs::absolute(args["vae"].as<std::string>()).string();
+  } else {
+    // The demo config's architecture (configs/train_vae_default.json), untrained.
+    nn::VaeArch arch;
+    arch.stamp_size = 64;
+    arch.latent_dim = 64;
+    arch.channels = {8, 16, 32, 64};
+    arch.groups = 4;
+    nn::Vae vae(arch, nn::PixelNorm{0.0, 1.0});
+    vae_dir = (dir / "vae").string();
+    fs::create_directories(vae_dir);
+    nn::save_checkpoint(vae_dir, *vae, nullptr, 0, json{{"source", "random weights (bench)"}},
+                        json::object());
+  }
+
+  const double scale = 3.0 / static_cast<double>(pixels) * 1.666;  // about 5" field at 100 px
+  const std::string dev = compute.device.str(), dtype = dtype_name(compute.dtype);
+  for (int64_t l = 0; l < lenses; ++l) {
+    const double theta_e = 1.0 + 0.3 * static_cast<double>(l % 7) / 7.0;
+    json sim = {{"grid", {{"nx", pixels}, {"ny", pixels}, {"pixel_scale", scale}}},
+                {"psf", {{"fwhm", 2 * scale}}},
+                {"mass",
+                 {{{"type", "EPL"},
+                   {"theta_E", theta_e},
+                   {"gamma", 2.05},
+                   {"e1", 0.08},
+                   {"e2", -0.04},
+                   {"center_x", 0.01},
+                   {"center_y", -0.02}},
+                  {{"type", "SHEAR"}, {"gamma1", 0.03}, {"gamma2", -0.02}}}},
+                {"source",
+                 {{{"type", "VAE"},
+                   {"checkpoint", vae_dir},
+                   {"z_seed", 100 + l},
+                   {"center_x", 0.05},
+                   {"center_y", 0.03},
+                   {"scale", 0.015},
+                   {"amp", 100.0}}}},
+                {"noise", {{"background_rms", 0.01}, {"exposure_time", 2000.0}}},
+                {"seed", 1000 + l}};
+    const std::string name = "mock" + std::to_string(l);
+    std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
+    if (call("simulate", {(dir / (name + "-sim.json")).string(), "--out", (dir / name).string(),
+                          "--device", dev, "--dtype", "float64", "--log-level", "warn"}) != 0) {
+      throw Error("bench fit: simulating the mock failed");
+    }
+    json fit = {
+        {"data", {{"simulation", (dir / name).string()}}},
+        {"model",
+         {{"mass",
+           {{{"type", "EPL"},
+             {"theta_E", prior(0.6, 1.8)},
+             {"gamma", prior(1.6, 2.5)},
+             {"e1", prior(-0.4, 0.4)},
+             {"e2", prior(-0.4, 0.4)},
+             {"center_x", prior(-0.2, 0.2)},
+             {"center_y", prior(-0.2, 0.2)}},
+            {{"type", "SHEAR"}, {"gamma1", prior(-0.15, 0.15)}, {"gamma2", prior(-0.15, 0.15)}}}},
+          {"source",
+           {{{"type", "VAE"},
+             {"checkpoint", vae_dir},
+             {"center_x", prior(-0.3, 0.3)},
+             {"center_y", prior(-0.3, 0.3)},
+             {"scale", 0.015},
+             {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
+        {"map", {{"starts", 16}, {"adam_iterations", 300}, {"lbfgs_iterations", 200}}},
+        {"sampler",
+         {{"chains", args["chains"].as<int64_t>()},
+          {"warmup", args["warmup"].as<int64_t>()},
+          {"draws", args["draws"].as<int64_t>()}}}};
+    std::ofstream(dir / "configs" / (name + ".json")) << fit.dump(2);
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = call("fit", {(dir / "configs").string(), "--out", (dir / "fit").string(),
+                              "--device", dev, "--dtype", dtype, "--log-level", "warn"});
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (rc != 0) throw Error("bench fit: the fit failed");
+
+  double map_s = 0, warm_s = 0, samp_s = 0, min_ess = INFINITY, grads = 0;
+  for (int64_t l = 0; l < lenses; ++l) {
+    const fs::path lens_dir =
+        lenses == 1 ? dir / "fit" : dir / "fit" / ("mock" + std::to_string(l));
+    const json s = load_json_file((lens_dir / "summary.json").string());
+    map_s += s["seconds"]["map"].get<double>();
+    warm_s += s["seconds"]["warmup"].get<double>();
+    samp_s += s["seconds"]["sampling"].get<double>();
+    grads += s["gradient_evaluations"].get<double>();
+    for (const auto& row : s["parameters"]) {
+      const std::string n = row["variable"];
+      if (n.rfind("z_", 0) == 0 || !row["ess_bulk"].is_number()) continue;
+      min_ess = std::min(min_ess, row["ess_bulk"].get<double>());
+    }
+  }
+  const double per_lens = total / static_cast<double>(lenses);
+  json out = {{"device", dev},
+              {"dtype", dtype},
+              {"lenses", lenses},
+              {"pixels", pixels},
+              {"chains_per_lens", args["chains"].as<int64_t>()},
+              {"warmup", args["warmup"].as<int64_t>()},
+              {"draws", args["draws"].as<int64_t>()},
+              {"total_seconds", total},
+              {"seconds_per_lens", per_lens},
+              {"map_seconds", map_s},
+              {"warmup_seconds", warm_s},
+              {"sampling_seconds", samp_s},
+              {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
+              {"min_bulk_ess_lens_params", min_ess},
+              {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)}};
+  if (args.count("json")) {
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::cout << std::fixed << std::setprecision(2) << "bench fit on " << dev << " " << dtype
+              << ": " << lenses << " lens(es) of " << pixels << "x" << pixels << " px, "
+              << out["chains_per_lens"] << " chains x (" << out["warmup"] << " warmup + "
+              << out["draws"] << " draws)\n"
+              << "  total " << total << " s, " << per_lens << " s per lens (MAP " << map_s
+              << " s, warmup " << warm_s << " s, sampling " << samp_s << " s, summed over lenses)\n"
+              << "  gradient evaluations per second (chain-steps): "
+              << out["gradient_evaluations_per_second"].get<double>() << "\n"
+              << "  smallest bulk ESS of the lens and source parameters: " << min_ess << " ("
+              << out["min_bulk_ess_per_second_sampling"].get<double>()
+              << " per second of sampling per lens)\n";
+  }
+  if (args.count("keep")) {
+    std::cout << "kept " << dir.string() << "\n";
+  } else {
+    fs::remove_all(dir);
+  }
+  return 0;
+}
+
+}  // namespace bench_fit_detail
+
+DSLENS_BENCH(fit, "MAP + NUTS on the standard 100x100 VAE-source mock", bench_fit_detail::run);
+
+}  // namespace dslens::app

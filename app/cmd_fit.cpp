@@ -1,0 +1,199 @@
+// `dslens fit CONFIG... --out DIR`: MAP then NUTS on one or many lenses (docs/fit.md).
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+
+#include "command.h"
+#include "dslens/core/atomic_file.h"
+#include "dslens/core/errors.h"
+#include "dslens/core/logging.h"
+#include "dslens/core/output_dir.h"
+#include "dslens/core/version.h"
+#include "fit_config.h"
+#include "fit_run.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace fit_detail {
+
+// "i/n" -> (i, n) with 0 <= i < n.
+std::pair<int64_t, int64_t> parse_shard(const std::string& text, const std::string& origin) {
+  const auto slash = text.find('/');
+  try {
+    if (slash != std::string::npos) {
+      size_t used_i = 0, used_n = 0;
+      const long long i = std::stoll(text.substr(0, slash), &used_i);
+      const long long n = std::stoll(text.substr(slash + 1), &used_n);
+      if (used_i == slash && used_n == text.size() - slash - 1 && n >= 1 && i >= 0 && i < n) {
+        return {i, n};
+      }
+    }
+  } catch (const std::exception&) {
+  }
+  throw InputError(origin + " '" + text +
+                   "' is not a shard; expected i/n with 0 <= i < n, e.g. 3/16");
+}
+
+// --shard, else a SLURM job array's task id and count; (0, 1) otherwise.
+std::pair<int64_t, int64_t> shard_from(const cxxopts::ParseResult& args) {
+  if (args.count("shard")) return parse_shard(args["shard"].as<std::string>(), "--shard");
+  const char* id = std::getenv("SLURM_ARRAY_TASK_ID");
+  if (!id) return {0, 1};
+  const char* count = std::getenv("SLURM_ARRAY_TASK_COUNT");
+  if (!count) {
+    throw InputError(
+        "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard "
+        "i/n explicitly");
+  }
+  return parse_shard(std::string(id) + "/" + count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT");
+}
+
+int run_fit(int argc, char** argv) {
+  cxxopts::Options options(argv[0], "Fit lenses: MAP from many prior draws, then NUTS chains");
+  options.positional_help("CONFIG... (files or folders of *.json)").show_positional_help();
+  options.add_options()("configs", "fit configs", cxxopts::value<std::vector<std::string>>())(
+      "o,out", "output folder to create (refused if it exists)", cxxopts::value<std::string>())(
+      "overwrite", "replace an existing output folder")(
+      "resume", "continue an interrupted fit in --out from its last finished stage")(
+      "shard", "fit only slice i of n of the configs (default: SLURM_ARRAY_TASK_ID/COUNT)",
+      cxxopts::value<std::string>())("chains", "override sampler.chains",
+                                     cxxopts::value<int64_t>())("warmup", "override sampler.warmup",
+                                                                cxxopts::value<int64_t>())(
+      "draws", "override sampler.draws", cxxopts::value<int64_t>())("starts", "override map.starts",
+                                                                    cxxopts::value<int64_t>())(
+      "stop-after", "stop after a stage ('map'), leaving the checkpoint for --resume",
+      cxxopts::value<std::string>())("max-batch", "most lenses fitted together in one batch",
+                                     cxxopts::value<int64_t>()->default_value("64"));
+  add_compute_options(options);
+  options.parse_positional({"configs"});
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  if (!args.count("configs")) throw InputError("missing CONFIG (see dslens fit --help)");
+  if (!args.count("out")) throw InputError("missing --out DIR (see dslens fit --help)");
+  if (!args.unmatched().empty()) {
+    throw InputError("unexpected argument '" + args.unmatched().front() + "' (see --help)");
+  }
+  const Compute compute = compute_from(args);
+  const std::string out_path = args["out"].as<std::string>();
+  const bool resume = args.count("resume") > 0, overwrite = args.count("overwrite") > 0;
+  if (resume && overwrite) throw InputError("--resume and --overwrite exclude each other");
+  const auto [shard_index, shard_count] = shard_from(args);
+  const int64_t max_batch = args["max-batch"].as<int64_t>();
+  if (max_batch < 1) throw InputError("--max-batch must be at least 1");
+
+  bool stop_after_map = false;
+  if (args.count("stop-after")) {
+    const std::string stage = args["stop-after"].as<std::string>();
+    if (stage != "map")
+      throw InputError("--stop-after '" + stage + "' is not a stage; allowed: map");
+    stop_after_map = true;
+  }
+  if (resume && fs::exists(fs::path(out_path) / "index.json")) {
+    std::cout << "'" << out_path << "' holds a finished fit (index.json); nothing to resume\n";
+    return 0;
+  }
+
+  auto paths = expand_config_paths(args["configs"].as<std::vector<std::string>>());
+  const size_t all = paths.size();
+  paths = shard(paths, shard_index, shard_count);
+  if (paths.empty()) {
+    std::cout << "shard " << shard_index << "/" << shard_count << " of " << all
+              << " config(s) is empty; nothing to fit\n";
+    return 0;
+  }
+
+  // Parse everything before creating the output folder: a config error leaves nothing behind.
+  std::vector<FitConfig> configs;
+  for (const auto& p : paths) {
+    FitConfig c = load_fit_config(p, compute);
+    if (args.count("chains")) c.sampler.chains = args["chains"].as<int64_t>();
+    if (args.count("warmup")) c.sampler.warmup = args["warmup"].as<int64_t>();
+    if (args.count("draws")) c.sampler.draws = args["draws"].as<int64_t>();
+    if (args.count("starts")) c.map.starts = args["starts"].as<int64_t>();
+    if (c.sampler.chains < 1 || c.sampler.draws < 1 || c.sampler.warmup < 0 || c.map.starts < 1) {
+      throw InputError("--chains, --draws and --starts must be >= 1 and --warmup >= 0");
+    }
+    configs.push_back(std::move(c));
+  }
+  std::map<std::string, int> names;
+  for (auto& c : configs) {
+    if (names[c.name]++) c.name += "-" + std::to_string(names[c.name]);
+  }
+
+  OutputDir out = OutputDir::live(out_path, overwrite, resume);
+  const std::string dir = out.working_dir();
+  add_log_file(dir + "/fit.log");
+  const std::string checkpoint_dir = dir + "/checkpoint";
+  fs::create_directories(checkpoint_dir);
+  spdlog::info("dslens {} fit: {} lens(es) (shard {}/{} of {}) on {} {}", version(), configs.size(),
+               shard_index, shard_count, all, compute.device.str(), dtype_name(compute.dtype));
+
+  // Batches: lenses with the same model, settings, grid and PSF size, at most --max-batch each.
+  std::vector<std::vector<const FitConfig*>> batches;
+  std::map<std::string, size_t> open;
+  for (const auto& c : configs) {
+    const std::string key = batch_key(c);
+    auto it = open.find(key);
+    if (it == open.end() || static_cast<int64_t>(batches[it->second].size()) >= max_batch) {
+      open[key] = batches.size();
+      batches.push_back({});
+    }
+    batches[open[key]].push_back(&c);
+  }
+
+  const bool single = configs.size() == 1;
+  nlohmann::json index = nlohmann::json::array();
+  const auto t0 = std::chrono::steady_clock::now();
+  FitRunOptions run{compute, checkpoint_dir, resume, stop_after_map};
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const std::string done_marker = checkpoint_dir + "/batch" + std::to_string(b) + ".done.json";
+    if (resume && fs::exists(done_marker)) {
+      for (const auto& line : load_json_file(done_marker)) index.push_back(line);
+      spdlog::info("batch {}: already written, skipped", b);
+      continue;
+    }
+    spdlog::info("batch {} of {}: {} lens(es)", b + 1, batches.size(), batches[b].size());
+    const auto results = fit_batch(batches[b], static_cast<int64_t>(b), run);
+    if (stop_after_map) continue;
+    nlohmann::json lines = nlohmann::json::array();
+    for (const auto& r : results) {
+      const std::string lens_dir = single ? dir : dir + "/" + r.config->name;
+      fs::create_directories(lens_dir);
+      lines.push_back(write_lens_outputs(lens_dir, r, compute));
+    }
+    write_text_atomically(done_marker, lines.dump(2) + "\n");
+    for (const auto& l : lines) index.push_back(l);
+  }
+  if (stop_after_map) {
+    std::cout << "stopped after MAP; continue with: dslens fit ... --out " << out_path
+              << " --resume\n";
+    return 0;
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json run_json{{"dslens_version", version()},         {"lenses", index},
+                          {"shard", {shard_index, shard_count}}, {"device", compute.device.str()},
+                          {"dtype", dtype_name(compute.dtype)},  {"seconds", seconds}};
+  write_text_atomically(dir + "/index.json", run_json.dump(2) + "\n");
+  fs::remove_all(checkpoint_dir);
+  out.commit();
+
+  std::cout << "fitted " << index.size() << " lens(es) in " << static_cast<int64_t>(seconds)
+            << " s; results in " << out.final_dir() << "\n";
+  for (const auto& l : index) {
+    std::cout << "  " << l["lens"].get<std::string>() << ": reduced chi2 "
+              << l["reduced_chi_square"].get<double>() << ", " << l["divergences"].get<int64_t>()
+              << " divergences, " << l["warnings"].get<int64_t>()
+              << " warning(s); report: " << l["folder"].get<std::string>() << "/report.png\n";
+  }
+  return 0;
+}
+
+}  // namespace fit_detail
+
+DSLENS_COMMAND(fit, "Fit lenses: MAP, then NUTS/HMC (docs/fit.md)", fit_detail::run_fit);
+
+}  // namespace dslens::app

@@ -1,0 +1,746 @@
+// `dslens mock-study --vae DIR --out DIR`: the mock study of issue 5 (docs/mock_study.md). Draws N
+// mock lenses (EPL + external shear, a VAE source decoded from a random latent vector, an HST-like
+// 0.05"/px grid and a Gaussian PSF of FWHM 0.1"), observes each at several signal-to-noise levels,
+// fits every level's mocks together as one batch through the real `dslens simulate` and
+// `dslens fit` commands, and tabulates per parameter and level the median absolute relative error,
+// the coverage of the 68 % and 95 % central intervals, the largest R-hat, the divergences and the
+// time per lens (OUT/mock_study.md, raw numbers in OUT/mock_study.json).
+//
+// The truths of mock k depend only on --seed and k: the same N lenses are observed at every level,
+// only the noise differs. SNR := P / background_rms, where P is the brightest pixel of the
+// noise-free lensed-source image; the exposure time is set so that the Poisson noise at that pixel
+// is half the background rms, so the total signal-to-noise of the brightest pixel is SNR /
+// sqrt(1.25).
+//
+// OUT/
+//   settings.json             what was asked (checked by --resume)
+//   snr<S>/sim-configs/       `dslens simulate` configs, one per mock
+//   snr<S>/sims/mock<k>/      the simulated mocks (image.fits, truth.json, ...)
+//   snr<S>/fit-configs/       `dslens fit` configs, one per mock
+//   snr<S>/fit/               the `dslens fit` output of the level (fit/mock<k>/summary.json ...)
+//   mock_study.md, mock_study.json
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "command.h"
+#include "dslens/core/atomic_file.h"
+#include "dslens/core/config.h"
+#include "dslens/core/errors.h"
+#include "dslens/core/logging.h"
+#include "dslens/core/version.h"
+#include "dslens/samplers/diagnostics.h"
+#include "dslens/samplers/draws_io.h"
+#include "lens_config.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace mock_study_detail {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kPixelScale = 0.05;          // arcsec / pixel (HST-like)
+constexpr double kPsfFwhm = 0.1;              // arcsec
+constexpr double kSourceScale = 0.012;        // arcsec per VAE stamp pixel, as configs/demo
+constexpr double kPoissonToBackground = 0.5;  // Poisson sigma at the peak / background rms
+
+// A reproducible generator independent of the standard library's distributions (splitmix64).
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  double uniform(double a, double b) { return a + (b - a) * uniform(); }
+  double normal(double mean, double sigma) {  // Box-Muller
+    const double u1 = 1.0 - uniform(), u2 = uniform();
+    return mean + sigma * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+uint64_t mix(uint64_t a, uint64_t b) {
+  return Rng(a * 0xD1B54A32D192ED03ULL + b).next();
+}
+
+// The true parameters of one mock lens.
+struct Truth {
+  double theta_e, gamma, q, phi, center_x, center_y, gamma1, gamma2;
+  double source_x, source_y, amp;
+  int64_t z_seed;
+};
+
+// Mock k of a study: its draws depend on (seed, k) only.
+Truth draw_truth(uint64_t seed, int64_t k) {
+  Rng rng(mix(seed, static_cast<uint64_t>(k)));
+  Truth t{};
+  t.theta_e = rng.uniform(0.8, 1.6);
+  t.gamma = rng.uniform(1.8, 2.3);
+  t.q = rng.uniform(0.6, 0.95);
+  t.phi = rng.uniform(0.0, kPi);
+  t.gamma1 = rng.normal(0.0, 0.03);
+  t.gamma2 = rng.normal(0.0, 0.03);
+  t.center_x = rng.normal(0.0, 0.02);
+  t.center_y = rng.normal(0.0, 0.02);
+  // Source centre uniform in a disc of radius 0.3 theta_E around the lens centre.
+  const double r = 0.3 * t.theta_e * std::sqrt(rng.uniform()), a = rng.uniform(0.0, 2.0 * kPi);
+  t.source_x = t.center_x + r * std::cos(a);
+  t.source_y = t.center_y + r * std::sin(a);
+  t.amp = std::exp(rng.normal(4.6, 0.25));
+  t.z_seed = static_cast<int64_t>(rng.next() >> 33);  // < 2^31
+  return t;
+}
+
+json uniform_prior(double lower, double upper) {
+  return {{"prior", "uniform"}, {"lower", lower}, {"upper", upper}};
+}
+json normal_prior(double mean, double sigma) {
+  return {{"prior", "normal"}, {"mean", mean}, {"sigma", sigma}};
+}
+
+struct Settings {
+  std::string vae;
+  int64_t mocks, pixels, chains, warmup, draws, starts, supersampling;
+  uint64_t seed;
+  std::vector<double> snr;
+  json to_json() const {
+    return {{"vae", vae},       {"mocks", mocks},
+            {"pixels", pixels}, {"chains", chains},
+            {"warmup", warmup}, {"draws", draws},
+            {"starts", starts}, {"seed", seed},
+            {"snr", snr},       {"supersampling", supersampling}};
+  }
+};
+
+// The simulate config of a mock, without "noise" and "seed".
+json simulate_config(const Truth& t, const Settings& s) {
+  return {{"comment", "dslens mock-study mock (EPL + shear, VAE source)"},
+          {"grid",
+           {{"nx", s.pixels},
+            {"ny", s.pixels},
+            {"pixel_scale", kPixelScale},
+            {"supersampling", s.supersampling}}},
+          {"psf", {{"fwhm", kPsfFwhm}}},
+          {"mass",
+           {{{"type", "EPL"},
+             {"theta_E", t.theta_e},
+             {"gamma", t.gamma},
+             {"q", t.q},
+             {"phi", t.phi},
+             {"center_x", t.center_x},
+             {"center_y", t.center_y}},
+            {{"type", "SHEAR"}, {"gamma1", t.gamma1}, {"gamma2", t.gamma2}}}},
+          {"source",
+           {{{"type", "VAE"},
+             {"checkpoint", s.vae},
+             {"z_seed", t.z_seed},
+             {"center_x", t.source_x},
+             {"center_y", t.source_y},
+             {"scale", kSourceScale},
+             {"phi_G", 0.0},
+             {"amp", t.amp}}}}};
+}
+
+// The fit config of a mock: EPL (e1/e2) + shear, VAE source with free centre and amplitude.
+json fit_config(const std::string& simulation, const Settings& s, uint64_t seed) {
+  return {{"comment", "dslens mock-study fit"},
+          {"data", {{"simulation", simulation}}},
+          {"model",
+           {{"supersampling", s.supersampling},
+            {"mass",
+             {{{"type", "EPL"},
+               {"theta_E", uniform_prior(0.6, 1.8)},
+               {"gamma", uniform_prior(1.6, 2.5)},
+               {"e1", uniform_prior(-0.4, 0.4)},
+               {"e2", uniform_prior(-0.4, 0.4)},
+               {"center_x", normal_prior(0.0, 0.05)},
+               {"center_y", normal_prior(0.0, 0.05)}},
+              {{"type", "SHEAR"},
+               {"gamma1", uniform_prior(-0.15, 0.15)},
+               {"gamma2", uniform_prior(-0.15, 0.15)}}}},
+            {"source",
+             {{{"type", "VAE"},
+               {"checkpoint", s.vae},
+               {"center_x", normal_prior(0.0, 0.3)},
+               {"center_y", normal_prior(0.0, 0.3)},
+               {"scale", kSourceScale},
+               {"phi_G", 0.0},
+               {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
+          {"map",
+           {{"starts", s.starts},
+            {"adam_iterations", 300},
+            {"learning_rate", 0.05},
+            {"lbfgs_iterations", 200},
+            {"seed", seed}}},
+          {"sampler",
+           {{"algorithm", "nuts"},
+            {"chains", s.chains},
+            {"warmup", s.warmup},
+            {"draws", s.draws},
+            {"max_depth", 10},
+            {"target_accept", 0.8},
+            {"seed", seed}}}};
+}
+
+// Runs another registered command in-process (as app/bench_fit.cpp does).
+int call(const std::string& name, std::vector<std::string> args) {
+  for (const auto& c : commands()) {
+    if (c.name != name) continue;
+    args.insert(args.begin(), "dslens " + name);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    return c.run(static_cast<int>(argv.size()), argv.data());
+  }
+  throw Error("mock-study: this dslens has no '" + name + "' command");
+}
+
+// Brightest pixel of the noise-free image of a simulate config (CPU, float64).
+double noise_free_peak(json config) {
+  config["noise"] = {{"background_rms", 1.0}, {"exposure_time", 0.0}};
+  const Compute cpu{torch::kCPU, torch::kFloat64};
+  const LensConfig cfg = parse_lens_config(config, "", cpu);
+  torch::NoGradGuard no_grad;
+  const double peak = physics::simulate_image(cfg.model, 1, cpu).max().item<double>();
+  if (!(peak > 0) || !std::isfinite(peak)) {
+    throw NumericalError("mock-study: the noise-free mock has peak " + std::to_string(peak) +
+                         "; the VAE decodes no positive source?");
+  }
+  return peak;
+}
+
+std::string num(double v, int precision = 4) {
+  if (!std::isfinite(v)) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+  return buf;
+}
+std::string fixed(double v, int decimals) {
+  if (!std::isfinite(v)) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+std::string percent(double v, int decimals = 2) {
+  return std::isfinite(v) ? fixed(100.0 * v, decimals) + " %" : "n/a";
+}
+
+double median(std::vector<double> v) {
+  v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return !std::isfinite(x); }), v.end());
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double number_or_nan(const json& j, const std::string& key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+}
+
+// One table row: a fitted parameter (from summary.json) or one derived from the draws.
+struct RowSpec {
+  std::string label;     // in the table
+  std::string key;       // in mock_study.json
+  std::string variable;  // summary.json variable; empty for derived quantities
+  bool relative;         // whether the relative error is meaningful (truth bounded away from 0)
+};
+
+const std::vector<RowSpec>& row_specs() {
+  static const std::vector<RowSpec> rows = {
+      {"Einstein radius theta_E", "theta_E", "theta_E_lens0", true},
+      {"slope gamma", "gamma", "gamma_lens0", true},
+      {"axis ratio q (from e1, e2)", "q", "", true},
+      {"shear strength gamma_ext (from gamma1, gamma2)", "gamma_ext", "", true},
+      {"shear gamma1", "gamma1", "gamma1_lens1", false},
+      {"shear gamma2", "gamma2", "gamma2_lens1", false},
+      {"lens centre x", "lens_center_x", "center_x_lens0", false},
+      {"lens centre y", "lens_center_y", "center_y_lens0", false},
+      {"source centre x", "source_center_x", "center_x_source_light0", false},
+      {"source centre y", "source_center_y", "center_y_source_light0", false},
+  };
+  return rows;
+}
+
+// Posterior summary of a derived quantity, computed like summary.json's rows.
+json derived_row(const torch::Tensor& draws /* [C, N] */, double truth) {
+  const auto flat = draws.reshape({-1}).to(torch::kFloat64);
+  const double mean = flat.mean().item<double>();
+  const auto q = flat.quantile(torch::tensor({0.025, 0.16, 0.5, 0.84, 0.975}, torch::kFloat64));
+  json r{{"truth", truth},
+         {"mean", mean},
+         {"sd", flat.std().item<double>()},
+         {"q2.5", q[0].item<double>()},
+         {"q16", q[1].item<double>()},
+         {"q50", q[2].item<double>()},
+         {"q84", q[3].item<double>()},
+         {"q97.5", q[4].item<double>()},
+         {"error", mean - truth},
+         {"in_68", truth >= q[1].item<double>() && truth <= q[3].item<double>()},
+         {"in_95", truth >= q[0].item<double>() && truth <= q[4].item<double>()}};
+  const double rh = samplers::rhat(draws);
+  r["rhat"] = std::isfinite(rh) ? json(rh) : json(nullptr);
+  r["relative_error"] = truth != 0.0 ? json((mean - truth) / std::abs(truth)) : json(nullptr);
+  return r;
+}
+
+// One lens's rows (keyed by RowSpec::key), divergences and times, from its fit folder.
+json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
+  const json summary = load_json_file((lens_dir / "summary.json").string());
+  const json truth = load_json_file((sim_dir / "truth.json").string());
+  std::map<std::string, json> by_variable;
+  for (const auto& row : summary.at("parameters")) {
+    by_variable[row.at("variable").get<std::string>()] = row;
+  }
+  json out;
+  out["name"] = summary.value("lens", lens_dir.filename().string());
+  out["folder"] = lens_dir.string();
+  out["divergences"] = summary.value("divergences", int64_t{0});
+  out["seconds"] = summary.at("seconds");
+  out["reduced_chi_square_map"] = summary.value("reduced_chi_square_map", json(nullptr));
+  out["warnings"] = summary.value("warnings", json::array());
+  const auto draws = samplers::read_draws((lens_dir / "draws.npy").string());
+  json params;
+  for (const auto& spec : row_specs()) {
+    json r;
+    if (spec.key == "q") {
+      const auto e1 = draws.column_values("e1_lens0"), e2 = draws.column_values("e2_lens0");
+      const auto e = torch::sqrt(e1 * e1 + e2 * e2);
+      const double t = truth.at("mass").at(0).at("derived_from_e1_e2").at("q").at("value");
+      r = derived_row((1.0 - e) / (1.0 + e), t);
+    } else if (spec.key == "gamma_ext") {
+      const auto g1 = draws.column_values("gamma1_lens1"), g2 = draws.column_values("gamma2_lens1");
+      const auto& s = truth.at("mass").at(1);
+      const double t = std::hypot(s.at("gamma1").at("value").get<double>(),
+                                  s.at("gamma2").at("value").get<double>());
+      r = derived_row(torch::sqrt(g1 * g1 + g2 * g2), t);
+    } else {
+      const auto it = by_variable.find(spec.variable);
+      if (it == by_variable.end() || !it->second.contains("truth")) {
+        throw Error("mock-study: " + (lens_dir / "summary.json").string() + " has no '" +
+                    spec.variable + "' with a truth");
+      }
+      const json& s = it->second;
+      for (const char* k : {"truth", "mean", "sd", "q2.5", "q16", "q50", "q84", "q97.5", "error",
+                            "relative_error", "in_68", "in_95", "rhat"}) {
+        r[k] = s.value(k, json(nullptr));
+      }
+    }
+    params[spec.key] = r;
+  }
+  out["parameters"] = params;
+  return out;
+}
+
+// Per-parameter aggregates of a level's lenses.
+json aggregate(const json& lenses) {
+  json out;
+  for (const auto& spec : row_specs()) {
+    std::vector<double> rel, abs_err;
+    double in68 = 0, in95 = 0, max_rhat = NAN;
+    int64_t n = 0;
+    for (const auto& l : lenses) {
+      const json& r = l.at("parameters").at(spec.key);
+      rel.push_back(std::abs(number_or_nan(r, "relative_error")));
+      abs_err.push_back(std::abs(number_or_nan(r, "error")));
+      in68 += r.contains("in_68") && r["in_68"].is_boolean() && r["in_68"].get<bool>() ? 1 : 0;
+      in95 += r.contains("in_95") && r["in_95"].is_boolean() && r["in_95"].get<bool>() ? 1 : 0;
+      const double rh = number_or_nan(r, "rhat");
+      if (std::isfinite(rh)) max_rhat = std::isfinite(max_rhat) ? std::max(max_rhat, rh) : rh;
+      ++n;
+    }
+    auto nn = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+    out[spec.key] = {{"lenses", n},
+                     {"median_abs_relative_error", nn(median(rel))},
+                     {"median_abs_error", nn(median(abs_err))},
+                     {"coverage_68", n ? json(in68 / n) : json(nullptr)},
+                     {"coverage_95", n ? json(in95 / n) : json(nullptr)},
+                     {"max_rhat", nn(max_rhat)}};
+  }
+  return out;
+}
+
+std::string shell_quote(const std::string& a) {
+  if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789-_=./,:+@%") == std::string::npos) {
+    return a;
+  }
+  std::string q = "'";
+  for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Targets of issue 5 at the highest SNR (errors) and at every level (coverage).
+constexpr double kTargetRelativeError = 0.01;
+constexpr double kCoverageLow = 0.60, kCoverageHigh = 0.76;
+constexpr int64_t kCoverageMinMocks = 30;
+const std::vector<std::string> kErrorTargets = {"theta_E", "gamma", "q", "gamma_ext"};
+const std::vector<std::string> kCoverageTargets = {"theta_E", "gamma", "q", "gamma1", "gamma2"};
+
+json check_targets(const json& levels) {
+  json out = json::array();
+  if (levels.empty()) return out;
+  const json* top = &levels[0];
+  for (const auto& l : levels) {
+    if (l.at("snr").get<double>() > top->at("snr").get<double>()) top = &l;
+  }
+  for (const auto& key : kErrorTargets) {
+    const double v = number_or_nan(top->at("aggregate").at(key), "median_abs_relative_error");
+    out.push_back({{"target", "median |relative error| of " + key + " < 1 % at SNR " +
+                                  num(top->at("snr").get<double>())},
+                   {"value", std::isfinite(v) ? json(v) : json(nullptr)},
+                   {"pass", std::isfinite(v) && v < kTargetRelativeError}});
+  }
+  for (const auto& l : levels) {
+    const int64_t n = static_cast<int64_t>(l.at("lenses").size());
+    for (const auto& key : kCoverageTargets) {
+      const double v = number_or_nan(l.at("aggregate").at(key), "coverage_68");
+      json t{{"target", "68 % coverage of " + key + " in [0.60, 0.76] at SNR " +
+                            num(l.at("snr").get<double>())},
+             {"value", std::isfinite(v) ? json(v) : json(nullptr)}};
+      if (n < kCoverageMinMocks) {
+        t["pass"] = nullptr;
+        t["note"] = "not evaluated: " + std::to_string(n) +
+                    " mocks (needs >= " + std::to_string(kCoverageMinMocks) + ")";
+      } else {
+        t["pass"] = v >= kCoverageLow && v <= kCoverageHigh;
+      }
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
+std::string render_markdown(const json& study) {
+  std::ostringstream md;
+  const json& s = study.at("settings");
+  md << "# Mock study: parameter recovery and coverage of `dslens fit`\n\n"
+     << "Produced by `dslens " << study.at("dslens_version").get<std::string>() << "` on "
+     << study.at("device").get<std::string>() << " (" << study.at("dtype").get<std::string>()
+     << "), " << study.at("date").get<std::string>() << ":\n\n```\n"
+     << study.at("command").get<std::string>() << "\n```\n\n"
+     << "(`scripts/mock_study.sh` trains the demo VAE if none is given and runs this command.)\n\n"
+     << "**Mocks.** " << s.at("mocks").get<int64_t>() << " lenses (seed "
+     << s.at("seed").get<uint64_t>() << "), the same lenses at every SNR level: EPL with "
+     << "theta_E ~ U(0.8, 1.6)\", gamma ~ U(1.8, 2.3), q ~ U(0.6, 0.95), phi ~ U(0, pi), centre ~ "
+     << "N(0, 0.02\"); external shear gamma1, gamma2 ~ N(0, 0.03); a source decoded by the VAE "
+     << "(`" << s.at("vae").get<std::string>() << "`) from z ~ N(0, I), amplitude ~ "
+     << "logN(4.6, 0.25), stamp pixel " << kSourceScale << "\", centred uniformly within 0.3 "
+     << "theta_E of the lens centre. " << s.at("pixels").get<int64_t>() << "x"
+     << s.at("pixels").get<int64_t>() << " pixels of " << kPixelScale << "\", Gaussian PSF of FWHM "
+     << kPsfFwhm << "\", supersampling " << s.at("supersampling").get<int64_t>()
+     << " (the same in simulation and fit).\n\n"
+     << "**SNR.** " << study.at("snr_definition").get<std::string>() << "\n\n"
+     << "**Fit.** EPL (theta_E ~ U(0.6, 1.8), gamma ~ U(1.6, 2.5), e1, e2 ~ U(-0.4, 0.4), centre "
+     << "~ N(0, 0.05\")) + shear (gamma1, gamma2 ~ U(-0.15, 0.15)) + the VAE source (latents "
+     << "N(0, I), centre ~ N(0, 0.3\"), amplitude ~ logN(4.6, 0.5), stamp pixel and phi_G fixed "
+     << "at the truth); MAP from " << s.at("starts").get<int64_t>() << " prior draws, then NUTS, "
+     << s.at("chains").get<int64_t>() << " chains x (" << s.at("warmup").get<int64_t>()
+     << " warmup + " << s.at("draws").get<int64_t>() << " draws). The mocks of one level are "
+     << "fitted together as one batch.\n\n"
+     << "**Columns.** Error: posterior mean - truth; relative error: error / |truth| (shown only "
+     << "where the truth is bounded away from 0); coverage: fraction of mocks whose truth lies in "
+     << "the central 68 % (16-84 %) or 95 % (2.5-97.5 %) posterior interval (binomial sd with "
+     << "30 mocks: 0.085 at 68 %); R-hat: the largest rank-normalised split R-hat over the mocks. "
+     << "The axis ratio is derived per draw from the fitted e1, e2 (q = (1 - |e|) / (1 + |e|)), "
+     << "the shear strength from gamma1, gamma2 (gamma_ext = sqrt(gamma1^2 + gamma2^2)). Time per "
+     << "lens: the lens's share of its batch (MAP + warmup + sampling).\n\n";
+
+  md << "## Overview\n\n"
+     << "| SNR | mocks | total divergences | mocks with divergences | max R-hat (rows below) | "
+        "median time per lens (s) | fit wall time (s) |\n"
+     << "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  for (const auto& l : study.at("levels")) {
+    double max_rhat = NAN;
+    for (const auto& [k, a] : l.at("aggregate").items()) {
+      const double r = number_or_nan(a, "max_rhat");
+      if (std::isfinite(r)) max_rhat = std::isfinite(max_rhat) ? std::max(max_rhat, r) : r;
+    }
+    md << "| " << num(l.at("snr").get<double>()) << " | " << l.at("lenses").size() << " | "
+       << l.at("divergences_total").get<int64_t>() << " | "
+       << l.at("lenses_with_divergences").get<int64_t>() << " | " << fixed(max_rhat, 3) << " | "
+       << fixed(number_or_nan(l, "median_seconds_per_lens"), 1) << " | "
+       << fixed(number_or_nan(l, "fit_wall_seconds"), 0) << " |\n";
+  }
+  md << "\n";
+
+  for (const auto& l : study.at("levels")) {
+    md << "## SNR " << num(l.at("snr").get<double>()) << "\n\n"
+       << "| parameter | median abs. relative error | median abs. error | coverage 68 % | "
+          "coverage 95 % | max R-hat | total divergences | median time per lens (s) |\n"
+       << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for (const auto& spec : row_specs()) {
+      const json& a = l.at("aggregate").at(spec.key);
+      md << "| " << spec.label << " | "
+         << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-") << " | "
+         << num(number_or_nan(a, "median_abs_error"), 3) << " | "
+         << fixed(number_or_nan(a, "coverage_68"), 2) << " | "
+         << fixed(number_or_nan(a, "coverage_95"), 2) << " | "
+         << fixed(number_or_nan(a, "max_rhat"), 3) << " | "
+         << l.at("divergences_total").get<int64_t>() << " | "
+         << fixed(number_or_nan(l, "median_seconds_per_lens"), 1) << " |\n";
+    }
+    md << "\n";
+  }
+
+  md << "## Targets (issue 5)\n\n| target | value | result |\n| --- | ---: | --- |\n";
+  for (const auto& t : study.at("targets")) {
+    const std::string target = t.at("target");
+    const double v = number_or_nan(t, "value");
+    const bool is_error = target.rfind("median", 0) == 0;
+    md << "| " << target << " | " << (is_error ? percent(v) : fixed(v, 2)) << " | "
+       << (t.at("pass").is_null() ? t.value("note", std::string("n/a"))
+                                  : (t.at("pass").get<bool>() ? "pass" : "FAIL"))
+       << " |\n";
+  }
+  md << "\nRaw numbers per mock: `mock_study.json`; fits: `snr<S>/fit/mock<k>/` (summary.txt, "
+        "report.png).\n";
+  return md.str();
+}
+
+int run(int argc, char** argv) {
+  cxxopts::Options options(
+      argv[0], "Mock study: simulate and fit N mock lenses at several SNR levels (issue 5)");
+  options.add_options()("vae", "trained VAE checkpoint folder (dslens train-vae output)",
+                        cxxopts::value<std::string>())(
+      "o,out", "output folder (refused if it exists, unless --resume)",
+      cxxopts::value<std::string>())("mocks", "mock lenses per SNR level",
+                                     cxxopts::value<int64_t>()->default_value("30"))(
+      "snr", "SNR levels: peak lensed-source pixel / background rms",
+      cxxopts::value<std::vector<double>>()->default_value("10,30,100"))(
+      "pixels", "image side in pixels (0.05\"/px)", cxxopts::value<int64_t>()->default_value("80"))(
+      "supersampling", "rays per pixel side, in simulation and fit",
+      cxxopts::value<int64_t>()->default_value("1"))("chains", "NUTS chains per lens",
+                                                     cxxopts::value<int64_t>()->default_value("4"))(
+      "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
+      "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
+      "starts", "MAP starts per lens", cxxopts::value<int64_t>()->default_value("16"))(
+      "seed", "seed of the truths, the noise and the fits",
+      cxxopts::value<uint64_t>()->default_value("1"))(
+      "resume", "continue a study in --out: keep finished levels and mocks, resume fits");
+  add_compute_options(options, "float32");
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  if (!args.unmatched().empty()) {
+    throw InvalidArgument("unexpected argument '" + args.unmatched().front() + "' (see --help)");
+  }
+  if (!args.count("vae")) throw InvalidArgument("missing --vae DIR (see dslens mock-study --help)");
+  if (!args.count("out")) throw InvalidArgument("missing --out DIR (see dslens mock-study --help)");
+  std::string command = "dslens mock-study";
+  for (int i = 1; i < argc; ++i) command += " " + shell_quote(argv[i]);
+  const Compute compute = compute_from(args);
+  const std::string log_level = args["log-level"].as<std::string>();
+  const std::string threads = std::to_string(args["threads"].as<int>());
+  const std::string device = compute.device.str(), dtype = dtype_name(compute.dtype);
+
+  Settings s;
+  s.vae = fs::absolute(args["vae"].as<std::string>()).lexically_normal().string();
+  s.mocks = args["mocks"].as<int64_t>();
+  s.pixels = args["pixels"].as<int64_t>();
+  s.supersampling = args["supersampling"].as<int64_t>();
+  s.chains = args["chains"].as<int64_t>();
+  s.warmup = args["warmup"].as<int64_t>();
+  s.draws = args["draws"].as<int64_t>();
+  s.starts = args["starts"].as<int64_t>();
+  s.seed = args["seed"].as<uint64_t>();
+  s.snr = args["snr"].as<std::vector<double>>();
+  if (s.mocks < 1 || s.mocks > 9999) throw InvalidArgument("--mocks must be in [1, 9999]");
+  if (s.pixels < 16) throw InvalidArgument("--pixels must be at least 16");
+  if (s.supersampling < 1 || s.supersampling > 16) {
+    throw InvalidArgument("--supersampling must be in [1, 16]");
+  }
+  if (s.chains < 1 || s.draws < 4 || s.warmup < 0 || s.starts < 1) {
+    throw InvalidArgument("--chains >= 1, --draws >= 4, --warmup >= 0 and --starts >= 1 needed");
+  }
+  if (s.snr.empty()) throw InvalidArgument("--snr needs at least one level");
+  for (double v : s.snr) {
+    if (!(v > 0) || !std::isfinite(v)) {
+      throw InvalidArgument("--snr level " + num(v) + " is not a positive number");
+    }
+  }
+  std::sort(s.snr.begin(), s.snr.end());
+  s.snr.erase(std::unique(s.snr.begin(), s.snr.end()), s.snr.end());
+  if (!fs::exists(fs::path(s.vae) / "checkpoint.json")) {
+    throw InputError("--vae '" + s.vae +
+                     "' is not a trained VAE (no checkpoint.json); train one with dslens "
+                     "train-vae configs/train_vae_default.json --out DIR");
+  }
+
+  const fs::path out = fs::absolute(args["out"].as<std::string>()).lexically_normal();
+  const bool resume = args.count("resume") > 0;
+  const json settings = s.to_json();
+  if (fs::exists(out)) {
+    if (!resume) {
+      throw InputError("output folder '" + out.string() +
+                       "' already exists; pass --resume to continue that study, or choose "
+                       "another --out");
+    }
+    const fs::path old = out / "settings.json";
+    if (fs::exists(old)) {
+      json previous = load_json_file(old.string());
+      if (previous != settings) {
+        throw InputError("--resume: '" + old.string() + "' holds other settings (" +
+                         previous.dump() + ") than asked (" + settings.dump() +
+                         "); rerun with those, or choose another --out");
+      }
+    }
+  }
+  fs::create_directories(out);
+  write_text_atomically((out / "settings.json").string(), settings.dump(2) + "\n");
+
+  const int width = s.mocks > 999 ? 4 : 3;
+  auto mock_name = [&](int64_t k) {
+    std::string n = std::to_string(k);
+    return "mock" + std::string(std::max<int>(0, width - static_cast<int>(n.size())), '0') + n;
+  };
+
+  // Truths and noise-free peaks, shared by every level.
+  std::vector<Truth> truths;
+  std::vector<double> peaks;
+  for (int64_t k = 0; k < s.mocks; ++k) truths.push_back(draw_truth(s.seed, k));
+
+  const std::string snr_definition =
+      "SNR = P / background_rms, where P is the brightest pixel of the noise-free lensed-source "
+      "image of the mock (no lens light); background_rms = P / SNR. The exposure time is set so "
+      "that the Poisson noise of that pixel is half the background rms (t = P / (0.5 P / SNR)^2), "
+      "so its total signal-to-noise is SNR / sqrt(1.25) = 0.89 SNR; fainter arc pixels are "
+      "background-dominated.";
+
+  json levels = json::array();
+  const auto study_t0 = std::chrono::steady_clock::now();
+  for (size_t li = 0; li < s.snr.size(); ++li) {
+    const double snr = s.snr[li];
+    const fs::path level = out / ("snr" + num(snr, 6));
+    const fs::path fit_dir = level / "fit";
+    const bool fitted = fs::exists(fit_dir / "index.json");
+    std::cout << "mock-study [" << li + 1 << "/" << s.snr.size() << "] SNR " << num(snr) << ": "
+              << (fitted ? "already fitted (--resume), reading " : "") << level.string() << "\n"
+              << std::flush;
+    double fit_wall = NAN;
+    if (!fitted) {
+      fs::create_directories(level / "sim-configs");
+      fs::create_directories(level / "sims");
+      fs::create_directories(level / "fit-configs");
+      for (int64_t k = 0; k < s.mocks; ++k) {
+        const std::string name = mock_name(k);
+        const fs::path sim_dir = level / "sims" / name;
+        if (fs::exists(sim_dir / "truth.json")) continue;  // only with --resume
+        if (peaks.empty()) {
+          for (const auto& t : truths) peaks.push_back(noise_free_peak(simulate_config(t, s)));
+        }
+        json sim = simulate_config(truths[k], s);
+        const double peak = peaks[k];
+        const double rms = peak / snr;
+        const double exposure = peak / std::pow(kPoissonToBackground * rms, 2);
+        sim["noise"] = {{"background_rms", rms}, {"exposure_time", exposure}};
+        sim["seed"] = mix(s.seed + 1000003ULL * (li + 1), static_cast<uint64_t>(k)) >> 12;
+        sim["comment"] = "dslens mock-study: mock " + std::to_string(k) + " at SNR " + num(snr) +
+                         " (noise-free peak " + num(peak) + " counts/s)";
+        const fs::path sim_cfg = level / "sim-configs" / (name + ".json");
+        write_text_atomically(sim_cfg.string(), sim.dump(2) + "\n");
+        if (call("simulate", {sim_cfg.string(), "--out", sim_dir.string(), "--device", device,
+                              "--dtype", "float64", "--threads", threads, "--log-level", "warn"}) !=
+            0) {
+          throw Error("mock-study: simulating " + sim_cfg.string() + " failed");
+        }
+      }
+      for (int64_t k = 0; k < s.mocks; ++k) {
+        const std::string name = mock_name(k);
+        const json fit = fit_config((level / "sims" / name).string(), s, s.seed + 7919ULL * li);
+        write_text_atomically((level / "fit-configs" / (name + ".json")).string(),
+                              fit.dump(2) + "\n");
+      }
+      std::vector<std::string> fit_args = {(level / "fit-configs").string(),
+                                           "--out",
+                                           fit_dir.string(),
+                                           "--device",
+                                           device,
+                                           "--dtype",
+                                           dtype,
+                                           "--threads",
+                                           threads,
+                                           "--log-level",
+                                           log_level};
+      if (fs::exists(fit_dir)) fit_args.push_back("--resume");
+      std::cout << "mock-study: fitting " << s.mocks << " mocks at SNR " << num(snr)
+                << " as one batch into " << fit_dir.string() << "\n"
+                << std::flush;
+      const auto t0 = std::chrono::steady_clock::now();
+      const int rc = call("fit", fit_args);
+      fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      init_logging(log_level);  // drop the fit's log file from the logger
+      if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
+    }
+    const json index = load_json_file((fit_dir / "index.json").string());
+    if (!std::isfinite(fit_wall)) fit_wall = number_or_nan(index, "seconds");
+
+    json lenses = json::array();
+    std::vector<double> times;
+    int64_t divergences = 0, with_divergences = 0;
+    for (int64_t k = 0; k < s.mocks; ++k) {
+      const std::string name = mock_name(k);
+      const fs::path lens_dir = s.mocks == 1 ? fit_dir : fit_dir / name;
+      json lens = read_lens(lens_dir, level / "sims" / name);
+      const json truth = load_json_file((level / "sims" / name / "truth.json").string());
+      lens["background_rms"] = truth.at("noise").at("background_rms").at("value");
+      lens["exposure_time"] = truth.at("noise").at("exposure_time").at("value");
+      const int64_t d = lens.at("divergences").get<int64_t>();
+      divergences += d;
+      with_divergences += d > 0 ? 1 : 0;
+      const json& sec = lens.at("seconds");
+      times.push_back(number_or_nan(sec, "map") + number_or_nan(sec, "warmup") +
+                      number_or_nan(sec, "sampling"));
+      lenses.push_back(lens);
+    }
+    json lv{{"snr", snr},
+            {"folder", level.string()},
+            {"lenses", lenses},
+            {"aggregate", aggregate(lenses)},
+            {"divergences_total", divergences},
+            {"lenses_with_divergences", with_divergences},
+            {"median_seconds_per_lens", median(times)},
+            {"fit_wall_seconds", fit_wall}};
+    levels.push_back(lv);
+  }
+
+  char date[64];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  json study{{"command", command},
+             {"dslens_version", version()},
+             {"date", date},
+             {"device", device},
+             {"dtype", dtype},
+             {"settings", settings},
+             {"snr_definition", snr_definition},
+             {"levels", levels},
+             {"seconds",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - study_t0).count()}};
+  study["targets"] = check_targets(levels);
+  const std::string md = render_markdown(study);
+  write_text_atomically((out / "mock_study.json").string(), study.dump(2) + "\n");
+  write_text_atomically((out / "mock_study.md").string(), md);
+  std::cout << "\n"
+            << md << "\nwrote " << (out / "mock_study.md").string() << " and "
+            << (out / "mock_study.json").string() << "\n";
+  return 0;
+}
+
+}  // namespace mock_study_detail
+
+// The name has a dash, which DSLENS_COMMAND cannot paste into an identifier.
+static CommandRegistrar mock_study_registrar(
+    commands(), "mock-study", "Simulate and fit N mocks at several SNR levels (docs/mock_study.md)",
+    mock_study_detail::run);
+
+}  // namespace dslens::app

@@ -1,0 +1,101 @@
+#include "fit_config.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "dslens/core/errors.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+
+void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice& sampler) {
+  if (root.has("map")) {
+    const ConfigNode m = root.at("map");
+    m.allow_only({"starts", "adam_iterations", "learning_rate", "lbfgs_iterations", "seed"});
+    map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
+    map.adam_iterations =
+        m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
+    map.learning_rate = m.number_or("learning_rate", map.learning_rate, Range::positive());
+    map.lbfgs_iterations =
+        m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
+    map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));
+  }
+  if (root.has("sampler")) {
+    const ConfigNode s = root.at("sampler");
+    s.allow_only({"algorithm", "chains", "warmup", "draws", "max_depth", "target_accept", "metric",
+                  "seed", "num_steps"});
+    sampler.algorithm = s.choice_or("algorithm", sampler.algorithm, {"nuts", "hmc"});
+    sampler.chains = s.integer_or("chains", sampler.chains, Range::closed(1, 100000));
+    sampler.warmup = s.integer_or("warmup", sampler.warmup, Range::closed(0, 1e7));
+    sampler.draws = s.integer_or("draws", sampler.draws, Range::closed(1, 1e7));
+    sampler.max_depth =
+        static_cast<int>(s.integer_or("max_depth", sampler.max_depth, Range::closed(1, 30)));
+    sampler.target_accept =
+        s.number_or("target_accept", sampler.target_accept, Range::open(0.0, 1.0));
+    sampler.metric = s.choice_or("metric", sampler.metric, {"diag", "dense"});
+    sampler.seed = static_cast<uint64_t>(s.integer_or("seed", 0, Range::closed(0, 9.0e15)));
+    sampler.num_steps = s.integer_or("num_steps", sampler.num_steps, Range::closed(1, 100000));
+  }
+}
+
+FitConfig load_fit_config(const std::string& path, const Compute& compute) {
+  FitConfig out;
+  out.path = path;
+  out.name = fs::path(path).stem().string();
+  out.config = load_json_file(path);
+  const std::string base = fs::absolute(path).parent_path().string();
+  const ConfigNode root = ConfigNode::root(out.config);
+  root.require_object();
+  root.allow_only({"comment", "data", "model", "map", "sampler"});
+  if (root.has("comment")) root.string("comment");
+  out.data = model::load_observation(root.at("data"), base);
+  out.model = model::parse_fit_model(root.at("model"), base, compute);
+  parse_fit_settings(root, out.map, out.sampler);
+  return out;
+}
+
+std::string batch_key(const FitConfig& c) {
+  json key;
+  key["model"] = c.config.at("model");
+  key["map"] = c.config.value("map", json::object());
+  key["sampler"] = c.config.value("sampler", json::object());
+  key["grid"] = {c.data.grid.ny, c.data.grid.nx, c.data.grid.pixel_scale, c.data.grid.ra_at_xy_0,
+                 c.data.grid.dec_at_xy_0};
+  key["psf"] = c.data.psf ? json(c.data.psf->sizes().vec()) : json(nullptr);
+  // Relative checkpoint paths name the same network only from the same folder.
+  key["folder"] = fs::absolute(c.path).parent_path().string();
+  return key.dump();
+}
+
+std::vector<std::string> expand_config_paths(const std::vector<std::string>& args) {
+  std::vector<std::string> out;
+  for (const auto& a : args) {
+    if (fs::is_directory(a)) {
+      std::vector<std::string> found;
+      for (const auto& e : fs::directory_iterator(a)) {
+        if (e.is_regular_file() && e.path().extension() == ".json") found.push_back(e.path());
+      }
+      std::sort(found.begin(), found.end());
+      if (found.empty()) throw InputError("folder '" + a + "' holds no *.json fit config");
+      out.insert(out.end(), found.begin(), found.end());
+    } else if (fs::is_regular_file(a)) {
+      out.push_back(a);
+    } else {
+      throw InputError("config '" + a + "' does not exist (expected a JSON file or a folder)");
+    }
+  }
+  if (out.empty()) throw InputError("no config given; usage: dslens fit CONFIG... --out DIR");
+  return out;
+}
+
+std::vector<std::string> shard(const std::vector<std::string>& paths, int64_t index,
+                               int64_t count) {
+  std::vector<std::string> out;
+  for (size_t k = 0; k < paths.size(); ++k) {
+    if (static_cast<int64_t>(k % static_cast<size_t>(count)) == index) out.push_back(paths[k]);
+  }
+  return out;
+}
+
+}  // namespace dslens::app

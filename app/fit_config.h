@@ -1,0 +1,57 @@
+// One `dslens fit` config (docs/fit.md): the data, the model, and the MAP and sampler settings;
+// and how configs are grouped into batches that share one model and one image size.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dslens/core/config.h"
+#include "dslens/core/device.h"
+#include "dslens/model/fit_model.h"
+#include "dslens/model/observation.h"
+
+namespace dslens::app {
+
+struct MapSettings {
+  int64_t starts = 32;            // prior draws optimised together, per lens
+  int64_t adam_iterations = 300;  // Adam first (robust far from the optimum) ...
+  double learning_rate = 0.05;
+  int64_t lbfgs_iterations = 200;  // ... then L-BFGS to converge
+  uint64_t seed = 0;
+};
+
+struct SamplerChoice {
+  std::string algorithm = "nuts";  // "nuts" or "hmc"
+  int64_t chains = 4;              // per lens
+  int64_t warmup = 500;
+  int64_t draws = 500;
+  int max_depth = 10;
+  double target_accept = 0.8;
+  std::string metric = "diag";
+  uint64_t seed = 0;
+  int64_t num_steps = 16;  // HMC only
+};
+
+struct FitConfig {
+  std::string name;  // the config file's stem
+  std::string path;  // the config file
+  json config;       // as read
+  model::Observation data;
+  model::FitModel model;
+  MapSettings map;
+  SamplerChoice sampler;
+};
+
+// Reads and validates a config file; ConfigError names the JSON path.
+FitConfig load_fit_config(const std::string& path, const Compute& compute);
+void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice& sampler);
+
+// Configs whose model, settings, image size and PSF size agree can share one batch.
+std::string batch_key(const FitConfig& config);
+
+// Expands files and folders (*.json, sorted) into config paths; InputError when none.
+std::vector<std::string> expand_config_paths(const std::vector<std::string>& args);
+// The slice i of n (configs k with k % n == i).
+std::vector<std::string> shard(const std::vector<std::string>& paths, int64_t index, int64_t count);
+
+}  // namespace dslens::app

@@ -1,0 +1,337 @@
+// What `dslens fit` writes for one lens (docs/fit.md, "Output").
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "dslens/core/atomic_file.h"
+#include "dslens/core/fits.h"
+#include "dslens/core/output_dir.h"
+#include "dslens/core/version.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/diagnostics.h"
+#include "dslens/samplers/draws_io.h"
+#include "dslens/samplers/summary.h"
+#include "fit_report.h"
+#include "fit_run.h"
+#include "lens_config.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace fit_outputs_detail {
+
+nlohmann::json number_or_null(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nullptr;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// The source light at MAP on a square source-plane grid centred on the source, wide enough for
+// the decoded stamp (or 1.5x the caustics) — the "reconstructed source" panel and source.fits.
+struct SourceImage {
+  torch::Tensor image;  // [n, n] CPU float64, row 0 at the bottom (y increasing)
+  std::array<double, 4> extent{};
+  double pixel = 0.0;
+};
+
+SourceImage evaluate_source(const physics::ImageModel& m, const model::FitModel& fm,
+                            const std::map<std::string, torch::Tensor>& values,
+                            const CriticalCurves& cc, const Compute& compute) {
+  double cx = 0.0, cy = 0.0, half = 0.0;
+  if (!m.source_light.empty()) {
+    const auto& p = m.source_light.front().params;
+    if (p.count("center_x")) cx = p.at("center_x").reshape({-1})[0].item<double>();
+    if (p.count("center_y")) cy = p.at("center_y").reshape({-1})[0].item<double>();
+    if (fm.decoded_size > 0 && p.count("scale")) {
+      half = 0.5 * static_cast<double>(fm.decoded_size) *
+             p.at("scale").reshape({-1})[0].item<double>();
+    }
+  }
+  for (const auto& s : cc.caustic) {
+    for (int k = 0; k < 2; ++k) {
+      half = std::max(half, 0.75 * std::hypot(s[2 * k] - cx, s[2 * k + 1] - cy));
+    }
+  }
+  if (!(half > 0)) half = 0.25 * m.grid.pixel_scale * static_cast<double>(m.grid.nx);
+  half = std::min(half, 0.5 * m.grid.pixel_scale * static_cast<double>(m.grid.nx));
+  const int64_t n = 128;
+  const double step = 2.0 * half / static_cast<double>(n);
+  auto ax = torch::arange(n, torch::kFloat64) * step + (-half + 0.5 * step);
+  auto grid = torch::meshgrid({ax + cy, ax + cx}, "ij");
+  const auto y = grid[0].reshape({1, -1}).to(compute.options());
+  const auto x = grid[1].reshape({1, -1}).to(compute.options());
+  torch::Tensor total = torch::zeros({1, n * n}, compute.options());
+  for (const auto& c : m.source_light)
+    total = total + c.profile->surface_brightness(x, y, c.params);
+  SourceImage out;
+  out.image = total.detach().reshape({n, n}).to(torch::kCPU, torch::kFloat64);
+  out.extent = {cx - half, cx + half, cy - half, cy + half};
+  out.pixel = step;
+  return out;
+}
+
+// Modeller's warnings (docs/fit.md): convergence, sampler health, prior bounds, goodness of fit.
+std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& rows,
+                                      const model::ParameterSpace& space,
+                                      const samplers::Draws& chains, double reduced_chi2,
+                                      int64_t n_draws_total) {
+  std::vector<std::string> w;
+  std::vector<std::string> high_rhat, low_ess, at_bound;
+  const double ess_floor = std::min(100.0, 0.1 * static_cast<double>(n_draws_total));
+  for (const auto& r : rows) {
+    if (std::isfinite(r.rhat) && r.rhat > 1.01)
+      high_rhat.push_back(r.name + " " + fmt("%.3f", r.rhat));
+    if (std::isfinite(r.ess_bulk) && r.ess_bulk < ess_floor) {
+      low_ess.push_back(r.name + " " + fmt("%.0f", r.ess_bulk));
+    }
+    if (r.name.find('[') != std::string::npos) continue;
+    const auto prior = space.prior(r.name);
+    if (prior && std::isfinite(prior->lower()) && std::isfinite(prior->upper())) {
+      const double span = prior->upper() - prior->lower();
+      if (r.q50 - prior->lower() < 0.01 * span || prior->upper() - r.q50 < 0.01 * span) {
+        at_bound.push_back(r.name + " (median " + fmt("%.4g", r.q50) + ", prior [" +
+                           fmt("%.4g", prior->lower()) + ", " + fmt("%.4g", prior->upper()) + "])");
+      }
+    }
+  }
+  auto join = [](const std::vector<std::string>& v, size_t max = 6) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > max) s += ", ... (" + std::to_string(v.size()) + " in all)";
+    return s;
+  };
+  if (!high_rhat.empty()) w.push_back("R-hat above 1.01: " + join(high_rhat));
+  if (!low_ess.empty()) {
+    w.push_back("bulk ESS below " + fmt("%.0f", ess_floor) + ": " + join(low_ess));
+  }
+  const int64_t div = samplers::count_divergences(chains.divergent);
+  if (div > 0) {
+    w.push_back(std::to_string(div) +
+                " divergent transitions after warmup: the posterior may be "
+                "biased; raise target_accept or reparameterise");
+  }
+  const auto bfmi = samplers::ebfmi(chains.energy);
+  for (size_t c = 0; c < bfmi.size(); ++c) {
+    if (std::isfinite(bfmi[c]) && bfmi[c] < 0.3) {
+      w.push_back("E-BFMI of chain " + std::to_string(c) + " is " + fmt("%.2f", bfmi[c]) +
+                  " (< 0.3): the momentum resampling explores the energy poorly");
+    }
+  }
+  if (!at_bound.empty()) w.push_back("parameters at a prior bound: " + join(at_bound));
+  if (!(reduced_chi2 > 0.8 && reduced_chi2 < 1.25)) {
+    w.push_back("reduced chi-square at MAP is " + fmt("%.3f", reduced_chi2) +
+                (reduced_chi2 > 1 ? ": the model does not describe the data (or the noise is "
+                                    "underestimated)"
+                                  : ": the noise map overestimates the noise"));
+  }
+  return w;
+}
+
+std::string truth_table(const std::vector<samplers::SummaryRow>& rows,
+                        const std::map<std::string, double>& truth) {
+  std::ostringstream s;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-24s %12s %12s %12s %12s %8s\n", "parameter", "truth", "mean",
+                "sd", "error", "z");
+  s << line;
+  for (const auto& r : rows) {
+    auto it = truth.find(r.name);
+    if (it == truth.end()) continue;
+    const double err = r.mean - it->second;
+    std::snprintf(line, sizeof line, "%-24s %12.6g %12.6g %12.4g %12.4g %8.2f\n", r.name.c_str(),
+                  it->second, r.mean, r.sd, err, err / r.sd);
+    s << line;
+  }
+  return s.str();
+}
+
+std::vector<FitsCard> grid_cards(const physics::PixelGrid& g, const std::string& what) {
+  return {{"CONTENT", what, ""},
+          {"PIXSCALE", g.pixel_scale, "arcsec per pixel"},
+          {"RA_XY0", g.ra_at_xy_0, "x of pixel (0,0), arcsec"},
+          {"DEC_XY0", g.dec_at_xy_0, "y of pixel (0,0), arcsec"},
+          {"ORIGIN", std::string("dslens ") + version(), ""}};
+}
+
+}  // namespace fit_outputs_detail
+
+using namespace fit_outputs_detail;
+
+nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r,
+                                  const Compute& compute) {
+  const FitConfig& cfg = *r.config;
+  const auto& space = cfg.model.space;
+  const auto names = space.coordinate_names();
+  const int64_t C = r.chains.draws.size(0), N = r.chains.draws.size(1), D = r.chains.draws.size(2);
+
+  // A one-lens posterior for this lens's images.
+  const model::LensPosterior post(cfg.model.spec(cfg.data.grid, cfg.data.psf), space,
+                                  cfg.data.imaging(), compute);
+  const auto opts = compute.options();
+  torch::NoGradGuard no_grad;
+
+  // Draws in the constrained space, [C, N, D].
+  const auto u_all = r.chains.draws.reshape({C * N, D});
+  const auto x_all = space.constrained(u_all.to(opts)).to(torch::kCPU, torch::kFloat64);
+  const auto draws = x_all.reshape({C, N, D});
+  samplers::LabelledDraws labelled{draws, names, r.sampler_settings};
+  labelled.settings["parameters"] = space.describe();
+  labelled.settings["space"] =
+      "constrained (the prior's support); the sampler ran in the "
+      "unconstrained space of the bijections in 'parameters'";
+  samplers::LabelledDraws stats;
+  stats.names = {"lp__",         "accept_stat__", "stepsize__", "treedepth__",
+                 "n_leapfrog__", "divergent__",   "energy__"};
+  stats.values = torch::stack(
+      {r.chains.log_density.to(torch::kFloat64), r.chains.accept_stat.to(torch::kFloat64),
+       r.chains.step_size.to(torch::kFloat64), r.chains.tree_depth.to(torch::kFloat64),
+       r.chains.n_leapfrog.to(torch::kFloat64), r.chains.divergent.to(torch::kFloat64),
+       r.chains.energy.to(torch::kFloat64)},
+      2);
+  stats.settings = r.sampler_settings;
+  samplers::write_sampler_output(dir, labelled, stats);
+
+  // MAP and its images.
+  const auto map_u = r.map_u.to(opts);
+  const auto un = space.unpack(map_u);
+  const auto model_img = post.model_image(un)[0].to(torch::kCPU, torch::kFloat64);
+  const double chi2 = post.chi_square(map_u).item<double>();
+  const int64_t dof = std::max<int64_t>(1, post.n_pixels() - D);
+  const double reduced_chi2 = chi2 / static_cast<double>(dof);
+  const auto& obs = cfg.data;
+  const auto resid =
+      torch::where(obs.mask, (obs.image - model_img) / obs.sigma, torch::full_like(model_img, NAN));
+
+  const physics::ImageModel m = post.build(un, 1);
+  const CriticalCurves cc = critical_curves(m.lens, obs.grid, 2, compute);
+  const SourceImage source = evaluate_source(m, cfg.model, un.values, cc, compute);
+
+  const auto truth = model::truth_values(cfg.model, obs.truth);
+  nlohmann::json map_json;
+  map_json["log_posterior"] = number_or_null(r.starts_log_p[0].item<double>());
+  map_json["chi_square"] = chi2;
+  map_json["pixels"] = post.n_pixels();
+  map_json["free_parameters"] = D;
+  map_json["reduced_chi_square"] = reduced_chi2;
+  nlohmann::json best, starts = nlohmann::json::array();
+  const auto x_map = space.constrained(map_u).to(torch::kCPU, torch::kFloat64)[0];
+  for (int64_t d = 0; d < D; ++d) best[names[d]] = x_map[d].item<double>();
+  for (const auto& [n, v] : un.values) {
+    if (space.is_fixed(n)) best[n] = v.reshape({-1})[0].item<double>();
+  }
+  map_json["parameters"] = best;
+  const auto x_starts = space.constrained(r.starts_u.to(opts)).to(torch::kCPU, torch::kFloat64);
+  for (int64_t k = 0; k < x_starts.size(0); ++k) {
+    nlohmann::json s{{"log_posterior", number_or_null(r.starts_log_p[k].item<double>())}};
+    for (const auto& n : space.free_names()) {
+      if (n.find("z_") == 0 || n.find("pixels_") == 0) continue;
+      const auto it = std::find(names.begin(), names.end(), n);
+      if (it != names.end()) s[n] = x_starts[k][it - names.begin()].item<double>();
+    }
+    starts.push_back(s);
+  }
+  map_json["best_starts"] = starts;
+  map_json["seconds"] = r.map_seconds;
+  write_text_atomically(dir + "/map.json", map_json.dump(2) + "\n");
+
+  // Summary (with truth, error and z-score for mocks) and warnings.
+  const auto rows = samplers::summarize(draws, names);
+  nlohmann::json summary = samplers::summary_json(rows);
+  for (auto& row : summary) {
+    const auto it = truth.find(row["variable"].get<std::string>());
+    if (it == truth.end()) continue;
+    row["truth"] = it->second;
+    if (row["mean"].is_number() && row["sd"].is_number()) {
+      const double err = row["mean"].get<double>() - it->second;
+      row["error"] = err;
+      row["z_score"] = number_or_null(err / row["sd"].get<double>());
+      row["relative_error"] = number_or_null(err / std::abs(it->second));
+      const auto col = std::find(names.begin(), names.end(), it->first) - names.begin();
+      const auto q =
+          x_all.select(1, col).quantile(torch::tensor({0.025, 0.16, 0.84, 0.975}, torch::kFloat64));
+      row["q2.5"] = q[0].item<double>();
+      row["q16"] = q[1].item<double>();
+      row["q84"] = q[2].item<double>();
+      row["q97.5"] = q[3].item<double>();
+      row["in_68"] = it->second >= q[1].item<double>() && it->second <= q[2].item<double>();
+      row["in_95"] = it->second >= q[0].item<double>() && it->second <= q[3].item<double>();
+    }
+  }
+  const auto warnings = fit_warnings(rows, space, r.chains, reduced_chi2, C * N);
+  for (const auto& w : warnings) spdlog::warn("{}: {}", cfg.name, w);
+  nlohmann::json summary_file;
+  summary_file["lens"] = cfg.name;
+  summary_file["config"] = cfg.path;
+  summary_file["data"] = obs.description;
+  summary_file["parameters"] = summary;
+  summary_file["reduced_chi_square_map"] = reduced_chi2;
+  summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
+  summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);
+  summary_file["gradient_evaluations"] = r.gradient_evaluations;
+  summary_file["seconds"] = {
+      {"map", r.map_seconds}, {"warmup", r.warmup_seconds}, {"sampling", r.sampling_seconds}};
+  summary_file["lenses_in_batch"] = r.batch_size;
+  summary_file["warnings"] = warnings;
+  summary_file["data_warnings"] = obs.warnings;
+  write_text_atomically(dir + "/summary.json", summary_file.dump(2) + "\n");
+  std::string text = cfg.name + " (" + obs.description + ")\n\n" + samplers::summary_text(rows);
+  if (!truth.empty()) text += "\nAgainst the truth of the simulation:\n" + truth_table(rows, truth);
+  text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2) + "\n";
+  for (const auto& w : warnings) text += "WARNING: " + w + "\n";
+  write_text_atomically(dir + "/summary.txt", text);
+  write_text_atomically(dir + "/warnings.json", nlohmann::json(warnings).dump(2) + "\n");
+
+  // FITS images.
+  write_fits_image(dir + "/data.fits",
+                   torch::where(obs.mask, obs.image, torch::full_like(obs.image, NAN)),
+                   grid_cards(obs.grid, "data (masked pixels NaN)"));
+  write_fits_image(dir + "/model.fits", model_img, grid_cards(obs.grid, "model image at MAP"));
+  write_fits_image(dir + "/residuals.fits", resid,
+                   grid_cards(obs.grid, "(data - model) / sigma at MAP, NaN where masked"));
+  write_fits_image(dir + "/source.fits", source.image,
+                   {{"CONTENT", std::string("source-plane surface brightness at MAP"), ""},
+                    {"PIXSCALE", source.pixel, "arcsec per pixel"},
+                    {"X_MIN", source.extent[0], "left edge, arcsec"},
+                    {"Y_MIN", source.extent[2], "bottom edge, arcsec"}});
+
+  // The report figure.
+  FitReportInputs rep;
+  rep.title = cfg.name + "   reduced chi2 = " + fmt("%.3f", reduced_chi2) + "   " +
+              std::to_string(C) + " chains x " + std::to_string(N) + " draws";
+  rep.grid = obs.grid;
+  rep.data = obs.image;
+  rep.model = model_img;
+  rep.normalized_residuals = resid;
+  rep.mask = obs.mask;
+  rep.source = source.image;
+  rep.source_extent = source.extent;
+  rep.caustics = cc.caustic;
+  rep.critical = cc.critical;
+  rep.convergence = cc.convergence;
+  std::vector<int64_t> cols;
+  for (const auto& n : cfg.model.free_mass_parameters()) {
+    const auto it = std::find(names.begin(), names.end(), n);
+    if (it != names.end() && cols.size() < 8) {
+      cols.push_back(it - names.begin());
+      rep.corner_names.push_back(n);
+      const auto t = truth.find(n);
+      rep.corner_truths.push_back(t == truth.end() ? std::nullopt
+                                                   : std::optional<double>(t->second));
+    }
+  }
+  if (!cols.empty()) rep.corner_draws = x_all.index_select(1, torch::tensor(cols));
+  rep.notes = warnings;
+  write_fit_report(dir + "/report.png", rep);
+
+  return {{"lens", cfg.name},
+          {"folder", dir},
+          {"reduced_chi_square", reduced_chi2},
+          {"divergences", summary_file["divergences"]},
+          {"warnings", warnings.size()}};
+}
+
+}  // namespace dslens::app

@@ -1,0 +1,284 @@
+#include "fit_run.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "dslens/core/errors.h"
+#include "dslens/core/output_dir.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/nuts.h"
+#include "dslens/samplers/optimize.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace fit_run_detail {
+
+std::string duration_text(double s) {
+  if (!(s >= 0) || s > 1e7) return "?";
+  char buf[32];
+  const int m = static_cast<int>(s / 60);
+  std::snprintf(buf, sizeof buf, m ? "%dm%02ds" : "%ds", m ? m : static_cast<int>(s),
+                static_cast<int>(s) % 60);
+  return buf;
+}
+
+// A one-line progress bar on stderr (redrawn in place on a terminal, every 10 % otherwise).
+class SamplerBar {
+ public:
+  explicit SamplerBar(std::string label) : label_(std::move(label)), tty_(isatty(2)) {}
+  void update(const samplers::SamplerProgress& p) {
+    const int width = 24;
+    const int filled = static_cast<int>(width * p.iteration / std::max<int64_t>(1, p.total));
+    std::string bar(static_cast<size_t>(filled), '#');
+    bar.resize(width, '.');
+    const double eta =
+        p.seconds / std::max<int64_t>(1, p.iteration) * static_cast<double>(p.total - p.iteration);
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "%s [%s] %lld/%lld %s  step %.3g  leapfrog/iter %.1f  divergences %lld  ETA %s",
+                  label_.c_str(), bar.c_str(), static_cast<long long>(p.iteration),
+                  static_cast<long long>(p.total), p.warmup ? "warmup  " : "sampling",
+                  p.mean_step_size, p.mean_leapfrog, static_cast<long long>(p.divergences),
+                  duration_text(eta).c_str());
+    const bool done = p.iteration == p.total;
+    if (tty_) {
+      std::cerr << "\r" << line << "\033[K" << (done ? "\n" : "") << std::flush;
+    } else {
+      std::cerr << line << "\n" << std::flush;
+    }
+  }
+
+ private:
+  std::string label_;
+  bool tty_;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Stan's rule for short warmups (stan/mcmc/windowed_adaptation.hpp): when the default buffers
+// do not fit, use 15 % / 75 % / 10 % of the warmup.
+samplers::WindowSettings windows_for(int64_t warmup) {
+  samplers::WindowSettings w;
+  if (warmup >= w.required_warmup()) return w;
+  w.init_buffer = static_cast<int64_t>(0.15 * static_cast<double>(warmup));
+  w.term_buffer = static_cast<int64_t>(0.1 * static_cast<double>(warmup));
+  w.base_window = warmup - (w.init_buffer + w.term_buffer);
+  return w;
+}
+
+void save_tensors(const std::string& path, const std::vector<torch::Tensor>& tensors) {
+  std::vector<torch::Tensor> cpu;
+  for (const auto& t : tensors) cpu.push_back(t.detach().to(torch::kCPU));
+  const std::string tmp = path + ".tmp";
+  torch::save(cpu, tmp);
+  fs::rename(tmp, path);
+}
+
+std::vector<torch::Tensor> load_tensors(const std::string& path) {
+  std::vector<torch::Tensor> out;
+  try {
+    torch::load(out, path);
+  } catch (const c10::Error& e) {
+    throw FileError("checkpoint '" + path + "' cannot be read (" + e.what_without_backtrace() +
+                    "); remove it, or run without --resume");
+  }
+  return out;
+}
+
+}  // namespace fit_run_detail
+
+using namespace fit_run_detail;
+
+std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses,
+                                     int64_t batch_index, const FitRunOptions& options) {
+  const FitConfig& first = *lenses.front();
+  const int64_t n_lenses = static_cast<int64_t>(lenses.size());
+  const Compute& compute = options.compute;
+  const auto opts = compute.options();
+  const auto& space = first.model.space;
+  const int64_t dim = space.dim();
+
+  // Data [L, ny, nx]; one PSF for all lenses when they agree, else one per lens.
+  std::vector<torch::Tensor> images, sigmas, masks, psfs;
+  bool same_psf = true;
+  for (const auto* c : lenses) {
+    images.push_back(c->data.image);
+    sigmas.push_back(c->data.sigma);
+    masks.push_back(c->data.mask);
+    if (c->data.psf) {
+      psfs.push_back(*c->data.psf);
+      same_psf = same_psf && torch::equal(psfs.front(), psfs.back());
+    }
+  }
+  std::optional<torch::Tensor> psf;
+  if (!psfs.empty()) psf = same_psf ? psfs.front() : torch::stack(psfs);
+  model::ImagingData data{torch::stack(images), torch::stack(sigmas), torch::stack(masks)};
+  const model::LensPosterior posterior(first.model.spec(first.data.grid, psf), space, data,
+                                       compute);
+  const auto log_density = posterior.log_density();
+
+  const std::string tag = options.checkpoint_dir + "/batch" + std::to_string(batch_index);
+  const std::string map_file = tag + "-map.pt", chains_file = tag + "-chains.pt";
+  const int64_t starts = first.map.starts;
+  const int64_t keep = std::min<int64_t>(starts, std::max<int64_t>(first.sampler.chains, 4));
+  const int64_t chains = first.sampler.chains;
+  std::vector<LensFitResult> results(lenses.size());
+
+  // 1. MAP: `starts` prior draws per lens, optimised together.
+  torch::Tensor best_x, best_lp;  // [L, keep, D], [L, keep]
+  double map_seconds = 0.0;
+  if (options.resume && fs::exists(map_file)) {
+    auto t = load_tensors(map_file);
+    best_x = t.at(0).to(opts);
+    best_lp = t.at(1);
+    map_seconds = t.at(2).item<double>();
+    spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto gen = at::detail::createCPUGenerator(first.map.seed);
+    const torch::Tensor x0 = space.sample_prior(n_lenses * starts, opts, gen);
+    spdlog::info(
+        "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
+        "({} iterations)",
+        n_lenses, starts, dim, first.map.adam_iterations, first.map.lbfgs_iterations);
+    torch::Tensor x = x0;
+    if (first.map.adam_iterations > 0) {
+      samplers::AdamSettings adam;
+      adam.max_iterations = first.map.adam_iterations;
+      adam.learning_rate = first.map.learning_rate;
+      x = samplers::maximize_adam(log_density, x, adam).x;
+    }
+    samplers::OptimizeResult res;
+    if (first.map.lbfgs_iterations > 0) {
+      samplers::LbfgsSettings lbfgs;
+      lbfgs.max_iterations = first.map.lbfgs_iterations;
+      res = samplers::maximize_lbfgs(log_density, x, lbfgs);
+    } else {
+      samplers::AdamSettings none;
+      none.max_iterations = 1;
+      none.learning_rate = 1e-12;
+      res = samplers::maximize_adam(log_density, x, none);
+    }
+    auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, starts});
+    lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
+    const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, keep);
+    best_lp = lp.gather(1, order);
+    const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * starts).reshape({-1});
+    best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, keep, dim});
+    map_seconds = seconds_since(t0);
+    spdlog::info(
+        "MAP done in {:.1f} s; best log posterior per lens: {}", map_seconds,
+        nlohmann::json(std::vector<double>(best_lp.select(1, 0).data_ptr<double>(),
+                                           best_lp.select(1, 0).data_ptr<double>() + n_lenses))
+            .dump());
+    if (!torch::isfinite(best_lp.select(1, 0)).all().item<bool>()) {
+      throw NumericalError(
+          "MAP found no start with a finite log posterior for some lens; check "
+          "the priors against the data (e.g. ellipticity priors allowing |e| >= 1)");
+    }
+    save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64)});
+  }
+  if (options.stop_after_map) return {};
+
+  // 2. Chains: every chain of a lens starts at its best optimum, jittered by 1e-3 in the
+  // unconstrained space so that the chains are not identical (the warmup forgets the start).
+  samplers::SamplerResult sampled;
+  nlohmann::json settings_json;
+  {
+    auto gen = at::detail::createCPUGenerator(first.sampler.seed + 7919);
+    const torch::Tensor jitter = torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64);
+    const torch::Tensor init =
+        (best_x.select(1, 0).unsqueeze(1) + 1e-3 * jitter.to(opts)).reshape({-1, dim});
+    const auto& sc = first.sampler;
+    samplers::NutsSettings nuts;
+    samplers::HmcSettings hmc;
+    samplers::SamplerSettings& s =
+        sc.algorithm == "nuts" ? static_cast<samplers::SamplerSettings&>(nuts) : hmc;
+    s.num_warmup = sc.warmup;
+    s.num_draws = sc.draws;
+    s.seed = sc.seed;
+    s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
+    s.adapt.dual_averaging.delta = sc.target_accept;
+    s.adapt.windows = windows_for(sc.warmup);
+    if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
+    s.refresh = std::max<int64_t>(1, (sc.warmup + sc.draws) / (isatty(2) ? 200 : 10));
+    nuts.max_depth = sc.max_depth;
+    hmc.num_steps = sc.num_steps;
+    settings_json = {{"algorithm", sc.algorithm},
+                     {"chains", chains},
+                     {"num_warmup", sc.warmup},
+                     {"num_draws", sc.draws},
+                     {"max_depth", sc.max_depth},
+                     {"num_steps", sc.algorithm == "hmc" ? nlohmann::json(sc.num_steps) : nullptr},
+                     {"target_accept", sc.target_accept},
+                     {"metric", sc.metric},
+                     {"seed", sc.seed},
+                     {"device", compute.device.str()},
+                     {"dtype", dtype_name(compute.dtype)},
+                     {"lenses_in_batch", n_lenses}};
+    if (options.resume && fs::exists(chains_file)) {
+      auto t = load_tensors(chains_file);
+      sampled.draws = t.at(0);
+      sampled.log_density = t.at(1);
+      sampled.step_size = t.at(2);
+      sampled.tree_depth = t.at(3);
+      sampled.n_leapfrog = t.at(4);
+      sampled.accept_stat = t.at(5);
+      sampled.energy = t.at(6);
+      sampled.divergent = t.at(7);
+      const auto times = t.at(8);
+      sampled.warmup_seconds = times[0].item<double>();
+      sampled.sampling_seconds = times[1].item<double>();
+      sampled.gradient_evaluations = static_cast<int64_t>(times[2].item<double>());
+      spdlog::info("batch {}: chains read from {}", batch_index, chains_file);
+    } else {
+      SamplerBar bar(sc.algorithm == "nuts" ? "NUTS" : "HMC ");
+      s.on_progress = [&bar](const samplers::SamplerProgress& p) { bar.update(p); };
+      spdlog::info("{}: {} lens(es) x {} chains, {} warmup + {} draws", sc.algorithm, n_lenses,
+                   chains, sc.warmup, sc.draws);
+      sampled = sc.algorithm == "nuts" ? samplers::sample_nuts(log_density, init, nuts)
+                                       : samplers::sample_hmc(log_density, init, hmc);
+      save_tensors(chains_file,
+                   {sampled.draws, sampled.log_density, sampled.step_size, sampled.tree_depth,
+                    sampled.n_leapfrog, sampled.accept_stat, sampled.energy, sampled.divergent,
+                    torch::tensor({sampled.warmup_seconds, sampled.sampling_seconds,
+                                   static_cast<double>(sampled.gradient_evaluations)},
+                                  torch::kFloat64)});
+    }
+  }
+
+  for (int64_t l = 0; l < n_lenses; ++l) {
+    LensFitResult& r = results[l];
+    r.config = lenses[l];
+    r.starts_u = best_x[l].to(torch::kCPU, torch::kFloat64);
+    r.starts_log_p = best_lp[l];
+    r.map_u = r.starts_u.narrow(0, 0, 1);
+    auto slice = [&](const torch::Tensor& t) {
+      return t.narrow(0, l * chains, chains).to(torch::kCPU);
+    };
+    r.chains.draws = slice(sampled.draws).to(torch::kFloat64);
+    r.chains.log_density = slice(sampled.log_density);
+    r.chains.step_size = slice(sampled.step_size);
+    r.chains.tree_depth = slice(sampled.tree_depth);
+    r.chains.n_leapfrog = slice(sampled.n_leapfrog);
+    r.chains.accept_stat = slice(sampled.accept_stat);
+    r.chains.energy = slice(sampled.energy);
+    r.chains.divergent = slice(sampled.divergent);
+    r.sampler_settings = settings_json;
+    r.map_seconds = map_seconds / static_cast<double>(n_lenses);
+    r.warmup_seconds = sampled.warmup_seconds / static_cast<double>(n_lenses);
+    r.sampling_seconds = sampled.sampling_seconds / static_cast<double>(n_lenses);
+    r.gradient_evaluations = sampled.gradient_evaluations / n_lenses;
+    r.batch_size = n_lenses;
+  }
+  return results;
+}
+
+}  // namespace dslens::app

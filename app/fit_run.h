@@ -1,0 +1,43 @@
+// The fitting pipeline of `dslens fit` for one batch of lenses that share a model: MAP from many
+// prior draws optimised together, then NUTS (or HMC) chains started at each lens's best optimum,
+// all lenses' starts and chains as rows of one tensor batch (lens-major).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "dslens/core/device.h"
+#include "dslens/samplers/hmc.h"
+#include "fit_config.h"
+
+namespace dslens::app {
+
+// One lens's share of a batch fit: everything its output folder is made from.
+struct LensFitResult {
+  const FitConfig* config = nullptr;
+  torch::Tensor map_u;         // [1, D] the best optimum (unconstrained)
+  torch::Tensor starts_u;      // [K, D] the best K optima, best first
+  torch::Tensor starts_log_p;  // [K]
+  samplers::Draws chains;      // [C, N, D] unconstrained draws and [C, N] statistics
+  nlohmann::json sampler_settings;
+  double map_seconds = 0.0, warmup_seconds = 0.0, sampling_seconds = 0.0;
+  int64_t gradient_evaluations = 0;  // this lens's share
+  int64_t batch_size = 1;            // lenses fitted together
+};
+
+struct FitRunOptions {
+  Compute compute;
+  std::string checkpoint_dir;  // stage results for --resume
+  bool resume = false;
+  bool stop_after_map = false;  // leave the MAP checkpoint and return no results
+};
+
+// Fits lenses (same batch_key) together; `batch_index` names the checkpoint files.
+std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses,
+                                     int64_t batch_index, const FitRunOptions& options);
+
+// Writes draws, statistics, summary, MAP, FITS images, warnings and report.png into `dir`.
+// Returns the lens's line of the run index (name, reduced chi-square, warnings count, ...).
+nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& result,
+                                  const Compute& compute);
+
+}  // namespace dslens::app

@@ -1,0 +1,63 @@
+// The "model" section of a `dslens fit` config (docs/fit.md) -> the parameter space and the
+// profile bindings of a LensPosterior.
+//
+// Every profile parameter is a number (fixed), a prior object (free) or {"same_as": NAME} (tied).
+// Names follow lenstronomy's Param class: "<p>_lens<i>", "<p>_lens_light<i>",
+// "<p>_source_light<i>". Source types beyond the light profiles:
+//   VAE:       {"type": "VAE", "checkpoint": DIR, center_x, center_y, scale, phi_G, amp}: the
+//              decoder of a `dslens train-vae` checkpoint maps the latent block
+//              "z_source_light<i>" ~ N(0, I) to the source stamp (Chianese et al. 2020, Sec. 3).
+//   PIXELATED: {"type": "PIXELATED", "size": n, "scale": s, "sigma": s_pix, center_x, center_y}:
+//              n x n free pixels "pixels_source_light<i>", each N(0, s_pix^2) (a ridge prior).
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dslens/core/config.h"
+#include "dslens/core/device.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/model/parameter_space.h"
+
+namespace dslens::model {
+
+struct FitModel {
+  ParameterSpace space;
+  int64_t supersampling = 1;
+  std::vector<ProfileBinding> mass, lens_light, source;
+  // The decoded source, if any: "VAE" or "PIXELATED", its latent block and decoder.
+  std::string decoded_kind;
+  std::string latent_block;
+  SourceDecoder decoder;
+  int64_t decoded_size = 0;        // stamp side in source pixels
+  std::string vae_checkpoint;      // resolved path, VAE only
+  nlohmann::json vae_description;  // the checkpoint's architecture and data, VAE only
+  // Where each named parameter sits: list ("mass", "lens_light", "source"), index, profile
+  // parameter — how a simulation's truth.json is matched to fitted names.
+  struct Origin {
+    std::string list;
+    int64_t index = 0;
+    std::string param;
+  };
+  std::map<std::string, Origin> origins;
+
+  // Free scalar parameters of the mass profiles, in config order (the corner plot's choice).
+  std::vector<std::string> free_mass_parameters() const;
+  // The posterior's model for a given grid and PSF ([h, w] or [L, h, w]).
+  LensModelSpec spec(const physics::PixelGrid& grid,
+                     const std::optional<torch::Tensor>& psf_kernel) const;
+};
+
+// Parses the "model" node. VAE checkpoints are loaded on compute's device and dtype; relative
+// paths are resolved against base_dir. Errors are ConfigErrors naming the JSON path.
+FitModel parse_fit_model(const ConfigNode& model, const std::string& base_dir,
+                         const Compute& compute);
+
+// The true value of every fitted scalar parameter found in a `dslens simulate` truth.json
+// (q/phi read from "derived_from_e1_e2" when the fit uses them). Missing ones are absent.
+std::map<std::string, double> truth_values(const FitModel& model, const nlohmann::json& truth);
+
+}  // namespace dslens::model

@@ -1,0 +1,65 @@
+// The data a lens is fitted to (the "data" section of a `dslens fit` config, docs/fit.md):
+// either a `dslens simulate` output folder or FITS files (image, noise, PSF, mask), with an
+// optional cutout and annulus mask. Everything is float64 on the CPU; the fitter moves it.
+//
+//   "data": {"simulation": "runs/mock"}
+//   "data": {"image": {"fits": "img.fits", "hdu": "SCI"}, "noise_map": "sigma.fits",
+//            "psf": {"fwhm": 0.1}, "pixel_scale": 0.05,
+//            "cutout": {"center": [150, 150], "size": [120, 120]},
+//            "mask_radius": {"inner": 0.3, "outer": 2.5}}
+//
+// Keys (every file is a path string or {"fits": path, "hdu": number or EXTNAME}):
+//   simulation                      a `dslens simulate` folder: image.fits, noise_map.fits,
+//                                   psf.fits (optional), truth.json (grid and truth)
+//   image                           FITS mode: the image (required, with "pixel_scale")
+//   noise_map | weight_map | background_rms + exposure_time
+//                                   exactly one: sigma; inverse variance (0 = masked);
+//                                   sigma^2 = rms^2 + max(image, 0) / exposure_time
+//   psf                             {"fits": ..., "hdu": ...} or {"fwhm": arcsec, "size": odd};
+//                                   absent = no PSF (a simulation folder uses psf.fits)
+//   pixel_scale                     arcsec / pixel (FITS mode only)
+//   mask                            FITS image, nonzero = fitted, NaN = not (both modes; like
+//                                   every path, relative to the config's folder)
+//   mask_radius                     {"inner": r1, "outer": r2} arcsec from the grid's origin:
+//                                   pixels with r1 <= r <= r2 are kept (either bound optional)
+//   cutout                          {"center": [col, row], "size": [nx, ny]}, 0-based pixels;
+//                                   columns [col - nx/2, col - nx/2 + nx) (integer division), rows
+//                                   likewise; center defaults to the image centre (N/2)
+// Non-finite image or noise pixels and sigma <= 0 are masked with a warning.
+#pragma once
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dslens/core/config.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/physics/image_model.h"
+
+namespace dslens::model {
+
+struct Observation {
+  torch::Tensor image;               // [ny, nx] float64 CPU; masked pixels set to 0
+  torch::Tensor sigma;               // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
+  torch::Tensor mask;                // [ny, nx] bool, true = pixel enters the likelihood
+  std::optional<torch::Tensor> psf;  // [k, k'] float64, odd sizes, normalised to sum 1
+  // Simulations: the grid of truth.json (shifted by a cutout); FITS: centred on the image, i.e.
+  // pixel (i, j) at x = (j - (nx-1)/2) * pixel_scale, y = (i - (ny-1)/2) * pixel_scale.
+  physics::PixelGrid grid;
+  nlohmann::json truth;               // truth.json of a simulation, null otherwise
+  std::string description;            // e.g. "runs/mock (dslens simulate)" or "image.fits[0]"
+  std::vector<std::string> warnings;  // also logged with spdlog::warn
+
+  int64_t n_fitted() const { return mask.defined() ? mask.sum().item<int64_t>() : 0; }
+  ImagingData imaging() const { return {image, sigma, mask}; }
+};
+
+// `data` is the config's "data" node (its path, e.g. "/data", prefixes every error); relative
+// paths are resolved against base_dir (the config's folder). Throws ConfigError naming the JSON
+// path, the bad value and what is allowed; FITS problems become ConfigErrors that also name the
+// file and HDU.
+Observation load_observation(const ConfigNode& data, const std::string& base_dir);
+
+}  // namespace dslens::model

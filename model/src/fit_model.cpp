@@ -1,0 +1,269 @@
+#include "dslens/model/fit_model.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "dslens/core/errors.h"
+#include "dslens/nn/checkpoint.h"
+#include "dslens/physics/mass_profiles.h"
+#include "dslens/physics/profile.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::model {
+namespace fit_model_detail {
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::string suffix(const std::string& list) {
+  if (list == "mass") return "_lens";
+  if (list == "lens_light") return "_lens_light";
+  return "_source_light";
+}
+
+// A pending {"same_as": NAME}: resolved once every component has declared its parameters.
+struct Tie {
+  ConfigNode node;
+  std::vector<ProfileBinding>* list;  // indices, not pointers: the lists grow while parsing
+  size_t index;
+  std::string param;
+  std::string target;
+};
+
+class Builder {
+ public:
+  Builder(FitModel& out, const std::string& base_dir, const Compute& compute)
+      : out_(out), base_dir_(base_dir), compute_(compute) {}
+
+  // One scalar parameter of a profile: fixed number, prior object or tie.
+  void scalar(const ConfigNode& node, const std::string& key, const std::string& name,
+              ProfileBinding& binding, const std::string& param, const std::string& list,
+              int64_t index, std::optional<double> fallback = std::nullopt) {
+    out_.origins[name] = {list, index, param};
+    binding.params[param] = name;
+    if (!node.has(key)) {
+      if (!fallback) node.at(key);  // "missing required key"
+      out_.space.add_fixed(name, *fallback);
+      return;
+    }
+    const ConfigNode v = node.at(key);
+    if (v.value().is_number()) {
+      out_.space.add_fixed(name, v.as_number());
+    } else if (v.is_object() && v.has("same_as")) {
+      v.allow_only({"same_as"});
+      ties_.push_back({v, current_list_, current_list_->size() - 1, param, v.string("same_as")});
+      out_.origins.erase(name);
+    } else if (v.is_object()) {
+      const Prior prior = Prior::parse(v);
+      std::optional<double> init;
+      if (v.has("init")) init = v.number("init");
+      try {
+        out_.space.add_free(name, prior, init);
+      } catch (const InvalidArgument& e) {
+        v.fail(e.what());
+      }
+    } else {
+      v.fail("value " + json_excerpt(v.value()) +
+             " is not allowed; expected a number (fixed), a prior object such as "
+             "{\"prior\": \"uniform\", \"lower\": 0, \"upper\": 1}, or {\"same_as\": NAME}");
+    }
+  }
+
+  void component(const ConfigNode& node, const std::string& list, int64_t index) {
+    node.require_object();
+    const bool is_mass = list == "mass";
+    std::vector<std::string> types =
+        is_mass ? physics::mass_profile_types() : physics::light_profile_types();
+    types.erase(std::remove(types.begin(), types.end(), "INTERPOL"), types.end());
+    if (list == "source") {
+      types.push_back("VAE");
+      types.push_back("PIXELATED");
+    }
+    const std::string type = node.choice("type", types);
+    const std::string sfx = suffix(list) + std::to_string(index);
+    auto& bindings = is_mass ? out_.mass : (list == "lens_light" ? out_.lens_light : out_.source);
+    bindings.push_back({type == "VAE" || type == "PIXELATED" ? "INTERPOL" : type, {}});
+    ProfileBinding& b = bindings.back();
+    current_list_ = &bindings;
+
+    std::vector<std::string> names;
+    std::map<std::string, double> defaults;
+    if (type == "VAE") {
+      names = {"center_x", "center_y", "scale", "phi_G", "amp"};
+      defaults = {{"phi_G", 0.0}};
+    } else if (type == "PIXELATED") {
+      names = {"center_x", "center_y", "scale"};
+      defaults = {{"center_x", 0.0}, {"center_y", 0.0}};
+    } else {
+      names = is_mass ? physics::make_mass_profile(type)->param_names()
+                      : physics::make_light_profile(type)->param_names();
+      if (is_mass) defaults = physics::mass_profile_defaults(type);
+    }
+    const bool elliptical = contains(names, "e1") && contains(names, "e2");
+    std::vector<std::string> allowed = {"type"};
+    allowed.insert(allowed.end(), names.begin(), names.end());
+    if (elliptical) {
+      allowed.push_back("q");
+      allowed.push_back("phi");
+    }
+    if (type == "VAE") allowed.push_back("checkpoint");
+    if (type == "PIXELATED") {
+      allowed.push_back("size");
+      allowed.push_back("sigma");
+    }
+    node.allow_only(allowed);
+
+    for (const auto& n : names) {
+      if (elliptical && (n == "e1" || n == "e2")) continue;
+      std::optional<double> fallback;
+      if (defaults.count(n)) fallback = defaults.at(n);
+      scalar(node, n, n + sfx, b, n, list, index, fallback);
+    }
+    if (elliptical) {
+      const bool has_q = node.has("q") || node.has("phi");
+      const bool has_e = node.has("e1") || node.has("e2");
+      if (has_q && has_e) {
+        node.fail_at(node.has("q") ? "q" : "phi",
+                     "give the ellipticity either as e1/e2 or as q/phi, not both");
+      }
+      if (!has_q && !has_e)
+        node.fail_at("e1", "missing required key (give e1 and e2, or q and phi)");
+      for (const std::string& n :
+           has_q ? std::vector<std::string>{"q", "phi"} : std::vector<std::string>{"e1", "e2"}) {
+        scalar(node, n, n + sfx, b, n, list, index);
+      }
+    }
+    if (type == "VAE") decoded_vae(node, sfx);
+    if (type == "PIXELATED") decoded_pixels(node, sfx);
+  }
+
+  void decoded_vae(const ConfigNode& node, const std::string& sfx) {
+    if (!out_.decoded_kind.empty()) node.fail("only one VAE or PIXELATED source is supported");
+    std::string path = node.string("checkpoint");
+    if (!path.empty() && fs::path(path).is_relative() && !base_dir_.empty()) {
+      path = (fs::path(base_dir_) / path).lexically_normal().string();
+    }
+    nn::LoadedVae loaded;
+    try {
+      loaded = nn::load_vae(path, compute_);
+    } catch (const FileError& e) {
+      node.fail_at("checkpoint", e.what());
+    }
+    // Only gradients with respect to z are needed: the weights are constants of the model.
+    for (auto& p : loaded.vae->parameters()) p.set_requires_grad(false);
+    out_.decoded_kind = "VAE";
+    out_.latent_block = "z" + sfx;
+    out_.decoded_size = loaded.meta.arch.stamp_size;
+    out_.vae_checkpoint = path;
+    out_.vae_description = {{"checkpoint", path},
+                            {"architecture", loaded.meta.arch.to_json()},
+                            {"pixel_norm", loaded.meta.norm.to_json()},
+                            {"step", loaded.meta.step},
+                            {"data", loaded.meta.data}};
+    out_.space.add_standard_normal_block(out_.latent_block, loaded.meta.arch.latent_dim);
+    nn::Vae vae = loaded.vae;
+    const auto opts = compute_.options();
+    out_.decoder = [vae, opts](const torch::Tensor& z) mutable { return vae->decode(z.to(opts)); };
+  }
+
+  void decoded_pixels(const ConfigNode& node, const std::string& sfx) {
+    if (!out_.decoded_kind.empty()) node.fail("only one VAE or PIXELATED source is supported");
+    const int64_t n = node.integer("size", Range::closed(2, 256));
+    const double sigma = node.number_or("sigma", 1.0, Range::positive());
+    out_.decoded_kind = "PIXELATED";
+    out_.latent_block = "pixels" + sfx;
+    out_.decoded_size = n;
+    out_.space.add_standard_normal_block(out_.latent_block, n * n);
+    out_.decoder = [n, sigma](const torch::Tensor& z) { return z.reshape({-1, n, n}) * sigma; };
+  }
+
+  void resolve_ties() {
+    for (const auto& t : ties_) {
+      if (!out_.space.has(t.target)) {
+        t.node.fail_at("same_as", "value '" + t.target +
+                                      "' names no parameter; allowed: a parameter declared in "
+                                      "this model, e.g. center_x_lens0");
+      }
+      (*t.list)[t.index].params[t.param] = t.target;
+    }
+  }
+
+ private:
+  FitModel& out_;
+  std::string base_dir_;
+  Compute compute_;
+  std::vector<Tie> ties_;
+  std::vector<ProfileBinding>* current_list_ = nullptr;
+};
+
+}  // namespace fit_model_detail
+
+std::vector<std::string> FitModel::free_mass_parameters() const {
+  std::vector<std::string> out;
+  for (const auto& name : space.free_names()) {
+    auto it = origins.find(name);
+    if (it != origins.end() && it->second.list == "mass") out.push_back(name);
+  }
+  return out;
+}
+
+LensModelSpec FitModel::spec(const physics::PixelGrid& grid,
+                             const std::optional<torch::Tensor>& psf_kernel) const {
+  LensModelSpec s;
+  s.grid = grid;
+  s.supersampling = supersampling;
+  s.psf_kernel = psf_kernel;
+  s.mass = mass;
+  s.lens_light = lens_light;
+  s.source = source;
+  s.latent_block = latent_block;
+  s.decoder = decoder;
+  return s;
+}
+
+FitModel parse_fit_model(const ConfigNode& model, const std::string& base_dir,
+                         const Compute& compute) {
+  using namespace fit_model_detail;
+  model.require_object();
+  model.allow_only({"supersampling", "mass", "lens_light", "source"});
+  FitModel out;
+  out.supersampling = model.integer_or("supersampling", 1, Range::closed(1, 16));
+  Builder builder(out, base_dir, compute);
+  for (const std::string list : {"mass", "lens_light", "source"}) {
+    if (list == "lens_light" && !model.has(list)) continue;
+    const ConfigNode arr = model.at(list);
+    arr.require_array();
+    if (list != "lens_light" && arr.size() == 0) arr.fail("needs at least one component");
+    int64_t i = 0;
+    for (const auto& c : arr.elements()) builder.component(c, list, i++);
+  }
+  builder.resolve_ties();
+  if (out.space.dim() == 0) model.fail("no free parameter: give at least one a prior");
+  return out;
+}
+
+std::map<std::string, double> truth_values(const FitModel& model, const nlohmann::json& truth) {
+  std::map<std::string, double> out;
+  if (!truth.is_object()) return out;
+  for (const auto& [name, o] : model.origins) {
+    if (!truth.contains(o.list) || !truth[o.list].is_array() ||
+        o.index >= static_cast<int64_t>(truth[o.list].size())) {
+      continue;
+    }
+    const auto& c = truth[o.list][o.index];
+    const nlohmann::json* v = nullptr;
+    if (c.contains(o.param)) {
+      v = &c[o.param];
+    } else if (c.contains("derived_from_e1_e2") && c["derived_from_e1_e2"].contains(o.param)) {
+      v = &c["derived_from_e1_e2"][o.param];
+    }
+    if (v && v->is_object() && v->contains("value") && (*v)["value"].is_number()) {
+      out[name] = (*v)["value"].get<double>();
+    }
+  }
+  return out;
+}
+
+}  // namespace dslens::model

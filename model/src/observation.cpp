@@ -1,0 +1,436 @@
+#include "dslens/model/observation.h"
+
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <sstream>
+
+#include "dslens/core/errors.h"
+#include "dslens/core/fits.h"
+
+namespace dslens::model {
+namespace observation_detail {
+
+namespace fs = std::filesystem;
+
+std::string resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || fs::path(path).is_absolute() || base_dir.empty()) return path;
+  return (fs::path(base_dir) / path).lexically_normal().string();
+}
+
+std::string shape_text(const torch::Tensor& t) {
+  std::string s;
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? "x" : "") + std::to_string(t.size(i));
+  return s.empty() ? "scalar" : s;
+}
+
+std::string num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// A 2-d FITS image named in the config.
+struct FitsImage {
+  torch::Tensor data;     // [rows, columns] float64
+  std::string label;      // resolved path, with "[hdu]" when one was chosen
+  std::string json_path;  // where the config names it
+};
+
+FitsHdu parse_hdu(const ConfigNode& node) {
+  const json& v = node.value();
+  if (v.is_number_integer() && v.get<long long>() >= 0 &&
+      v.get<long long>() <= std::numeric_limits<int>::max()) {
+    return FitsHdu::number(static_cast<int>(v.get<long long>()));
+  }
+  if (v.is_string() && !v.get<std::string>().empty()) return FitsHdu::named(v.get<std::string>());
+  node.fail("expected an HDU number (>= 0, 0 = primary) or an EXTNAME string, got " +
+            json_excerpt(v));
+}
+
+// Reads a 2-d image ([1, ny, nx] cubes are squeezed); file problems become ConfigErrors at
+// `json_path` that keep the file and HDU named by read_fits_image.
+FitsImage read_2d(const std::string& path, const FitsHdu& hdu, const std::string& json_path,
+                  const std::string& what) {
+  FitsImage out;
+  out.json_path = json_path;
+  out.label = path;
+  if (hdu.index >= 0) out.label += "[" + std::to_string(hdu.index) + "]";
+  if (!hdu.name.empty()) out.label += "[" + hdu.name + "]";
+  torch::Tensor img;
+  try {
+    img = read_fits_image(path, hdu);
+  } catch (const FileError& e) {
+    throw ConfigError(json_path, std::string(e.what()) + " (" + what + ")");
+  }
+  while (img.dim() > 2 && img.size(0) == 1) img = img.squeeze(0);
+  if (img.dim() != 2 || img.numel() == 0) {
+    throw ConfigError(json_path, what + " '" + out.label + "' holds an array of shape " +
+                                     shape_text(img) + "; allowed: a 2-d image");
+  }
+  out.data = img.to(torch::kFloat64).contiguous();
+  return out;
+}
+
+// parent[key] is a path string or {"fits": path, "hdu": number or EXTNAME}.
+FitsImage read_file_at(const ConfigNode& parent, const std::string& key,
+                       const std::string& base_dir, const std::string& what) {
+  const ConfigNode node = parent.at(key);
+  std::string given, json_path = node.path();
+  FitsHdu hdu;
+  if (node.value().is_string()) {
+    given = node.as_string();
+  } else if (node.is_object()) {
+    node.allow_only({"fits", "hdu"});
+    given = node.string("fits");
+    json_path = node.child_path("fits");
+    if (node.has("hdu")) hdu = parse_hdu(node.at("hdu"));
+  } else {
+    node.fail("expected a FITS path or {\"fits\": path, \"hdu\": number or EXTNAME}, got " +
+              json_excerpt(node.value()));
+  }
+  if (given.empty()) throw ConfigError(json_path, "empty file name; expected a FITS image path");
+  return read_2d(resolve(base_dir, given), hdu, json_path, what);
+}
+
+// Odd-sized, finite, positive-sum kernel normalised to sum 1.
+torch::Tensor checked_psf(const FitsImage& k) {
+  if (k.data.size(0) % 2 == 0 || k.data.size(1) % 2 == 0) {
+    throw ConfigError(k.json_path, "PSF kernel '" + k.label + "' is " + shape_text(k.data) +
+                                       "; allowed: odd sizes in both axes (a centred kernel)");
+  }
+  if (!torch::isfinite(k.data).all().item<bool>()) {
+    throw ConfigError(k.json_path, "PSF kernel '" + k.label +
+                                       "' has non-finite (NaN or inf) pixels; allowed: finite");
+  }
+  const double sum = k.data.sum().item<double>();
+  if (!(sum > 0.0)) {
+    throw ConfigError(k.json_path, "PSF kernel '" + k.label + "' sums to " + num(sum) +
+                                       "; allowed: a positive sum (it is normalised to 1)");
+  }
+  return k.data / sum;
+}
+
+torch::Tensor read_psf(const ConfigNode& data, const std::string& base_dir, double pixel_scale) {
+  const ConfigNode psf = data.at("psf");
+  psf.require_object();
+  psf.allow_only({"fits", "hdu", "fwhm", "size"});
+  if (psf.has("fwhm") == psf.has("fits")) {
+    psf.fail(psf.has("fwhm") ? "give either 'fwhm' or 'fits', not both"
+                             : "expected {\"fits\": kernel image} or {\"fwhm\": arcsec}, got " +
+                                   json_excerpt(psf.value()));
+  }
+  if (psf.has("fits")) {
+    if (psf.has("size"))
+      psf.fail_at("size", "only allowed with 'fwhm' (a FITS kernel has its size)");
+    return checked_psf(read_file_at(data, "psf", base_dir, "PSF"));
+  }
+  if (psf.has("hdu")) psf.fail_at("hdu", "only allowed with 'fits'");
+  const double fwhm = psf.number("fwhm", Range::positive());
+  const long long size = psf.integer_or("size", 0, Range::closed(1, 1001));
+  if (size % 2 == 0 && size != 0) {
+    psf.fail_at("size", "value " + std::to_string(size) + " is even; allowed: odd sizes");
+  }
+  return physics::gaussian_psf_kernel(fwhm, pixel_scale, Compute{torch::kCPU, torch::kFloat64},
+                                      size);
+}
+
+// Which part of the image is fitted.
+struct Window {
+  int64_t row0 = 0, col0 = 0, ny = 0, nx = 0;
+  bool cut = false;
+  torch::Tensor apply(const torch::Tensor& t) const {
+    return t.slice(0, row0, row0 + ny).slice(1, col0, col0 + nx).contiguous();
+  }
+};
+
+std::array<int64_t, 2> integer_pair(const ConfigNode& parent, const std::string& key,
+                                    const std::string& meaning, const Range& range) {
+  const ConfigNode node = parent.at(key);
+  if (!node.is_array() || node.size() != 2) {
+    node.fail("expected two integers [" + meaning + "], got " + json_excerpt(node.value()));
+  }
+  std::array<int64_t, 2> out{};
+  for (size_t i = 0; i < 2; ++i) {
+    const ConfigNode e = node.at(i);
+    const double v = e.as_number(range);
+    if (std::floor(v) != v) e.fail("expected an integer, got " + json_excerpt(e.value()));
+    out[i] = static_cast<int64_t>(v);
+  }
+  return out;
+}
+
+Window parse_cutout(const ConfigNode& data, const FitsImage& image) {
+  const int64_t NY = image.data.size(0), NX = image.data.size(1);
+  if (!data.has("cutout")) return {0, 0, NY, NX, false};
+  const ConfigNode c = data.at("cutout");
+  c.require_object();
+  c.allow_only({"center", "size"});
+  const auto size = integer_pair(c, "size", "nx, ny", Range::closed(1, 1e9));
+  const auto center = c.has("center") ? integer_pair(c, "center", "column, row", Range::any())
+                                      : std::array<int64_t, 2>{NX / 2, NY / 2};
+  Window w{center[1] - size[1] / 2, center[0] - size[0] / 2, size[1], size[0], true};
+  if (w.col0 < 0 || w.col0 + w.nx > NX || w.row0 < 0 || w.row0 + w.ny > NY) {
+    c.fail("value " + json_excerpt(c.value()) + " spans columns " + std::to_string(w.col0) + ".." +
+           std::to_string(w.col0 + w.nx - 1) + " and rows " + std::to_string(w.row0) + ".." +
+           std::to_string(w.row0 + w.ny - 1) + ", outside the image '" + image.label + "' (" +
+           std::to_string(NY) + "x" + std::to_string(NX) +
+           " rows x columns); allowed: a cutout inside the image (0-based [column, row])");
+  }
+  return w;
+}
+
+void check_same_shape(const FitsImage& ref, const std::string& ref_what, const FitsImage& other,
+                      const std::string& other_what) {
+  if (ref.data.sizes() == other.data.sizes()) return;
+  throw ConfigError(other.json_path, other_what + " '" + other.label + "' is " +
+                                         shape_text(other.data) + " but " + ref_what + " '" +
+                                         ref.label + "' is " + shape_text(ref.data) +
+                                         " (rows x columns); allowed: the same shape");
+}
+
+void warn(Observation& obs, const std::string& message) {
+  spdlog::warn("data: {}", message);
+  obs.warnings.push_back(message);
+}
+
+// Unmasks nothing: masks the fitted pixels where `bad` holds and warns with their count.
+void mask_bad(Observation& obs, const torch::Tensor& bad, const std::string& label,
+              const std::string& what) {
+  const torch::Tensor newly = bad.logical_and(obs.mask);
+  const int64_t n = newly.sum().item<int64_t>();
+  if (n == 0) return;
+  const int64_t total = obs.mask.sum().item<int64_t>();
+  obs.mask = obs.mask.logical_and(newly.logical_not());
+  warn(obs, "'" + label + "': " + std::to_string(n) + " of " + std::to_string(total) +
+                " fitted pixels " + what + "; they are masked");
+}
+
+// How sigma is obtained.
+struct Noise {
+  enum class Kind { kNoiseMap, kWeightMap, kRmsExposure } kind = Kind::kNoiseMap;
+  FitsImage map;  // sigma or inverse variance
+  double background_rms = 0.0, exposure_time = 0.0;
+};
+
+struct Inputs {
+  FitsImage image;
+  Noise noise;
+  std::optional<FitsImage> mask;
+  bool centred_grid = false;  // FITS data: the grid is centred on the (cut-out) image
+};
+
+// Cutout, masks and sigma; obs.grid must already hold the full image's grid.
+void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
+  const Window w = parse_cutout(data, in.image);
+  if (w.cut) {
+    if (in.centred_grid) {
+      obs.grid = physics::PixelGrid::centered(w.ny, w.nx, obs.grid.pixel_scale);
+    } else {
+      obs.grid.ny = w.ny;
+      obs.grid.nx = w.nx;
+      obs.grid.ra_at_xy_0 += static_cast<double>(w.col0) * obs.grid.pixel_scale;
+      obs.grid.dec_at_xy_0 += static_cast<double>(w.row0) * obs.grid.pixel_scale;
+    }
+    obs.description += ", cutout " + std::to_string(w.nx) + "x" + std::to_string(w.ny) +
+                       " (columns x rows) from column " + std::to_string(w.col0) + ", row " +
+                       std::to_string(w.row0);
+  }
+  const torch::Tensor image = w.apply(in.image.data);
+  obs.mask = torch::ones({w.ny, w.nx}, torch::kBool);
+  if (in.mask) {
+    const torch::Tensor m = w.apply(in.mask->data);
+    obs.mask = torch::isfinite(m).logical_and(m != 0);
+  }
+  if (data.has("mask_radius")) {
+    const ConfigNode r = data.at("mask_radius");
+    r.require_object();
+    r.allow_only({"inner", "outer"});
+    if (!r.has("inner") && !r.has("outer")) {
+      r.fail("expected {\"inner\": r1, \"outer\": r2} in arcsec (either optional), got {}");
+    }
+    const double inner = r.number_or("inner", 0.0, Range::non_negative());
+    const double outer =
+        r.number_or("outer", std::numeric_limits<double>::infinity(), Range::positive());
+    if (!(inner < outer)) {
+      r.fail("value " + json_excerpt(r.value()) + ": allowed: inner < outer");
+    }
+    const auto [x, y] = obs.grid.coordinates(Compute{torch::kCPU, torch::kFloat64});
+    const torch::Tensor radius = torch::sqrt(x * x + y * y);
+    obs.mask = obs.mask.logical_and(radius >= inner).logical_and(radius <= outer);
+  }
+  mask_bad(obs, torch::isfinite(image).logical_not(), in.image.label,
+           "are not finite (NaN or inf)");
+
+  torch::Tensor sigma;
+  const Noise& noise = in.noise;
+  if (noise.kind == Noise::Kind::kNoiseMap) {
+    sigma = w.apply(noise.map.data);
+    mask_bad(obs, torch::isfinite(sigma).logical_not().logical_or(sigma <= 0), noise.map.label,
+             "have a non-finite or non-positive sigma");
+  } else if (noise.kind == Noise::Kind::kWeightMap) {
+    const torch::Tensor weight = w.apply(noise.map.data);
+    const torch::Tensor zero = (weight == 0).logical_and(obs.mask);
+    const int64_t n_zero = zero.sum().item<int64_t>();
+    if (n_zero > 0) {
+      spdlog::info("data: '{}': {} pixels of weight 0 are masked", noise.map.label, n_zero);
+      obs.mask = obs.mask.logical_and(zero.logical_not());
+    }
+    mask_bad(obs, torch::isfinite(weight).logical_not().logical_or(weight < 0), noise.map.label,
+             "have a non-finite or negative weight");
+    sigma = 1.0 / torch::sqrt(weight);
+  } else {
+    sigma = torch::sqrt(noise.background_rms * noise.background_rms +
+                        torch::clamp_min(image, 0.0) / noise.exposure_time);
+  }
+  obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
+  obs.sigma = torch::where(obs.mask, sigma, torch::ones_like(sigma));
+  if (obs.n_fitted() == 0) {
+    data.fail("no pixel of '" + in.image.label + "' is left to fit after masking (" +
+              std::to_string(w.ny) + "x" + std::to_string(w.nx) +
+              " pixels); allowed: a mask, mask_radius and cutout that keep some pixels");
+  }
+}
+
+double truth_grid_value(const json& truth, const ConfigNode& sim, const std::string& file,
+                        const std::string& key) {
+  const json* v = nullptr;
+  if (truth.is_object() && truth.contains("grid") && truth["grid"].is_object() &&
+      truth["grid"].contains(key)) {
+    const json& g = truth["grid"][key];
+    v = g.is_object() && g.contains("value") ? &g["value"] : &g;
+  }
+  if (!v || !v->is_number() || !std::isfinite(v->get<double>())) {
+    sim.fail("'" + file + "' has no number at grid/" + key +
+             "/value; expected the truth.json written by `dslens simulate`");
+  }
+  return v->get<double>();
+}
+
+Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
+  data.allow_only({"simulation", "mask", "mask_radius", "cutout"});
+  const ConfigNode sim = data.at("simulation");
+  const std::string given = sim.as_string();
+  if (given.empty()) sim.fail("empty folder name; expected a `dslens simulate` output folder");
+  const std::string folder = resolve(base_dir, given);
+  const std::string expected =
+      "; allowed: a `dslens simulate` output folder (image.fits, noise_map.fits, psf.fits, "
+      "truth.json)";
+  if (!fs::is_directory(folder)) sim.fail("folder '" + folder + "' does not exist" + expected);
+  for (const char* name : {"image.fits", "noise_map.fits", "truth.json"}) {
+    if (!fs::exists(fs::path(folder) / name)) {
+      sim.fail("folder '" + folder + "' has no " + name + expected);
+    }
+  }
+  Observation obs;
+  const std::string truth_file = (fs::path(folder) / "truth.json").string();
+  try {
+    obs.truth = load_json_file(truth_file);
+  } catch (const FileError& e) {
+    throw ConfigError(sim.path(), e.what());
+  }
+  const double nx = truth_grid_value(obs.truth, sim, truth_file, "nx");
+  const double ny = truth_grid_value(obs.truth, sim, truth_file, "ny");
+  if (!(nx >= 1 && ny >= 1 && std::floor(nx) == nx && std::floor(ny) == ny)) {
+    sim.fail("'" + truth_file + "' has grid " + num(ny) + "x" + num(nx) +
+             "; allowed: positive integer sizes");
+  }
+  obs.grid.nx = static_cast<int64_t>(nx);
+  obs.grid.ny = static_cast<int64_t>(ny);
+  obs.grid.pixel_scale = truth_grid_value(obs.truth, sim, truth_file, "pixel_scale");
+  obs.grid.ra_at_xy_0 = truth_grid_value(obs.truth, sim, truth_file, "ra_at_xy_0");
+  obs.grid.dec_at_xy_0 = truth_grid_value(obs.truth, sim, truth_file, "dec_at_xy_0");
+  if (!(obs.grid.pixel_scale > 0)) {
+    sim.fail("'" + truth_file + "' has pixel_scale " + num(obs.grid.pixel_scale) +
+             "; allowed: > 0");
+  }
+
+  Inputs in;
+  const auto file = [&](const char* name) { return (fs::path(folder) / name).string(); };
+  in.image = read_2d(file("image.fits"), FitsHdu{}, sim.path(), "image");
+  if (in.image.data.size(0) != obs.grid.ny || in.image.data.size(1) != obs.grid.nx) {
+    sim.fail("image '" + in.image.label + "' is " + shape_text(in.image.data) + " but '" +
+             truth_file + "' says " + std::to_string(obs.grid.ny) + "x" +
+             std::to_string(obs.grid.nx) + " (rows x columns); allowed: the same shape");
+  }
+  in.noise.kind = Noise::Kind::kNoiseMap;
+  in.noise.map = read_2d(file("noise_map.fits"), FitsHdu{}, sim.path(), "noise map");
+  check_same_shape(in.image, "image", in.noise.map, "noise map");
+  if (data.has("mask")) {
+    in.mask = read_file_at(data, "mask", base_dir, "mask");
+    check_same_shape(in.image, "image", *in.mask, "mask");
+  }
+  if (fs::exists(file("psf.fits"))) {
+    obs.psf = checked_psf(read_2d(file("psf.fits"), FitsHdu{}, sim.path(), "PSF"));
+  }
+  obs.description = folder + " (dslens simulate)";
+  finish(obs, data, in);
+  return obs;
+}
+
+Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
+  data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time", "psf",
+                   "mask", "mask_radius", "pixel_scale", "cutout"});
+  if (!data.has("image")) {
+    data.fail(
+        "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "
+        "..., \"pixel_scale\": ...}), got " +
+        json_excerpt(data.value()));
+  }
+  Observation obs;
+  const double pixel_scale = data.number("pixel_scale", Range::positive());
+  Inputs in;
+  in.image = read_file_at(data, "image", base_dir, "image");
+
+  const bool has_rms = data.has("background_rms"), has_t = data.has("exposure_time");
+  if (has_rms != has_t) {
+    data.fail_at(has_rms ? "exposure_time" : "background_rms",
+                 "missing; 'background_rms' and 'exposure_time' are given together");
+  }
+  std::vector<std::string> given;
+  for (const char* key : {"noise_map", "weight_map", "background_rms"}) {
+    if (data.has(key)) given.push_back(key);
+  }
+  const std::string choices =
+      "allowed: exactly one of 'noise_map' (sigma), 'weight_map' (inverse variance) or "
+      "'background_rms' + 'exposure_time'";
+  if (given.empty()) data.fail("no noise model given; " + choices);
+  if (given.size() > 1) data.fail_at(given[1], "'" + given[0] + "' is given too; " + choices);
+  if (given[0] == "background_rms") {
+    in.noise.kind = Noise::Kind::kRmsExposure;
+    in.noise.background_rms = data.number("background_rms", Range::positive());
+    in.noise.exposure_time = data.number("exposure_time", Range::positive());
+  } else {
+    const bool weights = given[0] == "weight_map";
+    in.noise.kind = weights ? Noise::Kind::kWeightMap : Noise::Kind::kNoiseMap;
+    in.noise.map = read_file_at(data, given[0], base_dir, weights ? "weight map" : "noise map");
+    check_same_shape(in.image, "image", in.noise.map, weights ? "weight map" : "noise map");
+  }
+  if (data.has("mask")) {
+    in.mask = read_file_at(data, "mask", base_dir, "mask");
+    check_same_shape(in.image, "image", *in.mask, "mask");
+  }
+  if (data.has("psf")) obs.psf = read_psf(data, base_dir, pixel_scale);
+  obs.grid =
+      physics::PixelGrid::centered(in.image.data.size(0), in.image.data.size(1), pixel_scale);
+  obs.description = in.image.label;
+  in.centred_grid = true;
+  finish(obs, data, in);
+  return obs;
+}
+
+}  // namespace observation_detail
+
+Observation load_observation(const ConfigNode& data, const std::string& base_dir) {
+  using namespace observation_detail;
+  data.require_object();
+  Observation obs =
+      data.has("simulation") ? load_simulation(data, base_dir) : load_fits(data, base_dir);
+  spdlog::info("data: {}: {}x{} pixels (rows x columns), {} fitted, pixel scale {}\", PSF {}",
+               obs.description, obs.grid.ny, obs.grid.nx, obs.n_fitted(), obs.grid.pixel_scale,
+               obs.psf ? shape_text(*obs.psf) : std::string("none"));
+  return obs;
+}
+
+}  // namespace dslens::model

@@ -1,0 +1,220 @@
+// `dslens fit` end to end on a small mock (SIE lens, elliptical Sersic source, 7 free parameters,
+// 32x32 pixels): the truth must lie inside the 95 % intervals, an interrupted fit resumed with
+// --resume must give the same draws as an uninterrupted one, two lenses are fitted as one batch,
+// and bad input exits 2 without writing anything.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "dslens/core/npy.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace test_fit_detail {
+
+struct RunResult {
+  int code = -1;
+  std::string output;
+};
+
+std::string q(const std::string& s) {
+  return "'" + s + "'";
+}
+
+RunResult dslens(const std::string& args) {
+  const std::string cmd = q(DSLENS_EXECUTABLE) + " " + args + " --log-level warn 2>&1";
+  RunResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+void write_json(const std::string& path, const json& j) {
+  std::ofstream(path) << j.dump(2);
+}
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return json::parse(in);
+}
+
+json mock_config(int seed, double theta_e) {
+  return {{"grid", {{"nx", 32}, {"ny", 32}, {"pixel_scale", 0.1}}},
+          {"psf", {{"fwhm", 0.12}}},
+          {"mass",
+           {{{"type", "SIE"},
+             {"theta_E", theta_e},
+             {"e1", 0.08},
+             {"e2", -0.05},
+             {"center_x", 0.0},
+             {"center_y", 0.0}}}},
+          {"source",
+           {{{"type", "SERSIC_ELLIPSE"},
+             {"amp", 20.0},
+             {"R_sersic", 0.15},
+             {"n_sersic", 1.0},
+             {"e1", 0.0},
+             {"e2", 0.0},
+             {"center_x", 0.05},
+             {"center_y", 0.02}}}},
+          {"noise", {{"background_rms", 0.2}, {"exposure_time", 0.0}}},
+          {"seed", seed}};
+}
+
+json prior(const std::string& kind, double a, double b) {
+  if (kind == "uniform") return {{"prior", kind}, {"lower", a}, {"upper", b}};
+  if (kind == "lognormal") return {{"prior", kind}, {"mu", a}, {"sigma", b}};
+  return {{"prior", kind}, {"mean", a}, {"sigma", b}};
+}
+
+json fit_config(const std::string& simulation) {
+  return {
+      {"data", {{"simulation", simulation}}},
+      {"model",
+       {{"mass",
+         {{{"type", "SIE"},
+           {"theta_E", prior("uniform", 0.5, 1.5)},
+           {"e1", prior("uniform", -0.3, 0.3)},
+           {"e2", prior("uniform", -0.3, 0.3)},
+           {"center_x", 0.0},
+           {"center_y", 0.0}}}},
+        {"source",
+         {{{"type", "SERSIC_ELLIPSE"},
+           {"amp", prior("lognormal", std::log(20.0), 1.0)},
+           {"R_sersic", prior("lognormal", std::log(0.15), 0.5)},
+           {"n_sersic", 1.0},
+           {"e1", 0.0},
+           {"e2", 0.0},
+           {"center_x", prior("normal", 0.0, 0.2)},
+           {"center_y", prior("normal", 0.0, 0.2)}}}}}},
+      {"map", {{"starts", 4}, {"adam_iterations", 80}, {"lbfgs_iterations", 40}}},
+      {"sampler", {{"chains", 2}, {"warmup", 80}, {"draws", 120}, {"max_depth", 6}, {"seed", 3}}}};
+}
+
+// Simulates a mock into dir/name and writes dir/name.json fitting it.
+std::string make_mock(const std::string& dir, const std::string& name, int seed, double theta_e) {
+  write_json(dir + "/" + name + "-sim.json", mock_config(seed, theta_e));
+  const RunResult r = dslens("simulate " + q(dir + "/" + name + "-sim.json") + " --out " +
+                             q(dir + "/" + name + "-data"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  fs::create_directories(dir + "/configs");
+  const std::string cfg = dir + "/configs/" + name + ".json";
+  write_json(cfg, fit_config("../" + name + "-data"));
+  return cfg;
+}
+
+TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
+  const std::string dir = dslens::testing::temp_dir("fit");
+  const std::string cfg = make_mock(dir, "mock", 11, 1.0);
+
+  const RunResult full = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit"));
+  ASSERT_EQ(full.code, 0) << full.output;
+  for (const char* f : {"draws.npy", "draws.json", "stats.npy", "stats.json", "summary.json",
+                        "summary.txt", "map.json", "data.fits", "model.fits", "residuals.fits",
+                        "source.fits", "report.png", "warnings.json", "index.json", "fit.log"}) {
+    EXPECT_TRUE(fs::exists(dir + "/fit/" + f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/fit/checkpoint"));
+
+  const json summary = read_json(dir + "/fit/summary.json");
+  int with_truth = 0;
+  for (const auto& row : summary["parameters"]) {
+    ASSERT_TRUE(row.contains("truth")) << row.dump();
+    ++with_truth;
+    EXPECT_TRUE(row["in_95"].get<bool>()) << row.dump();
+    EXPECT_LT(row["rhat"].get<double>(), 1.1) << row.dump();  // 2 short chains
+  }
+  EXPECT_EQ(with_truth, 7);
+  EXPECT_LE(summary["divergences"].get<int64_t>(), 2);
+  const double chi2 = read_json(dir + "/fit/map.json")["reduced_chi_square"].get<double>();
+  EXPECT_GT(chi2, 0.85);
+  EXPECT_LT(chi2, 1.15);
+  const auto draws = dslens::read_npy(dir + "/fit/draws.npy");
+  EXPECT_EQ(draws.sizes(), (std::vector<int64_t>{2, 120, 7}));
+
+  // Interrupted after MAP, then resumed: the same draws as the uninterrupted run.
+  const RunResult stop =
+      dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2") + " --stop-after map");
+  ASSERT_EQ(stop.code, 0) << stop.output;
+  EXPECT_TRUE(fs::exists(dir + "/fit2/checkpoint/batch0-map.pt"));
+  EXPECT_FALSE(fs::exists(dir + "/fit2/summary.json"));
+  const RunResult again = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2"));
+  EXPECT_EQ(again.code, 2) << again.output;  // exists: refused without --resume/--overwrite
+  const RunResult resumed = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2") + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  const auto draws2 = dslens::read_npy(dir + "/fit2/draws.npy");
+  EXPECT_TRUE(torch::allclose(draws, draws2, 1e-9, 1e-12));
+  fs::remove_all(dir);
+}
+
+TEST(FitCommand, TwoLensesShareOneBatch) {
+  const std::string dir = dslens::testing::temp_dir("fit_batch");
+  make_mock(dir, "a", 21, 0.9);
+  make_mock(dir, "b", 22, 1.1);
+  const RunResult r = dslens("fit " + q(dir + "/configs") + " --out " + q(dir + "/fit") +
+                             " --warmup 40 --draws 60 --starts 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string lens : {"a", "b"}) {
+    const json s = read_json(dir + "/fit/" + lens + "/summary.json");
+    EXPECT_EQ(s["lenses_in_batch"].get<int64_t>(), 2);
+    for (const auto& row : s["parameters"]) {
+      if (row["variable"] == "theta_E_lens0") {
+        EXPECT_NEAR(row["mean"].get<double>(), lens == "a" ? 0.9 : 1.1,
+                    5 * row["sd"].get<double>());
+      }
+    }
+  }
+  // --shard 1/2 fits only the second config.
+  const RunResult sh = dslens("fit " + q(dir + "/configs") + " --out " + q(dir + "/shard") +
+                              " --shard 1/2 --warmup 30 --draws 20");
+  ASSERT_EQ(sh.code, 0) << sh.output;
+  EXPECT_TRUE(fs::exists(dir + "/shard/summary.json"));
+  EXPECT_EQ(read_json(dir + "/shard/summary.json")["lens"], "b");
+  fs::remove_all(dir);
+}
+
+TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
+  const std::string dir = dslens::testing::temp_dir("fit_bad");
+  const std::string cfg = make_mock(dir, "m", 5, 1.0);
+  json c = read_json(cfg);
+  c["model"]["mass"][0]["theta_e"] = 1.0;  // misspelt
+  write_json(dir + "/configs/bad.json", c);
+  RunResult r = dslens("fit " + q(dir + "/configs/bad.json") + " --out " + q(dir + "/o"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/model/mass/0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("theta_e"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
+
+  c = read_json(cfg);
+  c["model"]["mass"][0]["theta_E"] = {{"prior", "uniform"}, {"lower", 2.0}, {"upper", 1.0}};
+  write_json(dir + "/configs/bad2.json", c);
+  r = dslens("fit " + q(dir + "/configs/bad2.json") + " --out " + q(dir + "/o"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/model/mass/0/theta_E"), std::string::npos) << r.output;
+
+  c = read_json(cfg);
+  c["data"]["simulation"] = "../nowhere";
+  write_json(dir + "/configs/bad3.json", c);
+  r = dslens("fit " + q(dir + "/configs/bad3.json") + " --out " + q(dir + "/o"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/data/simulation"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
+
+  r = dslens("fit " + q(cfg) + " --out " + q(dir + "/o") + " --shard 2/2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace test_fit_detail

@@ -1,0 +1,477 @@
+#include <fitsio.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+
+#include "dslens/core/errors.h"
+#include "dslens/core/fits.h"
+#include "dslens/model/observation.h"
+#include "dslens/physics/image_model.h"
+#include "test_support.h"
+
+using dslens::ConfigError;
+using dslens::ConfigNode;
+using dslens::json;
+using dslens::model::load_observation;
+using dslens::model::Observation;
+
+namespace observation_test {
+
+torch::Tensor f64(std::vector<double> values, int64_t ny, int64_t nx) {
+  return torch::tensor(values, torch::kFloat64).reshape({ny, nx});
+}
+
+// A [ny, nx] image of distinct positive values: 100 * row + column + 1.
+torch::Tensor ramp(int64_t ny, int64_t nx) {
+  return (100.0 * torch::arange(ny, torch::kFloat64).unsqueeze(1) +
+          torch::arange(nx, torch::kFloat64).unsqueeze(0) + 1.0)
+      .contiguous();
+}
+
+Observation load(const json& data, const std::string& dir) {
+  return load_observation(ConfigNode(data, "/data"), dir);
+}
+
+// The ConfigError message of loading `data` ("" if none was thrown; other types fail the test).
+std::string config_error(const json& data, const std::string& dir, std::string* path = nullptr) {
+  try {
+    load(data, dir);
+  } catch (const ConfigError& e) {
+    if (path) *path = e.path();
+    return e.what();
+  }
+  ADD_FAILURE() << "no ConfigError for " << data.dump();
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Writes `images` as consecutive image HDUs through CFITSIO: an empty primary HDU, then one
+// extension per (EXTNAME, image).
+void write_extensions(const std::string& path,
+                      const std::vector<std::pair<std::string, torch::Tensor>>& images) {
+  fitsfile* f = nullptr;
+  int status = 0;
+  const std::string target = "!" + path;
+  fits_create_file(&f, target.c_str(), &status);
+  long none[1] = {0};
+  fits_create_img(f, DOUBLE_IMG, 0, none, &status);
+  for (const auto& [name, image] : images) {
+    torch::Tensor img = image.contiguous();
+    long naxes[2] = {static_cast<long>(img.size(1)), static_cast<long>(img.size(0))};
+    fits_create_img(f, DOUBLE_IMG, 2, naxes, &status);
+    fits_update_key(f, TSTRING, "EXTNAME", const_cast<char*>(name.c_str()), nullptr, &status);
+    long first[2] = {1, 1};
+    fits_write_pix(f, TDOUBLE, first, img.numel(), img.data_ptr<double>(), &status);
+  }
+  fits_close_file(f, &status);
+  ASSERT_EQ(status, 0);
+}
+
+}  // namespace observation_test
+
+using namespace observation_test;
+
+TEST(Observation, NoiseMapGivesSigmaAndACentredGrid) {
+  const auto dir = dslens::testing::temp_dir("obs_noise");
+  const auto image = ramp(4, 5);
+  const auto noise = 0.1 + 0.01 * ramp(4, 5);
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/sigma.fits", noise);
+  const json data = {
+      {"image", "image.fits"}, {"noise_map", {{"fits", "sigma.fits"}}}, {"pixel_scale", 0.05}};
+  const Observation obs = load(data, dir);
+  EXPECT_TRUE(torch::equal(obs.image, image));
+  EXPECT_TRUE(torch::equal(obs.sigma, noise));
+  EXPECT_TRUE(obs.mask.all().item<bool>());
+  EXPECT_EQ(obs.mask.scalar_type(), torch::kBool);
+  EXPECT_EQ(obs.image.scalar_type(), torch::kFloat64);
+  EXPECT_FALSE(obs.psf.has_value());
+  EXPECT_TRUE(obs.truth.is_null());
+  EXPECT_TRUE(obs.warnings.empty());
+  EXPECT_EQ(obs.grid.ny, 4);
+  EXPECT_EQ(obs.grid.nx, 5);
+  EXPECT_DOUBLE_EQ(obs.grid.pixel_scale, 0.05);
+  EXPECT_DOUBLE_EQ(obs.grid.ra_at_xy_0, -2.0 * 0.05);   // x = (j - (nx-1)/2) * scale
+  EXPECT_DOUBLE_EQ(obs.grid.dec_at_xy_0, -1.5 * 0.05);  // y = (i - (ny-1)/2) * scale
+  EXPECT_TRUE(contains(obs.description, "image.fits"));
+  const auto imaging = obs.imaging();
+  EXPECT_TRUE(torch::equal(imaging.sigma, noise));
+}
+
+TEST(Observation, WeightMapIsInverseVarianceAndZeroWeightIsMasked) {
+  const auto dir = dslens::testing::temp_dir("obs_weight");
+  const auto image = ramp(3, 3);
+  const auto weight = f64({4, 16, 0.25, 1, 0, 100, 1, -2, 1}, 3, 3);
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/weight.fits", weight);
+  const Observation obs =
+      load({{"image", "image.fits"}, {"weight_map", "weight.fits"}, {"pixel_scale", 0.1}}, dir);
+  const auto expected_sigma = f64({0.5, 0.25, 2, 1, 1, 0.1, 1, 1, 1}, 3, 3);
+  EXPECT_TRUE(torch::allclose(obs.sigma, expected_sigma, 0, 1e-15)) << obs.sigma;
+  const auto expected_mask =
+      torch::tensor({1, 1, 1, 1, 0, 1, 1, 0, 1}, torch::kBool).reshape({3, 3});
+  EXPECT_TRUE(torch::equal(obs.mask, expected_mask)) << obs.mask;
+  EXPECT_EQ(obs.image[1][1].item<double>(), 0.0);  // masked pixels are zeroed
+  EXPECT_EQ(obs.image[2][2].item<double>(), image[2][2].item<double>());
+  // Weight 0 is the convention for "not measured": no warning; a negative weight is warned about.
+  ASSERT_EQ(obs.warnings.size(), 1u);
+  EXPECT_TRUE(contains(obs.warnings[0], "weight.fits")) << obs.warnings[0];
+  EXPECT_TRUE(contains(obs.warnings[0], "1 of 8")) << obs.warnings[0];
+}
+
+TEST(Observation, BackgroundRmsAndExposureTimeGiveSigma) {
+  const auto dir = dslens::testing::temp_dir("obs_rms");
+  const auto image = f64({-0.5, 0.0, 0.2, 3.0, 10.0, 1e-3}, 2, 3);
+  dslens::write_fits_image(dir + "/image.fits", image);
+  const double rms = 0.006, t = 2000.0;
+  const Observation obs = load({{"image", "image.fits"},
+                                {"background_rms", rms},
+                                {"exposure_time", t},
+                                {"pixel_scale", 0.03}},
+                               dir);
+  auto img = image.accessor<double, 2>();
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      const double expected = std::sqrt(rms * rms + std::max(img[i][j], 0.0) / t);
+      EXPECT_NEAR(obs.sigma[i][j].item<double>(), expected, 1e-15 * expected) << i << "," << j;
+    }
+  }
+  EXPECT_TRUE(obs.mask.all().item<bool>());
+  // Both keys are needed, and only one noise model is allowed.
+  auto msg =
+      config_error({{"image", "image.fits"}, {"background_rms", rms}, {"pixel_scale", 0.03}}, dir);
+  EXPECT_TRUE(contains(msg, "/data/exposure_time")) << msg;
+  std::string path;
+  msg = config_error({{"image", "image.fits"},
+                      {"noise_map", "image.fits"},
+                      {"background_rms", rms},
+                      {"exposure_time", t},
+                      {"pixel_scale", 0.03}},
+                     dir, &path);
+  EXPECT_EQ(path, "/data/background_rms") << msg;
+  EXPECT_TRUE(contains(msg, "exactly one")) << msg;
+  msg = config_error({{"image", "image.fits"}, {"pixel_scale", 0.03}}, dir, &path);
+  EXPECT_EQ(path, "/data") << msg;
+  EXPECT_TRUE(contains(msg, "noise_map")) << msg;
+}
+
+TEST(Observation, NonFinitePixelsAreMaskedWithACountedWarning) {
+  const auto dir = dslens::testing::temp_dir("obs_nan");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  auto image = ramp(4, 5);
+  image[0][0] = nan;
+  image[1][2] = nan;
+  image[3][4] = inf;
+  auto noise = torch::full({4, 5}, 0.5, torch::kFloat64);
+  noise[0][0] = nan;  // already masked by the image: not counted again
+  noise[2][1] = nan;
+  noise[2][2] = 0.0;
+  noise[3][0] = -1.0;
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/noise.fits", noise);
+  const Observation obs =
+      load({{"image", "image.fits"}, {"noise_map", "noise.fits"}, {"pixel_scale", 0.1}}, dir);
+  EXPECT_EQ(obs.n_fitted(), 20 - 3 - 3);
+  for (auto [i, j] :
+       std::vector<std::pair<int, int>>{{0, 0}, {1, 2}, {3, 4}, {2, 1}, {2, 2}, {3, 0}}) {
+    EXPECT_FALSE(obs.mask[i][j].item<bool>()) << i << "," << j;
+    EXPECT_EQ(obs.image[i][j].item<double>(), 0.0);
+    EXPECT_EQ(obs.sigma[i][j].item<double>(), 1.0);
+  }
+  EXPECT_TRUE(torch::isfinite(obs.image).all().item<bool>());
+  EXPECT_TRUE((obs.sigma > 0).all().item<bool>());
+  ASSERT_EQ(obs.warnings.size(), 2u);
+  EXPECT_TRUE(contains(obs.warnings[0], "image.fits")) << obs.warnings[0];
+  EXPECT_TRUE(contains(obs.warnings[0], "3 of 20")) << obs.warnings[0];
+  EXPECT_TRUE(contains(obs.warnings[1], "noise.fits")) << obs.warnings[1];
+  EXPECT_TRUE(contains(obs.warnings[1], "3 of 17")) << obs.warnings[1];
+}
+
+TEST(Observation, MismatchedShapesNameBothFiles) {
+  const auto dir = dslens::testing::temp_dir("obs_shape");
+  dslens::write_fits_image(dir + "/image.fits", ramp(4, 5));
+  dslens::write_fits_image(dir + "/noise.fits", ramp(4, 6));
+  dslens::write_fits_image(dir + "/mask.fits", torch::ones({5, 5}));
+  std::string path;
+  auto msg = config_error(
+      {{"image", "image.fits"}, {"noise_map", "noise.fits"}, {"pixel_scale", 0.1}}, dir, &path);
+  EXPECT_EQ(path, "/data/noise_map");
+  EXPECT_TRUE(contains(msg, dir + "/image.fits") && contains(msg, "4x5")) << msg;
+  EXPECT_TRUE(contains(msg, dir + "/noise.fits") && contains(msg, "4x6")) << msg;
+  msg = config_error({{"image", "image.fits"},
+                      {"noise_map", "image.fits"},
+                      {"mask", {{"fits", "mask.fits"}}},
+                      {"pixel_scale", 0.1}},
+                     dir, &path);
+  EXPECT_EQ(path, "/data/mask/fits");
+  EXPECT_TRUE(contains(msg, "mask.fits") && contains(msg, "5x5") && contains(msg, "4x5")) << msg;
+}
+
+TEST(Observation, CutoutPicksThePixelsOfImageNoiseAndMask) {
+  const auto dir = dslens::testing::temp_dir("obs_cutout");
+  const auto image = ramp(10, 12);
+  const auto noise = 1.0 + ramp(10, 12) / 1000.0;
+  auto mask = torch::ones({10, 12}, torch::kFloat64);
+  mask[4][5] = 0.0;  // inside the cutout, at its row 1, column 1
+  mask[0][0] = 0.0;  // outside
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/noise.fits", noise);
+  dslens::write_fits_image(dir + "/mask.fits", mask);
+  json data = {{"image", "image.fits"},
+               {"noise_map", "noise.fits"},
+               {"mask", "mask.fits"},
+               {"pixel_scale", 0.2},
+               {"cutout", {{"center", {5, 4}}, {"size", {3, 2}}}}};
+  const Observation obs = load(data, dir);
+  // Columns 5 - 3/2 = 4 .. 6, rows 4 - 2/2 = 3 .. 4.
+  ASSERT_EQ(obs.image.sizes(), (std::vector<int64_t>{2, 3}));
+  const auto expected = f64({305, 306, 307, 405, 0, 407}, 2, 3);
+  EXPECT_TRUE(torch::equal(obs.image, expected)) << obs.image;
+  EXPECT_DOUBLE_EQ(obs.sigma[0][0].item<double>(), 1.305);
+  EXPECT_DOUBLE_EQ(obs.sigma[1][1].item<double>(), 1.0);  // masked
+  EXPECT_EQ(obs.n_fitted(), 5);
+  EXPECT_EQ(obs.grid.ny, 2);
+  EXPECT_EQ(obs.grid.nx, 3);
+  EXPECT_DOUBLE_EQ(obs.grid.ra_at_xy_0, -0.2);  // centred on the cutout
+  EXPECT_DOUBLE_EQ(obs.grid.dec_at_xy_0, -0.1);
+  EXPECT_TRUE(contains(obs.description, "cutout")) << obs.description;
+
+  // Without a center the cutout is centred on the image (column 6, row 5).
+  data["cutout"] = {{"size", {1, 1}}};
+  EXPECT_EQ(load(data, dir).image.item<double>(), 507.0);
+  // A cutout leaving the image is an error naming the JSON path and the value.
+  data["cutout"] = {{"center", {10, 4}}, {"size", {6, 2}}};
+  std::string path;
+  const auto msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/cutout");
+  EXPECT_TRUE(contains(msg, "[10,4]") && contains(msg, "columns 7..12")) << msg;
+}
+
+TEST(Observation, MaskRadiusKeepsAnAnnulus) {
+  const auto dir = dslens::testing::temp_dir("obs_annulus");
+  dslens::write_fits_image(dir + "/image.fits", ramp(9, 9));
+  const double scale = 0.5, inner = 0.8, outer = 1.6;
+  const Observation obs = load({{"image", "image.fits"},
+                                {"noise_map", "image.fits"},
+                                {"pixel_scale", scale},
+                                {"mask_radius", {{"inner", inner}, {"outer", outer}}}},
+                               dir);
+  int64_t kept = 0;
+  for (int i = 0; i < 9; ++i) {
+    for (int j = 0; j < 9; ++j) {
+      const double r = scale * std::hypot(i - 4.0, j - 4.0);
+      const bool in = r >= inner && r <= outer;
+      kept += in;
+      EXPECT_EQ(obs.mask[i][j].item<bool>(), in) << i << "," << j << " r=" << r;
+    }
+  }
+  EXPECT_EQ(obs.n_fitted(), kept);
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, 81);
+  // Only an outer radius; an inverted annulus is an error.
+  const Observation disc = load({{"image", "image.fits"},
+                                 {"noise_map", "image.fits"},
+                                 {"pixel_scale", scale},
+                                 {"mask_radius", {{"outer", 0.5}}}},
+                                dir);
+  EXPECT_EQ(disc.n_fitted(), 5);  // the centre and its 4 neighbours at r = 0.5
+  std::string path;
+  const auto msg = config_error({{"image", "image.fits"},
+                                 {"noise_map", "image.fits"},
+                                 {"pixel_scale", scale},
+                                 {"mask_radius", {{"inner", 2.0}, {"outer", 1.0}}}},
+                                dir, &path);
+  EXPECT_EQ(path, "/data/mask_radius") << msg;
+}
+
+TEST(Observation, SelectsHdusByNumberAndExtname) {
+  const auto dir = dslens::testing::temp_dir("obs_hdu");
+  const auto sci = ramp(3, 4);
+  const auto err = 0.1 * torch::ones({3, 4}, torch::kFloat64) + 0.001 * ramp(3, 4);
+  write_extensions(dir + "/multi.fits", {{"SCI", sci}, {"ERR", err}});
+  const Observation obs = load({{"image", {{"fits", "multi.fits"}, {"hdu", "SCI"}}},
+                                {"noise_map", {{"fits", "multi.fits"}, {"hdu", 2}}},
+                                {"pixel_scale", 0.1}},
+                               dir);
+  EXPECT_TRUE(torch::equal(obs.image, sci));
+  EXPECT_TRUE(torch::equal(obs.sigma, err));
+  EXPECT_TRUE(contains(obs.description, "multi.fits[SCI]")) << obs.description;
+  const Observation by_number = load({{"image", {{"fits", "multi.fits"}, {"hdu", 1}}},
+                                      {"noise_map", {{"fits", "multi.fits"}, {"hdu", "ERR"}}},
+                                      {"pixel_scale", 0.1}},
+                                     dir);
+  EXPECT_TRUE(torch::equal(by_number.image, sci));
+  EXPECT_TRUE(torch::equal(by_number.sigma, err));
+  std::string path;
+  auto msg = config_error({{"image", {{"fits", "multi.fits"}, {"hdu", "NOPE"}}},
+                           {"noise_map", "multi.fits"},
+                           {"pixel_scale", 0.1}},
+                          dir, &path);
+  EXPECT_EQ(path, "/data/image/fits");
+  EXPECT_TRUE(contains(msg, "multi.fits") && contains(msg, "NOPE")) << msg;
+  msg = config_error({{"image", {{"fits", "multi.fits"}, {"hdu", -1}}},
+                      {"noise_map", "multi.fits"},
+                      {"pixel_scale", 0.1}},
+                     dir, &path);
+  EXPECT_EQ(path, "/data/image/hdu");
+  EXPECT_TRUE(contains(msg, "-1") && contains(msg, "EXTNAME")) << msg;
+}
+
+TEST(Observation, PsfIsCheckedAndNormalised) {
+  const auto dir = dslens::testing::temp_dir("obs_psf");
+  dslens::write_fits_image(dir + "/image.fits", ramp(6, 6));
+  const auto kernel = f64({1, 2, 1, 2, 4, 2, 1, 2, 1}, 3, 3);
+  dslens::write_fits_image(dir + "/psf.fits", kernel);
+  dslens::write_fits_image(dir + "/even.fits", torch::ones({4, 5}));
+  dslens::write_fits_image(dir + "/zero.fits", f64({1, -1, 0, 0, 0, 0, 0, 0, 0}, 3, 3));
+  json data = {{"image", "image.fits"},
+               {"noise_map", "image.fits"},
+               {"pixel_scale", 0.1},
+               {"psf", {{"fits", "psf.fits"}}}};
+  const Observation obs = load(data, dir);
+  ASSERT_TRUE(obs.psf.has_value());
+  EXPECT_TRUE(torch::allclose(*obs.psf, kernel / 16.0, 0, 1e-16));
+  std::string path;
+  data["psf"] = {{"fits", "even.fits"}};
+  auto msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/psf/fits");
+  EXPECT_TRUE(contains(msg, "even.fits") && contains(msg, "4x5") && contains(msg, "odd")) << msg;
+  data["psf"] = {{"fits", "zero.fits"}};
+  msg = config_error(data, dir, &path);
+  EXPECT_TRUE(contains(msg, "zero.fits") && contains(msg, "sums to 0")) << msg;
+  data["psf"] = {{"fits", "missing.fits"}};
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/psf/fits");
+  EXPECT_TRUE(contains(msg, "missing.fits")) << msg;
+  // A Gaussian is physics::gaussian_psf_kernel on the data's pixels.
+  data["psf"] = {{"fwhm", 0.25}};
+  const Observation gauss = load(data, dir);
+  ASSERT_TRUE(gauss.psf.has_value());
+  EXPECT_TRUE(torch::equal(*gauss.psf, dslens::physics::gaussian_psf_kernel(0.25, 0.1, {})));
+  data["psf"] = {{"fwhm", 0.25}, {"fits", "psf.fits"}};
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/psf") << msg;
+  data["psf"] = {{"fwhm", 0.25}, {"size", 4}};
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/psf/size") << msg;
+}
+
+TEST(Observation, ConfigErrorsNameTheJsonPath) {
+  const auto dir = dslens::testing::temp_dir("obs_keys");
+  dslens::write_fits_image(dir + "/image.fits", ramp(4, 4));
+  const json good = {{"image", "image.fits"}, {"noise_map", "image.fits"}, {"pixel_scale", 0.1}};
+  EXPECT_NO_THROW(load(good, dir));
+  std::string path;
+  json data = good;
+  data["nois_map"] = "x.fits";
+  auto msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/nois_map");
+  EXPECT_TRUE(contains(msg, "unknown key") && contains(msg, "noise_map")) << msg;
+  data = good;
+  data["cutout"] = {{"centre", {1, 1}}, {"size", {2, 2}}};
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/cutout/centre") << msg;
+  data = good;
+  data["pixel_scale"] = -0.1;
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/pixel_scale");
+  EXPECT_TRUE(contains(msg, "-0.1") && contains(msg, "> 0")) << msg;
+  data = good;
+  data.erase("pixel_scale");
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/pixel_scale") << msg;
+  data = good;
+  data["image"] = 3;
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/image") << msg;
+  msg = config_error({{"simulation", "sim"}, {"pixel_scale", 0.1}}, dir, &path);
+  EXPECT_EQ(path, "/data/pixel_scale") << msg;
+  msg = config_error({{"simulation", "no_such_folder"}}, dir, &path);
+  EXPECT_EQ(path, "/data/simulation");
+  EXPECT_TRUE(contains(msg, "no_such_folder")) << msg;
+}
+
+TEST(Observation, SimulationFolderRoundTripsTheGrid) {
+  const auto dir = dslens::testing::temp_dir("obs_sim");
+  const auto sim = dir + "/runs/mock";
+  std::filesystem::create_directories(sim);
+  const auto image = ramp(6, 8);
+  const auto noise = 0.01 + 0.0 * image;
+  dslens::write_fits_image(sim + "/image.fits", image);
+  dslens::write_fits_image(sim + "/noise_map.fits", noise);
+  dslens::write_fits_image(sim + "/psf.fits", f64({0, 1, 0, 1, 4, 1, 0, 1, 0}, 3, 3));
+  auto value = [](double v, const std::string& unit) { return json{{"value", v}, {"unit", unit}}; };
+  json truth;
+  truth["grid"] = {{"nx", value(8, "pixels")},
+                   {"ny", value(6, "pixels")},
+                   {"pixel_scale", value(0.07, "arcsec/pixel")},
+                   {"ra_at_xy_0", value(-0.3, "arcsec")},
+                   {"dec_at_xy_0", value(-0.2, "arcsec")},
+                   {"supersampling", value(2, "sub-pixels per pixel side")}};
+  truth["mass"] = json::array({{{"type", "SIE"}, {"theta_E", value(1.1, "arcsec")}}});
+  std::ofstream(sim + "/truth.json") << truth.dump(2) << "\n";
+
+  json data = {{"simulation", "runs/mock"}};
+  const Observation obs = load(data, dir);
+  EXPECT_EQ(obs.grid.nx, 8);
+  EXPECT_EQ(obs.grid.ny, 6);
+  EXPECT_DOUBLE_EQ(obs.grid.pixel_scale, 0.07);
+  EXPECT_DOUBLE_EQ(obs.grid.ra_at_xy_0, -0.3);
+  EXPECT_DOUBLE_EQ(obs.grid.dec_at_xy_0, -0.2);
+  EXPECT_EQ(obs.truth, truth);
+  EXPECT_TRUE(torch::equal(obs.image, image));
+  EXPECT_TRUE(torch::equal(obs.sigma, noise));
+  ASSERT_TRUE(obs.psf.has_value());
+  EXPECT_DOUBLE_EQ((*obs.psf)[1][1].item<double>(), 0.5);
+  EXPECT_TRUE(contains(obs.description, "runs/mock (dslens simulate)")) << obs.description;
+
+  // A cutout keeps every pixel at its original position.
+  data["cutout"] = {{"center", {5, 3}}, {"size", {3, 3}}};
+  const Observation cut = load(data, dir);
+  const dslens::Compute cpu{};
+  const auto [x_full, y_full] = obs.grid.coordinates(cpu);
+  const auto [x_cut, y_cut] = cut.grid.coordinates(cpu);
+  EXPECT_TRUE(torch::allclose(x_cut, x_full.slice(0, 2, 5).slice(1, 4, 7), 0, 1e-14));
+  EXPECT_TRUE(torch::allclose(y_cut, y_full.slice(0, 2, 5).slice(1, 4, 7), 0, 1e-14));
+  EXPECT_TRUE(torch::equal(cut.image, image.slice(0, 2, 5).slice(1, 4, 7)));
+
+  // truth.json and image.fits must agree.
+  truth["grid"]["nx"] = value(9, "pixels");
+  std::ofstream(sim + "/truth.json") << truth.dump(2) << "\n";
+  std::string path;
+  const auto msg = config_error({{"simulation", "runs/mock"}}, dir, &path);
+  EXPECT_EQ(path, "/data/simulation");
+  EXPECT_TRUE(contains(msg, "6x8") && contains(msg, "6x9") && contains(msg, "truth.json")) << msg;
+}
+
+TEST(Observation, LoadsTheSharedSlacsLensWithACutout) {
+  const auto folder = dslens::testing::shared_dir() + "/data/lenses/slacs_j1430+4105";
+  DSLENS_REQUIRE_FILE(folder + "/image.fits");
+  const Observation obs = load({{"image", "image.fits"},
+                                {"noise_map", {{"fits", "noise_map.fits"}}},
+                                {"psf", {{"fits", "psf.fits"}}},
+                                {"pixel_scale", 0.03},
+                                {"cutout", {{"center", {150, 150}}, {"size", {120, 100}}}}},
+                               folder);
+  ASSERT_EQ(obs.image.sizes(), (std::vector<int64_t>{100, 120}));
+  EXPECT_EQ(obs.sigma.sizes(), obs.image.sizes());
+  EXPECT_EQ(obs.grid.nx, 120);
+  EXPECT_EQ(obs.grid.ny, 100);
+  ASSERT_TRUE(obs.psf.has_value());
+  EXPECT_EQ(obs.psf->sizes(), (std::vector<int64_t>{21, 21}));
+  EXPECT_NEAR(obs.psf->sum().item<double>(), 1.0, 1e-12);
+  EXPECT_TRUE(torch::isfinite(obs.image).all().item<bool>());
+  EXPECT_TRUE((obs.sigma > 0).all().item<bool>());
+  EXPECT_GT(obs.n_fitted(), 100 * 120 * 9 / 10);
+  // The fitted pixels are the file's pixels at rows 100..199, columns 90..209.
+  const auto raw = dslens::read_fits_image(folder + "/image.fits");
+  const auto expected = raw.slice(0, 100, 200).slice(1, 90, 210);
+  EXPECT_TRUE(torch::equal(obs.image.masked_select(obs.mask), expected.masked_select(obs.mask)));
+}
