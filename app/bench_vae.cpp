@@ -50,9 +50,9 @@ int run(int argc, char** argv) {
                         cxxopts::value<std::vector<int64_t>>()->default_value("1,4,64,1024"))(
       "seconds", "minimum time per measurement", cxxopts::value<double>()->default_value("1.0"))(
       "checkpoint", "a trained VAE checkpoint (folder or checkpoint.json); default: random weights",
-      cxxopts::value<std::string>())(
-      "config", "a train-vae config whose \"model\" to use (random weights)",
-      cxxopts::value<std::string>())(
+      cxxopts::value<std::string>())("config",
+                                     "a train-vae config whose \"model\" to use (random weights)",
+                                     cxxopts::value<std::string>())(
       "kernels", "CPU layers: dslens (nn/cpu_ops.h) or libtorch",
       cxxopts::value<std::string>()->default_value("dslens"))("json", "print the results as JSON");
   add_compute_options(options, "float32");
@@ -147,14 +147,13 @@ int run(int argc, char** argv) {
             << vae->arch().to_json()["channels"].dump() << ", " << vae->parameter_count()
             << " parameters) on " << compute.device.str() << ", " << dtype_name(compute.dtype)
             << ", " << torch::get_num_threads() << " threads, " << kernels << " kernels\n";
-  std::cout << std::setw(8) << "batch" << std::setw(14) << "fwd lat/s" << std::setw(12)
-            << "fwd ms" << std::setw(20) << "fwd+grad(z) lat/s" << std::setw(16)
-            << "fwd+grad ms\n";
+  std::cout << std::setw(8) << "batch" << std::setw(14) << "fwd lat/s" << std::setw(12) << "fwd ms"
+            << std::setw(20) << "fwd+grad(z) lat/s" << std::setw(16) << "fwd+grad ms\n";
   for (const auto& r : rows) {
     std::cout << std::setw(8) << r.batch << std::fixed << std::setprecision(1) << std::setw(14)
               << r.forward_per_s << std::setprecision(3) << std::setw(12) << r.forward_ms()
-              << std::setprecision(1) << std::setw(20) << r.gradient_per_s
-              << std::setprecision(3) << std::setw(15) << r.gradient_ms() << "\n";
+              << std::setprecision(1) << std::setw(20) << r.gradient_per_s << std::setprecision(3)
+              << std::setw(15) << r.gradient_ms() << "\n";
   }
   return 0;
 }

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -396,7 +397,7 @@ json check_targets(const json& levels) {
   }
   for (const auto& key : kErrorTargets) {
     const double v = number_or_nan(top->at("aggregate").at(key), "median_abs_relative_error");
-    out.push_back({{"target", "median |relative error| of " + key + " < 1 % at SNR " +
+    out.push_back({{"target", "median abs. relative error of " + key + " < 1 % at SNR " +
                                   num(top->at("snr").get<double>())},
                    {"value", std::isfinite(v) ? json(v) : json(nullptr)},
                    {"pass", std::isfinite(v) && v < kTargetRelativeError}});
@@ -527,7 +528,9 @@ int run(int argc, char** argv) {
       "starts", "MAP starts per lens", cxxopts::value<int64_t>()->default_value("16"))(
       "seed", "seed of the truths, the noise and the fits",
       cxxopts::value<uint64_t>()->default_value("1"))(
-      "resume", "continue a study in --out: keep finished levels and mocks, resume fits");
+      "resume",
+      "continue a study in --out: keep finished levels and mocks, resume fits "
+      "(other --snr levels may be given)");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
@@ -585,12 +588,15 @@ int run(int argc, char** argv) {
                        "' already exists; pass --resume to continue that study, or choose "
                        "another --out");
     }
+    // Levels are independent: --resume may add or drop SNR levels, nothing else may change.
     const fs::path old = out / "settings.json";
     if (fs::exists(old)) {
-      json previous = load_json_file(old.string());
-      if (previous != settings) {
+      json previous = load_json_file(old.string()), asked = settings;
+      previous.erase("snr");
+      asked.erase("snr");
+      if (previous != asked) {
         throw InputError("--resume: '" + old.string() + "' holds other settings (" +
-                         previous.dump() + ") than asked (" + settings.dump() +
+                         previous.dump() + ") than asked (" + asked.dump() +
                          "); rerun with those, or choose another --out");
       }
     }
@@ -620,6 +626,10 @@ int run(int argc, char** argv) {
   const auto study_t0 = std::chrono::steady_clock::now();
   for (size_t li = 0; li < s.snr.size(); ++li) {
     const double snr = s.snr[li];
+    // Noise and fit seeds depend on the level's value, not its place in --snr (--resume may add
+    // levels).
+    uint64_t level_key = 0;
+    std::memcpy(&level_key, &snr, sizeof level_key);
     const fs::path level = out / ("snr" + num(snr, 6));
     const fs::path fit_dir = level / "fit";
     const bool fitted = fs::exists(fit_dir / "index.json");
@@ -643,7 +653,7 @@ int run(int argc, char** argv) {
         const double rms = peak / snr;
         const double exposure = peak / std::pow(kPoissonToBackground * rms, 2);
         sim["noise"] = {{"background_rms", rms}, {"exposure_time", exposure}};
-        sim["seed"] = mix(s.seed + 1000003ULL * (li + 1), static_cast<uint64_t>(k)) >> 12;
+        sim["seed"] = mix(mix(s.seed, level_key), static_cast<uint64_t>(k)) >> 12;
         sim["comment"] = "dslens mock-study: mock " + std::to_string(k) + " at SNR " + num(snr) +
                          " (noise-free peak " + num(peak) + " counts/s)";
         const fs::path sim_cfg = level / "sim-configs" / (name + ".json");
@@ -656,7 +666,8 @@ int run(int argc, char** argv) {
       }
       for (int64_t k = 0; k < s.mocks; ++k) {
         const std::string name = mock_name(k);
-        const json fit = fit_config((level / "sims" / name).string(), s, s.seed + 7919ULL * li);
+        const json fit =
+            fit_config((level / "sims" / name).string(), s, mix(s.seed, level_key) >> 12);
         write_text_atomically((level / "fit-configs" / (name + ".json")).string(),
                               fit.dump(2) + "\n");
       }

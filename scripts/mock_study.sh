@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
 dslens="$BUILD_DIR/dslens"
+invocation="scripts/mock_study.sh${*:+ $*}"
 
 mocks=30
 if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then
@@ -61,7 +62,7 @@ commands+=("$dslens ${study[*]}")
   echo
   echo "## How this file was made"
   echo
-  echo "\`scripts/mock_study.sh $mocks\` (on $(nproc) CPU cores of $(hostname)), which ran:"
+  echo "\`$invocation\` (on $(nproc) CPU cores of $(hostname)), which ran:"
   echo
   echo '```'
   printf '%s\n' "${commands[@]}"

@@ -206,8 +206,10 @@ DSLENS_INLINE int block_width(int64_t left) {
   return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
 }
 
-// Every m range handed to the kernels is a multiple of this (all tile widths divide it).
-constexpr int64_t kRound = 96;
+// Every m range handed to the kernels is a multiple of kRound (whole vectors of both dtypes; the
+// reduce product needs it); blocks of m are multiples of kBlock (all tile widths divide it).
+constexpr int64_t kRound = 8;
+constexpr int64_t kBlock = 96;
 inline int64_t round_up(int64_t n, int64_t to) {
   return (n + to - 1) / to * to;
 }
@@ -218,7 +220,7 @@ DSLENS_INLINE void gather_gemm_impl(const T* const* xs, int64_t K, const T* pack
                                     int64_t ystride, int64_t M) {
   // Blocks of m whose K input rows stay in the L2 cache while every output block is computed.
   int64_t chunk = (int64_t{1} << 17) / std::max<int64_t>(1, K * int64_t(sizeof(T)));
-  chunk = std::max<int64_t>(kRound, chunk / kRound * kRound);
+  chunk = std::max<int64_t>(kBlock, chunk / kBlock * kBlock);
   T* ys[8];
   for (int64_t c0 = 0; c0 < M; c0 += chunk) {
     const int64_t c1 = std::min(M, c0 + chunk);
@@ -253,8 +255,8 @@ DSLENS_CPU_CLONES void gather_gemm_f64(const double* const* xs, int64_t K, const
                                        int64_t N, double* y, int64_t ystride, int64_t M) {
   gather_gemm_impl<double>(xs, K, packed, N, y, ystride, M);
 }
-inline void gather_gemm(const float* const* xs, int64_t K, const float* packed, int64_t N,
-                        float* y, int64_t ystride, int64_t M) {
+inline void gather_gemm(const float* const* xs, int64_t K, const float* packed, int64_t N, float* y,
+                        int64_t ystride, int64_t M) {
   gather_gemm_f32(xs, K, packed, N, y, ystride, M);
 }
 inline void gather_gemm(const double* const* xs, int64_t K, const double* packed, int64_t N,
@@ -405,7 +407,8 @@ DSLENS_INLINE void silu_grad_span(const T* x, const T* gout, T* gy, int64_t n, T
   V sg = V{}, sgx = V{};
   int64_t i = 0;
   for (; i + L <= n; i += L)
-    store(gy + i, silu_grad_step<T>(load(x + i), load(gout + i), scale, shift, mean, rstd, sg, sgx));
+    store(gy + i,
+          silu_grad_step<T>(load(x + i), load(gout + i), scale, shift, mean, rstd, sg, sgx));
   if (i < n) {
     const V o = silu_grad_step<T>(load_part(x + i, n - i), load_part(gout + i, n - i), scale, shift,
                                   mean, rstd, sg, sgx);
@@ -432,9 +435,8 @@ DSLENS_INLINE void norm_grad_span(const T* x, T* g, int64_t n, T gamma, T mean, 
 }
 
 template <typename T>
-DSLENS_INLINE void gn_silu_forward_impl(const T* x, T* out, T* stats, const T* gamma,
-                                        const T* beta, int64_t B, int64_t C, int64_t HW, int64_t G,
-                                        double eps) {
+DSLENS_INLINE void gn_silu_forward_impl(const T* x, T* out, T* stats, const T* gamma, const T* beta,
+                                        int64_t B, int64_t C, int64_t HW, int64_t G, double eps) {
   if (G == 0) {
     affine_silu<T>(x, out, B * C * HW, T(1), T(0));
     return;
@@ -458,9 +460,9 @@ DSLENS_INLINE void gn_silu_forward_impl(const T* x, T* out, T* stats, const T* g
 }
 
 template <typename T>
-DSLENS_INLINE void gn_silu_backward_impl(const T* x, const T* gout, const T* stats,
-                                         const T* gamma, const T* beta, T* gx, T* dgamma, T* dbeta,
-                                         int64_t B, int64_t C, int64_t HW, int64_t G) {
+DSLENS_INLINE void gn_silu_backward_impl(const T* x, const T* gout, const T* stats, const T* gamma,
+                                         const T* beta, T* gx, T* dgamma, T* dbeta, int64_t B,
+                                         int64_t C, int64_t HW, int64_t G) {
   if (G == 0) {
     T sg, sgx;
     silu_grad_span<T>(x, gout, gx, B * C * HW, T(1), T(0), T(0), T(1), sg, sgx);
@@ -553,8 +555,8 @@ DSLENS_CPU_CLONES void outer_accumulate_f32(const float* g, const float* x, floa
                                             int64_t N, int64_t K) {
   outer_accumulate_impl<float>(g, x, dw, B, N, K);
 }
-DSLENS_CPU_CLONES void outer_accumulate_f64(const double* g, const double* x, double* dw,
-                                            int64_t B, int64_t N, int64_t K) {
+DSLENS_CPU_CLONES void outer_accumulate_f64(const double* g, const double* x, double* dw, int64_t B,
+                                            int64_t N, int64_t K) {
   outer_accumulate_impl<double>(g, x, dw, B, N, K);
 }
 inline void outer_accumulate(const float* g, const float* x, float* dw, int64_t B, int64_t N,
@@ -642,9 +644,11 @@ struct Geom {
 template <typename T>
 int64_t items_per_pass(int64_t items, int64_t H, int64_t W, int64_t channels) {
   constexpr int64_t kBytes = 192 * 1024;
-  const int64_t per =
-      kBytes / int64_t(sizeof(T)) / std::max<int64_t>(1, (H + 1) * (W + 1) * channels);
-  return std::max<int64_t>(1, std::min(items, per));
+  const int64_t P = (H + 1) * (W + 1);
+  const int64_t per = kBytes / int64_t(sizeof(T)) / std::max<int64_t>(1, P * channels);
+  // ... but at least ~512 outputs per product, or the fixed costs per pass dominate.
+  const int64_t least = (512 + P - 1) / P;
+  return std::max<int64_t>(1, std::min(items, std::max(per, least)));
 }
 
 // An uninitialised buffer reused across passes.
@@ -732,8 +736,7 @@ void unpad(const Geom& g, const T* y, T* out, int64_t C, const T* bias) {
 
 // y [C][Mr] (plane layout) -> phase (a, d) of out [items, C, 2H, 2W] (+ bias[c]).
 template <typename T>
-void interleave(const Geom& g, const T* y, int64_t a, int64_t d, T* out, int64_t C,
-                const T* bias) {
+void interleave(const Geom& g, const T* y, int64_t a, int64_t d, T* out, int64_t C, const T* bias) {
   const int64_t H2 = 2 * g.H, W2 = 2 * g.W;
   for (int64_t b = 0; b < g.items; ++b)
     for (int64_t c = 0; c < C; ++c) {
@@ -826,14 +829,12 @@ Tensor convt_grad_input(const Tensor& gout, const Tensor& w, int64_t H, int64_t 
   parallel_chunks(B, chunk_count(B, flops), [&](int64_t, int64_t b0, int64_t b1) {
     Scratch<T> sg, sy;
     std::vector<const T*> xs(static_cast<size_t>(Co * 16));
-    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Co * 4 + Ci), [&](int64_t s0,
-                                                                             int64_t s1) {
+    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Co * 4 + Ci), [&](int64_t s0, int64_t s1) {
       const Geom g(H, W, s1 - s0);
       T* G = planes(sg, g, Co * 4);
       fill_phases(g, G, gp + s0 * Co * 4 * H * W, Co);
       for (int64_t k = 0; k < Co * 16; ++k) {
-        const int64_t co = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2,
-                      tx = k % 2;
+        const int64_t co = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2, tx = k % 2;
         xs[k] = G + (co * 4 + a * 2 + d) * g.Mr + g.off(-kUpD[a][ty], -kUpD[d][tx]);
       }
       T* Y = sy.get(static_cast<size_t>(Ci * g.Mr));
@@ -858,8 +859,7 @@ Tensor convt_grad_weight(const Tensor& x, const Tensor& gout) {
     std::vector<const T*> as(static_cast<size_t>(Ci * 4)), bs(static_cast<size_t>(Co));
     // Per output phase: sums over this chunk's items of [ci, ty, tx][co].
     std::vector<T> sums(static_cast<size_t>(4 * Ci * 4 * Co), T(0));
-    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci + Co * 4), [&](int64_t s0,
-                                                                             int64_t s1) {
+    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci + Co * 4), [&](int64_t s0, int64_t s1) {
       const Geom g(H, W, s1 - s0);
       T* X = planes(sx, g, Ci);
       fill(g, X, xp + s0 * Ci * H * W, Ci);
@@ -895,8 +895,7 @@ Tensor convt_grad_weight(const Tensor& x, const Tensor& gout) {
 
 template <typename T>
 Tensor conv4_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2) / 2, W = x.size(3) / 2,
-                Co = w.size(0);
+  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2) / 2, W = x.size(3) / 2, Co = w.size(0);
   auto out = torch::empty({B, Co, H, W}, x.options());
   const T* wp = w.data_ptr<T>();
   // k = (((ci * 2 + a) * 2 + d) * 2 + ty) * 2 + tx
@@ -911,14 +910,12 @@ Tensor conv4_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
   parallel_chunks(B, chunk_count(B, flops), [&](int64_t, int64_t b0, int64_t b1) {
     Scratch<T> sx, sy;
     std::vector<const T*> xs(static_cast<size_t>(Ci * 16));
-    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci * 4 + Co), [&](int64_t s0,
-                                                                             int64_t s1) {
+    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci * 4 + Co), [&](int64_t s0, int64_t s1) {
       const Geom g(H, W, s1 - s0);
       T* X = planes(sx, g, Ci * 4);
       fill_phases(g, X, xp + s0 * Ci * 4 * H * W, Ci);
       for (int64_t k = 0; k < Ci * 16; ++k) {
-        const int64_t ci = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2,
-                      tx = k % 2;
+        const int64_t ci = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2, tx = k % 2;
         xs[k] = X + (ci * 4 + a * 2 + d) * g.Mr + g.off(-kUpD[a][ty], -kUpD[d][tx]);
       }
       T* Y = sy.get(static_cast<size_t>(Co * g.Mr));
@@ -981,16 +978,14 @@ Tensor conv4_grad_weight(const Tensor& x, const Tensor& gout) {
     Scratch<T> sx, sg;
     std::vector<const T*> as(static_cast<size_t>(Ci * 16)), bs(static_cast<size_t>(Co));
     std::vector<T> sums(static_cast<size_t>(Ci * 16 * Co), T(0));  // [ci, a, d, ty, tx][co]
-    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci * 4 + Co), [&](int64_t s0,
-                                                                             int64_t s1) {
+    for_passes(b0, b1, items_per_pass<T>(b1 - b0, H, W, Ci * 4 + Co), [&](int64_t s0, int64_t s1) {
       const Geom g(H, W, s1 - s0);
       T* X = planes(sx, g, Ci * 4);
       fill_phases(g, X, xp + s0 * Ci * 4 * H * W, Ci);
       T* G = planes(sg, g, Co);
       fill(g, G, gp + s0 * Co * H * W, Co);
       for (int64_t k = 0; k < Ci * 16; ++k) {
-        const int64_t ci = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2,
-                      tx = k % 2;
+        const int64_t ci = k / 16, a = (k / 8) % 2, d = (k / 4) % 2, ty = (k / 2) % 2, tx = k % 2;
         as[k] = X + (ci * 4 + a * 2 + d) * g.Mr + g.off(-kUpD[a][ty], -kUpD[d][tx]);
       }
       for (int64_t co = 0; co < Co; ++co) bs[co] = G + co * g.Mr;
@@ -1013,9 +1008,8 @@ Tensor conv3_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3), Co = w.size(0);
   auto out = torch::empty({B, Co, H, W}, x.options());
   const T* wp = w.data_ptr<T>();
-  const auto pack = pack_weights<T>(Ci * 9, Co, [&](int64_t k, int64_t co) {
-    return wp[(co * Ci + k / 9) * 9 + k % 9];
-  });
+  const auto pack = pack_weights<T>(
+      Ci * 9, Co, [&](int64_t k, int64_t co) { return wp[(co * Ci + k / 9) * 9 + k % 9]; });
   const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
@@ -1043,9 +1037,8 @@ Tensor conv3_grad_input(const Tensor& gout, const Tensor& w) {
                 Ci = w.size(1);
   auto gx = torch::empty({B, Ci, H, W}, gout.options());
   const T* wp = w.data_ptr<T>();
-  const auto pack = pack_weights<T>(Co * 9, Ci, [&](int64_t k, int64_t ci) {
-    return wp[((k / 9) * Ci + ci) * 9 + k % 9];
-  });
+  const auto pack = pack_weights<T>(
+      Co * 9, Ci, [&](int64_t k, int64_t ci) { return wp[((k / 9) * Ci + ci) * 9 + k % 9]; });
   const T* gp = gout.data_ptr<T>();
   T* op = gx.data_ptr<T>();
   const double flops = 18.0 * double(B * Ci * Co * H * W);
@@ -1099,31 +1092,39 @@ Tensor conv3_grad_weight(const Tensor& x, const Tensor& gout) {
 
 // ---- linear: x [B, K], w [N, K] ----
 
+// Rows of a [R, K] matrix as pointers to whole vectors: the rows themselves when K is a multiple
+// of kRound, else zero-padded copies in `copy`.
+template <typename T>
+std::vector<const T*> padded_rows(const T* m, int64_t R, int64_t K, std::vector<T>& copy) {
+  std::vector<const T*> rows(static_cast<size_t>(R));
+  const int64_t Kr = round_up(K, kRound);
+  if (Kr != K) {
+    copy.assign(static_cast<size_t>(R * Kr), T(0));
+    for (int64_t r = 0; r < R; ++r) std::memcpy(copy.data() + r * Kr, m + r * K, K * sizeof(T));
+  }
+  for (int64_t r = 0; r < R; ++r) rows[r] = Kr != K ? copy.data() + r * Kr : m + r * K;
+  return rows;
+}
+
 template <typename T>
 Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t B = x.size(0), K = x.size(1), N = w.size(0);
   auto out = torch::empty({B, N}, x.options());
-  // Rows of w^T, zero-padded to Nr so that whole vectors can be read.
-  const int64_t Nr = round_up(N, kRound);
-  std::vector<T> wt(static_cast<size_t>(K * Nr + kRound), T(0));
-  const T* wp = w.data_ptr<T>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) wt[k * Nr + n] = wp[n * K + k];
-  std::vector<const T*> xs(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) xs[k] = wt.data() + k * Nr;
+  std::vector<T> wcopy;
+  const auto wrows = padded_rows(w.data_ptr<T>(), N, K, wcopy);
   const T* xp = x.data_ptr<T>();
   const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
-  parallel_chunks(B, chunk_count(B, 2.0 * double(B * N * K)), [&](int64_t, int64_t b0,
-                                                                   int64_t b1) {
-    const int64_t n_items = b1 - b0;
-    const auto pack = pack_weights<T>(K, n_items, [&](int64_t k, int64_t j) {
-      return xp[(b0 + j) * K + k];
-    });
-    std::vector<T> Y(static_cast<size_t>(n_items * Nr));
-    gather_gemm(xs.data(), K, pack.data(), n_items, Y.data(), Nr, Nr);
-    for (int64_t j = 0; j < n_items; ++j)
-      for (int64_t n = 0; n < N; ++n) op[(b0 + j) * N + n] = Y[j * Nr + n] + (bp ? bp[n] : T(0));
+  // out[b][n] = <w row n, x row b>: a reduce product over k.
+  parallel_chunks(B, chunk_count(B, 2.0 * double(B * N * K)), [&](int64_t, int64_t b0, int64_t b1) {
+    const int64_t items = b1 - b0;
+    std::vector<T> xcopy;
+    const auto xrows = padded_rows(xp + b0 * K, items, K, xcopy);
+    std::vector<T> sums(static_cast<size_t>(N * items), T(0));
+    reduce_gemm(wrows.data(), N, xrows.data(), items, round_up(K, kRound), sums.data());
+    for (int64_t j = 0; j < items; ++j)
+      for (int64_t n = 0; n < N; ++n)
+        op[(b0 + j) * N + n] = sums[n * items + j] + (bp ? bp[n] : T(0));
   });
   return out;
 }
@@ -1133,22 +1134,18 @@ Tensor linear_grad_input(const Tensor& gout, const Tensor& w) {
   const int64_t B = gout.size(0), N = w.size(0), K = w.size(1);
   auto gx = torch::empty({B, K}, gout.options());
   const int64_t Kr = round_up(K, kRound);
-  std::vector<T> wpad(static_cast<size_t>(N * Kr + kRound), T(0));
-  const T* wp = w.data_ptr<T>();
-  for (int64_t n = 0; n < N; ++n) std::memcpy(wpad.data() + n * Kr, wp + n * K, K * sizeof(T));
-  std::vector<const T*> xs(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) xs[n] = wpad.data() + n * Kr;
+  std::vector<T> wcopy;
+  const auto xs = padded_rows(w.data_ptr<T>(), N, K, wcopy);
   const T* gp = gout.data_ptr<T>();
   T* op = gx.data_ptr<T>();
-  parallel_chunks(B, chunk_count(B, 2.0 * double(B * N * K)), [&](int64_t, int64_t b0,
-                                                                   int64_t b1) {
-    const int64_t n_items = b1 - b0;
-    const auto pack = pack_weights<T>(N, n_items, [&](int64_t n, int64_t j) {
-      return gp[(b0 + j) * N + n];
-    });
-    std::vector<T> Y(static_cast<size_t>(n_items * Kr));
-    gather_gemm(xs.data(), N, pack.data(), n_items, Y.data(), Kr, Kr);
-    for (int64_t j = 0; j < n_items; ++j)
+  // gx[b][k] = sum_n g[b][n] w[n][k]: a gather product over the rows of w.
+  parallel_chunks(B, chunk_count(B, 2.0 * double(B * N * K)), [&](int64_t, int64_t b0, int64_t b1) {
+    const int64_t items = b1 - b0;
+    const auto pack =
+        pack_weights<T>(N, items, [&](int64_t n, int64_t j) { return gp[(b0 + j) * N + n]; });
+    std::vector<T> Y(static_cast<size_t>(items * Kr));
+    gather_gemm(xs.data(), N, pack.data(), items, Y.data(), Kr, Kr);
+    for (int64_t j = 0; j < items; ++j)
       std::memcpy(op + (b0 + j) * K, Y.data() + j * Kr, K * sizeof(T));
   });
   return gx;
@@ -1182,17 +1179,17 @@ std::pair<Tensor, Tensor> gn_forward(const Tensor& x, int64_t G, const Tensor& g
   const T* gp = G > 0 ? gamma.data_ptr<T>() : nullptr;
   const T* bp = G > 0 ? beta.data_ptr<T>() : nullptr;
   const int64_t Gs = std::max<int64_t>(G, 1);
-  parallel_chunks(B, chunk_count(B, 40.0 * double(B * C * HW)), [&](int64_t, int64_t b0,
-                                                                     int64_t b1) {
-    gn_silu_forward(xp + b0 * C * HW, op + b0 * C * HW, sp + b0 * Gs * 2, gp, bp, b1 - b0, C, HW,
-                    G, eps);
-  });
+  parallel_chunks(B, chunk_count(B, 40.0 * double(B * C * HW)),
+                  [&](int64_t, int64_t b0, int64_t b1) {
+                    gn_silu_forward(xp + b0 * C * HW, op + b0 * C * HW, sp + b0 * Gs * 2, gp, bp,
+                                    b1 - b0, C, HW, G, eps);
+                  });
   return {out, stats};
 }
 
 template <typename T>
-std::vector<Tensor> gn_backward(const Tensor& x, const Tensor& gout, const Tensor& stats,
-                                int64_t G, const Tensor& gamma, const Tensor& beta) {
+std::vector<Tensor> gn_backward(const Tensor& x, const Tensor& gout, const Tensor& stats, int64_t G,
+                                const Tensor& gamma, const Tensor& beta) {
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto gx = torch::empty_like(x);
   const T* xp = x.data_ptr<T>();
@@ -1264,8 +1261,8 @@ struct LinearFn : public torch::autograd::Function<LinearFn> {
 enum class ConvKind { kTransposed4, kStrided4, kSame3 };
 
 struct ConvFn : public torch::autograd::Function<ConvFn> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
-                        const Tensor& bias, int64_t kind) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const Tensor& bias,
+                        int64_t kind) {
     const Tensor b = or_undefined(bias);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bias"] = b.defined();
@@ -1373,9 +1370,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   using namespace cpu_ops_detail;
   if (!supported(x) || x.dim() != 2 || w.dim() != 2 || w.size(1) != x.size(1) ||
       (b.defined() && (b.dim() != 1 || b.size(0) != w.size(0)))) {
-    throw InvalidArgument("cpu_ops::linear: expected x [B, K] (float32/float64, CPU), w [N, K] "
-                          "and b [N]; got x " +
-                          c10::str(x.sizes()) + ", w " + c10::str(w.sizes()));
+    throw InvalidArgument(
+        "cpu_ops::linear: expected x [B, K] (float32/float64, CPU), w [N, K] "
+        "and b [N]; got x " +
+        c10::str(x.sizes()) + ", w " + c10::str(w.sizes()));
   }
   check_same(x, w, "weight", "linear");
   check_same(x, b, "bias", "linear");
@@ -1400,9 +1398,10 @@ torch::Tensor group_norm_silu(const torch::Tensor& x, int64_t groups, const torc
                               const torch::Tensor& beta, double eps) {
   using namespace cpu_ops_detail;
   if (!supported(x) || x.dim() != 4 || groups < 0 || (groups > 0 && x.size(1) % groups != 0)) {
-    throw InvalidArgument("cpu_ops::group_norm_silu: expected x [B, C, H, W] (float32/float64, "
-                          "CPU) with C divisible by groups; got " +
-                          c10::str(x.sizes()) + ", groups " + std::to_string(groups));
+    throw InvalidArgument(
+        "cpu_ops::group_norm_silu: expected x [B, C, H, W] (float32/float64, "
+        "CPU) with C divisible by groups; got " +
+        c10::str(x.sizes()) + ", groups " + std::to_string(groups));
   }
   torch::Tensor g = torch::empty({0}, x.options()), b = g;
   if (groups > 0) {

@@ -40,21 +40,43 @@ struct Subtree {
   torch::Tensor valid;           // [C] bool
 };
 
+// Below this many elements per [C, D] operand the U-turn products are computed on stacked
+// operands (8 tensor operations); above it one product at a time (17 operations, but no [6, C, D]
+// copies, which at 1024 x 100 cost three times as much as the products themselves). Both sum each
+// row of D products with the same reduction (bitwise equal on the CPU, float32 and float64), so
+// the choice, which depends on the number of chains, does not change any chain's result.
+constexpr int64_t kStackedUturnElements = 8192;
+
 // Stan's generalised criterion for joining `first` and `second` (adjacent along the trajectory)
 // given rho = first.rho + second.rho: the merged tree, first extended by second's first point,
-// second extended by first's last point (base_nuts.hpp, build_tree and transition). The six
-// products are stacked and compared at once: 17 tensor operations, and each [C, D] operand read
-// once per product (stacking the [C, D] operands instead copies six of them).
+// second extended by first's last point (base_nuts.hpp, build_tree and transition).
 torch::Tensor merged_no_uturn(const SubtreeEnds& first, const SubtreeEnds& second,
                               const torch::Tensor& rho) {
   torch::Tensor rho_first = first.rho + second.p_beg;
   torch::Tensor rho_second = second.rho + first.p_end;
+  if (rho.numel() <= kStackedUturnElements) {
+    torch::Tensor sharp = torch::stack({first.p_sharp_beg, second.p_sharp_end, first.p_sharp_beg,
+                                        second.p_sharp_beg, first.p_sharp_end, second.p_sharp_end});
+    torch::Tensor rhos = torch::stack({rho, rho, rho_first, rho_first, rho_second, rho_second});
+    return ((sharp * rhos).sum(-1) > 0).all(0);
+  }
   auto dot = [](const torch::Tensor& a, const torch::Tensor& b) { return (a * b).sum(-1); };
   torch::Tensor dots =
       torch::stack({dot(first.p_sharp_beg, rho), dot(second.p_sharp_end, rho),
                     dot(first.p_sharp_beg, rho_first), dot(second.p_sharp_beg, rho_first),
                     dot(first.p_sharp_end, rho_second), dot(second.p_sharp_end, rho_second)});
   return (dots > 0).all(0);
+}
+
+// A trajectory end packed into one [C, 4D + 1] tensor, q | grad | log_p | p | sharp, so that
+// choosing the end to extend and replacing it are one select each instead of five.
+torch::Tensor pack_end(const PhasePoint& z, const torch::Tensor& sharp) {
+  return torch::cat({z.q, z.grad, z.log_p.unsqueeze(1), z.p, sharp}, 1);
+}
+
+PhasePoint unpack_state(const torch::Tensor& end, int64_t dim) {
+  return PhasePoint{end.narrow(1, 0, dim), end.narrow(1, 2 * dim + 1, dim), end.select(1, 2 * dim),
+                    end.narrow(1, dim, dim)};
 }
 
 struct TreeContext {
@@ -199,10 +221,9 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
   PhasePoint z0{state.q, p0, state.log_p, state.grad};
   torch::Tensor sharp0;
   torch::Tensor h0 = system.hamiltonian(z0, &sharp0);
-  // The trajectory's backward and forward ends (integrator states and sharp momenta), the draw it
-  // proposes so far, its summed momenta and log weight.
-  PhasePoint z_bck = z0, z_fwd = z0;
-  torch::Tensor sharp_bck = sharp0, sharp_fwd = sharp0;
+  // The trajectory's backward and forward ends (packed), the draw it proposes so far, its summed
+  // momenta and log weight.
+  torch::Tensor end_bck = pack_end(z0, sharp0), end_fwd = end_bck;
   Proposal sample{state.q, state.grad, state.log_p, h0};
   torch::Tensor rho = p0;
   torch::Tensor log_sum_weight = torch::zeros({chains}, opt);
@@ -234,17 +255,19 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
     ctx.block = d > 0 && level.size(1) > 2 ? level.narrow(1, 2, width - 2) : torch::Tensor();
 
     // Extend the trajectory from its end in the chosen direction.
-    PhasePoint start = select(forward, z_fwd, z_bck);
-    torch::Tensor sharp_start = torch::where(fwd_col, sharp_fwd, sharp_bck);
-    PhasePoint z = start;
+    torch::Tensor start = torch::where(fwd_col, end_fwd, end_bck);
+    PhasePoint z = unpack_state(start, dim);
     Subtree sub = build_tree(ctx, d, z, building, 0);
 
     // The old trajectory oriented along the integration direction: it begins at the end opposite
-    // to the direction and ends where the new subtree starts. The six checks of merged_no_uturn
-    // are unchanged when both trajectories and their order are reversed, so (old, new) in
-    // integration order is Stan's (backward, forward) check of the merged trajectory.
-    SubtreeEnds old{torch::where(fwd_col, z_bck.p, z_fwd.p), start.p,
-                    torch::where(fwd_col, sharp_bck, sharp_fwd), sharp_start, rho};
+    // to the direction (p and sharp of that end) and ends where the new subtree starts. The six
+    // checks of merged_no_uturn are unchanged when both trajectories and their order are
+    // reversed, so (old, new) in integration order is Stan's (backward, forward) check of the
+    // merged trajectory.
+    torch::Tensor far = torch::where(fwd_col, end_bck.narrow(1, 2 * dim + 1, 2 * dim),
+                                     end_fwd.narrow(1, 2 * dim + 1, 2 * dim));
+    SubtreeEnds old{far.narrow(1, 0, dim), start.narrow(1, 2 * dim + 1, dim),
+                    far.narrow(1, dim, dim), start.narrow(1, 3 * dim + 1, dim), rho};
     torch::Tensor rho_merged = rho + sub.ends.rho;
     torch::Tensor persist = merged_no_uturn(old, sub.ends, rho_merged);
 
@@ -260,11 +283,11 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
     rho = torch::where(valid.unsqueeze(-1), rho_merged, rho);
     // The subtree's far end is the trajectory's new end in this direction (for chains whose
     // subtree is invalid it is never used again: they stop building).
-    torch::Tensor new_fwd = building & forward, new_bck = building & ~forward;
-    z_fwd = select(new_fwd, z, z_fwd);
-    z_bck = select(new_bck, z, z_bck);
-    sharp_fwd = torch::where(new_fwd.unsqueeze(-1), sub.ends.p_sharp_end, sharp_fwd);
-    sharp_bck = torch::where(new_bck.unsqueeze(-1), sub.ends.p_sharp_end, sharp_bck);
+    torch::Tensor new_end = pack_end(z, sub.ends.p_sharp_end);
+    torch::Tensor new_fwd = (building & forward).unsqueeze(-1);
+    torch::Tensor new_bck = (building & ~forward).unsqueeze(-1);
+    end_fwd = torch::where(new_fwd, new_end, end_fwd);
+    end_bck = torch::where(new_bck, new_end, end_bck);
     building = valid & persist;
 
     torch::Tensor leaf_active = torch::stack(ctx.leaf_active);

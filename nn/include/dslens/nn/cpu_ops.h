@@ -12,7 +12,8 @@
 // gradients are sums over items and differ in the last bits between thread counts).
 //
 //   namespace ops = dslens::nn::cpu_ops;
-//   if (ops::supported(x)) y = ops::conv_transpose4x4s2(x, w, b);   // == conv_transpose2d(x, w, b, 2, 1)
+//   if (ops::supported(x)) y = ops::conv_transpose4x4s2(x, w, b);   // == conv_transpose2d(x, w, b,
+//   2, 1)
 #pragma once
 #include <torch/torch.h>
 
