@@ -118,7 +118,9 @@ TEST(CpuOps, BadInputsAreClearErrors) {
   EXPECT_THROW(ops::conv4x4s2(torch::randn({2, 3, 5, 4}), torch::randn({2, 3, 4, 4}), {}),
                dslens::InvalidArgument);
   EXPECT_THROW(ops::group_norm_silu(x, 2, {}, {}, 1e-5), dslens::InvalidArgument);
-  EXPECT_THROW(ops::linear(torch::randn({2, 3}, torch::kInt32), torch::randn({4, 3}), {}),
+  EXPECT_THROW(ops::linear(torch::zeros({2, 3}, torch::kInt32), torch::randn({4, 3}), {}),
+               dslens::InvalidArgument);
+  EXPECT_THROW(ops::linear(torch::randn({2, 3}), torch::randn({4, 2}), {}),
                dslens::InvalidArgument);
   EXPECT_FALSE(ops::supported(torch::zeros({2}, torch::kInt64)));
   EXPECT_TRUE(ops::supported(torch::zeros({2}, torch::kFloat64)));
