@@ -22,7 +22,7 @@ constexpr int64_t kMask32 = 0xFFFFFFFFLL;
 // wraps modulo 2^64 on overflow, as PyTorch's integer kernels do on CPU and CUDA, and its low 32
 // bits are those of the exact product. One multiply instead of four on 16-bit halves: the hash is
 // most of a NUTS transition's tensor operations when chains are few.
-// (ChainRandom.MatchesAHostReferenceHash checks this against uint32 arithmetic.)
+// (ChainRandom.WordsMatchTheHostReferenceOnEveryPath checks this against uint32 arithmetic.)
 torch::Tensor mul32(const torch::Tensor& x, int64_t c) {
   return (x * c).bitwise_and(kMask32);
 }

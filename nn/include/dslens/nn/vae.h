@@ -10,6 +10,11 @@
 // Pixels are normalised as (x - offset) / scale before encoding and decode() returns
 // scale * net(z) + offset, i.e. stamps in the units of the training data.
 //
+// On the CPU every layer runs on the hand-written kernels of cpu_ops.h (float32 and float64,
+// training included); elsewhere (CUDA) on LibTorch's layers. Both compute the same function.
+// The default architecture (channels 8, 16, 32, 64; 64x64 stamps; 64 latents) is that of
+// configs/train_vae_default.json: about 2.9 M multiply-adds per decoded stamp (docs/vae.md).
+//
 //   dslens::nn::Vae vae(arch);                      // or load_vae(checkpoint) (checkpoint.h)
 //   vae->eval();
 //   torch::Tensor img = vae->decode(z);             // z [B, d] -> [B, S, S], differentiable in z
@@ -28,9 +33,9 @@ namespace dslens::nn {
 struct VaeArch {
   int64_t stamp_size = 64;
   int64_t latent_dim = 64;
-  std::vector<int64_t> channels = {32, 64, 128, 256};  // per level; each level halves the size
-  std::string norm = "group";                          // "group" or "none"
-  int64_t groups = 8;                                  // GroupNorm groups (capped at channels)
+  std::vector<int64_t> channels = {8, 16, 32, 64};  // per level; each level halves the size
+  std::string norm = "group";                       // "group" or "none"
+  int64_t groups = 4;                               // GroupNorm groups (capped at channels)
 
   // Throws InvalidArgument when the sizes do not fit (stamp_size not divisible by 2^levels, ...).
   void validate() const;
