@@ -125,7 +125,7 @@ int run_fit(int argc, char** argv) {
 
   OutputDir out = OutputDir::live(out_path, overwrite, resume);
   const std::string dir = out.working_dir();
-  add_log_file(dir + "/fit.log");
+  const ScopedLogFile log_file(dir + "/fit.log");
   const std::string checkpoint_dir = dir + "/checkpoint";
   fs::create_directories(checkpoint_dir);
   spdlog::info("dslens {} fit: {} lens(es) (shard {}/{} of {}) on {} {}", version(), configs.size(),

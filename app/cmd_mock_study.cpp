@@ -689,7 +689,6 @@ int run(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       const int rc = call("fit", fit_args);
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      init_logging(log_level);  // drop the fit's log file from the logger
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
     }
     const json index = load_json_file((fit_dir / "index.json").string());

@@ -249,12 +249,12 @@ int run(int argc, char** argv) {
   const bool rank0 = env.rank == 0;
   const std::string out_arg = args["out"].as<std::string>();
   std::optional<OutputDir> out;
+  std::optional<ScopedLogFile> log_file;
   std::string out_dir = fs::absolute(out_arg).lexically_normal().string();
   if (rank0) {
     out.emplace(OutputDir::live(out_arg, overwrite, resume));
     out_dir = out->working_dir();
-    add_log_file(out->file("train.log"));
-    spdlog::default_logger()->flush_on(spdlog::level::debug);  // the log follows the run
+    log_file.emplace(out->file("train.log"));
     write_text_atomically(out->file("config.json"), config.dump(2) + "\n");
   }
   spdlog::info("dslens {} train-vae: config {}, output {}{}", version(), config_path, out_dir,

@@ -10,6 +10,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/output_dir.h"
 #include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/laplace.h"
 #include "dslens/samplers/nuts.h"
 #include "dslens/samplers/optimize.h"
 
@@ -58,6 +59,37 @@ class SamplerBar {
   bool tty_;
 };
 
+// The MAP stage's progress line: which optimiser, iterations, best log posterior over all starts
+// of the batch, and how many starts still move.
+class MapBar {
+ public:
+  MapBar() : tty_(isatty(2)), t0_(std::chrono::steady_clock::now()) {}
+  void update(const samplers::OptimizeProgress& p) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const bool done = p.iteration >= p.max_iterations || p.active == 0;
+    // Off a terminal: every 10 % and at the end of each optimiser.
+    const int64_t tenth = std::max<int64_t>(1, p.max_iterations / 10);
+    if (!tty_ && !done && p.iteration / tenth == last_tenth_) return;
+    last_tenth_ = p.iteration / tenth;
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "MAP %-5s %lld/%lld  best log posterior %.6g  moving %lld/%lld  %s", p.method,
+                  static_cast<long long>(p.iteration), static_cast<long long>(p.max_iterations),
+                  p.best_log_p, static_cast<long long>(p.active), static_cast<long long>(p.starts),
+                  duration_text(s).c_str());
+    if (tty_) {
+      std::cerr << "\r" << line << "\033[K" << (done ? "\n" : "") << std::flush;
+    } else {
+      std::cerr << line << "\n" << std::flush;
+    }
+  }
+
+ private:
+  bool tty_;
+  std::chrono::steady_clock::time_point t0_;
+  int64_t last_tenth_ = -1;
+};
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -90,6 +122,39 @@ std::vector<torch::Tensor> load_tensors(const std::string& path) {
                     "); remove it, or run without --resume");
   }
   return out;
+}
+
+// The starting metric and chain dispersion from the Laplace approximation at each lens's best
+// optimum: inv_metric [L, D] (diag: marginal variances) or [L, D, D], and a square root of the
+// covariance [L, D, D] for the initial displacements. Eigen-variances are capped at 1
+// (unconstrained units; the priors' own scales are of that order), so a direction the data and
+// prior leave flat cannot send a chain far away.
+struct LaplaceMetric {
+  torch::Tensor inv_metric, cholesky, sd;
+};
+
+LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const torch::Tensor& modes,
+                             bool dense) {
+  samplers::LaplaceSettings settings;
+  settings.max_variance = 1.0;
+  const auto lap = samplers::laplace_approximation(log_density, modes, settings);
+  const int64_t flat = lap.non_concave.sum().item<int64_t>();
+  if (flat > 0)
+    spdlog::warn(
+        "Laplace approximation: {} direction(s) are not concave at the optima (a saddle "
+        "or a parameter the data do not constrain); the starting metric uses |curvature|",
+        flat);
+  const auto& cov = lap.covariance;
+  const auto var = lap.variance;
+  LaplaceMetric m;
+  m.sd = var.sqrt();
+  m.inv_metric = dense ? cov : var;
+  try {
+    m.cholesky = torch::linalg::cholesky(cov);
+  } catch (const c10::Error&) {
+    m.cholesky = torch::diag_embed(m.sd);
+  }
+  return m;
 }
 
 }  // namespace fit_run_detail
@@ -149,8 +214,11 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
         "({} iterations)",
         n_lenses, starts, dim, first.map.adam_iterations, first.map.lbfgs_iterations);
     torch::Tensor x = x0;
+    MapBar bar;
+    const auto show = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
     if (first.map.adam_iterations > 0) {
       samplers::AdamSettings adam;
+      adam.on_progress = show;
       adam.max_iterations = first.map.adam_iterations;
       adam.learning_rate = first.map.learning_rate;
       x = samplers::maximize_adam(log_density, x, adam).x;
@@ -159,6 +227,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     if (first.map.lbfgs_iterations > 0) {
       samplers::LbfgsSettings lbfgs;
       lbfgs.max_iterations = first.map.lbfgs_iterations;
+      lbfgs.on_progress = show;
       res = samplers::maximize_lbfgs(log_density, x, lbfgs);
     } else {
       samplers::AdamSettings none;
@@ -187,16 +256,25 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   }
   if (options.stop_after_map) return {};
 
-  // 2. Chains: every chain of a lens starts at its best optimum, jittered by 1e-3 in the
-  // unconstrained space so that the chains are not identical (the warmup forgets the start).
+  // 2. Chains: every chain of a lens starts near its best optimum, displaced by a draw from the
+  // Laplace approximation there (scaled by 0.3, so the chains differ but start in the bulk), with
+  // the Laplace covariance as the initial metric: warmup then begins at the posterior's scales
+  // instead of the identity's.
   samplers::SamplerResult sampled;
   nlohmann::json settings_json;
   {
-    auto gen = at::detail::createCPUGenerator(first.sampler.seed + 7919);
-    const torch::Tensor jitter = torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64);
-    const torch::Tensor init =
-        (best_x.select(1, 0).unsqueeze(1) + 1e-3 * jitter.to(opts)).reshape({-1, dim});
     const auto& sc = first.sampler;
+    const auto t_laplace = std::chrono::steady_clock::now();
+    const auto laplace = laplace_metric(log_density, best_x.select(1, 0), sc.metric == "dense");
+    spdlog::info(
+        "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
+        "{:.3g} (unconstrained)",
+        seconds_since(t_laplace), laplace.sd.min().item<double>(), laplace.sd.max().item<double>());
+    auto gen = at::detail::createCPUGenerator(first.sampler.seed + 7919);
+    const torch::Tensor eps = torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64);
+    const torch::Tensor jitter = 0.3 * eps.matmul(laplace.cholesky.transpose(1, 2));
+    const torch::Tensor init =
+        (best_x.select(1, 0).unsqueeze(1) + jitter.to(opts)).reshape({-1, dim});
     samplers::NutsSettings nuts;
     samplers::HmcSettings hmc;
     samplers::SamplerSettings& s =
@@ -205,6 +283,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     s.num_draws = sc.draws;
     s.seed = sc.seed;
     s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
+    s.inv_metric = laplace.inv_metric.repeat_interleave(chains, 0).to(opts);
     s.adapt.dual_averaging.delta = sc.target_accept;
     s.adapt.windows = windows_for(sc.warmup);
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric

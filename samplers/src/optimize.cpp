@@ -48,6 +48,20 @@ void finish(OptimizeResult& r, const char* name) {
   r.best_x = r.x[r.best].clone();
 }
 
+void report(const OptimizeProgressFn& fn, const char* method, int64_t iteration, int64_t max_it,
+            const torch::Tensor& log_p, const torch::Tensor& active) {
+  if (!fn) return;
+  OptimizeProgress p;
+  p.method = method;
+  p.iteration = iteration;
+  p.max_iterations = max_it;
+  const auto lp = torch::where(torch::isfinite(log_p), log_p, torch::full_like(log_p, -INFINITY));
+  p.best_log_p = lp.max().item<double>();
+  p.active = active.sum().item<int64_t>();
+  p.starts = log_p.size(0);
+  fn(p);
+}
+
 }  // namespace optimize_detail
 
 void AdamSettings::validate() const {
@@ -92,7 +106,10 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
   torch::Tensor m = torch::zeros_like(x), vv = torch::zeros_like(x);
   torch::Tensor iters = torch::zeros({x.size(0)}, x.options().dtype(torch::kInt64));
   for (int64_t t = 1; t <= s.max_iterations; ++t) {
-    if ((t - 1) % s.check_every == 0 && !active.any().item<bool>()) break;
+    if ((t - 1) % s.check_every == 0) {
+      if (t > 1) report(s.on_progress, "adam", t - 1, s.max_iterations, lp, active);
+      if (!active.any().item<bool>()) break;
+    }
     torch::Tensor a = active.unsqueeze(1);
     torch::Tensor m_new = s.beta1 * m + (1 - s.beta1) * g;
     torch::Tensor v_new = s.beta2 * vv + (1 - s.beta2) * g * g;
@@ -114,6 +131,7 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
     iters = iters + active.to(torch::kInt64);
     if (t % s.check_every == 0) active = active & (max_abs(g) >= s.grad_tol);
   }
+  report(s.on_progress, "adam", iters.max().item<int64_t>(), s.max_iterations, lp, active);
   r.x = x;
   r.log_p = torch::where(ok, lp, torch::full_like(lp, -INFINITY));
   r.grad_norm = max_abs(g);
@@ -148,6 +166,7 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   int64_t slot = 0;
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
+    if (it > 0) report(s.on_progress, "lbfgs", it, s.max_iterations, -f, active);
     if (!active.any().item<bool>()) break;
     // Two-loop recursion, newest pair first; invalid slots contribute nothing.
     torch::Tensor q = g.clone();
@@ -216,6 +235,7 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     // Starts whose line search failed have stalled: they stop where they are.
     active = moved & (max_abs(g) >= s.grad_tol);
   }
+  report(s.on_progress, "lbfgs", iters.max().item<int64_t>(), s.max_iterations, -f, active);
   r.x = x;
   r.log_p = torch::where(ok, -f, torch::full_like(f, -INFINITY));
   r.grad_norm = max_abs(g);

@@ -100,4 +100,38 @@ TEST(Optimize, NonFiniteStartsAreReportedNotFatal) {
   EXPECT_THROW(maximize_lbfgs(f, torch::zeros({3}, f64())), dslens::InvalidArgument);
 }
 
+// Progress reports: L-BFGS's best log p never decreases (every accepted step passes Armijo), the
+// iterations count up, and the last report is the result.
+TEST(Optimize, ProgressReportsFollowTheOptimisation) {
+  const Quadratic quad = make_quadratic(6);
+  const torch::Tensor starts = torch::randn({5, 6}, f64()) * 3;
+  for (const bool lbfgs : {true, false}) {
+    std::vector<OptimizeProgress> seen;
+    auto record = [&seen](const OptimizeProgress& p) { seen.push_back(p); };
+    OptimizeResult r;
+    if (lbfgs) {
+      LbfgsSettings s;
+      s.on_progress = record;
+      r = maximize_lbfgs(quad.fn(), starts, s);
+    } else {
+      AdamSettings s;
+      s.max_iterations = 300;
+      s.on_progress = record;
+      r = maximize_adam(quad.fn(), starts, s);
+    }
+    ASSERT_GE(seen.size(), 3u) << (lbfgs ? "lbfgs" : "adam");
+    for (size_t i = 1; i < seen.size(); ++i) {
+      EXPECT_GE(seen[i].iteration, seen[i - 1].iteration);
+      if (lbfgs) {
+        EXPECT_GE(seen[i].best_log_p, seen[i - 1].best_log_p);
+      }
+      EXPECT_EQ(seen[i].starts, 5);
+    }
+    EXPECT_STREQ(seen.back().method, lbfgs ? "lbfgs" : "adam");
+    EXPECT_DOUBLE_EQ(seen.back().best_log_p, r.best_log_p);
+    EXPECT_EQ(seen.back().active, lbfgs ? 0 : (~r.converged).sum().item<int64_t>());
+    EXPECT_EQ(seen.back().iteration, r.iterations.max().item<int64_t>());
+  }
+}
+
 }  // namespace optimize_test

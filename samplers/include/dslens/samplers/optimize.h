@@ -4,11 +4,26 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include <cstdint>
+#include <functional>
 
 #include "dslens/samplers/log_density.h"
 
 namespace dslens::samplers {
+
+// What a progress callback sees: Adam every `check_every` iterations, L-BFGS every iteration
+// (both already read the device there), and once at the end.
+struct OptimizeProgress {
+  const char* method = "";  // "adam" or "lbfgs"
+  int64_t iteration = 0;
+  int64_t max_iterations = 0;
+  double best_log_p = -INFINITY;  // over the starts whose log density is finite
+  int64_t active = 0;             // starts still moving (not converged or stalled)
+  int64_t starts = 0;
+};
+using OptimizeProgressFn = std::function<void(const OptimizeProgress&)>;
 
 struct AdamSettings {
   int64_t max_iterations = 2000;
@@ -18,6 +33,7 @@ struct AdamSettings {
   double epsilon = 1e-8;
   double grad_tol = 1e-6;    // a start has converged when max_i |d log p / dx_i| < grad_tol
   int64_t check_every = 10;  // convergence is checked on the host every this many iterations
+  OptimizeProgressFn on_progress;
   void validate() const;
 };
 
@@ -28,6 +44,7 @@ struct LbfgsSettings {
   double armijo = 1e-4;          // sufficient-decrease constant c1 in (0, 1)
   double backtrack = 0.5;        // step shrink factor in (0, 1)
   int64_t max_line_search = 40;  // backtracking steps before a start is declared stalled
+  OptimizeProgressFn on_progress;
   void validate() const;
 };
 

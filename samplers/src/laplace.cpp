@@ -1,0 +1,84 @@
+#include "dslens/samplers/laplace.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "dslens/core/errors.h"
+
+namespace dslens::samplers {
+namespace laplace_detail {
+
+// Central differences of the gradient, H[:, :, j] = (g(x + h_j e_j) - g(x - h_j e_j)) / 2 h_j,
+// for all coordinates j (steps h [B, D]); k coordinates per log-density call.
+torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor& x,
+                                     const torch::Tensor& h, int64_t max_rows, int64_t& calls) {
+  const int64_t B = x.size(0), D = x.size(1);
+  const int64_t k = std::max<int64_t>(1, std::min<int64_t>(D, max_rows / (2 * B)));
+  auto H = torch::empty({B, D, D}, x.options().dtype(torch::kFloat64).device(torch::kCPU));
+  for (int64_t j0 = 0; j0 < D; j0 += k) {
+    const int64_t n = std::min(k, D - j0);
+    // Displacements [B, 2n, D]: +h_j e_j for j in the block, then -h_j e_j.
+    auto eye = torch::zeros({n, D}, x.options());
+    eye.narrow(1, j0, n).copy_(torch::eye(n, x.options()));
+    auto step = h.narrow(1, j0, n);                    // [B, n]
+    auto plus = eye.unsqueeze(0) * step.unsqueeze(2);  // [B, n, D]
+    auto q = torch::cat({x.unsqueeze(1) + plus, x.unsqueeze(1) - plus}, 1).reshape({-1, D});
+    auto v = evaluate_checked(f, q);
+    ++calls;
+    auto g = v.grad.detach().reshape({B, 2 * n, D}).to(torch::kCPU, torch::kFloat64);
+    if (!torch::isfinite(g).all().item<bool>())
+      throw NumericalError(
+          "Laplace approximation: the gradient is not finite near a mode (coordinates " +
+          std::to_string(j0) + " to " + std::to_string(j0 + n - 1) + ")");
+    auto diff = (g.narrow(1, 0, n) - g.narrow(1, n, n)) /
+                (2.0 * step.to(torch::kCPU, torch::kFloat64).unsqueeze(2));  // [B, n, D]
+    H.narrow(2, j0, n).copy_(diff.transpose(1, 2));
+  }
+  return 0.5 * (H + H.transpose(1, 2));
+}
+
+}  // namespace laplace_detail
+
+void LaplaceSettings::validate() const {
+  auto positive = [](double v) { return v > 0 && std::isfinite(v); };
+  if (!positive(initial_step) || !positive(relative_step) || !positive(max_step) ||
+      !(eigenvalue_floor > 0 && eigenvalue_floor < 1) || !(max_variance > 0) || max_rows < 2)
+    throw InvalidArgument(
+        "Laplace settings: steps and max_variance must be positive, the eigenvalue floor in "
+        "(0, 1) and max_rows >= 2");
+}
+
+LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::Tensor& x,
+                                           const LaplaceSettings& settings) {
+  settings.validate();
+  if (!x.defined() || x.dim() != 2 || x.size(0) < 1 || x.size(1) < 1 || !x.is_floating_point())
+    throw InvalidArgument("Laplace approximation: modes must be a floating-point [B, D] tensor");
+  torch::NoGradGuard no_grad;
+  const auto xd = x.detach();
+  LaplaceApproximation out;
+
+  // Pass 1: a common small step; its diagonal sets each coordinate's step for pass 2.
+  auto h1 = torch::full_like(xd, settings.initial_step);
+  auto H1 =
+      laplace_detail::hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls);
+  auto curvature = (-H1.diagonal(0, 1, 2)).abs();  // [B, D]
+  auto width = 1.0 / curvature.clamp_min(1e-300).sqrt();
+  auto h2 = (settings.relative_step * width).clamp(1e-7, settings.max_step);
+  out.hessian = laplace_detail::hessian_by_differences(f, xd, h2.to(xd.options()),
+                                                       settings.max_rows, out.log_density_calls);
+
+  // |-H|^-1 through the eigen-decomposition.
+  auto eig = torch::linalg::eigh(-out.hessian, "L");
+  auto lambda = std::get<0>(eig), V = std::get<1>(eig);  // ascending
+  out.non_concave = (lambda <= 0).sum(1);
+  auto top = std::get<0>(lambda.abs().max(1, /*keepdim=*/true)).clamp_min(1e-300);
+  auto floored = torch::maximum(lambda.abs(), settings.eigenvalue_floor * top)
+                     .clamp_min(1.0 / settings.max_variance);
+  out.covariance = V.matmul((1.0 / floored).unsqueeze(2) * V.transpose(1, 2));
+  out.covariance = 0.5 * (out.covariance + out.covariance.transpose(1, 2));
+  out.variance = out.covariance.diagonal(0, 1, 2).clone();
+  return out;
+}
+
+}  // namespace dslens::samplers

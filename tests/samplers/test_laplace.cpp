@@ -1,0 +1,114 @@
+// The Laplace approximation: Hessians by gradient differences against closed forms, the floor for
+// non-concave directions, and the point-major row order a lens-batched log density relies on.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "dslens/core/errors.h"
+#include "dslens/samplers/laplace.h"
+
+namespace laplace_test {
+
+using dslens::samplers::autograd_log_density;
+using dslens::samplers::laplace_approximation;
+using dslens::samplers::LaplaceSettings;
+using dslens::samplers::LogDensityFn;
+using dslens::samplers::LogDensityValue;
+
+torch::TensorOptions f64() {
+  return torch::TensorOptions().dtype(torch::kFloat64);
+}
+
+double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).abs() / b.abs().clamp_min(1e-300)).max().item<double>();
+}
+
+// Gaussians whose precision depends on which point a row belongs to: rows are split into B equal
+// groups in order (as LensPosterior splits rows by lens), group b has precision P_b = s_b * P.
+TEST(Laplace, CorrelatedGaussianPerPointPrecisionInPointMajorOrder) {
+  torch::manual_seed(3);
+  const int64_t B = 3, D = 5;
+  auto a = torch::randn({D, D}, f64());
+  auto P = a.mm(a.t()) + 0.5 * torch::eye(D, f64());
+  auto scale = torch::tensor({1.0, 1e4, 1e-3}, f64());
+  auto mu = torch::randn({B, D}, f64());
+  LogDensityFn f = [&](const torch::Tensor& q) {
+    const int64_t per = q.size(0) / B;
+    auto point = torch::arange(q.size(0)).div(per, "floor");
+    auto d = q - mu.index_select(0, point);
+    auto pd = d.matmul(P) * scale.index_select(0, point).unsqueeze(1);
+    return LogDensityValue{-0.5 * (d * pd).sum(1), -pd};
+  };
+  LaplaceSettings s;
+  s.max_rows = 8;  // several calls per pass: k = 1 coordinate per call
+  auto lap = laplace_approximation(f, mu, s);
+  for (int64_t b = 0; b < B; ++b) {
+    auto cov = torch::linalg::inv(P * scale[b]);
+    EXPECT_LT(max_rel(-lap.hessian[b], P * scale[b]), 1e-8) << "point " << b;
+    EXPECT_LT(max_rel(lap.covariance[b], cov), 1e-7) << "point " << b;
+    EXPECT_LT(max_rel(lap.variance[b], cov.diagonal()), 1e-7) << "point " << b;
+  }
+  EXPECT_EQ(lap.non_concave.sum().item<int64_t>(), 0);
+  EXPECT_EQ(lap.log_density_calls, 2 * D);
+}
+
+// log p = -sum x^4 / 4 - sum_i c_i x_i^2 / 2 has Hessian -diag(3 x^2 + c) anywhere; with c spread
+// over eight orders of magnitude the per-coordinate steps must keep every entry accurate.
+TEST(Laplace, QuarticHessianAwayFromTheModeWithSpreadScales) {
+  auto c = torch::tensor({1e-4, 1.0, 1e4}, f64());
+  auto f = autograd_log_density(
+      [&](const torch::Tensor& q) { return -(q.pow(4) / 4).sum(1) - (c * q * q / 2).sum(1); });
+  auto x = torch::tensor({{0.3, -1.2, 0.01}}, f64());
+  LaplaceSettings s;
+  s.relative_step = 1e-3;  // the error of central differences of x^3 is h^2: keep h << width
+  auto lap = laplace_approximation(f, x, s);
+  auto expected = -torch::diag(3 * x[0] * x[0] + c);
+  EXPECT_LT(((lap.hessian[0] - expected).abs() / expected.diagonal().abs().unsqueeze(0))
+                .max()
+                .item<double>(),
+            1e-4);
+}
+
+// float32 gradients: the second pass's steps (a tenth of each width) keep the relative error of
+// the variances at the percent level, enough for a starting metric.
+TEST(Laplace, Float32WideAndNarrowScales) {
+  auto sd = torch::tensor({1e-4, 1e-2, 1.0, 30.0});
+  auto f = autograd_log_density([&](const torch::Tensor& q) {
+    auto z = q / sd.to(q.options());
+    return -0.5 * (z * z).sum(1) + 1e3;  // a large constant, as a likelihood of many pixels has
+  });
+  auto x = (0.5 * sd).unsqueeze(0);  // near the mode, where the gradient is small
+  auto lap = laplace_approximation(f, x);
+  EXPECT_LT(max_rel(lap.variance[0].sqrt(), sd.to(torch::kFloat64)), 1e-2)
+      << lap.variance[0].sqrt();
+}
+
+// A saddle: the non-concave direction is counted and keeps its curvature's scale (|lambda|); a
+// flat one is floored at 1 / max_variance.
+TEST(Laplace, NonConcaveDirectionIsReflectedAndFlatOneCapped) {
+  auto f = autograd_log_density([](const torch::Tensor& q) {
+    return 0.5 * q.select(1, 0).pow(2) - 2.0 * q.select(1, 1).pow(2) + 0 * q.select(1, 2);
+  });
+  LaplaceSettings s;
+  s.max_variance = 9.0;
+  auto lap = laplace_approximation(f, torch::zeros({1, 3}, f64()), s);
+  EXPECT_EQ(lap.non_concave[0].item<int64_t>(), 2);  // the saddle and the flat direction
+  EXPECT_NEAR(lap.variance[0][0].item<double>(), 1.0, 1e-8);
+  EXPECT_NEAR(lap.variance[0][1].item<double>(), 0.25, 1e-8);
+  EXPECT_NEAR(lap.variance[0][2].item<double>(), 9.0, 1e-8);
+  EXPECT_LT(lap.covariance[0].triu(1).abs().max().item<double>(), 1e-12);
+}
+
+TEST(Laplace, BadInputsAreClearErrors) {
+  auto f = autograd_log_density([](const torch::Tensor& q) { return -(q * q).sum(1); });
+  EXPECT_THROW(laplace_approximation(f, torch::zeros({3}, f64())), dslens::InvalidArgument);
+  LaplaceSettings bad;
+  bad.relative_step = -1;
+  EXPECT_THROW(laplace_approximation(f, torch::zeros({1, 2}, f64()), bad), dslens::InvalidArgument);
+  auto nan_grad = autograd_log_density([](const torch::Tensor& q) { return q.sqrt().sum(1); });
+  EXPECT_THROW(laplace_approximation(nan_grad, torch::zeros({1, 2}, f64())),
+               dslens::NumericalError);
+}
+
+}  // namespace laplace_test
