@@ -2,7 +2,7 @@
 # The main dslens job, from a fresh checkout (docs/fit.md): sets up (scripts/setup.sh: packages +
 # Release build in build/), trains a small source-prior VAE on synthetic galaxies, simulates a
 # mock lens whose source is decoded by that VAE, fits it (MAP, then NUTS), and prints where the
-# report is. About 15 minutes on 2 cores after the build.
+# report is. About 7 minutes on 2 cores after the build (docs/benchmarks.md).
 #   BUILD_DIR  build folder (default: build)
 set -euo pipefail
 cd "$(dirname "$0")/.."

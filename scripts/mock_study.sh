@@ -7,7 +7,7 @@
 #   scripts/mock_study.sh [N] [--vae DIR] [other `dslens mock-study` options, e.g. --snr 30,100]
 #
 # N: mocks per SNR level (default 30). Without --vae (or VAE_DIR) the demo VAE is trained first
-# (configs/train_vae_default.json, ~10 minutes on 2 cores) into runs/mock-study-<ts>/vae.
+# (configs/train_vae_default.json, about 2.5 minutes on 2 cores) into runs/mock-study-<ts>/vae.
 # Cost: 3 x N fits of 4 chains x (500 warmup + 500 draws). On 2 CPU cores the full study (N = 30,
 # 90 fits) takes hours; on a GPU (add --device cuda) minutes.
 #   BUILD_DIR  build folder (default: build)
