@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -124,11 +125,11 @@ std::vector<torch::Tensor> load_tensors(const std::string& path) {
   return out;
 }
 
-// The starting metric and chain dispersion from the Laplace approximation at each lens's best
-// optimum: inv_metric [L, D] (diag: marginal variances) or [L, D, D], and a square root of the
-// covariance [L, D, D] for the initial displacements. Eigen-variances are capped at 1
-// (unconstrained units; the priors' own scales are of that order), so a direction the data and
-// prior leave flat cannot send a chain far away.
+// The starting metric and chain dispersion from the Laplace approximation at each chain's starting
+// optimum (rows lens-major, as the log density expects): inv_metric [C, D] (diag: marginal
+// variances) or [C, D, D], and a square root of the covariance [C, D, D] for the displacements.
+// Eigen-variances are capped at 1 (unconstrained units; the priors' own scales are of that order),
+// so a direction the data and prior leave flat cannot send a chain far away.
 struct LaplaceMetric {
   torch::Tensor inv_metric, cholesky, sd;
 };
@@ -256,25 +257,42 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   }
   if (options.stop_after_map) return {};
 
-  // 2. Chains: every chain of a lens starts near its best optimum, displaced by a draw from the
-  // Laplace approximation there (scaled by 0.3, so the chains differ but start in the bulk), with
-  // the Laplace covariance as the initial metric: warmup then begins at the posterior's scales
-  // instead of the identity's.
+  // 2. Chains: the best few optima of a lens seed its chains (round-robin over the kept optima
+  // whose log posterior is within `dim` nats of the best, so that a second mode of similar height
+  // gets chains and R-hat can see it, while a poor local optimum does not). Each chain starts at
+  // its optimum displaced by 0.3 x a draw from the Laplace approximation there, and that
+  // approximation's covariance is its initial metric: warmup then begins at the posterior's
+  // scales instead of the identity's.
   samplers::SamplerResult sampled;
   nlohmann::json settings_json;
   {
     const auto& sc = first.sampler;
+    const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
+    std::vector<int64_t> seed_rows;
+    std::vector<int64_t> seeds_used;
+    for (int64_t l = 0; l < n_lenses; ++l) {
+      const double* lp = lp_cpu.data_ptr<double>() + l * keep;
+      int64_t good = 1;
+      while (good < keep && std::isfinite(lp[good]) && lp[good] >= lp[0] - static_cast<double>(dim))
+        ++good;
+      for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
+      seeds_used.push_back(std::min(good, chains));
+    }
+    const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
+                                    .index_select(0, torch::tensor(seed_rows).to(compute.device));
+    spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
+                 nlohmann::json(seeds_used).dump(), dim);
     const auto t_laplace = std::chrono::steady_clock::now();
-    const auto laplace = laplace_metric(log_density, best_x.select(1, 0), sc.metric == "dense");
+    const auto laplace = laplace_metric(log_density, seeds, sc.metric == "dense");
     spdlog::info(
         "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
         "{:.3g} (unconstrained)",
         seconds_since(t_laplace), laplace.sd.min().item<double>(), laplace.sd.max().item<double>());
     auto gen = at::detail::createCPUGenerator(first.sampler.seed + 7919);
-    const torch::Tensor eps = torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64);
-    const torch::Tensor jitter = 0.3 * eps.matmul(laplace.cholesky.transpose(1, 2));
-    const torch::Tensor init =
-        (best_x.select(1, 0).unsqueeze(1) + jitter.to(opts)).reshape({-1, dim});
+    const torch::Tensor eps =
+        torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64).reshape({-1, dim, 1});
+    const torch::Tensor jitter = 0.3 * laplace.cholesky.matmul(eps).squeeze(2);
+    const torch::Tensor init = seeds + jitter.to(opts);
     samplers::NutsSettings nuts;
     samplers::HmcSettings hmc;
     samplers::SamplerSettings& s =
@@ -283,7 +301,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     s.num_draws = sc.draws;
     s.seed = sc.seed;
     s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
-    s.inv_metric = laplace.inv_metric.repeat_interleave(chains, 0).to(opts);
+    s.inv_metric = laplace.inv_metric.to(opts);
     s.adapt.dual_averaging.delta = sc.target_accept;
     s.adapt.windows = windows_for(sc.warmup);
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
