@@ -22,17 +22,6 @@ namespace fs = std::filesystem;
 namespace dslens::app {
 namespace bench_fit_detail {
 
-int call(const std::string& name, std::vector<std::string> args) {
-  for (const auto& c : commands()) {
-    if (c.name != name) continue;
-    args.insert(args.begin(), "dslens " + name);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    return c.run(static_cast<int>(argv.size()), argv.data());
-  }
-  throw InvalidArgument("no command '" + name + "'");
-}
-
 json prior(double lower, double upper) {
   return {{"prior", "uniform"}, {"lower", lower}, {"upper", upper}};
 }
@@ -105,8 +94,9 @@ int run(int argc, char** argv) {
                 {"seed", 1000 + l}};
     const std::string name = "mock" + std::to_string(l);
     std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
-    if (call("simulate", {(dir / (name + "-sim.json")).string(), "--out", (dir / name).string(),
-                          "--device", dev, "--dtype", "float64", "--log-level", "warn"}) != 0) {
+    if (run_command("simulate",
+                    {(dir / (name + "-sim.json")).string(), "--out", (dir / name).string(),
+                     "--device", dev, "--dtype", "float64", "--log-level", "warn"}) != 0) {
       throw Error("bench fit: simulating the mock failed");
     }
     json fit = {
@@ -137,8 +127,8 @@ int run(int argc, char** argv) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int rc = call("fit", {(dir / "configs").string(), "--out", (dir / "fit").string(),
-                              "--device", dev, "--dtype", dtype, "--log-level", "warn"});
+  const int rc = run_command("fit", {(dir / "configs").string(), "--out", (dir / "fit").string(),
+                                     "--device", dev, "--dtype", dtype, "--log-level", "warn"});
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) throw Error("bench fit: the fit failed");
 

@@ -195,18 +195,6 @@ json fit_config(const std::string& simulation, const Settings& s, uint64_t seed)
             {"seed", seed}}}};
 }
 
-// Runs another registered command in-process (as app/bench_fit.cpp does).
-int call(const std::string& name, std::vector<std::string> args) {
-  for (const auto& c : commands()) {
-    if (c.name != name) continue;
-    args.insert(args.begin(), "dslens " + name);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    return c.run(static_cast<int>(argv.size()), argv.data());
-  }
-  throw Error("mock-study: this dslens has no '" + name + "' command");
-}
-
 // Brightest pixel of the noise-free image of a simulate config (CPU, float64).
 double noise_free_peak(json config) {
   config["noise"] = {{"background_rms", 1.0}, {"exposure_time", 0.0}};
@@ -658,9 +646,9 @@ int run(int argc, char** argv) {
                          " (noise-free peak " + num(peak) + " counts/s)";
         const fs::path sim_cfg = level / "sim-configs" / (name + ".json");
         write_text_atomically(sim_cfg.string(), sim.dump(2) + "\n");
-        if (call("simulate", {sim_cfg.string(), "--out", sim_dir.string(), "--device", device,
-                              "--dtype", "float64", "--threads", threads, "--log-level", "warn"}) !=
-            0) {
+        if (run_command("simulate",
+                        {sim_cfg.string(), "--out", sim_dir.string(), "--device", device, "--dtype",
+                         "float64", "--threads", threads, "--log-level", "warn"}) != 0) {
           throw Error("mock-study: simulating " + sim_cfg.string() + " failed");
         }
       }
@@ -687,7 +675,7 @@ int run(int argc, char** argv) {
                 << " as one batch into " << fit_dir.string() << "\n"
                 << std::flush;
       const auto t0 = std::chrono::steady_clock::now();
-      const int rc = call("fit", fit_args);
+      const int rc = run_command("fit", fit_args);
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
     }

@@ -17,6 +17,17 @@ std::vector<Command>& benches() {
   return table;
 }
 
+int run_command(const std::string& name, std::vector<std::string> args) {
+  for (const auto& c : commands()) {
+    if (c.name != name) continue;
+    args.insert(args.begin(), "dslens " + name);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    return c.run(static_cast<int>(argv.size()), argv.data());
+  }
+  throw InvalidArgument("no command '" + name + "'");
+}
+
 void add_compute_options(cxxopts::Options& options, const std::string& default_dtype) {
   options.add_options("compute")("device", "cpu, cuda, cuda:N or auto",
                                  cxxopts::value<std::string>()->default_value("auto"))(

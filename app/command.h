@@ -27,6 +27,9 @@ struct Command {
 
 std::vector<Command>& commands();
 std::vector<Command>& benches();
+// Runs a registered command in-process (argv[0] = "dslens NAME"); used by `bench fit` and
+// `mock-study` to drive `simulate` and `fit`. Throws InvalidArgument for an unknown name.
+int run_command(const std::string& name, std::vector<std::string> args);
 
 struct CommandRegistrar {
   CommandRegistrar(std::vector<Command>& table, const char* name, const char* summary,
