@@ -3,7 +3,6 @@
 // --resume must give the same draws as an uninterrupted one, two lenses are fitted as one batch,
 // and bad input exits 2 without writing anything.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdio>
@@ -13,6 +12,7 @@
 #include <string>
 
 #include "dslens/core/npy.h"
+#include "run_dslens.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -20,35 +20,11 @@ using nlohmann::json;
 
 namespace test_fit_detail {
 
-struct RunResult {
-  int code = -1;
-  std::string output;
-};
-
-std::string q(const std::string& s) {
-  return "'" + s + "'";
-}
-
-RunResult dslens(const std::string& args) {
-  const std::string cmd = q(DSLENS_EXECUTABLE) + " " + args + " --log-level warn 2>&1";
-  RunResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void write_json(const std::string& path, const json& j) {
-  std::ofstream(path) << j.dump(2);
-}
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return json::parse(in);
-}
+using dslens::testing::quote;
+using dslens::testing::read_json;
+using dslens::testing::run_dslens;
+using dslens::testing::RunResult;
+using dslens::testing::write_json;
 
 json mock_config(int seed, double theta_e) {
   return {{"grid", {{"nx", 32}, {"ny", 32}, {"pixel_scale", 0.1}}},
@@ -106,8 +82,8 @@ json fit_config(const std::string& simulation) {
 // Simulates a mock into dir/name and writes dir/name.json fitting it.
 std::string make_mock(const std::string& dir, const std::string& name, int seed, double theta_e) {
   write_json(dir + "/" + name + "-sim.json", mock_config(seed, theta_e));
-  const RunResult r = dslens("simulate " + q(dir + "/" + name + "-sim.json") + " --out " +
-                             q(dir + "/" + name + "-data"));
+  const RunResult r = run_dslens("simulate " + quote(dir + "/" + name + "-sim.json") + " --out " +
+                                 quote(dir + "/" + name + "-data"));
   EXPECT_EQ(r.code, 0) << r.output;
   fs::create_directories(dir + "/configs");
   const std::string cfg = dir + "/configs/" + name + ".json";
@@ -119,7 +95,7 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   const std::string dir = dslens::testing::temp_dir("fit");
   const std::string cfg = make_mock(dir, "mock", 11, 1.0);
 
-  const RunResult full = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit"));
+  const RunResult full = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit"));
   ASSERT_EQ(full.code, 0) << full.output;
   for (const char* f : {"draws.npy", "draws.json", "stats.npy", "stats.json", "summary.json",
                         "summary.txt", "map.json", "data.fits", "model.fits", "residuals.fits",
@@ -146,13 +122,14 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
 
   // Interrupted after MAP, then resumed: the same draws as the uninterrupted run.
   const RunResult stop =
-      dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2") + " --stop-after map");
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") + " --stop-after map");
   ASSERT_EQ(stop.code, 0) << stop.output;
   EXPECT_TRUE(fs::exists(dir + "/fit2/checkpoint/batch0-map.pt"));
   EXPECT_FALSE(fs::exists(dir + "/fit2/summary.json"));
-  const RunResult again = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2"));
+  const RunResult again = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2"));
   EXPECT_EQ(again.code, 2) << again.output;  // exists: refused without --resume/--overwrite
-  const RunResult resumed = dslens("fit " + q(cfg) + " --out " + q(dir + "/fit2") + " --resume");
+  const RunResult resumed =
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") + " --resume");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   const auto draws2 = dslens::read_npy(dir + "/fit2/draws.npy");
   EXPECT_TRUE(torch::allclose(draws, draws2, 1e-9, 1e-12));
@@ -163,8 +140,8 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
   const std::string dir = dslens::testing::temp_dir("fit_batch");
   make_mock(dir, "a", 21, 0.9);
   make_mock(dir, "b", 22, 1.1);
-  const RunResult r = dslens("fit " + q(dir + "/configs") + " --out " + q(dir + "/fit") +
-                             " --warmup 40 --draws 60 --starts 3");
+  const RunResult r = run_dslens("fit " + quote(dir + "/configs") + " --out " +
+                                 quote(dir + "/fit") + " --warmup 40 --draws 60 --starts 3");
   ASSERT_EQ(r.code, 0) << r.output;
   for (const std::string lens : {"a", "b"}) {
     const json s = read_json(dir + "/fit/" + lens + "/summary.json");
@@ -177,8 +154,8 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     }
   }
   // --shard 1/2 fits only the second config.
-  const RunResult sh = dslens("fit " + q(dir + "/configs") + " --out " + q(dir + "/shard") +
-                              " --shard 1/2 --warmup 30 --draws 20");
+  const RunResult sh = run_dslens("fit " + quote(dir + "/configs") + " --out " +
+                                  quote(dir + "/shard") + " --shard 1/2 --warmup 30 --draws 20");
   ASSERT_EQ(sh.code, 0) << sh.output;
   EXPECT_TRUE(fs::exists(dir + "/shard/summary.json"));
   EXPECT_EQ(read_json(dir + "/shard/summary.json")["lens"], "b");
@@ -191,7 +168,8 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
   json c = read_json(cfg);
   c["model"]["mass"][0]["theta_e"] = 1.0;  // misspelt
   write_json(dir + "/configs/bad.json", c);
-  RunResult r = dslens("fit " + q(dir + "/configs/bad.json") + " --out " + q(dir + "/o"));
+  RunResult r =
+      run_dslens("fit " + quote(dir + "/configs/bad.json") + " --out " + quote(dir + "/o"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("/model/mass/0"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("theta_e"), std::string::npos) << r.output;
@@ -200,19 +178,19 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
   c = read_json(cfg);
   c["model"]["mass"][0]["theta_E"] = {{"prior", "uniform"}, {"lower", 2.0}, {"upper", 1.0}};
   write_json(dir + "/configs/bad2.json", c);
-  r = dslens("fit " + q(dir + "/configs/bad2.json") + " --out " + q(dir + "/o"));
+  r = run_dslens("fit " + quote(dir + "/configs/bad2.json") + " --out " + quote(dir + "/o"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("/model/mass/0/theta_E"), std::string::npos) << r.output;
 
   c = read_json(cfg);
   c["data"]["simulation"] = "../nowhere";
   write_json(dir + "/configs/bad3.json", c);
-  r = dslens("fit " + q(dir + "/configs/bad3.json") + " --out " + q(dir + "/o"));
+  r = run_dslens("fit " + quote(dir + "/configs/bad3.json") + " --out " + quote(dir + "/o"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("/data/simulation"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/o"));
 
-  r = dslens("fit " + q(cfg) + " --out " + q(dir + "/o") + " --shard 2/2");
+  r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --shard 2/2");
   EXPECT_EQ(r.code, 2) << r.output;
   fs::remove_all(dir);
 }

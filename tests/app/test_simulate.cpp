@@ -2,7 +2,6 @@
 // outputs are checked against closed forms (flux, centroid, Einstein radius), noise statistics and
 // each other; bad input must exit 2 naming the JSON path and leave nothing behind.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "dslens/core/fits.h"
+#include "run_dslens.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -22,49 +22,15 @@ using nlohmann::json;
 
 namespace {
 
-struct RunResult {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
-
-std::string quote(const std::string& s) {
-  return "'" + s + "'";
-}
-
-RunResult run_dslens(const std::string& args) {
-  const std::string cmd = quote(DSLENS_EXECUTABLE) + " " + args + " --log-level warn 2>&1";
-  RunResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using dslens::testing::quote;
+using dslens::testing::read_json;
+using dslens::testing::run_dslens;
+using dslens::testing::RunResult;
+using dslens::testing::write_json;
 
 // Runs without the trailing --log-level (for the top-level --help / --version).
 RunResult run_plain(const std::string& args) {
-  const std::string cmd = quote(DSLENS_EXECUTABLE) + " " + args + " 2>&1";
-  RunResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void write_json(const std::string& path, const json& j) {
-  std::ofstream(path) << j.dump(2);
-}
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return json::parse(in);
+  return run_dslens(args, "");
 }
 
 const char* kFiles[] = {"image.fits", "model.fits", "noise_map.fits",

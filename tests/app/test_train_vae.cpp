@@ -30,8 +30,8 @@ std::string slurp(const std::string& path) {
 }
 
 // Runs `env_prefix dslens args` through the shell, capturing stdout and stderr.
-Run run_dslens(const std::string& args, const std::string& tmp,
-               const std::string& env_prefix = "") {
+Run run_capturing_streams(const std::string& args, const std::string& tmp,
+                          const std::string& env_prefix = "") {
   const std::string o = tmp + "/stdout.txt", e = tmp + "/stderr.txt";
   const std::string cmd = env_prefix + " '" + std::string(DSLENS_EXECUTABLE) + "' " + args + " >'" +
                           o + "' 2>'" + e + "'";
@@ -103,7 +103,7 @@ TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
   const auto tmp = dslens::testing::temp_dir("train_vae_cmd");
   const auto cfg = write_config(tmp, tiny_config());
   const auto out = tmp + "/run";
-  auto r = run_dslens("train-vae " + cfg + " --out " + out + " --threads 1", tmp);
+  auto r = run_capturing_streams("train-vae " + cfg + " --out " + out + " --threads 1", tmp);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* f : {"checkpoint.json", "metrics.json", "loss_curves.png", "reconstructions.png",
                         "samples.png", "train.log", "config.json"}) {
@@ -122,7 +122,7 @@ TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
   EXPECT_FALSE(sidecar["optimizer"].is_null());
 
   // Existing folder: refused without --overwrite or --resume.
-  r = run_dslens("train-vae " + cfg + " --out " + out + " --threads 1", tmp);
+  r = run_capturing_streams("train-vae " + cfg + " --out " + out + " --threads 1", tmp);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
 
@@ -130,15 +130,16 @@ TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
   auto longer = tiny_config();
   longer["train"]["steps"] = 8;
   const auto cfg8 = write_config(tmp, longer, "cfg8.json");
-  r = run_dslens("train-vae " + cfg8 + " --out " + out + " --resume --threads 1", tmp);
+  r = run_capturing_streams("train-vae " + cfg8 + " --out " + out + " --resume --threads 1", tmp);
   ASSERT_EQ(r.code, 0) << r.err;
   const auto fresh = tmp + "/fresh";
-  r = run_dslens("train-vae " + cfg8 + " --out " + fresh + " --threads 1", tmp);
+  r = run_capturing_streams("train-vae " + cfg8 + " --out " + fresh + " --threads 1", tmp);
   ASSERT_EQ(r.code, 0) << r.err;
   // The schedule (cosine lr over `steps`) differs between a 6-step run continued to 8 and an
   // 8-step run, so compare only that both reached step 8 and that --overwrite replaces a run.
   EXPECT_EQ(nlohmann::json::parse(slurp(out + "/checkpoint.json"))["step"], 8);
-  r = run_dslens("train-vae " + cfg + " --out " + fresh + " --overwrite --threads 1", tmp);
+  r = run_capturing_streams("train-vae " + cfg + " --out " + fresh + " --overwrite --threads 1",
+                            tmp);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(slurp(fresh + "/checkpoint.json"))["step"], 6);
 }
@@ -147,19 +148,20 @@ TEST(TrainVaeCommand, ConfigErrorsNameTheJsonPath) {
   const auto tmp = dslens::testing::temp_dir("train_vae_badcfg");
   auto j = tiny_config();
   j["train"]["steps"] = -1;
-  auto r = run_dslens("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
+  auto r =
+      run_capturing_streams("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("/train/steps"), std::string::npos) << r.err;
   j = tiny_config();
   j["model"]["channels"] = {8, "x"};
-  r = run_dslens("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
+  r = run_capturing_streams("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("/model/channels/1"), std::string::npos) << r.err;
   j = tiny_config();
   j["data"]["count"] = 0;
   j["data"]["source"] = "fits_dir";
   j["data"]["path"] = tmp + "/no_such_folder";
-  r = run_dslens("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run2", tmp);
+  r = run_capturing_streams("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run2", tmp);
   EXPECT_EQ(r.code, 2) << r.err;
 }
 
@@ -170,7 +172,7 @@ TEST(TrainVaeCommand, TwoProcessesMatchOne) {
   auto j = tiny_config();
   j["train"]["dtype"] = "float64";  // summation order cannot matter at the tolerance below
   const auto cfg = write_config(tmp, j);
-  auto r = run_dslens("train-vae " + cfg + " --out " + tmp + "/single --threads 1", tmp);
+  auto r = run_capturing_streams("train-vae " + cfg + " --out " + tmp + "/single --threads 1", tmp);
   ASSERT_EQ(r.code, 0) << r.err;
 
   const int port = free_port();
