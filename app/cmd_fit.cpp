@@ -64,7 +64,7 @@ int run_fit(int argc, char** argv) {
                                                                 cxxopts::value<int64_t>())(
       "draws", "override sampler.draws", cxxopts::value<int64_t>())("starts", "override map.starts",
                                                                     cxxopts::value<int64_t>())(
-      "stop-after", "stop after a stage ('map'), leaving the checkpoint for --resume",
+      "stop-after", "stop after a stage ('map' or 'warmup'), leaving the checkpoint for --resume",
       cxxopts::value<std::string>())("max-batch", "most lenses fitted together in one batch",
                                      cxxopts::value<int64_t>()->default_value("64"));
   add_compute_options(options);
@@ -84,13 +84,11 @@ int run_fit(int argc, char** argv) {
   const int64_t max_batch = args["max-batch"].as<int64_t>();
   if (max_batch < 1) throw InputError("--max-batch must be at least 1");
 
-  bool stop_after_map = false;
-  if (args.count("stop-after")) {
-    const std::string stage = args["stop-after"].as<std::string>();
-    if (stage != "map")
-      throw InputError("--stop-after '" + stage + "' is not a stage; allowed: map");
-    stop_after_map = true;
-  }
+  const std::string stop_after =
+      args.count("stop-after") ? args["stop-after"].as<std::string>() : "";
+  if (!stop_after.empty() && stop_after != "map" && stop_after != "warmup")
+    throw InputError("--stop-after '" + stop_after + "' is not a stage; allowed: map, warmup");
+  const bool stopping = !stop_after.empty();
   if (resume && fs::exists(fs::path(out_path) / "index.json")) {
     std::cout << "'" << out_path << "' holds a finished fit (index.json); nothing to resume\n";
     return 0;
@@ -147,7 +145,7 @@ int run_fit(int argc, char** argv) {
   const bool single = configs.size() == 1;
   nlohmann::json index = nlohmann::json::array();
   const auto t0 = std::chrono::steady_clock::now();
-  FitRunOptions run{compute, checkpoint_dir, resume, stop_after_map};
+  FitRunOptions run{compute, checkpoint_dir, resume, stop_after};
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::string done_marker = checkpoint_dir + "/batch" + std::to_string(b) + ".done.json";
     if (resume && fs::exists(done_marker)) {
@@ -157,7 +155,7 @@ int run_fit(int argc, char** argv) {
     }
     spdlog::info("batch {} of {}: {} lens(es)", b + 1, batches.size(), batches[b].size());
     const auto results = fit_batch(batches[b], static_cast<int64_t>(b), run);
-    if (stop_after_map) continue;
+    if (stopping) continue;
     nlohmann::json lines = nlohmann::json::array();
     for (const auto& r : results) {
       const std::string lens_dir = single ? dir : dir + "/" + r.config->name;
@@ -167,9 +165,9 @@ int run_fit(int argc, char** argv) {
     write_text_atomically(done_marker, lines.dump(2) + "\n");
     for (const auto& l : lines) index.push_back(l);
   }
-  if (stop_after_map) {
-    std::cout << "stopped after MAP; continue with: dslens fit ... --out " << out_path
-              << " --resume\n";
+  if (stopping) {
+    std::cout << "stopped after " << stop_after << "; continue with: dslens fit ... --out "
+              << out_path << " --resume\n";
     return 0;
   }
   const double seconds =

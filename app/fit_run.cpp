@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "dslens/core/errors.h"
 #include "dslens/core/output_dir.h"
@@ -158,6 +159,29 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
   return m;
 }
 
+// A lens's random streams are keyed by its name (the config file's stem), not by its place in the
+// batch, so a lens gets the same starts, jitter and chains alone, in any batch, or in any shard.
+uint64_t mix64(uint64_t x) {  // splitmix64's finaliser
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+uint64_t lens_key(const FitConfig& c) {
+  uint64_t h = 0xCBF29CE484222325ULL;  // FNV-1a
+  for (const unsigned char ch : c.name) h = (h ^ ch) * 0x100000001B3ULL;
+  return mix64(h);
+}
+
+// A CPU generator for one lens and purpose.
+torch::Generator lens_generator(uint64_t seed, const FitConfig& c) {
+  return at::detail::createCPUGenerator(mix64(seed ^ lens_key(c)));
+}
+
+// Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
+struct StopAfterWarmup {};
+
 }  // namespace fit_run_detail
 
 using namespace fit_run_detail;
@@ -192,6 +216,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
 
   const std::string tag = options.checkpoint_dir + "/batch" + std::to_string(batch_index);
   const std::string map_file = tag + "-map.pt", chains_file = tag + "-chains.pt";
+  const std::string sampler_file = tag + "-sampler.pt";  // the sampler's last snapshot
   const int64_t starts = first.map.starts;
   const int64_t keep = std::min<int64_t>(starts, std::max<int64_t>(first.sampler.chains, 4));
   const int64_t chains = first.sampler.chains;
@@ -208,8 +233,12 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
     const auto t0 = std::chrono::steady_clock::now();
-    auto gen = at::detail::createCPUGenerator(first.map.seed);
-    const torch::Tensor x0 = space.sample_prior(n_lenses * starts, opts, gen);
+    std::vector<torch::Tensor> per_lens;
+    for (const auto* c : lenses) {
+      auto gen = lens_generator(c->map.seed, *c);
+      per_lens.push_back(space.sample_prior(starts, opts, gen));
+    }
+    const torch::Tensor x0 = torch::cat(per_lens);
     spdlog::info(
         "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
         "({} iterations)",
@@ -255,57 +284,92 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     }
     save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64)});
   }
-  if (options.stop_after_map) return {};
+  if (options.stop_after == "map") return {};
 
   // 2. Chains: the best few optima of a lens seed its chains (round-robin over the kept optima
   // whose log posterior is within `dim` nats of the best, so that a second mode of similar height
   // gets chains and R-hat can see it, while a poor local optimum does not). Each chain starts at
   // its optimum displaced by 0.3 x a draw from the Laplace approximation there, and that
   // approximation's covariance is its initial metric: warmup then begins at the posterior's
-  // scales instead of the identity's.
+  // scales instead of the identity's. The sampler leaves snapshots in sampler_file, from which
+  // --resume continues an interrupted run exactly.
   samplers::SamplerResult sampled;
   nlohmann::json settings_json;
   {
     const auto& sc = first.sampler;
-    const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
-    std::vector<int64_t> seed_rows;
-    std::vector<int64_t> seeds_used;
-    for (int64_t l = 0; l < n_lenses; ++l) {
-      const double* lp = lp_cpu.data_ptr<double>() + l * keep;
-      int64_t good = 1;
-      while (good < keep && std::isfinite(lp[good]) && lp[good] >= lp[0] - static_cast<double>(dim))
-        ++good;
-      for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
-      seeds_used.push_back(std::min(good, chains));
+    const bool have_chains = options.resume && fs::exists(chains_file);
+    std::shared_ptr<samplers::SamplerSnapshot> snapshot;
+    if (!have_chains && options.resume && fs::exists(sampler_file)) {
+      try {
+        snapshot = std::make_shared<samplers::SamplerSnapshot>(
+            samplers::SamplerSnapshot::from_tensors(load_tensors(sampler_file)));
+      } catch (const InvalidArgument& e) {
+        throw FileError("checkpoint '" + sampler_file + "' cannot be used (" + e.what() +
+                        "); remove it to restart sampling from the MAP");
+      }
+      spdlog::info("batch {}: sampling resumes at iteration {} of {} from {}", batch_index,
+                   snapshot->iteration, snapshot->num_warmup + snapshot->num_draws, sampler_file);
     }
-    const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
-                                    .index_select(0, torch::tensor(seed_rows).to(compute.device));
-    spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
-                 nlohmann::json(seeds_used).dump(), dim);
-    const auto t_laplace = std::chrono::steady_clock::now();
-    const auto laplace = laplace_metric(log_density, seeds, sc.metric == "dense");
-    spdlog::info(
-        "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
-        "{:.3g} (unconstrained)",
-        seconds_since(t_laplace), laplace.sd.min().item<double>(), laplace.sd.max().item<double>());
-    auto gen = at::detail::createCPUGenerator(first.sampler.seed + 7919);
-    const torch::Tensor eps =
-        torch::randn({n_lenses, chains, dim}, gen, torch::kFloat64).reshape({-1, dim, 1});
-    const torch::Tensor jitter = 0.3 * laplace.cholesky.matmul(eps).squeeze(2);
-    const torch::Tensor init = seeds + jitter.to(opts);
     samplers::NutsSettings nuts;
     samplers::HmcSettings hmc;
     samplers::SamplerSettings& s =
         sc.algorithm == "nuts" ? static_cast<samplers::SamplerSettings&>(nuts) : hmc;
+    torch::Tensor init;
+    if (snapshot) {
+      init = snapshot->q.to(opts);
+      s.resume_from = snapshot;
+    } else if (!have_chains) {
+      const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
+      std::vector<int64_t> seed_rows;
+      std::vector<int64_t> seeds_used;
+      for (int64_t l = 0; l < n_lenses; ++l) {
+        const double* lp = lp_cpu.data_ptr<double>() + l * keep;
+        int64_t good = 1;
+        while (good < keep && std::isfinite(lp[good]) &&
+               lp[good] >= lp[0] - static_cast<double>(dim))
+          ++good;
+        for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
+        seeds_used.push_back(std::min(good, chains));
+      }
+      const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
+                                      .index_select(0, torch::tensor(seed_rows).to(compute.device));
+      spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
+                   nlohmann::json(seeds_used).dump(), dim);
+      const auto t_laplace = std::chrono::steady_clock::now();
+      const auto laplace = laplace_metric(log_density, seeds, sc.metric == "dense");
+      spdlog::info(
+          "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
+          "{:.3g} (unconstrained)",
+          seconds_since(t_laplace), laplace.sd.min().item<double>(),
+          laplace.sd.max().item<double>());
+      std::vector<torch::Tensor> eps;
+      for (const auto* c : lenses) {
+        auto gen = lens_generator(c->sampler.seed + 7919, *c);
+        eps.push_back(torch::randn({chains, dim}, gen, torch::kFloat64));
+      }
+      const torch::Tensor jitter =
+          0.3 * laplace.cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
+      init = seeds + jitter.to(opts);
+      s.inv_metric = laplace.inv_metric.to(opts);
+    }
     s.num_warmup = sc.warmup;
     s.num_draws = sc.draws;
     s.seed = sc.seed;
+    for (const auto* c : lenses) {
+      for (int64_t k = 0; k < chains; ++k) s.chain_ids.push_back(mix64(lens_key(*c) + k));
+    }
     s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
-    s.inv_metric = laplace.inv_metric.to(opts);
     s.adapt.dual_averaging.delta = sc.target_accept;
     s.adapt.windows = windows_for(sc.warmup);
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
     s.refresh = std::max<int64_t>(1, (sc.warmup + sc.draws) / (isatty(2) ? 200 : 10));
+    // About 20 snapshots per run, and one at the end of warmup.
+    s.checkpoint_every = std::max<int64_t>(10, (sc.warmup + sc.draws) / 20);
+    const bool stop_after_warmup = options.stop_after == "warmup";
+    s.on_checkpoint = [&sampler_file, stop_after_warmup](const samplers::SamplerSnapshot& snap) {
+      save_tensors(sampler_file, snap.to_tensors());
+      if (stop_after_warmup && snap.iteration == snap.num_warmup) throw StopAfterWarmup{};
+    };
     nuts.max_depth = sc.max_depth;
     hmc.num_steps = sc.num_steps;
     settings_json = {{"algorithm", sc.algorithm},
@@ -320,7 +384,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                      {"device", compute.device.str()},
                      {"dtype", dtype_name(compute.dtype)},
                      {"lenses_in_batch", n_lenses}};
-    if (options.resume && fs::exists(chains_file)) {
+    if (have_chains) {
       auto t = load_tensors(chains_file);
       sampled.draws = t.at(0);
       sampled.log_density = t.at(1);
@@ -340,8 +404,14 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       s.on_progress = [&bar](const samplers::SamplerProgress& p) { bar.update(p); };
       spdlog::info("{}: {} lens(es) x {} chains, {} warmup + {} draws", sc.algorithm, n_lenses,
                    chains, sc.warmup, sc.draws);
-      sampled = sc.algorithm == "nuts" ? samplers::sample_nuts(log_density, init, nuts)
-                                       : samplers::sample_hmc(log_density, init, hmc);
+      try {
+        sampled = sc.algorithm == "nuts" ? samplers::sample_nuts(log_density, init, nuts)
+                                         : samplers::sample_hmc(log_density, init, hmc);
+      } catch (const StopAfterWarmup&) {
+        spdlog::info("batch {}: stopped after warmup; sampler state in {}", batch_index,
+                     sampler_file);
+        return {};
+      }
       save_tensors(chains_file,
                    {sampled.draws, sampled.log_density, sampled.step_size, sampled.tree_depth,
                     sampled.n_leapfrog, sampled.accept_stat, sampled.energy, sampled.divergent,

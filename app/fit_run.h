@@ -28,7 +28,8 @@ struct FitRunOptions {
   Compute compute;
   std::string checkpoint_dir;  // stage results for --resume
   bool resume = false;
-  bool stop_after_map = false;  // leave the MAP checkpoint and return no results
+  // "map" or "warmup": stop after that stage, leaving its checkpoint, and return no results.
+  std::string stop_after;
 };
 
 // Fits lenses (same batch_key) together; `batch_index` names the checkpoint files.

@@ -17,6 +17,17 @@ void DualAveraging::restart() {
   x_bar_ = torch::zeros_like(mu_);
 }
 
+void DualAveraging::restore(int64_t counter, const torch::Tensor& mu, const torch::Tensor& s_bar,
+                            const torch::Tensor& x_bar) {
+  if (counter < 0 || !mu.defined() || !s_bar.defined() || !x_bar.defined() ||
+      mu.sizes() != mu_.sizes() || s_bar.sizes() != mu_.sizes() || x_bar.sizes() != mu_.sizes())
+    throw InvalidArgument("DualAveraging::restore: state does not match the chains");
+  counter_ = counter;
+  mu_ = mu.to(mu_.options());
+  s_bar_ = s_bar.to(mu_.options());
+  x_bar_ = x_bar.to(mu_.options());
+}
+
 torch::Tensor DualAveraging::learn(const torch::Tensor& adapt_stat) {
   ++counter_;
   const double n = static_cast<double>(counter_);
@@ -100,6 +111,15 @@ void WelfordEstimator::restart() {
   mean_ = torch::zeros({chains_, dim_}, options_);
   m2_ = kind_ == MetricKind::diag ? torch::zeros({chains_, dim_}, options_)
                                   : torch::zeros({chains_, dim_, dim_}, options_);
+}
+
+void WelfordEstimator::restore(int64_t n, const torch::Tensor& mean, const torch::Tensor& m2) {
+  if (n < 0 || !mean.defined() || !m2.defined() || mean.sizes() != mean_.sizes() ||
+      m2.sizes() != m2_.sizes())
+    throw InvalidArgument("WelfordEstimator::restore: state does not match the estimator");
+  n_ = n;
+  mean_ = mean.to(options_);
+  m2_ = m2.to(options_);
 }
 
 void WelfordEstimator::add(const torch::Tensor& q) {

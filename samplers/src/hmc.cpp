@@ -149,15 +149,72 @@ void record(Draws& d, int64_t i, const ChainState& s, const torch::Tensor& eps,
   d.divergent.select(1, i).copy_(st.divergent);
 }
 
+// A copy on `device` that never aliases t (to() alone returns t itself when nothing changes).
+torch::Tensor device_copy(const torch::Tensor& t, torch::Device device) {
+  return t.defined() ? t.detach().to(device, t.scalar_type(), false, /*copy=*/true) : t;
+}
+
+torch::Tensor cpu_copy(const torch::Tensor& t) {
+  return device_copy(t, torch::kCPU);
+}
+
+Draws draws_copy(const Draws& d, torch::Device device) {
+  Draws c;
+  c.draws = device_copy(d.draws, device);
+  c.log_density = device_copy(d.log_density, device);
+  c.step_size = device_copy(d.step_size, device);
+  c.tree_depth = device_copy(d.tree_depth, device);
+  c.n_leapfrog = device_copy(d.n_leapfrog, device);
+  c.accept_stat = device_copy(d.accept_stat, device);
+  c.energy = device_copy(d.energy, device);
+  c.divergent = device_copy(d.divergent, device);
+  return c;
+}
+
+// A snapshot fits a run when it came from the same number of iterations, chains and dimensions,
+// and carries the adaptation state the settings need.
+void check_snapshot(const SamplerSnapshot& s, const SamplerSettings& settings, int64_t chains,
+                    int64_t dim, const std::string& name) {
+  const auto fail = [&name](const std::string& what) {
+    throw InvalidArgument(name + ": cannot resume from this checkpoint: " + what);
+  };
+  if (s.num_warmup != settings.num_warmup || s.num_draws != settings.num_draws)
+    fail("it is from a run of " + std::to_string(s.num_warmup) + " warmup + " +
+         std::to_string(s.num_draws) + " draws, this one has " +
+         std::to_string(settings.num_warmup) + " + " + std::to_string(settings.num_draws));
+  if (s.q.dim() != 2 || s.q.size(0) != chains || s.q.size(1) != dim)
+    fail("its chains are " + std::to_string(s.q.size(0)) + " x " + std::to_string(s.q.size(1)) +
+         ", this run has " + std::to_string(chains) + " x " + std::to_string(dim));
+  if (s.inv_metric.size(0) != chains ||
+      s.inv_metric.dim() != (settings.metric == MetricKind::dense ? 3 : 2))
+    fail(std::string("its metric is not a ") + metric_name(settings.metric) + " metric");
+  const bool in_warmup = s.iteration <= s.num_warmup && s.num_warmup > 0;
+  if (in_warmup && settings.adapt.step_size && !s.dual_mu.defined())
+    fail("it has no step-size adaptation state");
+  if (in_warmup && settings.adapt.metric && !s.welford_mean.defined())
+    fail("it has no metric adaptation state");
+  if (settings.save_warmup && !s.warmup.draws.defined()) fail("it has no warmup draws");
+}
+
+std::vector<uint64_t> consecutive_ids(int64_t first, int64_t count) {
+  std::vector<uint64_t> ids(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  for (int64_t c = 0; c < count; ++c) ids[c] = static_cast<uint64_t>(first + c);
+  return ids;
+}
+
 }  // namespace hmc_detail
 
 ChainRandom::ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains,
+                         torch::Device device)
+    : ChainRandom(seed, hmc_detail::consecutive_ids(first_chain_id, chains), device) {}
+
+ChainRandom::ChainRandom(uint64_t seed, const std::vector<uint64_t>& chain_ids,
                          torch::Device device) {
+  const int64_t chains = static_cast<int64_t>(chain_ids.size());
   std::vector<int64_t> ab(2 * chains);
   const uint64_t s = hmc_detail::splitmix64(seed);
   for (int64_t c = 0; c < chains; ++c) {
-    const uint64_t k = hmc_detail::splitmix64(
-        s ^ hmc_detail::splitmix64(static_cast<uint64_t>(first_chain_id + c)));
+    const uint64_t k = hmc_detail::splitmix64(s ^ hmc_detail::splitmix64(chain_ids[c]));
     ab[2 * c] = static_cast<int64_t>(k & 0xFFFFFFFFULL);
     ab[2 * c + 1] = static_cast<int64_t>(k >> 32);
   }
@@ -309,6 +366,7 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
                                    const std::string& name) {
+  using hmc_detail::device_copy;
   settings.validate();
   if (!init.defined() || init.dim() != 2 || init.size(0) < 1 || init.size(1) < 1)
     throw InvalidArgument(name +
@@ -319,19 +377,33 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   const int64_t chains = init.size(0), dim = init.size(1);
   const torch::TensorOptions opt = init.options();
   const int64_t num_warmup = settings.num_warmup, num_draws = settings.num_draws;
+  const int64_t total = num_warmup + num_draws;
   const bool pooled = !settings.adapt.per_chain;
+  if (!settings.chain_ids.empty() && static_cast<int64_t>(settings.chain_ids.size()) != chains)
+    throw InvalidArgument(name + ": chain_ids has " + std::to_string(settings.chain_ids.size()) +
+                          " ids for " + std::to_string(chains) + " chains");
+  const SamplerSnapshot* resume = settings.resume_from.get();
+  if (resume) hmc_detail::check_snapshot(*resume, settings, chains, dim, name);
 
-  Metric metric = settings.inv_metric.defined()
-                      ? Metric::from_inverse(settings.metric, settings.inv_metric, chains, dim, opt)
-                      : Metric::identity(settings.metric, chains, dim, opt);
-  HamiltonianSystem system(
-      log_density, std::move(metric),
-      ChainRandom(settings.seed, settings.chain_id_offset, chains, init.device()),
-      settings.max_energy_error);
+  Metric metric =
+      resume ? Metric::from_inverse(settings.metric, resume->inv_metric.to(opt), chains, dim, opt)
+      : settings.inv_metric.defined()
+          ? Metric::from_inverse(settings.metric, settings.inv_metric, chains, dim, opt)
+          : Metric::identity(settings.metric, chains, dim, opt);
+  ChainRandom random =
+      settings.chain_ids.empty()
+          ? ChainRandom(settings.seed, settings.chain_id_offset, chains, init.device())
+          : ChainRandom(settings.seed, settings.chain_ids, init.device());
+  HamiltonianSystem system(log_density, std::move(metric), std::move(random),
+                           settings.max_energy_error);
 
   ChainState state;
-  state.q = init.detach().clone();
-  {
+  if (resume) {
+    state.q = device_copy(resume->q, init.device());
+    state.log_p = device_copy(resume->log_p, init.device());
+    state.grad = device_copy(resume->grad, init.device());
+  } else {
+    state.q = init.detach().clone();
     LogDensityValue v = system.evaluate(state.q);
     state.log_p = v.log_p;
     state.grad = v.grad;
@@ -346,17 +418,23 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
 
   SamplerResult result;
   result.metric = settings.metric;
-  if (settings.save_warmup)
-    result.warmup = hmc_detail::allocate_draws(chains, num_warmup, dim, opt);
-  static_cast<Draws&>(result) = hmc_detail::allocate_draws(chains, num_draws, dim, opt);
+  if (resume) {
+    if (settings.save_warmup) result.warmup = hmc_detail::draws_copy(resume->warmup, init.device());
+    static_cast<Draws&>(result) = hmc_detail::draws_copy(resume->draws, init.device());
+  } else {
+    if (settings.save_warmup)
+      result.warmup = hmc_detail::allocate_draws(chains, num_warmup, dim, opt);
+    static_cast<Draws&>(result) = hmc_detail::allocate_draws(chains, num_draws, dim, opt);
+  }
 
-  const int64_t total = num_warmup + num_draws;
   const int64_t refresh =
       settings.refresh > 0 ? settings.refresh : std::max<int64_t>(1, total / 10);
   // Divergences and leapfrog steps accumulate on the device; they are read only when reported.
-  torch::Tensor divergences = torch::zeros({}, opt.dtype(torch::kLong));
+  torch::Tensor divergences =
+      torch::full({}, resume ? resume->divergences : 0, opt.dtype(torch::kLong));
   torch::Tensor leapfrogs = torch::zeros({}, opt.dtype(torch::kLong));
-  int64_t reported_at = 0;
+  const int64_t start = resume ? resume->iteration : 0;
+  int64_t reported_at = start;
   const auto started = std::chrono::steady_clock::now();
   auto progress = [&](int64_t i, const TransitionStats& st, const torch::Tensor& eps) {
     if (settings.on_progress) {
@@ -386,65 +464,123 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     return pooled ? torch::exp(torch::log(eps).mean()).expand({chains}).contiguous() : eps;
   };
 
-  torch::Tensor eps = torch::full({chains}, settings.step_size, opt);
   const bool adapt_step = settings.adapt.step_size && num_warmup > 0;
   const bool adapt_metric = settings.adapt.metric && num_warmup > 0;
   torch::NoGradGuard no_grad;  // a log density built on autograd re-enables it inside
-  auto t0 = std::chrono::steady_clock::now();
-  if (adapt_step)
+  // Wall time and log-density calls, split at the end of warmup; a resumed run adds its own.
+  double warmup_seconds = resume ? resume->warmup_seconds : 0.0;
+  double sampling_seconds = resume ? resume->sampling_seconds : 0.0;
+  const int64_t calls_before = resume ? resume->calls : 0;
+  int64_t warmup_calls = resume ? resume->warmup_calls : 0;
+  auto mark = std::chrono::steady_clock::now();
+  auto since_mark = [&mark] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
+  };
+
+  torch::Tensor eps = resume ? device_copy(resume->step_size, init.device())
+                             : torch::full({chains}, settings.step_size, opt);
+  if (adapt_step && !resume)
     eps = pool_step(find_reasonable_step_size(system, state, eps, 0, kStreamFirstStepSearch));
   DualAveraging dual(settings.adapt.dual_averaging,
                      torch::full({chains}, std::log(10.0 * settings.step_size), opt));
   WindowedAdaptation windows(num_warmup, settings.adapt.windows);
   WelfordEstimator estimator(settings.metric, adapt_metric ? chains : 1, adapt_metric ? dim : 1,
                              opt);
+  if (resume) {
+    if (adapt_step && resume->dual_mu.defined())
+      dual.restore(resume->dual_counter, resume->dual_mu, resume->dual_s_bar, resume->dual_x_bar);
+    if (adapt_metric && resume->welford_mean.defined())
+      estimator.restore(resume->welford_count, resume->welford_mean, resume->welford_m2);
+    for (int64_t i = 0; i < std::min(start, num_warmup); ++i) windows.step();  // host-side replay
+  }
   torch::Tensor all_chains = torch::ones({chains}, opt.dtype(torch::kBool));
+  if (num_warmup == 0 && !resume) {
+    warmup_seconds = since_mark();
+    warmup_calls = system.calls();
+    mark = std::chrono::steady_clock::now();
+  }
 
-  for (int64_t i = 0; i < num_warmup; ++i) {
+  for (int64_t i = start; i < total; ++i) {
     TransitionStats st = transition(system, state, eps, i);
-    if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
-    if (adapt_step) {
-      torch::Tensor stat = pooled ? st.accept_stat.mean().expand({chains}) : st.accept_stat;
-      eps = dual.learn(stat);
-    }
-    if (adapt_metric) {
-      WindowedAdaptation::Step w = windows.step();
-      if (w.add_sample) estimator.add(state.q);
-      if (w.end_window) {
-        torch::Tensor cov = regularize_covariance(
-            estimator.covariance(pooled), estimator.effective_count(pooled), settings.metric);
-        system.metric().update(cov, all_chains);
-        estimator.restart();
-        spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
-        if (adapt_step) {
-          eps = pool_step(find_reasonable_step_size(system, state, eps, i));
-          dual.set_mu(torch::log(10.0 * eps));
-          dual.restart();
+    if (i < num_warmup) {
+      if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
+      if (adapt_step) {
+        torch::Tensor stat = pooled ? st.accept_stat.mean().expand({chains}) : st.accept_stat;
+        eps = dual.learn(stat);
+      }
+      if (adapt_metric) {
+        WindowedAdaptation::Step w = windows.step();
+        if (w.add_sample) estimator.add(state.q);
+        if (w.end_window) {
+          torch::Tensor cov = regularize_covariance(
+              estimator.covariance(pooled), estimator.effective_count(pooled), settings.metric);
+          system.metric().update(cov, all_chains);
+          estimator.restart();
+          spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
+          if (adapt_step) {
+            eps = pool_step(find_reasonable_step_size(system, state, eps, i));
+            dual.set_mu(torch::log(10.0 * eps));
+            dual.restart();
+          }
         }
       }
+    } else {
+      hmc_detail::record(result, i - num_warmup, state, eps, st);
     }
     progress(i, st, eps);
-  }
-  if (adapt_step) eps = pool_step(dual.final_step_size());
-  state.log_p.sum().item<double>();  // waits for the device before reading the clock
-  auto t1 = std::chrono::steady_clock::now();
-  const int64_t warmup_calls = system.calls();
-
-  for (int64_t j = 0; j < num_draws; ++j) {
-    TransitionStats st = transition(system, state, eps, num_warmup + j);
-    hmc_detail::record(result, j, state, eps, st);
-    progress(num_warmup + j, st, eps);
+    if (i + 1 == num_warmup) {
+      if (adapt_step) eps = pool_step(dual.final_step_size());
+      state.log_p.sum().item<double>();  // waits for the device before reading the clock
+      warmup_seconds += since_mark();
+      warmup_calls = calls_before + system.calls();
+      mark = std::chrono::steady_clock::now();
+    }
+    const bool checkpoint =
+        settings.on_checkpoint && i + 1 < total &&
+        ((settings.checkpoint_every > 0 && (i + 1) % settings.checkpoint_every == 0) ||
+         i + 1 == num_warmup);
+    if (checkpoint) {
+      using hmc_detail::cpu_copy;
+      SamplerSnapshot s;
+      s.iteration = i + 1;
+      s.num_warmup = num_warmup;
+      s.num_draws = num_draws;
+      s.q = cpu_copy(state.q);
+      s.log_p = cpu_copy(state.log_p);
+      s.grad = cpu_copy(state.grad);
+      s.step_size = cpu_copy(eps);
+      s.inv_metric = cpu_copy(system.metric().inverse());
+      if (adapt_step) {
+        s.dual_counter = dual.counter();
+        s.dual_mu = cpu_copy(dual.mu());
+        s.dual_s_bar = cpu_copy(dual.s_bar());
+        s.dual_x_bar = cpu_copy(dual.x_bar());
+      }
+      if (adapt_metric) {
+        s.welford_count = estimator.num_samples();
+        s.welford_mean = cpu_copy(estimator.mean());
+        s.welford_m2 = cpu_copy(estimator.m2());
+      }
+      if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
+      s.draws = hmc_detail::draws_copy(result, torch::kCPU);
+      s.calls = calls_before + system.calls();
+      s.warmup_calls = i + 1 <= num_warmup ? s.calls : warmup_calls;
+      s.divergences = divergences.item<int64_t>();
+      s.warmup_seconds = warmup_seconds + (i + 1 < num_warmup ? since_mark() : 0.0);
+      s.sampling_seconds = sampling_seconds + (i + 1 > num_warmup ? since_mark() : 0.0);
+      settings.on_checkpoint(s);
+    }
   }
   state.log_p.sum().item<double>();
-  auto t2 = std::chrono::steady_clock::now();
+  if (total > num_warmup) sampling_seconds += since_mark();
 
   result.step_size_adapted = eps;
   result.inv_metric = system.metric().inverse();
-  result.log_density_calls = system.calls();
-  result.gradient_evaluations = system.calls() * chains;
+  result.log_density_calls = calls_before + system.calls();
+  result.gradient_evaluations = result.log_density_calls * chains;
   result.warmup_gradient_evaluations = warmup_calls * chains;
-  result.warmup_seconds = std::chrono::duration<double>(t1 - t0).count();
-  result.sampling_seconds = std::chrono::duration<double>(t2 - t1).count();
+  result.warmup_seconds = warmup_seconds;
+  result.sampling_seconds = sampling_seconds;
   return result;
 }
 

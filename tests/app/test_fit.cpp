@@ -1,6 +1,7 @@
 // `dslens fit` end to end on a small mock (SIE lens, elliptical Sersic source, 7 free parameters,
 // 32x32 pixels): the truth must lie inside the 95 % intervals, an interrupted fit resumed with
-// --resume must give the same draws as an uninterrupted one, two lenses are fitted as one batch,
+// --resume (after MAP, then after warmup) must give the same draws as an uninterrupted one, two
+// lenses are fitted as one batch and each gets the draws it gets alone,
 // and bad input exits 2 without writing anything.
 #include <gtest/gtest.h>
 
@@ -120,7 +121,8 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   const auto draws = dslens::read_npy(dir + "/fit/draws.npy");
   EXPECT_EQ(draws.sizes(), (std::vector<int64_t>{2, 120, 7}));
 
-  // Interrupted after MAP, then resumed: the same draws as the uninterrupted run.
+  // Interrupted after MAP, resumed and interrupted again after warmup (a snapshot of the sampler),
+  // then resumed to the end: the same draws as the uninterrupted run.
   const RunResult stop =
       run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") + " --stop-after map");
   ASSERT_EQ(stop.code, 0) << stop.output;
@@ -128,9 +130,16 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   EXPECT_FALSE(fs::exists(dir + "/fit2/summary.json"));
   const RunResult again = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2"));
   EXPECT_EQ(again.code, 2) << again.output;  // exists: refused without --resume/--overwrite
+  const RunResult warm = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") +
+                                    " --resume --stop-after warmup");
+  ASSERT_EQ(warm.code, 0) << warm.output;
+  EXPECT_TRUE(fs::exists(dir + "/fit2/checkpoint/batch0-sampler.pt"));
+  EXPECT_FALSE(fs::exists(dir + "/fit2/checkpoint/batch0-chains.pt"));
   const RunResult resumed =
-      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") + " --resume");
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit2") + " --resume", "info");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("sampling resumes at iteration 80"), std::string::npos)
+      << resumed.output;
   const auto draws2 = dslens::read_npy(dir + "/fit2/draws.npy");
   EXPECT_TRUE(torch::allclose(draws, draws2, 1e-9, 1e-12));
   fs::remove_all(dir);
@@ -153,12 +162,18 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       }
     }
   }
-  // --shard 1/2 fits only the second config.
-  const RunResult sh = run_dslens("fit " + quote(dir + "/configs") + " --out " +
-                                  quote(dir + "/shard") + " --shard 1/2 --warmup 30 --draws 20");
+  // --shard 1/2 fits only the second config; its random streams follow its name, not its place
+  // in the batch, so alone it gets the draws it got beside "a".
+  const RunResult sh =
+      run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/shard") +
+                 " --shard 1/2 --warmup 40 --draws 60 --starts 3");
   ASSERT_EQ(sh.code, 0) << sh.output;
   EXPECT_TRUE(fs::exists(dir + "/shard/summary.json"));
   EXPECT_EQ(read_json(dir + "/shard/summary.json")["lens"], "b");
+  const auto alone = dslens::read_npy(dir + "/shard/draws.npy");
+  const auto batched = dslens::read_npy(dir + "/fit/b/draws.npy");
+  EXPECT_TRUE(torch::allclose(alone, batched, 1e-6, 1e-9))
+      << (alone - batched).abs().max().item<double>();
   fs::remove_all(dir);
 }
 

@@ -11,7 +11,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/diagnostics.h"
@@ -440,6 +442,98 @@ TEST(Nuts, MaxDepthBoundsTheTrees) {
   EXPECT_TRUE((r.n_leapfrog == 7).all().item<bool>());
   EXPECT_TRUE((r.step_size == 0.01).all().item<bool>());
   EXPECT_EQ(r.gradient_evaluations, (1 + 20 * 7) * 3);
+}
+
+TEST(Nuts, ChainIdsMakeAChainIndependentOfItsPlaceInTheBatch) {
+  const int64_t D = 3;
+  auto f = gaussian(torch::tensor({0.5, 1.0, 2.0}, f64()));
+  torch::Tensor init =
+      torch::randn({3, D}, torch::Generator(at::detail::createCPUGenerator(5)), f64());
+  NutsSettings s;
+  s.num_warmup = 30;
+  s.num_draws = 20;
+  s.adapt.metric = false;
+  s.seed = 9;
+  s.chain_ids = {1000003, 17, 1u << 31};
+  SamplerResult all = sample_nuts(f, init, s);
+  for (int64_t k = 0; k < 3; ++k) {
+    NutsSettings one = s;
+    one.chain_ids = {s.chain_ids[k]};
+    SamplerResult r = sample_nuts(f, init.narrow(0, k, 1), one);
+    EXPECT_TRUE(torch::allclose(r.draws[0], all.draws[k], 1e-9, 1e-11)) << "chain " << k;
+    EXPECT_TRUE(torch::equal(r.n_leapfrog[0], all.n_leapfrog[k])) << "chain " << k;
+  }
+  // Another id, another stream.
+  NutsSettings other = s;
+  other.chain_ids = {18};
+  EXPECT_FALSE(torch::allclose(sample_nuts(f, init.narrow(0, 1, 1), other).draws[0], all.draws[1],
+                               1e-3, 1e-3));
+  s.chain_ids = {1, 2};  // 2 ids for 3 chains
+  EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
+}
+
+struct StopHere {};
+
+TEST(Nuts, ResumedFromACheckpointGivesTheUninterruptedRun) {
+  const int64_t C = 3, D = 4;
+  auto f = gaussian(torch::tensor({0.3, 1.0, 2.0, 4.0}, f64()));
+  torch::Tensor init =
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(3)), f64());
+  NutsSettings s;
+  s.num_warmup = 120;
+  s.num_draws = 40;
+  s.adapt.windows = WindowSettings{20, 15, 25};  // metric updates at 35 and 95
+  s.metric = MetricKind::dense;
+  s.save_warmup = true;
+  s.seed = 77;
+  s.checkpoint_every = 35;
+  std::vector<std::vector<torch::Tensor>> saved;
+  s.on_checkpoint = [&saved](const SamplerSnapshot& snap) { saved.push_back(snap.to_tensors()); };
+  const SamplerResult full = sample_nuts(f, init, s);
+  std::vector<int64_t> at;
+  for (const auto& t : saved) at.push_back(SamplerSnapshot::from_tensors(t).iteration);
+  // Every 35 iterations, and at the end of warmup; none after the last iteration.
+  EXPECT_EQ(at, (std::vector<int64_t>{35, 70, 105, 120, 140}));
+
+  for (const auto& t : saved) {
+    NutsSettings r = s;
+    r.on_checkpoint = nullptr;
+    r.resume_from = std::make_shared<SamplerSnapshot>(SamplerSnapshot::from_tensors(t));
+    const SamplerResult res = sample_nuts(f, init, r);
+    const int64_t it = r.resume_from->iteration;
+    EXPECT_TRUE(torch::equal(res.draws, full.draws)) << "resumed at " << it;
+    EXPECT_TRUE(torch::equal(res.warmup.draws, full.warmup.draws)) << "resumed at " << it;
+    EXPECT_TRUE(torch::equal(res.n_leapfrog, full.n_leapfrog)) << "resumed at " << it;
+    EXPECT_TRUE(torch::equal(res.step_size_adapted, full.step_size_adapted)) << it;
+    EXPECT_TRUE(torch::equal(res.inv_metric, full.inv_metric)) << "resumed at " << it;
+    EXPECT_EQ(res.gradient_evaluations, full.gradient_evaluations) << "resumed at " << it;
+    EXPECT_EQ(res.warmup_gradient_evaluations, full.warmup_gradient_evaluations) << it;
+  }
+
+  // The callback can stop the run (an interrupted job); the last snapshot continues it.
+  NutsSettings stop = s;
+  std::shared_ptr<SamplerSnapshot> last;
+  stop.on_checkpoint = [&last](const SamplerSnapshot& snap) {
+    last = std::make_shared<SamplerSnapshot>(snap);
+    if (snap.iteration == 70) throw StopHere{};
+  };
+  EXPECT_THROW(sample_nuts(f, init, stop), StopHere);
+  ASSERT_TRUE(last);
+  stop.on_checkpoint = nullptr;
+  stop.resume_from = last;
+  EXPECT_TRUE(torch::equal(sample_nuts(f, init, stop).draws, full.draws));
+
+  // A checkpoint of another run is refused with the reason.
+  NutsSettings longer = stop;
+  longer.num_draws = 50;
+  EXPECT_THROW(sample_nuts(f, init, longer), dslens::InvalidArgument);
+  NutsSettings diag = stop;
+  diag.metric = MetricKind::diag;
+  EXPECT_THROW(sample_nuts(f, init, diag), dslens::InvalidArgument);
+  EXPECT_THROW(sample_nuts(f, init.narrow(0, 0, 2), stop), dslens::InvalidArgument);
+  std::vector<torch::Tensor> broken = saved.front();
+  broken.pop_back();
+  EXPECT_THROW(SamplerSnapshot::from_tensors(broken), dslens::InvalidArgument);
 }
 
 }  // namespace nuts_test

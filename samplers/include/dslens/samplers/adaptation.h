@@ -27,6 +27,10 @@ class DualAveraging {
   int64_t counter() const { return counter_; }
   const torch::Tensor& s_bar() const { return s_bar_; }
   const torch::Tensor& x_bar() const { return x_bar_; }
+  const torch::Tensor& mu() const { return mu_; }
+  // Puts back a state read with the accessors above (sampler checkpoints).
+  void restore(int64_t counter, const torch::Tensor& mu, const torch::Tensor& s_bar,
+               const torch::Tensor& x_bar);
 
  private:
   StepSizeAdaptSettings settings_;
@@ -70,6 +74,10 @@ class WelfordEstimator {
   torch::Tensor covariance(bool pooled) const;
   // Number of draws behind covariance(pooled).
   int64_t effective_count(bool pooled) const { return pooled ? n_ * chains_ : n_; }
+  const torch::Tensor& mean() const { return mean_; }
+  const torch::Tensor& m2() const { return m2_; }  // sum of squared deviations
+  // Puts back a state read with num_samples(), mean() and m2() (sampler checkpoints).
+  void restore(int64_t n, const torch::Tensor& mean, const torch::Tensor& m2);
 
  private:
   MetricKind kind_;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "dslens/samplers/log_density.h"
 #include "dslens/samplers/metric.h"
@@ -25,6 +26,8 @@ class ChainRandom {
   ChainRandom() = default;
   // Chains get ids first_chain_id, ..., first_chain_id + chains - 1.
   ChainRandom(uint64_t seed, int64_t first_chain_id, int64_t chains, torch::Device device);
+  // Chain c gets id chain_ids[c].
+  ChainRandom(uint64_t seed, const std::vector<uint64_t>& chain_ids, torch::Device device);
   int64_t chains() const { return key_ab_.defined() ? key_ab_.size(0) : 0; }
   // Raw 32-bit words [C, n] (int64 in [0, 2^32)) for elements offset, ..., offset + n - 1.
   torch::Tensor bits(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
@@ -137,6 +140,29 @@ struct SamplerResult : Draws {
   int64_t warmup_gradient_evaluations = 0;
   double warmup_seconds = 0;
   double sampling_seconds = 0;
+};
+
+// Everything the warmup/sampling loop needs to continue where it stopped. With counter-based
+// random streams, a run resumed from a snapshot gives exactly the draws of an uninterrupted one.
+// Tensors are CPU copies.
+struct SamplerSnapshot {
+  int64_t iteration = 0;  // iterations completed, warmup included
+  int64_t num_warmup = 0, num_draws = 0;
+  torch::Tensor q, log_p, grad;  // the chains' state [C, D], [C], [C, D]
+  torch::Tensor step_size;       // [C], for the next iteration
+  torch::Tensor inv_metric;      // [C, D] or [C, D, D]
+  int64_t dual_counter = 0;      // dual averaging (undefined tensors when not adapting)
+  torch::Tensor dual_mu, dual_s_bar, dual_x_bar;
+  int64_t welford_count = 0;  // the (co)variance window in progress
+  torch::Tensor welford_mean, welford_m2;
+  Draws warmup, draws;  // the result's buffers; rows before `iteration` are filled
+  int64_t calls = 0, warmup_calls = 0, divergences = 0;
+  double warmup_seconds = 0, sampling_seconds = 0;
+
+  // A flat list for torch::save / torch::load, and back; from_tensors throws
+  // dslens::InvalidArgument for a list that is not a snapshot.
+  std::vector<torch::Tensor> to_tensors() const;
+  static SamplerSnapshot from_tensors(const std::vector<torch::Tensor>& tensors);
 };
 
 // One transition of all chains: updates state in place.

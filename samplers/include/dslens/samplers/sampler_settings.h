@@ -5,8 +5,12 @@
 #include <functional>
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 namespace dslens::samplers {
+
+struct SamplerSnapshot;  // hmc.h
 
 enum class MetricKind { diag, dense };
 const char* metric_name(MetricKind kind);
@@ -67,11 +71,21 @@ struct SamplerSettings {
   // draws do not depend on how many other chains run beside it.
   uint64_t seed = 0;
   int64_t chain_id_offset = 0;
+  // When not empty, one id per chain, used instead of chain_id_offset + c: e.g. ids derived from a
+  // lens's name, so that its chains draw the same numbers wherever it sits in a batch.
+  std::vector<uint64_t> chain_ids;
   bool save_warmup = false;
   // Log progress every this many iterations (0: every 10 %).
   int64_t refresh = 0;
   // Called instead of the log line when set (e.g. a progress bar); never inside a transition.
   std::function<void(const SamplerProgress&)> on_progress;
+  // Checkpoints: on_checkpoint gets a snapshot every `checkpoint_every` iterations (0: never) and
+  // at the end of warmup. It may throw to stop the run; the exception propagates unchanged.
+  int64_t checkpoint_every = 0;
+  std::function<void(const SamplerSnapshot&)> on_checkpoint;
+  // Continue a run from a snapshot taken with the same settings and initial positions' shape: the
+  // counter-based random streams make the result that of the uninterrupted run.
+  std::shared_ptr<const SamplerSnapshot> resume_from;
   void validate() const;
 };
 
