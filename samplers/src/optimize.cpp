@@ -163,7 +163,12 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   torch::Tensor gamma = torch::ones({n}, opt);
   torch::Tensor has_history = torch::zeros({n}, opt.dtype(torch::kBool));
   torch::Tensor iters = torch::zeros({n}, opt.dtype(torch::kInt64));
-  int64_t slot = 0;
+  // Each start keeps its own ring of pairs: a step that fails the curvature test stores nothing
+  // (Nocedal & Wright, Algorithm 7.5 and section 7.2: skip the update), so the start's older pairs
+  // survive. next [n] is the slot its next pair goes to.
+  const torch::Tensor rows = torch::arange(n, opt.dtype(torch::kInt64));
+  torch::Tensor next = torch::zeros({n}, opt.dtype(torch::kInt64));
+  std::vector<torch::Tensor> slot_of(mh);  // slot of each start's j-th newest pair
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "lbfgs", it, s.max_iterations, -f, active);
@@ -172,19 +177,20 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     torch::Tensor q = g.clone();
     std::vector<torch::Tensor> alphas(mh);
     for (int64_t j = 0; j < mh; ++j) {
-      const int64_t i = ((slot - 1 - j) % mh + mh) % mh;
-      torch::Tensor si = s_hist.select(1, i), yi = y_hist.select(1, i);
-      torch::Tensor a = torch::where(valid.select(1, i), rho.select(1, i) * (si * q).sum(1),
+      slot_of[j] = (next - (1 + j)).remainder(mh);
+      const torch::Tensor& i = slot_of[j];
+      torch::Tensor si = s_hist.index({rows, i}), yi = y_hist.index({rows, i});
+      torch::Tensor a = torch::where(valid.index({rows, i}), rho.index({rows, i}) * (si * q).sum(1),
                                      torch::zeros({n}, opt));
       q = q - a.unsqueeze(1) * yi;
       alphas[j] = a;
     }
     torch::Tensor rr = gamma.unsqueeze(1) * q;
     for (int64_t j = mh - 1; j >= 0; --j) {
-      const int64_t i = ((slot - 1 - j) % mh + mh) % mh;
-      torch::Tensor si = s_hist.select(1, i), yi = y_hist.select(1, i);
-      torch::Tensor b = torch::where(valid.select(1, i), rho.select(1, i) * (yi * rr).sum(1),
-                                     torch::zeros({n}, opt));
+      const torch::Tensor& i = slot_of[j];
+      torch::Tensor si = s_hist.index({rows, i}), yi = y_hist.index({rows, i});
+      torch::Tensor b = torch::where(
+          valid.index({rows, i}), rho.index({rows, i}) * (yi * rr).sum(1), torch::zeros({n}, opt));
       rr = rr + (alphas[j] - b).unsqueeze(1) * si;
     }
     torch::Tensor d = -rr;
@@ -219,13 +225,13 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     torch::Tensor sy = (sv * yv).sum(1);
     torch::Tensor curvature = moved & (sy > 1e-10 * sv.norm(2, 1) * yv.norm(2, 1)) & (sy > 0);
     torch::Tensor cm = curvature.unsqueeze(1);
-    s_hist.select(1, slot).copy_(torch::where(cm, sv, s_hist.select(1, slot)));
-    y_hist.select(1, slot).copy_(torch::where(cm, yv, y_hist.select(1, slot)));
-    rho.select(1, slot).copy_(torch::where(curvature, 1.0 / sy, rho.select(1, slot)));
-    valid.select(1, slot).copy_(curvature);
+    s_hist.index_put_({rows, next}, torch::where(cm, sv, s_hist.index({rows, next})));
+    y_hist.index_put_({rows, next}, torch::where(cm, yv, y_hist.index({rows, next})));
+    rho.index_put_({rows, next}, torch::where(curvature, 1.0 / sy, rho.index({rows, next})));
+    valid.index_put_({rows, next}, valid.index({rows, next}) | curvature);
     gamma = torch::where(curvature, sy / (yv * yv).sum(1), gamma);
     has_history = has_history | curvature;
-    slot = (slot + 1) % mh;
+    next = torch::where(curvature, (next + 1).remainder(mh), next);
 
     torch::Tensor mm = moved.unsqueeze(1);
     x = torch::where(mm, x_new, x);

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dslens/core/npy.h"
 #include "run_dslens.h"
@@ -207,6 +209,26 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
 
   r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --shard 2/2");
   EXPECT_EQ(r.code, 2) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(MockStudyCommand, BadOptionsExitTwoNamingTheOption) {
+  const std::string dir = dslens::testing::temp_dir("mock_study_bad");
+  const std::string base = "mock-study --vae " + quote(dir) + " --out " + quote(dir + "/o");
+  for (const auto& [option, named] :
+       std::vector<std::pair<std::string, std::string>>{{"--metric euclid", "--metric 'euclid'"},
+                                                        {"--max-depth 0", "--max-depth"},
+                                                        {"--max-batch 0", "--max-batch"},
+                                                        {"--snr 0", "--snr level 0"}}) {
+    const RunResult r = run_dslens(base + " " + option);
+    EXPECT_EQ(r.code, 2) << option << "\n" << r.output;
+    EXPECT_NE(r.output.find(named), std::string::npos) << option << "\n" << r.output;
+  }
+  // A folder without checkpoint.json is not a VAE.
+  const RunResult r = run_dslens(base);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("is not a trained VAE"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
   fs::remove_all(dir);
 }
 
