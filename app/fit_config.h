@@ -28,6 +28,10 @@ struct SamplerChoice {
   int max_depth = 10;
   double target_accept = 0.8;
   std::string metric = "diag";
+  // Draws' worth of weight the current metric keeps in each warmup window's estimate
+  // (samplers::AdaptSettings::metric_prior_count); < 0: the number of free parameters for a dense
+  // metric, 0 (Stan's rule) for a diagonal one.
+  double metric_prior_count = -1.0;
   uint64_t seed = 0;
   int64_t num_steps = 16;  // HMC only
 };

@@ -361,6 +361,12 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
     s.adapt.dual_averaging.delta = sc.target_accept;
     s.adapt.windows = windows_for(sc.warmup);
+    // The Laplace metric is worth D draws in the dense windows' estimates: a 25-draw first
+    // window cannot estimate a D x D covariance for D ~ 75 alone (samplers/sampler_settings.h).
+    const double prior_count = sc.metric_prior_count >= 0
+                                   ? sc.metric_prior_count
+                                   : (sc.metric == "dense" ? static_cast<double>(dim) : 0.0);
+    s.adapt.metric_prior_count = prior_count;
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
     s.refresh = std::max<int64_t>(1, (sc.warmup + sc.draws) / (isatty(2) ? 200 : 10));
     // About 20 snapshots per run, and one at the end of warmup.
@@ -380,6 +386,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                      {"num_steps", sc.algorithm == "hmc" ? nlohmann::json(sc.num_steps) : nullptr},
                      {"target_accept", sc.target_accept},
                      {"metric", sc.metric},
+                     {"metric_prior_count", prior_count},
                      {"seed", sc.seed},
                      {"device", compute.device.str()},
                      {"dtype", dtype_name(compute.dtype)},

@@ -512,8 +512,14 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
         WindowedAdaptation::Step w = windows.step();
         if (w.add_sample) estimator.add(state.q);
         if (w.end_window) {
-          torch::Tensor cov = regularize_covariance(
-              estimator.covariance(pooled), estimator.effective_count(pooled), settings.metric);
+          const int64_t n = estimator.effective_count(pooled);
+          torch::Tensor cov =
+              regularize_covariance(estimator.covariance(pooled), n, settings.metric);
+          const double k = settings.adapt.metric_prior_count;
+          if (k > 0) {
+            const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
+            cov = w * cov + (1.0 - w) * system.metric().inverse();
+          }
           system.metric().update(cov, all_chains);
           estimator.restart();
           spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);

@@ -536,4 +536,48 @@ TEST(Nuts, ResumedFromACheckpointGivesTheUninterruptedRun) {
   EXPECT_THROW(SamplerSnapshot::from_tensors(broken), dslens::InvalidArgument);
 }
 
+TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
+  // A correlated 30-d Gaussian started with its exact covariance as the metric; a 150-iteration
+  // warmup has one slow window of 25 draws, fewer than the dimension.
+  const int64_t C = 2, D = 30;
+  auto gen = torch::Generator(at::detail::createCPUGenerator(31));
+  torch::Tensor a = torch::randn({D, D}, gen, f64()) / std::sqrt(static_cast<double>(D));
+  torch::Tensor cov = a.mm(a.t()) + 0.05 * torch::eye(D, f64());
+  torch::Tensor prec = torch::inverse(cov), chol = torch::linalg::cholesky(cov);
+  LogDensityFn f = [prec](const torch::Tensor& q) {
+    torch::Tensor pq = q.mm(prec);
+    return LogDensityValue{-0.5 * (q * pq).sum(1), -pq};
+  };
+  torch::Tensor init = torch::randn({C, D}, gen, f64()).mm(chol.t());
+  NutsSettings s;
+  s.num_warmup = 150;
+  s.num_draws = 150;
+  s.max_depth = 8;
+  s.metric = MetricKind::dense;
+  s.inv_metric = cov;
+  s.seed = 5;
+  // Condition number of the adapted metric in the posterior's whitened frame (1 is perfect).
+  auto condition = [&chol](const torch::Tensor& inv_metric) {
+    torch::Tensor li = torch::inverse(chol);
+    torch::Tensor e = torch::linalg::eigvalsh(li.matmul(inv_metric).matmul(li.t()), "L");
+    return (e.select(-1, D - 1) / e.select(-1, 0)).max().item<double>();
+  };
+  const SamplerResult stan = sample_nuts(f, init, s);
+  s.adapt.metric_prior_count = static_cast<double>(D);
+  const SamplerResult kept = sample_nuts(f, init, s);
+  const double k_stan = condition(stan.inv_metric), k_kept = condition(kept.inv_metric);
+  EXPECT_GT(k_stan, 100.0);  // Stan's rule: the 5 missing directions shrink to 1e-3 I
+  EXPECT_LT(k_kept, 10.0) << "stan " << k_stan;  // Marchenko-Pastur spread of 25 draws in 30-d
+  const double lf_stan = stan.n_leapfrog.to(torch::kFloat64).mean().item<double>();
+  const double lf_kept = kept.n_leapfrog.to(torch::kFloat64).mean().item<double>();
+  EXPECT_LT(lf_kept, 0.5 * lf_stan);
+  // And the draws still have the target's covariance: whitened, their variances average ~1.
+  torch::Tensor w = kept.draws.reshape({-1, D}).mm(torch::inverse(chol).t());
+  const double v = w.var(0).mean().item<double>();
+  EXPECT_GT(v, 0.8);
+  EXPECT_LT(v, 1.2);
+  s.adapt.metric_prior_count = -1;
+  EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
+}
+
 }  // namespace nuts_test

@@ -40,6 +40,13 @@ struct AdaptSettings {
   // true: every chain adapts its own step size and metric (and chains stay independent);
   // false: one step size from the mean acceptance statistic and one metric from the pooled draws.
   bool per_chain = true;
+  // The metric in use counts as this many draws in each window's estimate: the new inverse metric
+  // is (n C + k M^-1) / (n + k) for n draws with (Stan-regularised) covariance C and k this count,
+  // i.e. the posterior mean under an inverse-Wishart prior centred on the current metric. 0 is
+  // Stan's rule. A dense metric in D dimensions estimated from n < D draws alone is singular
+  // (Stan then shrinks it to 1e-3 I in the missing directions); a good starting metric (a Laplace
+  // approximation) with k ~ D keeps what it knows until the windows have the draws to replace it.
+  double metric_prior_count = 0.0;
   StepSizeAdaptSettings dual_averaging;
   WindowSettings windows;
   void validate(int64_t num_warmup) const;
