@@ -12,11 +12,13 @@ namespace dslens::app {
 void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice& sampler) {
   if (root.has("map")) {
     const ConfigNode m = root.at("map");
-    m.allow_only({"starts", "adam_iterations", "learning_rate", "lbfgs_iterations", "seed"});
+    m.allow_only(
+        {"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations", "seed"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
     map.learning_rate = m.number_or("learning_rate", map.learning_rate, Range::positive());
+    if (m.has("blur_pixels")) map.blur_pixels = m.numbers("blur_pixels", Range::closed(0.0, 100.0));
     map.lbfgs_iterations =
         m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
     map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));

@@ -16,6 +16,10 @@ struct MapSettings {
   int64_t starts = 32;            // prior draws optimised together, per lens
   int64_t adam_iterations = 300;  // Adam first (robust far from the optimum) ...
   double learning_rate = 0.05;
+  // Coarse to fine: the Adam iterations are split into stages on the residuals blurred by these
+  // Gaussian sigmas (pixels; LensPosterior::log_prob_smoothed), then one on the exact posterior.
+  // Off by default until a mock study says which schedule to use (docs/fit.md).
+  std::vector<double> blur_pixels;
   int64_t lbfgs_iterations = 200;  // ... then L-BFGS to converge
   uint64_t seed = 0;
 };

@@ -247,11 +247,23 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     MapBar bar;
     const auto show = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
     if (first.map.adam_iterations > 0) {
-      samplers::AdamSettings adam;
-      adam.on_progress = show;
-      adam.max_iterations = first.map.adam_iterations;
-      adam.learning_rate = first.map.learning_rate;
-      x = samplers::maximize_adam(log_density, x, adam).x;
+      // Coarse to fine: Adam on blurred residuals first (wide basins: an arc a few pixels off
+      // still overlaps the data), then on the exact posterior; the iterations are split evenly.
+      std::vector<double> blurs = first.map.blur_pixels;
+      blurs.push_back(0.0);
+      const int64_t stages = static_cast<int64_t>(blurs.size());
+      for (int64_t k = 0; k < stages; ++k) {
+        samplers::AdamSettings adam;
+        adam.on_progress = show;
+        adam.max_iterations =
+            first.map.adam_iterations / stages + (k < first.map.adam_iterations % stages ? 1 : 0);
+        adam.learning_rate = first.map.learning_rate;
+        if (adam.max_iterations < 1) continue;
+        if (blurs[k] > 0) spdlog::info("MAP: Adam on residuals blurred by {} px", blurs[k]);
+        x = samplers::maximize_adam(
+                blurs[k] > 0 ? posterior.log_density_smoothed(blurs[k]) : log_density, x, adam)
+                .x;
+      }
     }
     samplers::OptimizeResult res;
     if (first.map.lbfgs_iterations > 0) {

@@ -103,3 +103,42 @@ TEST(LensPosterior, MaskedPixelsDoNotCount) {
   p.data.mask[3][4] = true;
   EXPECT_THROW(LensPosterior(p.spec, p.space, p.data, p.compute), InvalidArgument);
 }
+
+TEST(LensPosterior, SmoothedObjectiveIsExactAtZeroBlurAndKeepsTheNoiseChiSquare) {
+  SmallProblem p;
+  LensPosterior first(p.spec, p.space, p.data, p.compute);
+  const auto u0 = p.truth_u();
+  const auto clean = first.model_image(p.space.unpack(u0))[0].detach();
+  // 16 noise realisations fitted as 16 lenses of one batch.
+  const int64_t L = 16;
+  torch::Generator gen = at::detail::createCPUGenerator(8);
+  ImagingData noisy{clean.unsqueeze(0) + 0.05 * torch::randn({L, 24, 24}, gen, torch::kFloat64),
+                    torch::full({L, 24, 24}, 0.05, torch::kFloat64),
+                    torch::ones({L, 24, 24}, torch::kBool)};
+  noisy.mask[0][3][4] = false;  // a masked pixel must not leak through the blur
+  noisy.image[0][3][4] = 1e6;
+  LensPosterior post(p.spec, p.space, noisy, p.compute);
+  const auto u = u0.repeat({L, 1});
+  EXPECT_TRUE(torch::allclose(post.log_prob_smoothed(u, 0.0), post.log_prob(u), 0, 0));
+  // At the truth the residual is the noise: blurred and reweighted by 1 / sum(g^2), its
+  // chi-square keeps the mean of the unblurred one (less a little at the zero-padded edges).
+  const auto prior_and_norm = post.log_prob(u) + 0.5 * post.chi_square(u);
+  for (double blur : {1.0, 2.0}) {
+    const auto chi2_b = -2.0 * (post.log_prob_smoothed(u, blur) - prior_and_norm);
+    const double ratio = (chi2_b.mean() / post.chi_square(u).mean()).item<double>();
+    EXPECT_GT(ratio, 0.75) << "blur " << blur;
+    EXPECT_LT(ratio, 1.1) << "blur " << blur;
+  }
+  // Its gradient (autograd through the separable convolution) against finite differences.
+  const auto v = post.log_density_smoothed(1.5)(u);
+  const double h = 1e-6;
+  for (int64_t i = 0; i < p.space.dim(); ++i) {
+    auto e = torch::zeros_like(u);
+    e.select(1, i).fill_(h);
+    const auto fd =
+        (post.log_prob_smoothed(u + e, 1.5) - post.log_prob_smoothed(u - e, 1.5)) / (2 * h);
+    EXPECT_NEAR(v.grad[1][i].item<double>(), fd[1].item<double>(),
+                1e-5 * std::max(1.0, std::abs(fd[1].item<double>())))
+        << "coord " << i;
+  }
+}

@@ -64,6 +64,13 @@ class LensPosterior {
   torch::Tensor log_prob(const torch::Tensor& u) const;        // [C]
   // The posterior in the samplers' interface (autograd gradient).
   samplers::LogDensityFn log_density() const;
+  // The log posterior with the residual image convolved with a Gaussian of `blur_pixels` (sigma,
+  // in pixels) before it is squared, its weights divided by sum(g^2) so that pure noise keeps its
+  // chi-square: a smoothed objective for the first MAP stages, in which an arc placed a few pixels
+  // off still overlaps the data and pulls the lens towards it (coarse to fine). blur_pixels <= 0
+  // is log_prob.
+  torch::Tensor log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const;
+  samplers::LogDensityFn log_density_smoothed(double blur_pixels) const;
   // Chi-square over unmasked pixels and their count, for the reduced chi-square.
   torch::Tensor chi_square(const torch::Tensor& u) const;
   int64_t n_pixels() const { return n_pixels_; }  // summed over lenses
