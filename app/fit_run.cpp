@@ -182,6 +182,51 @@ torch::Generator lens_generator(uint64_t seed, const FitConfig& c) {
 // Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
 struct StopAfterWarmup {};
 
+// Where the chains start: the best few optima of each lens (best_x [L, K, D], best_lp [L, K], best
+// first) seed its chains round-robin over the optima within D nats of the best, each displaced by
+// 0.3 x a draw from the Laplace approximation there, whose covariance is the chain's initial
+// inverse metric. Rows lens-major, [L * chains, D].
+struct ChainStarts {
+  torch::Tensor init, inv_metric;
+};
+
+ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
+                         const std::vector<const FitConfig*>& lenses, const torch::Tensor& best_x,
+                         const torch::Tensor& best_lp, bool dense,
+                         const torch::TensorOptions& opts) {
+  const int64_t n_lenses = best_x.size(0), keep = best_x.size(1), dim = best_x.size(2);
+  const int64_t chains = lenses.front()->sampler.chains;
+  const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
+  std::vector<int64_t> seed_rows;
+  std::vector<int64_t> seeds_used;
+  for (int64_t l = 0; l < n_lenses; ++l) {
+    const double* lp = lp_cpu.data_ptr<double>() + l * keep;
+    int64_t good = 1;
+    while (good < keep && std::isfinite(lp[good]) && lp[good] >= lp[0] - static_cast<double>(dim))
+      ++good;
+    for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
+    seeds_used.push_back(std::min(good, chains));
+  }
+  const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
+                                  .index_select(0, torch::tensor(seed_rows).to(best_x.device()));
+  spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
+               nlohmann::json(seeds_used).dump(), dim);
+  const auto t_laplace = std::chrono::steady_clock::now();
+  const auto laplace = laplace_metric(log_density, seeds, dense);
+  spdlog::info(
+      "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
+      "{:.3g} (unconstrained)",
+      seconds_since(t_laplace), laplace.sd.min().item<double>(), laplace.sd.max().item<double>());
+  std::vector<torch::Tensor> eps;
+  for (const auto* c : lenses) {
+    auto gen = lens_generator(c->sampler.seed + 7919, *c);
+    eps.push_back(torch::randn({chains, dim}, gen, torch::kFloat64));
+  }
+  const torch::Tensor jitter =
+      0.3 * laplace.cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
+  return {seeds + jitter.to(opts), laplace.inv_metric.to(opts)};
+}
+
 }  // namespace fit_run_detail
 
 using namespace fit_run_detail;
@@ -331,38 +376,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       init = snapshot->q.to(opts);
       s.resume_from = snapshot;
     } else if (!have_chains) {
-      const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
-      std::vector<int64_t> seed_rows;
-      std::vector<int64_t> seeds_used;
-      for (int64_t l = 0; l < n_lenses; ++l) {
-        const double* lp = lp_cpu.data_ptr<double>() + l * keep;
-        int64_t good = 1;
-        while (good < keep && std::isfinite(lp[good]) &&
-               lp[good] >= lp[0] - static_cast<double>(dim))
-          ++good;
-        for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
-        seeds_used.push_back(std::min(good, chains));
-      }
-      const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
-                                      .index_select(0, torch::tensor(seed_rows).to(compute.device));
-      spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
-                   nlohmann::json(seeds_used).dump(), dim);
-      const auto t_laplace = std::chrono::steady_clock::now();
-      const auto laplace = laplace_metric(log_density, seeds, sc.metric == "dense");
-      spdlog::info(
-          "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
-          "{:.3g} (unconstrained)",
-          seconds_since(t_laplace), laplace.sd.min().item<double>(),
-          laplace.sd.max().item<double>());
-      std::vector<torch::Tensor> eps;
-      for (const auto* c : lenses) {
-        auto gen = lens_generator(c->sampler.seed + 7919, *c);
-        eps.push_back(torch::randn({chains, dim}, gen, torch::kFloat64));
-      }
-      const torch::Tensor jitter =
-          0.3 * laplace.cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
-      init = seeds + jitter.to(opts);
-      s.inv_metric = laplace.inv_metric.to(opts);
+      const ChainStarts starts_of_chains =
+          chain_starts(log_density, lenses, best_x, best_lp, sc.metric == "dense", opts);
+      init = starts_of_chains.init;
+      s.inv_metric = starts_of_chains.inv_metric;
     }
     s.num_warmup = sc.warmup;
     s.num_draws = sc.draws;
