@@ -129,12 +129,33 @@ torch::Tensor LensPosterior::model_image(const ParameterSpace::Unpacked& values)
   return physics::simulate_image(build(values, rows), rows, compute_);
 }
 
-torch::Tensor LensPosterior::chi_square(const torch::Tensor& u) const {
-  const auto un = space_.unpack(u);
-  const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  const auto model = model_image(un).reshape({n_lenses_, per, spec_.grid.ny, spec_.grid.nx});
+torch::Tensor LensPosterior::chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows,
+                                           double blur_pixels) const {
+  const int64_t per = rows_per_lens(rows);
+  const auto& g = spec_.grid;
+  const auto model = model_image(un).reshape({n_lenses_, per, g.ny, g.nx});
   const auto r = model - data_.image.unsqueeze(1);
-  return (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
+  if (!(blur_pixels > 0)) return (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
+  // Masked pixels carry no residual; the blur then spreads only fitted ones.
+  const auto rm = torch::where(weight_.unsqueeze(1) > 0, r, torch::zeros_like(r))
+                      .reshape({rows, 1, g.ny, g.nx});
+  const int64_t half = static_cast<int64_t>(std::ceil(3.0 * blur_pixels));
+  auto k = torch::arange(-half, half + 1, model.options());
+  k = torch::exp(-0.5 * k * k / (blur_pixels * blur_pixels));
+  k = k / k.sum();
+  const double sum_g2 = std::pow((k * k).sum().item<double>(), 2);  // of the 2-d kernel
+  const torch::Tensor no_bias;
+  auto rb = torch::conv2d(rm, k.view({1, 1, 1, -1}), no_bias, torch::IntArrayRef{1, 1},
+                          torch::IntArrayRef{0, half});
+  rb = torch::conv2d(rb, k.view({1, 1, -1, 1}), no_bias, torch::IntArrayRef{1, 1},
+                     torch::IntArrayRef{half, 0});
+  const auto w =
+      weight_.unsqueeze(1).expand({n_lenses_, per, g.ny, g.nx}).reshape({rows, 1, g.ny, g.nx});
+  return (rb * rb * w).sum({1, 2, 3}) / sum_g2;
+}
+
+torch::Tensor LensPosterior::chi_square(const torch::Tensor& u) const {
+  return chi_square_of(space_.unpack(u), u.size(0), 0.0);
 }
 
 torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
@@ -143,38 +164,14 @@ torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
 }
 
 torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
-  const auto un = space_.unpack(u);
-  const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  const auto model = model_image(un).reshape({n_lenses_, per, spec_.grid.ny, spec_.grid.nx});
-  const auto r = model - data_.image.unsqueeze(1);
-  const auto chi2 = (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
-  return un.log_prior - 0.5 * chi2 + log_norm_.repeat_interleave(per, 0);
+  return log_prob_smoothed(u, 0.0);
 }
 
 torch::Tensor LensPosterior::log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const {
-  if (!(blur_pixels > 0)) return log_prob(u);
   const auto un = space_.unpack(u);
   const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  const auto& g = spec_.grid;
-  const auto model = model_image(un).reshape({n_lenses_, per, g.ny, g.nx});
-  const auto used = (weight_ > 0).to(model.dtype()).unsqueeze(1);
-  // Masked pixels carry no residual; the blur then spreads only fitted ones.
-  const auto r = torch::where(used > 0, model - data_.image.unsqueeze(1), torch::zeros_like(model))
-                     .reshape({rows, 1, g.ny, g.nx});
-  const int64_t half = static_cast<int64_t>(std::ceil(3.0 * blur_pixels));
-  auto k = torch::arange(-half, half + 1, model.options());
-  k = torch::exp(-0.5 * k * k / (blur_pixels * blur_pixels));
-  k = k / k.sum();
-  const double sum_g2 = std::pow((k * k).sum().item<double>(), 2);  // of the 2-d kernel
-  const torch::Tensor no_bias;
-  auto rb = torch::conv2d(r, k.view({1, 1, 1, -1}), no_bias, torch::IntArrayRef{1, 1},
-                          torch::IntArrayRef{0, half});
-  rb = torch::conv2d(rb, k.view({1, 1, -1, 1}), no_bias, torch::IntArrayRef{1, 1},
-                     torch::IntArrayRef{half, 0});
-  const auto w =
-      weight_.unsqueeze(1).expand({n_lenses_, per, g.ny, g.nx}).reshape({rows, 1, g.ny, g.nx});
-  const auto chi2 = (rb * rb * w).sum({1, 2, 3}) / sum_g2;
-  return un.log_prior - 0.5 * chi2 + log_norm_.repeat_interleave(per, 0);
+  return un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) +
+         log_norm_.repeat_interleave(per, 0);
 }
 
 samplers::LogDensityFn LensPosterior::log_density_smoothed(double blur_pixels) const {

@@ -500,6 +500,39 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     mark = std::chrono::steady_clock::now();
   }
 
+  // Everything needed to continue after `done` iterations (CPU copies).
+  auto snapshot_after = [&](int64_t done) {
+    using hmc_detail::cpu_copy;
+    SamplerSnapshot s;
+    s.iteration = done;
+    s.num_warmup = num_warmup;
+    s.num_draws = num_draws;
+    s.q = cpu_copy(state.q);
+    s.log_p = cpu_copy(state.log_p);
+    s.grad = cpu_copy(state.grad);
+    s.step_size = cpu_copy(eps);
+    s.inv_metric = cpu_copy(system.metric().inverse());
+    if (adapt_step) {
+      s.dual_counter = dual.counter();
+      s.dual_mu = cpu_copy(dual.mu());
+      s.dual_s_bar = cpu_copy(dual.s_bar());
+      s.dual_x_bar = cpu_copy(dual.x_bar());
+    }
+    if (adapt_metric) {
+      s.welford_count = estimator.num_samples();
+      s.welford_mean = cpu_copy(estimator.mean());
+      s.welford_m2 = cpu_copy(estimator.m2());
+    }
+    if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
+    s.draws = hmc_detail::draws_copy(result, torch::kCPU);
+    s.calls = calls_before + system.calls();
+    s.warmup_calls = done <= num_warmup ? s.calls : warmup_calls;
+    s.divergences = divergences.item<int64_t>();
+    s.warmup_seconds = warmup_seconds + (done < num_warmup ? since_mark() : 0.0);
+    s.sampling_seconds = sampling_seconds + (done > num_warmup ? since_mark() : 0.0);
+    return s;
+  };
+
   for (int64_t i = start; i < total; ++i) {
     TransitionStats st = transition(system, state, eps, i);
     if (i < num_warmup) {
@@ -545,37 +578,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
         settings.on_checkpoint && i + 1 < total &&
         ((settings.checkpoint_every > 0 && (i + 1) % settings.checkpoint_every == 0) ||
          i + 1 == num_warmup);
-    if (checkpoint) {
-      using hmc_detail::cpu_copy;
-      SamplerSnapshot s;
-      s.iteration = i + 1;
-      s.num_warmup = num_warmup;
-      s.num_draws = num_draws;
-      s.q = cpu_copy(state.q);
-      s.log_p = cpu_copy(state.log_p);
-      s.grad = cpu_copy(state.grad);
-      s.step_size = cpu_copy(eps);
-      s.inv_metric = cpu_copy(system.metric().inverse());
-      if (adapt_step) {
-        s.dual_counter = dual.counter();
-        s.dual_mu = cpu_copy(dual.mu());
-        s.dual_s_bar = cpu_copy(dual.s_bar());
-        s.dual_x_bar = cpu_copy(dual.x_bar());
-      }
-      if (adapt_metric) {
-        s.welford_count = estimator.num_samples();
-        s.welford_mean = cpu_copy(estimator.mean());
-        s.welford_m2 = cpu_copy(estimator.m2());
-      }
-      if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
-      s.draws = hmc_detail::draws_copy(result, torch::kCPU);
-      s.calls = calls_before + system.calls();
-      s.warmup_calls = i + 1 <= num_warmup ? s.calls : warmup_calls;
-      s.divergences = divergences.item<int64_t>();
-      s.warmup_seconds = warmup_seconds + (i + 1 < num_warmup ? since_mark() : 0.0);
-      s.sampling_seconds = sampling_seconds + (i + 1 > num_warmup ? since_mark() : 0.0);
-      settings.on_checkpoint(s);
-    }
+    if (checkpoint) settings.on_checkpoint(snapshot_after(i + 1));
   }
   state.log_p.sum().item<double>();
   if (total > num_warmup) sampling_seconds += since_mark();

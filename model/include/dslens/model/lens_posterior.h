@@ -80,6 +80,9 @@ class LensPosterior {
 
  private:
   int64_t rows_per_lens(int64_t batch) const;
+  // Chi-square per row, of the residuals blurred by a Gaussian of blur_pixels when > 0.
+  torch::Tensor chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows,
+                              double blur_pixels) const;
   LensModelSpec spec_;
   ParameterSpace space_;
   ImagingData data_;
