@@ -12,8 +12,9 @@ namespace dslens::app {
 void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice& sampler) {
   if (root.has("map")) {
     const ConfigNode m = root.at("map");
-    m.allow_only(
-        {"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations", "seed"});
+    m.allow_only({"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations",
+                  "seed", "placement", "placement_blur_pixels", "source_adam_iterations",
+                  "source_lbfgs_iterations", "joint_learning_rate"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -22,6 +23,15 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     map.lbfgs_iterations =
         m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
     map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));
+    map.placement = m.choice_or("placement", map.placement, {"sersic", "none"});
+    map.placement_blur_pixels =
+        m.number_or("placement_blur_pixels", map.placement_blur_pixels, Range::closed(0.0, 100.0));
+    map.source_adam_iterations =
+        m.integer_or("source_adam_iterations", map.source_adam_iterations, Range::closed(0, 1e7));
+    map.source_lbfgs_iterations =
+        m.integer_or("source_lbfgs_iterations", map.source_lbfgs_iterations, Range::closed(0, 1e7));
+    map.joint_learning_rate =
+        m.number_or("joint_learning_rate", map.joint_learning_rate, Range::positive());
   }
   if (root.has("sampler")) {
     const ConfigNode s = root.at("sampler");

@@ -22,6 +22,16 @@ struct MapSettings {
   std::vector<double> blur_pixels;
   int64_t lbfgs_iterations = 200;  // ... then L-BFGS to converge
   uint64_t seed = 0;
+  // Models with a VAE or PIXELATED source (app/map_search.h): "sersic" places the lens with a
+  // Sersic stand-in source first, then fits the decoded source with the lens held, then all
+  // parameters at joint_learning_rate; "none" optimises all parameters from prior draws at once.
+  std::string placement = "sersic";
+  // The placement's objective: residuals blurred by this Gaussian sigma (pixels), so that the
+  // stand-in is fitted to the arcs' shape, not to the source's small-scale structure.
+  double placement_blur_pixels = 0.0;
+  int64_t source_adam_iterations = 300;
+  int64_t source_lbfgs_iterations = 200;
+  double joint_learning_rate = 0.005;
 };
 
 struct SamplerChoice {

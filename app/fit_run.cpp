@@ -15,6 +15,8 @@
 #include "dslens/samplers/laplace.h"
 #include "dslens/samplers/nuts.h"
 #include "dslens/samplers/optimize.h"
+#include "lens_streams.h"
+#include "map_search.h"
 
 namespace fs = std::filesystem;
 
@@ -59,37 +61,6 @@ class SamplerBar {
  private:
   std::string label_;
   bool tty_;
-};
-
-// The MAP stage's progress line: which optimiser, iterations, best log posterior over all starts
-// of the batch, and how many starts still move.
-class MapBar {
- public:
-  MapBar() : tty_(isatty(2)), t0_(std::chrono::steady_clock::now()) {}
-  void update(const samplers::OptimizeProgress& p) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    const bool done = p.iteration >= p.max_iterations || p.active == 0;
-    // Off a terminal: every 10 % and at the end of each optimiser.
-    const int64_t tenth = std::max<int64_t>(1, p.max_iterations / 10);
-    if (!tty_ && !done && p.iteration / tenth == last_tenth_) return;
-    last_tenth_ = p.iteration / tenth;
-    char line[256];
-    std::snprintf(line, sizeof line,
-                  "MAP %-5s %lld/%lld  best log posterior %.6g  moving %lld/%lld  %s", p.method,
-                  static_cast<long long>(p.iteration), static_cast<long long>(p.max_iterations),
-                  p.best_log_p, static_cast<long long>(p.active), static_cast<long long>(p.starts),
-                  duration_text(s).c_str());
-    if (tty_) {
-      std::cerr << "\r" << line << "\033[K" << (done ? "\n" : "") << std::flush;
-    } else {
-      std::cerr << line << "\n" << std::flush;
-    }
-  }
-
- private:
-  bool tty_;
-  std::chrono::steady_clock::time_point t0_;
-  int64_t last_tenth_ = -1;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -157,26 +128,6 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
     m.cholesky = torch::diag_embed(m.sd);
   }
   return m;
-}
-
-// A lens's random streams are keyed by its name (the config file's stem), not by its place in the
-// batch, so a lens gets the same starts, jitter and chains alone, in any batch, or in any shard.
-uint64_t mix64(uint64_t x) {  // splitmix64's finaliser
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t lens_key(const FitConfig& c) {
-  uint64_t h = 0xCBF29CE484222325ULL;  // FNV-1a
-  for (const unsigned char ch : c.name) h = (h ^ ch) * 0x100000001B3ULL;
-  return mix64(h);
-}
-
-// A CPU generator for one lens and purpose.
-torch::Generator lens_generator(uint64_t seed, const FitConfig& c) {
-  return at::detail::createCPUGenerator(mix64(seed ^ lens_key(c)));
 }
 
 // Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
@@ -278,50 +229,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<torch::Tensor> per_lens;
-    for (const auto* c : lenses) {
-      auto gen = lens_generator(c->map.seed, *c);
-      per_lens.push_back(space.sample_prior(starts, opts, gen));
-    }
-    const torch::Tensor x0 = torch::cat(per_lens);
-    spdlog::info(
-        "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
-        "({} iterations)",
-        n_lenses, starts, dim, first.map.adam_iterations, first.map.lbfgs_iterations);
-    torch::Tensor x = x0;
-    MapBar bar;
-    const auto show = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
-    if (first.map.adam_iterations > 0) {
-      // Coarse to fine: Adam on blurred residuals first (wide basins: an arc a few pixels off
-      // still overlaps the data), then on the exact posterior; the iterations are split evenly.
-      std::vector<double> blurs = first.map.blur_pixels;
-      blurs.push_back(0.0);
-      const int64_t stages = static_cast<int64_t>(blurs.size());
-      for (int64_t k = 0; k < stages; ++k) {
-        samplers::AdamSettings adam;
-        adam.on_progress = show;
-        adam.max_iterations =
-            first.map.adam_iterations / stages + (k < first.map.adam_iterations % stages ? 1 : 0);
-        adam.learning_rate = first.map.learning_rate;
-        if (adam.max_iterations < 1) continue;
-        if (blurs[k] > 0) spdlog::info("MAP: Adam on residuals blurred by {} px", blurs[k]);
-        x = samplers::maximize_adam(
-                blurs[k] > 0 ? posterior.log_density_smoothed(blurs[k]) : log_density, x, adam)
-                .x;
-      }
-    }
-    samplers::OptimizeResult res;
-    if (first.map.lbfgs_iterations > 0) {
-      samplers::LbfgsSettings lbfgs;
-      lbfgs.max_iterations = first.map.lbfgs_iterations;
-      lbfgs.on_progress = show;
-      res = samplers::maximize_lbfgs(log_density, x, lbfgs);
-    } else {
-      samplers::AdamSettings none;
-      none.max_iterations = 1;
-      none.learning_rate = 1e-12;
-      res = samplers::maximize_adam(log_density, x, none);
-    }
+    const samplers::OptimizeResult res = map_search(lenses, posterior, psf);
     auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, starts});
     lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
     const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, keep);

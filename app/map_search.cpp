@@ -1,0 +1,214 @@
+#include "map_search.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "dslens/core/errors.h"
+#include "lens_streams.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace map_search_detail {
+
+// The MAP's progress line: stage, optimiser, iterations, best log posterior over all starts of
+// the batch (of that stage's objective), and how many starts still move.
+class MapBar {
+ public:
+  MapBar() : tty_(isatty(2)), t0_(std::chrono::steady_clock::now()) {}
+  void set_stage(std::string stage) { stage_ = std::move(stage); }
+  void update(const samplers::OptimizeProgress& p) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const bool done = p.iteration >= p.max_iterations || p.active == 0;
+    // Off a terminal: every 10 % and at the end of each optimiser.
+    const int64_t tenth = std::max<int64_t>(1, p.max_iterations / 10);
+    if (!tty_ && !done && p.iteration / tenth == last_tenth_) return;
+    last_tenth_ = done ? -1 : p.iteration / tenth;
+    const int m = static_cast<int>(s / 60);
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "MAP %s %-5s %lld/%lld  best log posterior %.6g  moving %lld/%lld  %dm%02ds",
+                  stage_.c_str(), p.method, static_cast<long long>(p.iteration),
+                  static_cast<long long>(p.max_iterations), p.best_log_p,
+                  static_cast<long long>(p.active), static_cast<long long>(p.starts), m,
+                  static_cast<int>(s) % 60);
+    if (tty_) {
+      std::cerr << "\r" << line << "\033[K" << (done ? "\n" : "") << std::flush;
+    } else {
+      std::cerr << line << "\n" << std::flush;
+    }
+  }
+
+ private:
+  bool tty_;
+  std::chrono::steady_clock::time_point t0_;
+  int64_t last_tenth_ = -1;
+  std::string stage_;
+};
+
+// Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
+// then exact; the iterations split evenly) followed by L-BFGS on the exact posterior. `grad_mask`
+// (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
+samplers::OptimizeResult optimise(const model::LensPosterior& posterior, torch::Tensor x,
+                                  int64_t adam_iterations, double learning_rate,
+                                  const std::vector<double>& blur_pixels, int64_t lbfgs_iterations,
+                                  const torch::Tensor& grad_mask, const std::string& stage,
+                                  MapBar& bar, double final_blur = 0.0) {
+  const auto masked = [&grad_mask](samplers::LogDensityFn f) -> samplers::LogDensityFn {
+    if (!grad_mask.defined()) return f;
+    return [f, grad_mask](const torch::Tensor& q) {
+      auto v = f(q);
+      v.grad = v.grad * grad_mask;
+      return v;
+    };
+  };
+  const auto show = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
+  std::vector<double> blurs = blur_pixels;
+  blurs.push_back(final_blur);
+  const auto objective = [&posterior](double blur) {
+    return blur > 0 ? posterior.log_density_smoothed(blur) : posterior.log_density();
+  };
+  const int64_t stages = static_cast<int64_t>(blurs.size());
+  for (int64_t k = 0; k < stages && adam_iterations > 0; ++k) {
+    samplers::AdamSettings adam;
+    adam.on_progress = show;
+    adam.max_iterations = adam_iterations / stages + (k < adam_iterations % stages ? 1 : 0);
+    adam.learning_rate = learning_rate;
+    if (adam.max_iterations < 1) continue;
+    bar.set_stage(blurs[k] > 0 ? stage + " (blur " + std::to_string(blurs[k]).substr(0, 4) + " px)"
+                               : stage);
+    x = samplers::maximize_adam(masked(objective(blurs[k])), x, adam).x;
+  }
+  bar.set_stage(stage);
+  if (lbfgs_iterations > 0) {
+    samplers::LbfgsSettings lbfgs;
+    lbfgs.max_iterations = lbfgs_iterations;
+    lbfgs.on_progress = show;
+    return samplers::maximize_lbfgs(masked(objective(final_blur)), x, lbfgs);
+  }
+  // Only the log posterior at x.
+  samplers::AdamSettings none;
+  none.max_iterations = 1;
+  none.learning_rate = 1e-12;
+  return samplers::maximize_adam(posterior.log_density(), x, none);
+}
+
+// Prior draws of `space`, `starts` per lens, from each lens's own stream (lens-major).
+torch::Tensor prior_starts(const std::vector<const FitConfig*>& lenses,
+                           const model::ParameterSpace& space, uint64_t salt,
+                           const torch::TensorOptions& opts) {
+  std::vector<torch::Tensor> per_lens;
+  for (const auto* c : lenses) {
+    auto gen = lens_generator(c->map.seed + salt, *c);
+    per_lens.push_back(space.sample_prior(c->map.starts, opts, gen));
+  }
+  return torch::cat(per_lens);
+}
+
+bool is_decoded(const nlohmann::json& source) {
+  const auto t = source.value("type", std::string());
+  return t == "VAE" || t == "PIXELATED";
+}
+
+}  // namespace map_search_detail
+
+using namespace map_search_detail;
+
+nlohmann::json placement_model(const nlohmann::json& model, double amp_median) {
+  nlohmann::json out = model;
+  if (!out.contains("source")) return out;
+  for (auto& s : out["source"]) {
+    if (!is_decoded(s)) continue;
+    nlohmann::json sersic = {
+        {"type", "SERSIC_ELLIPSE"},
+        // Broad: the stand-in's amplitude is only a starting scale for Adam (log space).
+        {"amp", {{"prior", "lognormal"}, {"mu", std::log(amp_median)}, {"sigma", 2.0}}},
+        // Half-light radii of z ~ 1 galaxies: 0.04" to 0.3" within 1 sigma.
+        {"R_sersic", {{"prior", "lognormal"}, {"mu", std::log(0.1)}, {"sigma", 1.0}}},
+        {"n_sersic", {{"prior", "uniform"}, {"lower", 0.5}, {"upper", 4.0}}},
+        {"e1", {{"prior", "uniform"}, {"lower", -0.5}, {"upper", 0.5}}},
+        {"e2", {{"prior", "uniform"}, {"lower", -0.5}, {"upper", 0.5}}},
+        {"center_x", s.value("center_x", nlohmann::json(0.0))},
+        {"center_y", s.value("center_y", nlohmann::json(0.0))}};
+    s = sersic;
+  }
+  return out;
+}
+
+samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
+                                    const model::LensPosterior& posterior,
+                                    const std::optional<torch::Tensor>& psf) {
+  const FitConfig& first = *lenses.front();
+  const MapSettings& ms = first.map;
+  const auto opts = posterior.compute().options();
+  const auto& space = posterior.space();
+  const int64_t n_lenses = static_cast<int64_t>(lenses.size());
+  MapBar bar;
+  const bool staged = !first.model.decoded_kind.empty() && ms.placement == "sersic";
+  if (!staged) {
+    spdlog::info(
+        "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
+        "({} iterations)",
+        n_lenses, ms.starts, space.dim(), ms.adam_iterations, ms.lbfgs_iterations);
+    return optimise(posterior, prior_starts(lenses, space, 0, opts), ms.adam_iterations,
+                    ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {}, "", bar);
+  }
+
+  // 1. Placement with a Sersic stand-in source. Its amplitude prior is centred on the surface
+  // brightness of the brightest fitted pixel (image = surface brightness x pixel area).
+  const auto& data = posterior.data();
+  const double ps = first.data.grid.pixel_scale;
+  const double peak =
+      torch::where(data.mask, data.image, torch::zeros_like(data.image)).max().item<double>();
+  const double amp_median = std::max(peak, 1e-30) / (ps * ps);
+  const fs::path base = fs::path(first.path).parent_path();
+  const nlohmann::json aux_json = placement_model(first.config.at("model"), amp_median);
+  const model::FitModel aux = model::parse_fit_model(
+      ConfigNode(aux_json, "/model (placement stand-in)"), base.string(), posterior.compute());
+  const model::LensPosterior placement(aux.spec(first.data.grid, psf), aux.space, data,
+                                       posterior.compute());
+  spdlog::info(
+      "MAP: {} lens(es) x {} starts. 1/3 placement: lens with a Sersic stand-in source ({} "
+      "parameters), Adam ({}) then L-BFGS ({}); 2/3 source: the {} source with the lens held, "
+      "Adam ({}) then L-BFGS ({}); 3/3 joint: {} parameters, Adam ({}, learning rate {}) then "
+      "L-BFGS ({})",
+      n_lenses, ms.starts, aux.space.dim(), ms.adam_iterations, ms.lbfgs_iterations,
+      first.model.decoded_kind, ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(),
+      ms.adam_iterations, ms.joint_learning_rate, ms.lbfgs_iterations);
+  const auto placed = optimise(placement, prior_starts(lenses, aux.space, 0, opts),
+                               ms.adam_iterations, ms.learning_rate, ms.blur_pixels,
+                               ms.lbfgs_iterations, {}, "placement", bar, ms.placement_blur_pixels);
+
+  // The stand-in's optima -> the full model: every parameter the two share by name, except the
+  // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
+  // amplitude, scale ...) come from prior draws.
+  const auto placed_values = aux.space.unpack(placed.x.detach()).values;
+  auto values = space.unpack(prior_starts(lenses, space, 1, opts)).values;
+  std::vector<double> source_mask;
+  const std::string decoded_suffix = "_source_light";
+  for (const auto& name : space.coordinate_names())
+    source_mask.push_back(name.find(decoded_suffix) != std::string::npos ? 1.0 : 0.0);
+  for (auto& [name, v] : values) {
+    const bool own_shape =
+        name.find(decoded_suffix) != std::string::npos && name.rfind("center_", 0) != 0;
+    if (own_shape || !aux.space.has(name) || aux.space.is_fixed(name)) continue;
+    const auto it = placed_values.find(name);
+    if (it != placed_values.end() && it->second.sizes() == v.sizes()) v = it->second;
+  }
+  // A value that rounded onto a bound of its support packs to +-inf; keep it finite.
+  torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
+
+  // 2. The decoded source with the lens held; 3. everything.
+  x = optimise(posterior, x, ms.source_adam_iterations, ms.learning_rate, {},
+               ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)
+          .x;
+  return optimise(posterior, x, ms.adam_iterations, ms.joint_learning_rate, {}, ms.lbfgs_iterations,
+                  {}, "joint", bar);
+}
+
+}  // namespace dslens::app

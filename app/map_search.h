@@ -1,0 +1,39 @@
+// The MAP stage of `dslens fit` (docs/fit.md, "MAP"): prior draws of every lens optimised together
+// as one batch, in stages.
+//
+// A parametric model is optimised in one stage: Adam (optionally on blurred residuals first,
+// coarse to fine), then L-BFGS. A model with a decoded source (VAE or PIXELATED) needs more: at
+// high signal-to-noise its joint optimum from a prior draw almost never reaches the lens's basin,
+// because while the 64 latents still describe a wrong galaxy the likelihood drags the lens
+// parameters far from any basin (docs/mock_study.md). Its MAP is therefore three stages:
+//   1. placement: the same lens (and lens light) with an elliptical Sersic stand-in for the
+//      source, from `starts` prior draws: a 7-parameter source cannot absorb a wrong lens, so the
+//      lens lands near its basin;
+//   2. source: the decoded source's parameters (latents, amplitude, centre) fitted with the lens
+//      held at each placement optimum (Adam then L-BFGS on the source coordinates only);
+//   3. joint: every parameter, by Adam at a small learning rate (steps of the posterior's scale,
+//      not the prior's) and L-BFGS.
+#pragma once
+#include <optional>
+#include <vector>
+
+#include "dslens/core/device.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/optimize.h"
+#include "fit_config.h"
+
+namespace dslens::app {
+
+// Optimises `lenses[0].map.starts` starts per lens of `posterior` (rows lens-major); returns the
+// final positions [L * starts, D] and their log posteriors.
+samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
+                                    const model::LensPosterior& posterior,
+                                    const std::optional<torch::Tensor>& psf);
+
+// The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
+// SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
+// (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity. Other
+// components are kept as they are.
+nlohmann::json placement_model(const nlohmann::json& model, double amp_median);
+
+}  // namespace dslens::app
