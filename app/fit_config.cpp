@@ -13,8 +13,9 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
   if (root.has("map")) {
     const ConfigNode m = root.at("map");
     m.allow_only({"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations",
-                  "seed", "placement", "placement_blur_pixels", "source_adam_iterations",
-                  "source_lbfgs_iterations", "joint_learning_rate"});
+                  "seed", "placement", "placement_blur_pixels", "placement_adam_iterations",
+                  "placement_lbfgs_iterations", "inversion_pixels", "inversion_half_width",
+                  "source_adam_iterations", "source_lbfgs_iterations", "joint_learning_rate"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -23,7 +24,15 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     map.lbfgs_iterations =
         m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
     map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));
-    map.placement = m.choice_or("placement", map.placement, {"sersic", "none"});
+    map.placement = m.choice_or("placement", map.placement, {"sersic", "inversion", "none"});
+    map.placement_adam_iterations = m.integer_or(
+        "placement_adam_iterations", map.placement_adam_iterations, Range::closed(0, 1e7));
+    map.placement_lbfgs_iterations = m.integer_or(
+        "placement_lbfgs_iterations", map.placement_lbfgs_iterations, Range::closed(0, 1e7));
+    map.inversion_pixels =
+        m.integer_or("inversion_pixels", map.inversion_pixels, Range::closed(2, 64));
+    map.inversion_half_width =
+        m.number_or("inversion_half_width", map.inversion_half_width, Range::positive());
     map.placement_blur_pixels =
         m.number_or("placement_blur_pixels", map.placement_blur_pixels, Range::closed(0.0, 100.0));
     map.source_adam_iterations =

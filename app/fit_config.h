@@ -25,7 +25,12 @@ struct MapSettings {
   // Models with a VAE or PIXELATED source (app/map_search.h): "sersic" places the lens with a
   // Sersic stand-in source first, then fits the decoded source with the lens held, then all
   // parameters at joint_learning_rate; "none" optimises all parameters from prior draws at once.
-  std::string placement = "sersic";
+  std::string placement = "sersic";  // or "inversion" or "none"
+  // Iterations of the placement stage; < 0: adam_iterations and lbfgs_iterations.
+  int64_t placement_adam_iterations = -1;
+  int64_t placement_lbfgs_iterations = -1;
+  int64_t inversion_pixels = 16;       // "inversion": the source grid's side ...
+  double inversion_half_width = 0.75;  // ... and half its width (arcsec)
   // The placement's objective: residuals blurred by this Gaussian sigma (pixels), so that the
   // stand-in is fitted to the arcs' shape, not to the source's small-scale structure.
   double placement_blur_pixels = 0.0;

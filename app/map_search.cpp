@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 
 #include "dslens/core/errors.h"
+#include "dslens/model/source_inversion.h"
 #include "lens_streams.h"
 
 namespace fs = std::filesystem;
@@ -54,7 +56,16 @@ class MapBar {
 // Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
 // then exact; the iterations split evenly) followed by L-BFGS on the exact posterior. `grad_mask`
 // (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
-samplers::OptimizeResult optimise(const model::LensPosterior& posterior, torch::Tensor x,
+// The objective of a stage: blur 0 = exact; > 0 = residuals blurred by that sigma (pixels).
+using Objective = std::function<samplers::LogDensityFn(double blur)>;
+
+Objective objective_of(const model::LensPosterior& posterior) {
+  return [&posterior](double blur) {
+    return blur > 0 ? posterior.log_density_smoothed(blur) : posterior.log_density();
+  };
+}
+
+samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
                                   int64_t adam_iterations, double learning_rate,
                                   const std::vector<double>& blur_pixels, int64_t lbfgs_iterations,
                                   const torch::Tensor& grad_mask, const std::string& stage,
@@ -70,9 +81,6 @@ samplers::OptimizeResult optimise(const model::LensPosterior& posterior, torch::
   const auto show = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
   std::vector<double> blurs = blur_pixels;
   blurs.push_back(final_blur);
-  const auto objective = [&posterior](double blur) {
-    return blur > 0 ? posterior.log_density_smoothed(blur) : posterior.log_density();
-  };
   const int64_t stages = static_cast<int64_t>(blurs.size());
   for (int64_t k = 0; k < stages && adam_iterations > 0; ++k) {
     samplers::AdamSettings adam;
@@ -95,7 +103,7 @@ samplers::OptimizeResult optimise(const model::LensPosterior& posterior, torch::
   samplers::AdamSettings none;
   none.max_iterations = 1;
   none.learning_rate = 1e-12;
-  return samplers::maximize_adam(posterior.log_density(), x, none);
+  return samplers::maximize_adam(objective(0.0), x, none);
 }
 
 // Prior draws of `space`, `starts` per lens, from each lens's own stream (lens-major).
@@ -119,11 +127,34 @@ bool is_decoded(const nlohmann::json& source) {
 
 using namespace map_search_detail;
 
-nlohmann::json placement_model(const nlohmann::json& model, double amp_median) {
-  nlohmann::json out = model;
-  if (!out.contains("source")) return out;
+PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {
+  PlacementModel result;
+  nlohmann::json& out = result.model;
+  out = model;
+  if (!out.contains("source")) return result;
   for (auto& s : out["source"]) {
     if (!is_decoded(s)) continue;
+    if (inversion) {
+      // A source of zero amplitude, fixed: the inversion supplies the source; its grid is centred
+      // on the decoded source's centre (prior mean or init, or value).
+      const auto centre = [&s](const char* key) {
+        const nlohmann::json c = s.value(key, nlohmann::json(0.0));
+        if (c.is_number()) return c.get<double>();
+        if (c.is_object()) return c.value("init", c.value("mean", 0.0));
+        return 0.0;
+      };
+      result.center_x = centre("center_x");
+      result.center_y = centre("center_y");
+      s = {{"type", "SERSIC_ELLIPSE"},
+           {"amp", 0.0},
+           {"R_sersic", 0.1},
+           {"n_sersic", 1.0},
+           {"e1", 0.0},
+           {"e2", 0.0},
+           {"center_x", result.center_x},
+           {"center_y", result.center_y}};
+      continue;
+    }
     nlohmann::json sersic = {
         {"type", "SERSIC_ELLIPSE"},
         // Broad: the stand-in's amplitude is only a starting scale for Adam (log space).
@@ -137,7 +168,7 @@ nlohmann::json placement_model(const nlohmann::json& model, double amp_median) {
         {"center_y", s.value("center_y", nlohmann::json(0.0))}};
     s = sersic;
   }
-  return out;
+  return result;
 }
 
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
@@ -149,40 +180,60 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   const auto& space = posterior.space();
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   MapBar bar;
-  const bool staged = !first.model.decoded_kind.empty() && ms.placement == "sersic";
+  const bool staged = !first.model.decoded_kind.empty() && ms.placement != "none";
   if (!staged) {
     spdlog::info(
         "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
         "({} iterations)",
         n_lenses, ms.starts, space.dim(), ms.adam_iterations, ms.lbfgs_iterations);
-    return optimise(posterior, prior_starts(lenses, space, 0, opts), ms.adam_iterations,
-                    ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {}, "", bar);
+    return optimise(objective_of(posterior), prior_starts(lenses, space, 0, opts),
+                    ms.adam_iterations, ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {},
+                    "", bar);
   }
 
-  // 1. Placement with a Sersic stand-in source. Its amplitude prior is centred on the surface
-  // brightness of the brightest fitted pixel (image = surface brightness x pixel area).
+  // 1. Placement, with a Sersic stand-in source or with the source marginalised (inversion). The
+  // stand-in's amplitude prior is centred on the surface brightness of the brightest fitted pixel
+  // (image = surface brightness x pixel area).
   const auto& data = posterior.data();
   const double ps = first.data.grid.pixel_scale;
   const double peak =
       torch::where(data.mask, data.image, torch::zeros_like(data.image)).max().item<double>();
   const double amp_median = std::max(peak, 1e-30) / (ps * ps);
+  const bool inversion = ms.placement == "inversion";
   const fs::path base = fs::path(first.path).parent_path();
-  const nlohmann::json aux_json = placement_model(first.config.at("model"), amp_median);
-  const model::FitModel aux = model::parse_fit_model(
-      ConfigNode(aux_json, "/model (placement stand-in)"), base.string(), posterior.compute());
+  const PlacementModel stand_in = placement_model(first.config.at("model"), amp_median, inversion);
+  const model::FitModel aux =
+      model::parse_fit_model(ConfigNode(stand_in.model, "/model (placement stand-in)"),
+                             base.string(), posterior.compute());
   const model::LensPosterior placement(aux.spec(first.data.grid, psf), aux.space, data,
                                        posterior.compute());
+  model::InversionSettings inv;
+  inv.pixels = ms.inversion_pixels;
+  inv.half_width = ms.inversion_half_width;
+  inv.center_x = stand_in.center_x;
+  inv.center_y = stand_in.center_y;
+  const model::SourceInversion marginal(placement, inv);
+  const int64_t placement_adam =
+      ms.placement_adam_iterations >= 0 ? ms.placement_adam_iterations : ms.adam_iterations;
+  const int64_t placement_lbfgs =
+      ms.placement_lbfgs_iterations >= 0 ? ms.placement_lbfgs_iterations : ms.lbfgs_iterations;
   spdlog::info(
-      "MAP: {} lens(es) x {} starts. 1/3 placement: lens with a Sersic stand-in source ({} "
-      "parameters), Adam ({}) then L-BFGS ({}); 2/3 source: the {} source with the lens held, "
-      "Adam ({}) then L-BFGS ({}); 3/3 joint: {} parameters, Adam ({}, learning rate {}) then "
-      "L-BFGS ({})",
-      n_lenses, ms.starts, aux.space.dim(), ms.adam_iterations, ms.lbfgs_iterations,
-      first.model.decoded_kind, ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(),
-      ms.adam_iterations, ms.joint_learning_rate, ms.lbfgs_iterations);
-  const auto placed = optimise(placement, prior_starts(lenses, aux.space, 0, opts),
-                               ms.adam_iterations, ms.learning_rate, ms.blur_pixels,
-                               ms.lbfgs_iterations, {}, "placement", bar, ms.placement_blur_pixels);
+      "MAP: {} lens(es) x {} starts. 1/3 placement: lens with {} ({} parameters), Adam ({}) then "
+      "L-BFGS ({}); 2/3 source: the {} source with the lens held, Adam ({}) then L-BFGS ({}); "
+      "3/3 joint: {} parameters, Adam ({}, learning rate {}) then L-BFGS ({})",
+      n_lenses, ms.starts,
+      inversion ? fmt::format("the source marginalised on {0}x{0} pixels", inv.pixels)
+                : std::string("a Sersic stand-in source"),
+      aux.space.dim(), placement_adam, placement_lbfgs, first.model.decoded_kind,
+      ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(), ms.adam_iterations,
+      ms.joint_learning_rate, ms.lbfgs_iterations);
+  const Objective placement_objective =
+      inversion ? Objective([&marginal](double) { return marginal.log_density(); })
+                : objective_of(placement);
+  const auto placed =
+      optimise(placement_objective, prior_starts(lenses, aux.space, 0, opts), placement_adam,
+               ms.learning_rate, inversion ? std::vector<double>{} : ms.blur_pixels,
+               placement_lbfgs, {}, "placement", bar, inversion ? 0.0 : ms.placement_blur_pixels);
 
   // The stand-in's optima -> the full model: every parameter the two share by name, except the
   // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
@@ -200,15 +251,30 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     const auto it = placed_values.find(name);
     if (it != placed_values.end() && it->second.sizes() == v.sizes()) v = it->second;
   }
+  if (inversion) {
+    // The marginalised source's centre: the flux-weighted centroid of its positive pixels.
+    const auto src = marginal.solve(placed.x.detach()).source.detach().clamp_min(0.0);
+    const auto [sx, sy] = marginal.source_coordinates();
+    const auto flux = src.sum({1, 2}).clamp_min(1e-300);
+    const auto cx = (src * sx).sum({1, 2}) / flux, cy = (src * sy).sum({1, 2}) / flux;
+    for (const auto& b : first.model.source) {
+      if (b.type != "INTERPOL") continue;
+      for (const auto& [param, centre] : {std::pair{"center_x", cx}, std::pair{"center_y", cy}}) {
+        const auto name = b.params.find(param);
+        if (name != b.params.end() && values.count(name->second) && !space.is_fixed(name->second))
+          values[name->second] = centre;
+      }
+    }
+  }
   // A value that rounded onto a bound of its support packs to +-inf; keep it finite.
   torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
 
   // 2. The decoded source with the lens held; 3. everything.
-  x = optimise(posterior, x, ms.source_adam_iterations, ms.learning_rate, {},
+  x = optimise(objective_of(posterior), x, ms.source_adam_iterations, ms.learning_rate, {},
                ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)
           .x;
-  return optimise(posterior, x, ms.adam_iterations, ms.joint_learning_rate, {}, ms.lbfgs_iterations,
-                  {}, "joint", bar);
+  return optimise(objective_of(posterior), x, ms.adam_iterations, ms.joint_learning_rate, {},
+                  ms.lbfgs_iterations, {}, "joint", bar);
 }
 
 }  // namespace dslens::app

@@ -6,9 +6,10 @@
 // high signal-to-noise its joint optimum from a prior draw almost never reaches the lens's basin,
 // because while the 64 latents still describe a wrong galaxy the likelihood drags the lens
 // parameters far from any basin (docs/mock_study.md). Its MAP is therefore three stages:
-//   1. placement: the same lens (and lens light) with an elliptical Sersic stand-in for the
-//      source, from `starts` prior draws: a 7-parameter source cannot absorb a wrong lens, so the
-//      lens lands near its basin;
+//   1. placement: the same lens (and lens light) from `starts` prior draws, with an elliptical
+//      Sersic stand-in for the source ("sersic": a 7-parameter source cannot absorb a wrong lens)
+//      or with the source marginalised on a coarse pixel grid ("inversion",
+//      model/source_inversion.h: no assumption on the source's shape);
 //   2. source: the decoded source's parameters (latents, amplitude, centre) fitted with the lens
 //      held at each placement optimum (Adam then L-BFGS on the source coordinates only);
 //   3. joint: every parameter, by Adam at a small learning rate (steps of the posterior's scale,
@@ -32,8 +33,14 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
 
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
-// (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity. Other
+// (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for
+// `inversion`, by a fixed zero-amplitude one (the source is then solved linearly on a pixel grid
+// centred on the decoded source's centre: its prior's mean or init, or its value). Other
 // components are kept as they are.
-nlohmann::json placement_model(const nlohmann::json& model, double amp_median);
+struct PlacementModel {
+  nlohmann::json model;
+  double center_x = 0.0, center_y = 0.0;  // inversion: the source grid's centre
+};
+PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion);
 
 }  // namespace dslens::app

@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libcfitsio-dev libcxxopts-dev
-          libspdlog-dev libfmt-dev nlohmann-json3-dev libgtest-dev libgloo-dev zlib1g-dev)
+          libspdlog-dev libfmt-dev nlohmann-json3-dev libgtest-dev libgloo-dev zlib1g-dev
+          libopenblas0-pthread)
 
 if [ -f third_party/bundle/include/cxxopts.hpp ]; then
   echo "setup: using bundled dependencies in third_party/bundle (no apt)"

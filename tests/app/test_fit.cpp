@@ -182,7 +182,9 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
 
 // A decoded source (here PIXELATED: 144 free pixels) is fitted in three MAP stages: the lens placed
 // with a Sersic stand-in source, the pixels fitted with that lens held, then everything
-// (app/map_search.h). The MAP must land on the true lens.
+// (app/map_search.h). The MAP must land on the true lens. (Six lens names, i.e. six sets of
+// starts: 6 of 6 land there with 8 starts, 5 of 6 with 4; with "placement": "none" 1 of 6 with 8
+// starts, the others trading e2 for a pixel source that absorbs it; docs/fit.md.)
 TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   const std::string dir = dslens::testing::temp_dir("fit_placement");
   const std::string cfg = make_mock(dir, "pix", 31, 1.0);
@@ -193,7 +195,7 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
                            {"sigma", 30.0},
                            {"center_x", prior("normal", 0.0, 0.2)},
                            {"center_y", prior("normal", 0.0, 0.2)}}};
-  c["map"] = {{"starts", 4},
+  c["map"] = {{"starts", 8},
               {"adam_iterations", 150},
               {"lbfgs_iterations", 60},
               {"source_adam_iterations", 150},
@@ -203,14 +205,15 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
       "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --chains 2 --warmup 2 --draws 4",
       "info");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("1/3 placement"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1/3 placement: lens with a Sersic stand-in"), std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("2/3 source"), std::string::npos) << r.output;
   const json map = read_json(dir + "/fit/map.json");
   const json& best = map["best_starts"][0];
   EXPECT_NEAR(best["theta_E_lens0"].get<double>(), 1.0, 0.03) << best.dump();
   EXPECT_NEAR(best["e1_lens0"].get<double>(), 0.08, 0.05) << best.dump();
   EXPECT_NEAR(best["e2_lens0"].get<double>(), -0.05, 0.05) << best.dump();
-  EXPECT_LT(map["reduced_chi_square"].get<double>(), 1.3) << map.dump();
+  EXPECT_LT(map["reduced_chi_square"].get<double>(), 1.1) << map.dump();
   fs::remove_all(dir);
 }
 

@@ -4,6 +4,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/physics/profile.h"
+#include "model_bindings.h"
 
 using namespace dslens;
 using namespace dslens::model;
@@ -20,20 +21,8 @@ struct SmallProblem {
                                       {"src_x", 0.05},  {"src_R", 0.2}, {"src_amp", 5.0}};
   SmallProblem() {
     spec.grid = physics::PixelGrid::centered(24, 24, 0.1);
-    spec.mass.push_back({"SIE",
-                         {{"theta_E", "theta_E"},
-                          {"q", "q"},
-                          {"phi", "phi"},
-                          {"center_x", "zero"},
-                          {"center_y", "zero"}}});
-    spec.source.push_back({"SERSIC_ELLIPSE",
-                           {{"amp", "src_amp"},
-                            {"R_sersic", "src_R"},
-                            {"n_sersic", "src_n"},
-                            {"e1", "zero"},
-                            {"e2", "zero"},
-                            {"center_x", "src_x"},
-                            {"center_y", "zero"}}});
+    spec.mass.push_back(dslens::testing::centred_sie());
+    spec.source.push_back(dslens::testing::round_sersic("src_amp", "src_R", "src_n", "src_x"));
     space.add_free("theta_E", Prior::uniform(0.5, 1.5));
     space.add_free("q", Prior::uniform(0.3, 1.0));
     space.add_free("phi", Prior::uniform(-1.5, 1.5));
