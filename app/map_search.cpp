@@ -212,7 +212,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   inv.half_width = ms.inversion_half_width;
   inv.center_x = stand_in.center_x;
   inv.center_y = stand_in.center_y;
-  const model::SourceInversion marginal(placement, inv);
+  std::optional<model::SourceInversion> marginal;
+  if (inversion) marginal.emplace(placement, inv);
   const int64_t placement_adam =
       ms.placement_adam_iterations >= 0 ? ms.placement_adam_iterations : ms.adam_iterations;
   const int64_t placement_lbfgs =
@@ -228,7 +229,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(), ms.adam_iterations,
       ms.joint_learning_rate, ms.lbfgs_iterations);
   const Objective placement_objective =
-      inversion ? Objective([&marginal](double) { return marginal.log_density(); })
+      inversion ? Objective([&marginal](double) { return marginal->log_density(); })
                 : objective_of(placement);
   const auto placed =
       optimise(placement_objective, prior_starts(lenses, aux.space, 0, opts), placement_adam,
@@ -253,8 +254,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   }
   if (inversion) {
     // The marginalised source's centre: the flux-weighted centroid of its positive pixels.
-    const auto src = marginal.solve(placed.x.detach()).source.detach().clamp_min(0.0);
-    const auto [sx, sy] = marginal.source_coordinates();
+    const auto src = marginal->solve(placed.x.detach()).source.detach().clamp_min(0.0);
+    const auto [sx, sy] = marginal->source_coordinates();
     const auto flux = src.sum({1, 2}).clamp_min(1e-300);
     const auto cx = (src * sx).sum({1, 2}) / flux, cy = (src * sy).sum({1, 2}) / flux;
     for (const auto& b : first.model.source) {
