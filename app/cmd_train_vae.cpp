@@ -30,6 +30,7 @@
 #include "dslens/nn/dataset.h"
 #include "dslens/nn/distributed.h"
 #include "dslens/nn/trainer.h"
+#include "duration_text.h"
 
 namespace fs = std::filesystem;
 
@@ -38,18 +39,6 @@ namespace train_vae_detail {
 
 using plot::Box;
 using plot::Canvas;
-
-std::string duration_text(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  const auto total = static_cast<long long>(std::llround(s));
-  char buf[32];
-  if (total >= 3600) {
-    std::snprintf(buf, sizeof buf, "%lldh%02lldm", total / 3600, (total / 60) % 60);
-  } else {
-    std::snprintf(buf, sizeof buf, "%lldm%02llds", total / 60, total % 60);
-  }
-  return buf;
-}
 
 // A progress bar on stderr: redrawn in place on a terminal, a line every 10% otherwise.
 class ProgressBar {

@@ -15,6 +15,7 @@
 #include "dslens/samplers/laplace.h"
 #include "dslens/samplers/nuts.h"
 #include "dslens/samplers/optimize.h"
+#include "duration_text.h"
 #include "lens_streams.h"
 #include "map_search.h"
 
@@ -22,15 +23,6 @@ namespace fs = std::filesystem;
 
 namespace dslens::app {
 namespace fit_run_detail {
-
-std::string duration_text(double s) {
-  if (!(s >= 0) || s > 1e7) return "?";
-  char buf[32];
-  const int m = static_cast<int>(s / 60);
-  std::snprintf(buf, sizeof buf, m ? "%dm%02ds" : "%ds", m ? m : static_cast<int>(s),
-                static_cast<int>(s) % 60);
-  return buf;
-}
 
 // A one-line progress bar on stderr (redrawn in place on a terminal, every 10 % otherwise).
 class SamplerBar {

@@ -9,8 +9,8 @@
 #include <functional>
 #include <iostream>
 
-#include "dslens/core/errors.h"
 #include "dslens/model/source_inversion.h"
+#include "duration_text.h"
 #include "lens_streams.h"
 
 namespace fs = std::filesystem;
@@ -31,14 +31,12 @@ class MapBar {
     const int64_t tenth = std::max<int64_t>(1, p.max_iterations / 10);
     if (!tty_ && !done && p.iteration / tenth == last_tenth_) return;
     last_tenth_ = done ? -1 : p.iteration / tenth;
-    const int m = static_cast<int>(s / 60);
     char line[320];
-    std::snprintf(line, sizeof line,
-                  "MAP %s %-5s %lld/%lld  best log posterior %.6g  moving %lld/%lld  %dm%02ds",
-                  stage_.c_str(), p.method, static_cast<long long>(p.iteration),
-                  static_cast<long long>(p.max_iterations), p.best_log_p,
-                  static_cast<long long>(p.active), static_cast<long long>(p.starts), m,
-                  static_cast<int>(s) % 60);
+    std::snprintf(
+        line, sizeof line, "MAP %s %-5s %lld/%lld  best log posterior %.6g  moving %lld/%lld  %s",
+        stage_.c_str(), p.method, static_cast<long long>(p.iteration),
+        static_cast<long long>(p.max_iterations), p.best_log_p, static_cast<long long>(p.active),
+        static_cast<long long>(p.starts), duration_text(s).c_str());
     if (tty_) {
       std::cerr << "\r" << line << "\033[K" << (done ? "\n" : "") << std::flush;
     } else {
@@ -53,9 +51,6 @@ class MapBar {
   std::string stage_;
 };
 
-// Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
-// then exact; the iterations split evenly) followed by L-BFGS on the exact posterior. `grad_mask`
-// (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
 // The objective of a stage: blur 0 = exact; > 0 = residuals blurred by that sigma (pixels).
 using Objective = std::function<samplers::LogDensityFn(double blur)>;
 
@@ -64,6 +59,10 @@ Objective objective_of(const model::LensPosterior& posterior) {
     return blur > 0 ? posterior.log_density_smoothed(blur) : posterior.log_density();
   };
 }
+
+// Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
+// then by final_blur, 0 = exact; the iterations split evenly) followed by L-BFGS on the
+// final_blur objective. `grad_mask` (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
 
 samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
                                   int64_t adam_iterations, double learning_rate,
