@@ -117,19 +117,25 @@ struct Settings {
   std::string metric;
   uint64_t seed;
   std::vector<double> snr;
+  int64_t placement_starts = 0;  // MapSettings::placement_starts (0: as many as starts)
+  double anneal_snr = 0.0;       // > 0: levels above it anneal the MAP's likelihood down to it
   json to_json() const {
-    return {{"vae", vae},
-            {"mocks", mocks},
-            {"pixels", pixels},
-            {"chains", chains},
-            {"warmup", warmup},
-            {"draws", draws},
-            {"starts", starts},
-            {"seed", seed},
-            {"snr", snr},
-            {"supersampling", supersampling},
-            {"max_depth", max_depth},
-            {"metric", metric}};
+    json j = {{"vae", vae},
+              {"mocks", mocks},
+              {"pixels", pixels},
+              {"chains", chains},
+              {"warmup", warmup},
+              {"draws", draws},
+              {"starts", starts},
+              {"seed", seed},
+              {"snr", snr},
+              {"supersampling", supersampling},
+              {"max_depth", max_depth},
+              {"metric", metric}};
+    // Only when set, so that studies started before these options resume unchanged.
+    if (placement_starts > 0) j["placement_starts"] = placement_starts;
+    if (anneal_snr > 0) j["anneal_snr"] = anneal_snr;
+    return j;
   }
 };
 
@@ -163,45 +169,50 @@ json simulate_config(const Truth& t, const Settings& s) {
 }
 
 // The fit config of a mock: EPL (e1/e2) + shear, VAE source with free centre and amplitude.
-json fit_config(const std::string& simulation, const Settings& s, uint64_t seed) {
-  return {{"comment", "dslens mock-study fit"},
-          {"data", {{"simulation", simulation}}},
-          {"model",
-           {{"supersampling", s.supersampling},
-            {"mass",
-             {{{"type", "EPL"},
-               {"theta_E", uniform_prior(0.6, 1.8)},
-               {"gamma", uniform_prior(1.6, 2.5)},
-               {"e1", uniform_prior(-0.4, 0.4)},
-               {"e2", uniform_prior(-0.4, 0.4)},
-               {"center_x", normal_prior(0.0, 0.05)},
-               {"center_y", normal_prior(0.0, 0.05)}},
-              {{"type", "SHEAR"},
-               {"gamma1", uniform_prior(-0.15, 0.15)},
-               {"gamma2", uniform_prior(-0.15, 0.15)}}}},
-            {"source",
-             {{{"type", "VAE"},
-               {"checkpoint", s.vae},
-               {"center_x", normal_prior(0.0, 0.3)},
-               {"center_y", normal_prior(0.0, 0.3)},
-               {"scale", kSourceScale},
-               {"phi_G", 0.0},
-               {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
-          {"map",
-           {{"starts", s.starts},
-            {"adam_iterations", 300},
-            {"learning_rate", 0.05},
-            {"lbfgs_iterations", 200},
-            {"seed", seed}}},
-          {"sampler",
-           {{"algorithm", "nuts"},
-            {"chains", s.chains},
-            {"warmup", s.warmup},
-            {"draws", s.draws},
-            {"max_depth", s.max_depth},
-            {"metric", s.metric},
-            {"target_accept", 0.8},
-            {"seed", seed}}}};
+// `snr`: the level's SNR, for the likelihood annealing of the MAP (Settings::anneal_snr).
+json fit_config(const std::string& simulation, const Settings& s, uint64_t seed, double snr) {
+  json fit = {{"comment", "dslens mock-study fit"},
+              {"data", {{"simulation", simulation}}},
+              {"model",
+               {{"supersampling", s.supersampling},
+                {"mass",
+                 {{{"type", "EPL"},
+                   {"theta_E", uniform_prior(0.6, 1.8)},
+                   {"gamma", uniform_prior(1.6, 2.5)},
+                   {"e1", uniform_prior(-0.4, 0.4)},
+                   {"e2", uniform_prior(-0.4, 0.4)},
+                   {"center_x", normal_prior(0.0, 0.05)},
+                   {"center_y", normal_prior(0.0, 0.05)}},
+                  {{"type", "SHEAR"},
+                   {"gamma1", uniform_prior(-0.15, 0.15)},
+                   {"gamma2", uniform_prior(-0.15, 0.15)}}}},
+                {"source",
+                 {{{"type", "VAE"},
+                   {"checkpoint", s.vae},
+                   {"center_x", normal_prior(0.0, 0.3)},
+                   {"center_y", normal_prior(0.0, 0.3)},
+                   {"scale", kSourceScale},
+                   {"phi_G", 0.0},
+                   {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
+              {"map",
+               {{"starts", s.starts},
+                {"adam_iterations", 300},
+                {"learning_rate", 0.05},
+                {"lbfgs_iterations", 200},
+                {"seed", seed}}},
+              {"sampler",
+               {{"algorithm", "nuts"},
+                {"chains", s.chains},
+                {"warmup", s.warmup},
+                {"draws", s.draws},
+                {"max_depth", s.max_depth},
+                {"metric", s.metric},
+                {"target_accept", 0.8},
+                {"seed", seed}}}};
+  if (s.placement_starts > 0) fit["map"]["placement_starts"] = s.placement_starts;
+  if (s.anneal_snr > 0 && snr > s.anneal_snr)
+    fit["map"]["anneal_noise"] = json::array({snr / s.anneal_snr});
+  return fit;
 }
 
 // Brightest pixel of the noise-free image of a simulate config (CPU, float64).
@@ -442,8 +453,16 @@ std::string render_markdown(const json& study) {
      << "**Fit.** EPL (theta_E ~ U(0.6, 1.8), gamma ~ U(1.6, 2.5), e1, e2 ~ U(-0.4, 0.4), centre "
      << "~ N(0, 0.05\")) + shear (gamma1, gamma2 ~ U(-0.15, 0.15)) + the VAE source (latents "
      << "N(0, I), centre ~ N(0, 0.3\"), amplitude ~ logN(4.6, 0.5), stamp pixel and phi_G fixed "
-     << "at the truth); MAP from " << s.at("starts").get<int64_t>() << " prior draws, then NUTS ("
-     << s.value("metric", std::string("diag")) << " metric, maximum tree depth "
+     << "at the truth); MAP from " << s.at("starts").get<int64_t>() << " prior draws"
+     << (s.value("placement_starts", int64_t{0}) > 0
+             ? " (the best of " + std::to_string(s.at("placement_starts").get<int64_t>()) +
+                   " placements)"
+             : std::string())
+     << (s.value("anneal_snr", 0.0) > 0
+             ? ", its likelihood annealed from SNR " + num(s.at("anneal_snr").get<double>()) +
+                   " at levels above it"
+             : std::string())
+     << ", then NUTS (" << s.value("metric", std::string("diag")) << " metric, maximum tree depth "
      << s.value("max_depth", int64_t{10}) << "), " << s.at("chains").get<int64_t>() << " chains x ("
      << s.at("warmup").get<int64_t>() << " warmup + " << s.at("draws").get<int64_t>()
      << " draws). The mocks of one level are fitted in batches "
@@ -526,7 +545,13 @@ int run(int argc, char** argv) {
       "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
       "starts", "MAP starts per lens", cxxopts::value<int64_t>()->default_value("16"))(
-      "max-depth", "NUTS maximum tree depth", cxxopts::value<int64_t>()->default_value("10"))(
+      "placement-starts",
+      "prior draws of the MAP's placement stage per lens, the best --starts go on (0: --starts)",
+      cxxopts::value<int64_t>()->default_value("0"))(
+      "anneal-snr",
+      "levels above this SNR start the MAP with the noise scaled to it (map.anneal_noise; 0: off)",
+      cxxopts::value<double>()->default_value("0"))("max-depth", "NUTS maximum tree depth",
+                                                    cxxopts::value<int64_t>()->default_value("10"))(
       "metric", "NUTS metric: dense or diag",
       cxxopts::value<std::string>()->default_value("dense"))(
       "max-batch",
@@ -562,6 +587,11 @@ int run(int argc, char** argv) {
   s.warmup = args["warmup"].as<int64_t>();
   s.draws = args["draws"].as<int64_t>();
   s.starts = args["starts"].as<int64_t>();
+  s.placement_starts = args["placement-starts"].as<int64_t>();
+  s.anneal_snr = args["anneal-snr"].as<double>();
+  if (s.placement_starts < 0) throw InvalidArgument("--placement-starts must be at least 0");
+  if (!(s.anneal_snr >= 0) || !std::isfinite(s.anneal_snr))
+    throw InvalidArgument("--anneal-snr must be a number >= 0 (0: off)");
   s.seed = args["seed"].as<uint64_t>();
   s.max_depth = args["max-depth"].as<int64_t>();
   s.metric = args["metric"].as<std::string>();
@@ -681,7 +711,7 @@ int run(int argc, char** argv) {
       for (int64_t k = 0; k < s.mocks; ++k) {
         const std::string name = mock_name(k);
         const json fit =
-            fit_config((level / "sims" / name).string(), s, mix(s.seed, level_key) >> 12);
+            fit_config((level / "sims" / name).string(), s, mix(s.seed, level_key) >> 12, snr);
         write_text_atomically((level / "fit-configs" / (name + ".json")).string(),
                               fit.dump(2) + "\n");
       }

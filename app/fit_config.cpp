@@ -15,7 +15,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     m.allow_only({"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations",
                   "seed", "placement", "placement_blur_pixels", "placement_adam_iterations",
                   "placement_lbfgs_iterations", "inversion_pixels", "inversion_half_width",
-                  "source_adam_iterations", "source_lbfgs_iterations", "joint_learning_rate"});
+                  "source_adam_iterations", "source_lbfgs_iterations", "joint_learning_rate",
+                  "anneal_noise", "placement_starts"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -25,6 +26,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
         m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
     map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));
     map.placement = m.choice_or("placement", map.placement, {"sersic", "inversion", "none"});
+    map.placement_starts =
+        m.integer_or("placement_starts", map.placement_starts, Range::closed(0, 1000000));
     map.placement_adam_iterations = m.integer_or(
         "placement_adam_iterations", map.placement_adam_iterations, Range::closed(0, 1e7));
     map.placement_lbfgs_iterations = m.integer_or(
@@ -41,6 +44,14 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
         m.integer_or("source_lbfgs_iterations", map.source_lbfgs_iterations, Range::closed(0, 1e7));
     map.joint_learning_rate =
         m.number_or("joint_learning_rate", map.joint_learning_rate, Range::positive());
+    if (m.has("anneal_noise")) {
+      map.anneal_noise = m.numbers("anneal_noise", Range::closed(1.0, 1e6));
+      if (!std::is_sorted(map.anneal_noise.rbegin(), map.anneal_noise.rend())) {
+        m.fail_at("anneal_noise", "got " + m.at("anneal_noise").value().dump() +
+                                      "; allowed: noise factors >= 1 in decreasing order "
+                                      "(the largest first)");
+      }
+    }
   }
   if (root.has("sampler")) {
     const ConfigNode s = root.at("sampler");

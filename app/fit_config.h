@@ -29,6 +29,9 @@ struct MapSettings {
   // Iterations of the placement stage; < 0: adam_iterations and lbfgs_iterations.
   int64_t placement_adam_iterations = -1;
   int64_t placement_lbfgs_iterations = -1;
+  // Prior draws of the placement stage (cheap: no decoder), per lens; the best `starts` of them go
+  // on to the source and joint stages. Below `starts`: `starts`.
+  int64_t placement_starts = 0;
   int64_t inversion_pixels = 16;       // "inversion": the source grid's side ...
   double inversion_half_width = 0.75;  // ... and half its width (arcsec)
   // The placement's objective: residuals blurred by this Gaussian sigma (pixels), so that the
@@ -37,6 +40,11 @@ struct MapSettings {
   int64_t source_adam_iterations = 300;
   int64_t source_lbfgs_iterations = 200;
   double joint_learning_rate = 0.005;
+  // Likelihood annealing (staged MAP only): noise scale factors T > 1, largest first. Placement and
+  // source stages run on the posterior with every pixel's sigma multiplied by the first factor
+  // (the likelihood raised to 1/T^2: fewer, wider basins), then the joint stage runs at each
+  // factor in turn and finally at 1. Empty: no annealing.
+  std::vector<double> anneal_noise;
 };
 
 struct SamplerChoice {

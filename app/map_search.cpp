@@ -105,16 +105,16 @@ samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
   return samplers::maximize_adam(objective(0.0), x, none);
 }
 
-// Prior draws of `space`, `starts` per lens, from each lens's own stream (lens-major).
+// Prior draws of `space`, `per_lens` per lens, from each lens's own stream (lens-major).
 torch::Tensor prior_starts(const std::vector<const FitConfig*>& lenses,
                            const model::ParameterSpace& space, uint64_t salt,
-                           const torch::TensorOptions& opts) {
-  std::vector<torch::Tensor> per_lens;
+                           const torch::TensorOptions& opts, int64_t per_lens) {
+  std::vector<torch::Tensor> draws;
   for (const auto* c : lenses) {
     auto gen = lens_generator(c->map.seed + salt, *c);
-    per_lens.push_back(space.sample_prior(c->map.starts, opts, gen));
+    draws.push_back(space.sample_prior(per_lens, opts, gen));
   }
-  return torch::cat(per_lens);
+  return torch::cat(draws);
 }
 
 bool is_decoded(const nlohmann::json& source) {
@@ -185,10 +185,17 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
         "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
         "({} iterations)",
         n_lenses, ms.starts, space.dim(), ms.adam_iterations, ms.lbfgs_iterations);
-    return optimise(objective_of(posterior), prior_starts(lenses, space, 0, opts),
+    return optimise(objective_of(posterior), prior_starts(lenses, space, 0, opts, ms.starts),
                     ms.adam_iterations, ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {},
                     "", bar);
   }
+
+  // Likelihood annealing: stages 1 and 2 and the first joint stage see the noise scaled by
+  // anneal_noise[0], the next joint stages by the next factors, the last one the data's noise.
+  std::vector<model::LensPosterior> tempered;
+  for (const double factor : ms.anneal_noise)
+    tempered.push_back(posterior.with_noise_scaled(factor));
+  const model::LensPosterior& early = tempered.empty() ? posterior : tempered.front();
 
   // 1. Placement, with a Sersic stand-in source or with the source marginalised (inversion). The
   // stand-in's amplitude prior is centred on the surface brightness of the brightest fitted pixel
@@ -204,7 +211,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   const model::FitModel aux =
       model::parse_fit_model(ConfigNode(stand_in.model, "/model (placement stand-in)"),
                              base.string(), posterior.compute());
-  const model::LensPosterior placement(aux.spec(first.data.grid, psf), aux.space, data,
+  const model::LensPosterior placement(aux.spec(first.data.grid, psf), aux.space, early.data(),
                                        posterior.compute());
   model::InversionSettings inv;
   inv.pixels = ms.inversion_pixels;
@@ -217,29 +224,42 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       ms.placement_adam_iterations >= 0 ? ms.placement_adam_iterations : ms.adam_iterations;
   const int64_t placement_lbfgs =
       ms.placement_lbfgs_iterations >= 0 ? ms.placement_lbfgs_iterations : ms.lbfgs_iterations;
+  const int64_t n_place = std::max(ms.starts, ms.placement_starts);
   spdlog::info(
-      "MAP: {} lens(es) x {} starts. 1/3 placement: lens with {} ({} parameters), Adam ({}) then "
-      "L-BFGS ({}); 2/3 source: the {} source with the lens held, Adam ({}) then L-BFGS ({}); "
+      "MAP: {} lens(es) x {} starts. 1/3 placement: lens with {} ({} parameters) from {} prior "
+      "draws, Adam ({}) then L-BFGS ({}), the best {} go on; 2/3 source: the {} source with the "
+      "lens held, Adam ({}) then L-BFGS ({}); "
       "3/3 joint: {} parameters, Adam ({}, learning rate {}) then L-BFGS ({})",
       n_lenses, ms.starts,
       inversion ? fmt::format("the source marginalised on {0}x{0} pixels", inv.pixels)
                 : std::string("a Sersic stand-in source"),
-      aux.space.dim(), placement_adam, placement_lbfgs, first.model.decoded_kind,
-      ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(), ms.adam_iterations,
-      ms.joint_learning_rate, ms.lbfgs_iterations);
+      aux.space.dim(), n_place, placement_adam, placement_lbfgs, ms.starts,
+      first.model.decoded_kind, ms.source_adam_iterations, ms.source_lbfgs_iterations, space.dim(),
+      ms.adam_iterations, ms.joint_learning_rate, ms.lbfgs_iterations);
+  if (!tempered.empty()) {
+    std::string factors;
+    for (const double f : ms.anneal_noise)
+      factors += fmt::format("{}x{:g}", factors.empty() ? "" : ", ", f);
+    spdlog::info(
+        "MAP: likelihood annealed: placement and source stages with the noise multiplied by {:g}, "
+        "then the joint stage at noise {} and x1",
+        ms.anneal_noise.front(), factors);
+  }
   const Objective placement_objective =
       inversion ? Objective([&marginal](double) { return marginal->log_density(); })
                 : objective_of(placement);
-  const auto placed =
-      optimise(placement_objective, prior_starts(lenses, aux.space, 0, opts), placement_adam,
-               ms.learning_rate, inversion ? std::vector<double>{} : ms.blur_pixels,
+  auto placed =
+      optimise(placement_objective, prior_starts(lenses, aux.space, 0, opts, n_place),
+               placement_adam, ms.learning_rate, inversion ? std::vector<double>{} : ms.blur_pixels,
                placement_lbfgs, {}, "placement", bar, inversion ? 0.0 : ms.placement_blur_pixels);
 
   // The stand-in's optima -> the full model: every parameter the two share by name, except the
   // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
   // amplitude, scale ...) come from prior draws.
-  const auto placed_values = aux.space.unpack(placed.x.detach()).values;
-  auto values = space.unpack(prior_starts(lenses, space, 1, opts)).values;
+  // With placement_starts > starts only each lens's best `starts` placements go on.
+  placed.x = samplers::best_rows_per_group(placed.x.detach(), placed.log_p, n_lenses, ms.starts);
+  const auto placed_values = aux.space.unpack(placed.x).values;
+  auto values = space.unpack(prior_starts(lenses, space, 1, opts, ms.starts)).values;
   std::vector<double> source_mask;
   const std::string decoded_suffix = "_source_light";
   for (const auto& name : space.coordinate_names())
@@ -256,7 +276,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     const auto src = marginal->solve(placed.x.detach()).source.detach().clamp_min(0.0);
     const auto [sx, sy] = marginal->source_coordinates();
     const auto flux = src.sum({1, 2}).clamp_min(1e-300);
-    const auto cx = (src * sx).sum({1, 2}) / flux, cy = (src * sy).sum({1, 2}) / flux;
+    const torch::Tensor cx = (src * sx).sum({1, 2}) / flux;
+    const torch::Tensor cy = (src * sy).sum({1, 2}) / flux;
     for (const auto& b : first.model.source) {
       if (b.type != "INTERPOL") continue;
       for (const auto& [param, centre] : {std::pair{"center_x", cx}, std::pair{"center_y", cy}}) {
@@ -270,9 +291,15 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
 
   // 2. The decoded source with the lens held; 3. everything.
-  x = optimise(objective_of(posterior), x, ms.source_adam_iterations, ms.learning_rate, {},
+  x = optimise(objective_of(early), x, ms.source_adam_iterations, ms.learning_rate, {},
                ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)
           .x;
+  for (size_t k = 0; k < tempered.size(); ++k) {
+    x = optimise(objective_of(tempered[k]), x, ms.adam_iterations, ms.joint_learning_rate, {},
+                 ms.lbfgs_iterations, {}, fmt::format("joint (noise x{:g})", ms.anneal_noise[k]),
+                 bar)
+            .x;
+  }
   return optimise(objective_of(posterior), x, ms.adam_iterations, ms.joint_learning_rate, {},
                   ms.lbfgs_iterations, {}, "joint", bar);
 }

@@ -6,8 +6,10 @@
 #
 #   scripts/mock_study.sh [N] [--vae DIR] [other `dslens mock-study` options, e.g. --snr 30,100]
 #
-# N: mocks per SNR level (default 30). Without --vae (or VAE_DIR) the demo VAE is trained first
-# (configs/train_vae_default.json, about 2.5 minutes on 2 cores) into runs/mock-study-<ts>/vae.
+# N: mocks per SNR level (default 30). Without --vae (or VAE_DIR) a VAE is trained first
+# (configs/train_vae_mock_study.json: the demo's VAE with pixel_sigma 0.05, whose prior draws are
+# single galaxies rather than sprays of knots; about 2 minutes on 2 cores) into
+# runs/mock-study-<ts>/vae.
 # Cost: 3 x N fits of 4 chains x (500 warmup + 500 draws). On 2 CPU cores the full study (N = 30,
 # 90 fits) takes hours; on a GPU (add --device cuda) minutes.
 #   BUILD_DIR  build folder (default: build)
@@ -44,11 +46,11 @@ commands=()
 if [[ -z $vae ]]; then
   vae=$run/vae
   if [[ ! -f $vae/checkpoint.json ]]; then
-    echo "mock_study [1/2]: training the source-prior VAE (configs/train_vae_default.json) into $vae"
+    echo "mock_study [1/2]: training the source-prior VAE (configs/train_vae_mock_study.json) into $vae"
     rm -rf "$vae"
-    "$dslens" train-vae configs/train_vae_default.json --out "$vae"
+    "$dslens" train-vae configs/train_vae_mock_study.json --out "$vae"
   fi
-  commands+=("$dslens train-vae configs/train_vae_default.json --out $vae")
+  commands+=("$dslens train-vae configs/train_vae_mock_study.json --out $vae")
 fi
 
 study=(mock-study --vae "$vae" --out "$run/study" --mocks "$mocks" ${extra[@]+"${extra[@]}"})

@@ -93,6 +93,16 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
 }
 
+LensPosterior LensPosterior::with_noise_scaled(double factor) const {
+  if (!(factor > 0.0) || !std::isfinite(factor)) {
+    throw InvalidArgument("noise scale factor must be a positive number, got " +
+                          std::to_string(factor));
+  }
+  ImagingData scaled = data_;
+  scaled.sigma = data_.sigma * factor;
+  return LensPosterior(spec_, space_, scaled, compute_);
+}
+
 int64_t LensPosterior::rows_per_lens(int64_t batch) const {
   if (batch % n_lenses_ != 0) {
     throw InvalidArgument("a batch of " + std::to_string(batch) + " rows cannot be split over " +

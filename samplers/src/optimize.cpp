@@ -251,4 +251,20 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   return r;
 }
 
+torch::Tensor best_rows_per_group(const torch::Tensor& x, const torch::Tensor& log_p,
+                                  int64_t groups, int64_t keep) {
+  if (x.dim() != 2 || log_p.dim() != 1 || log_p.size(0) != x.size(0) || groups < 1 ||
+      x.size(0) % groups != 0 || keep < 1) {
+    throw InvalidArgument("best_rows_per_group: x must be [G * n, D] and log_p [G * n] with G = " +
+                          std::to_string(groups) + " >= 1 groups and keep >= 1 (got keep " +
+                          std::to_string(keep) + ")");
+  }
+  const int64_t n = x.size(0) / groups;
+  const auto lp = torch::nan_to_num(log_p.detach(), -INFINITY).reshape({groups, n});
+  const auto order = std::get<1>(lp.topk(std::min(keep, n), 1));
+  const auto offsets =
+      torch::arange(groups, order.options()).unsqueeze(1) * n;  // first row of each group
+  return x.index_select(0, (order + offsets).reshape({-1}));
+}
+
 }  // namespace dslens::samplers

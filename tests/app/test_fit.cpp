@@ -217,6 +217,48 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   fs::remove_all(dir);
 }
 
+// The same mock through both MAP options: 2 starts for the source and joint stages, taken from 16
+// placements, and the likelihood annealed (noise x2 for the first stages, then x1). It must still
+// end on the true lens with the data's reduced chi-square. (This mock is easy enough that even the
+// 2 worst placements get there, checked by hand; the choice of the best is tested in
+// Optimize.BestRowsPerGroupKeepsEachGroupsBestInOrder, the tempering in
+// LensPosterior.NoiseScaledPosteriorTempersTheLikelihood.)
+TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
+  const std::string dir = dslens::testing::temp_dir("fit_anneal");
+  const std::string cfg = make_mock(dir, "pix", 31, 1.0);
+  json c = read_json(cfg);
+  c["model"]["source"] = {{{"type", "PIXELATED"},
+                           {"size", 12},
+                           {"scale", 0.05},
+                           {"sigma", 30.0},
+                           {"center_x", prior("normal", 0.0, 0.2)},
+                           {"center_y", prior("normal", 0.0, 0.2)}}};
+  c["map"] = {{"starts", 2},
+              {"placement_starts", 16},
+              {"anneal_noise", {2.0}},
+              {"adam_iterations", 150},
+              {"lbfgs_iterations", 60},
+              {"source_adam_iterations", 150},
+              {"source_lbfgs_iterations", 60}};
+  write_json(cfg, c);
+  const RunResult r = run_dslens(
+      "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --chains 2 --warmup 2 --draws 4",
+      "info");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("from 16 prior draws"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the best 2 go on"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("noise multiplied by 2"), std::string::npos) << r.output;
+  const json map = read_json(dir + "/fit/map.json");
+  const json& best = map["best_starts"][0];
+  EXPECT_NEAR(best["theta_E_lens0"].get<double>(), 1.0, 0.03) << best.dump();
+  EXPECT_NEAR(best["e1_lens0"].get<double>(), 0.08, 0.05) << best.dump();
+  EXPECT_NEAR(best["e2_lens0"].get<double>(), -0.05, 0.05) << best.dump();
+  const double chi2 = map["reduced_chi_square"].get<double>();
+  EXPECT_LT(chi2, 1.1) << map.dump();
+  EXPECT_GT(chi2, 0.8) << map.dump();
+  fs::remove_all(dir);
+}
+
 TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
   const std::string dir = dslens::testing::temp_dir("fit_bad");
   const std::string cfg = make_mock(dir, "m", 5, 1.0);
@@ -230,6 +272,12 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
        {"/model/mass/0/theta_E"}},
       {[](json& j) { j["data"]["simulation"] = "../nowhere"; }, {"/data/simulation"}},
       {[](json& j) { j["map"]["placement"] = "ring"; }, {"/map/placement", "ring"}},
+      {[](json& j) {
+         j["map"]["anneal_noise"] = {2.0, 5.0};
+       },
+       {"/map/anneal_noise", "decreasing"}},
+      {[](json& j) { j["map"]["anneal_noise"] = {0.5}; }, {"/map/anneal_noise/0", "0.5"}},
+      {[](json& j) { j["map"]["placement_starts"] = -3; }, {"/map/placement_starts", "-3"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {
@@ -252,11 +300,13 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
 TEST(MockStudyCommand, BadOptionsExitTwoNamingTheOption) {
   const std::string dir = dslens::testing::temp_dir("mock_study_bad");
   const std::string base = "mock-study --vae " + quote(dir) + " --out " + quote(dir + "/o");
-  for (const auto& [option, named] :
-       std::vector<std::pair<std::string, std::string>>{{"--metric euclid", "--metric 'euclid'"},
-                                                        {"--max-depth 0", "--max-depth"},
-                                                        {"--max-batch 0", "--max-batch"},
-                                                        {"--snr 0", "--snr level 0"}}) {
+  for (const auto& [option, named] : std::vector<std::pair<std::string, std::string>>{
+           {"--metric euclid", "--metric 'euclid'"},
+           {"--max-depth 0", "--max-depth"},
+           {"--max-batch 0", "--max-batch"},
+           {"--snr 0", "--snr level 0"},
+           {"--placement-starts -4", "--placement-starts"},
+           {"--anneal-snr -30", "--anneal-snr"}}) {
     const RunResult r = run_dslens(base + " " + option);
     EXPECT_EQ(r.code, 2) << option << "\n" << r.output;
     EXPECT_NE(r.output.find(named), std::string::npos) << option << "\n" << r.output;

@@ -131,3 +131,31 @@ TEST(LensPosterior, SmoothedObjectiveIsExactAtZeroBlurAndKeepsTheNoiseChiSquare)
         << "coord " << i;
   }
 }
+
+// Likelihood annealing: sigma x T gives chi^2 / T^2 and the normalisation of the scaled noise,
+// with the prior untouched; the original posterior is not changed.
+TEST(LensPosterior, NoiseScaledPosteriorTempersTheLikelihood) {
+  SmallProblem p;
+  LensPosterior first(p.spec, p.space, p.data, p.compute);
+  p.data.image = first.model_image(p.space.unpack(p.truth_u()))[0].detach();
+  // A noisy pixel map, so that the chi-square and the normalisation are not trivial.
+  p.data.sigma = 0.03 + 0.04 * torch::rand({24, 24}, torch::kFloat64);
+  LensPosterior post(p.spec, p.space, p.data, p.compute);
+  const double T = 3.0;
+  const LensPosterior tempered = post.with_noise_scaled(T);
+  torch::Generator gen = at::detail::createCPUGenerator(11);
+  const auto u = p.space.sample_prior(4, torch::kFloat64, gen);
+  const auto chi2 = post.chi_square(u);
+  const double n = 576.0;
+  const double log_norm =
+      -(p.data.sigma.log().sum().item<double>() + n * std::log(T)) - 0.5 * n * std::log(2 * M_PI);
+  const auto expected = log_norm - 0.5 * chi2 / (T * T);
+  EXPECT_TRUE(torch::allclose(tempered.log_likelihood(u), expected, 1e-10, 1e-8));
+  EXPECT_TRUE(torch::allclose(tempered.chi_square(u), chi2 / (T * T), 1e-10, 1e-10));
+  const auto prior = post.log_prob(u) - post.log_likelihood(u);
+  EXPECT_TRUE(
+      torch::allclose(tempered.log_prob(u) - tempered.log_likelihood(u), prior, 1e-10, 1e-8));
+  EXPECT_TRUE(torch::allclose(post.chi_square(u), chi2));
+  EXPECT_THROW(post.with_noise_scaled(0.0), InvalidArgument);
+  EXPECT_THROW(post.with_noise_scaled(-2.0), InvalidArgument);
+}

@@ -281,4 +281,21 @@ TEST(Lbfgs, SkipsPairsFailingTheCurvatureTestAndKeepsTheOlderOnes) {
   EXPECT_GT(skips, 0);
 }
 
+// The best rows of each group (lens) of starts, best first; NaN never wins; keep > n keeps all.
+TEST(Optimize, BestRowsPerGroupKeepsEachGroupsBestInOrder) {
+  // Two groups of 4 rows; row r holds the value r in both columns.
+  const auto x = torch::arange(8, f64()).unsqueeze(1).repeat({1, 2});
+  const auto log_p = torch::tensor({1.0, 5.0, std::nan(""), 3.0, -2.0, -1.0, 7.0, -HUGE_VAL}, f64());
+  const auto two = best_rows_per_group(x, log_p, 2, 2);
+  ASSERT_EQ(two.sizes(), (std::vector<int64_t>{4, 2}));
+  const std::vector<double> rows = {1, 3, 6, 5};
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(two[i][0].item<double>(), rows[i]) << i;
+  const auto all = best_rows_per_group(x, log_p, 2, 10);
+  ASSERT_EQ(all.size(0), 8);
+  EXPECT_EQ(all[3][1].item<double>(), 2.0);  // the NaN row comes last in its group
+  EXPECT_EQ(all[4][0].item<double>(), 6.0);
+  EXPECT_THROW(best_rows_per_group(x, log_p, 3, 2), dslens::InvalidArgument);
+  EXPECT_THROW(best_rows_per_group(x, log_p, 2, 0), dslens::InvalidArgument);
+}
+
 }  // namespace optimize_test

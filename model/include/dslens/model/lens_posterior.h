@@ -57,6 +57,10 @@ class LensPosterior {
   // The physics for constrained values of `rows` rows (lens-major, see ImagingData).
   physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows) const;
   const ImagingData& data() const { return data_; }  // [L, ny, nx] on the compute device
+  // The same model with every pixel's noise sigma multiplied by `factor` (> 0): its likelihood is
+  // this one's raised to the power 1 / factor^2 (up to its normalisation), the tempered posterior
+  // of likelihood annealing (the MAP's `anneal_noise`). InvalidArgument for factor <= 0.
+  LensPosterior with_noise_scaled(double factor) const;
   const LensModelSpec& spec() const { return spec_; }
   // Noise-free model images [C, ny, nx] for constrained values.
   torch::Tensor model_image(const ParameterSpace::Unpacked& values) const;

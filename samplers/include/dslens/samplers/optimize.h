@@ -67,4 +67,10 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
 OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
                               const LbfgsSettings& settings = {});
 
+// Rows of `x` [G * n, D] in G consecutive groups of n (lens-major starts): the `keep` rows of
+// each group with the largest `log_p` [G * n] (NaN counts as -inf), best first, as
+// [G * min(keep, n), D]. For keeping the best optima of a cheap stage for a costly one.
+torch::Tensor best_rows_per_group(const torch::Tensor& x, const torch::Tensor& log_p,
+                                  int64_t groups, int64_t keep);
+
 }  // namespace dslens::samplers
