@@ -180,13 +180,11 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
   fs::remove_all(dir);
 }
 
-// A decoded source (here PIXELATED: 144 free pixels) is fitted in three MAP stages: the lens placed
-// with a Sersic stand-in source, the pixels fitted with that lens held, then everything
-// (app/map_search.h). The MAP must land on the true lens. (Six lens names, i.e. six sets of
-// starts: 6 of 6 land there with 8 starts, 5 of 6 with 4; with "placement": "none" 1 of 6 with 8
-// starts, the others trading e2 for a pixel source that absorbs it; docs/fit.md.)
-TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
-  const std::string dir = dslens::testing::temp_dir("fit_placement");
+// The mock of the decoded-source tests: theta_E 1.0, e1 0.08, e2 -0.05, a PIXELATED source (144
+// free pixels) and the given `map` settings (iteration counts added); fitted with a short NUTS.
+// Returns the fit's output and its map.json, and checks that the best MAP optimum is the true lens
+// with the data's reduced chi-square.
+std::pair<RunResult, json> fit_pixelated_mock(const std::string& dir, json map) {
   const std::string cfg = make_mock(dir, "pix", 31, 1.0);
   json c = read_json(cfg);
   c["model"]["source"] = {{{"type", "PIXELATED"},
@@ -195,25 +193,39 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
                            {"sigma", 30.0},
                            {"center_x", prior("normal", 0.0, 0.2)},
                            {"center_y", prior("normal", 0.0, 0.2)}}};
-  c["map"] = {{"starts", 8},
-              {"adam_iterations", 150},
+  map.update({{"adam_iterations", 150},
               {"lbfgs_iterations", 60},
               {"source_adam_iterations", 150},
-              {"source_lbfgs_iterations", 60}};
+              {"source_lbfgs_iterations", 60}});
+  c["map"] = map;
   write_json(cfg, c);
   const RunResult r = run_dslens(
       "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --chains 2 --warmup 2 --draws 4",
       "info");
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("1/3 placement: lens with a Sersic stand-in"), std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("2/3 source"), std::string::npos) << r.output;
-  const json map = read_json(dir + "/fit/map.json");
-  const json& best = map["best_starts"][0];
+  EXPECT_EQ(r.code, 0) << r.output;
+  if (r.code != 0) return {r, json()};
+  const json result = read_json(dir + "/fit/map.json");
+  const json& best = result["best_starts"][0];
   EXPECT_NEAR(best["theta_E_lens0"].get<double>(), 1.0, 0.03) << best.dump();
   EXPECT_NEAR(best["e1_lens0"].get<double>(), 0.08, 0.05) << best.dump();
   EXPECT_NEAR(best["e2_lens0"].get<double>(), -0.05, 0.05) << best.dump();
-  EXPECT_LT(map["reduced_chi_square"].get<double>(), 1.1) << map.dump();
+  const double chi2 = result["reduced_chi_square"].get<double>();
+  EXPECT_LT(chi2, 1.1) << result.dump();
+  EXPECT_GT(chi2, 0.8) << result.dump();
+  return {r, result};
+}
+
+// A decoded source is fitted in three MAP stages: the lens placed with a Sersic stand-in source,
+// the pixels fitted with that lens held, then everything (app/map_search.h). The MAP must land on
+// the true lens. (Six lens names, i.e. six sets of starts: 6 of 6 land there with 8 starts, 5 of 6
+// with 4; with "placement": "none" 1 of 6 with 8 starts, the others trading e2 for a pixel source
+// that absorbs it; docs/fit.md.)
+TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
+  const std::string dir = dslens::testing::temp_dir("fit_placement");
+  const auto [r, map] = fit_pixelated_mock(dir, {{"starts", 8}});
+  EXPECT_NE(r.output.find("1/3 placement: lens with a Sersic stand-in"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("2/3 source"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
 
@@ -225,37 +237,11 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
 // LensPosterior.NoiseScaledPosteriorTempersTheLikelihood.)
 TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
   const std::string dir = dslens::testing::temp_dir("fit_anneal");
-  const std::string cfg = make_mock(dir, "pix", 31, 1.0);
-  json c = read_json(cfg);
-  c["model"]["source"] = {{{"type", "PIXELATED"},
-                           {"size", 12},
-                           {"scale", 0.05},
-                           {"sigma", 30.0},
-                           {"center_x", prior("normal", 0.0, 0.2)},
-                           {"center_y", prior("normal", 0.0, 0.2)}}};
-  c["map"] = {{"starts", 2},
-              {"placement_starts", 16},
-              {"anneal_noise", {2.0}},
-              {"adam_iterations", 150},
-              {"lbfgs_iterations", 60},
-              {"source_adam_iterations", 150},
-              {"source_lbfgs_iterations", 60}};
-  write_json(cfg, c);
-  const RunResult r = run_dslens(
-      "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --chains 2 --warmup 2 --draws 4",
-      "info");
-  ASSERT_EQ(r.code, 0) << r.output;
+  const auto [r, map] = fit_pixelated_mock(
+      dir, {{"starts", 2}, {"placement_starts", 16}, {"anneal_noise", json::array({2.0})}});
   EXPECT_NE(r.output.find("from 16 prior draws"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the best 2 go on"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("noise multiplied by 2"), std::string::npos) << r.output;
-  const json map = read_json(dir + "/fit/map.json");
-  const json& best = map["best_starts"][0];
-  EXPECT_NEAR(best["theta_E_lens0"].get<double>(), 1.0, 0.03) << best.dump();
-  EXPECT_NEAR(best["e1_lens0"].get<double>(), 0.08, 0.05) << best.dump();
-  EXPECT_NEAR(best["e2_lens0"].get<double>(), -0.05, 0.05) << best.dump();
-  const double chi2 = map["reduced_chi_square"].get<double>();
-  EXPECT_LT(chi2, 1.1) << map.dump();
-  EXPECT_GT(chi2, 0.8) << map.dump();
   fs::remove_all(dir);
 }
 

@@ -285,7 +285,8 @@ TEST(Lbfgs, SkipsPairsFailingTheCurvatureTestAndKeepsTheOlderOnes) {
 TEST(Optimize, BestRowsPerGroupKeepsEachGroupsBestInOrder) {
   // Two groups of 4 rows; row r holds the value r in both columns.
   const auto x = torch::arange(8, f64()).unsqueeze(1).repeat({1, 2});
-  const auto log_p = torch::tensor({1.0, 5.0, std::nan(""), 3.0, -2.0, -1.0, 7.0, -HUGE_VAL}, f64());
+  const auto log_p =
+      torch::tensor({1.0, 5.0, std::nan(""), 3.0, -2.0, -1.0, 7.0, -HUGE_VAL}, f64());
   const auto two = best_rows_per_group(x, log_p, 2, 2);
   ASSERT_EQ(two.sizes(), (std::vector<int64_t>{4, 2}));
   const std::vector<double> rows = {1, 3, 6, 5};
