@@ -318,6 +318,11 @@ json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
   out["seconds"] = summary.at("seconds");
   out["reduced_chi_square_map"] = summary.value("reduced_chi_square_map", json(nullptr));
   out["warnings"] = summary.value("warnings", json::array());
+  // The log posterior at the MAP and at the truth (dslens fit scores the truth of a mock).
+  const json map = load_json_file((lens_dir / "map.json").string());
+  out["map_log_posterior"] = map.value("log_posterior", json(nullptr));
+  out["truth_log_posterior"] =
+      map.contains("truth") ? map.at("truth").value("log_posterior", json(nullptr)) : json(nullptr);
   const auto draws = samplers::read_draws((lens_dir / "draws.npy").string());
   json params;
   for (const auto& spec : row_specs()) {
@@ -474,20 +479,26 @@ std::string render_markdown(const json& study) {
      << "30 mocks: 0.085 at 68 %); R-hat: the largest rank-normalised split R-hat over the mocks. "
      << "The axis ratio is derived per draw from the fitted e1, e2 (q = (1 - |e|) / (1 + |e|)), "
      << "the shear strength from gamma1, gamma2 (gamma_ext = sqrt(gamma1^2 + gamma2^2)). Time per "
-     << "lens: the lens's share of its batch (MAP + warmup + sampling).\n\n";
+     << "lens: the lens's share of its batch (MAP + warmup + sampling). MAP less probable than "
+     << "the truth: mocks whose best MAP optimum has a log posterior more than 1 below the "
+     << "truth's (the search missed the truth's mode; map.json of each fit).\n\n";
 
   md << "## Overview\n\n"
-     << "| SNR | mocks | total divergences | mocks with divergences | max R-hat (rows below) | "
-        "median time per lens (s) | fit wall time (s) |\n"
-     << "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+     << "| SNR | mocks | MAP less probable than the truth | total divergences | mocks with "
+        "divergences | max R-hat (rows below) | median time per lens (s) | fit wall time (s) |\n"
+     << "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& l : study.at("levels")) {
     double max_rhat = NAN;
     for (const auto& [k, a] : l.at("aggregate").items()) {
       const double r = number_or_nan(a, "max_rhat");
       if (std::isfinite(r)) max_rhat = std::isfinite(max_rhat) ? std::max(max_rhat, r) : r;
     }
+    const int64_t scored = l.value("lenses_truth_scored", int64_t{0});
     md << "| " << num(l.at("snr").get<double>()) << " | " << l.at("lenses").size() << " | "
-       << l.at("divergences_total").get<int64_t>() << " | "
+       << (scored > 0 ? std::to_string(l.at("lenses_map_below_truth").get<int64_t>()) + " of " +
+                            std::to_string(scored)
+                      : std::string("-"))
+       << " | " << l.at("divergences_total").get<int64_t>() << " | "
        << l.at("lenses_with_divergences").get<int64_t>() << " | " << fixed(max_rhat, 3) << " | "
        << fixed(number_or_nan(l, "median_seconds_per_lens"), 1) << " | "
        << fixed(number_or_nan(l, "fit_wall_seconds"), 0) << " |\n";
@@ -742,7 +753,7 @@ int run(int argc, char** argv) {
 
     json lenses = json::array();
     std::vector<double> times;
-    int64_t divergences = 0, with_divergences = 0;
+    int64_t divergences = 0, with_divergences = 0, scored = 0, below_truth = 0;
     for (int64_t k = 0; k < s.mocks; ++k) {
       const std::string name = mock_name(k);
       const fs::path lens_dir = s.mocks == 1 ? fit_dir : fit_dir / name;
@@ -753,6 +764,13 @@ int run(int argc, char** argv) {
       const int64_t d = lens.at("divergences").get<int64_t>();
       divergences += d;
       with_divergences += d > 0 ? 1 : 0;
+      // A MAP less probable than the truth (by more than 1 nat) missed the truth's mode.
+      const double lp_map = number_or_nan(lens, "map_log_posterior");
+      const double lp_truth = number_or_nan(lens, "truth_log_posterior");
+      if (std::isfinite(lp_map) && std::isfinite(lp_truth)) {
+        ++scored;
+        below_truth += lp_map < lp_truth - 1.0 ? 1 : 0;
+      }
       const json& sec = lens.at("seconds");
       times.push_back(number_or_nan(sec, "map") + number_or_nan(sec, "warmup") +
                       number_or_nan(sec, "sampling"));
@@ -764,6 +782,8 @@ int run(int argc, char** argv) {
             {"aggregate", aggregate(lenses)},
             {"divergences_total", divergences},
             {"lenses_with_divergences", with_divergences},
+            {"lenses_truth_scored", scored},
+            {"lenses_map_below_truth", below_truth},
             {"median_seconds_per_lens", median(times)},
             {"fit_wall_seconds", fit_wall}};
     levels.push_back(lv);

@@ -236,6 +236,22 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   }
   map_json["best_starts"] = starts;
   map_json["seconds"] = r.map_seconds;
+  // A simulation's truth, scored by the same posterior: a MAP below it has missed the truth's mode
+  // (a search failure), a MAP above it found a mode the data prefer (a degeneracy), and the truth's
+  // reduced chi-square checks that the simulated noise is the noise the fit assumes.
+  if (const auto point = model::truth_point(cfg.model, obs.truth)) {
+    std::map<std::string, torch::Tensor> on_device;
+    for (const auto& [n, v] : *point) on_device[n] = v.to(opts);
+    const auto u_truth = space.pack(on_device);
+    const double lp_truth = post.log_prob(u_truth).item<double>();
+    const double chi2_truth = post.chi_square(u_truth).item<double>() / static_cast<double>(dof);
+    map_json["truth"] = {{"log_posterior", number_or_null(lp_truth)},
+                         {"reduced_chi_square", number_or_null(chi2_truth)}};
+    spdlog::info(
+        "{}: log posterior at the MAP {:.1f}, at the simulation's truth {:.1f} (reduced "
+        "chi-square {:.3f} and {:.3f})",
+        cfg.name, r.starts_log_p[0].item<double>(), lp_truth, reduced_chi2, chi2_truth);
+  }
   write_text_atomically(dir + "/map.json", map_json.dump(2) + "\n");
 
   // Summary (with truth, error and z-score for mocks) and warnings.

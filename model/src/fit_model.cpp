@@ -135,7 +135,11 @@ class Builder {
         scalar(node, n, n + sfx, b, n, list, index);
       }
     }
-    if (type == "VAE") decoded_vae(node, sfx);
+    if (type == "VAE") {
+      decoded_vae(node, sfx);
+      // A simulation's truth.json gives the latents as the component's "z" (truth_point).
+      out_.origins[out_.latent_block] = {list, index, "z"};
+    }
     if (type == "PIXELATED") decoded_pixels(node, sfx);
   }
 
@@ -262,6 +266,35 @@ std::map<std::string, double> truth_values(const FitModel& model, const nlohmann
     if (v && v->is_object() && v->contains("value") && (*v)["value"].is_number()) {
       out[name] = (*v)["value"].get<double>();
     }
+  }
+  return out;
+}
+
+std::optional<std::map<std::string, torch::Tensor>> truth_point(const FitModel& model,
+                                                                const nlohmann::json& truth) {
+  if (!truth.is_object()) return std::nullopt;
+  const auto scalars = truth_values(model, truth);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& name : model.space.free_names()) {
+    const auto s = scalars.find(name);
+    if (s != scalars.end()) {
+      out[name] = torch::tensor({s->second}, torch::kFloat64);
+      continue;
+    }
+    const auto o = model.origins.find(name);
+    if (name != model.latent_block || o == model.origins.end()) return std::nullopt;
+    const auto list = truth.value(o->second.list, nlohmann::json());
+    if (!list.is_array() || o->second.index >= static_cast<int64_t>(list.size()))
+      return std::nullopt;
+    const auto& component = list[o->second.index];
+    if (!component.is_object()) return std::nullopt;
+    const auto z = component.value(o->second.param, nlohmann::json());
+    if (!z.is_array()) return std::nullopt;
+    const auto latent = torch::tensor(z.get<std::vector<double>>(), torch::kFloat64);
+    int64_t size = 0;
+    for (const auto& c : model.space.coordinate_names()) size += c.rfind(name + "[", 0) == 0;
+    if (latent.numel() != size) return std::nullopt;
+    out[name] = latent.unsqueeze(0);
   }
   return out;
 }

@@ -118,9 +118,18 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   }
   EXPECT_EQ(with_truth, 7);
   EXPECT_LE(summary["divergences"].get<int64_t>(), 2);
-  const double chi2 = read_json(dir + "/fit/map.json")["reduced_chi_square"].get<double>();
+  const json map = read_json(dir + "/fit/map.json");
+  const double chi2 = map["reduced_chi_square"].get<double>();
   EXPECT_GT(chi2, 0.85);
   EXPECT_LT(chi2, 1.15);
+  // The truth scored by the same posterior: the simulated noise is the noise the fit assumes
+  // (reduced chi-square 1 within 3.4 sd for 1024 pixels), and the MAP is at least as probable.
+  ASSERT_TRUE(map.contains("truth")) << map.dump();
+  const double chi2_truth = map["truth"]["reduced_chi_square"].get<double>();
+  EXPECT_GT(chi2_truth, 0.85);
+  EXPECT_LT(chi2_truth, 1.15);
+  EXPECT_GE(map["log_posterior"].get<double>(), map["truth"]["log_posterior"].get<double>() - 1e-6)
+      << map.dump();
   const auto draws = dslens::read_npy(dir + "/fit/draws.npy");
   EXPECT_EQ(draws.sizes(), (std::vector<int64_t>{2, 120, 7}));
 
@@ -205,6 +214,7 @@ std::pair<RunResult, json> fit_pixelated_mock(const std::string& dir, json map) 
   EXPECT_EQ(r.code, 0) << r.output;
   if (r.code != 0) return {r, json()};
   const json result = read_json(dir + "/fit/map.json");
+  EXPECT_FALSE(result.contains("truth"));  // a Sersic was simulated: no truth for 144 pixels
   const json& best = result["best_starts"][0];
   EXPECT_NEAR(best["theta_E_lens0"].get<double>(), 1.0, 0.03) << best.dump();
   EXPECT_NEAR(best["e1_lens0"].get<double>(), 0.08, 0.05) << best.dump();

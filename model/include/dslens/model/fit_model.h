@@ -59,5 +59,10 @@ FitModel parse_fit_model(const ConfigNode& model, const std::string& base_dir,
 // The true value of every fitted scalar parameter found in a `dslens simulate` truth.json
 // (q/phi read from "derived_from_e1_e2" when the fit uses them). Missing ones are absent.
 std::map<std::string, double> truth_values(const FitModel& model, const nlohmann::json& truth);
+// Every free parameter's truth, as values for ParameterSpace::pack ([1] scalars, [1, k] for the
+// VAE's latents, read from the source's "z"), or nullopt when the truth lacks any of them (not a
+// simulation, or a model that differs from the simulated one).
+std::optional<std::map<std::string, torch::Tensor>> truth_point(const FitModel& model,
+                                                                const nlohmann::json& truth);
 
 }  // namespace dslens::model
