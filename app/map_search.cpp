@@ -63,7 +63,6 @@ Objective objective_of(const model::LensPosterior& posterior) {
 // Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
 // then by final_blur, 0 = exact; the iterations split evenly) followed by L-BFGS on the
 // final_blur objective. `grad_mask` (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
-
 samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
                                   int64_t adam_iterations, double learning_rate,
                                   const std::vector<double>& blur_pixels, int64_t lbfgs_iterations,
@@ -256,9 +255,11 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // The stand-in's optima -> the full model: every parameter the two share by name, except the
   // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
   // amplitude, scale ...) come from prior draws.
-  // With placement_starts > starts only each lens's best `starts` placements go on.
-  placed.x = samplers::best_rows_per_group(placed.x.detach(), placed.log_p, n_lenses, ms.starts);
-  const auto placed_values = aux.space.unpack(placed.x).values;
+  // With placement_starts > starts only each lens's best `starts` placements go on; otherwise
+  // every placement goes on in its own row, paired with the same latent draws as before.
+  if (n_place > ms.starts)
+    placed.x = samplers::best_rows_per_group(placed.x.detach(), placed.log_p, n_lenses, ms.starts);
+  const auto placed_values = aux.space.unpack(placed.x.detach()).values;
   auto values = space.unpack(prior_starts(lenses, space, 1, opts, ms.starts)).values;
   std::vector<double> source_mask;
   const std::string decoded_suffix = "_source_light";
