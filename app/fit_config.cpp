@@ -16,7 +16,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
                   "seed", "placement", "placement_blur_pixels", "placement_adam_iterations",
                   "placement_lbfgs_iterations", "inversion_pixels", "inversion_half_width",
                   "source_adam_iterations", "source_lbfgs_iterations", "joint_learning_rate",
-                  "anneal_noise", "placement_starts"});
+                  "anneal_noise", "placement_starts", "backproject"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -26,6 +26,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
         m.integer_or("lbfgs_iterations", map.lbfgs_iterations, Range::closed(0, 1e7));
     map.seed = static_cast<uint64_t>(m.integer_or("seed", 0, Range::closed(0, 9.0e15)));
     map.placement = m.choice_or("placement", map.placement, {"sersic", "inversion", "none"});
+    map.backproject = m.boolean_or("backproject", map.backproject);
     map.placement_starts =
         m.integer_or("placement_starts", map.placement_starts, Range::closed(0, 1000000));
     map.placement_adam_iterations = m.integer_or(

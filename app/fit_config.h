@@ -45,6 +45,12 @@ struct MapSettings {
   // (the likelihood raised to 1/T^2: fewer, wider basins), then the joint stage runs at each
   // factor in turn and finally at 1. Empty: no annealing.
   std::vector<double> anneal_noise;
+  // Staged MAP, "sersic" placement: start from the data traced back to the source plane
+  // (model/source_backprojection.h): each placement's source centre at the flux-weighted centre
+  // of its lens's back-projected signal pixels (models without lens light), and the decoded
+  // source (latents by the VAE's encoder, amplitude, centre) from the back-projected image
+  // through each placed lens. false: prior draws, as before.
+  bool backproject = true;
 };
 
 struct SamplerChoice {

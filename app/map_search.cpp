@@ -9,6 +9,7 @@
 #include <functional>
 #include <iostream>
 
+#include "dslens/model/source_backprojection.h"
 #include "dslens/model/source_inversion.h"
 #include "duration_text.h"
 #include "lens_streams.h"
@@ -119,6 +120,82 @@ torch::Tensor prior_starts(const std::vector<const FitConfig*>& lenses,
 bool is_decoded(const nlohmann::json& source) {
   const auto t = source.value("type", std::string());
   return t == "VAE" || t == "PIXELATED";
+}
+
+// The value of `param` of `binding` for every row: its bound parameter's values, or `fallback`.
+torch::Tensor bound_value(const model::ProfileBinding& binding, const std::string& param,
+                          const std::map<std::string, torch::Tensor>& values, double fallback,
+                          const torch::TensorOptions& opts) {
+  const auto it = binding.params.find(param);
+  if (it == binding.params.end() || !values.count(it->second))
+    return torch::full({1}, fallback, opts);
+  return values.at(it->second);
+}
+
+// values[name of binding's param] = where(ok, replacement, current), if that parameter is free.
+void replace_free(std::map<std::string, torch::Tensor>& values, const model::ParameterSpace& space,
+                  const model::ProfileBinding& binding, const std::string& param,
+                  const torch::Tensor& ok, const torch::Tensor& replacement) {
+  const auto it = binding.params.find(param);
+  if (it == binding.params.end() || !values.count(it->second) || space.is_fixed(it->second)) return;
+  auto& v = values[it->second];
+  const auto mask = v.dim() == 2 ? ok.unsqueeze(1) : ok;
+  v = torch::where(mask, replacement.to(v.options()), v);
+}
+
+// Each row's source centre moved to the flux-weighted centre of the data traced back through its
+// lens (model/source_backprojection.h): a prior draw of the centre far from where the lens maps
+// the arcs gives the source no overlap with them, and no gradient towards them. `source_index`:
+// the source component whose centre moves. Rows with nothing traced keep their draw.
+torch::Tensor centred_on_data(const model::LensPosterior& posterior, torch::Tensor x,
+                              size_t source_index, double snr_threshold) {
+  const auto& space = posterior.space();
+  auto un = space.unpack(x);
+  const int64_t rows = x.size(0);
+  const auto opts = posterior.compute().options();
+  model::BackProjectionSettings bs;
+  bs.snr_threshold = snr_threshold;
+  bs.stamp_size = 1;
+  bs.cell = 1;
+  const auto bp =
+      model::back_project(posterior, un, rows, torch::ones({1}, opts), torch::zeros({1}, opts), bs);
+  const auto& binding = posterior.spec().source.at(source_index);
+  for (const auto& [param, c] :
+       {std::pair{"center_x", bp.center_x}, std::pair{"center_y", bp.center_y}})
+    replace_free(un.values, space, binding, param, torch::isfinite(c), c);
+  return torch::nan_to_num(space.pack(un.values), 0.0, 30.0, -30.0);
+}
+
+// The decoded source of every row started from the data traced back through its (placed) lens:
+// centre, latents (the VAE's encoder) and amplitude; rows with nothing traced keep their draws.
+// Returns the number of rows started so.
+int64_t decoded_source_from_data(const model::LensPosterior& posterior, const model::FitModel& fit,
+                                 std::map<std::string, torch::Tensor>& values, int64_t rows,
+                                 double snr_threshold) {
+  const auto& space = posterior.space();
+  const auto opts = posterior.compute().options();
+  const model::ProfileBinding* binding = nullptr;
+  for (const auto& b : posterior.spec().source)
+    if (b.type == "INTERPOL") binding = &b;
+  if (binding == nullptr || !fit.encoder) return 0;
+  model::BackProjectionSettings bs;
+  bs.snr_threshold = snr_threshold;
+  bs.stamp_size = fit.decoded_size;
+  const model::ParameterSpace::Unpacked un{values, torch::zeros({rows}, opts)};
+  const auto bp =
+      model::back_project(posterior, un, rows, bound_value(*binding, "scale", values, 1.0, opts),
+                          bound_value(*binding, "phi_G", values, 0.0, opts), bs);
+  const auto ok = bp.traced > 0;
+  const auto encoded = fit.encoder(bp.stamp);
+  if (space.has(fit.latent_block) && !space.is_fixed(fit.latent_block)) {
+    auto& z = values.at(fit.latent_block);
+    z = torch::where(ok.unsqueeze(1), encoded.latents.to(z.options()), z);
+  }
+  if (encoded.amp.defined()) replace_free(values, space, *binding, "amp", ok, encoded.amp);
+  for (const auto& [param, c] :
+       {std::pair{"center_x", bp.center_x}, std::pair{"center_y", bp.center_y}})
+    replace_free(values, space, *binding, param, ok, c);
+  return ok.sum().item<int64_t>();
 }
 
 }  // namespace map_search_detail
@@ -247,20 +324,38 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   const Objective placement_objective =
       inversion ? Objective([&marginal](double) { return marginal->log_density(); })
                 : objective_of(placement);
-  auto placed =
-      optimise(placement_objective, prior_starts(lenses, aux.space, 0, opts, n_place),
-               placement_adam, ms.learning_rate, inversion ? std::vector<double>{} : ms.blur_pixels,
-               placement_lbfgs, {}, "placement", bar, inversion ? 0.0 : ms.placement_blur_pixels);
+  // Signal pixels are those above 3 sigma of the data's own noise, whatever the annealing.
+  const double snr_threshold = 3.0 / (tempered.empty() ? 1.0 : ms.anneal_noise.front());
+  torch::Tensor place_from = prior_starts(lenses, aux.space, 0, opts, n_place);
+  size_t decoded_index = 0;
+  for (size_t i = 0; i < first.model.source.size(); ++i)
+    if (first.model.source[i].type == "INTERPOL") decoded_index = i;
+  if (ms.backproject && !inversion && aux.lens_light.empty()) {
+    place_from = centred_on_data(placement, place_from, decoded_index, snr_threshold);
+    spdlog::info(
+        "MAP: the placements' source centres start at the data traced back through each drawn "
+        "lens");
+  }
+  auto placed = optimise(placement_objective, place_from, placement_adam, ms.learning_rate,
+                         inversion ? std::vector<double>{} : ms.blur_pixels, placement_lbfgs, {},
+                         "placement", bar, inversion ? 0.0 : ms.placement_blur_pixels);
 
   // The stand-in's optima -> the full model: every parameter the two share by name, except the
   // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
   // amplitude, scale ...) come from prior draws.
   // With placement_starts > starts only each lens's best `starts` placements go on; otherwise
   // every placement goes on in its own row, paired with the same latent draws as before.
-  if (n_place > ms.starts)
+  // With the decoded source started from the data (backproject), the placements are ranked by
+  // the full model instead: the stand-in's own optimum is biased towards wrong lenses (it trades
+  // the source's structure for the lens's shape, docs/mock_study.md), while the decoded source
+  // encoded from the traced-back data fits well only where the lens maps the images onto one
+  // source.
+  const bool rank_decoded = ms.backproject && !inversion && n_place > ms.starts;
+  if (n_place > ms.starts && !rank_decoded)
     placed.x = samplers::best_rows_per_group(placed.x.detach(), placed.log_p, n_lenses, ms.starts);
+  const int64_t go_on = rank_decoded ? n_place : ms.starts;
   const auto placed_values = aux.space.unpack(placed.x.detach()).values;
-  auto values = space.unpack(prior_starts(lenses, space, 1, opts, ms.starts)).values;
+  auto values = space.unpack(prior_starts(lenses, space, 1, opts, go_on)).values;
   std::vector<double> source_mask;
   const std::string decoded_suffix = "_source_light";
   for (const auto& name : space.coordinate_names())
@@ -288,8 +383,25 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       }
     }
   }
+  if (ms.backproject && !inversion) {
+    const int64_t rows = n_lenses * go_on;
+    const int64_t started =
+        decoded_source_from_data(early, first.model, values, rows, snr_threshold);
+    spdlog::info(
+        "MAP: the {} source of {} of {} starts begins at the data traced back through its placed "
+        "lens",
+        first.model.decoded_kind, started, rows);
+  }
   // A value that rounded onto a bound of its support packs to +-inf; keep it finite.
   torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
+  if (rank_decoded) {
+    // The log posterior at each start (no step: the learning rate is negligible).
+    const auto ranked =
+        optimise(objective_of(early), x, 0, ms.learning_rate, {}, 0, {}, "source (ranking)", bar);
+    x = samplers::best_rows_per_group(ranked.x.detach(), ranked.log_p, n_lenses, ms.starts);
+    spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model",
+                 ms.starts, n_place);
+  }
 
   // 2. The decoded source with the lens held; 3. everything.
   x = optimise(objective_of(early), x, ms.source_adam_iterations, ms.learning_rate, {},

@@ -170,6 +170,14 @@ class Builder {
     nn::Vae vae = loaded.vae;
     const auto opts = compute_.options();
     out_.decoder = [vae, opts](const torch::Tensor& z) mutable { return vae->decode(z.to(opts)); };
+    out_.encoder = [vae, opts](const torch::Tensor& images) mutable {
+      torch::NoGradGuard no_grad;
+      const auto x = images.to(opts);
+      const auto peak = x.flatten(1).amax(1).clamp_min(1e-30);
+      const auto z = vae->encode(x / peak.view({-1, 1, 1})).first;
+      const auto decoded_peak = vae->decode(z).flatten(1).amax(1).clamp_min(1e-30);
+      return FitModel::EncodedSource{z, peak / decoded_peak};
+    };
   }
 
   void decoded_pixels(const ConfigNode& node, const std::string& sfx) {
@@ -181,6 +189,9 @@ class Builder {
     out_.decoded_size = n;
     out_.space.add_standard_normal_block(out_.latent_block, n * n);
     out_.decoder = [n, sigma](const torch::Tensor& z) { return z.reshape({-1, n, n}) * sigma; };
+    out_.encoder = [n, sigma](const torch::Tensor& images) {
+      return FitModel::EncodedSource{images.reshape({-1, n * n}) / sigma, torch::Tensor()};
+    };
   }
 
   void resolve_ties() {

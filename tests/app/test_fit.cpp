@@ -236,13 +236,18 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   EXPECT_NE(r.output.find("1/3 placement: lens with a Sersic stand-in"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("2/3 source"), std::string::npos) << r.output;
+  // The source pixels of every start begin at the data traced back through its placed lens.
+  EXPECT_NE(r.output.find("source of 8 of 8 starts begins at the data traced back"),
+            std::string::npos)
+      << r.output;
   fs::remove_all(dir);
 }
 
 // The same mock through both MAP options: 2 starts for the source and joint stages, taken from 16
 // placements, and the likelihood annealed (noise x2 for the first stages, then x1). It must still
 // end on the true lens with the data's reduced chi-square. (This mock is easy enough that even the
-// 2 worst placements get there, checked by hand; the choice of the best is tested in
+// 2 worst placements get there, checked by hand; the choice of the best (by the full model, the
+// pixels started from the traced-back data) is tested in
 // Optimize.BestRowsPerGroupKeepsEachGroupsBestInOrder, the tempering in
 // LensPosterior.NoiseScaledPosteriorTempersTheLikelihood.)
 TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
@@ -251,6 +256,9 @@ TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
       dir, {{"starts", 2}, {"placement_starts", 16}, {"anneal_noise", json::array({2.0})}});
   EXPECT_NE(r.output.find("from 16 prior draws"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the best 2 go on"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the best 2 of 16 placements per lens go on, ranked by the full model"),
+            std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("noise multiplied by 2"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
@@ -274,6 +282,7 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
        {"/map/anneal_noise", "decreasing"}},
       {[](json& j) { j["map"]["anneal_noise"] = {0.5}; }, {"/map/anneal_noise/0", "0.5"}},
       {[](json& j) { j["map"]["placement_starts"] = -3; }, {"/map/placement_starts", "-3"}},
+      {[](json& j) { j["map"]["backproject"] = "yes"; }, {"/map/backproject", "yes"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

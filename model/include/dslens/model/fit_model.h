@@ -12,6 +12,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,6 +33,15 @@ struct FitModel {
   std::string decoded_kind;
   std::string latent_block;
   SourceDecoder decoder;
+  // The decoded source's parameters for given source images [B, S, S] in surface brightness (a
+  // back-projection, model/source_backprojection.h): VAE: latents = the encoder's mean for the
+  // peak-normalised stamp (the training data's normalisation), amp = the amplitude that gives the
+  // decoded stamp the same peak; PIXELATED: pixels = image / sigma, no amp (undefined).
+  struct EncodedSource {
+    torch::Tensor latents;  // [B, k]
+    torch::Tensor amp;      // [B] or undefined
+  };
+  std::function<EncodedSource(const torch::Tensor& images)> encoder;
   int64_t decoded_size = 0;        // stamp side in source pixels
   std::string vae_checkpoint;      // resolved path, VAE only
   nlohmann::json vae_description;  // the checkpoint's architecture and data, VAE only

@@ -1,0 +1,44 @@
+// The data traced back to the source plane, to start a decoded source (VAE latents or free
+// pixels) from the data instead of from prior draws.
+//
+// Lensing conserves surface brightness: a pixel of the lens-light-subtracted data, divided by its
+// area, is the source's surface brightness at the pixel's ray-shot position beta = theta -
+// alpha(theta) (blurred by the PSF and the pixel). For a candidate lens, the pixels that carry
+// signal (data / sigma above a threshold) traced back give the source's flux-weighted centre and,
+// averaged on the decoded source's stamp grid, an image of the source that the VAE's encoder maps
+// to latents (the amortised inference the encoder was trained for). Near the true lens the
+// multiple images land on the same source; far from it they do not, and the stamp is a blur.
+#pragma once
+#include <torch/torch.h>
+
+#include "dslens/model/lens_posterior.h"
+#include "dslens/model/parameter_space.h"
+
+namespace dslens::model {
+
+struct BackProjectionSettings {
+  // Pixels whose lens-light-subtracted data exceed this many sigma are traced back.
+  double snr_threshold = 3.0;
+  int64_t stamp_size = 64;  // the stamp's side in stamp pixels
+  // Image pixels are usually coarser than stamp pixels: traced pixels are averaged in cells of
+  // cell x cell stamp pixels (a divisor of stamp_size), then interpolated bilinearly to the
+  // stamp. 0: the divisor of stamp_size nearest to pixel_scale / stamp pixel size.
+  int64_t cell = 0;
+};
+
+struct BackProjection {
+  torch::Tensor center_x, center_y;  // [B]: flux-weighted centre; NaN where nothing was traced
+  torch::Tensor stamp;               // [B, S, S]: surface brightness on the stamp grid
+  torch::Tensor traced;              // [B]: number of pixels traced back (int64)
+};
+
+// For `rows` rows of constrained parameters (lens-major, as LensPosterior::build): the lens light
+// of those parameters is subtracted from the data, then the signal pixels are traced through their
+// lens. The stamp of row b is centred on its centre, with pixels of scale[b] arcsec rotated by
+// phi[b] (lenstronomy's INTERPOL convention, physics/light_profiles.h); scale and phi are [B] or
+// [1]. No gradient. InvalidArgument for a stamp size < 1 or a cell that does not divide it.
+BackProjection back_project(const LensPosterior& posterior, const ParameterSpace::Unpacked& values,
+                            int64_t rows, const torch::Tensor& scale, const torch::Tensor& phi,
+                            const BackProjectionSettings& settings);
+
+}  // namespace dslens::model
