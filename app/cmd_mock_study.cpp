@@ -558,11 +558,11 @@ int run(int argc, char** argv) {
       "starts", "MAP starts per lens", cxxopts::value<int64_t>()->default_value("16"))(
       "placement-starts",
       "prior draws of the MAP's placement stage per lens, the best --starts go on (0: --starts)",
-      cxxopts::value<int64_t>()->default_value("0"))(
+      cxxopts::value<int64_t>()->default_value("64"))(
       "anneal-snr",
       "levels above this SNR start the MAP with the noise scaled to it (map.anneal_noise; 0: off)",
-      cxxopts::value<double>()->default_value("0"))("max-depth", "NUTS maximum tree depth",
-                                                    cxxopts::value<int64_t>()->default_value("10"))(
+      cxxopts::value<double>()->default_value("33"))(
+      "max-depth", "NUTS maximum tree depth", cxxopts::value<int64_t>()->default_value("10"))(
       "metric", "NUTS metric: dense or diag",
       cxxopts::value<std::string>()->default_value("dense"))(
       "max-batch",
