@@ -166,18 +166,16 @@ torch::Tensor centred_on_data(const model::LensPosterior& posterior, torch::Tens
   return torch::nan_to_num(space.pack(un.values), 0.0, 30.0, -30.0);
 }
 
-// The decoded source of every row started from the data traced back through its (placed) lens:
-// centre, latents (the VAE's encoder) and amplitude; rows with nothing traced keep their draws.
-// Returns the number of rows started so.
+// The decoded source (component `source_index`) of every row started from the data traced back
+// through its (placed) lens: centre, latents (the VAE's encoder) and amplitude; rows with nothing
+// traced keep their draws. Returns the number of rows started so.
 int64_t decoded_source_from_data(const model::LensPosterior& posterior, const model::FitModel& fit,
-                                 std::map<std::string, torch::Tensor>& values, int64_t rows,
-                                 double snr_threshold) {
+                                 size_t source_index, std::map<std::string, torch::Tensor>& values,
+                                 int64_t rows, double snr_threshold) {
   const auto& space = posterior.space();
   const auto opts = posterior.compute().options();
-  const model::ProfileBinding* binding = nullptr;
-  for (const auto& b : posterior.spec().source)
-    if (b.type == "INTERPOL") binding = &b;
-  if (binding == nullptr || !fit.encoder) return 0;
+  const model::ProfileBinding* binding = &posterior.spec().source.at(source_index);
+  if (!fit.encoder) return 0;
   model::BackProjectionSettings bs;
   bs.snr_threshold = snr_threshold;
   bs.stamp_size = fit.decoded_size;
@@ -386,7 +384,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   if (ms.backproject && !inversion) {
     const int64_t rows = n_lenses * go_on;
     const int64_t started =
-        decoded_source_from_data(early, first.model, values, rows, snr_threshold);
+        decoded_source_from_data(early, first.model, decoded_index, values, rows, snr_threshold);
     spdlog::info(
         "MAP: the {} source of {} of {} starts begins at the data traced back through its placed "
         "lens",
@@ -395,10 +393,11 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // A value that rounded onto a bound of its support packs to +-inf; keep it finite.
   torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
   if (rank_decoded) {
-    // The log posterior at each start (no step: the learning rate is negligible).
-    const auto ranked =
-        optimise(objective_of(early), x, 0, ms.learning_rate, {}, 0, {}, "source (ranking)", bar);
-    x = samplers::best_rows_per_group(ranked.x.detach(), ranked.log_p, n_lenses, ms.starts);
+    const torch::Tensor log_p = [&] {
+      torch::NoGradGuard no_grad;
+      return early.log_prob(x);
+    }();
+    x = samplers::best_rows_per_group(x, log_p, n_lenses, ms.starts);
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model",
                  ms.starts, n_place);
   }

@@ -14,6 +14,9 @@
 //      held at each placement optimum (Adam then L-BFGS on the source coordinates only);
 //   3. joint: every parameter, by Adam at a small learning rate (steps of the posterior's scale,
 //      not the prior's) and L-BFGS.
+// With `backproject` (model/source_backprojection.h) the placements' source centres and the
+// decoded source's start (the VAE's encoder) come from the data traced back through each lens,
+// and surplus placements (`placement_starts`) are ranked by the full model at those starts.
 #pragma once
 #include <optional>
 #include <vector>
