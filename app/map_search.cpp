@@ -372,14 +372,10 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     const auto flux = src.sum({1, 2}).clamp_min(1e-300);
     const torch::Tensor cx = (src * sx).sum({1, 2}) / flux;
     const torch::Tensor cy = (src * sy).sum({1, 2}) / flux;
-    for (const auto& b : first.model.source) {
-      if (b.type != "INTERPOL") continue;
-      for (const auto& [param, centre] : {std::pair{"center_x", cx}, std::pair{"center_y", cy}}) {
-        const auto name = b.params.find(param);
-        if (name != b.params.end() && values.count(name->second) && !space.is_fixed(name->second))
-          values[name->second] = centre;
-      }
-    }
+    const auto every_row = torch::ones_like(cx, torch::kBool);
+    const auto& decoded = first.model.source.at(decoded_index);
+    for (const auto& [param, centre] : {std::pair{"center_x", cx}, std::pair{"center_y", cy}})
+      replace_free(values, space, decoded, param, every_row, centre);
   }
   if (ms.backproject && !inversion) {
     const int64_t rows = n_lenses * go_on;
