@@ -12,11 +12,26 @@ namespace dslens::app {
 void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice& sampler) {
   if (root.has("map")) {
     const ConfigNode m = root.at("map");
-    m.allow_only({"starts", "adam_iterations", "learning_rate", "blur_pixels", "lbfgs_iterations",
-                  "seed", "placement", "placement_blur_pixels", "placement_adam_iterations",
-                  "placement_lbfgs_iterations", "inversion_pixels", "inversion_half_width",
-                  "source_adam_iterations", "source_lbfgs_iterations", "joint_learning_rate",
-                  "anneal_noise", "placement_starts", "backproject"});
+    m.allow_only({"starts",
+                  "adam_iterations",
+                  "learning_rate",
+                  "blur_pixels",
+                  "lbfgs_iterations",
+                  "seed",
+                  "placement",
+                  "placement_blur_pixels",
+                  "placement_adam_iterations",
+                  "placement_lbfgs_iterations",
+                  "inversion_pixels",
+                  "inversion_half_width",
+                  "source_adam_iterations",
+                  "source_lbfgs_iterations",
+                  "joint_learning_rate",
+                  "anneal_noise",
+                  "placement_starts",
+                  "backproject",
+                  "newton_iterations",
+                  "newton_starts"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -29,6 +44,9 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     map.backproject = m.boolean_or("backproject", map.backproject);
     map.placement_starts =
         m.integer_or("placement_starts", map.placement_starts, Range::closed(0, 1000000));
+    map.newton_iterations =
+        m.integer_or("newton_iterations", map.newton_iterations, Range::closed(0, 10000));
+    map.newton_starts = m.integer_or("newton_starts", map.newton_starts, Range::closed(1, 100000));
     map.placement_adam_iterations = m.integer_or(
         "placement_adam_iterations", map.placement_adam_iterations, Range::closed(0, 1e7));
     map.placement_lbfgs_iterations = m.integer_or(

@@ -51,7 +51,13 @@ struct MapSettings {
   // source (latents by the VAE's encoder, amplitude, centre) from the back-projected image
   // through each placed lens. false: prior draws, as before.
   bool backproject = true;
+  // Polishing (samplers/newton.h): damped Newton iterations with the finite-difference Hessian on
+  // each lens's best `newton_starts` optima after the last stage; 0: none. Models with more than
+  // `kNewtonMaxDimension` free parameters skip it (the Hessian costs 2D gradients per start).
+  int64_t newton_iterations = 50;
+  int64_t newton_starts = 4;
 };
+inline constexpr int64_t kNewtonMaxDimension = 400;
 
 struct SamplerChoice {
   std::string algorithm = "nuts";  // "nuts" or "hmc"

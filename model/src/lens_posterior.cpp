@@ -111,7 +111,8 @@ int64_t LensPosterior::rows_per_lens(int64_t batch) const {
   return batch / n_lenses_;
 }
 
-physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int64_t batch) const {
+physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int64_t batch,
+                                         bool with_sources) const {
   physics::ImageModel m;
   m.grid = spec_.grid;
   m.supersampling = spec_.supersampling;
@@ -125,6 +126,7 @@ physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int
     m.lens_light.push_back({physics::make_light_profile(b.type), bind(b, un.values)});
   }
   for (const auto& b : spec_.source) {
+    if (!with_sources) break;
     auto params = bind(b, un.values);
     if (b.type == "INTERPOL" && !spec_.latent_block.empty()) {
       params["image"] = spec_.decoder(un.values.at(spec_.latent_block));

@@ -35,16 +35,12 @@ BackProjection back_project(const LensPosterior& posterior, const ParameterSpace
   const auto opts = compute.options();
   const auto& data = posterior.data();
   const int64_t per = rows / posterior.n_lenses();
-  physics::ImageModel m = posterior.build(values, rows);
+  physics::ImageModel m = posterior.build(values, rows, /*with_sources=*/false);
   const auto& g = m.grid;
 
   // The data of each row, less the row's lens light (convolved like the model).
   auto image = data.image.repeat_interleave(per, 0);
-  if (!m.lens_light.empty()) {
-    physics::ImageModel light = m;
-    light.source_light.clear();
-    image = image - physics::simulate_image(light, rows, compute);
-  }
+  if (!m.lens_light.empty()) image = image - physics::simulate_image(m, rows, compute);
   const auto sigma = data.sigma.repeat_interleave(per, 0);
   const auto mask = data.mask.repeat_interleave(per, 0);
   const auto signal = mask & (image > settings.snr_threshold * sigma);

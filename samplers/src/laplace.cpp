@@ -7,10 +7,6 @@
 #include "dslens/core/errors.h"
 
 namespace dslens::samplers {
-namespace laplace_detail {
-
-// Central differences of the gradient, H[:, :, j] = (g(x + h_j e_j) - g(x - h_j e_j)) / 2 h_j,
-// for all coordinates j (steps h [B, D]); k coordinates per log-density call.
 torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor& x,
                                      const torch::Tensor& h, int64_t max_rows, int64_t& calls) {
   const int64_t B = x.size(0), D = x.size(1);
@@ -38,8 +34,6 @@ torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor&
   return 0.5 * (H + H.transpose(1, 2));
 }
 
-}  // namespace laplace_detail
-
 void LaplaceSettings::validate() const {
   auto positive = [](double v) { return v > 0 && std::isfinite(v); };
   if (!positive(initial_step) || !positive(relative_step) || !positive(max_step) ||
@@ -60,13 +54,12 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
 
   // Pass 1: a common small step; its diagonal sets each coordinate's step for pass 2.
   auto h1 = torch::full_like(xd, settings.initial_step);
-  auto H1 =
-      laplace_detail::hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls);
+  auto H1 = hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls);
   auto curvature = (-H1.diagonal(0, 1, 2)).abs();  // [B, D]
   auto width = 1.0 / curvature.clamp_min(1e-300).sqrt();
   auto h2 = (settings.relative_step * width).clamp(1e-7, settings.max_step);
-  out.hessian = laplace_detail::hessian_by_differences(f, xd, h2.to(xd.options()),
-                                                       settings.max_rows, out.log_density_calls);
+  out.hessian =
+      hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows, out.log_density_calls);
 
   // |-H|^-1 through the eigen-decomposition.
   auto eig = torch::linalg::eigh(-out.hessian, "L");

@@ -6,67 +6,13 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
+#include "optimize_common.h"
 
 namespace dslens::samplers {
-namespace optimize_detail {
-
-template <typename T>
-std::string str(T v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw InvalidArgument(message);
-}
-
-void check_starts(const torch::Tensor& starts, const char* name) {
-  if (!starts.defined() || starts.dim() != 2 || starts.size(0) < 1 || starts.size(1) < 1 ||
-      !starts.is_floating_point())
-    throw InvalidArgument(std::string(name) +
-                          ": starting points must be a floating-point [starts, dim] tensor");
-}
-
-torch::Tensor finite_rows(const torch::Tensor& lp, const torch::Tensor& grad) {
-  return torch::isfinite(lp) & torch::isfinite(grad).all(1);
-}
-
-torch::Tensor max_abs(const torch::Tensor& g) {
-  return std::get<0>(g.abs().max(1));
-}
-
-void finish(OptimizeResult& r, const char* name) {
-  torch::Tensor lp =
-      torch::where(torch::isfinite(r.log_p), r.log_p, torch::full_like(r.log_p, -INFINITY));
-  r.log_p = lp;
-  auto best = lp.argmax();
-  r.best = best.item<int64_t>();
-  r.best_log_p = lp[r.best].item<double>();
-  if (!std::isfinite(r.best_log_p))
-    throw NumericalError(std::string(name) + ": the log density is not finite at any start");
-  r.best_x = r.x[r.best].clone();
-}
-
-void report(const OptimizeProgressFn& fn, const char* method, int64_t iteration, int64_t max_it,
-            const torch::Tensor& log_p, const torch::Tensor& active) {
-  if (!fn) return;
-  OptimizeProgress p;
-  p.method = method;
-  p.iteration = iteration;
-  p.max_iterations = max_it;
-  const auto lp = torch::where(torch::isfinite(log_p), log_p, torch::full_like(log_p, -INFINITY));
-  p.best_log_p = lp.max().item<double>();
-  p.active = active.sum().item<int64_t>();
-  p.starts = log_p.size(0);
-  fn(p);
-}
-
-}  // namespace optimize_detail
 
 void AdamSettings::validate() const {
-  using optimize_detail::require;
-  using optimize_detail::str;
+  using optimize_common::require;
+  using optimize_common::str;
   require(max_iterations >= 1, "adam max_iterations must be >= 1, got " + str(max_iterations));
   require(learning_rate > 0 && std::isfinite(learning_rate),
           "adam learning_rate must be positive, got " + str(learning_rate));
@@ -78,8 +24,8 @@ void AdamSettings::validate() const {
 }
 
 void LbfgsSettings::validate() const {
-  using optimize_detail::require;
-  using optimize_detail::str;
+  using optimize_common::require;
+  using optimize_common::str;
   require(max_iterations >= 1, "lbfgs max_iterations must be >= 1, got " + str(max_iterations));
   require(history >= 1, "lbfgs history must be >= 1, got " + str(history));
   require(grad_tol >= 0, "lbfgs grad_tol must be >= 0, got " + str(grad_tol));
@@ -91,7 +37,7 @@ void LbfgsSettings::validate() const {
 
 OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tensor& starts,
                              const AdamSettings& s) {
-  using namespace optimize_detail;
+  using namespace optimize_common;
   s.validate();
   check_starts(starts, "adam");
   OptimizeResult r;
@@ -143,7 +89,7 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
 
 OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
                               const LbfgsSettings& s) {
-  using namespace optimize_detail;
+  using namespace optimize_common;
   s.validate();
   check_starts(starts, "lbfgs");
   OptimizeResult r;

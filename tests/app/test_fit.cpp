@@ -240,6 +240,9 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   EXPECT_NE(r.output.find("source of 8 of 8 starts begins at the data traced back"),
             std::string::npos)
       << r.output;
+  // The best 4 optima are polished by Newton steps (152 free parameters, under the 400 limit).
+  EXPECT_NE(r.output.find("Newton polishing of the best 4 optima per lens"), std::string::npos)
+      << r.output;
   fs::remove_all(dir);
 }
 
@@ -283,6 +286,8 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
       {[](json& j) { j["map"]["anneal_noise"] = {0.5}; }, {"/map/anneal_noise/0", "0.5"}},
       {[](json& j) { j["map"]["placement_starts"] = -3; }, {"/map/placement_starts", "-3"}},
       {[](json& j) { j["map"]["backproject"] = "yes"; }, {"/map/backproject", "yes"}},
+      {[](json& j) { j["map"]["newton_iterations"] = -1; }, {"/map/newton_iterations", "-1"}},
+      {[](json& j) { j["map"]["newton_starts"] = 0; }, {"/map/newton_starts", "0"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

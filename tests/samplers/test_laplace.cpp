@@ -7,6 +7,7 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/laplace.h"
+#include "grouped_gaussian.h"
 
 namespace laplace_test {
 
@@ -33,13 +34,7 @@ TEST(Laplace, CorrelatedGaussianPerPointPrecisionInPointMajorOrder) {
   auto P = a.mm(a.t()) + 0.5 * torch::eye(D, f64());
   auto scale = torch::tensor({1.0, 1e4, 1e-3}, f64());
   auto mu = torch::randn({B, D}, f64());
-  LogDensityFn f = [&](const torch::Tensor& q) {
-    const int64_t per = q.size(0) / B;
-    auto point = torch::arange(q.size(0)).div(per, "floor");
-    auto d = q - mu.index_select(0, point);
-    auto pd = d.matmul(P) * scale.index_select(0, point).unsqueeze(1);
-    return LogDensityValue{-0.5 * (d * pd).sum(1), -pd};
-  };
+  const LogDensityFn f = dslens::testing::grouped_gaussian(P, scale, mu);
   LaplaceSettings s;
   s.max_rows = 8;  // several calls per pass: k = 1 coordinate per call
   auto lap = laplace_approximation(f, mu, s);

@@ -54,8 +54,10 @@ class LensPosterior {
 
   const ParameterSpace& space() const { return space_; }
   const Compute& compute() const { return compute_; }
-  // The physics for constrained values of `rows` rows (lens-major, see ImagingData).
-  physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows) const;
+  // The physics for constrained values of `rows` rows (lens-major, see ImagingData). Without
+  // `with_sources` the source light is left out (no decoder pass): the lens and lens light only.
+  physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows,
+                            bool with_sources = true) const;
   const ImagingData& data() const { return data_; }  // [L, ny, nx] on the compute device
   // The same model with every pixel's noise sigma multiplied by `factor` (> 0): its likelihood is
   // this one's raised to the power 1 / factor^2 (up to its normalisation), the tempered posterior

@@ -39,6 +39,14 @@ struct LaplaceApproximation {
   int64_t log_density_calls = 0;
 };
 
+// The Hessian [B, D, D] of log p at x [B, D] (float64, CPU, symmetrised) by central differences
+// of the gradient, H[:, :, j] = (g(x + h_j e_j) - g(x - h_j e_j)) / 2 h_j, with per-point,
+// per-coordinate steps h [B, D]; k = max_rows / 2B coordinates per call, rows point-major (see
+// below). `calls` is incremented per log-density call. Throws NumericalError when a gradient is not
+// finite.
+torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor& x,
+                                     const torch::Tensor& h, int64_t max_rows, int64_t& calls);
+
 // At modes x [B, D]. f is evaluated on [B * 2k, D] with the rows of point b contiguous
 // (point-major), so a log density whose rows are grouped by lens (B lenses, one mode each) sees
 // every perturbation under its own lens. Throws InvalidArgument for bad settings or shapes and

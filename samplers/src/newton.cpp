@@ -1,0 +1,151 @@
+#include "dslens/samplers/newton.h"
+
+#include <array>
+#include <cmath>
+
+#include <spdlog/spdlog.h>
+
+#include "dslens/samplers/laplace.h"
+#include "optimize_common.h"
+
+namespace dslens::samplers {
+namespace newton_detail {
+
+// The damping ladder, in units of each start's trust scale: 0 is the undamped (SoftAbs) Newton
+// step, the larger ones shorten every direction whose curvature is below them. Candidates cost K
+// rows per start against the Hessian's 2D, so the ladder spans six decades.
+constexpr std::array<double, 7> kLadder = {0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0};
+// How the trust scale moves after an iteration whose best step was ladder entry k: an undamped
+// step shrinks it (the quadratic model is good), a step at the largest damping grows it.
+constexpr std::array<double, 7> kTrustAfter = {0.1, 0.1, 0.1, 0.3, 1.0, 3.0, 10.0};
+// A start whose every step failed retries on the same Hessian with the damping this much larger;
+// after this many failures in a row it stops.
+constexpr double kTrustAfterFailure = 1e3;
+constexpr int64_t kMaxFailures = 3;
+
+}  // namespace newton_detail
+
+void NewtonSettings::validate() const {
+  using optimize_common::require;
+  using optimize_common::str;
+  require(max_iterations >= 1, "newton max_iterations must be >= 1, got " + str(max_iterations));
+  require(gain_tol >= 0 && std::isfinite(gain_tol),
+          "newton gain_tol must be finite and >= 0, got " + str(gain_tol));
+  const auto positive = [](double v) { return v > 0 && std::isfinite(v); };
+  require(positive(initial_step) && positive(relative_step) && positive(max_step),
+          "newton finite-difference steps must be positive");
+  require(max_variance > 0, "newton max_variance must be positive, got " + str(max_variance));
+  require(max_rows >= 2, "newton max_rows must be >= 2, got " + str(max_rows));
+}
+
+OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Tensor& starts,
+                               const NewtonSettings& s) {
+  using namespace optimize_common;
+  using namespace newton_detail;
+  s.validate();
+  check_starts(starts, "newton");
+  OptimizeResult r;
+  torch::NoGradGuard no_grad;
+  const int64_t n = starts.size(0), dim = starts.size(1);
+  const int64_t K = static_cast<int64_t>(kLadder.size());
+  const auto opt = starts.options();
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto ladder = torch::tensor(std::vector<double>(kLadder.begin(), kLadder.end()), f64);
+  const auto trust_after =
+      torch::tensor(std::vector<double>(kTrustAfter.begin(), kTrustAfter.end()), f64);
+  const auto host = [](const torch::Tensor& t) {
+    return t.detach().to(torch::kCPU, torch::kFloat64);
+  };
+
+  torch::Tensor x = starts.detach().clone();
+  const LogDensityValue v0 = evaluate_checked(log_density, x);
+  ++r.log_density_calls;
+  torch::Tensor lp = host(v0.log_p), g = host(v0.grad);
+  const torch::Tensor ok = finite_rows(lp, g);
+  lp = torch::where(ok, lp, torch::full_like(lp, -INFINITY));
+  g = torch::where(ok.unsqueeze(1), g, torch::zeros_like(g));
+  torch::Tensor active = ok.clone();
+  torch::Tensor converged = torch::zeros({n}, f64.dtype(torch::kBool));
+  torch::Tensor failures = torch::zeros({n}, f64.dtype(torch::kInt64));
+  torch::Tensor iters = torch::zeros({n}, f64.dtype(torch::kInt64));
+  torch::Tensor trust, H, step_h;
+  bool fresh_hessian_needed = true;
+
+  for (int64_t it = 0; it < s.max_iterations; ++it) {
+    if (it > 0) report(s.on_progress, "newton", it, s.max_iterations, lp, active);
+    if (!active.any().item<bool>()) break;
+    if (fresh_hessian_needed) {
+      if (!step_h.defined()) {
+        // First iteration: a common small step gives each coordinate's width (as laplace.h).
+        const auto h1 = torch::full({n, dim}, s.initial_step, f64);
+        const auto H1 =
+            hessian_by_differences(log_density, x, h1.to(opt), s.max_rows, r.log_density_calls);
+        step_h = H1.diagonal(0, 1, 2).abs();
+      }
+      const auto width = 1.0 / step_h.clamp_min(1e-300).sqrt();
+      const auto h = (s.relative_step * width).clamp(1e-7, s.max_step);
+      H = hessian_by_differences(log_density, x, h.to(opt), s.max_rows, r.log_density_calls);
+      step_h = H.diagonal(0, 1, 2).abs();
+    }
+    // -H = V diag(lambda) V^T; SoftAbs: |lambda|, floored so a flat direction stays finite.
+    const auto eig = torch::linalg::eigh(-H, "L");
+    auto lambda = std::get<0>(eig).abs();
+    const auto& V = std::get<1>(eig);
+    const auto top = std::get<0>(lambda.max(1, /*keepdim=*/true)).clamp_min(1e-300);
+    lambda = torch::maximum(lambda, 1e-12 * top).clamp_min(1.0 / s.max_variance);
+    if (!trust.defined()) trust = std::get<0>(lambda.median(1));
+    const auto gt = V.transpose(1, 2).matmul(g.unsqueeze(2)).squeeze(2);  // [n, D]
+    // The Newton decrement: the gain the undamped step predicts, g^T |H|^-1 g / 2 (Boyd &
+    // Vandenberghe, section 9.5.1); below gain_tol the start has converged. A small realised gain
+    // is no such sign: it may come from a heavily damped step.
+    const auto predicted = 0.5 * (gt * gt / lambda).sum(1);
+    const auto done = active & (predicted < s.gain_tol);
+    converged = converged | done;
+    active = active & ~done;
+    if (!active.any().item<bool>()) break;
+    // Steps [n, K, D] = V (|lambda| + mu_k)^-1 V^T g for every damping mu_k of the ladder.
+    const auto mu = trust.unsqueeze(1) * ladder.unsqueeze(0);  // [n, K]
+    const auto coeff = gt.unsqueeze(1) / (lambda.unsqueeze(1) + mu.unsqueeze(2));
+    const auto steps = coeff.matmul(V.transpose(1, 2));  // [n, K, D]
+    // Candidates point-major ([n * K, D], the K of start i contiguous), as laplace.h's rows.
+    const auto cand = (host(x).unsqueeze(1) + steps).reshape({n * K, dim});
+    const LogDensityValue vc = evaluate_checked(log_density, cand.to(opt));
+    ++r.log_density_calls;
+    auto lpc = host(vc.log_p), gc = host(vc.grad);
+    lpc = torch::where(finite_rows(lpc, gc), lpc, torch::full_like(lpc, -INFINITY)).reshape({n, K});
+    const auto best = lpc.max(1);
+    const auto& lp_best = std::get<0>(best);
+    const auto k_best = std::get<1>(best);
+    const auto improved = active & (lp_best > lp);
+    const auto rows = torch::arange(n, f64.dtype(torch::kInt64)) * K + k_best;
+    const auto im = improved.unsqueeze(1);
+    x = torch::where(im.to(x.device()), cand.index_select(0, rows).to(opt), x);
+    lp = torch::where(improved, lp_best, lp);
+    g = torch::where(im, gc.index_select(0, rows), g);
+    trust = torch::where(improved, trust * trust_after.index_select(0, k_best),
+                         torch::where(active, trust * kTrustAfterFailure, trust));
+    failures = torch::where(improved, torch::zeros_like(failures),
+                            torch::where(active, failures + 1, failures));
+    iters = iters + active.to(torch::kInt64);
+    spdlog::debug(
+        "newton iteration {}: best log p {:.10g}, predicted gain up to {:.3g}, {} of {} starts "
+        "improved, mean ladder entry {:.2g}",
+        it + 1, lp.max().item<double>(),
+        torch::where(active, predicted, torch::zeros_like(predicted)).max().item<double>(),
+        improved.sum().item<int64_t>(), active.sum().item<int64_t>(),
+        k_best.to(torch::kFloat64).mean().item<double>());
+    active = active & (failures < kMaxFailures);
+    // Starts that did not move keep their Hessian; recompute only when one moved.
+    fresh_hessian_needed = improved.any().item<bool>();
+  }
+  report(s.on_progress, "newton", iters.max().item<int64_t>(), s.max_iterations, lp, active);
+  r.x = x;
+  r.log_p = lp.to(opt.dtype()).to(x.device());
+  r.grad_norm = max_abs(g);
+  r.converged = converged;
+  r.iterations = iters;
+  finish(r, "newton");
+  return r;
+}
+
+}  // namespace dslens::samplers
