@@ -231,8 +231,21 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
   const auto t0 = std::chrono::steady_clock::now();
   const auto r =
       samplers::maximize_newton(log_density, result.x.detach().index_select(0, rows), newton);
-  result.x = result.x.detach().index_copy(0, rows, r.x.to(result.x.dtype()));
-  result.log_p = result.log_p.index_copy(0, rows, r.log_p.to(result.log_p.dtype()));
+  // The polished rows replace their originals in every per-start field, and the best is redone.
+  const auto put = [&rows](const torch::Tensor& all, const torch::Tensor& some) {
+    return all.detach().index_copy(0, rows.to(all.device()), some.to(all.options()));
+  };
+  result.x = put(result.x, r.x);
+  result.log_p = put(result.log_p, r.log_p);
+  result.grad_norm = put(result.grad_norm, r.grad_norm);
+  result.converged = put(result.converged, r.converged);
+  result.iterations = put(result.iterations,
+                          result.iterations.index_select(0, rows.to(result.iterations.device())) +
+                              r.iterations.to(result.iterations.device()));
+  result.best = torch::nan_to_num(result.log_p, -INFINITY).argmax().item<int64_t>();
+  result.best_x = result.x[result.best].clone();
+  result.best_log_p = result.log_p[result.best].item<double>();
+  result.log_density_calls += r.log_density_calls;
   spdlog::info(
       "MAP: Newton polishing of the best {} optima per lens in {:.1f} s ({} iterations at most, {} "
       "of {} converged): best log posterior per lens {} -> {}",
