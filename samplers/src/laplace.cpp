@@ -34,6 +34,11 @@ torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor&
   return 0.5 * (H + H.transpose(1, 2));
 }
 
+torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, double max_step) {
+  const auto width = 1.0 / H.diagonal(0, 1, 2).abs().clamp_min(1e-300).sqrt();
+  return (relative_step * width).clamp(1e-7, max_step);
+}
+
 void LaplaceSettings::validate() const {
   auto positive = [](double v) { return v > 0 && std::isfinite(v); };
   if (!positive(initial_step) || !positive(relative_step) || !positive(max_step) ||
@@ -55,9 +60,7 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
   // Pass 1: a common small step; its diagonal sets each coordinate's step for pass 2.
   auto h1 = torch::full_like(xd, settings.initial_step);
   auto H1 = hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls);
-  auto curvature = (-H1.diagonal(0, 1, 2)).abs();  // [B, D]
-  auto width = 1.0 / curvature.clamp_min(1e-300).sqrt();
-  auto h2 = (settings.relative_step * width).clamp(1e-7, settings.max_step);
+  auto h2 = difference_steps(H1, settings.relative_step, settings.max_step);
   out.hessian =
       hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows, out.log_density_calls);
 

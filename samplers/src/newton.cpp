@@ -68,24 +68,21 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   torch::Tensor converged = torch::zeros({n}, f64.dtype(torch::kBool));
   torch::Tensor failures = torch::zeros({n}, f64.dtype(torch::kInt64));
   torch::Tensor iters = torch::zeros({n}, f64.dtype(torch::kInt64));
-  torch::Tensor trust, H, step_h;
+  torch::Tensor trust, H;
   bool fresh_hessian_needed = true;
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "newton", it, s.max_iterations, lp, active);
     if (!active.any().item<bool>()) break;
     if (fresh_hessian_needed) {
-      if (!step_h.defined()) {
+      if (!H.defined()) {
         // First iteration: a common small step gives each coordinate's width (as laplace.h).
-        const auto h1 = torch::full({n, dim}, s.initial_step, f64);
-        const auto H1 =
-            hessian_by_differences(log_density, x, h1.to(opt), s.max_rows, r.log_density_calls);
-        step_h = H1.diagonal(0, 1, 2).abs();
+        const auto h1 = torch::full({n, dim}, s.initial_step, opt);
+        H = hessian_by_differences(log_density, x, h1, s.max_rows, r.log_density_calls);
       }
-      const auto width = 1.0 / step_h.clamp_min(1e-300).sqrt();
-      const auto h = (s.relative_step * width).clamp(1e-7, s.max_step);
+      // The steps from the last Hessian's diagonal.
+      const auto h = difference_steps(H, s.relative_step, s.max_step);
       H = hessian_by_differences(log_density, x, h.to(opt), s.max_rows, r.log_density_calls);
-      step_h = H.diagonal(0, 1, 2).abs();
     }
     // -H = V diag(lambda) V^T; SoftAbs: |lambda|, floored so a flat direction stays finite.
     const auto eig = torch::linalg::eigh(-H, "L");
@@ -127,13 +124,14 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
     failures = torch::where(improved, torch::zeros_like(failures),
                             torch::where(active, failures + 1, failures));
     iters = iters + active.to(torch::kInt64);
-    spdlog::debug(
-        "newton iteration {}: best log p {:.10g}, predicted gain up to {:.3g}, {} of {} starts "
-        "improved, mean ladder entry {:.2g}",
-        it + 1, lp.max().item<double>(),
-        torch::where(active, predicted, torch::zeros_like(predicted)).max().item<double>(),
-        improved.sum().item<int64_t>(), active.sum().item<int64_t>(),
-        k_best.to(torch::kFloat64).mean().item<double>());
+    if (spdlog::should_log(spdlog::level::debug))
+      spdlog::debug(
+          "newton iteration {}: best log p {:.10g}, predicted gain up to {:.3g}, {} of {} starts "
+          "improved, mean ladder entry {:.2g}",
+          it + 1, lp.max().item<double>(),
+          torch::where(active, predicted, torch::zeros_like(predicted)).max().item<double>(),
+          improved.sum().item<int64_t>(), active.sum().item<int64_t>(),
+          k_best.to(torch::kFloat64).mean().item<double>());
     active = active & (failures < kMaxFailures);
     // Starts that did not move keep their Hessian; recompute only when one moved.
     fresh_hessian_needed = improved.any().item<bool>();

@@ -47,6 +47,11 @@ struct LaplaceApproximation {
 torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor& x,
                                      const torch::Tensor& h, int64_t max_rows, int64_t& calls);
 
+// Per-coordinate difference steps [B, D] from a Hessian [B, D, D]: `relative_step` of each
+// coordinate's width 1 / sqrt|H_jj|, clamped to [1e-7, max_step], so the differences stay linear
+// for tight coordinates and above rounding for wide ones.
+torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, double max_step);
+
 // At modes x [B, D]. f is evaluated on [B * 2k, D] with the rows of point b contiguous
 // (point-major), so a log density whose rows are grouped by lens (B lenses, one mode each) sees
 // every perturbation under its own lens. Throws InvalidArgument for bad settings or shapes and
