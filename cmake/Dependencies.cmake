@@ -7,6 +7,11 @@
 
 find_package(Torch REQUIRED)
 find_package(Threads REQUIRED)
+# LibTorch's headers need C++20 from 2.12 on (ATen's #error); 1.13 to 2.11 build as C++17.
+if(DEFINED Torch_VERSION AND Torch_VERSION VERSION_GREATER_EQUAL 2.12)
+  set(CMAKE_CXX_STANDARD 20)
+endif()
+message(STATUS "dslens: LibTorch ${Torch_VERSION}, C++${CMAKE_CXX_STANDARD}")
 
 add_library(dslens_deps INTERFACE)
 target_link_libraries(dslens_deps INTERFACE ${TORCH_LIBRARIES} Threads::Threads)
@@ -44,7 +49,9 @@ if(DSLENS_USE_BUNDLE)
   if(DSLENS_BUILD_TESTS)
     set(INSTALL_GTEST OFF CACHE BOOL "" FORCE)
     add_subdirectory("${DSLENS_BUNDLE_DIR}/googletest" "${CMAKE_BINARY_DIR}/googletest" EXCLUDE_FROM_ALL)
-    add_library(GTest::gtest_main ALIAS gtest_main)
+    if(NOT TARGET GTest::gtest_main)  # GoogleTest >= 1.11 defines the alias itself
+      add_library(GTest::gtest_main ALIAS gtest_main)
+    endif()
   endif()
 else()
   find_package(cxxopts REQUIRED)

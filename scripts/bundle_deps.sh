@@ -21,8 +21,12 @@ cp -r /usr/src/googletest "$B/googletest"
 lib=$(readlink -f /usr/lib/x86_64-linux-gnu/libcfitsio.so)
 cp "$lib" "$B/lib/"
 ln -sf "$(basename "$lib")" "$B/lib/libcfitsio.so"
-# Runtime dependencies of CFITSIO other than glibc (curl and its TLS stack, bzip2, zlib).
-ldd "$lib" | awk '/=> \//{print $3}' | grep -vE '/lib(c|m|pthread|dl|rt)\.so' | while read -r dep; do
+# The name the loader looks for (libcfitsio.so.10): without it the linked program does not start.
+soname=$(objdump -p "$lib" | awk '/SONAME/ {print $2}')
+[[ -n $soname ]] && ln -sf "$(basename "$lib")" "$B/lib/$soname"
+# Runtime dependencies of CFITSIO other than glibc's own libraries (libresolv & co. call private
+# glibc symbols, so they must come from the target's glibc): curl and its TLS stack, bzip2, zlib.
+ldd "$lib" | awk '/=> \//{print $3}' | grep -vE '/lib(c|m|pthread|dl|rt|resolv|util|nsl|anl)\.so' | while read -r dep; do
   cp -L "$dep" "$B/lib/"
 done
 zl=$(readlink -f /usr/lib/x86_64-linux-gnu/libz.so)

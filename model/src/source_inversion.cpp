@@ -38,7 +38,7 @@ SourceInversion::SourceInversion(const LensPosterior& lens_only, InversionSettin
   }
   const auto d = torch::stack(rows);
   regulariser_ = d.t().matmul(d) + 1e-2 * torch::eye(k, f64);
-  logdet_regulariser_ = std::get<1>(torch::linalg::slogdet(regulariser_)).item<double>();
+  logdet_regulariser_ = std::get<1>(torch::linalg_slogdet(regulariser_)).item<double>();
   regulariser_ = regulariser_.to(posterior_.compute().device);
 }
 
@@ -126,7 +126,7 @@ SourceInversion::Solution SourceInversion::solve(const torch::Tensor& u) const {
       torch::tensor(settings_.log10_lambda_offsets, torch::kFloat64).to(compute.device);
   const auto lambda = scale.unsqueeze(1) * torch::pow(10.0, offsets).unsqueeze(0);  // [rows, nl]
   const auto a = fmat.unsqueeze(1) + lambda.unsqueeze(2).unsqueeze(3) * c;  // [rows, nl, K, K]
-  const auto chol = torch::linalg::cholesky(a);
+  const auto chol = torch::linalg_cholesky(a);
   const auto s =
       torch::cholesky_solve(b.unsqueeze(1).expand({rows, nl, k}).unsqueeze(3), chol).squeeze(3);
   const auto model = torch::bmm(s, mat);  // [rows, nl, P]

@@ -9,13 +9,17 @@
 
 // Gloo's process group is declared only when USE_C10D_GLOO is defined and gloo's headers exist
 // (Debian: libgloo-dev, matching the libgloo0 that libtorch_cpu links).
-#if __has_include(<gloo/config.h>) && __has_include(<torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>)
+#if !defined(DSLENS_NO_C10D) && __has_include(<gloo/config.h>) &&       \
+    __has_include(<torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>)
 #ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO
 #endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #define DSLENS_HAVE_GLOO 1
+#endif
+#if defined(USE_C10D_NCCL) && defined(DSLENS_NO_C10D)
+#undef USE_C10D_NCCL
 #endif
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>

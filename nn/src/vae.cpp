@@ -1,6 +1,7 @@
 #include "dslens/nn/vae.h"
 
 #include <cmath>
+#include <variant>
 
 #include "dslens/core/errors.h"
 #include "dslens/nn/cpu_ops.h"
@@ -22,8 +23,13 @@ void add_norm(torch::nn::Sequential& seq, const VaeArch& arch, int64_t channels)
   }
 }
 
+// LibTorch 1.13's convolution options hold c10::variant, 2.x's std::variant (c10::variant was
+// removed in 2.2): unqualified get_if finds c10::get_if by argument-dependent lookup on 1.13 and
+// std::get_if on 2.x; the using-declaration makes `get_if<T>(...)` parse as a template call.
+using std::get_if;
+
 bool is_pad1(const torch::nn::detail::ConvNdOptions<2>& o) {
-  const auto* p = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  const auto* p = get_if<torch::ExpandingArray<2>>(&o.padding());
   return p && (**p)[0] == 1 && (**p)[1] == 1;
 }
 
@@ -37,7 +43,7 @@ torch::Tensor run_cpu(torch::nn::Sequential& seq, torch::Tensor h) {
     if (auto* conv = m->as<torch::nn::Conv2d>()) {
       const auto& o = conv->options;
       const bool plain = o.groups() == 1 && (*o.dilation())[0] == 1 && (*o.dilation())[1] == 1 &&
-                         is_pad1(o) && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode());
+                         is_pad1(o) && get_if<torch::enumtype::kZeros>(&o.padding_mode());
       const auto k = *o.kernel_size();
       const auto st = *o.stride();
       if (plain && k[0] == 4 && k[1] == 4 && st[0] == 2 && st[1] == 2) {

@@ -65,7 +65,7 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
       hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows, out.log_density_calls);
 
   // |-H|^-1 through the eigen-decomposition.
-  auto eig = torch::linalg::eigh(-out.hessian, "L");
+  auto eig = torch::linalg_eigh(-out.hessian, "L");
   auto lambda = std::get<0>(eig), V = std::get<1>(eig);  // ascending
   out.non_concave = (lambda <= 0).sum(1);
   auto top = std::get<0>(lambda.abs().max(1, /*keepdim=*/true)).clamp_min(1e-300);

@@ -85,7 +85,7 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
       H = hessian_by_differences(log_density, x, h.to(opt), s.max_rows, r.log_density_calls);
     }
     // -H = V diag(lambda) V^T; SoftAbs: |lambda|, floored so a flat direction stays finite.
-    const auto eig = torch::linalg::eigh(-H, "L");
+    const auto eig = torch::linalg_eigh(-H, "L");
     auto lambda = std::get<0>(eig).abs();
     const auto& V = std::get<1>(eig);
     const auto top = std::get<0>(lambda.max(1, /*keepdim=*/true)).clamp_min(1e-300);

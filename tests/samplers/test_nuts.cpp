@@ -543,7 +543,7 @@ TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
   auto gen = torch::Generator(at::detail::createCPUGenerator(31));
   torch::Tensor a = torch::randn({D, D}, gen, f64()) / std::sqrt(static_cast<double>(D));
   torch::Tensor cov = a.mm(a.t()) + 0.05 * torch::eye(D, f64());
-  torch::Tensor prec = torch::inverse(cov), chol = torch::linalg::cholesky(cov);
+  torch::Tensor prec = torch::inverse(cov), chol = torch::linalg_cholesky(cov);
   LogDensityFn f = [prec](const torch::Tensor& q) {
     torch::Tensor pq = q.mm(prec);
     return LogDensityValue{-0.5 * (q * pq).sum(1), -pq};
@@ -559,7 +559,7 @@ TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
   // Condition number of the adapted metric in the posterior's whitened frame (1 is perfect).
   auto condition = [&chol](const torch::Tensor& inv_metric) {
     torch::Tensor li = torch::inverse(chol);
-    torch::Tensor e = torch::linalg::eigvalsh(li.matmul(inv_metric).matmul(li.t()), "L");
+    torch::Tensor e = torch::linalg_eigvalsh(li.matmul(inv_metric).matmul(li.t()), "L");
     return (e.select(-1, D - 1) / e.select(-1, 0)).max().item<double>();
   };
   const SamplerResult stan = sample_nuts(f, init, s);

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The GPU check: builds dslens against PyTorch's CUDA LibTorch on a machine without a package
+# registry, checks CUDA against CPU on a simulated lens, runs the GPU benchmarks and the test suite.
+# Everything is written to one log, $OUT/gpu_check.log (default OUT: runs/gpu-check-<ts>), with the
+# benchmarks' JSON beside it.
+#
+#   scripts/bundle_deps.sh          # once, on a Debian machine: third_party/bundle
+#   scripts/gpu_check.sh            # on the GPU machine, with third_party/bundle copied along
+#
+# BUDGET (seconds, default 560) bounds the whole run: each step gets what is left, the tests last.
+# On an H200 (2026-11-30, docs/benchmarks.md "On a GPU"): configure 10 s, the dslens target 110 s
+# on 16 cores, the CUDA/CPU comparison and the simulate/vae benches 25 s; the two bench-fit runs
+# did not finish their MAP in 150 s each.
+# FIT_ARGS and FIT64_ARGS override the arguments of the short `bench fit` runs of 1 and 64 lenses
+# (defaults: 60 warmup + 40 draws at maximum depth 8; 30 + 20 at depth 7): enough for the MAP's
+# time and the gradient evaluations per second, not for ESS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+T0=$(date +%s)
+DEADLINE=$((T0 + ${BUDGET:-560}))
+BUILD=${BUILD_DIR:-build-gpu}
+DEVICE=${DEVICE:-cuda}   # DEVICE=cpu: a dry run of this script on a machine without a GPU
+FIT_ARGS=${FIT_ARGS:---warmup 60 --draws 40 --max-depth 8}
+FIT64_ARGS=${FIT64_ARGS:---warmup 30 --draws 20 --max-depth 7}
+exec > >(tee -a "$LOG") 2>&1
+
+# step NAME CAP COMMAND...: runs COMMAND with the smaller of CAP and the time left; its output goes
+# to the log, its exit status is returned.
+step() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$((DEADLINE - $(date +%s)))
+  local limit=$((cap < left ? cap : left))
+  if ((limit < 15)); then
+    echo "=== $name: skipped, ${left} s left"
+    return 124
+  fi
+  echo "=== $name (at most ${limit} s, $(( $(date +%s) - T0 )) s in): $*"
+  local s=$(date +%s)
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "=== $name: exit $rc after $(( $(date +%s) - s )) s"
+  return $rc
+}
+
+echo "=== machine"
+nproc
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+g++ --version | head -1
+cmake --version | head -1
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+configure=(cmake -S . -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
+  -DCMAKE_PREFIX_PATH="$prefix")
+step configure 120 "${configure[@]}" || exit 1
+if ! step build-dslens 300 cmake --build "$BUILD" -j "$(nproc)" --target dslens; then
+  # The c10d (gloo) communicator is the part most tied to LibTorch's version: retry without it.
+  step configure-no-c10d 60 "${configure[@]}" -DDSLENS_WITH_C10D=OFF || exit 1
+  step build-dslens-no-c10d 240 cmake --build "$BUILD" -j "$(nproc)" --target dslens || exit 1
+fi
+D=$BUILD/dslens
+ldd "$D" | grep -E 'torch|c10|cfitsio|not found'
+
+# CUDA against CPU: the same noise-free model image in float64 (and float32 on CUDA).
+work=$(mktemp -d)
+cat >"$work/sim.json" <<'EOF'
+{"grid": {"nx": 100, "ny": 100, "pixel_scale": 0.05, "supersampling": 2},
+ "psf": {"fwhm": 0.1},
+ "mass": [{"type": "EPL", "theta_E": 1.2, "gamma": 2.1, "e1": 0.1, "e2": -0.05,
+           "center_x": 0.02, "center_y": -0.01},
+          {"type": "SHEAR", "gamma1": 0.03, "gamma2": -0.02}],
+ "source": [{"type": "SERSIC_ELLIPSE", "amp": 20.0, "R_sersic": 0.3, "n_sersic": 1.5,
+             "e1": 0.1, "e2": 0.05, "center_x": 0.05, "center_y": 0.02}],
+ "noise": {"background_rms": 0.01, "exposure_time": 2000.0},
+ "seed": 3}
+EOF
+for run in cpu:float64 "$DEVICE":float64 "$DEVICE":float32; do
+  step "simulate-${run/:/-}" 60 "$D" simulate "$work/sim.json" --out "$work/${run/:/-}" \
+    --device "${run%%:*}" --dtype "${run##*:}" --log-level warn
+done
+python3 - "$work" "$DEVICE" <<'EOF'
+import sys, numpy as np
+def fits(path):
+    raw = open(path, 'rb').read()
+    cards, i = {}, 0
+    while True:
+        card = raw[i:i + 80].decode(); i += 80
+        if card.startswith('END'): break
+        if '=' in card[:10]: cards[card[:8].strip()] = card[10:].split('/')[0].strip()
+    i = (i + 2879) // 2880 * 2880
+    bitpix, nx, ny = int(cards['BITPIX']), int(cards['NAXIS1']), int(cards['NAXIS2'])
+    dt = {-64: '>f8', -32: '>f4'}[bitpix]
+    return np.frombuffer(raw[i:i + nx * ny * abs(bitpix) // 8], dt).reshape(ny, nx).astype(float)
+w = sys.argv[1]
+ref = fits(f'{w}/cpu-float64/model.fits')
+dev = sys.argv[2]
+for run in [f'{dev}-float64', f'{dev}-float32']:
+    m = fits(f'{w}/{run}/model.fits')
+    print(f'=== model image {run} against cpu-float64: max |diff| {np.abs(m - ref).max():.3e}, '
+          f'peak {ref.max():.4f}, max |diff| / noise rms 0.01: {np.abs(m - ref).max() / 0.01:.3e}')
+EOF
+
+step bench-simulate 60 "$D" bench simulate --device "$DEVICE" --dtype float32 --batches 1,16,256,1024 \
+  --min-time 0.5 --json >"$OUT/bench_simulate.json"
+cat "$OUT/bench_simulate.json"
+step bench-vae 60 "$D" bench vae --device "$DEVICE" --batches 1,64,1024,8192 --seconds 0.5 \
+  --json >"$OUT/bench_vae.json"
+cat "$OUT/bench_vae.json"
+# shellcheck disable=SC2086
+step bench-fit-1 150 "$D" bench fit --device "$DEVICE" --lenses 1 $FIT_ARGS --json \
+  >"$OUT/bench_fit_1.json"
+cat "$OUT/bench_fit_1.json"
+# shellcheck disable=SC2086
+step bench-fit-64 150 "$D" bench fit --device "$DEVICE" --lenses 64 $FIT64_ARGS --json \
+  >"$OUT/bench_fit_64.json"
+cat "$OUT/bench_fit_64.json"
+
+step bench-sampler 90 "$D" bench sampler --device "$DEVICE" --chains 4,64,1024 --warmup 300 \
+  --draws 300 >"$OUT/bench_sampler.txt"
+cat "$OUT/bench_sampler.txt"
+
+# The test suite (CPU) against this LibTorch.
+if step build-tests 200 cmake --build "$BUILD" -j "$(nproc)"; then
+  step ctest 120 ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure --timeout 100 |
+    tail -n 40
+fi
+echo "=== done after $(( $(date +%s) - T0 )) s"
