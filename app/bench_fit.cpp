@@ -38,6 +38,8 @@ int run(int argc, char** argv) {
       "chains", "chains per lens", cxxopts::value<int64_t>()->default_value("4"))(
       "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
+      "max-depth", "NUTS maximum tree depth (the fit's default: 10)",
+      cxxopts::value<int64_t>()->default_value("10"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -122,7 +124,8 @@ int run(int argc, char** argv) {
         {"sampler",
          {{"chains", args["chains"].as<int64_t>()},
           {"warmup", args["warmup"].as<int64_t>()},
-          {"draws", args["draws"].as<int64_t>()}}}};
+          {"draws", args["draws"].as<int64_t>()},
+          {"max_depth", args["max-depth"].as<int64_t>()}}}};
     std::ofstream(dir / "configs" / (name + ".json")) << fit.dump(2);
   }
 
@@ -148,6 +151,11 @@ int run(int argc, char** argv) {
     }
   }
   const double per_lens = total / static_cast<double>(lenses);
+  // Leapfrog steps per chain and iteration: with the evaluations per second, what a longer run of
+  // the same trees costs.
+  const double chain_iterations =
+      static_cast<double>(lenses * args["chains"].as<int64_t>() *
+                          (args["warmup"].as<int64_t>() + args["draws"].as<int64_t>()));
   json out = {{"device", dev},
               {"dtype", dtype},
               {"lenses", lenses},
@@ -160,7 +168,9 @@ int run(int argc, char** argv) {
               {"map_seconds", map_s},
               {"warmup_seconds", warm_s},
               {"sampling_seconds", samp_s},
+              {"max_depth", args["max-depth"].as<int64_t>()},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
+              {"leapfrog_steps_per_iteration", grads / chain_iterations},
               {"min_bulk_ess_lens_params", min_ess},
               {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)}};
   if (args.count("json")) {
@@ -173,7 +183,10 @@ int run(int argc, char** argv) {
               << "  total " << total << " s, " << per_lens << " s per lens (MAP " << map_s
               << " s, warmup " << warm_s << " s, sampling " << samp_s << " s, summed over lenses)\n"
               << "  gradient evaluations per second (chain-steps): "
-              << out["gradient_evaluations_per_second"].get<double>() << "\n"
+              << out["gradient_evaluations_per_second"].get<double>() << " ("
+              << out["leapfrog_steps_per_iteration"].get<double>()
+              << " leapfrog steps per chain and iteration, maximum depth " << out["max_depth"]
+              << ")\n"
               << "  smallest bulk ESS of the lens and source parameters: " << min_ess << " ("
               << out["min_bulk_ess_per_second_sampling"].get<double>()
               << " per second of sampling per lens)\n";

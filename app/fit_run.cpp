@@ -115,7 +115,7 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
   m.sd = var.sqrt();
   m.inv_metric = dense ? cov : var;
   try {
-    m.cholesky = torch::linalg::cholesky(cov);
+    m.cholesky = torch::linalg_cholesky(cov);
   } catch (const c10::Error&) {
     m.cholesky = torch::diag_embed(m.sd);
   }
@@ -229,11 +229,12 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * starts).reshape({-1});
     best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, keep, dim});
     map_seconds = seconds_since(t0);
-    spdlog::info(
-        "MAP done in {:.1f} s; best log posterior per lens: {}", map_seconds,
-        nlohmann::json(std::vector<double>(best_lp.select(1, 0).data_ptr<double>(),
-                                           best_lp.select(1, 0).data_ptr<double>() + n_lenses))
-            .dump());
+    // The best optimum of each lens: column 0 of [L, keep], strided by `keep` until copied.
+    const auto best_per_lens = best_lp.select(1, 0).contiguous();
+    spdlog::info("MAP done in {:.1f} s; best log posterior per lens: {}", map_seconds,
+                 nlohmann::json(std::vector<double>(best_per_lens.data_ptr<double>(),
+                                                    best_per_lens.data_ptr<double>() + n_lenses))
+                     .dump());
     if (!torch::isfinite(best_lp.select(1, 0)).all().item<bool>()) {
       throw NumericalError(
           "MAP found no start with a finite log posterior for some lens; check "

@@ -245,7 +245,9 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
 void load_weights(const CheckpointMeta& meta, VaeImpl& vae) {
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(meta.weights_file);
+    // Onto the CPU first: a checkpoint written by a CUDA training run must load on a machine
+    // without a GPU; read_module copies each tensor to the module's own device.
+    archive.load_from(meta.weights_file, torch::Device(torch::kCPU));
   } catch (const c10::Error& e) {
     throw FileError("cannot read checkpoint weights '" + meta.weights_file +
                     "': " + e.what_without_backtrace());

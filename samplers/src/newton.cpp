@@ -139,9 +139,10 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   report(s.on_progress, "newton", iters.max().item<int64_t>(), s.max_iterations, lp, active);
   r.x = x;
   r.log_p = lp.to(opt.dtype()).to(x.device());
-  r.grad_norm = max_abs(g);
-  r.converged = converged;
-  r.iterations = iters;
+  // On the starts' device, like Adam's and L-BFGS's results (the Hessian work above is on the CPU).
+  r.grad_norm = max_abs(g).to(x.device());
+  r.converged = converged.to(x.device());
+  r.iterations = iters.to(x.device());
   finish(r, "newton");
   return r;
 }
