@@ -12,6 +12,7 @@
 #include "dslens/core/config.h"
 #include "dslens/core/errors.h"
 #include "dslens/physics/image_model.h"
+#include "op_census.h"
 
 namespace dslens::app {
 namespace bench_simulate_detail {
@@ -106,7 +107,11 @@ int bench_simulate(int argc, char** argv) {
       "batches", "comma-separated batch sizes",
       cxxopts::value<std::string>()->default_value("1,16,256"))(
       "min-time", "seconds of timing per measurement (at least 3 calls)",
-      cxxopts::value<double>()->default_value("1.0"));
+      cxxopts::value<double>()->default_value("1.0"))(
+      "cpu-kernels",
+      "on: the fused CPU kernels; off: the tensor-op paths a GPU takes (to time them and count "
+      "their operators on a CPU)",
+      cxxopts::value<std::string>()->default_value("on"));
   add_compute_options(options);
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
@@ -115,40 +120,65 @@ int bench_simulate(int argc, char** argv) {
   const double min_time = args["min-time"].as<double>();
   if (!(min_time >= 0.0)) throw InvalidArgument("--min-time must be >= 0");
   const int threads = torch::get_num_threads();
+  const std::string kernels = args["cpu-kernels"].as<std::string>();
+  if (kernels != "on" && kernels != "off") {
+    throw InvalidArgument("--cpu-kernels: '" + kernels + "' is not one of on, off");
+  }
+  physics::set_cpu_kernels(kernels == "on");
 
   json results = json::array();
   for (const int64_t batch : batches) {
     Setup fwd = make_setup(batch, false, compute);
-    const double t_fwd = time_per_call(
-        [&] {
-          torch::NoGradGuard no_grad;
-          Tensor img = physics::simulate_image(fwd.model, batch, compute);
-          img.sum().item<double>();  // synchronises with the device
-        },
-        min_time, 3);
+    const auto forward = [&] {
+      torch::NoGradGuard no_grad;
+      Tensor img = physics::simulate_image(fwd.model, batch, compute);
+      img.sum().item<double>();  // synchronises with the device
+    };
+    const double t_fwd = time_per_call(forward, min_time, 3);
     Setup bwd = make_setup(batch, true, compute);
-    const double t_grad = time_per_call(
-        [&] {
-          for (auto& t : bwd.leaves) t.mutable_grad() = Tensor();
-          Tensor img = physics::simulate_image(bwd.model, batch, compute);
-          img.square().sum().backward();
-          double check = 0.0;
-          for (auto& t : bwd.leaves) {
-            if (!t.grad().defined()) {
-              throw NumericalError("bench simulate: no gradient reached a parameter");
-            }
-          }
-          check += bwd.leaves.front().grad().sum().item<double>();  // synchronises
-          (void)check;
-        },
-        min_time, 3);
+    const auto gradient = [&] {
+      for (auto& t : bwd.leaves) t.mutable_grad() = Tensor();
+      Tensor img = physics::simulate_image(bwd.model, batch, compute);
+      img.square().sum().backward();
+      double check = 0.0;
+      for (auto& t : bwd.leaves) {
+        if (!t.grad().defined()) {
+          throw NumericalError("bench simulate: no gradient reached a parameter");
+        }
+      }
+      check += bwd.leaves.front().grad().sum().item<double>();  // synchronises
+      (void)check;
+    };
+    const double t_grad = time_per_call(gradient, min_time, 3);
+    // ATen operators per call: on a GPU each is a kernel launch with its CPU overhead.
+    int64_t forward_ops = 0, gradient_ops = 0;
+    {
+      OpCensus census;
+      forward();
+      forward_ops = census.operators();
+    }
+    {
+      OpCensus census;
+      gradient();
+      gradient_ops = census.operators();
+      if (spdlog::should_log(spdlog::level::debug)) {
+        for (const auto& [name, count] : census.most_frequent(25)) {
+          spdlog::debug("bench simulate: batch {}: forward + gradient: {} x {}", batch, count,
+                        name);
+        }
+      }
+    }
     json r = {{"batch", batch},
               {"forward_ms_per_batch", 1e3 * t_fwd},
               {"forward_images_per_s", batch / t_fwd},
               {"gradient_ms_per_batch", 1e3 * t_grad},
-              {"gradient_images_per_s", batch / t_grad}};
-    spdlog::info("bench simulate: batch {}: forward {:.1f} img/s, forward+gradient {:.1f} img/s",
-                 batch, batch / t_fwd, batch / t_grad);
+              {"gradient_images_per_s", batch / t_grad},
+              {"forward_operators", forward_ops},
+              {"gradient_operators", gradient_ops}};
+    spdlog::info(
+        "bench simulate: batch {}: forward {:.1f} img/s ({} operators), forward+gradient {:.1f} "
+        "img/s ({} operators)",
+        batch, batch / t_fwd, forward_ops, batch / t_grad, gradient_ops);
     results.push_back(r);
   }
 
@@ -159,6 +189,7 @@ int bench_simulate(int argc, char** argv) {
                  {"device", compute.device.str()},
                  {"dtype", dtype_name(compute.dtype)},
                  {"threads", threads},
+                 {"cpu_kernels", kernels},
                  {"results", results}};
   if (args.count("json")) {
     std::cout << report.dump(2) << std::endl;
@@ -166,18 +197,21 @@ int bench_simulate(int argc, char** argv) {
   }
   std::cout << "dslens bench simulate: " << report["setup"].get<std::string>() << "\n"
             << "device " << compute.device.str() << ", " << dtype_name(compute.dtype) << ", "
-            << threads << " CPU threads\n\n"
+            << threads << " CPU threads, CPU kernels " << kernels
+            << " (ops: ATen operators per call, each a kernel launch on a GPU)\n\n"
             << std::right << std::setw(6) << "batch" << std::setw(16) << "forward img/s"
-            << std::setw(12) << "ms/batch" << std::setw(18) << "fwd+grad img/s" << std::setw(12)
-            << "ms/batch"
+            << std::setw(12) << "ms/batch" << std::setw(8) << "ops" << std::setw(18)
+            << "fwd+grad img/s" << std::setw(12) << "ms/batch" << std::setw(8) << "ops"
             << "\n";
   std::cout << std::fixed;
   for (const auto& r : results) {
     std::cout << std::setw(6) << r["batch"].get<int64_t>() << std::setw(16) << std::setprecision(1)
               << r["forward_images_per_s"].get<double>() << std::setw(12) << std::setprecision(2)
-              << r["forward_ms_per_batch"].get<double>() << std::setw(18) << std::setprecision(1)
+              << r["forward_ms_per_batch"].get<double>() << std::setw(8)
+              << r["forward_operators"].get<int64_t>() << std::setw(18) << std::setprecision(1)
               << r["gradient_images_per_s"].get<double>() << std::setw(12) << std::setprecision(2)
-              << r["gradient_ms_per_batch"].get<double>() << "\n";
+              << r["gradient_ms_per_batch"].get<double>() << std::setw(8)
+              << r["gradient_operators"].get<int64_t>() << "\n";
   }
   return 0;
 }

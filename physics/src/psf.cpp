@@ -71,7 +71,8 @@ Tensor convolve_psf(const Tensor& images, const Tensor& kernel_in, ConvolutionMe
                           " kernels for a batch of " + std::to_string(images.size(0)) + " images");
   }
   Tensor kernel = kernel_in.to(images.device(), images.scalar_type());
-  const bool large = kh * kw > psf_detail::kFftMinTaps || images.device().is_cpu();
+  const bool large =
+      kh * kw > psf_detail::kFftMinTaps || (images.device().is_cpu() && cpu_kernels());
   const bool fft = method == ConvolutionMethod::kFft ||
                    (method == ConvolutionMethod::kAuto && kh * kw > 1 && large);
   if (fft) return psf_detail::convolve_fft(images, kernel);

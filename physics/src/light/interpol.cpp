@@ -234,7 +234,8 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
   static Tensor forward(AutogradContext* ctx, const Tensor& image, const Tensor& xs,
                         const Tensor& ys, const Tensor& aff) {
     ctx->save_for_backward({image, xs, ys, aff});
-    if (!xs.device().is_cpu()) return sample_tensor_ops(image, xs, ys, aff, false);
+    if (!xs.device().is_cpu() || !cpu_kernels())
+      return sample_tensor_ops(image, xs, ys, aff, false);
     const int64_t b = std::max({image.size(0), xs.size(0), aff.size(0)});
     Tensor out = torch::empty({b, xs.size(1)}, xs.options());
     AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_forward", [&] {
@@ -260,7 +261,7 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
         if (saved[i].requires_grad()) out[i] = g[j++];
       return out;
     }
-    if (!xs.device().is_cpu()) {
+    if (!xs.device().is_cpu() || !cpu_kernels()) {
       // Other devices: grid_sample's own backward on a re-run of the forward.
       torch::AutoGradMode enable(true);
       std::vector<Tensor> in;

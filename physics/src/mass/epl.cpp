@@ -110,24 +110,28 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   auto xr = dx * cg + dy * sg;
   auto yr = -dx * sg + dy * cg;
   auto R = torch::sqrt((q * q * xr * xr + yr * yr).clamp_min(epl_detail::kTinyR2));
-  auto cph = q * xr / R, sph = yr / R;
   auto f = (1.0 - q) / (1.0 + q);
-  auto wr = -f * (cph * cph - sph * sph);
-  auto wi = -f * 2.0 * sph * cph;
   const double fmax = ((1.0 - el.q) / (1.0 + el.q)).detach().max().item<double>();
   const int nterms = epl_series_terms(fmax, epl_series_eps(x.scalar_type()));
-  Tensor tr = cph, ti = sph, om_r = cph, om_i = sph;
-  for (int n = 1; n < nterms; ++n) {
-    auto rn = (2.0 * n - 2.0 + t) / (2.0 * n + 2.0 - t);
-    auto nr = rn * (tr * wr - ti * wi);
-    auto ni = rn * (tr * wi + ti * wr);
-    tr = nr;
-    ti = ni;
-    om_r = om_r + tr;
-    om_i = om_i + ti;
-  }
+  // This path runs wherever the fused CPU kernel does not (CUDA), where every tensor op costs a
+  // kernel launch and an autograd node: the series is a polynomial in w = -f e^{2i phi} with
+  // per-lens coefficients c_n, omega = e^{i phi} sum_n c_n w^n, evaluated by Horner's rule on
+  // complex tensors (two ops per term, against twelve for the real recurrence).
+  // c_n = prod_{k<=n} (2k-2+t)/(2k+2-t) for n = 1..nterms-1, all at once: [..., nterms-1, 1].
+  const auto k = torch::arange(1, nterms, x.options()).unsqueeze(1);
+  const auto tt = t.unsqueeze(-2);
+  const auto c = torch::cumprod((2.0 * k - 2.0 + tt) / (2.0 * k + 2.0 - tt), -2).unbind(-2);
+  auto e_iphi = torch::complex(q * xr / R, yr / R);
+  auto w = -f * (e_iphi * e_iphi);
+  // Highest term first: P = c_{N-1}; P = P w + c_n down to c_0 = 1.
+  Tensor P = c.back() * w;
+  for (int n = nterms - 2; n >= 1; --n) P = (P + c[n - 1]) * w;
+  auto omega = e_iphi * (P + 1.0);
   auto A = 2.0 / (1.0 + q) * b * torch::pow(b / R, t - 1.0);
-  auto ar = A * om_r, ai = A * om_i;
+  // Back to the sky frame in real arithmetic: near a round lens the orientation's derivative is
+  // a cancellation of terms of order 1/|e|, and this order of operations keeps float32's rounding
+  // there at the level of the real recurrence.
+  auto ar = A * torch::real(omega), ai = A * torch::imag(omega);
   return {ar * cg - ai * sg, ar * sg + ai * cg};
 }
 

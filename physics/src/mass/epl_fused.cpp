@@ -384,7 +384,7 @@ namespace mass {
 Deflection epl_deflection_fused(const Tensor& x, const Tensor& y, const Tensor& theta_E,
                                 const Tensor& gamma, const Tensor& e1, const Tensor& e2,
                                 const Tensor& center_x, const Tensor& center_y) {
-  const bool cpu = x.device().is_cpu() && y.device().is_cpu();
+  const bool cpu = x.device().is_cpu() && y.device().is_cpu() && cpu_kernels();
   const auto dt = x.scalar_type();
   const bool floating = dt == torch::kFloat32 || dt == torch::kFloat64;
   if (!cpu || !floating || y.scalar_type() != dt)

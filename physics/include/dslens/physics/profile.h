@@ -56,6 +56,13 @@ std::shared_ptr<const LightProfile> make_light_profile(const std::string& type);
 std::vector<std::string> mass_profile_types();
 std::vector<std::string> light_profile_types();
 
+// Whether CPU tensors go through the fused CPU kernels (EPL deflection, INTERPOL sampling) and the
+// FFT convolution (default: on). Off, the CPU takes the tensor-op paths that CUDA tensors always
+// take, so that those paths can be timed and their operators counted on a machine without a GPU
+// (`dslens bench simulate --cpu-kernels off`). Process-wide; not meant to be switched mid-fit.
+void set_cpu_kernels(bool on);
+bool cpu_kernels();
+
 // A parameter of shape [B] reshaped to broadcast against coordinates of shape [B, N] (or [1, N]).
 inline Tensor per_batch(const Tensor& param, const Tensor& like) {
   std::vector<int64_t> shape(like.dim(), 1);
