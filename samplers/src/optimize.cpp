@@ -1,5 +1,6 @@
 #include "dslens/samplers/optimize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -33,6 +34,8 @@ void LbfgsSettings::validate() const {
   require(backtrack > 0 && backtrack < 1,
           "lbfgs backtrack must be in (0, 1), got " + str(backtrack));
   require(max_line_search >= 1, "lbfgs max_line_search must be >= 1, got " + str(max_line_search));
+  require(line_search_batch >= 1,
+          "lbfgs line_search_batch must be >= 1, got " + str(line_search_batch));
 }
 
 OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tensor& starts,
@@ -113,6 +116,9 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   // (Nocedal & Wright, Algorithm 7.5 and section 7.2: skip the update), so the start's older pairs
   // survive. next [n] is the slot its next pair goes to.
   const torch::Tensor rows = torch::arange(n, opt.dtype(torch::kInt64));
+  // b^j, j = 0 .. line_search_batch - 1: the shrink factors of one batched line-search call.
+  const torch::Tensor shrink = torch::pow(torch::full({1, s.line_search_batch}, s.backtrack, opt),
+                                          torch::arange(s.line_search_batch, opt).unsqueeze(0));
   torch::Tensor next = torch::zeros({n}, opt.dtype(torch::kInt64));
   std::vector<torch::Tensor> slot_of(mh);  // slot of each start's j-th newest pair
 
@@ -151,20 +157,29 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
 
     torch::Tensor accepted = ~active;
     torch::Tensor x_new = x, f_new = f, g_new = g;
-    for (int64_t ls = 0; ls < s.max_line_search; ++ls) {
-      torch::Tensor x_try = x + t.unsqueeze(1) * d;
+    for (int64_t ls = 0; ls < s.max_line_search; ls += s.line_search_batch) {
+      // k step lengths per start, [n, k]; trial rows start-major [n * k, D].
+      const int64_t k = std::min(s.line_search_batch, s.max_line_search - ls);
+      const torch::Tensor steps = t.unsqueeze(1) * shrink.narrow(1, 0, k);
+      const torch::Tensor x_try =
+          (x.unsqueeze(1) + steps.unsqueeze(2) * d.unsqueeze(1)).reshape({n * k, dim});
       LogDensityValue vt = evaluate_checked(log_density, x_try);
       ++r.log_density_calls;
-      torch::Tensor f_try = -vt.log_p, g_try = -vt.grad;
-      torch::Tensor good = finite_rows(f_try, g_try) & (f_try <= f + s.armijo * t * gd);
-      torch::Tensor fresh = ~accepted & good;
+      const torch::Tensor f_try = -vt.log_p, g_try = -vt.grad;
+      const torch::Tensor good =
+          finite_rows(f_try, g_try).reshape({n, k}) &
+          (f_try.reshape({n, k}) <= f.unsqueeze(1) + s.armijo * steps * gd.unsqueeze(1));
+      // The longest step that passes (argmax returns the first maximum).
+      const torch::Tensor first = good.to(torch::kInt32).argmax(1);
+      const torch::Tensor pick = rows * k + first;
+      torch::Tensor fresh = ~accepted & good.any(1);
       torch::Tensor fm = fresh.unsqueeze(1);
-      x_new = torch::where(fm, x_try, x_new);
-      f_new = torch::where(fresh, f_try, f_new);
-      g_new = torch::where(fm, g_try, g_new);
+      x_new = torch::where(fm, x_try.index_select(0, pick), x_new);
+      f_new = torch::where(fresh, f_try.index_select(0, pick), f_new);
+      g_new = torch::where(fm, g_try.index_select(0, pick), g_new);
       accepted = accepted | fresh;
       if (accepted.all().item<bool>()) break;
-      t = torch::where(accepted, t, s.backtrack * t);
+      t = torch::where(accepted, t, t * std::pow(s.backtrack, static_cast<double>(k)));
     }
     torch::Tensor moved = active & accepted;
     torch::Tensor sv = x_new - x, yv = g_new - g;

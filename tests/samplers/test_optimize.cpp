@@ -10,6 +10,7 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/optimize.h"
+#include "grouped_gaussian.h"
 
 namespace optimize_test {
 
@@ -54,9 +55,14 @@ TEST(Lbfgs, FindsTheModeOfAQuadraticFromEveryStart) {
   EXPECT_NEAR(r.best_log_p, 0.0, 1e-10);
 }
 
-TEST(Lbfgs, RosenbrockFromManyStarts) {
+// 32 starts in [-2, 2]^2, far enough from the valley to backtrack often.
+torch::Tensor rosenbrock_starts() {
   torch::manual_seed(5);
-  torch::Tensor starts = torch::rand({32, 2}, f64()) * 4 - 2;
+  return torch::rand({32, 2}, f64()) * 4 - 2;
+}
+
+TEST(Lbfgs, RosenbrockFromManyStarts) {
+  const torch::Tensor starts = rosenbrock_starts();
   LbfgsSettings s;
   s.max_iterations = 1000;
   OptimizeResult r = maximize_lbfgs(rosenbrock(), starts, s);
@@ -68,6 +74,51 @@ TEST(Lbfgs, RosenbrockFromManyStarts) {
   OptimizeResult one = maximize_lbfgs(rosenbrock(), starts.narrow(0, 7, 1), s);
   EXPECT_TRUE(torch::allclose(one.x[0], r.x[7], 1e-10, 1e-12));
   EXPECT_EQ(one.iterations[0].item<int64_t>(), r.iterations[7].item<int64_t>());
+}
+
+// The batched line search tries k step lengths per call and takes the first that passes: the same
+// iterates as one step length per call (Rosenbrock from its usual starts backtracks often), in
+// fewer calls, for any k.
+TEST(Lbfgs, BatchedLineSearchTakesTheSequentialPathInFewerCalls) {
+  const torch::Tensor starts = rosenbrock_starts();
+  LbfgsSettings s;
+  s.max_iterations = 1000;
+  OptimizeResult seq = maximize_lbfgs(rosenbrock(), starts, s);
+  for (int64_t k : {2, 5, 8}) {
+    SCOPED_TRACE(k);
+    s.line_search_batch = k;
+    OptimizeResult r = maximize_lbfgs(rosenbrock(), starts, s);
+    EXPECT_TRUE(torch::allclose(r.x, seq.x, 1e-9, 1e-12)) << (r.x - seq.x).abs().max();
+    EXPECT_TRUE(torch::equal(r.iterations, seq.iterations));
+    EXPECT_LT(r.log_density_calls, seq.log_density_calls);
+  }
+  // A line search cut short by max_line_search still stops where the sequential one does.
+  s.max_line_search = 3;
+  s.line_search_batch = 1;
+  OptimizeResult short_seq = maximize_lbfgs(rosenbrock(), starts, s);
+  s.line_search_batch = 2;
+  OptimizeResult short_batched = maximize_lbfgs(rosenbrock(), starts, s);
+  EXPECT_TRUE(torch::allclose(short_batched.x, short_seq.x, 1e-9, 1e-12));
+  EXPECT_TRUE(torch::equal(short_batched.iterations, short_seq.iterations));
+}
+
+// Trial rows are start-major, so a log density that splits its rows into equal groups in order
+// (one group per lens) sees every trial step under its own start's group.
+TEST(Lbfgs, BatchedLineSearchKeepsEachStartInItsGroup) {
+  const int64_t groups = 3, per = 4, dim = 3;
+  torch::manual_seed(8);
+  auto b = torch::randn({dim, dim}, f64());
+  auto P = b.mm(b.t()) + torch::eye(dim, f64());
+  auto scale = torch::tensor({0.5, 2.0, 8.0}, f64());
+  auto mu = torch::randn({groups, dim}, f64()) * 3;
+  auto target = dslens::testing::grouped_gaussian(P, scale, mu);
+  auto starts = torch::randn({groups * per, dim}, f64()) * 4;
+  LbfgsSettings s;
+  s.line_search_batch = 6;
+  OptimizeResult r = maximize_lbfgs(target, starts, s);
+  EXPECT_TRUE(r.converged.all().item<bool>());
+  auto want = mu.repeat_interleave(per, 0);
+  EXPECT_LT((r.x - want).abs().max().item<double>(), 1e-6);
 }
 
 TEST(Adam, FindsTheModeOfAQuadraticFromEveryStart) {
@@ -102,6 +153,9 @@ TEST(Optimize, NonFiniteStartsAreReportedNotFatal) {
   EXPECT_TRUE(std::isinf(ra.log_p[1].item<double>()));
   EXPECT_THROW(maximize_lbfgs(f, torch::full({2, 3}, 100.0, f64())), dslens::NumericalError);
   EXPECT_THROW(maximize_lbfgs(f, torch::zeros({3}, f64())), dslens::InvalidArgument);
+  LbfgsSettings bad;
+  bad.line_search_batch = 0;
+  EXPECT_THROW(maximize_lbfgs(f, starts, bad), dslens::InvalidArgument);
 }
 
 // Progress reports: L-BFGS's best log p never decreases (every accepted step passes Armijo), the

@@ -44,6 +44,11 @@ struct LbfgsSettings {
   double armijo = 1e-4;          // sufficient-decrease constant c1 in (0, 1)
   double backtrack = 0.5;        // step shrink factor in (0, 1)
   int64_t max_line_search = 40;  // backtracking steps before a start is declared stalled
+  // Step lengths t, t b, ..., t b^(k-1) tried per start in one batched log-density call (rows
+  // start-major, as Newton's ladder). The first that satisfies Armijo is taken: the same iterate
+  // as k sequential backtracking steps, in one call. 1 on a CPU, where a call costs in proportion
+  // to its rows; more on a GPU, where a call of 8 x more rows costs about the same.
+  int64_t line_search_batch = 1;
   OptimizeProgressFn on_progress;
   void validate() const;
 };
