@@ -120,7 +120,9 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   // c_n = prod_{k<=n} (2k-2+t)/(2k+2-t) for n = 1..nterms-1, all at once: [..., nterms-1, 1].
   const auto k = torch::arange(1, nterms, x.options()).unsqueeze(1);
   const auto tt = t.unsqueeze(-2);
-  const auto c = torch::cumprod((2.0 * k - 2.0 + tt) / (2.0 * k + 2.0 - tt), -2).unbind(-2);
+  // Complex once here, so that the additions below do not each convert a real coefficient.
+  const auto c_real = torch::cumprod((2.0 * k - 2.0 + tt) / (2.0 * k + 2.0 - tt), -2);
+  const auto c = torch::complex(c_real, torch::zeros_like(c_real)).unbind(-2);
   auto e_iphi = torch::complex(q * xr / R, yr / R);
   auto w = -f * (e_iphi * e_iphi);
   // Highest term first: P = c_{N-1}; P = P w + c_n down to c_0 = 1.
