@@ -3,7 +3,7 @@
 // such call is at least one kernel launch plus the dispatcher's and autograd's CPU overhead (about
 // 10 us each), so for the small batches of one lens the count, not the arithmetic, sets the time
 // per log-density evaluation: the benches print it so that a change can be judged on a machine
-// without a GPU.
+// without a GPU. One census at a time: the counts are process-wide.
 #pragma once
 
 #include <ATen/record_function.h>
