@@ -18,6 +18,7 @@
 #include "duration_text.h"
 #include "lens_streams.h"
 #include "map_search.h"
+#include "op_census.h"
 
 namespace fs = std::filesystem;
 
@@ -281,6 +282,17 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
           chain_starts(log_density, lenses, best_x, best_lp, sc.metric == "dense", opts);
       init = starts_of_chains.init;
       s.inv_metric = starts_of_chains.inv_metric;
+    }
+    if (spdlog::should_log(spdlog::level::debug)) {
+      // What one leapfrog step costs on a GPU: the operators of one batched log density and its
+      // gradient (docs/benchmarks.md, "On a GPU").
+      OpCensus census;
+      (void)log_density(init);
+      spdlog::debug("batch {}: one log density + gradient of {} rows: {} ATen operators",
+                    batch_index, init.size(0), census.operators());
+      for (const auto& [name, count] : census.most_frequent(15)) {
+        spdlog::debug("batch {}:   {} x {}", batch_index, count, name);
+      }
     }
     s.num_warmup = sc.warmup;
     s.num_draws = sc.draws;
