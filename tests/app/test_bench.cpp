@@ -1,0 +1,67 @@
+// The operator census of the benches (app/op_census.h) and `bench simulate --cpu-kernels`, which
+// sends CPU tensors down the tensor-op paths that CUDA tensors take.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "app/op_census.h"
+#include "run_dslens.h"
+
+namespace bench_test {
+
+int64_t count_of(const dslens::app::OpCensus& census, const std::string& name) {
+  for (const auto& [n, count] : census.most_frequent(1000))
+    if (n == name) return count;
+  return 0;
+}
+
+TEST(OpCensus, CountsTheOperatorsRunWhileAliveByName) {
+  const auto a = torch::ones({3}), b = torch::full({3}, 2.0);
+  const auto x = torch::ones({3}).requires_grad_(true);
+  const auto y = (x * x).sum();
+  {
+    dslens::app::OpCensus census;
+    const auto c = a + b;
+    const auto d = c * b;
+    EXPECT_EQ(count_of(census, "aten::add"), 1);
+    EXPECT_EQ(count_of(census, "aten::mul"), 1);
+    EXPECT_EQ(census.operators(), 2);
+    // The backward pass's operators count too (MulBackward multiplies by the other factor).
+    y.backward();
+    EXPECT_GE(count_of(census, "aten::mul"), 2);
+    EXPECT_GT(census.operators(), 3);
+  }
+  // Nothing is counted between censuses; a new one starts from zero.
+  const auto between = a - b;
+  dslens::app::OpCensus census;
+  EXPECT_EQ(census.operators(), 0);
+  const auto e = a - b;
+  EXPECT_EQ(count_of(census, "aten::sub"), 1);
+}
+
+nlohmann::json bench_simulate(const std::string& kernels) {
+  const auto r = dslens::testing::run_dslens(
+      "bench simulate --device cpu --dtype float32 --batches 1 --min-time 0 --json --cpu-kernels " +
+      kernels);
+  EXPECT_EQ(r.code, 0) << r.output;
+  return nlohmann::json::parse(r.output);
+}
+
+// Without the fused CPU kernels (EPL, INTERPOL) and with the direct PSF convolution, the same
+// image costs several times the operators: the count a GPU pays in kernel launches.
+TEST(BenchSimulate, CpuKernelsOffCountsTheGpuPathsOperators) {
+  const auto on = bench_simulate("on"), off = bench_simulate("off");
+  EXPECT_EQ(on["cpu_kernels"], "on");
+  EXPECT_EQ(off["cpu_kernels"], "off");
+  const auto ops_on = on["results"][0]["gradient_operators"].get<int64_t>();
+  const auto ops_off = off["results"][0]["gradient_operators"].get<int64_t>();
+  EXPECT_GT(ops_on, 100);
+  EXPECT_GT(ops_off, 2 * ops_on) << ops_on << " " << ops_off;
+  const auto bad = dslens::testing::run_dslens("bench simulate --cpu-kernels maybe");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.output.find("--cpu-kernels"), std::string::npos) << bad.output;
+}
+
+}  // namespace bench_test
