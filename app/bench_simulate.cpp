@@ -161,12 +161,8 @@ int bench_simulate(int argc, char** argv) {
       OpCensus census;
       gradient();
       gradient_ops = census.operators();
-      if (spdlog::should_log(spdlog::level::debug)) {
-        for (const auto& [name, count] : census.most_frequent(25)) {
-          spdlog::debug("bench simulate: batch {}: forward + gradient: {} x {}", batch, count,
-                        name);
-        }
-      }
+      census.log_most_frequent(
+          "bench simulate: batch " + std::to_string(batch) + ": forward + gradient: ", 25);
     }
     json r = {{"batch", batch},
               {"forward_ms_per_batch", 1e3 * t_fwd},

@@ -290,9 +290,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       (void)log_density(init);
       spdlog::debug("batch {}: one log density + gradient of {} rows: {} ATen operators",
                     batch_index, init.size(0), census.operators());
-      for (const auto& [name, count] : census.most_frequent(15)) {
-        spdlog::debug("batch {}:   {} x {}", batch_index, count, name);
-      }
+      census.log_most_frequent("batch " + std::to_string(batch_index) + ":   ", 15);
     }
     s.num_warmup = sc.warmup;
     s.num_draws = sc.draws;

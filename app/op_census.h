@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/record_function.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -36,6 +37,14 @@ class OpCensus {
     int64_t n = 0;
     for (const auto& [name, count] : state().by_name) n += count;
     return n;
+  }
+
+  // Logs the `top` most frequent operators at debug level, one line each after `prefix`.
+  void log_most_frequent(const std::string& prefix, size_t top) const {
+    if (!spdlog::should_log(spdlog::level::debug)) return;
+    for (const auto& [name, count] : most_frequent(top)) {
+      spdlog::debug("{}{} x {}", prefix, count, name);
+    }
   }
 
   // The `top` most frequent operators, most frequent first.

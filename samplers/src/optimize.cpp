@@ -117,8 +117,8 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   // survive. next [n] is the slot its next pair goes to.
   const torch::Tensor rows = torch::arange(n, opt.dtype(torch::kInt64));
   // b^j, j = 0 .. line_search_batch - 1: the shrink factors of one batched line-search call.
-  const torch::Tensor shrink = torch::pow(torch::full({1, s.line_search_batch}, s.backtrack, opt),
-                                          torch::arange(s.line_search_batch, opt).unsqueeze(0));
+  const torch::Tensor shrink =
+      torch::pow(s.backtrack, torch::arange(s.line_search_batch, opt)).unsqueeze(0);
   torch::Tensor next = torch::zeros({n}, opt.dtype(torch::kInt64));
   std::vector<torch::Tensor> slot_of(mh);  // slot of each start's j-th newest pair
 
