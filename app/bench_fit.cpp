@@ -40,6 +40,8 @@ int run(int argc, char** argv) {
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
       "max-depth", "NUTS maximum tree depth (the fit's default: 10)",
       cxxopts::value<int64_t>()->default_value("10"))(
+      "cuda-graphs", "on|off: replay the sampler's log density from CUDA graphs (CUDA only)",
+      cxxopts::value<std::string>()->default_value("on"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -47,6 +49,10 @@ int run(int argc, char** argv) {
   const Compute compute = compute_from(args);
   const int64_t lenses = args["lenses"].as<int64_t>(), pixels = args["pixels"].as<int64_t>();
   if (lenses < 1 || pixels < 8) throw InvalidArgument("--lenses >= 1 and --pixels >= 8 needed");
+  const std::string graphs = args["cuda-graphs"].as<std::string>();
+  if (graphs != "on" && graphs != "off") {
+    throw InvalidArgument("--cuda-graphs: expected on or off, got '" + graphs + "'");
+  }
 
   const fs::path dir =
       fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
@@ -125,7 +131,8 @@ int run(int argc, char** argv) {
          {{"chains", args["chains"].as<int64_t>()},
           {"warmup", args["warmup"].as<int64_t>()},
           {"draws", args["draws"].as<int64_t>()},
-          {"max_depth", args["max-depth"].as<int64_t>()}}}};
+          {"max_depth", args["max-depth"].as<int64_t>()},
+          {"cuda_graphs", graphs == "on"}}}};
     std::ofstream(dir / "configs" / (name + ".json")) << fit.dump(2);
   }
 
@@ -169,6 +176,7 @@ int run(int argc, char** argv) {
               {"warmup_seconds", warm_s},
               {"sampling_seconds", samp_s},
               {"max_depth", args["max-depth"].as<int64_t>()},
+              {"cuda_graphs", graphs},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
               {"leapfrog_steps_per_iteration", grads / chain_iterations},
               {"min_bulk_ess_lens_params", min_ess},

@@ -73,6 +73,8 @@ struct SamplerChoice {
   double metric_prior_count = -1.0;
   uint64_t seed = 0;
   int64_t num_steps = 16;  // HMC only
+  // On a CUDA device, replay the sampler's log density from CUDA graphs (samplers/cuda_graph.h).
+  bool cuda_graphs = true;
 };
 
 struct FitConfig {

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <memory>
 
+#include "cuda_graphs.h"
 #include "dslens/core/errors.h"
 #include "dslens/core/output_dir.h"
 #include "dslens/model/lens_posterior.h"
@@ -202,6 +203,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   const model::LensPosterior posterior(first.model.spec(first.data.grid, psf), space, data,
                                        compute);
   const auto log_density = posterior.log_density();
+  // MAP and sampler calls replayed from CUDA graphs on a GPU (app/cuda_graphs.h).
+  const CudaGraphScope graphs(posterior, first.sampler.cuda_graphs);
 
   const std::string tag = options.checkpoint_dir + "/batch" + std::to_string(batch_index);
   const std::string map_file = tag + "-map.pt", chains_file = tag + "-chains.pt";
@@ -351,13 +354,19 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       s.on_progress = [&bar](const samplers::SamplerProgress& p) { bar.update(p); };
       spdlog::info("{}: {} lens(es) x {} chains, {} warmup + {} draws", sc.algorithm, n_lenses,
                    chains, sc.warmup, sc.draws);
+      auto graph_stats = std::make_shared<samplers::CudaGraphStats>();
+      const auto sampling_density = graphed_if_active(log_density, graph_stats);
       try {
-        sampled = sc.algorithm == "nuts" ? samplers::sample_nuts(log_density, init, nuts)
-                                         : samplers::sample_hmc(log_density, init, hmc);
+        sampled = sc.algorithm == "nuts" ? samplers::sample_nuts(sampling_density, init, nuts)
+                                         : samplers::sample_hmc(sampling_density, init, hmc);
       } catch (const StopAfterWarmup&) {
         spdlog::info("batch {}: stopped after warmup; sampler state in {}", batch_index,
                      sampler_file);
         return {};
+      }
+      if (const auto& g = *graph_stats; g.captured + g.eager_shapes > 0) {
+        spdlog::info("batch {}: cuda graphs: {} shape(s) captured, {} replayed calls, {} eager",
+                     batch_index, g.captured, g.replays, g.eager_calls);
       }
       save_tensors(chains_file,
                    {sampled.draws, sampled.log_density, sampled.step_size, sampled.tree_depth,

@@ -1,5 +1,7 @@
 #include "map_search.h"
 
+#include "cuda_graphs.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -56,9 +58,11 @@ class MapBar {
 // The objective of a stage: blur 0 = exact; > 0 = residuals blurred by that sigma (pixels).
 using Objective = std::function<samplers::LogDensityFn(double blur)>;
 
+// Replayed from CUDA graphs inside the fit's CudaGraphScope (app/cuda_graphs.h).
 Objective objective_of(const model::LensPosterior& posterior) {
   return [&posterior](double blur) {
-    return blur > 0 ? posterior.log_density_smoothed(blur) : posterior.log_density();
+    return graphed_if_active(blur > 0 ? posterior.log_density_smoothed(blur)
+                                      : posterior.log_density());
   };
 }
 

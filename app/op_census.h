@@ -39,6 +39,14 @@ class OpCensus {
     return n;
   }
 
+  // Calls of one operator, e.g. "aten::_local_scalar_dense" (what .item() runs: a read back from
+  // the device, which a captured CUDA graph cannot contain).
+  int64_t count(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    const auto it = state().by_name.find(name);
+    return it == state().by_name.end() ? 0 : it->second;
+  }
+
   // Logs the `top` most frequent operators at debug level, one line each after `prefix`.
   void log_most_frequent(const std::string& prefix, size_t top) const {
     if (!spdlog::should_log(spdlog::level::debug)) return;

@@ -1,5 +1,6 @@
 #include "dslens/model/lens_posterior.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "dslens/core/errors.h"
@@ -23,6 +24,17 @@ physics::ParamMap bind(const ProfileBinding& binding,
     p["e2"] = f * torch::sin(2 * phi);
   }
   return p;
+}
+
+// Each lens's entry [L, ...] repeated for its `per` rows, lens-major: [L * per, ...]. Not
+// repeat_interleave, which reads its output size back from the device (a host sync, and nothing a
+// CUDA graph can capture).
+torch::Tensor per_row(const torch::Tensor& per_lens, int64_t per) {
+  auto shape = per_lens.sizes().vec();
+  shape.insert(shape.begin() + 1, per);
+  auto out_shape = per_lens.sizes().vec();
+  out_shape[0] *= per;
+  return per_lens.unsqueeze(1).expand(shape).reshape(out_shape);
 }
 
 void check_binding(const ProfileBinding& b, const ParameterSpace& space) {
@@ -93,6 +105,30 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
 }
 
+std::optional<double> LensPosterior::epl_ellipticity_bound() const {
+  double bound = 0.0;
+  const auto largest_abs = [this](const std::string& name) {
+    const auto [lo, hi] = space_.range(name);
+    return std::max(std::abs(lo), std::abs(hi));
+  };
+  for (const auto& b : spec_.mass) {
+    if (b.type != "EPL") continue;
+    double e = 0.0;
+    if (b.params.count("q")) {
+      // |e| = (1-q)/(1+q) falls with q, whatever phi is.
+      const double q_lo = std::clamp(space_.range(b.params.at("q")).first, 0.0, 1.0);
+      e = (1.0 - q_lo) / (1.0 + q_lo);
+    } else if (b.params.count("e1") && b.params.count("e2")) {
+      e = std::hypot(largest_abs(b.params.at("e1")), largest_abs(b.params.at("e2")));
+    } else {
+      return std::nullopt;  // the physics will name what is missing
+    }
+    if (!std::isfinite(e)) return std::nullopt;
+    bound = std::max(bound, e);
+  }
+  return bound;
+}
+
 LensPosterior LensPosterior::with_noise_scaled(double factor) const {
   if (!(factor > 0.0) || !std::isfinite(factor)) {
     throw InvalidArgument("noise scale factor must be a positive number, got " +
@@ -118,7 +154,7 @@ physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int
   m.supersampling = spec_.supersampling;
   m.psf_kernel = spec_.psf_kernel;
   if (m.psf_kernel && m.psf_kernel->dim() == 3) {
-    m.psf_kernel = m.psf_kernel->repeat_interleave(rows_per_lens(batch), 0);
+    m.psf_kernel = per_row(*m.psf_kernel, rows_per_lens(batch));
   }
   for (const auto& b : spec_.mass)
     m.lens.add(physics::make_mass_profile(b.type), bind(b, un.values));
@@ -152,10 +188,17 @@ torch::Tensor LensPosterior::chi_square_of(const ParameterSpace::Unpacked& un, i
   const auto rm = torch::where(weight_.unsqueeze(1) > 0, r, torch::zeros_like(r))
                       .reshape({rows, 1, g.ny, g.nx});
   const int64_t half = static_cast<int64_t>(std::ceil(3.0 * blur_pixels));
+  // The normalisations in plain float64 on the host, so that nothing is read back from the
+  // device or copied to it (a captured CUDA graph can contain neither).
+  double norm = 0.0, sum_sq = 0.0;
+  for (int64_t i = -half; i <= half; ++i) {
+    const double w = std::exp(-0.5 * double(i * i) / (blur_pixels * blur_pixels));
+    norm += w;
+    sum_sq += w * w;
+  }
+  const double sum_g2 = std::pow(sum_sq / (norm * norm), 2);  // of the 2-d kernel
   auto k = torch::arange(-half, half + 1, model.options());
-  k = torch::exp(-0.5 * k * k / (blur_pixels * blur_pixels));
-  k = k / k.sum();
-  const double sum_g2 = std::pow((k * k).sum().item<double>(), 2);  // of the 2-d kernel
+  k = torch::exp(-0.5 * k * k / (blur_pixels * blur_pixels)) / norm;
   const torch::Tensor no_bias;
   auto rb = torch::conv2d(rm, k.view({1, 1, 1, -1}), no_bias, torch::IntArrayRef{1, 1},
                           torch::IntArrayRef{0, half});
@@ -172,7 +215,7 @@ torch::Tensor LensPosterior::chi_square(const torch::Tensor& u) const {
 
 torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
   const int64_t per = rows_per_lens(u.size(0));
-  return -0.5 * chi_square(u) + log_norm_.repeat_interleave(per, 0);
+  return -0.5 * chi_square(u) + per_row(log_norm_, per);
 }
 
 torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
@@ -182,8 +225,7 @@ torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
 torch::Tensor LensPosterior::log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const {
   const auto un = space_.unpack(u);
   const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  return un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) +
-         log_norm_.repeat_interleave(per, 0);
+  return un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) + per_row(log_norm_, per);
 }
 
 samplers::LogDensityFn LensPosterior::log_density_smoothed(double blur_pixels) const {

@@ -1,5 +1,7 @@
 #include "dslens/model/parameter_space.h"
 
+#include <limits>
+
 #include "dslens/core/errors.h"
 
 namespace dslens::model {
@@ -45,6 +47,20 @@ const ParameterSpace::Entry& ParameterSpace::find(const std::string& name) const
 
 bool ParameterSpace::is_fixed(const std::string& name) const {
   return find(name).kind == Entry::Kind::kFixed;
+}
+
+std::pair<double, double> ParameterSpace::range(const std::string& name) const {
+  const Entry& e = find(name);
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  switch (e.kind) {
+    case Entry::Kind::kFixed:
+      return {e.value, e.value};
+    case Entry::Kind::kFree:
+      return {e.prior->lower(), e.prior->upper()};
+    case Entry::Kind::kBlock:
+      break;
+  }
+  return {-inf, inf};
 }
 
 std::vector<std::string> ParameterSpace::coordinate_names() const {

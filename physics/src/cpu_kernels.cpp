@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <atomic>
 
 #include "dslens/physics/profile.h"
@@ -10,6 +11,11 @@ std::atomic<bool>& enabled() {
   return on;
 }
 
+std::atomic<int>& epl_terms() {
+  static std::atomic<int> n{0};
+  return n;
+}
+
 }  // namespace cpu_kernels_detail
 
 void set_cpu_kernels(bool on) {
@@ -18,6 +24,14 @@ void set_cpu_kernels(bool on) {
 
 bool cpu_kernels() {
   return cpu_kernels_detail::enabled().load();
+}
+
+void set_epl_series_terms(int n) {
+  cpu_kernels_detail::epl_terms().store(std::max(n, 0));
+}
+
+int fixed_epl_series_terms() {
+  return cpu_kernels_detail::epl_terms().load();
 }
 
 }  // namespace dslens::physics

@@ -7,9 +7,8 @@
 
 #include "dslens/core/config.h"
 #include "dslens/model/fit_model.h"
-#include "dslens/nn/checkpoint.h"
-#include "dslens/nn/vae.h"
 #include "test_support.h"
+#include "tiny_vae.h"
 
 using namespace dslens;
 
@@ -23,15 +22,7 @@ nlohmann::json sis_with_source(const nlohmann::json& source) {
 }  // namespace
 
 TEST(SourceEncoder, VaeLatentsIgnoreBrightnessAndAmplitudeMatchesThePeak) {
-  const auto dir = dslens::testing::temp_dir("encoder_vae");
-  torch::manual_seed(3);
-  nn::VaeArch arch;
-  arch.stamp_size = 16;
-  arch.latent_dim = 4;
-  arch.channels = {4, 8};
-  arch.groups = 2;
-  nn::Vae vae(arch, nn::PixelNorm{0.0, 1.0});
-  nn::save_checkpoint(dir, *vae, nullptr, 1, {}, {});
+  const auto dir = dslens::testing::tiny_vae_checkpoint("encoder_vae", 3);
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto fit = model::parse_fit_model(
       ConfigNode(sis_with_source({{"type", "VAE"},

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "app/op_census.h"
 #include "dslens/core/errors.h"
 #include "dslens/physics/mass_profiles.h"
 #include "dslens/physics/profile.h"
@@ -53,6 +54,43 @@ TEST(EPL, SeriesTermsFromAxisRatio) {
   EXPECT_LT(mass::epl_series_terms(0.176, 1e-8), mass::epl_series_terms(0.176, 1e-16));
   const double f = 2.0 / 3.0;
   EXPECT_LT(std::pow(f, n02) * (2 * n02 + 1), 1e-16);
+}
+
+// A fixed series length (what a captured CUDA graph needs: physics::set_epl_series_terms) reads
+// nothing back from the device and, chosen for the batch's largest |e|, gives the deflection of
+// the length chosen per batch; a length too short for the batch is visibly wrong.
+TEST(EPL, FixedSeriesLengthReadsNothingBack) {
+  struct RestoreSeries {
+    ~RestoreSeries() { set_epl_series_terms(0); }
+  } restore;
+  auto [x, y] = grid(17, 2.0);
+  const auto p =
+      epl_params({1.1, 0.8}, {2.05, 1.7}, {0.3, -0.1}, {0.2, 0.25}, {0.05, -0.1}, {-0.02, 0.1});
+  const double emax = std::hypot(0.3, 0.2);  // the larger |e| of the two lenses
+  auto deflect = [&](int64_t& reads) {
+    dslens::app::OpCensus census;
+    auto a = EPLProfile(/*fused=*/false).deflection(x, y, p);
+    reads = census.count("aten::_local_scalar_dense");
+    return a;
+  };
+  int64_t auto_reads = -1, fixed_reads = -1, short_reads = -1;
+  ASSERT_EQ(fixed_epl_series_terms(), 0);
+  const auto a_auto = deflect(auto_reads);
+  const int terms = epl_series_terms_for(emax, torch::kFloat64);
+  EXPECT_EQ(terms, mass::epl_series_terms(emax, mass::epl_series_eps(torch::kFloat64)));
+  set_epl_series_terms(terms);
+  ASSERT_EQ(fixed_epl_series_terms(), terms);
+  const auto a_fixed = deflect(fixed_reads);
+  EXPECT_GE(auto_reads, 1);
+  EXPECT_EQ(fixed_reads, 0);
+  EXPECT_LT(max_scaled(a_fixed.x, a_auto.x), 1e-15);
+  EXPECT_LT(max_scaled(a_fixed.y, a_auto.y), 1e-15);
+  set_epl_series_terms(3);
+  const auto a_short = deflect(short_reads);
+  EXPECT_GT(max_scaled(a_short.x, a_auto.x) + max_scaled(a_short.y, a_auto.y), 1e-4);
+  // Beyond the EPL's clamp of |e| (0.9999) the length does not grow further.
+  EXPECT_EQ(epl_series_terms_for(5.0, torch::kFloat32),
+            epl_series_terms_for(0.9999, torch::kFloat32));
 }
 
 // gamma = 2 (series, fused and tensor) equals the closed-form SIE at q = 0.2; kappa from the

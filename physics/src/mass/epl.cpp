@@ -111,8 +111,12 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   auto yr = -dx * sg + dy * cg;
   auto R = torch::sqrt((q * q * xr * xr + yr * yr).clamp_min(epl_detail::kTinyR2));
   auto f = (1.0 - q) / (1.0 + q);
-  const double fmax = ((1.0 - el.q) / (1.0 + el.q)).detach().max().item<double>();
-  const int nterms = epl_series_terms(fmax, epl_series_eps(x.scalar_type()));
+  // A fixed length (set_epl_series_terms) reads nothing back from the device.
+  int nterms = fixed_epl_series_terms();
+  if (nterms <= 0) {
+    const double fmax = ((1.0 - el.q) / (1.0 + el.q)).detach().max().item<double>();
+    nterms = epl_series_terms(fmax, epl_series_eps(x.scalar_type()));
+  }
   // This path runs wherever the fused CPU kernel does not (CUDA), where every tensor op costs a
   // kernel launch and an autograd node: the series is a polynomial in w = -f e^{2i phi} with
   // per-lens coefficients c_n, omega = e^{i phi} sum_n c_n w^n, evaluated by Horner's rule on
@@ -120,8 +124,14 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   // c_n = prod_{k<=n} (2k-2+t)/(2k+2-t) for n = 1..nterms-1, all at once: [..., nterms-1, 1].
   const auto k = torch::arange(1, nterms, x.options()).unsqueeze(1);
   const auto tt = t.unsqueeze(-2);
+  // As sign x exp(cumsum(log|ratio|)), not cumprod, whose backward reads back whether an input
+  // is zero (a host sync per call on CUDA). The ratios are positive for 1 < gamma < 3; the sign
+  // keeps other slopes' values.
+  const auto ratio = (2.0 * k - 2.0 + tt) / (2.0 * k + 2.0 - tt);
+  const auto negatives = torch::cumsum((ratio < 0).to(ratio.scalar_type()), -2);
+  const auto c_real = (1.0 - 2.0 * torch::fmod(negatives, 2.0)) *
+                      torch::exp(torch::cumsum(torch::log(ratio.abs()), -2));
   // Complex once here, so that the additions below do not each convert a real coefficient.
-  const auto c_real = torch::cumprod((2.0 * k - 2.0 + tt) / (2.0 * k + 2.0 - tt), -2);
   const auto c = torch::complex(c_real, torch::zeros_like(c_real)).unbind(-2);
   auto e_iphi = torch::complex(q * xr / R, yr / R);
   auto w = -f * (e_iphi * e_iphi);
@@ -138,6 +148,12 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
 }
 
 }  // namespace mass
+
+int epl_series_terms_for(double max_abs_e, torch::ScalarType dtype) {
+  // f = (1-q)/(1+q) = |e| for q = (1-|e|)/(1+|e|), with |e| clamped as in ellipse_from_e.
+  const double f = std::isfinite(max_abs_e) ? std::clamp(max_abs_e, 0.0, 0.9999) : 0.9999;
+  return mass::epl_series_terms(f, mass::epl_series_eps(dtype));
+}
 
 std::vector<std::string> EPLProfile::param_names() const {
   return {"theta_E", "gamma", "e1", "e2", "center_x", "center_y"};

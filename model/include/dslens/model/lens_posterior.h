@@ -54,6 +54,10 @@ class LensPosterior {
 
   const ParameterSpace& space() const { return space_; }
   const Compute& compute() const { return compute_; }
+  // The largest ellipticity |e| = sqrt(e1^2 + e2^2) any EPL of the model can take under its
+  // priors (from e1/e2 or from q's lower bound), for a fixed EPL series length
+  // (physics::epl_series_terms_for); 0 without an EPL, nullopt when a prior leaves |e| unbounded.
+  std::optional<double> epl_ellipticity_bound() const;
   // The physics for constrained values of `rows` rows (lens-major, see ImagingData). Without
   // `with_sources` the source light is left out (no decoder pass): the lens and lens light only.
   physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows,

@@ -34,6 +34,9 @@ class ParameterSpace {
   std::vector<std::string> free_names() const;  // free scalars and blocks, in order
   bool has(const std::string& name) const;
   bool is_fixed(const std::string& name) const;
+  // The values a scalar parameter can take: [v, v] when fixed, its prior's support when free
+  // (bounds may be infinite); (-inf, inf) for a block's coordinates.
+  std::pair<double, double> range(const std::string& name) const;
 
   Unpacked unpack(const torch::Tensor& u) const;
   // Constrained values of every coordinate [C, D], in coordinate_names() order.

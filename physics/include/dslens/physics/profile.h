@@ -63,6 +63,18 @@ std::vector<std::string> light_profile_types();
 void set_cpu_kernels(bool on);
 bool cpu_kernels();
 
+// The EPL's tensor-op series (the CUDA path) takes its length from the batch's largest
+// ellipticity, which reads one number back from the device on every call: a host sync, and an
+// operation a captured CUDA graph cannot contain. With a fixed length n > 0 every call takes n
+// terms and reads nothing back; 0 restores the choice per batch. A fixed length is exact to the
+// dtype's precision for |e| up to the bound it was chosen for (epl_series_terms_for).
+// Process-wide, like set_cpu_kernels.
+void set_epl_series_terms(int n);
+int fixed_epl_series_terms();
+// Terms that keep the series' truncation below the dtype's precision for every |e| <= max_abs_e
+// (|e| = sqrt(e1^2 + e2^2) = (1-q)/(1+q), the ratio the series converges with).
+int epl_series_terms_for(double max_abs_e, torch::ScalarType dtype);
+
 // A parameter of shape [B] reshaped to broadcast against coordinates of shape [B, N] (or [1, N]).
 inline Tensor per_batch(const Tensor& param, const Tensor& like) {
   std::vector<int64_t> shape(like.dim(), 1);

@@ -1,0 +1,205 @@
+#include "dslens/samplers/cuda_graph.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <exception>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "dslens/core/errors.h"
+
+#ifdef DSLENS_WITH_CUDA_GRAPHS
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/cuda.h>
+#endif
+
+namespace dslens::samplers {
+namespace cuda_graph_detail {
+
+// Largest |a - b| over the entries finite in both, relative to the largest finite |b|; infinity
+// when a and b are not finite at the same entries (a replay that lost a rejection, or made one).
+double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto fa = torch::isfinite(a), fb = torch::isfinite(b);
+  if (!torch::equal(fa, fb)) return std::numeric_limits<double>::infinity();
+  const auto zero = torch::zeros_like(b);
+  const auto diff = torch::where(fb, (a - b).abs(), zero).max().item<double>();
+  const auto scale = torch::where(fb, b.abs(), zero).max().item<double>();
+  return diff / std::max(scale, std::numeric_limits<double>::min());
+}
+
+double relative_difference(const LogDensityValue& a, const LogDensityValue& b) {
+  return std::max(relative_difference(a.log_p, b.log_p), relative_difference(a.grad, b.grad));
+}
+
+std::string shape_key(const torch::Tensor& q) {
+  std::ostringstream os;
+  os << q.sizes() << ' ' << q.dtype() << ' ' << q.device();
+  return os.str();
+}
+
+}  // namespace cuda_graph_detail
+
+void CudaGraphSettings::validate() const {
+  if (warmup_calls < 1) {
+    throw InvalidArgument("cuda graphs: warmup_calls must be >= 1, got " +
+                          std::to_string(warmup_calls));
+  }
+  if (max_graphs < 0) {
+    throw InvalidArgument("cuda graphs: max_graphs must be >= 0, got " +
+                          std::to_string(max_graphs));
+  }
+  if (!(rtol_float32 > 0) || !(rtol_float64 > 0)) {
+    throw InvalidArgument("cuda graphs: the replay tolerances must be > 0");
+  }
+}
+
+#ifdef DSLENS_WITH_CUDA_GRAPHS
+
+bool cuda_graphs_compiled() {
+  return true;
+}
+
+namespace cuda_graph_detail {
+
+struct Captured {
+  bool eager_only = false;
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  torch::Tensor input;     // the graph reads its positions here
+  LogDensityValue output;  // and writes its results here, overwritten by every replay
+};
+
+LogDensityValue replay(Captured& c, const torch::Tensor& q) {
+  c.input.copy_(q);
+  c.graph->replay();
+  // Clones: the caller keeps results across calls (NUTS holds a tree's ends), the next replay
+  // overwrites the graph's own.
+  return {c.output.log_p.clone(), c.output.grad.clone()};
+}
+
+// Captures eager(c.input) on a side stream (graphs cannot be captured on the default stream),
+// after warmup calls there that create what a first call creates (cuBLAS / cuDNN handles,
+// autograd's device threads, the caching allocator's blocks).
+void capture(Captured& c, const LogDensityFn& eager, const torch::Tensor& q,
+             const CudaGraphSettings& s) {
+  const auto index = q.device().index();
+  c10::cuda::CUDAGuard device_guard(q.device());
+  c.input = q.detach().clone();
+  torch::cuda::synchronize(index);
+  auto side = c10::cuda::getStreamFromPool(false, index);
+  {
+    c10::cuda::CUDAStreamGuard stream_guard(side);
+    for (int64_t i = 0; i < s.warmup_calls; ++i) (void)eager(c.input);
+    side.synchronize();
+    c.graph = std::make_unique<at::cuda::CUDAGraph>();
+    c.graph->capture_begin();
+    try {
+      c.output = eager(c.input);
+    } catch (...) {
+      // End the stream's capture mode before the error leaves; the graph is discarded.
+      try {
+        c.graph->capture_end();
+      } catch (...) {
+      }
+      c.graph.reset();
+      throw;
+    }
+    c.graph->capture_end();
+  }
+  torch::cuda::synchronize(index);
+}
+
+}  // namespace cuda_graph_detail
+
+LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
+                          std::shared_ptr<CudaGraphStats> stats) {
+  using namespace cuda_graph_detail;
+  settings.validate();
+  if (!stats) stats = std::make_shared<CudaGraphStats>();
+  auto graphs = std::make_shared<std::map<std::string, Captured>>();
+  return [eager = std::move(eager), settings, stats, graphs](const torch::Tensor& q) {
+    if (!q.is_cuda()) {
+      ++stats->eager_calls;
+      return eager(q);
+    }
+    const std::string key = shape_key(q);
+    auto it = graphs->find(key);
+    if (it != graphs->end()) {
+      if (it->second.eager_only) {
+        ++stats->eager_calls;
+        return eager(q);
+      }
+      ++stats->replays;
+      return replay(it->second, q);
+    }
+    Captured& c = (*graphs)[key];
+    ++stats->eager_calls;
+    const LogDensityValue reference = eager(q);
+    if (static_cast<int64_t>(graphs->size()) > settings.max_graphs) {
+      c.eager_only = true;
+      ++stats->eager_shapes;
+      spdlog::info("cuda graphs: {} shapes captured already; positions {} run eagerly",
+                   settings.max_graphs, key);
+      return reference;
+    }
+    const double rtol =
+        q.scalar_type() == torch::kFloat64 ? settings.rtol_float64 : settings.rtol_float32;
+    try {
+      capture(c, eager, q, settings);
+      // The capture's own positions, then the rows reversed: a graph that did not read its input
+      // would return the first answer again.
+      double diff = relative_difference(replay(c, q), reference);
+      if (q.size(0) > 1 && diff <= rtol) {
+        const auto flipped = q.flip({0});
+        const LogDensityValue flipped_reference{reference.log_p.flip({0}),
+                                                reference.grad.flip({0})};
+        diff = std::max(diff, relative_difference(replay(c, flipped), flipped_reference));
+      }
+      if (!(diff <= rtol)) {
+        spdlog::warn(
+            "cuda graphs: the replay of positions {} differs from the eager call by {:.3g} "
+            "(relative; allowed {:.1g}): this shape runs eagerly",
+            key, diff, rtol);
+        c = Captured{};
+        c.eager_only = true;
+        ++stats->eager_shapes;
+        return reference;
+      }
+    } catch (const std::exception& e) {
+      spdlog::warn("cuda graphs: capturing positions {} failed ({}); this shape runs eagerly", key,
+                   e.what());
+      c = Captured{};
+      c.eager_only = true;
+      ++stats->eager_shapes;
+      return reference;
+    }
+    ++stats->captured;
+    spdlog::debug("cuda graphs: captured the log density of positions {}", key);
+    return reference;
+  };
+}
+
+#else
+
+bool cuda_graphs_compiled() {
+  return false;
+}
+
+LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
+                          std::shared_ptr<CudaGraphStats> stats) {
+  settings.validate();
+  if (!stats) stats = std::make_shared<CudaGraphStats>();
+  return [eager = std::move(eager), stats](const torch::Tensor& q) {
+    ++stats->eager_calls;
+    return eager(q);
+  };
+}
+
+#endif
+
+}  // namespace dslens::samplers
