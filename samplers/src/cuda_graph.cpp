@@ -50,6 +50,10 @@ void CudaGraphSettings::validate() const {
     throw InvalidArgument("cuda graphs: warmup_calls must be >= 1, got " +
                           std::to_string(warmup_calls));
   }
+  if (recheck_every < 0) {
+    throw InvalidArgument("cuda graphs: recheck_every must be >= 0, got " +
+                          std::to_string(recheck_every));
+  }
   if (max_graphs < 0) {
     throw InvalidArgument("cuda graphs: max_graphs must be >= 0, got " +
                           std::to_string(max_graphs));
@@ -69,6 +73,7 @@ namespace cuda_graph_detail {
 
 struct Captured {
   bool eager_only = false;
+  int64_t replays = 0;
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   torch::Tensor input;     // the graph reads its positions here
   LogDensityValue output;  // and writes its results here, overwritten by every replay
@@ -134,8 +139,31 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
         ++stats->eager_calls;
         return eager(q);
       }
+      Captured& c = it->second;
       ++stats->replays;
-      return replay(it->second, q);
+      ++c.replays;
+      if (settings.recheck_every == 0 || c.replays % settings.recheck_every != 0) {
+        return replay(c, q);
+      }
+      LogDensityValue replayed = replay(c, q);
+      ++stats->rechecks;
+      ++stats->eager_calls;
+      LogDensityValue reference = eager(q);
+      const double diff = relative_difference(replayed, reference);
+      const double rtol =
+          q.scalar_type() == torch::kFloat64 ? settings.rtol_float64 : settings.rtol_float32;
+      if (!(diff <= rtol)) {
+        spdlog::warn(
+            "cuda graphs: after {} replays, positions {} differ from the eager call by {:.3g} "
+            "(relative; allowed {:.1g}): this shape runs eagerly from now on",
+            c.replays, key, diff, rtol);
+        c = Captured{};
+        c.eager_only = true;
+        ++stats->eager_shapes;
+        --stats->captured;
+        return reference;
+      }
+      return replayed;
     }
     Captured& c = (*graphs)[key];
     ++stats->eager_calls;

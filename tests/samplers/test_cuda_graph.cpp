@@ -45,6 +45,9 @@ TEST(CudaGraph, SettingsAreValidated) {
   s = CudaGraphSettings{};
   s.rtol_float32 = 0.0;
   EXPECT_THROW(cuda_graphed(autograd_log_density(banana), s), dslens::InvalidArgument);
+  s = CudaGraphSettings{};
+  s.recheck_every = -1;
+  EXPECT_THROW(cuda_graphed(autograd_log_density(banana), s), dslens::InvalidArgument);
 }
 
 TEST(CudaGraph, ReplaysMatchEagerCallsOnNewPositions) {
@@ -53,7 +56,9 @@ TEST(CudaGraph, ReplaysMatchEagerCallsOnNewPositions) {
   }
   auto stats = std::make_shared<CudaGraphStats>();
   const auto eager = autograd_log_density(banana);
-  const auto graphed = cuda_graphed(eager, {}, stats);
+  CudaGraphSettings settings;
+  settings.recheck_every = 2;
+  const auto graphed = cuda_graphed(eager, settings, stats);
   const auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kCUDA);
   for (int call = 0; call < 4; ++call) {
     const auto q = torch::randn({6, 5}, opts);
@@ -61,6 +66,7 @@ TEST(CudaGraph, ReplaysMatchEagerCallsOnNewPositions) {
   }
   EXPECT_EQ(stats->captured, 1);
   EXPECT_EQ(stats->replays, 3);
+  EXPECT_EQ(stats->rechecks, 1);  // the second replay
   // Another shape gets its own graph.
   const auto q = torch::randn({2, 5}, opts);
   expect_same(graphed(q), eager(q), 1e-12);
