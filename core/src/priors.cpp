@@ -1,6 +1,7 @@
 #include "dslens/core/priors.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "dslens/core/errors.h"
 
@@ -287,6 +288,91 @@ nlohmann::json Prior::to_json() const {
               {"upper", upper_}};
   }
   return {};
+}
+
+}  // namespace dslens
+
+namespace dslens {
+
+PriorGroup::PriorGroup(std::vector<Prior> priors) : priors_(std::move(priors)) {
+  if (priors_.empty()) throw InvalidArgument("a prior group needs at least one prior");
+  kind_ = priors_.front().kind();
+  for (const auto& p : priors_) {
+    if (p.kind() != kind_) throw InvalidArgument("a prior group holds priors of one kind");
+    switch (kind_) {
+      case Prior::Kind::kUniform:
+        break;  // -log(b - a) cancels against the interval bijection's log(b - a)
+      case Prior::Kind::kNormal:
+      case Prior::Kind::kLogNormal:
+        log_norm_ += -std::log(p.b_) - kLogSqrt2Pi;
+        break;
+      case Prior::Kind::kTruncatedNormal: {
+        const double mass =
+            normal_cdf((p.upper_ - p.a_) / p.b_) - normal_cdf((p.lower_ - p.a_) / p.b_);
+        log_norm_ += -std::log(p.b_) - kLogSqrt2Pi - std::log(mass) + std::log(p.upper_ - p.lower_);
+        break;
+      }
+    }
+  }
+}
+
+const PriorGroup::Constants& PriorGroup::constants(const torch::TensorOptions& options) const {
+  std::ostringstream key;
+  key << options.device() << ' ' << options.dtype();
+  std::lock_guard<std::mutex> lock(*mutex_);
+  auto it = cache_->find(key.str());
+  if (it != cache_->end()) return it->second;
+  std::vector<double> lower, upper, loc, scale;
+  for (const auto& p : priors_) {
+    lower.push_back(p.lower_);
+    upper.push_back(p.upper_);
+    loc.push_back(p.a_);
+    scale.push_back(p.b_);
+  }
+  const auto to = [&options](const std::vector<double>& v) {
+    return torch::tensor(v, torch::kFloat64).to(options);
+  };
+  return (*cache_)[key.str()] = Constants{to(lower), to(upper), to(loc), to(scale)};
+}
+
+PriorGroup::Result PriorGroup::forward(const torch::Tensor& u) const {
+  const auto& c = constants(u.options());
+  const double inf = std::numeric_limits<double>::infinity();
+  torch::Tensor x, ld, inside;
+  switch (kind_) {
+    case Prior::Kind::kUniform:
+    case Prior::Kind::kTruncatedNormal: {
+      // Interval bijection: x = lower + (upper - lower) sigmoid(u), log|J| = log(upper - lower)
+      // - softplus(-u) - softplus(u); log(upper - lower) is folded into log_norm_ (uniform: it
+      // cancels the density -log(upper - lower)).
+      x = c.lower + (c.upper - c.lower) * torch::sigmoid(u);
+      ld = -torch::nn::functional::softplus(-u) - torch::nn::functional::softplus(u);
+      if (kind_ == Prior::Kind::kTruncatedNormal) {
+        const auto z = (x - c.loc) / c.scale;
+        ld = ld - 0.5 * z * z;
+      }
+      inside = (x >= c.lower) & (x <= c.upper);
+      break;
+    }
+    case Prior::Kind::kNormal: {
+      x = u;
+      const auto z = (x - c.loc) / c.scale;
+      ld = -0.5 * z * z;
+      inside = torch::isfinite(x);
+      break;
+    }
+    case Prior::Kind::kLogNormal: {
+      // Lower-bounded bijection at 0: x = exp(u), log|J| = u; log p = -z^2/2 - log x + const.
+      x = torch::exp(u);
+      const auto lx = torch::log(torch::clamp_min(x, 1e-300));
+      const auto z = (lx - c.loc) / c.scale;
+      ld = -0.5 * z * z - lx + u;
+      inside = x > 0;
+      break;
+    }
+  }
+  ld = torch::where(inside, ld, torch::full_like(ld, -inf));
+  return {x, ld.sum(1) + log_norm_};
 }
 
 }  // namespace dslens

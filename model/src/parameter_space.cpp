@@ -1,6 +1,7 @@
 #include "dslens/model/parameter_space.h"
 
 #include <limits>
+#include <sstream>
 
 #include "dslens/core/errors.h"
 
@@ -13,6 +14,7 @@ void ParameterSpace::check_new(const std::string& name) const {
 void ParameterSpace::add_fixed(const std::string& name, double value) {
   check_new(name);
   entries_.push_back({name, Entry::Kind::kFixed, value, std::nullopt, 0, 0});
+  regroup();
 }
 
 void ParameterSpace::add_free(const std::string& name, const Prior& prior,
@@ -25,6 +27,7 @@ void ParameterSpace::add_free(const std::string& name, const Prior& prior,
   }
   entries_.push_back({name, Entry::Kind::kFree, start, prior, dim_, 1});
   dim_ += 1;
+  regroup();
 }
 
 void ParameterSpace::add_standard_normal_block(const std::string& name, int64_t size) {
@@ -32,6 +35,49 @@ void ParameterSpace::add_standard_normal_block(const std::string& name, int64_t 
   if (size <= 0) throw InvalidArgument("parameter block '" + name + "' needs a positive size");
   entries_.push_back({name, Entry::Kind::kBlock, 0.0, Prior::normal(0, 1), dim_, size});
   dim_ += size;
+  regroup();
+}
+
+void ParameterSpace::regroup() {
+  groups_.clear();
+  fixed_entries_.clear();
+  for (const auto kind : {Prior::Kind::kUniform, Prior::Kind::kNormal, Prior::Kind::kLogNormal,
+                          Prior::Kind::kTruncatedNormal}) {
+    std::vector<Prior> priors;
+    std::vector<size_t> members;
+    std::vector<int64_t> columns;
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      const auto& e = entries_[i];
+      if (e.kind != Entry::Kind::kFree || e.prior->kind() != kind) continue;
+      priors.push_back(*e.prior);
+      members.push_back(i);
+      columns.push_back(e.offset);
+    }
+    if (!priors.empty()) groups_.push_back({PriorGroup(priors), members, columns});
+  }
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    if (entries_[i].kind == Entry::Kind::kFixed) fixed_entries_.push_back(i);
+  }
+  // Copies made before this call keep their own cache; this space starts a new one.
+  mutex_ = std::make_shared<std::mutex>();
+  cache_ = std::make_shared<std::map<std::string, DeviceConstants>>();
+}
+
+const ParameterSpace::DeviceConstants& ParameterSpace::device_constants(
+    const torch::TensorOptions& options) const {
+  std::ostringstream key;
+  key << options.device() << ' ' << options.dtype();
+  std::lock_guard<std::mutex> lock(*mutex_);
+  auto it = cache_->find(key.str());
+  if (it != cache_->end()) return it->second;
+  DeviceConstants c;
+  for (const auto& g : groups_) {
+    c.columns.push_back(torch::tensor(g.columns, torch::kLong).to(options.device()));
+  }
+  std::vector<double> fixed;
+  for (const size_t i : fixed_entries_) fixed.push_back(entries_[i].value);
+  c.fixed = torch::tensor(fixed, torch::kFloat64).to(options);
+  return (*cache_)[key.str()] = std::move(c);
 }
 
 bool ParameterSpace::has(const std::string& name) const {
@@ -88,29 +134,25 @@ ParameterSpace::Unpacked ParameterSpace::unpack(const torch::Tensor& u) const {
                           std::to_string(u.dim()) + "-d");
   }
   const int64_t chains = u.size(0);
+  const DeviceConstants& c = device_constants(u.options());
   Unpacked out;
   out.log_prior = torch::zeros({chains}, u.options());
-  for (const auto& e : entries_) {
-    switch (e.kind) {
-      case Entry::Kind::kFixed:
-        out.values[e.name] = torch::full({chains}, e.value, u.options());
-        break;
-      case Entry::Kind::kFree: {
-        const auto ui = u.select(1, e.offset);
-        const auto bij = e.prior->bijection();
-        const auto x = bij.forward(ui);
-        out.values[e.name] = x;
-        out.log_prior = out.log_prior + e.prior->log_prob(x) + bij.log_abs_det_jacobian(ui);
-        break;
-      }
-      case Entry::Kind::kBlock: {
-        const auto z = u.narrow(1, e.offset, e.size);
-        out.values[e.name] = z;
-        // Standard normal: -z^2/2 - log sqrt(2 pi) per coordinate.
-        out.log_prior = out.log_prior - 0.5 * (z * z).sum(1) - e.size * 0.91893853320467274178;
-        break;
-      }
+  for (size_t j = 0; j < fixed_entries_.size(); ++j) {
+    out.values[entries_[fixed_entries_[j]].name] = c.fixed.select(0, j).expand({chains});
+  }
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const auto r = groups_[g].priors.forward(u.index_select(1, c.columns[g]));
+    out.log_prior = out.log_prior + r.log_density;
+    for (size_t j = 0; j < groups_[g].entries.size(); ++j) {
+      out.values[entries_[groups_[g].entries[j]].name] = r.x.select(1, j);
     }
+  }
+  for (const auto& e : entries_) {
+    if (e.kind != Entry::Kind::kBlock) continue;
+    const auto z = u.narrow(1, e.offset, e.size);
+    out.values[e.name] = z;
+    // Standard normal: -z^2/2 - log sqrt(2 pi) per coordinate.
+    out.log_prior = out.log_prior - 0.5 * (z * z).sum(1) - e.size * 0.91893853320467274178;
   }
   return out;
 }

@@ -88,3 +88,14 @@ TEST(Priors, ParseErrorsNameThePath) {
       dslens::json::parse(R"({"g": {"prior": "normal", "mean": 0, "sigma": 1, "init": 0.1}})");
   EXPECT_EQ(Prior::parse(dslens::ConfigNode::root(j3).at("g")).kind(), Prior::Kind::kNormal);
 }
+
+TEST(PriorGroup, HoldsPriorsOfOneKind) {
+  EXPECT_THROW(dslens::PriorGroup({}), dslens::InvalidArgument);
+  EXPECT_THROW(dslens::PriorGroup({dslens::Prior::uniform(0, 1), dslens::Prior::normal(0, 1)}),
+               dslens::InvalidArgument);
+  const dslens::PriorGroup g({dslens::Prior::normal(0, 1), dslens::Prior::normal(1, 2)});
+  EXPECT_EQ(g.size(), 2);
+  // log N(0 | 0, 1) + log N(1 | 1, 2), identity bijection.
+  const auto r = g.forward(torch::tensor({{0.0, 1.0}}, torch::kFloat64));
+  EXPECT_NEAR(r.log_density.item<double>(), -2 * 0.91893853320467274178 - std::log(2.0), 1e-14);
+}

@@ -8,6 +8,8 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,6 +66,26 @@ class ParameterSpace {
   void check_new(const std::string& name) const;
   std::vector<Entry> entries_;
   int64_t dim_ = 0;
+
+  // unpack() evaluates the free scalars by prior kind, all columns of a kind in one PriorGroup
+  // (one tensor op per step for all of them: on a GPU a kernel per step, not per parameter), and
+  // takes the fixed values from one cached tensor. Rebuilt by every add_*.
+  struct Group {
+    PriorGroup priors;
+    std::vector<size_t> entries;   // indices into entries_
+    std::vector<int64_t> columns;  // their offsets in u
+  };
+  void regroup();
+  // Per device and dtype: each group's column indices (int64) and the fixed values [n_fixed].
+  struct DeviceConstants {
+    std::vector<torch::Tensor> columns;
+    torch::Tensor fixed;
+  };
+  const DeviceConstants& device_constants(const torch::TensorOptions& options) const;
+  std::vector<Group> groups_;
+  std::vector<size_t> fixed_entries_;
+  std::shared_ptr<std::mutex> mutex_ = std::make_shared<std::mutex>();
+  std::shared_ptr<std::map<std::string, DeviceConstants>> cache_;
 };
 
 }  // namespace dslens::model
