@@ -157,6 +157,15 @@ int run(int argc, char** argv) {
       min_ess = std::min(min_ess, row["ess_bulk"].get<double>());
     }
   }
+  // What the CUDA graphs did (fit.log keeps the info lines the console did not show).
+  json graph_lines = json::array();
+  {
+    std::ifstream log(dir / "fit" / "fit.log");
+    for (std::string line; std::getline(log, line);) {
+      const auto at = line.find("cuda graphs:");
+      if (at != std::string::npos) graph_lines.push_back(line.substr(at));
+    }
+  }
   const double per_lens = total / static_cast<double>(lenses);
   // Leapfrog steps per chain and iteration: with the evaluations per second, what a longer run of
   // the same trees costs.
@@ -177,6 +186,7 @@ int run(int argc, char** argv) {
               {"sampling_seconds", samp_s},
               {"max_depth", args["max-depth"].as<int64_t>()},
               {"cuda_graphs", graphs},
+              {"cuda_graphs_log", graph_lines},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
               {"leapfrog_steps_per_iteration", grads / chain_iterations},
               {"min_bulk_ess_lens_params", min_ess},
@@ -198,6 +208,7 @@ int run(int argc, char** argv) {
               << "  smallest bulk ESS of the lens and source parameters: " << min_ess << " ("
               << out["min_bulk_ess_per_second_sampling"].get<double>()
               << " per second of sampling per lens)\n";
+    for (const auto& line : graph_lines) std::cout << "  " << line.get<std::string>() << "\n";
   }
   if (args.count("keep")) {
     std::cout << "kept " << dir.string() << "\n";
