@@ -26,6 +26,9 @@ namespace epl_detail {
 
 constexpr double kTinyR2 = 1e-30;
 constexpr int kMaxTerms = 1000;
+// Above this many complex elements (points x series terms, 2^25: 256 MiB in complex64) the
+// tensor-op series runs by Horner's rule instead of as one matrix of powers.
+constexpr int64_t kPowerFormElements = int64_t{1} << 25;
 
 // Everything the EPL formulas need besides the deflection, broadcast against [B, N].
 struct Frame {
@@ -119,8 +122,7 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   }
   // This path runs wherever the fused CPU kernel does not (CUDA), where every tensor op costs a
   // kernel launch and an autograd node: the series is a polynomial in w = -f e^{2i phi} with
-  // per-lens coefficients c_n, omega = e^{i phi} sum_n c_n w^n, evaluated by Horner's rule on
-  // complex tensors (two ops per term, against twelve for the real recurrence).
+  // per-lens coefficients c_n, omega = e^{i phi} sum_n c_n w^n, on complex tensors.
   // c_n = prod_{k<=n} (2k-2+t)/(2k+2-t) for n = 1..nterms-1, all at once: [..., nterms-1, 1].
   const auto k = torch::arange(1, nterms, x.options()).unsqueeze(1);
   const auto tt = t.unsqueeze(-2);
@@ -131,13 +133,25 @@ Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor&
   const auto negatives = torch::cumsum((ratio < 0).to(ratio.scalar_type()), -2);
   const auto c_real = (1.0 - 2.0 * torch::fmod(negatives, 2.0)) *
                       torch::exp(torch::cumsum(torch::log(ratio.abs()), -2));
-  // Complex once here, so that the additions below do not each convert a real coefficient.
-  const auto c = torch::complex(c_real, torch::zeros_like(c_real)).unbind(-2);
   auto e_iphi = torch::complex(q * xr / R, yr / R);
   auto w = -f * (e_iphi * e_iphi);
-  // Highest term first: P = c_{N-1}; P = P w + c_n down to c_0 = 1.
-  Tensor P = c.back() * w;
-  for (int n = nterms - 2; n >= 1; --n) P = (P + c[n - 1]) * w;
+  Tensor P;
+  if (w.numel() * (nterms - 1) <= epl_detail::kPowerFormElements) {
+    // Small batches (where kernel launches, not memory, set the time): all powers at once,
+    // w^n = exp(n log w) for n = 1..N-1 as [..., N-1], then one weighted sum; a handful of
+    // kernels whatever the number of terms. |w| = f > 0 (the ellipticity floor), so log w is
+    // finite.
+    const auto n = torch::arange(1, nterms, x.options());
+    const auto powers = torch::exp(torch::log(w).unsqueeze(-1) * n);
+    P = (powers * c_real.squeeze(-1).unsqueeze(-2)).sum(-1);
+  } else {
+    // Large batches: Horner's rule, highest term first (P = c_{N-1}; P = P w + c_n down to
+    // c_1), with no [..., N-1] intermediate. Complex coefficients once here, so that the
+    // additions do not each convert a real one.
+    const auto c = torch::complex(c_real, torch::zeros_like(c_real)).unbind(-2);
+    P = c.back() * w;
+    for (int n = nterms - 2; n >= 1; --n) P = (P + c[n - 1]) * w;
+  }
   auto omega = e_iphi * (P + 1.0);
   auto A = 2.0 / (1.0 + q) * b * torch::pow(b / R, t - 1.0);
   // Back to the sky frame in real arithmetic: near a round lens the orientation's derivative is
