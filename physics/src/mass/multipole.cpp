@@ -14,8 +14,10 @@ namespace dslens::physics {
 namespace multipole_detail {
 
 struct Polar {
+  // is_one: rows with m = 1, whose closed forms differ. Both forms are evaluated for every row
+  // and selected by where: choosing on the host would read m back from the device on every call
+  // (a host sync, and nothing a CUDA graph can capture).
   Tensor r, phi, m, a, phi_m, r_E, is_one;
-  bool any_one = false;
 };
 
 Polar polar(const Tensor& x, const Tensor& y, const ParamMap& p, double r_floor) {
@@ -32,7 +34,6 @@ Polar polar(const Tensor& x, const Tensor& y, const ParamMap& p, double r_floor)
   s.phi_m = per_batch(mass::required_param(p, "MULTIPOLE", "phi_m"), x);
   s.r_E = per_batch(mass::optional_param(p, "r_E", 1.0, x), x);
   s.is_one = (s.m.detach() - 1.0).abs() < 0.5;
-  s.any_one = s.is_one.any().item<bool>();
   return s;
 }
 
@@ -55,7 +56,7 @@ Deflection MultipoleProfile::deflection(const Tensor& x, const Tensor& y, const 
   auto cm = torch::cos(s.m * (s.phi - s.phi_m)), sm = torch::sin(s.m * (s.phi - s.phi_m));
   Tensor fx = k * (c * cm + s.m * sn * sm);
   Tensor fy = k * (sn * cm - s.m * c * sm);
-  if (s.any_one) {
+  {  // m = 1
     auto r = s.r.clamp_min(1e-6);
     auto lr = torch::log(r / s.r_E);
     auto c1 = torch::cos(s.phi - s.phi_m);
@@ -71,7 +72,7 @@ Deflection MultipoleProfile::deflection(const Tensor& x, const Tensor& y, const 
 Tensor MultipoleProfile::potential(const Tensor& x, const Tensor& y, const ParamMap& p) const {
   auto s = multipole_detail::polar(x, y, p, 1e-15);
   Tensor f = s.r * multipole_detail::amp(s) * torch::cos(s.m * (s.phi - s.phi_m));
-  if (s.any_one) {
+  {  // m = 1
     auto r = s.r.clamp_min(1e-6);
     auto f1 = r * torch::log(r / s.r_E) * 0.5 * s.a * torch::cos(s.phi - s.phi_m);
     f = torch::where(s.is_one, f1, f);
@@ -84,7 +85,7 @@ Hessian MultipoleProfile::hessian(const Tensor& x, const Tensor& y, const ParamM
   auto c = torch::cos(s.phi), sn = torch::sin(s.phi);
   auto d = s.a * torch::cos(s.m * (s.phi - s.phi_m)) / s.r;
   Tensor fxx = sn * sn * d, fyy = c * c * d, fxy = -c * sn * d;
-  if (s.any_one) {
+  {  // m = 1
     auto k = s.a / (2.0 * s.r);
     auto c1 = torch::cos(s.phi - s.phi_m);
     auto c2 = torch::cos(2.0 * s.phi), s2 = torch::sin(2.0 * s.phi);
