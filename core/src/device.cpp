@@ -1,10 +1,17 @@
 #include "dslens/core/device.h"
 
+#include <sstream>
 #include <thread>
 
 #include "dslens/core/errors.h"
 
 namespace dslens {
+
+std::string device_dtype_key(const torch::TensorOptions& options) {
+  std::ostringstream key;
+  key << options.device() << ' ' << options.dtype();
+  return key.str();
+}
 
 torch::Device parse_device(const std::string& text) {
   if (text == "cpu") return torch::kCPU;

@@ -1,8 +1,8 @@
 #include "dslens/core/priors.h"
 
 #include <cmath>
-#include <sstream>
 
+#include "dslens/core/device.h"
 #include "dslens/core/errors.h"
 
 namespace dslens {
@@ -290,10 +290,6 @@ nlohmann::json Prior::to_json() const {
   return {};
 }
 
-}  // namespace dslens
-
-namespace dslens {
-
 PriorGroup::PriorGroup(std::vector<Prior> priors) : priors_(std::move(priors)) {
   if (priors_.empty()) throw InvalidArgument("a prior group needs at least one prior");
   kind_ = priors_.front().kind();
@@ -317,10 +313,9 @@ PriorGroup::PriorGroup(std::vector<Prior> priors) : priors_(std::move(priors)) {
 }
 
 const PriorGroup::Constants& PriorGroup::constants(const torch::TensorOptions& options) const {
-  std::ostringstream key;
-  key << options.device() << ' ' << options.dtype();
+  const std::string key = device_dtype_key(options);
   std::lock_guard<std::mutex> lock(*mutex_);
-  auto it = cache_->find(key.str());
+  auto it = cache_->find(key);
   if (it != cache_->end()) return it->second;
   std::vector<double> lower, upper, loc, scale;
   for (const auto& p : priors_) {
@@ -332,7 +327,7 @@ const PriorGroup::Constants& PriorGroup::constants(const torch::TensorOptions& o
   const auto to = [&options](const std::vector<double>& v) {
     return torch::tensor(v, torch::kFloat64).to(options);
   };
-  return (*cache_)[key.str()] = Constants{to(lower), to(upper), to(loc), to(scale)};
+  return (*cache_)[key] = Constants{to(lower), to(upper), to(loc), to(scale)};
 }
 
 PriorGroup::Result PriorGroup::forward(const torch::Tensor& u) const {

@@ -1,8 +1,8 @@
 #include "dslens/model/parameter_space.h"
 
 #include <limits>
-#include <sstream>
 
+#include "dslens/core/device.h"
 #include "dslens/core/errors.h"
 
 namespace dslens::model {
@@ -65,10 +65,9 @@ void ParameterSpace::regroup() {
 
 const ParameterSpace::DeviceConstants& ParameterSpace::device_constants(
     const torch::TensorOptions& options) const {
-  std::ostringstream key;
-  key << options.device() << ' ' << options.dtype();
+  const std::string key = device_dtype_key(options);
   std::lock_guard<std::mutex> lock(*mutex_);
-  auto it = cache_->find(key.str());
+  auto it = cache_->find(key);
   if (it != cache_->end()) return it->second;
   DeviceConstants c;
   for (const auto& g : groups_) {
@@ -77,7 +76,7 @@ const ParameterSpace::DeviceConstants& ParameterSpace::device_constants(
   std::vector<double> fixed;
   for (const size_t i : fixed_entries_) fixed.push_back(entries_[i].value);
   c.fixed = torch::tensor(fixed, torch::kFloat64).to(options);
-  return (*cache_)[key.str()] = std::move(c);
+  return (*cache_)[key] = std::move(c);
 }
 
 bool ParameterSpace::has(const std::string& name) const {

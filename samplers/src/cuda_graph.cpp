@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "dslens/core/device.h"
 #include "dslens/core/errors.h"
 
 #ifdef DSLENS_WITH_CUDA_GRAPHS
@@ -39,7 +40,7 @@ double relative_difference(const LogDensityValue& a, const LogDensityValue& b) {
 
 std::string shape_key(const torch::Tensor& q) {
   std::ostringstream os;
-  os << q.sizes() << ' ' << q.dtype() << ' ' << q.device();
+  os << q.sizes() << ' ' << device_dtype_key(q.options());
   return os.str();
 }
 
@@ -78,6 +79,17 @@ struct Captured {
   torch::Tensor input;     // the graph reads its positions here
   LogDensityValue output;  // and writes its results here, overwritten by every replay
 };
+
+double rtol_for(const CudaGraphSettings& s, const torch::Tensor& q) {
+  return q.scalar_type() == torch::kFloat64 ? s.rtol_float64 : s.rtol_float32;
+}
+
+// Drops the shape's graph (if any): its calls run eagerly from now on.
+void fall_back(Captured& c, CudaGraphStats& stats) {
+  c = Captured{};
+  c.eager_only = true;
+  ++stats.eager_shapes;
+}
 
 LogDensityValue replay(Captured& c, const torch::Tensor& q) {
   c.input.copy_(q);
@@ -150,16 +162,13 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
       ++stats->eager_calls;
       LogDensityValue reference = eager(q);
       const double diff = relative_difference(replayed, reference);
-      const double rtol =
-          q.scalar_type() == torch::kFloat64 ? settings.rtol_float64 : settings.rtol_float32;
+      const double rtol = rtol_for(settings, q);
       if (!(diff <= rtol)) {
         spdlog::warn(
             "cuda graphs: after {} replays, positions {} differ from the eager call by {:.3g} "
             "(relative; allowed {:.1g}): this shape runs eagerly from now on",
             c.replays, key, diff, rtol);
-        c = Captured{};
-        c.eager_only = true;
-        ++stats->eager_shapes;
+        fall_back(c, *stats);
         --stats->captured;
         return reference;
       }
@@ -169,14 +178,12 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
     ++stats->eager_calls;
     const LogDensityValue reference = eager(q);
     if (static_cast<int64_t>(graphs->size()) > settings.max_graphs) {
-      c.eager_only = true;
-      ++stats->eager_shapes;
+      fall_back(c, *stats);
       spdlog::info("cuda graphs: {} shapes captured already; positions {} run eagerly",
                    settings.max_graphs, key);
       return reference;
     }
-    const double rtol =
-        q.scalar_type() == torch::kFloat64 ? settings.rtol_float64 : settings.rtol_float32;
+    const double rtol = rtol_for(settings, q);
     try {
       capture(c, eager, q, settings);
       // The capture's own positions, then the rows reversed: a graph that did not read its input
@@ -193,17 +200,13 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
             "cuda graphs: the replay of positions {} differs from the eager call by {:.3g} "
             "(relative; allowed {:.1g}): this shape runs eagerly",
             key, diff, rtol);
-        c = Captured{};
-        c.eager_only = true;
-        ++stats->eager_shapes;
+        fall_back(c, *stats);
         return reference;
       }
     } catch (const std::exception& e) {
       spdlog::warn("cuda graphs: capturing positions {} failed ({}); this shape runs eagerly", key,
                    e.what());
-      c = Captured{};
-      c.eager_only = true;
-      ++stats->eager_shapes;
+      fall_back(c, *stats);
       return reference;
     }
     ++stats->captured;

@@ -22,6 +22,10 @@ torch::Dtype parse_dtype(const std::string& text);
 std::string dtype_name(torch::Dtype dtype);
 Compute make_compute(const std::string& device, const std::string& dtype);
 
+// "cuda:0 float" etc.: a key for constants cached per device and dtype (copied to a device once,
+// so that later calls copy nothing from the host).
+std::string device_dtype_key(const torch::TensorOptions& options);
+
 // Sets LibTorch's intra-op thread count; n <= 0 means one per hardware thread. Returns the count.
 int set_num_threads(int n);
 
