@@ -42,6 +42,10 @@ int run(int argc, char** argv) {
       cxxopts::value<int64_t>()->default_value("10"))(
       "cuda-graphs", "on|off: replay the sampler's log density from CUDA graphs (CUDA only)",
       cxxopts::value<std::string>()->default_value("on"))(
+      "metric", "dense|diag: the sampler's metric (64 correlated latents want dense)",
+      cxxopts::value<std::string>()->default_value("dense"))(
+      "adaptation", "per_lens|per_chain: the chains of a lens pool their warmup adaptation or not",
+      cxxopts::value<std::string>()->default_value("per_lens"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -52,6 +56,14 @@ int run(int argc, char** argv) {
   const std::string graphs = args["cuda-graphs"].as<std::string>();
   if (graphs != "on" && graphs != "off") {
     throw InvalidArgument("--cuda-graphs: expected on or off, got '" + graphs + "'");
+  }
+  const std::string metric = args["metric"].as<std::string>();
+  if (metric != "dense" && metric != "diag") {
+    throw InvalidArgument("--metric: expected dense or diag, got '" + metric + "'");
+  }
+  const std::string adaptation = args["adaptation"].as<std::string>();
+  if (adaptation != "per_lens" && adaptation != "per_chain") {
+    throw InvalidArgument("--adaptation: expected per_lens or per_chain, got '" + adaptation + "'");
   }
 
   const fs::path dir =
@@ -132,6 +144,8 @@ int run(int argc, char** argv) {
           {"warmup", args["warmup"].as<int64_t>()},
           {"draws", args["draws"].as<int64_t>()},
           {"max_depth", args["max-depth"].as<int64_t>()},
+          {"metric", metric},
+          {"adaptation", adaptation},
           {"cuda_graphs", graphs == "on"}}}};
     std::ofstream(dir / "configs" / (name + ".json")) << fit.dump(2);
   }
@@ -185,6 +199,8 @@ int run(int argc, char** argv) {
               {"warmup_seconds", warm_s},
               {"sampling_seconds", samp_s},
               {"max_depth", args["max-depth"].as<int64_t>()},
+              {"metric", metric},
+              {"adaptation", adaptation},
               {"cuda_graphs", graphs},
               {"cuda_graphs_log", graph_lines},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
@@ -204,7 +220,7 @@ int run(int argc, char** argv) {
               << out["gradient_evaluations_per_second"].get<double>() << " ("
               << out["leapfrog_steps_per_iteration"].get<double>()
               << " leapfrog steps per chain and iteration, maximum depth " << out["max_depth"]
-              << ")\n"
+              << ", " << metric << " metric adapted " << adaptation << ")\n"
               << "  smallest bulk ESS of the lens and source parameters: " << min_ess << " ("
               << out["min_bulk_ess_per_second_sampling"].get<double>()
               << " per second of sampling per lens)\n";

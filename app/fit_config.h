@@ -75,6 +75,9 @@ struct SamplerChoice {
   int64_t num_steps = 16;  // HMC only
   // On a CUDA device, replay the sampler's log density from CUDA graphs (samplers/cuda_graph.h).
   bool cuda_graphs = true;
+  // "per_lens": the chains of a lens pool their warmup adaptation (one step size and one metric
+  // per lens, from all its chains' draws); "per_chain": each chain adapts on its own.
+  std::string adaptation = "per_lens";
 };
 
 struct FitConfig {

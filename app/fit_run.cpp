@@ -310,6 +310,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                                    ? sc.metric_prior_count
                                    : (sc.metric == "dense" ? static_cast<double>(dim) : 0.0);
     s.adapt.metric_prior_count = prior_count;
+    // Rows are lens-major: a lens's chains are consecutive and pool their adaptation.
+    s.adapt.pool_group = sc.adaptation == "per_lens" ? chains : 1;
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
     s.refresh = std::max<int64_t>(1, (sc.warmup + sc.draws) / (isatty(2) ? 200 : 10));
     // About 20 snapshots per run, and one at the end of warmup.
@@ -330,6 +332,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                      {"target_accept", sc.target_accept},
                      {"metric", sc.metric},
                      {"metric_prior_count", prior_count},
+                     {"adaptation", sc.adaptation},
                      {"seed", sc.seed},
                      {"device", compute.device.str()},
                      {"dtype", dtype_name(compute.dtype)},

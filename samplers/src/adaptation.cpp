@@ -134,21 +134,28 @@ void WelfordEstimator::add(const torch::Tensor& q) {
   }
 }
 
-torch::Tensor WelfordEstimator::covariance(bool pooled) const {
+torch::Tensor WelfordEstimator::covariance_of_groups(int64_t group) const {
   if (n_ < 2) throw Error("WelfordEstimator: a (co)variance needs at least two draws");
-  if (!pooled) return m2_ / static_cast<double>(n_ - 1);
-  // Chan et al.'s parallel combination of equal-sized per-chain accumulators.
-  torch::Tensor grand = mean_.mean(0, /*keepdim=*/true);
-  torch::Tensor dev = mean_ - grand;
-  torch::Tensor m2 = m2_.sum(0, true);
+  if (group < 1 || chains_ % group != 0)
+    throw InvalidArgument("WelfordEstimator: a pooling group of " + std::to_string(group) +
+                          " chains does not divide " + std::to_string(chains_) + " chains");
+  if (group == 1) return m2_ / static_cast<double>(n_ - 1);
+  // Chan et al.'s parallel combination of equal-sized per-chain accumulators, per group.
+  const int64_t groups = chains_ / group;
+  const auto mean = mean_.view({groups, group, dim_});
+  const torch::Tensor dev = mean - mean.mean(1, /*keepdim=*/true);
+  torch::Tensor m2;
   if (kind_ == MetricKind::diag) {
-    m2 = m2 + static_cast<double>(n_) * (dev * dev).sum(0, true);
+    m2 = m2_.view({groups, group, dim_}).sum(1, true) +
+         static_cast<double>(n_) * (dev * dev).sum(1, true);
   } else {
-    m2 = m2 + static_cast<double>(n_) * (dev.unsqueeze(-1) * dev.unsqueeze(-2)).sum(0, true);
+    m2 = m2_.view({groups, group, dim_, dim_}).sum(1, true) +
+         static_cast<double>(n_) * (dev.unsqueeze(-1) * dev.unsqueeze(-2)).sum(1, true);
   }
-  torch::Tensor cov = m2 / static_cast<double>(n_ * chains_ - 1);
-  return kind_ == MetricKind::diag ? cov.expand({chains_, dim_}).contiguous()
-                                   : cov.expand({chains_, dim_, dim_}).contiguous();
+  const torch::Tensor cov = m2 / static_cast<double>(n_ * group - 1);
+  return kind_ == MetricKind::diag
+             ? cov.expand({groups, group, dim_}).reshape({chains_, dim_})
+             : cov.expand({groups, group, dim_, dim_}).reshape({chains_, dim_, dim_});
 }
 
 torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind) {

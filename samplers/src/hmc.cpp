@@ -378,7 +378,19 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   const torch::TensorOptions opt = init.options();
   const int64_t num_warmup = settings.num_warmup, num_draws = settings.num_draws;
   const int64_t total = num_warmup + num_draws;
-  const bool pooled = !settings.adapt.per_chain;
+  // Chains adapt in consecutive groups of `group` (1: each on its own).
+  const int64_t group = settings.adapt.group_size(chains);
+  if (chains % group != 0)
+    throw InvalidArgument(name + ": adapt.pool_group = " + std::to_string(group) +
+                          " does not divide the " + std::to_string(chains) + " chains");
+  // The mean of x [C] over each group, broadcast back to its chains.
+  auto group_mean = [chains, group](const torch::Tensor& x) {
+    if (group == 1) return x;
+    return x.view({chains / group, group})
+        .mean(1, true)
+        .expand({chains / group, group})
+        .reshape({chains});
+  };
   if (!settings.chain_ids.empty() && static_cast<int64_t>(settings.chain_ids.size()) != chains)
     throw InvalidArgument(name + ": chain_ids has " + std::to_string(settings.chain_ids.size()) +
                           " ids for " + std::to_string(chains) + " chains");
@@ -461,7 +473,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     settings.on_progress(p);
   };
   auto pool_step = [&](const torch::Tensor& eps) {
-    return pooled ? torch::exp(torch::log(eps).mean()).expand({chains}).contiguous() : eps;
+    return group == 1 ? eps : torch::exp(group_mean(torch::log(eps)));
   };
 
   const bool adapt_step = settings.adapt.step_size && num_warmup > 0;
@@ -538,16 +550,15 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     if (i < num_warmup) {
       if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
       if (adapt_step) {
-        torch::Tensor stat = pooled ? st.accept_stat.mean().expand({chains}) : st.accept_stat;
-        eps = dual.learn(stat);
+        eps = dual.learn(group_mean(st.accept_stat));
       }
       if (adapt_metric) {
         WindowedAdaptation::Step w = windows.step();
         if (w.add_sample) estimator.add(state.q);
         if (w.end_window) {
-          const int64_t n = estimator.effective_count(pooled);
+          const int64_t n = estimator.effective_count_of_groups(group);
           torch::Tensor cov =
-              regularize_covariance(estimator.covariance(pooled), n, settings.metric);
+              regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
           const double k = settings.adapt.metric_prior_count;
           if (k > 0) {
             const double w = static_cast<double>(n) / (static_cast<double>(n) + k);

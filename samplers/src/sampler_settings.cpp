@@ -52,6 +52,7 @@ void AdaptSettings::validate(int64_t num_warmup) const {
   using sampler_settings_detail::require;
   using sampler_settings_detail::str;
   if (step_size) dual_averaging.validate();
+  require(pool_group >= 0, "pool_group must be >= 0, got " + str(pool_group));
   if (metric) {
     windows.validate();
     require(metric_prior_count >= 0 && std::isfinite(metric_prior_count),

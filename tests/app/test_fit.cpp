@@ -289,6 +289,8 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
       {[](json& j) { j["map"]["newton_iterations"] = -1; }, {"/map/newton_iterations", "-1"}},
       {[](json& j) { j["map"]["newton_starts"] = 0; }, {"/map/newton_starts", "0"}},
       {[](json& j) { j["sampler"]["cuda_graphs"] = "on"; }, {"/sampler/cuda_graphs", "on"}},
+      {[](json& j) { j["sampler"]["adaptation"] = "pooled"; },
+       {"/sampler/adaptation", "pooled", "per_lens"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

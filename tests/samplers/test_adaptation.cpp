@@ -102,6 +102,39 @@ TEST(Welford, MatchesTorchCovariance) {
   EXPECT_EQ(dense.effective_count(true), C * N);
 }
 
+TEST(Welford, GroupsPoolTheirOwnChainsOnly) {
+  torch::manual_seed(4);
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t C = 4, N = 30, D = 3;
+  // Chains 2 and 3 (the second group) are wider and elsewhere: pooling across groups would show.
+  const auto scale = torch::tensor({1.0, 1.0, 5.0, 5.0}, opt).view({C, 1, 1});
+  const auto shift = torch::tensor({0.0, 0.3, 10.0, 9.0}, opt).view({C, 1, 1});
+  torch::Tensor x = torch::randn({C, N, D}, opt) * scale + shift;
+  WelfordEstimator diag(MetricKind::diag, C, D, opt), dense(MetricKind::dense, C, D, opt);
+  for (int64_t i = 0; i < N; ++i) {
+    diag.add(x.select(1, i));
+    dense.add(x.select(1, i));
+  }
+  const auto by_group_diag = diag.covariance_of_groups(2);
+  const auto by_group_dense = dense.covariance_of_groups(2);
+  for (int64_t g = 0; g < 2; ++g) {
+    // The sample covariance of the group's 2 N draws taken together.
+    const torch::Tensor all = x.narrow(0, 2 * g, 2).reshape({2 * N, D});
+    const torch::Tensor ac = all - all.mean(0);
+    const torch::Tensor cov = ac.t().mm(ac) / double(2 * N - 1);
+    for (int64_t c = 2 * g; c < 2 * g + 2; ++c) {
+      EXPECT_TRUE(torch::allclose(by_group_dense[c], cov, 1e-10, 1e-12)) << "chain " << c;
+      EXPECT_TRUE(torch::allclose(by_group_diag[c], cov.diagonal(), 1e-10, 1e-12)) << "chain " << c;
+    }
+  }
+  EXPECT_FALSE(torch::allclose(by_group_dense[0], by_group_dense[2], 1e-2, 1e-2));
+  EXPECT_EQ(dense.effective_count_of_groups(2), 2 * N);
+  // Groups of 1 and of all chains are the per-chain and pooled estimates.
+  EXPECT_TRUE(torch::equal(dense.covariance_of_groups(1), dense.covariance(false)));
+  EXPECT_TRUE(torch::allclose(dense.covariance_of_groups(C), dense.covariance(true), 1e-12, 1e-12));
+  EXPECT_THROW(dense.covariance_of_groups(3), dslens::InvalidArgument);
+}
+
 TEST(Welford, StanRegularisation) {
   auto opt = torch::TensorOptions().dtype(torch::kFloat64);
   torch::Tensor var = torch::tensor({{2.0, 0.5}}, opt);

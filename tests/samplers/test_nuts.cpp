@@ -18,6 +18,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/nuts.h"
+#include "grouped_gaussian.h"
 
 namespace nuts_test {
 
@@ -263,6 +264,41 @@ TEST(Nuts, PooledAdaptationSharesOneStepSizeAndMetric) {
   SamplerResult own = sample_nuts(gaussian(sigma), init, s);
   EXPECT_FALSE(torch::equal(own.step_size_adapted, own.step_size_adapted[0].expand({C})));
   EXPECT_FALSE(torch::equal(own.inv_metric, own.inv_metric[0].expand_as(own.inv_metric)));
+}
+
+TEST(Nuts, AdaptationPooledWithinGroupsOfChains) {
+  // Two lenses' posteriors as rows grouped in order: chains 0, 1 see N(0, 1), chains 2, 3 see
+  // N(5, 10^2), in each of 3 coordinates. Each pair pools its adaptation, and only its own.
+  const int64_t C = 4, D = 3;
+  const auto f = dslens::testing::grouped_gaussian(
+      torch::eye(D, f64()), torch::tensor({1.0, 0.01}, f64()),
+      torch::tensor({0.0, 5.0}, f64()).unsqueeze(1).expand({2, D}).contiguous());
+  NutsSettings s;
+  s.seed = 29;
+  s.adapt.pool_group = 2;
+  s.num_warmup = 300;  // slow windows [50, 75), [75, 125), [125, 250)
+  s.adapt.windows = WindowSettings{50, 25, 50};
+  s.num_draws = 500;
+  torch::Tensor init =
+      torch::rand({C, D}, torch::Generator(at::detail::createCPUGenerator(8)), f64()) * 4 - 2;
+  SamplerResult r = sample_nuts(f, init, s);
+  EXPECT_EQ(r.divergent.sum().item<int64_t>(), 0);
+  for (int64_t g = 0; g < 2; ++g) {
+    const int64_t a = 2 * g, b = 2 * g + 1;
+    EXPECT_EQ(r.step_size_adapted[a].item<double>(), r.step_size_adapted[b].item<double>());
+    EXPECT_TRUE(torch::equal(r.inv_metric[a], r.inv_metric[b])) << "group " << g;
+    // The last window pools 2 x 125 draws of the group's own target.
+    const double variance = g == 0 ? 1.0 : 100.0;
+    const torch::Tensor ratio = r.inv_metric[a] / variance;
+    EXPECT_TRUE(((ratio > 0.5) & (ratio < 2.0)).all().item<bool>()) << "group " << g << ratio;
+  }
+  // Each group's own dual averaging: one step size per group, not one for all chains.
+  EXPECT_NE(r.step_size_adapted[0].item<double>(), r.step_size_adapted[2].item<double>());
+  expect_gaussian_moments(r.draws.narrow(0, 0, 2), torch::ones({D}, f64()));
+  expect_gaussian_moments(r.draws.narrow(0, 2, 2) - 5.0, torch::full({D}, 10.0, f64()));
+
+  s.adapt.pool_group = 3;  // does not divide 4 chains
+  EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
 }
 
 TEST(Nuts, CorrelatedGaussianWithDenseMetric) {

@@ -71,9 +71,14 @@ class WelfordEstimator {
   void add(const torch::Tensor& q);  // q [C, D]
   int64_t num_samples() const { return n_; }
   // Sample (co)variance (divisor n - 1) per chain, or pooled over chains and broadcast.
-  torch::Tensor covariance(bool pooled) const;
-  // Number of draws behind covariance(pooled).
+  torch::Tensor covariance(bool pooled) const { return covariance_of_groups(pooled ? chains_ : 1); }
+  // Pooled over consecutive groups of `group` chains (the draws of a group taken together, Chan et
+  // al.'s combination) and broadcast to each group's chains; group 1: per chain. `group` must
+  // divide the number of chains.
+  torch::Tensor covariance_of_groups(int64_t group) const;
+  // Number of draws behind covariance(pooled) / covariance_of_groups(group).
   int64_t effective_count(bool pooled) const { return pooled ? n_ * chains_ : n_; }
+  int64_t effective_count_of_groups(int64_t group) const { return n_ * group; }
   const torch::Tensor& mean() const { return mean_; }
   const torch::Tensor& m2() const { return m2_; }  // sum of squared deviations
   // Puts back a state read with num_samples(), mean() and m2() (sampler checkpoints).

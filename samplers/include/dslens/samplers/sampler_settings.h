@@ -40,6 +40,16 @@ struct AdaptSettings {
   // true: every chain adapts its own step size and metric (and chains stay independent);
   // false: one step size from the mean acceptance statistic and one metric from the pooled draws.
   bool per_chain = true;
+  // > 0: chains pool their adaptation in consecutive groups of this many (it must divide the
+  // number of chains), e.g. the chains of one lens when rows are lens-major: one step size per
+  // group from the group's mean acceptance statistic, and one metric from the group's pooled
+  // draws, so a dense metric in D dimensions gets chains x n draws per window instead of n.
+  // 0: per_chain decides (a group of 1, or of all chains).
+  int64_t pool_group = 0;
+  // The group size these settings give for `chains` chains.
+  int64_t group_size(int64_t chains) const {
+    return pool_group > 0 ? pool_group : (per_chain ? 1 : chains);
+  }
   // The metric in use counts as this many draws in each window's estimate: the new inverse metric
   // is (n C + k M^-1) / (n + k) for n draws with (Stan-regularised) covariance C and k this count,
   // i.e. the posterior mean under an inverse-Wishart prior centred on the current metric. 0 is
