@@ -77,8 +77,10 @@ class WelfordEstimator {
   // divide the number of chains.
   torch::Tensor covariance_of_groups(int64_t group) const;
   // Number of draws behind covariance(pooled) / covariance_of_groups(group).
-  int64_t effective_count(bool pooled) const { return pooled ? n_ * chains_ : n_; }
   int64_t effective_count_of_groups(int64_t group) const { return n_ * group; }
+  int64_t effective_count(bool pooled) const {
+    return effective_count_of_groups(pooled ? chains_ : 1);
+  }
   const torch::Tensor& mean() const { return mean_; }
   const torch::Tensor& m2() const { return m2_; }  // sum of squared deviations
   // Puts back a state read with num_samples(), mean() and m2() (sampler checkpoints).
