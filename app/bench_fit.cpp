@@ -53,18 +53,16 @@ int run(int argc, char** argv) {
   const Compute compute = compute_from(args);
   const int64_t lenses = args["lenses"].as<int64_t>(), pixels = args["pixels"].as<int64_t>();
   if (lenses < 1 || pixels < 8) throw InvalidArgument("--lenses >= 1 and --pixels >= 8 needed");
-  const std::string graphs = args["cuda-graphs"].as<std::string>();
-  if (graphs != "on" && graphs != "off") {
-    throw InvalidArgument("--cuda-graphs: expected on or off, got '" + graphs + "'");
-  }
-  const std::string metric = args["metric"].as<std::string>();
-  if (metric != "dense" && metric != "diag") {
-    throw InvalidArgument("--metric: expected dense or diag, got '" + metric + "'");
-  }
-  const std::string adaptation = args["adaptation"].as<std::string>();
-  if (adaptation != "per_lens" && adaptation != "per_chain") {
-    throw InvalidArgument("--adaptation: expected per_lens or per_chain, got '" + adaptation + "'");
-  }
+  // The value of a two-valued option, or InvalidArgument naming both.
+  auto either = [&args](const std::string& option, const std::string& a, const std::string& b) {
+    const std::string v = args[option].as<std::string>();
+    if (v != a && v != b)
+      throw InvalidArgument("--" + option + ": expected " + a + " or " + b + ", got '" + v + "'");
+    return v;
+  };
+  const std::string graphs = either("cuda-graphs", "on", "off");
+  const std::string metric = either("metric", "dense", "diag");
+  const std::string adaptation = either("adaptation", "per_lens", "per_chain");
 
   const fs::path dir =
       fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
