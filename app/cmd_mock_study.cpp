@@ -168,9 +168,12 @@ json simulate_config(const Truth& t, const Settings& s) {
              {"amp", t.amp}}}}};
 }
 
-// The fit config of a mock: EPL (e1/e2) + shear, VAE source with free centre and amplitude.
+// The fit config of a mock: EPL (e1/e2) + shear, VAE source with free centre, scale and amplitude.
 // `snr`: the level's SNR, for the likelihood annealing of the MAP (Settings::anneal_snr).
 json fit_config(const std::string& simulation, const Settings& s, uint64_t seed, double snr) {
+  // Free around the truth's stamp pixel: the scale carries the slope's degeneracy with the
+  // source's size (docs/fit.md, "The VAE source's scale").
+  const json scale_prior = {{"prior", "lognormal"}, {"mu", std::log(kSourceScale)}, {"sigma", 0.3}};
   json fit = {{"comment", "dslens mock-study fit"},
               {"data", {{"simulation", simulation}}},
               {"model",
@@ -191,7 +194,7 @@ json fit_config(const std::string& simulation, const Settings& s, uint64_t seed,
                    {"checkpoint", s.vae},
                    {"center_x", normal_prior(0.0, 0.3)},
                    {"center_y", normal_prior(0.0, 0.3)},
-                   {"scale", kSourceScale},
+                   {"scale", scale_prior},
                    {"phi_G", 0.0},
                    {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
               {"map",
@@ -457,8 +460,9 @@ std::string render_markdown(const json& study) {
      << "**SNR.** " << study.at("snr_definition").get<std::string>() << "\n\n"
      << "**Fit.** EPL (theta_E ~ U(0.6, 1.8), gamma ~ U(1.6, 2.5), e1, e2 ~ U(-0.4, 0.4), centre "
      << "~ N(0, 0.05\")) + shear (gamma1, gamma2 ~ U(-0.15, 0.15)) + the VAE source (latents "
-     << "N(0, I), centre ~ N(0, 0.3\"), amplitude ~ logN(4.6, 0.5), stamp pixel and phi_G fixed "
-     << "at the truth); MAP from " << s.at("starts").get<int64_t>() << " prior draws"
+     << "N(0, I), centre ~ N(0, 0.3\"), amplitude ~ logN(4.6, 0.5), stamp pixel ~ logN(ln "
+     << kSourceScale << "\", 0.3), phi_G fixed at the truth); MAP from "
+     << s.at("starts").get<int64_t>() << " prior draws"
      << (s.value("placement_starts", int64_t{0}) > 0
              ? " (the best of " + std::to_string(s.at("placement_starts").get<int64_t>()) +
                    " placements)"
