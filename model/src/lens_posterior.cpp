@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "dslens/core/errors.h"
+#include "dslens/samplers/row_parallel.h"
 
 namespace dslens::model {
 namespace lens_posterior_detail {
@@ -229,12 +230,16 @@ torch::Tensor LensPosterior::log_prob_smoothed(const torch::Tensor& u, double bl
 }
 
 samplers::LogDensityFn LensPosterior::log_density_smoothed(double blur_pixels) const {
-  return samplers::autograd_log_density(
-      [this, blur_pixels](const torch::Tensor& u) { return log_prob_smoothed(u, blur_pixels); });
+  // On the CPU each thread evaluates a slice of every lens's rows (samplers/row_parallel.h).
+  return samplers::row_parallel(
+      samplers::autograd_log_density([this, blur_pixels](const torch::Tensor& u) {
+        return log_prob_smoothed(u, blur_pixels);
+      }),
+      n_lenses_, samplers::row_parallel_threads(compute_.device));
 }
 
 samplers::LogDensityFn LensPosterior::log_density() const {
-  return samplers::autograd_log_density([this](const torch::Tensor& u) { return log_prob(u); });
+  return log_density_smoothed(0.0);
 }
 
 }  // namespace dslens::model

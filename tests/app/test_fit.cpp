@@ -12,6 +12,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -174,18 +175,62 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       }
     }
   }
-  // --shard 1/2 fits only the second config; its random streams follow its name, not its place
-  // in the batch, so alone it gets the draws it got beside "a".
+  // --shard 1/2 fits only the second config. Alone it samples the posterior it sampled beside
+  // "a": every mean within 4 standard errors of the batch's (Monte Carlo errors of the two runs
+  // added). The draws themselves agree only until a rounding difference flips one of NUTS's
+  // discrete choices: ATen's reductions are not bitwise independent of the batch's size.
   const RunResult sh =
       run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/shard") +
                  " --shard 1/2 --warmup 40 --draws 60 --starts 3");
   ASSERT_EQ(sh.code, 0) << sh.output;
   EXPECT_TRUE(fs::exists(dir + "/shard/summary.json"));
-  EXPECT_EQ(read_json(dir + "/shard/summary.json")["lens"], "b");
-  const auto alone = dslens::read_npy(dir + "/shard/draws.npy");
-  const auto batched = dslens::read_npy(dir + "/fit/b/draws.npy");
-  EXPECT_TRUE(torch::allclose(alone, batched, 1e-6, 1e-9))
-      << (alone - batched).abs().max().item<double>();
+  const json alone = read_json(dir + "/shard/summary.json");
+  const json batched = read_json(dir + "/fit/b/summary.json");
+  EXPECT_EQ(alone["lens"], "b");
+  ASSERT_EQ(alone["parameters"].size(), batched["parameters"].size());
+  for (size_t i = 0; i < alone["parameters"].size(); ++i) {
+    const json& x = alone["parameters"][i];
+    const json& y = batched["parameters"][i];
+    ASSERT_EQ(x["variable"], y["variable"]);
+    const double se = std::hypot(x["mcse_mean"].get<double>(), y["mcse_mean"].get<double>());
+    EXPECT_LT(std::abs(x["mean"].get<double>() - y["mean"].get<double>()), 4 * se)
+        << x["variable"] << ": alone " << x.dump() << "\nbatched " << y.dump();
+  }
+  fs::remove_all(dir);
+}
+
+// A lens's random streams follow its name, not its place in the batch: with the MAP's optimisers
+// off, its best starts are its prior draws, the same alone (--shard) as beside another lens.
+TEST(FitCommand, MapStartsFollowTheLensNameNotItsPlaceInTheBatch) {
+  const std::string dir = dslens::testing::temp_dir("fit_streams");
+  for (const auto& [name, seed, theta_e] :
+       {std::tuple{std::string("a"), 21, 0.9}, std::tuple{std::string("b"), 22, 1.1}}) {
+    const std::string cfg = make_mock(dir, name, seed, theta_e);
+    json c = read_json(cfg);
+    c["map"] = {
+        {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
+    write_json(cfg, c);
+  }
+  const std::string quick = " --warmup 10 --draws 10";
+  const RunResult both =
+      run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/both") + quick);
+  ASSERT_EQ(both.code, 0) << both.output;
+  const RunResult one = run_dslens("fit " + quote(dir + "/configs") + " --out " +
+                                   quote(dir + "/one") + " --shard 1/2" + quick);
+  ASSERT_EQ(one.code, 0) << one.output;
+  const json a = read_json(dir + "/both/a/map.json")["best_starts"];
+  const json b = read_json(dir + "/both/b/map.json")["best_starts"];
+  const json alone = read_json(dir + "/one/map.json")["best_starts"];
+  ASSERT_GE(alone.size(), 2u);
+  ASSERT_EQ(alone.size(), b.size());
+  for (size_t i = 0; i < alone.size(); ++i) {
+    for (const auto& [name, value] : alone[i].items()) {
+      if (name == "log_posterior") continue;
+      EXPECT_DOUBLE_EQ(value.get<double>(), b[i][name].get<double>()) << name << ", start " << i;
+      // Lens "a" has other draws (its own name): the comparison above can fail.
+      EXPECT_NE(value.get<double>(), a[i][name].get<double>()) << name << ", start " << i;
+    }
+  }
   fs::remove_all(dir);
 }
 
