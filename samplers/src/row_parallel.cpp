@@ -18,13 +18,15 @@ namespace dslens::samplers {
 namespace row_parallel_detail {
 
 thread_local bool in_worker = false;
+thread_local int worker_intra_threads = 1;  // this worker's intra-op thread count
 
-// Persistent workers, each with one intra-op thread: a thread per call would cost more than a
-// small slice's evaluation, and a worker's intra-op setting is per thread (OpenMP's nthreads ICV).
+// Persistent workers with their own intra-op thread counts: a thread per call would cost more than
+// a small slice's evaluation, and the intra-op count is per thread (OpenMP's nthreads ICV), so
+// each worker keeps the count it was last given.
 class SlicePool {
  public:
-  explicit SlicePool(int n) : slot_(static_cast<size_t>(n), nullptr) {
-    const int outer = at::get_num_threads();
+  explicit SlicePool(int n)
+      : slot_(static_cast<size_t>(n), nullptr), outer_(at::get_num_threads()) {
     int ready = 0;
     for (int k = 0; k < n; ++k) {
       workers_.emplace_back([this, k, &ready] {
@@ -44,7 +46,7 @@ class SlicePool {
     done_.wait(lock, [&] { return ready == n; });
     lock.unlock();
     // set_num_threads(1) above also set the process-wide count that new threads start from.
-    at::set_num_threads(outer);
+    at::set_num_threads(outer_);
   }
 
   ~SlicePool() {
@@ -58,15 +60,20 @@ class SlicePool {
 
   int size() const { return static_cast<int>(workers_.size()); }
 
-  // Runs tasks[k] on worker k (tasks.size() <= size()) and returns when all have finished.
-  void run(std::vector<std::function<void()>>& tasks) {
+  // Runs tasks[k] on worker k (tasks.size() <= size()), each worker with `intra` intra-op threads,
+  // and returns when all have finished.
+  void run(std::vector<std::function<void()>>& tasks, int intra) {
     std::lock_guard<std::mutex> one_caller(run_);
     std::unique_lock<std::mutex> lock(m_);
     for (size_t k = 0; k < tasks.size(); ++k) slot_[k] = &tasks[k];
     pending_ = static_cast<int>(tasks.size());
+    intra_ = intra;
+    retuned_ = false;
     ++generation_;
     wake_.notify_all();
     done_.wait(lock, [&] { return pending_ == 0; });
+    // A worker that changed its count also set the process-wide one that new threads start from.
+    if (retuned_) at::set_num_threads(outer_);
   }
 
  private:
@@ -80,6 +87,12 @@ class SlicePool {
       std::function<void()>* task = slot_[static_cast<size_t>(k)];
       slot_[static_cast<size_t>(k)] = nullptr;
       if (!task) continue;
+      const int intra = intra_;
+      if (intra != worker_intra_threads) {
+        at::set_num_threads(intra);
+        worker_intra_threads = intra;
+        retuned_ = true;
+      }
       lock.unlock();
       (*task)();  // tasks catch their own exceptions
       lock.lock();
@@ -91,9 +104,10 @@ class SlicePool {
   std::condition_variable wake_, done_;
   std::vector<std::function<void()>*> slot_;
   std::vector<std::thread> workers_;
-  int pending_ = 0;
+  int outer_;  // the creating thread's intra-op count
+  int pending_ = 0, intra_ = 1;
   uint64_t generation_ = 0;
-  bool stop_ = false;
+  bool stop_ = false, retuned_ = false;
 };
 
 // One pool per process, sized by the first caller; later callers use at most its size.
@@ -148,7 +162,8 @@ LogDensityFn row_parallel(LogDensityFn f, int64_t groups, int threads) {
         }
       });
     }
-    workers.run(tasks);
+    // Threads left over when rows are few (a many-core node) go to the slices' own ops.
+    workers.run(tasks, std::max(1, threads / static_cast<int>(parts)));
     for (const auto& e : errors) {
       if (e) std::rethrow_exception(e);
     }

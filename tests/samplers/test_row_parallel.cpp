@@ -17,6 +17,7 @@ namespace {
 // A log-density whose rows are G groups (group-major) with a different mean per group, as a
 // batch of lenses is: a slice that mixed groups up would get other groups' means.
 struct GroupedQuadratic {
+  explicit GroupedQuadratic(int64_t g) : groups(g) {}
   int64_t groups;
   std::mutex m;
   std::vector<int64_t> call_rows;
@@ -80,7 +81,7 @@ TEST(RowParallel, ASliceThatThrowsRethrowsOnTheCaller) {
   EXPECT_EQ(f(torch::zeros({4, 2}, torch::kFloat64)).log_p.size(0), 4);
 }
 
-TEST(RowParallel, WorkersRunWithOneIntraOpThreadAndLeaveTheCallersCount) {
+TEST(RowParallel, WorkersShareTheThreadsAndLeaveTheCallersCount) {
   const int before = at::get_num_threads();
   std::vector<int> inside;
   std::mutex m;
@@ -96,5 +97,22 @@ TEST(RowParallel, WorkersRunWithOneIntraOpThreadAndLeaveTheCallersCount) {
   EXPECT_EQ(inside, (std::vector<int>{1, 1}));
 #endif
   EXPECT_EQ(inside.size(), 2u);
+  EXPECT_EQ(at::get_num_threads(), before);
+
+  // Four threads and two rows: two slices of two intra-op threads each, then back to one.
+  inside.clear();
+  auto wide = row_parallel(
+      [&](const torch::Tensor& x) -> LogDensityValue {
+        std::lock_guard<std::mutex> lock(m);
+        inside.push_back(at::get_num_threads());
+        return {torch::zeros({x.size(0)}, x.options()), torch::zeros_like(x)};
+      },
+      1, 4);
+  (void)wide(torch::zeros({2, 3}, torch::kFloat64));
+  (void)f(torch::zeros({4, 3}, torch::kFloat64));
+#if AT_PARALLEL_OPENMP
+  EXPECT_EQ(inside, (std::vector<int>{2, 2, 1, 1}));
+#endif
+  EXPECT_EQ(inside.size(), 4u);
   EXPECT_EQ(at::get_num_threads(), before);
 }

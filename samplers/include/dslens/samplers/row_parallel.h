@@ -12,10 +12,12 @@
 
 namespace dslens::samplers {
 
-// The rows of q [G * R, D] are G groups of R (group-major). Each of `threads` slices takes about
-// R / threads rows of every group, so that f sees G groups of rows in each call (a model that
-// maps rows to groups by position keeps working). With threads <= 1, R < 2 or q not on the CPU,
-// f is called as it is. Exceptions from any slice are rethrown on the calling thread.
+// The rows of q [G * R, D] are G groups of R (group-major). Each of min(threads, R) slices takes
+// about R / slices rows of every group, so that f sees G groups of rows in each call (a model that
+// maps rows to groups by position keeps working), and runs with threads / slices intra-op threads
+// (on a many-core node with few chains the slices' ops still use every core). With threads <= 1,
+// R < 2 or q not on the CPU, f is called as it is. Exceptions from any slice are rethrown on the
+// calling thread.
 LogDensityFn row_parallel(LogDensityFn f, int64_t groups, int threads);
 
 // The number of threads row_parallel should use for a model on `device`: the intra-op thread
