@@ -145,7 +145,7 @@ LogDensityFn row_parallel(LogDensityFn f, int64_t groups, int threads) {
     const int64_t parts = std::min<int64_t>({rows, threads, workers.size()});
     if (parts < 2) return f(q);
 
-    const auto q3 = q.view({groups, rows, dim});
+    const auto q3 = q.reshape({groups, rows, dim});
     std::vector<LogDensityValue> out(static_cast<size_t>(parts));
     std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
     std::vector<std::function<void()>> tasks;
