@@ -85,13 +85,13 @@ TEST(RowParallel, WorkersShareTheThreadsAndLeaveTheCallersCount) {
   const int before = at::get_num_threads();
   std::vector<int> inside;
   std::mutex m;
-  auto f = row_parallel(
-      [&](const torch::Tensor& x) -> LogDensityValue {
-        std::lock_guard<std::mutex> lock(m);
-        inside.push_back(at::get_num_threads());
-        return {torch::zeros({x.size(0)}, x.options()), torch::zeros_like(x)};
-      },
-      1, 2);
+  // Records the intra-op thread count each slice runs with.
+  const LogDensityFn record = [&](const torch::Tensor& x) -> LogDensityValue {
+    std::lock_guard<std::mutex> lock(m);
+    inside.push_back(at::get_num_threads());
+    return {torch::zeros({x.size(0)}, x.options()), torch::zeros_like(x)};
+  };
+  auto f = row_parallel(record, 1, 2);
   (void)f(torch::zeros({4, 3}, torch::kFloat64));
 #if AT_PARALLEL_OPENMP
   EXPECT_EQ(inside, (std::vector<int>{1, 1}));
@@ -101,13 +101,7 @@ TEST(RowParallel, WorkersShareTheThreadsAndLeaveTheCallersCount) {
 
   // Four threads and two rows: two slices of two intra-op threads each, then back to one.
   inside.clear();
-  auto wide = row_parallel(
-      [&](const torch::Tensor& x) -> LogDensityValue {
-        std::lock_guard<std::mutex> lock(m);
-        inside.push_back(at::get_num_threads());
-        return {torch::zeros({x.size(0)}, x.options()), torch::zeros_like(x)};
-      },
-      1, 4);
+  auto wide = row_parallel(record, 1, 4);
   (void)wide(torch::zeros({2, 3}, torch::kFloat64));
   (void)f(torch::zeros({4, 3}, torch::kFloat64));
 #if AT_PARALLEL_OPENMP
