@@ -149,9 +149,10 @@ LogDensityFn row_parallel(LogDensityFn f, int64_t groups, int threads) {
     std::vector<LogDensityValue> out(static_cast<size_t>(parts));
     std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
     std::vector<std::function<void()>> tasks;
+    std::vector<int64_t> sizes;  // rows of every group in each slice
     int64_t begin = 0;
     for (int64_t k = 0; k < parts; ++k) {
-      const int64_t n = rows / parts + (k < rows % parts ? 1 : 0);
+      const int64_t n = sizes.emplace_back(rows / parts + (k < rows % parts ? 1 : 0));
       const auto slice = q3.narrow(1, begin, n).reshape({groups * n, dim});
       begin += n;
       tasks.emplace_back([&f, &out, &errors, slice, k] {
@@ -171,7 +172,7 @@ LogDensityFn row_parallel(LogDensityFn f, int64_t groups, int threads) {
     std::vector<torch::Tensor> lp, grad;
     for (int64_t k = 0; k < parts; ++k) {
       const auto& v = out[static_cast<size_t>(k)];
-      const int64_t n = rows / parts + (k < rows % parts ? 1 : 0);
+      const int64_t n = sizes[static_cast<size_t>(k)];
       if (!v.log_p.defined() || !v.grad.defined() || v.log_p.numel() != groups * n ||
           v.grad.numel() != groups * n * dim) {
         throw Error("log-density returned values of the wrong size for a slice of " +
