@@ -3,6 +3,7 @@
 // through the real `dslens simulate` and `dslens fit` commands in a temporary folder. Prints the
 // time per lens, gradient evaluations per second and bulk ESS per second. With --lenses L, L mocks
 // (different noise and Einstein radii) are fitted together as one batch.
+#include <spdlog/fmt/fmt.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +18,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/nn/checkpoint.h"
 #include "dslens/nn/vae.h"
+#include "mock_noise.h"
 
 namespace fs = std::filesystem;
 
@@ -36,7 +38,12 @@ int run(int argc, char** argv) {
       "lenses", "mocks fitted together in one batch",
       cxxopts::value<int64_t>()->default_value("1"))(
       "pixels", "image side in pixels", cxxopts::value<int64_t>()->default_value("100"))(
-      "chains", "chains per lens", cxxopts::value<int64_t>()->default_value("4"))(
+      "snr",
+      "peak signal-to-noise: brightest noise-free lensed-source pixel / background rms, as "
+      "`dslens mock-study` (0: the bench's fixed noise before session 16, background rms 0.01, "
+      "peak SNR 3.9 with the demo VAE)",
+      cxxopts::value<double>()->default_value("30"))("chains", "chains per lens",
+                                                     cxxopts::value<int64_t>()->default_value("4"))(
       "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
       "max-depth", "NUTS maximum tree depth (the fit's default: 10)",
@@ -54,6 +61,10 @@ int run(int argc, char** argv) {
   const Compute compute = compute_from(args);
   const int64_t lenses = args["lenses"].as<int64_t>(), pixels = args["pixels"].as<int64_t>();
   if (lenses < 1 || pixels < 8) throw InvalidArgument("--lenses >= 1 and --pixels >= 8 needed");
+  const double snr = args["snr"].as<double>();
+  if (!(snr >= 0) || !std::isfinite(snr))
+    throw InvalidArgument("--snr must be a number >= 0 (0: the fixed noise), got " +
+                          std::to_string(snr));
   // The value of a two-valued option, or InvalidArgument naming both.
   auto either = [&args](const std::string& option, const std::string& a, const std::string& b) {
     const std::string v = args[option].as<std::string>();
@@ -111,6 +122,7 @@ int run(int argc, char** argv) {
                    {"amp", 100.0}}}},
                 {"noise", {{"background_rms", 0.01}, {"exposure_time", 2000.0}}},
                 {"seed", 1000 + l}};
+    if (snr > 0) sim["noise"] = noise_at_snr(noise_free_peak(sim, "bench fit"), snr);
     const std::string name = "mock" + std::to_string(l);
     std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
     if (run_command("simulate",
@@ -156,7 +168,8 @@ int run(int argc, char** argv) {
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) throw Error("bench fit: the fit failed");
 
-  double map_s = 0, warm_s = 0, samp_s = 0, min_ess = INFINITY, grads = 0;
+  double map_s = 0, warm_s = 0, samp_s = 0, min_ess = INFINITY, grads = 0, max_rhat = 0;
+  double max_theta_e_error = 0;  // |posterior mean - truth| / truth, the worst lens
   for (int64_t l = 0; l < lenses; ++l) {
     const fs::path lens_dir =
         lenses == 1 ? dir / "fit" : dir / "fit" / ("mock" + std::to_string(l));
@@ -169,6 +182,10 @@ int run(int argc, char** argv) {
       const std::string n = row["variable"];
       if (n.rfind("z_", 0) == 0 || !row["ess_bulk"].is_number()) continue;
       min_ess = std::min(min_ess, row["ess_bulk"].get<double>());
+      if (row["rhat"].is_number()) max_rhat = std::max(max_rhat, row["rhat"].get<double>());
+      if (n.rfind("theta_E", 0) == 0 && row["relative_error"].is_number())
+        max_theta_e_error =
+            std::max(max_theta_e_error, std::abs(row["relative_error"].get<double>()));
     }
   }
   // What the CUDA graphs did (fit.log keeps the info lines the console did not show).
@@ -206,12 +223,16 @@ int run(int argc, char** argv) {
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
               {"leapfrog_steps_per_iteration", grads / chain_iterations},
               {"min_bulk_ess_lens_params", min_ess},
-              {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)}};
+              {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)},
+              {"max_rhat_lens_params", max_rhat},
+              {"max_theta_e_relative_error", max_theta_e_error},
+              {"snr", snr > 0 ? json(snr) : json("fixed noise: background rms 0.01")}};
   if (args.count("json")) {
     std::cout << out.dump(2) << "\n";
   } else {
     std::cout << std::fixed << std::setprecision(2) << "bench fit on " << dev << " " << dtype
-              << ": " << lenses << " lens(es) of " << pixels << "x" << pixels << " px, "
+              << ": " << lenses << " lens(es) of " << pixels << "x" << pixels << " px at "
+              << (snr > 0 ? fmt::format("peak SNR {:g}", snr) : "fixed noise") << ", "
               << out["chains_per_lens"] << " chains x (" << out["warmup"] << " warmup + "
               << out["draws"] << " draws)\n"
               << "  total " << total << " s, " << per_lens << " s per lens (MAP " << map_s
@@ -223,7 +244,11 @@ int run(int argc, char** argv) {
               << ", " << metric << " metric adapted " << adaptation << ")\n"
               << "  smallest bulk ESS of the lens and source parameters: " << min_ess << " ("
               << out["min_bulk_ess_per_second_sampling"].get<double>()
-              << " per second of sampling per lens)\n";
+              << " per second of sampling per lens)\n"
+              << "  largest R-hat of the lens and source parameters: " << std::setprecision(3)
+              << max_rhat << (max_rhat > 1.01 ? " (not converged)" : "")
+              << "; theta_E's posterior mean off the truth by up to " << 100.0 * max_theta_e_error
+              << " %\n";
     for (const auto& line : graph_lines) std::cout << "  " << line.get<std::string>() << "\n";
   }
   if (args.count("keep")) {

@@ -39,6 +39,7 @@
 #include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/draws_io.h"
 #include "lens_config.h"
+#include "mock_noise.h"
 
 namespace fs = std::filesystem;
 
@@ -46,10 +47,9 @@ namespace dslens::app {
 namespace mock_study_detail {
 
 constexpr double kPi = 3.14159265358979323846;
-constexpr double kPixelScale = 0.05;          // arcsec / pixel (HST-like)
-constexpr double kPsfFwhm = 0.1;              // arcsec
-constexpr double kSourceScale = 0.012;        // arcsec per VAE stamp pixel, as configs/demo
-constexpr double kPoissonToBackground = 0.5;  // Poisson sigma at the peak / background rms
+constexpr double kPixelScale = 0.05;    // arcsec / pixel (HST-like)
+constexpr double kPsfFwhm = 0.1;        // arcsec
+constexpr double kSourceScale = 0.012;  // arcsec per VAE stamp pixel, as configs/demo
 
 // A reproducible generator independent of the standard library's distributions (splitmix64).
 class Rng {
@@ -216,20 +216,6 @@ json fit_config(const std::string& simulation, const Settings& s, uint64_t seed,
   if (s.anneal_snr > 0 && snr > s.anneal_snr)
     fit["map"]["anneal_noise"] = json::array({snr / s.anneal_snr});
   return fit;
-}
-
-// Brightest pixel of the noise-free image of a simulate config (CPU, float64).
-double noise_free_peak(json config) {
-  config["noise"] = {{"background_rms", 1.0}, {"exposure_time", 0.0}};
-  const Compute cpu{torch::kCPU, torch::kFloat64};
-  const LensConfig cfg = parse_lens_config(config, "", cpu);
-  torch::NoGradGuard no_grad;
-  const double peak = physics::simulate_image(cfg.model, 1, cpu).max().item<double>();
-  if (!(peak > 0) || !std::isfinite(peak)) {
-    throw NumericalError("mock-study: the noise-free mock has peak " + std::to_string(peak) +
-                         "; the VAE decodes no positive source?");
-  }
-  return peak;
 }
 
 std::string num(double v, int precision = 4) {
@@ -705,13 +691,12 @@ int run(int argc, char** argv) {
         const fs::path sim_dir = level / "sims" / name;
         if (fs::exists(sim_dir / "truth.json")) continue;  // only with --resume
         if (peaks.empty()) {
-          for (const auto& t : truths) peaks.push_back(noise_free_peak(simulate_config(t, s)));
+          for (const auto& t : truths)
+            peaks.push_back(noise_free_peak(simulate_config(t, s), "mock-study"));
         }
         json sim = simulate_config(truths[k], s);
         const double peak = peaks[k];
-        const double rms = peak / snr;
-        const double exposure = peak / std::pow(kPoissonToBackground * rms, 2);
-        sim["noise"] = {{"background_rms", rms}, {"exposure_time", exposure}};
+        sim["noise"] = noise_at_snr(peak, snr);
         sim["seed"] = mix(mix(s.seed, level_key), static_cast<uint64_t>(k)) >> 12;
         sim["comment"] = "dslens mock-study: mock " + std::to_string(k) + " at SNR " + num(snr) +
                          " (noise-free peak " + num(peak) + " counts/s)";

@@ -71,8 +71,9 @@ constexpr int64_t kGpuLineSearchRows = 256;
 
 // Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
 // then by final_blur, 0 = exact; the iterations split evenly) followed by L-BFGS on the
-// final_blur objective. `grad_mask` (when defined, [D] of 0/1) holds the coordinates with 0 fixed.
-samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
+// final_blur objective. x holds `row_groups` lenses' starts, lens-major. `grad_mask` (when defined,
+// [D] of 0/1) holds the coordinates with 0 fixed.
+samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x, int64_t row_groups,
                                   int64_t adam_iterations, double learning_rate,
                                   const std::vector<double>& blur_pixels, int64_t lbfgs_iterations,
                                   const torch::Tensor& grad_mask, const std::string& stage,
@@ -109,8 +110,19 @@ samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x,
     // up to 8 step lengths per call there; on a CPU the cost grows with the rows, so 1.
     if (!x.device().is_cpu()) {
       lbfgs.line_search_batch = std::clamp<int64_t>(kGpuLineSearchRows / x.size(0), 1, 8);
+    } else {
+      // Backtracks evaluate only the starts still searching (a CPU's cost is per row; a GPU's
+      // CUDA graphs want one shape), the lenses' rows kept lens-major and equal in number.
+      lbfgs.compact_line_search = true;
+      lbfgs.row_groups = row_groups;
     }
-    return samplers::maximize_lbfgs(masked(objective(final_blur)), x, lbfgs);
+    auto r = samplers::maximize_lbfgs(masked(objective(final_blur)), x, lbfgs);
+    spdlog::debug("MAP {}: L-BFGS made {} calls of {} rows in all ({:.1f} per start and iteration)",
+                  stage, r.log_density_calls, r.rows_evaluated,
+                  static_cast<double>(r.rows_evaluated) /
+                      static_cast<double>(
+                          x.size(0) * std::max<int64_t>(1, r.iterations.max().item<int64_t>())));
+    return r;
   }
   // Only the log posterior at x.
   samplers::AdamSettings none;
@@ -331,11 +343,12 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
         "MAP: {} lens(es) x {} starts, {} parameters: Adam ({} iterations) then L-BFGS "
         "({} iterations)",
         n_lenses, ms.starts, space.dim(), ms.adam_iterations, ms.lbfgs_iterations);
-    return polished(posterior.log_density(),
-                    optimise(objective_of(posterior),
-                             prior_starts(lenses, space, 0, opts, ms.starts), ms.adam_iterations,
-                             ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {}, "", bar),
-                    n_lenses, ms, space.dim(), bar);
+    return polished(
+        posterior.log_density(),
+        optimise(objective_of(posterior), prior_starts(lenses, space, 0, opts, ms.starts), n_lenses,
+                 ms.adam_iterations, ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {}, "",
+                 bar),
+        n_lenses, ms, space.dim(), bar);
   }
 
   // Likelihood annealing: stages 1 and 2 and the first joint stage see the noise scaled by
@@ -408,9 +421,10 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
         "MAP: the placements' source centres start at the data traced back through each drawn "
         "lens");
   }
-  auto placed = optimise(placement_objective, place_from, placement_adam, ms.learning_rate,
-                         inversion ? std::vector<double>{} : ms.blur_pixels, placement_lbfgs, {},
-                         "placement", bar, inversion ? 0.0 : ms.placement_blur_pixels);
+  auto placed =
+      optimise(placement_objective, place_from, n_lenses, placement_adam, ms.learning_rate,
+               inversion ? std::vector<double>{} : ms.blur_pixels, placement_lbfgs, {}, "placement",
+               bar, inversion ? 0.0 : ms.placement_blur_pixels);
 
   // The stand-in's optima -> the full model: every parameter the two share by name, except the
   // stand-in's own shape and amplitude, is taken over; the rest (latents, the decoded source's
@@ -473,18 +487,18 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   }
 
   // 2. The decoded source with the lens held; 3. everything.
-  x = optimise(objective_of(early), x, ms.source_adam_iterations, ms.learning_rate, {},
+  x = optimise(objective_of(early), x, n_lenses, ms.source_adam_iterations, ms.learning_rate, {},
                ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)
           .x;
   for (size_t k = 0; k < tempered.size(); ++k) {
-    x = optimise(objective_of(tempered[k]), x, ms.adam_iterations, ms.joint_learning_rate, {},
-                 ms.lbfgs_iterations, {}, fmt::format("joint (noise x{:g})", ms.anneal_noise[k]),
-                 bar)
+    x = optimise(objective_of(tempered[k]), x, n_lenses, ms.adam_iterations, ms.joint_learning_rate,
+                 {}, ms.lbfgs_iterations, {},
+                 fmt::format("joint (noise x{:g})", ms.anneal_noise[k]), bar)
             .x;
   }
   return polished(posterior.log_density(),
-                  optimise(objective_of(posterior), x, ms.adam_iterations, ms.joint_learning_rate,
-                           {}, ms.lbfgs_iterations, {}, "joint", bar),
+                  optimise(objective_of(posterior), x, n_lenses, ms.adam_iterations,
+                           ms.joint_learning_rate, {}, ms.lbfgs_iterations, {}, "joint", bar),
                   n_lenses, ms, space.dim(), bar);
 }
 

@@ -140,19 +140,17 @@ torch::Tensor WelfordEstimator::covariance_of_groups(int64_t group) const {
     throw InvalidArgument("WelfordEstimator: a pooling group of " + std::to_string(group) +
                           " chains does not divide " + std::to_string(chains_) + " chains");
   if (group == 1) return m2_ / static_cast<double>(n_ - 1);
-  // Chan et al.'s parallel combination of equal-sized per-chain accumulators, per group.
+  // The within-chain covariance of the group (the W of R-hat, Gelman et al. BDA3 eq. 11.3): each
+  // chain's squared deviations from its own mean, summed over the group, over group (n - 1)
+  // degrees of freedom. The deviations of the chains' means from the group's mean are left out on
+  // purpose: chains that sit in different modes (or still drift apart in early warmup) would put
+  // the distance between the modes into the metric, which no single trajectory travels, and the
+  // step size would shrink by that factor in the whitened frame (docs/benchmarks.md, session 16).
   const int64_t groups = chains_ / group;
-  const auto mean = mean_.view({groups, group, dim_});
-  const torch::Tensor dev = mean - mean.mean(1, /*keepdim=*/true);
-  torch::Tensor m2;
-  if (kind_ == MetricKind::diag) {
-    m2 = m2_.view({groups, group, dim_}).sum(1, true) +
-         static_cast<double>(n_) * (dev * dev).sum(1, true);
-  } else {
-    m2 = m2_.view({groups, group, dim_, dim_}).sum(1, true) +
-         static_cast<double>(n_) * (dev.unsqueeze(-1) * dev.unsqueeze(-2)).sum(1, true);
-  }
-  const torch::Tensor cov = m2 / static_cast<double>(n_ * group - 1);
+  const torch::Tensor m2 = kind_ == MetricKind::diag
+                               ? m2_.view({groups, group, dim_}).sum(1, true)
+                               : m2_.view({groups, group, dim_, dim_}).sum(1, true);
+  const torch::Tensor cov = m2 / static_cast<double>(group * (n_ - 1));
   return kind_ == MetricKind::diag
              ? cov.expand({groups, group, dim_}).reshape({chains_, dim_})
              : cov.expand({groups, group, dim_, dim_}).reshape({chains_, dim_, dim_});

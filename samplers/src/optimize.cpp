@@ -36,6 +36,7 @@ void LbfgsSettings::validate() const {
   require(max_line_search >= 1, "lbfgs max_line_search must be >= 1, got " + str(max_line_search));
   require(line_search_batch >= 1,
           "lbfgs line_search_batch must be >= 1, got " + str(line_search_batch));
+  require(row_groups >= 1, "lbfgs row_groups must be >= 1, got " + str(row_groups));
 }
 
 OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tensor& starts,
@@ -90,17 +91,52 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
   return r;
 }
 
+namespace {
+
+// The rows one line-search call evaluates: sel [G m] (rows of the batch, group-major) and real
+// (the places in sel that are not padding). With compaction, each of the G groups contributes
+// its pending rows in order, padded to m = the largest group's count with its first row.
+struct PendingRows {
+  torch::Tensor sel, real;
+};
+
+PendingRows pending_rows(const torch::Tensor& pending, int64_t groups) {
+  const int64_t per = pending.size(0) / groups;  // divisible: checked by maximize_lbfgs
+  const auto lopt = pending.options().dtype(torch::kInt64);
+  const torch::Tensor pg = pending.view({groups, per});
+  const torch::Tensor count = pg.sum(1);
+  const int64_t m = count.max().item<int64_t>();
+  // Pending rows first, each part in its original order: sort keys (not pending) * per + column.
+  const torch::Tensor col = torch::arange(per, lopt).unsqueeze(0);
+  const torch::Tensor order = ((~pg).to(torch::kInt64) * per + col)
+                                  .argsort(/*dim=*/1, /*descending=*/false)
+                                  .narrow(1, 0, m);
+  const torch::Tensor slot = col.narrow(1, 0, m);           // [1, m]
+  const torch::Tensor is_real = slot < count.unsqueeze(1);  // [G, m]
+  const torch::Tensor within = torch::where(is_real, order, order.narrow(1, 0, 1));
+  const torch::Tensor sel =
+      (within + torch::arange(groups, lopt).unsqueeze(1) * per).reshape({groups * m});
+  return {sel, is_real.reshape({groups * m}).nonzero().squeeze(1)};
+}
+
+}  // namespace
+
 OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
                               const LbfgsSettings& s) {
   using namespace optimize_common;
   s.validate();
   check_starts(starts, "lbfgs");
+  if (s.compact_line_search && starts.size(0) % s.row_groups != 0)
+    throw InvalidArgument("lbfgs: " + std::to_string(starts.size(0)) +
+                          " starts do not split into " + std::to_string(s.row_groups) +
+                          " equal row groups");
   OptimizeResult r;
   const int64_t n = starts.size(0), dim = starts.size(1), mh = s.history;
   const auto opt = starts.options();
   torch::Tensor x = starts.detach().clone();
   LogDensityValue v = evaluate_checked(log_density, x);
   ++r.log_density_calls;
+  r.rows_evaluated += n;
   // Minimise f = -log p.
   torch::Tensor f = -v.log_p, g = -v.grad;
   torch::Tensor ok = finite_rows(f, g);
@@ -158,25 +194,35 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     torch::Tensor accepted = ~active;
     torch::Tensor x_new = x, f_new = f, g_new = g;
     for (int64_t ls = 0; ls < s.max_line_search; ls += s.line_search_batch) {
-      // k step lengths per start, [n, k]; trial rows start-major [n * k, D].
+      // k step lengths per evaluated start, [ns, k]; trial rows start-major [ns * k, D].
       const int64_t k = std::min(s.line_search_batch, s.max_line_search - ls);
-      const torch::Tensor steps = t.unsqueeze(1) * shrink.narrow(1, 0, k);
-      const torch::Tensor x_try =
-          (x.unsqueeze(1) + steps.unsqueeze(2) * d.unsqueeze(1)).reshape({n * k, dim});
+      const PendingRows e =
+          s.compact_line_search ? pending_rows(~accepted, s.row_groups) : PendingRows{rows, rows};
+      const int64_t ns = e.sel.size(0);
+      const torch::Tensor steps = t.index_select(0, e.sel).unsqueeze(1) * shrink.narrow(1, 0, k);
+      const torch::Tensor x_try = (x.index_select(0, e.sel).unsqueeze(1) +
+                                   steps.unsqueeze(2) * d.index_select(0, e.sel).unsqueeze(1))
+                                      .reshape({ns * k, dim});
       LogDensityValue vt = evaluate_checked(log_density, x_try);
       ++r.log_density_calls;
+      r.rows_evaluated += ns * k;
       const torch::Tensor f_try = -vt.log_p, g_try = -vt.grad;
       const torch::Tensor good =
-          finite_rows(f_try, g_try).reshape({n, k}) &
-          (f_try.reshape({n, k}) <= f.unsqueeze(1) + s.armijo * steps * gd.unsqueeze(1));
-      // The longest step that passes (argmax returns the first maximum).
-      const torch::Tensor first = good.to(torch::kInt32).argmax(1);
-      const torch::Tensor pick = rows * k + first;
-      torch::Tensor fresh = ~accepted & good.any(1);
-      torch::Tensor fm = fresh.unsqueeze(1);
-      x_new = torch::where(fm, x_try.index_select(0, pick), x_new);
-      f_new = torch::where(fresh, f_try.index_select(0, pick), f_new);
-      g_new = torch::where(fm, g_try.index_select(0, pick), g_new);
+          finite_rows(f_try, g_try).reshape({ns, k}) &
+          (f_try.reshape({ns, k}) <= f.index_select(0, e.sel).unsqueeze(1) +
+                                         s.armijo * steps * gd.index_select(0, e.sel).unsqueeze(1));
+      // The longest step that passes (argmax returns the first maximum), for the evaluated starts
+      // that are not padding (e.real: their places among the evaluated rows), put back in place.
+      const torch::Tensor first = good.to(torch::kInt32).argmax(1).index_select(0, e.real);
+      const torch::Tensor pick = e.real * k + first;
+      const torch::Tensor to = e.sel.index_select(0, e.real);
+      torch::Tensor fresh =
+          torch::zeros_like(accepted).index_copy(0, to, good.any(1).index_select(0, e.real));
+      fresh = fresh & ~accepted;
+      const torch::Tensor fm = fresh.unsqueeze(1);
+      x_new = torch::where(fm, x_new.index_copy(0, to, x_try.index_select(0, pick)), x_new);
+      f_new = torch::where(fresh, f_new.index_copy(0, to, f_try.index_select(0, pick)), f_new);
+      g_new = torch::where(fm, g_new.index_copy(0, to, g_try.index_select(0, pick)), g_new);
       accepted = accepted | fresh;
       if (accepted.all().item<bool>()) break;
       t = torch::where(accepted, t, t * std::pow(s.backtrack, static_cast<double>(k)));

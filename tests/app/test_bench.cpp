@@ -58,4 +58,12 @@ TEST(BenchSimulate, CpuKernelsOffCountsTheGpuPathsOperators) {
   EXPECT_NE(bad.output.find("--cpu-kernels"), std::string::npos) << bad.output;
 }
 
+TEST(BenchFit, BadSnrExitsTwoNamingTheOption) {
+  for (const std::string v : {"-1", "-0.5"}) {
+    const auto r = dslens::testing::run_dslens("bench fit --snr " + v);
+    EXPECT_EQ(r.code, 2) << v << "\n" << r.output;
+    EXPECT_NE(r.output.find("--snr must be a number >= 0"), std::string::npos) << r.output;
+  }
+}
+
 }  // namespace bench_test

@@ -94,12 +94,36 @@ TEST(Welford, MatchesTorchCovariance) {
     torch::Tensor cov = xc.t().mm(xc) / double(N - 1);
     EXPECT_TRUE(torch::allclose(dense.covariance(false)[c], cov, 1e-10, 1e-12));
   }
-  torch::Tensor all = x.reshape({C * N, D});
-  EXPECT_TRUE(torch::allclose(diag.covariance(true)[1], all.var(0, true), 1e-10, 1e-12));
-  torch::Tensor ac = all - all.mean(0);
-  EXPECT_TRUE(
-      torch::allclose(dense.covariance(true)[2], ac.t().mm(ac) / double(C * N - 1), 1e-10, 1e-12));
+  // Pooled: each chain's deviations from its own mean, over C (N - 1) degrees of freedom.
+  torch::Tensor within = x - x.mean(1, /*keepdim=*/true);
+  torch::Tensor flat = within.reshape({C * N, D});
+  EXPECT_TRUE(torch::allclose(diag.covariance(true)[1], flat.pow(2).sum(0) / double(C * (N - 1)),
+                              1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(dense.covariance(true)[2], flat.t().mm(flat) / double(C * (N - 1)),
+                              1e-10, 1e-12));
   EXPECT_EQ(dense.effective_count(true), C * N);
+}
+
+TEST(Welford, PooledMetricLeavesOutTheDistanceBetweenChains) {
+  // Two chains in two modes 10 sd apart (x = +-5 + N(0, 1) in every coordinate): the metric a
+  // trajectory needs is the modes' own unit covariance. The draws taken together have variance
+  // 1 + 25 = 26, which would cut the step size by sqrt(26) in the whitened frame.
+  torch::manual_seed(5);
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t C = 2, N = 400, D = 3;
+  const auto shift = torch::tensor({-5.0, 5.0}, opt).view({C, 1, 1});
+  torch::Tensor x = torch::randn({C, N, D}, opt) + shift;
+  WelfordEstimator diag(MetricKind::diag, C, D, opt), dense(MetricKind::dense, C, D, opt);
+  for (int64_t i = 0; i < N; ++i) {
+    diag.add(x.select(1, i));
+    dense.add(x.select(1, i));
+  }
+  const auto var = diag.covariance(true);
+  EXPECT_LT((var - 1.0).abs().max().item<double>(), 0.2) << var;
+  const auto cov = dense.covariance(true)[0];
+  EXPECT_LT((cov - torch::eye(D, opt)).abs().max().item<double>(), 0.2) << cov;
+  // Both chains get the same pooled estimate.
+  EXPECT_TRUE(torch::equal(dense.covariance(true)[0], dense.covariance(true)[1]));
 }
 
 TEST(Welford, GroupsPoolTheirOwnChainsOnly) {
@@ -118,10 +142,10 @@ TEST(Welford, GroupsPoolTheirOwnChainsOnly) {
   const auto by_group_diag = diag.covariance_of_groups(2);
   const auto by_group_dense = dense.covariance_of_groups(2);
   for (int64_t g = 0; g < 2; ++g) {
-    // The sample covariance of the group's 2 N draws taken together.
-    const torch::Tensor all = x.narrow(0, 2 * g, 2).reshape({2 * N, D});
-    const torch::Tensor ac = all - all.mean(0);
-    const torch::Tensor cov = ac.t().mm(ac) / double(2 * N - 1);
+    // The within-chain covariance of the group's two chains: the mean of their covariances.
+    const torch::Tensor g_x = x.narrow(0, 2 * g, 2);
+    const torch::Tensor ac = (g_x - g_x.mean(1, /*keepdim=*/true)).reshape({2 * N, D});
+    const torch::Tensor cov = ac.t().mm(ac) / double(2 * (N - 1));
     for (int64_t c = 2 * g; c < 2 * g + 2; ++c) {
       EXPECT_TRUE(torch::allclose(by_group_dense[c], cov, 1e-10, 1e-12)) << "chain " << c;
       EXPECT_TRUE(torch::allclose(by_group_diag[c], cov.diagonal(), 1e-10, 1e-12)) << "chain " << c;

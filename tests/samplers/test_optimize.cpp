@@ -121,6 +121,57 @@ TEST(Lbfgs, BatchedLineSearchKeepsEachStartInItsGroup) {
   EXPECT_LT((r.x - want).abs().max().item<double>(), 1e-6);
 }
 
+// Compacted backtracking evaluates only the starts still searching: the same iterates as
+// evaluating every start at every backtrack (Rosenbrock's starts backtrack unevenly), from fewer
+// rows, for one and for several trial steps per call.
+TEST(Lbfgs, CompactLineSearchTakesTheSamePathFromFewerRows) {
+  const torch::Tensor starts = rosenbrock_starts();
+  for (int64_t k : {1, 3}) {
+    SCOPED_TRACE(k);
+    LbfgsSettings s;
+    s.max_iterations = 1000;
+    s.line_search_batch = k;
+    OptimizeResult full = maximize_lbfgs(rosenbrock(), starts, s);
+    s.compact_line_search = true;
+    OptimizeResult compact = maximize_lbfgs(rosenbrock(), starts, s);
+    EXPECT_TRUE(torch::allclose(compact.x, full.x, 1e-10, 1e-12))
+        << (compact.x - full.x).abs().max();
+    EXPECT_TRUE(torch::equal(compact.iterations, full.iterations));
+    EXPECT_EQ(compact.log_density_calls, full.log_density_calls);
+    EXPECT_LT(compact.rows_evaluated, full.rows_evaluated * 3 / 4)
+        << compact.rows_evaluated << " of " << full.rows_evaluated;
+  }
+}
+
+// With row groups (lenses), a compacted call pads each group to the same count, so a density that
+// reads a row's group from its place still sees every start under its own group's Gaussian.
+TEST(Lbfgs, CompactLineSearchKeepsEachStartInItsGroup) {
+  const int64_t groups = 3, per = 5, dim = 3;
+  torch::manual_seed(9);
+  auto b = torch::randn({dim, dim}, f64());
+  auto P = b.mm(b.t()) + torch::eye(dim, f64());
+  // Very different curvatures per group: their starts backtrack different numbers of times.
+  auto scale = torch::tensor({0.05, 2.0, 300.0}, f64());
+  auto mu = torch::randn({groups, dim}, f64()) * 3;
+  auto target = dslens::testing::grouped_gaussian(P, scale, mu);
+  auto starts = torch::randn({groups * per, dim}, f64()) * 4;
+  LbfgsSettings s;
+  s.compact_line_search = true;
+  s.row_groups = groups;
+  OptimizeResult r = maximize_lbfgs(target, starts, s);
+  EXPECT_TRUE(r.converged.all().item<bool>()) << r.grad_norm;
+  // Converged to grad_tol 1e-6 at curvatures down to 0.05 x P: within 1e-4 of the group's mean.
+  EXPECT_LT((r.x - mu.repeat_interleave(per, 0)).abs().max().item<double>(), 1e-4);
+  s.compact_line_search = false;
+  OptimizeResult full = maximize_lbfgs(target, starts, s);
+  EXPECT_TRUE(torch::allclose(r.x, full.x, 1e-10, 1e-12));
+  EXPECT_LT(r.rows_evaluated, full.rows_evaluated);
+  // Starts that do not split into the groups are refused.
+  s.compact_line_search = true;
+  s.row_groups = 4;
+  EXPECT_THROW(maximize_lbfgs(target, starts, s), dslens::InvalidArgument);
+}
+
 TEST(Adam, FindsTheModeOfAQuadraticFromEveryStart) {
   Quadratic quad = make_quadratic(4);
   torch::Tensor starts = torch::randn({32, 4}, f64()) * 3;

@@ -70,11 +70,13 @@ class WelfordEstimator {
   void restart();
   void add(const torch::Tensor& q);  // q [C, D]
   int64_t num_samples() const { return n_; }
-  // Sample (co)variance (divisor n - 1) per chain, or pooled over chains and broadcast.
+  // Sample (co)variance (divisor n - 1) per chain, or pooled over chains (within-chain, below) and
+  // broadcast.
   torch::Tensor covariance(bool pooled) const { return covariance_of_groups(pooled ? chains_ : 1); }
-  // Pooled over consecutive groups of `group` chains (the draws of a group taken together, Chan et
-  // al.'s combination) and broadcast to each group's chains; group 1: per chain. `group` must
-  // divide the number of chains.
+  // Pooled over consecutive groups of `group` chains and broadcast to each group's chains: the
+  // mean of the group's per-chain covariances (each about its own chain's mean; R-hat's W), so
+  // that chains in different modes do not widen the metric by the distance between them; group
+  // 1: per chain. `group` must divide the number of chains.
   torch::Tensor covariance_of_groups(int64_t group) const;
   // Number of draws behind covariance(pooled) / covariance_of_groups(group).
   int64_t effective_count_of_groups(int64_t group) const { return n_ * group; }
