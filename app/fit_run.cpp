@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -127,10 +128,17 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
 // Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
 struct StopAfterWarmup {};
 
-// Where the chains start: the best few optima of each lens (best_x [L, K, D], best_lp [L, K], best
-// first) seed its chains round-robin over the optima within D nats of the best, each displaced by
-// 0.3 x a draw from the Laplace approximation there, whose covariance is the chain's initial
-// inverse metric. Rows lens-major, [L * chains, D].
+// A kept optimum seeds chains when its Laplace mass, log p + log det(Sigma) / 2, is within this
+// many nats of the lens's largest: a mode holding at least 1 % of the best mode's mass. Height
+// alone (log p within D nats, before session 16) seeded half the chains of the 100x100 bench mock
+// at SNR 30 in a false lens whose draws sat 115 nats below the true mode's, where they stayed
+// (docs/benchmarks.md).
+constexpr double kSeedMassNats = 4.605170185988091;  // ln 100
+
+// Where the chains start: each lens's kept optima (best_x [L, K, D], best_lp [L, K]) whose Laplace
+// mass is within kSeedMassNats of the largest seed its chains round-robin, the heaviest first,
+// each displaced by 0.3 x a draw from the Laplace approximation there, whose covariance is the
+// chain's initial inverse metric. Rows lens-major, [L * chains, D].
 struct ChainStarts {
   torch::Tensor init, inv_metric;
 };
@@ -141,35 +149,46 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
                          const torch::TensorOptions& opts) {
   const int64_t n_lenses = best_x.size(0), keep = best_x.size(1), dim = best_x.size(2);
   const int64_t chains = lenses.front()->sampler.chains;
-  const auto lp_cpu = best_lp.to(torch::kCPU, torch::kFloat64).contiguous();
-  std::vector<int64_t> seed_rows;
-  std::vector<int64_t> seeds_used;
-  for (int64_t l = 0; l < n_lenses; ++l) {
-    const double* lp = lp_cpu.data_ptr<double>() + l * keep;
-    int64_t good = 1;
-    while (good < keep && std::isfinite(lp[good]) && lp[good] >= lp[0] - static_cast<double>(dim))
-      ++good;
-    for (int64_t c = 0; c < chains; ++c) seed_rows.push_back(l * keep + c % good);
-    seeds_used.push_back(std::min(good, chains));
-  }
-  const torch::Tensor seeds = best_x.reshape({n_lenses * keep, dim})
-                                  .index_select(0, torch::tensor(seed_rows).to(best_x.device()));
-  spdlog::info("chains start from {} optimum(s) per lens (within {} nats of the best)",
-               nlohmann::json(seeds_used).dump(), dim);
   const auto t_laplace = std::chrono::steady_clock::now();
-  const auto laplace = laplace_metric(log_density, seeds, dense);
+  // The Laplace approximation at every kept optimum (lens-major rows, as the log density wants).
+  const auto laplace = laplace_metric(log_density, best_x.reshape({n_lenses * keep, dim}), dense);
   spdlog::info(
-      "Laplace approximation at the optima in {:.1f} s: marginal sd from {:.3g} to "
-      "{:.3g} (unconstrained)",
-      seconds_since(t_laplace), laplace.sd.min().item<double>(), laplace.sd.max().item<double>());
+      "Laplace approximation at the {} optima in {:.1f} s: marginal sd from {:.3g} to {:.3g} "
+      "(unconstrained)",
+      n_lenses * keep, seconds_since(t_laplace), laplace.sd.min().item<double>(),
+      laplace.sd.max().item<double>());
+  const auto log_det = 2.0 * laplace.cholesky.diagonal(0, -2, -1).log().sum(-1);
+  const auto mass = (best_lp.to(torch::kCPU, torch::kFloat64).reshape({-1}) +
+                     0.5 * log_det.to(torch::kCPU, torch::kFloat64))
+                        .reshape({n_lenses, keep});
+  const std::vector<int64_t> seed_rows = samplers::seed_modes(mass, chains, kSeedMassNats);
+  std::vector<int64_t> seeds_used;
+  std::vector<std::vector<double>> relative_mass(n_lenses);
+  for (int64_t l = 0; l < n_lenses; ++l) {
+    const auto first = seed_rows.begin() + l * chains;
+    std::vector<int64_t> distinct(first, first + chains);
+    std::sort(distinct.begin(), distinct.end());
+    seeds_used.push_back(std::unique(distinct.begin(), distinct.end()) - distinct.begin());
+    const auto m = mass[l];
+    const auto top = m.max().item<double>();
+    for (int64_t k = 0; k < keep; ++k)
+      relative_mass[l].push_back(std::round((m[k].item<double>() - top) * 10) / 10);
+  }
+  spdlog::info(
+      "chains start from {} optimum(s) per lens (Laplace mass within {:.1f} nats of the "
+      "largest; the kept optima's log masses relative to it, best log posterior first: {})",
+      nlohmann::json(seeds_used).dump(), kSeedMassNats, nlohmann::json(relative_mass).dump());
+  const auto rows_cpu = torch::tensor(seed_rows);
+  const torch::Tensor seeds =
+      best_x.reshape({n_lenses * keep, dim}).index_select(0, rows_cpu.to(best_x.device()));
   std::vector<torch::Tensor> eps;
   for (const auto* c : lenses) {
     auto gen = lens_generator(c->sampler.seed + 7919, *c);
     eps.push_back(torch::randn({chains, dim}, gen, torch::kFloat64));
   }
-  const torch::Tensor jitter =
-      0.3 * laplace.cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
-  return {seeds + jitter.to(opts), laplace.inv_metric.to(opts)};
+  const torch::Tensor cholesky = laplace.cholesky.index_select(0, rows_cpu);
+  const torch::Tensor jitter = 0.3 * cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
+  return {seeds + jitter.to(opts), laplace.inv_metric.index_select(0, rows_cpu).to(opts)};
 }
 
 }  // namespace fit_run_detail
@@ -249,9 +268,9 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   if (options.stop_after == "map") return {};
 
   // 2. Chains: the best few optima of a lens seed its chains (round-robin over the kept optima
-  // whose log posterior is within `dim` nats of the best, so that a second mode of similar height
-  // gets chains and R-hat can see it, while a poor local optimum does not). Each chain starts at
-  // its optimum displaced by 0.3 x a draw from the Laplace approximation there, and that
+  // whose Laplace mass is within ln 100 of the largest, so that a second mode of similar mass gets
+  // chains and R-hat can see it, while a mode holding a negligible share does not). Each chain
+  // starts at its optimum displaced by 0.3 x a draw from the Laplace approximation there, and that
   // approximation's covariance is its initial metric: warmup then begins at the posterior's
   // scales instead of the identity's. The sampler leaves snapshots in sampler_file, from which
   // --resume continues an interrupted run exactly.

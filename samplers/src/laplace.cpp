@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "dslens/core/errors.h"
 
@@ -75,6 +76,28 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
   out.covariance = 0.5 * (out.covariance + out.covariance.transpose(1, 2));
   out.variance = out.covariance.diagonal(0, 1, 2).clone();
   return out;
+}
+
+std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats) {
+  if (!log_mass.defined() || log_mass.dim() != 2 || log_mass.size(1) < 1 || chains < 1 ||
+      !(nats >= 0))
+    throw InvalidArgument("seed_modes: log_mass must be [groups, modes], chains >= 1, nats >= 0");
+  const auto m_all = log_mass.to(torch::kCPU, torch::kFloat64).contiguous();
+  const int64_t groups = m_all.size(0), k_modes = m_all.size(1);
+  std::vector<int64_t> rows;
+  for (int64_t g = 0; g < groups; ++g) {
+    const double* m = m_all.data_ptr<double>() + g * k_modes;
+    std::vector<int64_t> order;
+    for (int64_t k = 0; k < k_modes; ++k)
+      if (std::isfinite(m[k])) order.push_back(k);
+    std::stable_sort(order.begin(), order.end(), [m](int64_t a, int64_t b) { return m[a] > m[b]; });
+    int64_t good = 0;
+    while (good < static_cast<int64_t>(order.size()) && m[order[good]] >= m[order[0]] - nats)
+      ++good;
+    for (int64_t c = 0; c < chains; ++c)
+      rows.push_back(g * k_modes + (good > 0 ? order[c % good] : 0));
+  }
+  return rows;
 }
 
 }  // namespace dslens::samplers

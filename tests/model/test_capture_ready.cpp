@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "app/op_census.h"
 #include "dslens/core/config.h"
@@ -125,4 +126,5 @@ TEST(CaptureReady, EplEllipticityBoundFollowsThePriors) {
   auto sis = epl_vae_model(vae, 0.0, 0.0);
   sis["mass"] = {{{"type", "SIS"}, {"theta_E", 1.0}, {"center_x", 0.0}, {"center_y", 0.0}}};
   EXPECT_EQ(*bound_of(sis), 0.0);
+  std::filesystem::remove_all(vae);
 }

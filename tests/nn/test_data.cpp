@@ -387,4 +387,5 @@ TEST(GalaxyReaders, BadInputsGiveClearErrors) {
   // No images at all.
   EXPECT_THROW(dslens::nn::preprocess_images({}, dslens::nn::PreprocessConfig{}, 16),
                dslens::InputError);
+  std::filesystem::remove_all(dir);
 }

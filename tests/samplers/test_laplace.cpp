@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <vector>
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/laplace.h"
@@ -16,6 +17,7 @@ using dslens::samplers::laplace_approximation;
 using dslens::samplers::LaplaceSettings;
 using dslens::samplers::LogDensityFn;
 using dslens::samplers::LogDensityValue;
+using dslens::samplers::seed_modes;
 
 torch::TensorOptions f64() {
   return torch::TensorOptions().dtype(torch::kFloat64);
@@ -104,6 +106,24 @@ TEST(Laplace, BadInputsAreClearErrors) {
   auto nan_grad = autograd_log_density([](const torch::Tensor& q) { return q.sqrt().sum(1); });
   EXPECT_THROW(laplace_approximation(nan_grad, torch::zeros({1, 2}, f64())),
                dslens::NumericalError);
+}
+
+// Chains go to the modes holding a real share of the mass, heaviest first, per group: a mode
+// higher in log p but narrower can rank below a lower, wider one, and a mode far below gets none.
+TEST(Laplace, SeedModesRoundRobinOverTheHeavyModesOfEachGroup) {
+  const double nan = std::nan("");
+  // Group 0: modes at log mass 0, -2, -50 and an unusable one; group 1: -1 and +3 (mode 1 is
+  // the heaviest), then two far below.
+  const auto mass =
+      torch::tensor({{0.0, -2.0, -50.0, nan}, {-1.0, 3.0, -40.0, -60.0}}, torch::kFloat64);
+  EXPECT_EQ(seed_modes(mass, 4, 4.6), (std::vector<int64_t>{0, 1, 0, 1, 5, 4, 5, 4}));
+  // Tighter: only the heaviest of each group.
+  EXPECT_EQ(seed_modes(mass, 3, 1.0), (std::vector<int64_t>{0, 0, 0, 5, 5, 5}));
+  // More chains than modes within reach, and a group with no finite mass (its mode 0).
+  const auto none = torch::tensor({{nan, -HUGE_VAL}}, torch::kFloat64);
+  EXPECT_EQ(seed_modes(none, 2, 4.6), (std::vector<int64_t>{0, 0}));
+  EXPECT_THROW(seed_modes(torch::zeros({3}), 2, 4.6), dslens::InvalidArgument);
+  EXPECT_THROW(seed_modes(mass, 0, 4.6), dslens::InvalidArgument);
 }
 
 }  // namespace laplace_test

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "dslens/samplers/log_density.h"
 
@@ -58,5 +59,12 @@ torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, dou
 // NumericalError when the gradient is not finite near a mode.
 LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::Tensor& x,
                                            const LaplaceSettings& settings = {});
+
+// The modes that seed chains: log_mass [G, K] holds each group's (lens's) K modes' log masses,
+// e.g. log p + log det(Sigma) / 2 of their Laplace approximations (not finite: unusable). Each
+// group's `chains` chains go round-robin over its modes within `nats` of its largest mass, the
+// heaviest first; a group with no finite mass seeds every chain at its mode 0. Returns [G *
+// chains] indices into the flattened [G * K] modes, group-major.
+std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats);
 
 }  // namespace dslens::samplers
