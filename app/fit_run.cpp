@@ -163,16 +163,18 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
                         .reshape({n_lenses, keep});
   const std::vector<int64_t> seed_rows = samplers::seed_modes(mass, chains, kSeedMassNats);
   std::vector<int64_t> seeds_used;
-  std::vector<std::vector<double>> relative_mass(n_lenses);
   for (int64_t l = 0; l < n_lenses; ++l) {
-    const auto first = seed_rows.begin() + l * chains;
-    std::vector<int64_t> distinct(first, first + chains);
+    std::vector<int64_t> distinct(seed_rows.begin() + l * chains,
+                                  seed_rows.begin() + (l + 1) * chains);
     std::sort(distinct.begin(), distinct.end());
     seeds_used.push_back(std::unique(distinct.begin(), distinct.end()) - distinct.begin());
-    const auto m = mass[l];
-    const auto top = m.max().item<double>();
-    for (int64_t k = 0; k < keep; ++k)
-      relative_mass[l].push_back(std::round((m[k].item<double>() - top) * 10) / 10);
+  }
+  // Each kept optimum's log mass relative to its lens's largest, to 0.1 nats, for the log.
+  const auto relative = ((mass - std::get<0>(mass.max(1, /*keepdim=*/true))) * 10).round() / 10;
+  std::vector<std::vector<double>> relative_mass(n_lenses);
+  for (int64_t l = 0; l < n_lenses; ++l) {
+    const auto row = relative[l].contiguous();
+    relative_mass[l].assign(row.data_ptr<double>(), row.data_ptr<double>() + keep);
   }
   spdlog::info(
       "chains start from {} optimum(s) per lens (Laplace mass within {:.1f} nats of the "
