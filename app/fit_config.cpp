@@ -75,7 +75,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
   if (root.has("sampler")) {
     const ConfigNode s = root.at("sampler");
     s.allow_only({"algorithm", "chains", "warmup", "draws", "max_depth", "target_accept", "metric",
-                  "metric_prior_count", "seed", "num_steps", "cuda_graphs", "adaptation"});
+                  "metric_prior_count", "seed", "num_steps", "cuda_graphs", "adaptation",
+                  "curvature_metric"});
     sampler.algorithm = s.choice_or("algorithm", sampler.algorithm, {"nuts", "hmc"});
     sampler.chains = s.integer_or("chains", sampler.chains, Range::closed(1, 100000));
     sampler.warmup = s.integer_or("warmup", sampler.warmup, Range::closed(0, 1e7));
@@ -91,6 +92,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     sampler.num_steps = s.integer_or("num_steps", sampler.num_steps, Range::closed(1, 100000));
     sampler.cuda_graphs = s.boolean_or("cuda_graphs", sampler.cuda_graphs);
     sampler.adaptation = s.choice_or("adaptation", sampler.adaptation, {"per_lens", "per_chain"});
+    sampler.curvature_metric = s.boolean_or("curvature_metric", sampler.curvature_metric);
   }
 }
 

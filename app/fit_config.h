@@ -58,6 +58,7 @@ struct MapSettings {
   int64_t newton_starts = 4;
 };
 inline constexpr int64_t kNewtonMaxDimension = 400;
+inline constexpr int64_t kCurvatureMaxDimension = 400;
 
 struct SamplerChoice {
   std::string algorithm = "nuts";  // "nuts" or "hmc"
@@ -78,6 +79,10 @@ struct SamplerChoice {
   // "per_lens": the chains of a lens pool their warmup adaptation (one step size and one metric
   // per lens, from all its chains' draws); "per_chain": each chain adapts on its own.
   std::string adaptation = "per_lens";
+  // Warmup's metric from the local curvature at the chains' positions
+  // (samplers::AdaptSettings::curvature_metric); models with more than kCurvatureMaxDimension free
+  // parameters skip it (each of its Hessians costs 2D gradients per chain and a D x D eigensolve).
+  bool curvature_metric = true;
 };
 
 struct FitConfig {

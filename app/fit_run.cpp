@@ -331,6 +331,11 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                                    ? sc.metric_prior_count
                                    : (sc.metric == "dense" ? static_cast<double>(dim) : 0.0);
     s.adapt.metric_prior_count = prior_count;
+    s.adapt.curvature_metric = sc.curvature_metric && dim <= kCurvatureMaxDimension;
+    if (sc.curvature_metric && !s.adapt.curvature_metric)
+      spdlog::info("warmup: no curvature metric: {} free parameters (more than {})", dim,
+                   kCurvatureMaxDimension);
+    s.adapt.curvature_max_variance = 1.0;  // as the Laplace start's (laplace_metric)
     // Rows are lens-major: a lens's chains are consecutive and pool their adaptation.
     s.adapt.pool_group = sc.adaptation == "per_lens" ? chains : 1;
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
@@ -353,6 +358,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                      {"target_accept", sc.target_accept},
                      {"metric", sc.metric},
                      {"metric_prior_count", prior_count},
+                     {"curvature_metric", s.adapt.curvature_metric},
                      {"adaptation", sc.adaptation},
                      {"seed", sc.seed},
                      {"device", compute.device.str()},

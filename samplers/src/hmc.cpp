@@ -12,6 +12,7 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/adaptation.h"
+#include "dslens/samplers/laplace.h"
 
 namespace dslens::samplers {
 namespace hmc_detail {
@@ -363,6 +364,45 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
   return eps;
 }
 
+namespace {
+// AdaptSettings::curvature_metric: the metric becomes the local curvature at the chains' positions
+// (laplace.h's curvature_covariance, difference steps a tenth of the current metric's marginal
+// sd). A failed Hessian (a gradient that is not finite nearby) leaves the metric as it was.
+void curvature_metric_update(HamiltonianSystem& system, const ChainState& state,
+                             const LogDensityFn& log_density, const SamplerSettings& settings,
+                             int64_t group, const std::string& name, int64_t iteration) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t chains = state.q.size(0);
+  const auto& inv = system.metric().inverse();
+  const auto widths = (inv.dim() == 3 ? inv.diagonal(0, 1, 2) : inv).sqrt();
+  LaplaceSettings ls;
+  ls.max_variance = settings.adapt.curvature_max_variance;
+  int64_t calls = 0;
+  torch::Tensor flat, cov;
+  try {
+    cov = curvature_covariance(log_density, state.q, widths, group, ls, calls, &flat);
+  } catch (const NumericalError& e) {
+    spdlog::warn("{}: the metric stays as it was; its local curvature failed: {}", name, e.what());
+    return;
+  }
+  system.count_rows(2 * state.q.size(1) * chains, chains);
+  const auto opt = state.q.options();
+  const auto all = torch::ones({chains}, opt.dtype(torch::kBool));
+  system.metric().update(settings.metric == MetricKind::dense
+                             ? cov.to(opt)
+                             : cov.diagonal(0, 1, 2).contiguous().to(opt),
+                         all);
+  spdlog::log(
+      iteration <= settings.adapt.windows.init_buffer ? spdlog::level::info : spdlog::level::debug,
+      "{}: metric from the local curvature at the chains' positions after warmup iteration {} "
+      "({:.1f} s; marginal sd {:.3g} to {:.3g}; {} non-concave direction(s) taken in absolute "
+      "value)",
+      name, iteration, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+      cov.diagonal(0, 1, 2).sqrt().min().item<double>(),
+      cov.diagonal(0, 1, 2).sqrt().max().item<double>(), flat.sum().item<int64_t>());
+}
+}  // namespace
+
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
                                    const std::string& name) {
@@ -560,6 +600,10 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
           torch::Tensor cov =
               regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
           const double k = settings.adapt.metric_prior_count;
+          // With curvature_metric the window's estimate is blended with the local curvature at
+          // the chains' positions, not with the metric in use.
+          if (settings.adapt.curvature_metric)
+            curvature_metric_update(system, state, log_density, settings, group, name, i + 1);
           if (k > 0) {
             const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
             cov = w * cov + (1.0 - w) * system.metric().inverse();
@@ -572,6 +616,18 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
             dual.set_mu(torch::log(10.0 * eps));
             dual.restart();
           }
+        }
+      }
+      // In the initial buffer the chains travel from their starts to the typical set: the
+      // curvature metric follows them every base_window iterations and at the buffer's end.
+      const auto& wins = settings.adapt.windows;
+      if (adapt_metric && settings.adapt.curvature_metric && i + 1 <= wins.init_buffer &&
+          ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) {
+        curvature_metric_update(system, state, log_density, settings, group, name, i + 1);
+        if (adapt_step) {
+          eps = pool_step(find_reasonable_step_size(system, state, eps, i));
+          dual.set_mu(torch::log(10.0 * eps));
+          dual.restart();
         }
       }
     } else {

@@ -35,6 +35,22 @@ torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor&
   return 0.5 * (H + H.transpose(1, 2));
 }
 
+namespace {
+// |-H|^-1 through the eigen-decomposition: eigenvalues in absolute value (SoftAbs), floored at
+// eigenvalue_floor x the largest and at 1 / max_variance. non_concave [B]: eigenvalues of -H <= 0.
+torch::Tensor soft_abs_covariance(const torch::Tensor& H, const LaplaceSettings& settings,
+                                  torch::Tensor& non_concave) {
+  auto eig = torch::linalg_eigh(-H, "L");
+  auto lambda = std::get<0>(eig), V = std::get<1>(eig);  // ascending
+  non_concave = (lambda <= 0).sum(1);
+  auto top = std::get<0>(lambda.abs().max(1, /*keepdim=*/true)).clamp_min(1e-300);
+  auto floored = torch::maximum(lambda.abs(), settings.eigenvalue_floor * top)
+                     .clamp_min(1.0 / settings.max_variance);
+  auto cov = V.matmul((1.0 / floored).unsqueeze(2) * V.transpose(1, 2));
+  return 0.5 * (cov + cov.transpose(1, 2));
+}
+}  // namespace
+
 torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, double max_step) {
   const auto width = 1.0 / H.diagonal(0, 1, 2).abs().clamp_min(1e-300).sqrt();
   return (relative_step * width).clamp(1e-7, max_step);
@@ -65,17 +81,33 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
   out.hessian =
       hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows, out.log_density_calls);
 
-  // |-H|^-1 through the eigen-decomposition.
-  auto eig = torch::linalg_eigh(-out.hessian, "L");
-  auto lambda = std::get<0>(eig), V = std::get<1>(eig);  // ascending
-  out.non_concave = (lambda <= 0).sum(1);
-  auto top = std::get<0>(lambda.abs().max(1, /*keepdim=*/true)).clamp_min(1e-300);
-  auto floored = torch::maximum(lambda.abs(), settings.eigenvalue_floor * top)
-                     .clamp_min(1.0 / settings.max_variance);
-  out.covariance = V.matmul((1.0 / floored).unsqueeze(2) * V.transpose(1, 2));
-  out.covariance = 0.5 * (out.covariance + out.covariance.transpose(1, 2));
+  out.covariance = soft_abs_covariance(out.hessian, settings, out.non_concave);
   out.variance = out.covariance.diagonal(0, 1, 2).clone();
   return out;
+}
+
+torch::Tensor curvature_covariance(const LogDensityFn& f, const torch::Tensor& q,
+                                   const torch::Tensor& widths, int64_t group,
+                                   const LaplaceSettings& settings, int64_t& calls,
+                                   torch::Tensor* non_concave) {
+  settings.validate();
+  if (!q.defined() || q.dim() != 2 || !widths.defined() || widths.sizes() != q.sizes() ||
+      group < 1 || q.size(0) % group != 0)
+    throw InvalidArgument(
+        "curvature_covariance: points must be [C, D], widths the same shape, and the group size "
+        "must divide C");
+  torch::NoGradGuard no_grad;
+  const int64_t C = q.size(0), D = q.size(1);
+  const auto h = (settings.relative_step * widths.detach()).clamp(1e-7, settings.max_step);
+  const auto H = hessian_by_differences(f, q.detach(), h.to(q.options()), settings.max_rows, calls);
+  torch::Tensor flat;
+  auto cov = soft_abs_covariance(H, settings, flat);
+  if (non_concave) *non_concave = flat;
+  if (group == 1) return cov;
+  return cov.view({C / group, group, D, D})
+      .mean(1, /*keepdim=*/true)
+      .expand({C / group, group, D, D})
+      .reshape({C, D, D});
 }
 
 std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats) {

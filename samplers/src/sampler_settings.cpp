@@ -57,6 +57,8 @@ void AdaptSettings::validate(int64_t num_warmup) const {
     windows.validate();
     require(metric_prior_count >= 0 && std::isfinite(metric_prior_count),
             "metric_prior_count must be a finite number >= 0, got " + str(metric_prior_count));
+    require(curvature_max_variance > 0,
+            "curvature_max_variance must be > 0, got " + str(curvature_max_variance));
     require(num_warmup == 0 || num_warmup >= windows.required_warmup(),
             "num_warmup = " + str(num_warmup) +
                 " is fewer than the metric adaptation needs: init_buffer + base_window + "

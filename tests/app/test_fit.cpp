@@ -336,6 +336,7 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
       {[](json& j) { j["sampler"]["cuda_graphs"] = "on"; }, {"/sampler/cuda_graphs", "on"}},
       {[](json& j) { j["sampler"]["adaptation"] = "pooled"; },
        {"/sampler/adaptation", "pooled", "per_lens"}},
+      {[](json& j) { j["sampler"]["curvature_metric"] = 1; }, {"/sampler/curvature_metric", "1"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

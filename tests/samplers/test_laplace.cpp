@@ -108,6 +108,53 @@ TEST(Laplace, BadInputsAreClearErrors) {
                dslens::NumericalError);
 }
 
+// At points away from any mode: the local curvature of log p = -sum x^4 / 4 - sum c x^2 / 2 is
+// diag(3 x^2 + c), and each group of consecutive points gets the mean of its members' inverses;
+// on a grouped Gaussian every point of a group gets that group's covariance (rows point-major, as
+// a lens-batched log density reads them).
+TEST(Laplace, CurvatureCovarianceAveragesTheLocalCurvatureOfEachGroup) {
+  auto c = torch::tensor({1e-2, 1.0, 1e2}, f64());
+  auto quartic = autograd_log_density(
+      [&](const torch::Tensor& q) { return -(q.pow(4) / 4).sum(1) - (c * q * q / 2).sum(1); });
+  auto q =
+      torch::tensor({{0.5, -1.0, 0.1}, {2.0, 0.3, -0.2}, {-1.0, 1.5, 0.0}, {0.0, 0.0, 0.3}}, f64());
+  auto curvature = 3 * q * q + c;  // [4, 3]
+  LaplaceSettings s;
+  s.relative_step = 1e-4;  // the differences of x^3 err by h^2, 1e-4 of c = 1e-2 at x = 0
+  int64_t calls = 0;
+  torch::Tensor flat;
+  auto cov =
+      dslens::samplers::curvature_covariance(quartic, q, curvature.rsqrt(), 2, s, calls, &flat);
+  ASSERT_EQ(cov.sizes(), (std::vector<int64_t>{4, 3, 3}));
+  for (int64_t g = 0; g < 2; ++g) {
+    auto expected = (1.0 / curvature.narrow(0, 2 * g, 2)).mean(0);
+    for (int64_t k = 2 * g; k < 2 * g + 2; ++k) {
+      EXPECT_LT(max_rel(cov[k].diagonal(), expected), 1e-3) << "point " << k;
+      EXPECT_LT(cov[k].triu(1).abs().max().item<double>(), 1e-8) << "point " << k;
+    }
+  }
+  EXPECT_EQ(flat.sum().item<int64_t>(), 0);
+  EXPECT_EQ(calls, 1);  // 4 points x 6 rows in one call of at most 512
+
+  torch::manual_seed(5);
+  const int64_t D = 4;
+  auto a = torch::randn({D, D}, f64());
+  auto P = a.mm(a.t()) + 0.5 * torch::eye(D, f64());
+  auto scale = torch::tensor({1.0, 1e3}, f64());
+  auto mu = torch::randn({2, D}, f64());
+  const LogDensityFn gauss = dslens::testing::grouped_gaussian(P, scale, mu);
+  auto points = torch::randn({6, D}, f64());  // 3 chains per group, anywhere
+  auto widths = torch::full({6, D}, 0.03, f64());
+  auto per_group = dslens::samplers::curvature_covariance(gauss, points, widths, 3, s, calls);
+  for (int64_t k = 0; k < 6; ++k)
+    EXPECT_LT(max_rel(per_group[k], torch::linalg_inv(P * scale[k / 3])), 1e-6) << "point " << k;
+  EXPECT_THROW(dslens::samplers::curvature_covariance(gauss, points, widths, 4, s, calls),
+               dslens::InvalidArgument);
+  EXPECT_THROW(
+      dslens::samplers::curvature_covariance(gauss, points, widths.narrow(1, 0, 2), 3, s, calls),
+      dslens::InvalidArgument);
+}
+
 // Chains go to the modes holding a real share of the mass, heaviest first, per group: a mode
 // higher in log p but narrower can rank below a lower, wider one, and a mode far below gets none.
 TEST(Laplace, SeedModesRoundRobinOverTheHeavyModesOfEachGroup) {

@@ -572,19 +572,36 @@ TEST(Nuts, ResumedFromACheckpointGivesTheUninterruptedRun) {
   EXPECT_THROW(SamplerSnapshot::from_tensors(broken), dslens::InvalidArgument);
 }
 
+// A correlated D-d Gaussian: covariance sd_i (A A^T / D + 0.05 I)_ij sd_j for a standard normal
+// A, and C starting points drawn from it.
+struct CorrelatedGaussian {
+  torch::Tensor cov, chol, init;
+  LogDensityFn f;
+};
+
+CorrelatedGaussian correlated_gaussian(uint64_t seed, int64_t C, int64_t D,
+                                       const torch::Tensor& sd) {
+  auto gen = torch::Generator(at::detail::createCPUGenerator(seed));
+  torch::Tensor a = torch::randn({D, D}, gen, f64()) / std::sqrt(static_cast<double>(D));
+  CorrelatedGaussian g;
+  g.cov = sd.unsqueeze(1) * (a.mm(a.t()) + 0.05 * torch::eye(D, f64())) * sd;
+  g.chol = torch::linalg_cholesky(g.cov);
+  torch::Tensor prec = torch::inverse(g.cov);
+  g.f = [prec](const torch::Tensor& q) {
+    torch::Tensor pq = q.mm(prec);
+    return LogDensityValue{-0.5 * (q * pq).sum(1), -pq};
+  };
+  g.init = torch::randn({C, D}, gen, f64()).mm(g.chol.t());
+  return g;
+}
+
 TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
   // A correlated 30-d Gaussian started with its exact covariance as the metric; a 150-iteration
   // warmup has one slow window of 25 draws, fewer than the dimension.
   const int64_t C = 2, D = 30;
-  auto gen = torch::Generator(at::detail::createCPUGenerator(31));
-  torch::Tensor a = torch::randn({D, D}, gen, f64()) / std::sqrt(static_cast<double>(D));
-  torch::Tensor cov = a.mm(a.t()) + 0.05 * torch::eye(D, f64());
-  torch::Tensor prec = torch::inverse(cov), chol = torch::linalg_cholesky(cov);
-  LogDensityFn f = [prec](const torch::Tensor& q) {
-    torch::Tensor pq = q.mm(prec);
-    return LogDensityValue{-0.5 * (q * pq).sum(1), -pq};
-  };
-  torch::Tensor init = torch::randn({C, D}, gen, f64()).mm(chol.t());
+  const CorrelatedGaussian target = correlated_gaussian(31, C, D, torch::ones({D}, f64()));
+  const torch::Tensor &cov = target.cov, &chol = target.chol, &init = target.init;
+  const LogDensityFn& f = target.f;
   NutsSettings s;
   s.num_warmup = 150;
   s.num_draws = 150;
@@ -613,6 +630,47 @@ TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
   EXPECT_GT(v, 0.8);
   EXPECT_LT(v, 1.2);
   s.adapt.metric_prior_count = -1;
+  EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
+}
+
+// A correlated 30-d Gaussian with sds from 0.01 to 1, started with the identity metric, and windows
+// that keep their prior (metric_prior_count 1e9): only the curvature updates can reshape the
+// metric, and on a Gaussian they recover the covariance exactly.
+TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
+  const int64_t C = 4, D = 30;
+  const CorrelatedGaussian target =
+      correlated_gaussian(37, C, D, torch::logspace(-2, 0, D, 10.0, f64()));
+  const torch::Tensor &chol = target.chol, &init = target.init;
+  const LogDensityFn& f = target.f;
+  NutsSettings s;
+  s.num_warmup = 150;
+  s.num_draws = 20;
+  s.max_depth = 7;
+  s.metric = MetricKind::dense;
+  s.seed = 9;
+  s.adapt.pool_group = 2;
+  s.adapt.metric_prior_count = 1e9;
+  s.save_warmup = true;
+  // The adapted metric's eigenvalues in the posterior's whitened frame (all 1 when exact).
+  auto whitened = [&chol](const torch::Tensor& inv_metric) {
+    torch::Tensor li = torch::inverse(chol);
+    return torch::linalg_eigvalsh(li.matmul(inv_metric).matmul(li.t()), "L");
+  };
+  const SamplerResult kept = sample_nuts(f, init, s);
+  s.adapt.curvature_metric = true;
+  const SamplerResult fixed = sample_nuts(f, init, s);
+  auto e_kept = whitened(kept.inv_metric);
+  EXPECT_GT((e_kept.max() / e_kept.min()).item<double>(), 1e3);
+  auto e = whitened(fixed.inv_metric);
+  EXPECT_GT(e.min().item<double>(), 0.99);
+  EXPECT_LT(e.max().item<double>(), 1.01);
+  // Fewer leapfrog steps per draw, and the Hessian's 2D rows per chain are counted.
+  const double lf_kept = kept.n_leapfrog.to(torch::kFloat64).mean().item<double>();
+  const double lf_fixed = fixed.n_leapfrog.to(torch::kFloat64).mean().item<double>();
+  EXPECT_LT(lf_fixed, 0.3 * lf_kept);
+  const int64_t warmup_leapfrog = fixed.warmup.n_leapfrog.sum().item<int64_t>();
+  EXPECT_GE(fixed.warmup_gradient_evaluations, warmup_leapfrog + 2 * D * C);
+  s.adapt.curvature_max_variance = 0;
   EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
 }
 

@@ -95,6 +95,9 @@ class HamiltonianSystem {
   const ChainRandom& random() const { return random_; }
   double max_energy_error() const { return max_energy_error_; }
   int64_t calls() const { return calls_; }
+  // Counts `rows` gradient rows evaluated outside the leapfrog (e.g. a Hessian by differences) as
+  // rows / chains batched calls, so gradient_evaluations stays calls x chains.
+  void count_rows(int64_t rows, int64_t chains) { calls_ += (rows + chains - 1) / chains; }
 
  private:
   LogDensityFn f_;

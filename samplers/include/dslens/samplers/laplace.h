@@ -60,6 +60,19 @@ torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, dou
 LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::Tensor& x,
                                            const LaplaceSettings& settings = {});
 
+// The local curvature metric at arbitrary points q [C, D] (chains, not modes): the Hessian by
+// central differences with steps `relative_step` x widths [C, D] (e.g. the square roots of the
+// metric in use's diagonal, so one pass suffices), |-H|^-1 with `eigenvalue_floor` and
+// `max_variance` as in laplace_approximation, averaged over consecutive groups of `group` points
+// (the chains of one lens pool it, as their warmup windows do). Returns [C, D, D], float64 on the
+// CPU; `non_concave` [C] counts each point's eigenvalues of -H that were <= 0. For a Gaussian this
+// is its covariance at every point; on a curved posterior it is the typical set's scale where the
+// Laplace approximation at the mode is not (docs/fit.md, "Sampling").
+torch::Tensor curvature_covariance(const LogDensityFn& f, const torch::Tensor& q,
+                                   const torch::Tensor& widths, int64_t group,
+                                   const LaplaceSettings& settings, int64_t& calls,
+                                   torch::Tensor* non_concave = nullptr);
+
 // The modes that seed chains: log_mass [G, K] holds each group's (lens's) K modes' log masses,
 // e.g. log p + log det(Sigma) / 2 of their Laplace approximations (not finite: unusable). Each
 // group's `chains` chains go round-robin over its modes within `nats` of its largest mass, the

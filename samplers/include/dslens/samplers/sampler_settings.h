@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <functional>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -57,6 +58,18 @@ struct AdaptSettings {
   // (Stan then shrinks it to 1e-3 I in the missing directions); a good starting metric (a Laplace
   // approximation) with k ~ D keeps what it knows until the windows have the draws to replace it.
   double metric_prior_count = 0.0;
+  // Metric from the local curvature (samplers::curvature_covariance: |-H|^-1 by central
+  // differences of the gradient at the chains' positions, 2D gradient rows per chain, averaged
+  // over each adaptation group, eigen-variances capped at curvature_max_variance). In the initial
+  // fast buffer, every windows.base_window iterations and at its end, it replaces the metric (the
+  // chains are travelling to the typical set); at the end of each slow window it is what the
+  // window's estimate is blended with (metric_prior_count), instead of the metric in use. A start
+  // from the mode (a Laplace approximation) can be far too narrow in the typical set that the
+  // buffer reaches, and the windows alone widen it over several doublings; a window's covariance
+  // of a few correlated draws is noisy in D dimensions. On the 100x100 VAE-source bench mock it
+  // cut the gradient evaluations of 4 x (500 + 100) by a fifth (docs/benchmarks.md, session 17).
+  bool curvature_metric = false;
+  double curvature_max_variance = INFINITY;
   StepSizeAdaptSettings dual_averaging;
   WindowSettings windows;
   void validate(int64_t num_warmup) const;
