@@ -365,12 +365,14 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
 }
 
 namespace {
-// AdaptSettings::curvature_metric: the metric becomes the local curvature at the chains' positions
-// (laplace.h's curvature_covariance, difference steps a tenth of the current metric's marginal
-// sd). A failed Hessian (a gradient that is not finite nearby) leaves the metric as it was.
-void curvature_metric_update(HamiltonianSystem& system, const ChainState& state,
-                             const LogDensityFn& log_density, const SamplerSettings& settings,
-                             int64_t group, const std::string& name, int64_t iteration) {
+// AdaptSettings::curvature_metric: the inverse metric [C, D] or [C, D, D] (the metric's kind) from
+// the local curvature at the chains' positions (laplace.h's curvature_covariance, difference
+// steps a tenth of the current metric's marginal sd). Undefined when the Hessian failed (a
+// gradient that is not finite nearby): the caller keeps what it had.
+torch::Tensor curvature_inverse_metric(HamiltonianSystem& system, const ChainState& state,
+                                       const LogDensityFn& log_density,
+                                       const SamplerSettings& settings, int64_t group,
+                                       const std::string& name, int64_t iteration) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t chains = state.q.size(0);
   const auto& inv = system.metric().inverse();
@@ -383,23 +385,24 @@ void curvature_metric_update(HamiltonianSystem& system, const ChainState& state,
     cov = curvature_covariance(log_density, state.q, widths, group, ls, calls, &flat);
   } catch (const NumericalError& e) {
     spdlog::warn("{}: the metric stays as it was; its local curvature failed: {}", name, e.what());
-    return;
+    return {};
   }
   system.count_rows(2 * state.q.size(1) * chains, chains);
+  const auto level =
+      iteration <= settings.adapt.windows.init_buffer ? spdlog::level::info : spdlog::level::debug;
+  if (spdlog::should_log(level)) {
+    const auto sd = cov.diagonal(0, 1, 2).sqrt();
+    spdlog::log(level,
+                "{}: metric from the local curvature at the chains' positions after warmup "
+                "iteration {} ({:.1f} s; marginal sd {:.3g} to {:.3g}; {} non-concave "
+                "direction(s) taken in absolute value)",
+                name, iteration,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                sd.min().item<double>(), sd.max().item<double>(), flat.sum().item<int64_t>());
+  }
   const auto opt = state.q.options();
-  const auto all = torch::ones({chains}, opt.dtype(torch::kBool));
-  system.metric().update(settings.metric == MetricKind::dense
-                             ? cov.to(opt)
-                             : cov.diagonal(0, 1, 2).contiguous().to(opt),
-                         all);
-  spdlog::log(
-      iteration <= settings.adapt.windows.init_buffer ? spdlog::level::info : spdlog::level::debug,
-      "{}: metric from the local curvature at the chains' positions after warmup iteration {} "
-      "({:.1f} s; marginal sd {:.3g} to {:.3g}; {} non-concave direction(s) taken in absolute "
-      "value)",
-      name, iteration, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-      cov.diagonal(0, 1, 2).sqrt().min().item<double>(),
-      cov.diagonal(0, 1, 2).sqrt().max().item<double>(), flat.sum().item<int64_t>());
+  return settings.metric == MetricKind::dense ? cov.to(opt)
+                                              : cov.diagonal(0, 1, 2).contiguous().to(opt);
 }
 }  // namespace
 
@@ -585,6 +588,13 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     return s;
   };
 
+  // After a metric update: Stan's step-size search, and dual averaging restarted around it.
+  auto restart_step_size = [&](int64_t i) {
+    if (!adapt_step) return;
+    eps = pool_step(find_reasonable_step_size(system, state, eps, i));
+    dual.set_mu(torch::log(10.0 * eps));
+    dual.restart();
+  };
   for (int64_t i = start; i < total; ++i) {
     TransitionStats st = transition(system, state, eps, i);
     if (i < num_warmup) {
@@ -600,22 +610,21 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
           torch::Tensor cov =
               regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
           const double k = settings.adapt.metric_prior_count;
-          // With curvature_metric the window's estimate is blended with the local curvature at
-          // the chains' positions, not with the metric in use.
-          if (settings.adapt.curvature_metric)
-            curvature_metric_update(system, state, log_density, settings, group, name, i + 1);
           if (k > 0) {
+            // With curvature_metric the window's estimate is blended with the local curvature at
+            // the chains' positions, not with the metric in use.
+            torch::Tensor prior;
+            if (settings.adapt.curvature_metric)
+              prior = curvature_inverse_metric(system, state, log_density, settings, group, name,
+                                               i + 1);
+            if (!prior.defined()) prior = system.metric().inverse();
             const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
-            cov = w * cov + (1.0 - w) * system.metric().inverse();
+            cov = w * cov + (1.0 - w) * prior;
           }
           system.metric().update(cov, all_chains);
           estimator.restart();
           spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
-          if (adapt_step) {
-            eps = pool_step(find_reasonable_step_size(system, state, eps, i));
-            dual.set_mu(torch::log(10.0 * eps));
-            dual.restart();
-          }
+          restart_step_size(i);
         }
       }
       // In the initial buffer the chains travel from their starts to the typical set: the
@@ -623,11 +632,11 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       const auto& wins = settings.adapt.windows;
       if (adapt_metric && settings.adapt.curvature_metric && i + 1 <= wins.init_buffer &&
           ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) {
-        curvature_metric_update(system, state, log_density, settings, group, name, i + 1);
-        if (adapt_step) {
-          eps = pool_step(find_reasonable_step_size(system, state, eps, i));
-          dual.set_mu(torch::log(10.0 * eps));
-          dual.restart();
+        const torch::Tensor inv =
+            curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
+        if (inv.defined()) {
+          system.metric().update(inv, all_chains);
+          restart_step_size(i);
         }
       }
     } else {
