@@ -53,12 +53,13 @@ struct MapSettings {
   bool backproject = true;
   // Polishing (samplers/newton.h): damped Newton iterations with the finite-difference Hessian on
   // each lens's best `newton_starts` optima after the last stage; 0: none. Models with more than
-  // `kNewtonMaxDimension` free parameters skip it (the Hessian costs 2D gradients per start).
+  // `kHessianMaxDimension` free parameters skip it (the Hessian costs 2D gradients per start).
   int64_t newton_iterations = 50;
   int64_t newton_starts = 4;
 };
-inline constexpr int64_t kNewtonMaxDimension = 400;
-inline constexpr int64_t kCurvatureMaxDimension = 400;
+// Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient
+// rows per point, a D x D eigensolve); models with more free parameters than this skip both.
+inline constexpr int64_t kHessianMaxDimension = 400;
 
 struct SamplerChoice {
   std::string algorithm = "nuts";  // "nuts" or "hmc"
@@ -80,8 +81,8 @@ struct SamplerChoice {
   // per lens, from all its chains' draws); "per_chain": each chain adapts on its own.
   std::string adaptation = "per_lens";
   // Warmup's metric from the local curvature at the chains' positions
-  // (samplers::AdaptSettings::curvature_metric); models with more than kCurvatureMaxDimension free
-  // parameters skip it (each of its Hessians costs 2D gradients per chain and a D x D eigensolve).
+  // (samplers::AdaptSettings::curvature_metric); models with more than kHessianMaxDimension free
+  // parameters skip it.
   bool curvature_metric = true;
 };
 

@@ -331,10 +331,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                                    ? sc.metric_prior_count
                                    : (sc.metric == "dense" ? static_cast<double>(dim) : 0.0);
     s.adapt.metric_prior_count = prior_count;
-    s.adapt.curvature_metric = sc.curvature_metric && dim <= kCurvatureMaxDimension;
+    s.adapt.curvature_metric = sc.curvature_metric && dim <= kHessianMaxDimension;
     if (sc.curvature_metric && !s.adapt.curvature_metric)
       spdlog::info("warmup: no curvature metric: {} free parameters (more than {})", dim,
-                   kCurvatureMaxDimension);
+                   kHessianMaxDimension);
     s.adapt.curvature_max_variance = 1.0;  // as the Laplace start's (laplace_metric)
     // Rows are lens-major: a lens's chains are consecutive and pool their adaptation.
     s.adapt.pool_group = sc.adaptation == "per_lens" ? chains : 1;

@@ -228,9 +228,9 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
                                   samplers::OptimizeResult result, int64_t n_lenses,
                                   const MapSettings& ms, int64_t dim, MapBar& bar) {
   if (ms.newton_iterations <= 0) return result;
-  if (dim > kNewtonMaxDimension) {
+  if (dim > kHessianMaxDimension) {
     spdlog::info("MAP: no Newton polishing: {} free parameters (more than {})", dim,
-                 kNewtonMaxDimension);
+                 kHessianMaxDimension);
     return result;
   }
   const int64_t per_lens = result.x.size(0) / n_lenses;
