@@ -28,21 +28,7 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
-
-#if defined(__GNUC__) && !defined(__clang__)
-// The 32-byte vector types only live inside always-inlined helpers: no call passes them. (GCC
-// reports this note at the end of the translation unit, so it stays off to the end.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-// The arithmetic kernels are compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline; the
-// loader picks one per machine (GNU ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define DSLENS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define DSLENS_CPU_CLONES
-#endif
-#define DSLENS_INLINE inline __attribute__((always_inline))
+#include "dslens/core/simd.h"
 
 namespace dslens::nn::cpu_ops_detail {
 
@@ -50,44 +36,16 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// ---- SIMD vectors: GCC/Clang vector extensions, 32 bytes (one AVX register or two SSE ones) ----
+// ---- SIMD vectors (dslens/core/simd.h) ----
 
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef int32_t itype __attribute__((vector_size(32)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef int64_t itype __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-using IVec = typename VecOf<T>::itype;
-template <typename T>
-constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+using simd::IVec;
+using simd::kLanes;
+using simd::load;
+using simd::splat;
+using simd::store;
+using simd::Vec;
+using simd::vexp;
 
-template <typename T>
-DSLENS_INLINE Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-DSLENS_INLINE void store(T* p, Vec<T> v) {
-  std::memcpy(p, &v, sizeof v);
-}
-// (Not Vec<T>{} + x: GCC keeps that addition of +0.0 in the inner loops.)
-DSLENS_INLINE Vec<float> splat(float x) {
-  return Vec<float>{x, x, x, x, x, x, x, x};
-}
-DSLENS_INLINE Vec<double> splat(double x) {
-  return Vec<double>{x, x, x, x};
-}
 template <typename T>
 DSLENS_INLINE T hsum(Vec<T> v) {
   T s = 0;
@@ -104,59 +62,6 @@ DSLENS_INLINE Vec<T> load_part(const T* p, int64_t n) {
 template <typename T>
 DSLENS_INLINE void store_part(T* p, Vec<T> v, int64_t n) {
   std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T));
-}
-
-// exp(x): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a polynomial for exp(r), and 2^n built
-// in the exponent bits. float: Cephes' minimax polynomial (~1 ulp); double: Taylor series to r^12
-// (truncation < 2e-16 relative). Arguments are clamped to the finite range.
-DSLENS_INLINE Vec<float> vexp(Vec<float> x) {
-  using V = Vec<float>;
-  using I = IVec<float>;
-  const V hi = splat(88.0f), lo = splat(-87.0f);
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const V t = x * 1.44269504088896341f + magic;
-  const V n = t - magic;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const V y = p * (r * r) + r + 1.0f;
-  const I e = ((I)t - (I)magic + 127) << 23;
-  return y * (V)e;
-}
-
-DSLENS_INLINE Vec<double> vexp(Vec<double> x) {
-  using V = Vec<double>;
-  using I = IVec<double>;
-  const V hi = splat(709.0), lo = splat(-708.0);
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  const V magic = splat(6755399441055744.0);  // 1.5 * 2^52
-  const V t = x * 1.4426950408889634 + magic;
-  const V n = t - magic;
-  V r = x - n * 6.93145751953125e-1;
-  r = r - n * 1.42860682030941723212e-6;
-  V p = splat(1.0 / 479001600.0);
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const I e = ((I)t - (I)magic + 1023) << 52;
-  return p * (V)e;
 }
 
 template <typename T>

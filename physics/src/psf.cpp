@@ -4,15 +4,16 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/physics/image_model.h"
+#include "psf_direct_cpu.h"
 
 namespace dslens::physics {
 
 namespace psf_detail {
 
 // Under ConvolutionMethod::kAuto, kernels with more taps than this are convolved by FFT on CUDA.
-// On the CPU FFT is used for every kernel: with LibTorch's CPU conv2d it was faster at every size
-// measured (16 x 100 x 100 images, forward + backward: 3x3 6 ms vs 11 ms direct, 11x11 5-8 ms vs
-// 60-85 ms, 31x31 7 ms vs 155 ms).
+// On the CPU, kernels the fused direct kernel does not take go by FFT: against LibTorch's CPU
+// conv2d it was faster at every size measured (16 x 100 x 100 images, forward + backward: 3x3 6 ms
+// vs 11 ms direct, 11x11 5-8 ms vs 60-85 ms, 31x31 7 ms vs 155 ms).
 constexpr int64_t kFftMinTaps = 225;
 
 // Smallest n' >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes).
@@ -71,6 +72,13 @@ Tensor convolve_psf(const Tensor& images, const Tensor& kernel_in, ConvolutionMe
                           " kernels for a batch of " + std::to_string(images.size(0)) + " images");
   }
   Tensor kernel = kernel_in.to(images.device(), images.scalar_type());
+  // On the CPU the fused direct kernel (psf_direct_cpu.cpp) takes kernels up to 17x17 that need
+  // no gradient; larger ones, or a differentiable kernel, go by FFT (LibTorch's CPU conv2d is
+  // slower at every size measured).
+  const bool cpu_fused =
+      images.device().is_cpu() && cpu_kernels() && psf_detail::direct_cpu_applies(images, kernel);
+  if (method != ConvolutionMethod::kFft && cpu_fused && kh * kw > 1)
+    return psf_detail::convolve_direct_cpu(images, kernel);
   const bool large =
       kh * kw > psf_detail::kFftMinTaps || (images.device().is_cpu() && cpu_kernels());
   const bool fft = method == ConvolutionMethod::kFft ||

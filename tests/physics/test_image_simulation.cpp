@@ -207,6 +207,36 @@ TEST(Psf, FftAgreesWithDirect) {
   EXPECT_THROW(convolve_psf(images, torch::ones({4, 4})), dslens::InvalidArgument);
 }
 
+// The CPU's fused direct kernel (taken when cpu_kernels() is on) against LibTorch's conv2d (the
+// tensor-op path, taken with it off): values, the gradient wrt the images, and the gradient of a
+// gradient (its backward calls itself with the kernel flipped), at image widths that are not a
+// multiple of its 32-column blocks and for shared and per-member kernels.
+TEST(Psf, FusedCpuKernelMatchesConv2dWithGradients) {
+  torch::manual_seed(11);
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    const double tol = dtype == torch::kFloat64 ? 1e-14 : 2e-6;
+    for (auto shape : {std::vector<int64_t>{13, 13}, {3, 9}, {3, 5, 7}}) {
+      auto images = torch::rand({3, 29, 70}, dtype).requires_grad_(true);
+      auto k = torch::rand(shape, dtype);
+      k = k / k.sum({-2, -1}, true);
+      auto v = torch::rand({3, 29, 70}, dtype);
+      auto run = [&](bool fused) {
+        set_cpu_kernels(fused);
+        auto out = convolve_psf(images, k, ConvolutionMethod::kDirect);
+        auto g = torch::autograd::grad({(out * out * v).sum()}, {images}, {}, true, true)[0];
+        auto gg = torch::autograd::grad({(g * g * v).sum()}, {images})[0];
+        set_cpu_kernels(true);
+        return std::vector<torch::Tensor>{out.detach(), g.detach(), gg};
+      };
+      auto fused = run(true), conv2d = run(false);
+      for (int i = 0; i < 3; ++i) {
+        const double scale = max_abs(conv2d[i]);
+        EXPECT_LT(max_abs(fused[i] - conv2d[i]), tol * scale) << "output " << i << " " << k.sizes();
+      }
+    }
+  }
+}
+
 TEST(Psf, GaussianKernel) {
   const double fwhm = 0.3, scale = 0.05;
   auto k = gaussian_psf_kernel(fwhm, scale, Compute{});

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
+#include "dslens/core/simd.h"
 #include "dslens/physics/mass_profiles.h"
 
 namespace dslens::physics {
@@ -71,137 +72,132 @@ Consts make_consts(double theta_E, double gamma, double e1, double e2, double ep
   return k;
 }
 
-// Points are evaluated kLanes at a time: the series recurrence is a serial dependency chain per
-// point, so interleaving independent points keeps the FPU busy (and lets the compiler vectorise).
-constexpr int kLanes = 8;
+// Points are evaluated kLanes at a time, as kNV SIMD vectors of doubles (dslens/core/simd.h): the
+// series recurrence is a serial dependency chain per point, so interleaving independent vectors
+// keeps the FPU busy. Every step is branch-free arithmetic on whole vectors (exp and log
+// included); a point too close to the centre is evaluated at R = 1 and its results set to 0.
+using V = simd::Vec<double>;
+constexpr int kVec = simd::kLanes<double>;
+constexpr int kNV = 2;
+constexpr int kLanes = kNV * kVec;
 
 // Results of one chunk: out[0][l], out[1][l] = alpha_x, alpha_y; out[2 + d][l] = derivative d.
 struct Chunk {
   double v[2 + kNumDerivs][kLanes];
 };
 
-// On x86-64 GCC, an AVX2 clone is selected at load time where the CPU has it (4 doubles a lane op).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DSLENS_EPL_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define DSLENS_EPL_CLONES
-#endif
-
 // derivs = false: alpha only (out.v[0], out.v[1]), for evaluations that need no gradient.
-DSLENS_EPL_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const double* dys,
+DSLENS_CPU_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const double* dys,
                                       bool derivs, Chunk& out) {
+  using simd::splat;
   const double cg = k.cg, sg = k.sg, q = k.q, t = k.t, b = k.b, f = k.f;
-  double xr[kLanes], yr[kLanes], R[kLanes], cph[kLanes], sph[kLanes], wr[kLanes], wi[kLanes];
-  double tr[kLanes], ti[kLanes], om_r[kLanes], om_i[kLanes], p_r[kLanes], p_i[kLanes];
-  double l_r[kLanes], l_i[kLanes];
-  bool valid[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    xr[l] = dxs[l] * cg + dys[l] * sg;
-    yr[l] = -dxs[l] * sg + dys[l] * cg;
-    const double R2 = q * q * xr[l] * xr[l] + yr[l] * yr[l];
-    valid[l] = R2 >= kTinyR2;
-    R[l] = valid[l] ? std::sqrt(R2) : 1.0;
-    const double inv = 1.0 / R[l];
-    cph[l] = valid[l] ? q * xr[l] * inv : 1.0;
-    sph[l] = valid[l] ? yr[l] * inv : 0.0;
-    wr[l] = -f * (cph[l] * cph[l] - sph[l] * sph[l]);
-    wi[l] = -f * 2.0 * sph[l] * cph[l];
-    tr[l] = om_r[l] = p_r[l] = cph[l];
-    ti[l] = om_i[l] = p_i[l] = sph[l];
-    l_r[l] = l_i[l] = 0.0;
+  V xr[kNV], yr[kNV], R2[kNV], R[kNV], cph[kNV], sph[kNV], wr[kNV], wi[kNV];
+  V tr[kNV], ti[kNV], om_r[kNV], om_i[kNV], p_r[kNV], p_i[kNV], l_r[kNV], l_i[kNV];
+  simd::IVec<double> valid[kNV];
+  for (int j = 0; j < kNV; ++j) {
+    const V dx = simd::load(dxs + j * kVec), dy = simd::load(dys + j * kVec);
+    xr[j] = dx * cg + dy * sg;
+    yr[j] = dy * cg - dx * sg;
+    const V r2 = q * q * xr[j] * xr[j] + yr[j] * yr[j];
+    valid[j] = r2 >= kTinyR2;
+    R2[j] = valid[j] ? r2 : splat(1.0);
+    for (int i = 0; i < kVec; ++i) R[j][i] = std::sqrt(R2[j][i]);
+    const V inv = 1.0 / R[j];
+    cph[j] = valid[j] ? q * xr[j] * inv : splat(1.0);
+    sph[j] = valid[j] ? yr[j] * inv : splat(0.0);
+    wr[j] = -f * (cph[j] * cph[j] - sph[j] * sph[j]);
+    wi[j] = -f * 2.0 * sph[j] * cph[j];
+    tr[j] = om_r[j] = p_r[j] = cph[j];
+    ti[j] = om_i[j] = p_i[j] = sph[j];
+    l_r[j] = l_i[j] = splat(0.0);
   }
   const double* rr = k.r.data();
   const double* LL = k.L.data();
   for (int n = 1; n < k.nterms && !derivs; ++n) {
     const double rn = rr[n];
-    for (int l = 0; l < kLanes; ++l) {
-      const double nr = rn * (tr[l] * wr[l] - ti[l] * wi[l]);
-      const double ni = rn * (tr[l] * wi[l] + ti[l] * wr[l]);
-      tr[l] = nr;
-      ti[l] = ni;
-      om_r[l] += nr;
-      om_i[l] += ni;
+    for (int j = 0; j < kNV; ++j) {
+      const V nr = rn * (tr[j] * wr[j] - ti[j] * wi[j]);
+      const V ni = rn * (tr[j] * wi[j] + ti[j] * wr[j]);
+      tr[j] = nr;
+      ti[j] = ni;
+      om_r[j] += nr;
+      om_i[j] += ni;
     }
   }
   for (int n = 1; n < k.nterms && derivs; ++n) {
     const double rn = rr[n], c2n1 = 2.0 * n + 1.0, Ln = LL[n];
-    for (int l = 0; l < kLanes; ++l) {
-      const double nr = rn * (tr[l] * wr[l] - ti[l] * wi[l]);
-      const double ni = rn * (tr[l] * wi[l] + ti[l] * wr[l]);
-      tr[l] = nr;
-      ti[l] = ni;
-      om_r[l] += nr;
-      om_i[l] += ni;
-      p_r[l] += c2n1 * nr;
-      p_i[l] += c2n1 * ni;
-      l_r[l] += Ln * nr;
-      l_i[l] += Ln * ni;
+    for (int j = 0; j < kNV; ++j) {
+      const V nr = rn * (tr[j] * wr[j] - ti[j] * wi[j]);
+      const V ni = rn * (tr[j] * wi[j] + ti[j] * wr[j]);
+      tr[j] = nr;
+      ti[j] = ni;
+      om_r[j] += nr;
+      om_i[j] += ni;
+      p_r[j] += c2n1 * nr;
+      p_i[j] += c2n1 * ni;
+      l_r[j] += Ln * nr;
+      l_i[j] += Ln * ni;
     }
   }
   const double log_b = std::log(b);
   const double inv_1pq = 1.0 / (1.0 + q), inv_f = f > 1e-12 ? 1.0 / f : 0.0, t_over_b = t / b;
   const double df_dq = -2.0 * inv_1pq * inv_1pq, A0 = 2.0 * inv_1pq * b;
-  for (int l = 0; l < kLanes; ++l) {
-    if (!valid[l]) {
-      for (auto& row : out.v) row[l] = 0.0;
-      continue;
-    }
-    const double c = cph[l], s = sph[l], Rl = R[l], invR = 1.0 / Rl;
+  const V zero = splat(0.0);
+  auto put = [&](int d, int j, V value) {
+    simd::store(&out.v[d][j * kVec], valid[j] ? value : zero);
+  };
+  for (int j = 0; j < kNV; ++j) {
+    const V c = cph[j], s = sph[j], invR = 1.0 / R[j];
     // d omega / df = sum n T_n / f = (sum (2n+1) T_n - omega) / (2 f)
-    double of_r, of_i;
+    V of_r, of_i;
     if (f > 1e-12) {
-      of_r = 0.5 * (p_r[l] - om_r[l]) * inv_f;
-      of_i = 0.5 * (p_i[l] - om_i[l]) * inv_f;
+      of_r = 0.5 * (p_r[j] - om_r[j]) * inv_f;
+      of_i = 0.5 * (p_i[j] - om_i[j]) * inv_f;
     } else {  // first term only: -c_1 e^{3 i phi}
-      const double c2 = c * c - s * s, s2 = 2.0 * s * c;
+      const V c2 = c * c - s * s, s2 = 2.0 * s * c;
       of_r = -rr[1] * (c * c2 - s * s2);
       of_i = -rr[1] * (c * s2 + s * c2);
     }
-    const double lbr = log_b - std::log(Rl);
-    const double A = A0 * std::exp((t - 1.0) * lbr);
-    const double ar = A * om_r[l], ai = A * om_i[l];
-    if (!derivs) {
-      out.v[0][l] = ar * cg - ai * sg;
-      out.v[1][l] = ar * sg + ai * cg;
-      continue;
-    }
-    const double ip_r = -p_i[l], ip_i = p_r[l];  // d omega / dphi = i sum (2n+1) T_n
-    const double k1 = (1.0 - t) * A * invR;
-    const double dR_dx = q * c, dR_dy = s, dph_dx = -q * s * invR, dph_dy = c * invR;
-    const double dax_dxr = k1 * dR_dx * om_r[l] + A * ip_r * dph_dx;
-    const double day_dxr = k1 * dR_dx * om_i[l] + A * ip_i * dph_dx;
-    const double dax_dyr = k1 * dR_dy * om_r[l] + A * ip_r * dph_dy;
-    const double day_dyr = k1 * dR_dy * om_i[l] + A * ip_i * dph_dy;
-    const double db_r = t_over_b * ar, db_i = t_over_b * ai;
-    const double dt_r = ar * lbr + A * l_r[l], dt_i = ai * lbr + A * l_i[l];
-    const double dR_dq = xr[l] * c, dph_dq = -xr[l] * s * invR;
-    const double dq_r =
-        -ar * inv_1pq + k1 * dR_dq * om_r[l] + A * (ip_r * dph_dq + of_r * df_dq) + db_r * k.db_dq;
-    const double dq_i =
-        -ai * inv_1pq + k1 * dR_dq * om_i[l] + A * (ip_i * dph_dq + of_i * df_dq) + db_i * k.db_dq;
-    // rotate back: v -> e^{i phi_G} v
-    const double axl = ar * cg - ai * sg, ayl = ar * sg + ai * cg;
-    out.v[0][l] = axl;
-    out.v[1][l] = ayl;
+    const V lbr = log_b - 0.5 * simd::vlog(R2[j]);  // ln(b / R)
+    const V A = A0 * simd::vexp((t - 1.0) * lbr);
+    const V ar = A * om_r[j], ai = A * om_i[j];
+    const V axl = ar * cg - ai * sg, ayl = ar * sg + ai * cg;  // rotate back: e^{i phi_G} alpha'
+    put(0, j, axl);
+    put(1, j, ayl);
+    if (!derivs) continue;
+    const V ip_r = -p_i[j], ip_i = p_r[j];  // d omega / dphi = i sum (2n+1) T_n
+    const V k1 = (1.0 - t) * A * invR;
+    const V dR_dx = q * c, dR_dy = s, dph_dx = -q * s * invR, dph_dy = c * invR;
+    const V dax_dxr = k1 * dR_dx * om_r[j] + A * ip_r * dph_dx;
+    const V day_dxr = k1 * dR_dx * om_i[j] + A * ip_i * dph_dx;
+    const V dax_dyr = k1 * dR_dy * om_r[j] + A * ip_r * dph_dy;
+    const V day_dyr = k1 * dR_dy * om_i[j] + A * ip_i * dph_dy;
+    const V db_r = t_over_b * ar, db_i = t_over_b * ai;
+    const V dt_r = ar * lbr + A * l_r[j], dt_i = ai * lbr + A * l_i[j];
+    const V dR_dq = xr[j] * c, dph_dq = -xr[j] * s * invR;
+    const V dq_r =
+        -ar * inv_1pq + k1 * dR_dq * om_r[j] + A * (ip_r * dph_dq + of_r * df_dq) + db_r * k.db_dq;
+    const V dq_i =
+        -ai * inv_1pq + k1 * dR_dq * om_i[j] + A * (ip_i * dph_dq + of_i * df_dq) + db_i * k.db_dq;
     // wrt x, y: dx'/dx = cg, dy'/dx = -sg, dx'/dy = sg, dy'/dy = cg
-    const double gx_r = dax_dxr * cg - dax_dyr * sg, gx_i = day_dxr * cg - day_dyr * sg;
-    const double gy_r = dax_dxr * sg + dax_dyr * cg, gy_i = day_dxr * sg + day_dyr * cg;
-    out.v[2][l] = gx_r * cg - gx_i * sg;  // d alpha_x / dx
-    out.v[3][l] = gy_r * cg - gy_i * sg;  // d alpha_x / dy (= d alpha_y / dx)
-    out.v[4][l] = gy_r * sg + gy_i * cg;  // d alpha_y / dy
+    const V gx_r = dax_dxr * cg - dax_dyr * sg, gx_i = day_dxr * cg - day_dyr * sg;
+    const V gy_r = dax_dxr * sg + dax_dyr * cg, gy_i = day_dxr * sg + day_dyr * cg;
+    put(2, j, gx_r * cg - gx_i * sg);  // d alpha_x / dx
+    put(3, j, gy_r * cg - gy_i * sg);  // d alpha_x / dy (= d alpha_y / dx)
+    put(4, j, gy_r * sg + gy_i * cg);  // d alpha_y / dy
     // wrt phi_G: i alpha + e^{i phi_G} (d alpha'/dx' y' - d alpha'/dy' x')
-    const double ph_r = dax_dxr * yr[l] - dax_dyr * xr[l];
-    const double ph_i = day_dxr * yr[l] - day_dyr * xr[l];
-    const double dphx = -ayl + ph_r * cg - ph_i * sg, dphy = axl + ph_r * sg + ph_i * cg;
-    const double dqx = dq_r * cg - dq_i * sg, dqy = dq_r * sg + dq_i * cg;
-    out.v[5][l] = (db_r * cg - db_i * sg) * k.sqrt_q;  // theta_E
-    out.v[6][l] = (db_r * sg + db_i * cg) * k.sqrt_q;
-    out.v[7][l] = dt_r * cg - dt_i * sg;  // gamma
-    out.v[8][l] = dt_r * sg + dt_i * cg;
-    out.v[9][l] = dqx * k.dq_de1 + dphx * k.dphi_de1;  // e1
-    out.v[10][l] = dqy * k.dq_de1 + dphy * k.dphi_de1;
-    out.v[11][l] = dqx * k.dq_de2 + dphx * k.dphi_de2;  // e2
-    out.v[12][l] = dqy * k.dq_de2 + dphy * k.dphi_de2;
+    const V ph_r = dax_dxr * yr[j] - dax_dyr * xr[j];
+    const V ph_i = day_dxr * yr[j] - day_dyr * xr[j];
+    const V dphx = ph_r * cg - ph_i * sg - ayl, dphy = axl + ph_r * sg + ph_i * cg;
+    const V dqx = dq_r * cg - dq_i * sg, dqy = dq_r * sg + dq_i * cg;
+    put(5, j, (db_r * cg - db_i * sg) * k.sqrt_q);  // theta_E
+    put(6, j, (db_r * sg + db_i * cg) * k.sqrt_q);
+    put(7, j, dt_r * cg - dt_i * sg);  // gamma
+    put(8, j, dt_r * sg + dt_i * cg);
+    put(9, j, dqx * k.dq_de1 + dphx * k.dphi_de1);  // e1
+    put(10, j, dqy * k.dq_de1 + dphy * k.dphi_de1);
+    put(11, j, dqx * k.dq_de2 + dphx * k.dphi_de2);  // e2
+    put(12, j, dqy * k.dq_de2 + dphy * k.dphi_de2);
   }
 }
 
