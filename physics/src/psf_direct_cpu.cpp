@@ -28,9 +28,10 @@ constexpr int kBlockVectors = 4;
 
 using torch::Tensor;
 
-// NR output rows from y of one item: out[r * w + x] = sum_ij kf[i * kw + j] P[(y + r + i) * wp + x
-// + j], x < w. kf holds each tap repeated over a vector's lanes (a load, not a broadcast, in the
-// inner loop; plain T storage, as std::vector need not align 32-byte vectors).
+// NR output rows from y of one item: out[r * w + x] = sum_ij kf_ij P[(y + r + i) * wp + x + j],
+// x < w. kf holds each tap kf_ij repeated over a vector's lanes, at kf + (i * kw + j) * L (a load,
+// not a broadcast, in the inner loop; plain T storage, as std::vector need not align 32-byte
+// vectors).
 // NR rows x kBlockVectors vectors are 8 independent accumulators: enough to cover the FMA's
 // latency. P has rows of wp >= round_up(w, block) + kw - 1 elements, so whole blocks never read
 // past it.
@@ -72,23 +73,16 @@ DSLENS_INLINE void correlate_range(const T* P, int64_t wp, const T* kf, int64_t 
   if (y < y1) correlate_rows<T, 1>(P, wp, kf, kh, kw, y, w, out + y * w);
 }
 
-DSLENS_CPU_CLONES void correlate_range_f32(const float* P, int64_t wp, const float* kf, int64_t kh,
-                                           int64_t kw, int64_t y0, int64_t y1, int64_t w,
-                                           float* out) {
+// One clone pair per dtype (target_clones needs a function, not a template).
+DSLENS_CPU_CLONES void correlate_range_cloned(const float* P, int64_t wp, const float* kf,
+                                              int64_t kh, int64_t kw, int64_t y0, int64_t y1,
+                                              int64_t w, float* out) {
   correlate_range(P, wp, kf, kh, kw, y0, y1, w, out);
 }
-DSLENS_CPU_CLONES void correlate_range_f64(const double* P, int64_t wp, const double* kf,
-                                           int64_t kh, int64_t kw, int64_t y0, int64_t y1,
-                                           int64_t w, double* out) {
+DSLENS_CPU_CLONES void correlate_range_cloned(const double* P, int64_t wp, const double* kf,
+                                              int64_t kh, int64_t kw, int64_t y0, int64_t y1,
+                                              int64_t w, double* out) {
   correlate_range(P, wp, kf, kh, kw, y0, y1, w, out);
-}
-void correlate_range_any(const float* P, int64_t wp, const float* kf, int64_t kh, int64_t kw,
-                         int64_t y0, int64_t y1, int64_t w, float* out) {
-  correlate_range_f32(P, wp, kf, kh, kw, y0, y1, w, out);
-}
-void correlate_range_any(const double* P, int64_t wp, const double* kf, int64_t kh, int64_t kw,
-                         int64_t y0, int64_t y1, int64_t w, double* out) {
-  correlate_range_f64(P, wp, kf, kh, kw, y0, y1, w, out);
 }
 
 template <typename T>
@@ -98,11 +92,11 @@ Tensor convolve(const Tensor& images_in, const Tensor& kernel_in) {
   const int64_t B = images.size(0), H = images.size(1), W = images.size(2);
   const int64_t kh = kernel.size(-2), kw = kernel.size(-1), ph = kh / 2, pw = kw / 2;
   const bool per_item = kernel.dim() == 3;
-  constexpr int64_t block = kBlockVectors * simd::kLanes<T>;
+  constexpr int L = simd::kLanes<T>;
+  constexpr int64_t block = kBlockVectors * L;
   const int64_t hp = H + kh - 1, wp = (W + block - 1) / block * block + kw - 1;
   // Flipped kernels, one per item or one shared.
   const int64_t nk = per_item ? B : 1, taps = kh * kw;
-  constexpr int L = simd::kLanes<T>;
   std::vector<T> kf(static_cast<size_t>(nk * taps * L));
   const T* pk = kernel.data_ptr<T>();
   for (int64_t b = 0; b < nk; ++b)
@@ -122,9 +116,9 @@ Tensor convolve(const Tensor& images_in, const Tensor& kernel_in) {
   at::parallel_for(0, B * runs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / runs, y0 = (task % runs) * kRowsPerTask;
-      correlate_range_any(padded.data() + b * hp * wp, wp,
-                          kf.data() + (per_item ? b * taps * L : 0), kh, kw, y0,
-                          std::min(H, y0 + kRowsPerTask), W, po + b * H * W);
+      correlate_range_cloned(padded.data() + b * hp * wp, wp,
+                             kf.data() + (per_item ? b * taps * L : 0), kh, kw, y0,
+                             std::min(H, y0 + kRowsPerTask), W, po + b * H * W);
     }
   });
   return out;
