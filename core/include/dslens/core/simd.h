@@ -1,8 +1,8 @@
 // 32-byte SIMD vectors (GCC/Clang vector extensions: one AVX register or two SSE ones) and
 // branch-free exp and log on them, for the hand-written CPU kernels of physics and nn. Compiled
-// inside the kernels' target clones (x86-64-v3 and the baseline), so the same source gives AVX2 +
-// FMA code where the CPU has it. Internal to the kernels: no call passes these types across a
-// function boundary that is not inlined.
+// inside the kernels' target clones (x86-64-v4, x86-64-v3 and the baseline), so the same source
+// gives AVX-512VL or AVX2 + FMA code where the CPU has it. Internal to the kernels: no call passes
+// these types across a function boundary that is not inlined.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +14,13 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-// The arithmetic kernels are compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline; the
-// loader picks one per machine (GNU ifunc).
+// The arithmetic kernels are compiled three times: for x86-64-v4 (the same 32-byte vectors, with
+// AVX-512VL's 32 registers instead of 16; on an AVX-512 Xeon the VAE decoder's forward + gradient
+// wrt z at batch 2, 1 thread, went from 1.84 to 1.15 ms, EPL's kernel unchanged), for x86-64-v3
+// (AVX2 + FMA) and for the baseline; the loader picks one per machine (GNU ifunc).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define DSLENS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DSLENS_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DSLENS_CPU_CLONES
 #endif
