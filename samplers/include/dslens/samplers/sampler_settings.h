@@ -66,8 +66,9 @@ struct AdaptSettings {
   // window's estimate is blended with (metric_prior_count), instead of the metric in use. A start
   // from the mode (a Laplace approximation) can be far too narrow in the typical set that the
   // buffer reaches, and the windows alone widen it over several doublings; a window's covariance
-  // of a few correlated draws is noisy in D dimensions. On the 100x100 VAE-source bench mock it
-  // cut the gradient evaluations of 4 x (500 + 100) by a fifth (docs/benchmarks.md, session 17).
+  // of a few correlated draws is noisy in D dimensions. On the 100x100 VAE-source bench mock one
+  // run of 4 x (500 + 100) took a fifth fewer gradient evaluations with it, within the +-10 %
+  // that three seeds of one setting spread over (docs/benchmarks.md, sessions 17 and 18).
   bool curvature_metric = false;
   double curvature_max_variance = INFINITY;
   StepSizeAdaptSettings dual_averaging;
