@@ -113,18 +113,9 @@ DSLENS_CPU_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const 
   }
   const double* rr = k.r.data();
   const double* LL = k.L.data();
-  for (int n = 1; n < k.nterms && !derivs; ++n) {
-    const double rn = rr[n];
-    for (int j = 0; j < kNV; ++j) {
-      const V nr = rn * (tr[j] * wr[j] - ti[j] * wi[j]);
-      const V ni = rn * (tr[j] * wi[j] + ti[j] * wr[j]);
-      tr[j] = nr;
-      ti[j] = ni;
-      om_r[j] += nr;
-      om_i[j] += ni;
-    }
-  }
-  for (int n = 1; n < k.nterms && derivs; ++n) {
+  // The series T_n = r_n w T_{n-1}; with derivs also sum (2n+1) T_n and sum L_n T_n. (derivs is
+  // the same for the whole call: GCC unswitches the loop on it.)
+  for (int n = 1; n < k.nterms; ++n) {
     const double rn = rr[n], c2n1 = 2.0 * n + 1.0, Ln = LL[n];
     for (int j = 0; j < kNV; ++j) {
       const V nr = rn * (tr[j] * wr[j] - ti[j] * wi[j]);
@@ -133,6 +124,7 @@ DSLENS_CPU_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const 
       ti[j] = ni;
       om_r[j] += nr;
       om_i[j] += ni;
+      if (!derivs) continue;
       p_r[j] += c2n1 * nr;
       p_i[j] += c2n1 * ni;
       l_r[j] += Ln * nr;
