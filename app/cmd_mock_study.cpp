@@ -212,7 +212,8 @@ json fit_config(const std::string& simulation, const Settings& s, uint64_t seed,
                 {"metric", s.metric},
                 {"target_accept", 0.8},
                 {"seed", seed}}}};
-  if (s.placement_starts > 0) fit["map"]["placement_starts"] = s.placement_starts;
+  // Always written: without it the fit's default (4 x starts) would replace --placement-starts 0.
+  fit["map"]["placement_starts"] = s.placement_starts;
   if (s.anneal_snr > 0 && snr > s.anneal_snr)
     fit["map"]["anneal_noise"] = json::array({snr / s.anneal_snr});
   return fit;

@@ -30,8 +30,10 @@ struct MapSettings {
   int64_t placement_adam_iterations = -1;
   int64_t placement_lbfgs_iterations = -1;
   // Prior draws of the placement stage (cheap: no decoder), per lens; the best `starts` of them go
-  // on to the source and joint stages. Below `starts`: `starts`.
-  int64_t placement_starts = 0;
+  // on to the source and joint stages. Below `starts`: `starts`. Negative (the default, when the
+  // config has no value): 4 x starts with `backproject`, whose full-model ranking picks them,
+  // else `starts` (app/map_search.cpp).
+  int64_t placement_starts = -1;
   int64_t inversion_pixels = 16;       // "inversion": the source grid's side ...
   double inversion_half_width = 0.75;  // ... and half its width (arcsec)
   // The placement's objective: residuals blurred by this Gaussian sigma (pixels), so that the

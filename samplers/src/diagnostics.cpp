@@ -591,6 +591,16 @@ std::vector<ConvergenceDiagnostics> convergence_per_parameter(const torch::Tenso
   return out;
 }
 
+double log_density_above_draws(double reference, const torch::Tensor& draws_log_density,
+                               int64_t dim) {
+  if (dim < 1) throw InvalidArgument("log_density_above_draws: dim must be >= 1");
+  if (!std::isfinite(reference) || draws_log_density.numel() == 0) return NAN;
+  const auto lp = draws_log_density.detach().to(torch::kCPU, torch::kFloat64).reshape({-1});
+  const auto finite = lp.masked_select(torch::isfinite(lp));
+  if (finite.numel() == 0) return NAN;
+  return reference - finite.max().item<double>() - 0.5 * static_cast<double>(dim);
+}
+
 std::vector<double> ebfmi(const torch::Tensor& energy) {
   if (!energy.defined() || (energy.dim() != 1 && energy.dim() != 2)) {
     throw InvalidArgument("ebfmi: energy must be [chains, draws] or [draws]");

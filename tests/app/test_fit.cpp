@@ -274,15 +274,21 @@ std::pair<RunResult, json> fit_pixelated_mock(const std::string& dir, json map) 
 // the pixels fitted with that lens held, then everything (app/map_search.h). The MAP must land on
 // the true lens. (Six lens names, i.e. six sets of starts: 6 of 6 land there with 8 starts, 5 of 6
 // with 4; with "placement": "none" 1 of 6 with 8 starts, the others trading e2 for a pixel source
-// that absorbs it; docs/fit.md.)
+// that absorbs it; docs/fit.md; measured with as many placements as starts, before their default
+// became 4 x starts.)
 TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   const std::string dir = dslens::testing::temp_dir("fit_placement");
   const auto [r, map] = fit_pixelated_mock(dir, {{"starts", 8}});
   EXPECT_NE(r.output.find("1/3 placement: lens with a Sersic stand-in"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("2/3 source"), std::string::npos) << r.output;
-  // The source pixels of every start begin at the data traced back through its placed lens.
-  EXPECT_NE(r.output.find("source of 8 of 8 starts begins at the data traced back"),
+  // By default 4 x starts placements, ranked by the full model with the source pixels begun at
+  // the data traced back through each placed lens; the best 8 go on.
+  EXPECT_NE(r.output.find("from 32 prior draws"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("source of 32 of 32 starts begins at the data traced back"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("the best 8 of 32 placements per lens go on, ranked by the full model"),
             std::string::npos)
       << r.output;
   // The best 4 optima are polished by Newton steps (152 free parameters, under the 400 limit).

@@ -207,6 +207,38 @@ TEST(Diagnostics, DivergenceCounts) {
   EXPECT_EQ(ds::count_divergences(d[2].to(torch::kFloat64)), 2);
 }
 
+TEST(Diagnostics, ReferenceAboveTheDrawsMeansAnotherMode) {
+  // A 76-d standard normal: log density -|x|^2 / 2 per draw, 4 x 500 iid draws.
+  const int64_t D = 76;
+  torch::manual_seed(19);
+  const auto lp = [](const torch::Tensor& x) { return -0.5 * x.square().sum(-1); };
+  const auto draws = lp(torch::randn({4, 500, D}, torch::kFloat64));
+  // 2000 fresh points of the same Gaussian (truths of a calibrated posterior): none flagged.
+  const auto fresh = lp(torch::randn({2000, D}, torch::kFloat64));
+  int flagged = 0;
+  for (int64_t i = 0; i < fresh.size(0); ++i) {
+    flagged += ds::log_density_above_draws(fresh[i].item<double>(), draws, D) > 0;
+  }
+  EXPECT_EQ(flagged, 0);
+  // The mode itself (log density 0, D / 2 = 38 nats above the typical set's mean, about 6 sd) is
+  // not flagged: it belongs to the draws' mode. Its distance to the best draw less D / 2:
+  const double best = draws.max().item<double>();
+  EXPECT_NEAR(ds::log_density_above_draws(0.0, draws, D), -best - 38.0, 1e-12);
+  EXPECT_LT(ds::log_density_above_draws(0.0, draws, D), 0);
+  // Draws of a second, lower mode (the same Gaussian 80 nats down) against a point of the first
+  // are flagged, as is the first mode's top against the same Gaussian 60 nats down.
+  EXPECT_GT(ds::log_density_above_draws(fresh[0].item<double>(), draws - 80.0, D), 0);
+  EXPECT_GT(ds::log_density_above_draws(0.0, draws - 60.0, D), 0);
+  // Float32 draws, non-finite draws ignored; undefined cases NaN.
+  auto with_inf = draws.to(torch::kFloat32).clone();
+  with_inf[0][0] = -INFINITY;
+  EXPECT_NEAR(ds::log_density_above_draws(0.0, with_inf, D),
+              ds::log_density_above_draws(0.0, draws, D), 1e-4);
+  EXPECT_TRUE(std::isnan(ds::log_density_above_draws(NAN, draws, D)));
+  EXPECT_TRUE(std::isnan(ds::log_density_above_draws(0.0, torch::full({3}, NAN), D)));
+  EXPECT_THROW(ds::log_density_above_draws(0.0, draws, 0), dslens::InvalidArgument);
+}
+
 TEST(DiagnosticsStats, AutocovarianceMatchesDirectSums) {
   std::mt19937_64 rng(3);
   std::normal_distribution<double> normal;
