@@ -338,6 +338,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     s.adapt.curvature_max_variance = 1.0;  // as the Laplace start's (laplace_metric)
     // Rows are lens-major: a lens's chains are consecutive and pool their adaptation.
     s.adapt.pool_group = sc.adaptation == "per_lens" ? chains : 1;
+    // On the CPU only the chains still building their trees are evaluated (lens-major rows).
+    s.compact_rows = compute.device.is_cpu() ? n_lenses : 0;
     if (sc.warmup < 20) s.adapt.metric = false;  // as Stan: too short to estimate a metric
     s.refresh = std::max<int64_t>(1, (sc.warmup + sc.draws) / (isatty(2) ? 200 : 10));
     // About 20 snapshots per run, and one at the end of warmup.

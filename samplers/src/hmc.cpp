@@ -13,6 +13,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/samplers/adaptation.h"
 #include "dslens/samplers/laplace.h"
+#include "optimize_common.h"
 
 namespace dslens::samplers {
 namespace hmc_detail {
@@ -310,6 +311,24 @@ PhasePoint HamiltonianSystem::leapfrog(const PhasePoint& z, const torch::Tensor&
                                        const torch::Tensor& half_eps_col) {
   torch::Tensor p_half = torch::addcmul(z.p, half_eps_col, z.grad);
   torch::Tensor q = torch::addcmul(z.q, eps_col, metric_.velocity(p_half));
+  if (compact_groups_ > 0 && q.device().is_cpu()) {
+    // Chains whose trees have stopped integrate with step size 0 (nuts.cpp): their state stays as
+    // it is, so only the others need the log density. Lock-step trees otherwise cost every chain
+    // the deepest tree's steps (72-90 % of the rows were live ones on the bench mock,
+    // docs/benchmarks.md, session 19). The count stays in calls x chains (hmc.h).
+    const torch::Tensor moving = eps_col.squeeze(-1) != 0;
+    const int64_t n_moving = moving.sum().item<int64_t>();
+    if (n_moving < q.size(0)) {
+      ++calls_;
+      if (n_moving == 0) return PhasePoint{q, z.p, z.log_p, z.grad};
+      const auto rows = optimize_common::pending_rows(moving, compact_groups_);
+      const LogDensityValue v = evaluate_checked(f_, q.index_select(0, rows.sel));
+      const torch::Tensor at = rows.sel.index_select(0, rows.real);
+      torch::Tensor log_p = z.log_p.index_copy(0, at, v.log_p.index_select(0, rows.real));
+      torch::Tensor grad = z.grad.index_copy(0, at, v.grad.index_select(0, rows.real));
+      return PhasePoint{q, torch::addcmul(p_half, half_eps_col, grad), log_p, grad};
+    }
+  }
   LogDensityValue v = evaluate(q);
   torch::Tensor p = torch::addcmul(p_half, half_eps_col, v.grad);
   return PhasePoint{q, p, v.log_p, v.grad};
@@ -451,6 +470,13 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
           : ChainRandom(settings.seed, settings.chain_ids, init.device());
   HamiltonianSystem system(log_density, std::move(metric), std::move(random),
                            settings.max_energy_error);
+  if (settings.compact_rows > 0) {
+    if (chains % settings.compact_rows != 0)
+      throw InvalidArgument(std::string(name) + ": compact_rows (" +
+                            std::to_string(settings.compact_rows) + ") must divide the " +
+                            std::to_string(chains) + " chains");
+    system.compact_rows(settings.compact_rows);
+  }
 
   ChainState state;
   if (resume) {

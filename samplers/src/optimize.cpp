@@ -91,36 +91,6 @@ OptimizeResult maximize_adam(const LogDensityFn& log_density, const torch::Tenso
   return r;
 }
 
-namespace {
-
-// The rows one line-search call evaluates: sel [G m] (rows of the batch, group-major) and real
-// (the places in sel that are not padding). With compaction, each of the G groups contributes
-// its pending rows in order, padded to m = the largest group's count with its first row.
-struct PendingRows {
-  torch::Tensor sel, real;
-};
-
-PendingRows pending_rows(const torch::Tensor& pending, int64_t groups) {
-  const int64_t per = pending.size(0) / groups;  // divisible: checked by maximize_lbfgs
-  const auto lopt = pending.options().dtype(torch::kInt64);
-  const torch::Tensor pg = pending.view({groups, per});
-  const torch::Tensor count = pg.sum(1);
-  const int64_t m = count.max().item<int64_t>();
-  // Pending rows first, each part in its original order: sort keys (not pending) * per + column.
-  const torch::Tensor col = torch::arange(per, lopt).unsqueeze(0);
-  const torch::Tensor order = ((~pg).to(torch::kInt64) * per + col)
-                                  .argsort(/*dim=*/1, /*descending=*/false)
-                                  .narrow(1, 0, m);
-  const torch::Tensor slot = col.narrow(1, 0, m);           // [1, m]
-  const torch::Tensor is_real = slot < count.unsqueeze(1);  // [G, m]
-  const torch::Tensor within = torch::where(is_real, order, order.narrow(1, 0, 1));
-  const torch::Tensor sel =
-      (within + torch::arange(groups, lopt).unsqueeze(1) * per).reshape({groups * m});
-  return {sel, is_real.reshape({groups * m}).nonzero().squeeze(1)};
-}
-
-}  // namespace
-
 OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tensor& starts,
                               const LbfgsSettings& s) {
   using namespace optimize_common;

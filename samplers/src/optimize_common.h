@@ -1,5 +1,6 @@
 // Helpers shared by the batched optimisers (optimize.cpp, newton.cpp): argument checks, the
-// per-start bookkeeping of OptimizeResult and progress reports.
+// per-start bookkeeping of OptimizeResult and progress reports; pending_rows also by the samplers
+// (hmc.cpp).
 #pragma once
 #include <torch/torch.h>
 
@@ -29,6 +30,33 @@ inline void check_starts(const torch::Tensor& starts, const char* name) {
       !starts.is_floating_point())
     throw InvalidArgument(std::string(name) +
                           ": starting points must be a floating-point [starts, dim] tensor");
+}
+
+// The rows one call evaluates when only the pending ones need it (an L-BFGS line search, NUTS
+// chains still building their trees): sel [G m] (rows of the batch, group-major) and real (the
+// places in sel that are not padding). With compaction, each of the G groups contributes
+// its pending rows in order, padded to m = the largest group's count with its first row.
+struct PendingRows {
+  torch::Tensor sel, real;
+};
+
+inline PendingRows pending_rows(const torch::Tensor& pending, int64_t groups) {
+  const int64_t per = pending.size(0) / groups;  // divisible: checked by the callers
+  const auto lopt = pending.options().dtype(torch::kInt64);
+  const torch::Tensor pg = pending.view({groups, per});
+  const torch::Tensor count = pg.sum(1);
+  const int64_t m = count.max().item<int64_t>();
+  // Pending rows first, each part in its original order: sort keys (not pending) * per + column.
+  const torch::Tensor col = torch::arange(per, lopt).unsqueeze(0);
+  const torch::Tensor order = ((~pg).to(torch::kInt64) * per + col)
+                                  .argsort(/*dim=*/1, /*descending=*/false)
+                                  .narrow(1, 0, m);
+  const torch::Tensor slot = col.narrow(1, 0, m);           // [1, m]
+  const torch::Tensor is_real = slot < count.unsqueeze(1);  // [G, m]
+  const torch::Tensor within = torch::where(is_real, order, order.narrow(1, 0, 1));
+  const torch::Tensor sel =
+      (within + torch::arange(groups, lopt).unsqueeze(1) * per).reshape({groups * m});
+  return {sel, is_real.reshape({groups * m}).nonzero().squeeze(1)};
 }
 
 inline torch::Tensor finite_rows(const torch::Tensor& lp, const torch::Tensor& grad) {

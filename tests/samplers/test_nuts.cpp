@@ -301,6 +301,46 @@ TEST(Nuts, AdaptationPooledWithinGroupsOfChains) {
   EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
 }
 
+TEST(Nuts, CompactRowsEvaluatesOnlyTheChainsStillIntegrating) {
+  // Two lenses of 4 chains each (rows grouped in order): N(0, 1) and N(5, 10^2) in 3 coordinates.
+  const int64_t C = 8, D = 3;
+  const auto target = dslens::testing::grouped_gaussian(
+      torch::eye(D, f64()), torch::tensor({1.0, 0.01}, f64()),
+      torch::tensor({0.0, 5.0}, f64()).unsqueeze(1).expand({2, D}).contiguous());
+  int64_t rows = 0;
+  bool even = true;
+  const LogDensityFn counted = [&](const torch::Tensor& q) {
+    rows += q.size(0);
+    even = even && q.size(0) % 2 == 0;  // both lenses get the same number of rows
+    return target(q);
+  };
+  NutsSettings s;
+  s.seed = 31;
+  s.adapt.pool_group = 4;
+  s.num_warmup = 150;
+  s.adapt.windows = WindowSettings{30, 20, 40};
+  s.num_draws = 100;
+  torch::Tensor init =
+      torch::rand({C, D}, torch::Generator(at::detail::createCPUGenerator(9)), f64()) * 4 - 2;
+  const SamplerResult full = sample_nuts(counted, init, s);
+  const int64_t full_rows = rows;
+  rows = 0;
+  s.compact_rows = 2;
+  const SamplerResult compact = sample_nuts(counted, init, s);
+  EXPECT_TRUE(even);
+  // The same chains: a chain that waits keeps its state, the others see the rows of their lens.
+  EXPECT_TRUE(torch::allclose(compact.draws, full.draws, 1e-9, 1e-11));
+  EXPECT_TRUE(torch::equal(compact.n_leapfrog, full.n_leapfrog));
+  EXPECT_TRUE(torch::equal(compact.tree_depth, full.tree_depth));
+  EXPECT_TRUE(torch::allclose(compact.step_size_adapted, full.step_size_adapted, 1e-9, 0));
+  EXPECT_EQ(compact.gradient_evaluations, full.gradient_evaluations);  // calls x chains
+  // Fewer rows: the trees of 4 chains per lens differ in depth.
+  EXPECT_LT(static_cast<double>(rows), 0.9 * static_cast<double>(full_rows))
+      << rows << " of " << full_rows;
+  s.compact_rows = 3;  // does not divide 8 chains
+  EXPECT_THROW(sample_nuts(counted, init, s), dslens::InvalidArgument);
+}
+
 TEST(Nuts, CorrelatedGaussianWithDenseMetric) {
   const int64_t C = 4;
   // sd 1 and 10, correlation 0.95.

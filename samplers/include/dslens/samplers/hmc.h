@@ -86,6 +86,11 @@ class HamiltonianSystem {
   // The same with eps and eps / 2 given as columns [C, 1].
   PhasePoint leapfrog(const PhasePoint& z, const torch::Tensor& eps_col,
                       const torch::Tensor& half_eps_col);
+  // On the CPU, evaluate the log density only at the rows whose step size is not 0 (NUTS chains
+  // still building their trees); rows are `groups` consecutive groups of equal size (the model
+  // maps rows to groups by position), each padded to the largest group's count of such rows. A
+  // row with step size 0 keeps its position, log density and gradient unchanged. 0: off.
+  void compact_rows(int64_t groups) { compact_groups_ = groups; }
   // -log p + kinetic, [C]; +inf wherever it is not finite (NaN log p or gradient included).
   // velocity, when given, receives M^-1 p.
   torch::Tensor hamiltonian(const PhasePoint& z, torch::Tensor* velocity = nullptr) const;
@@ -105,6 +110,7 @@ class HamiltonianSystem {
   ChainRandom random_;
   double max_energy_error_;
   int64_t calls_ = 0;
+  int64_t compact_groups_ = 0;
 };
 
 // Positions and their log density / gradient, [C, D], [C], [C, D].

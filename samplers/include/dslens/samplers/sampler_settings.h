@@ -105,6 +105,13 @@ struct SamplerSettings {
   // When not empty, one id per chain, used instead of chain_id_offset + c: e.g. ids derived from a
   // lens's name, so that its chains draw the same numbers wherever it sits in a batch.
   std::vector<uint64_t> chain_ids;
+  // > 0, on the CPU: each leapfrog step evaluates the log density only at the chains still
+  // integrating (NUTS chains whose trees have stopped wait for the others with step size 0). The
+  // chains are this many consecutive groups of equal size (the lenses of a batch, whose model maps
+  // rows to lenses by position); every group is padded to the same count of rows with copies, and
+  // the count must divide the number of chains. Off the CPU it does nothing (CUDA graphs replay
+  // fixed shapes). gradient_evaluations still counts calls x chains. 0: every row, every step.
+  int64_t compact_rows = 0;
   bool save_warmup = false;
   // Log progress every this many iterations (0: every 10 %).
   int64_t refresh = 0;
