@@ -389,7 +389,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // (backproject), else starts. On the 100x100 bench mock at SNR 30 (16 starts, four MAP seeds), 16
   // placements ended 120 to 1467 nats below the truth's log posterior at wrong lenses (three with
   // e1 at 0.36-0.40 against 0.08), 64 placements between 70 below and 22 above it (theta_E within
-  // 1.7 %, the centre within 0.045"), in about the same time (docs/benchmarks.md, session 19).
+  // 1.7 %, the centre within 0.045"). The MAP then took 169-201 s on 2 threads instead of 110-135 s
+  // (docs/benchmarks.md, session 19).
   const int64_t n_place = ms.placement_starts < 0
                               ? (ms.backproject && !inversion ? 4 * ms.starts : ms.starts)
                               : std::max(ms.starts, ms.placement_starts);
