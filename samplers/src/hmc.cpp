@@ -314,15 +314,17 @@ PhasePoint HamiltonianSystem::leapfrog(const PhasePoint& z, const torch::Tensor&
   if (compact_groups_ > 0 && q.device().is_cpu()) {
     // Chains whose trees have stopped integrate with step size 0 (nuts.cpp): their state stays as
     // it is, so only the others need the log density. Lock-step trees otherwise cost every chain
-    // the deepest tree's steps (72-90 % of the rows were live ones on the bench mock,
+    // the deepest tree's steps (72-92 % of the rows were live ones on the bench mock,
     // docs/benchmarks.md, session 19). The count stays in calls x chains (hmc.h).
     const torch::Tensor moving = eps_col.squeeze(-1) != 0;
     const int64_t n_moving = moving.sum().item<int64_t>();
+    if (n_moving == 0) {
+      ++calls_;  // counted as the lock-step call it replaces
+      return PhasePoint{q, z.p, z.log_p, z.grad};
+    }
     if (n_moving < q.size(0)) {
-      ++calls_;
-      if (n_moving == 0) return PhasePoint{q, z.p, z.log_p, z.grad};
       const auto rows = optimize_common::pending_rows(moving, compact_groups_);
-      const LogDensityValue v = evaluate_checked(f_, q.index_select(0, rows.sel));
+      const LogDensityValue v = evaluate(q.index_select(0, rows.sel));
       const torch::Tensor at = rows.sel.index_select(0, rows.real);
       torch::Tensor log_p = z.log_p.index_copy(0, at, v.log_p.index_select(0, rows.real));
       torch::Tensor grad = z.grad.index_copy(0, at, v.grad.index_select(0, rows.real));
