@@ -87,11 +87,10 @@ std::vector<int64_t> divergences_per_chain(const torch::Tensor& divergent);
 // D-dimensional Gaussian's mode above the mean of its typical set. A point of the mode the draws
 // explore lies among their log densities like a draw, and none lies more than D / 2 above their
 // mean (less so above their best), so a positive value says the draws sit in another mode than the
-// point's. The margin is that
-// wide because chains still settling after a short warmup sit below their typical set: on the
-// bench mock, 4 chains x (150 + 100) in the truth's mode had their best draw 13 nats below the
-// truth (D = 76), while chains in a false mode had theirs 107 nats below. Negative otherwise; NaN
-// when the reference is not finite or there are no finite draws.
+// point's. The margin is that wide because chains still settling after a short warmup sit below
+// their typical set: on the bench mock, 4 chains x (150 + 100) in the truth's mode had their best
+// draw 13 nats below the truth (D = 76), while chains in a false mode had theirs 107 nats below.
+// Negative otherwise; NaN when the reference is not finite or there are no finite draws.
 double log_density_above_draws(double reference, const torch::Tensor& draws_log_density,
                                int64_t dim);
 
