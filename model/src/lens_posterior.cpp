@@ -104,6 +104,7 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   log_norm_ = -(torch::log(safe_sigma) * used.to(opts)).sum({1, 2}) -
               0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
+  coordinates_ = g.supersampled_coordinates(spec_.supersampling, compute_);
 }
 
 std::optional<double> LensPosterior::epl_ellipticity_bound() const {
@@ -154,6 +155,7 @@ physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int
   m.grid = spec_.grid;
   m.supersampling = spec_.supersampling;
   m.psf_kernel = spec_.psf_kernel;
+  m.coordinates = coordinates_;
   if (m.psf_kernel && m.psf_kernel->dim() == 3) {
     m.psf_kernel = per_row(*m.psf_kernel, rows_per_lens(batch));
   }

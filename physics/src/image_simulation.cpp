@@ -14,14 +14,32 @@ void accumulate(Tensor& total, const Tensor& term) {
   total = total.defined() ? total + term : term;
 }
 
+// The model's precomputed sub-pixel centres when they fit its grid, dtype and device; else made
+// here (which also validates the grid and factor).
+std::pair<Tensor, Tensor> coordinates_of(const ImageModel& model, const Compute& compute) {
+  const PixelGrid& g = model.grid;
+  const int64_t f = model.supersampling;
+  if (model.coordinates) {
+    const auto& [x, y] = *model.coordinates;
+    const std::vector<int64_t> shape{g.ny * f, g.nx * f};
+    if (f >= 1 && x.sizes() == shape && y.sizes() == shape && x.device() == compute.device &&
+        x.scalar_type() == compute.dtype && y.device() == compute.device &&
+        y.scalar_type() == compute.dtype) {
+      return *model.coordinates;
+    }
+  }
+  return g.supersampled_coordinates(f, compute);
+}
+
 }  // namespace image_simulation_detail
 
 Tensor simulate_unconvolved(const ImageModel& model, int64_t batch, const Compute& compute) {
   using image_simulation_detail::accumulate;
+  using image_simulation_detail::coordinates_of;
   if (batch < 1) throw InvalidArgument("simulate_image: batch must be >= 1");
   const int64_t f = model.supersampling;
   const PixelGrid& g = model.grid;
-  auto [xs, ys] = g.supersampled_coordinates(f, compute);  // validates the grid and factor
+  auto [xs, ys] = coordinates_of(model, compute);
   Tensor x = xs.reshape({1, -1});
   Tensor y = ys.reshape({1, -1});
 

@@ -325,6 +325,35 @@ TEST(ImageSimulation, BatchedEqualsOneAtATime) {
   EXPECT_THROW(simulate_image(m, 3, Compute{}), dslens::InvalidArgument);
 }
 
+// ImageModel::coordinates (made once by a fit) stand in for the grid's own sub-pixel centres: the
+// same centres give the same image, centres shifted by a pixel give the image of a shifted grid
+// (so they are used, not recomputed), and centres of another shape or dtype are ignored.
+TEST(ImageSimulation, PrecomputedCoordinatesAreUsedWhenTheyFit) {
+  auto m = small_model();
+  const Compute c64{};
+  const auto plain = simulate_image(m, 2, c64);
+  ImageModel same = m;
+  same.coordinates = m.grid.supersampled_coordinates(m.supersampling, c64);
+  EXPECT_TRUE(torch::equal(simulate_image(same, 2, c64), plain));
+
+  ImageModel shifted_grid = m;
+  shifted_grid.grid.ra_at_xy_0 += m.grid.pixel_scale;
+  ImageModel shifted = m;
+  shifted.coordinates = shifted_grid.grid.supersampled_coordinates(m.supersampling, c64);
+  const auto expected = simulate_image(shifted_grid, 2, c64);
+  EXPECT_GT(max_abs(expected - plain), 1e-3 * max_abs(plain));  // the shift is visible
+  EXPECT_LT(max_abs(simulate_image(shifted, 2, c64) - expected), 1e-14 * max_abs(expected));
+
+  ImageModel other_shape = m;
+  other_shape.coordinates = m.grid.supersampled_coordinates(1, c64);
+  EXPECT_TRUE(torch::equal(simulate_image(other_shape, 2, c64), plain));
+  ImageModel other_dtype = m;
+  const auto [x32, y32] =
+      shifted_grid.grid.supersampled_coordinates(m.supersampling, {torch::kCPU, torch::kFloat32});
+  other_dtype.coordinates = std::make_pair(x32, y32);
+  EXPECT_TRUE(torch::equal(simulate_image(other_dtype, 2, c64), plain));
+}
+
 TEST(ImageSimulation, GradientsMatchFiniteDifferences) {
   auto m = small_model();
   // Rebuild the lens with leaf tensors that require gradients.

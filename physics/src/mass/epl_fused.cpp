@@ -193,7 +193,20 @@ DSLENS_CPU_CLONES void evaluate_chunk(const Consts& k, const double* dxs, const 
   }
 }
 
+// A parameter's values as doubles. A CPU float tensor is read in place, strides and all: the
+// copy through .to(kFloat64) cost five operators per parameter and call.
 std::vector<double> to_doubles(const Tensor& t) {
+  if (t.device().is_cpu() && t.dim() <= 1 &&
+      (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64)) {
+    const int64_t n = t.numel(), stride = t.dim() == 1 ? t.stride(0) : 0;
+    std::vector<double> out(static_cast<size_t>(n));
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "epl_params", [&] {
+      const scalar_t* p = t.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i)
+        out[static_cast<size_t>(i)] = static_cast<double>(p[i * stride]);
+    });
+    return out;
+  }
   auto c = t.detach().to(torch::kCPU, torch::kFloat64).contiguous().reshape({-1});
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
@@ -397,8 +410,8 @@ Deflection epl_deflection_fused(const Tensor& x, const Tensor& y, const Tensor& 
     auto out = epl_fused_detail::forward_cpu(x, y, params, B, /*with_derivs=*/false);
     return {out[0], out[1]};
   }
-  auto out = epl_fused_detail::EPLFusedFunction::apply(x, y, flat(theta_E), flat(gamma), flat(e1),
-                                                       flat(e2), flat(center_x), flat(center_y));
+  auto out = epl_fused_detail::EPLFusedFunction::apply(x, y, params[0], params[1], params[2],
+                                                       params[3], params[4], params[5]);
   return {out[0], out[1]};
 }
 

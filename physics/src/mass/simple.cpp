@@ -65,8 +65,11 @@ std::vector<std::string> ShearProfile::param_names() const {
 Deflection ShearProfile::deflection(const Tensor& x, const Tensor& y, const ParamMap& p) const {
   auto g1 = per_batch(mass::required_param(p, "SHEAR", "gamma1"), x);
   auto g2 = per_batch(mass::required_param(p, "SHEAR", "gamma2"), x);
-  auto dx = x - per_batch(mass::optional_param(p, "ra_0", 0.0, x), x);
-  auto dy = y - per_batch(mass::optional_param(p, "dec_0", 0.0, y), y);
+  // Without ra_0 / dec_0 (the usual case) the coordinates are used as they are: subtracting a
+  // zero would cost operators on every evaluation of the sampler.
+  const auto has = [&](const char* name) { return p.count(name) && p.at(name).defined(); };
+  auto dx = has("ra_0") ? x - per_batch(p.at("ra_0"), x) : x;
+  auto dy = has("dec_0") ? y - per_batch(p.at("dec_0"), y) : y;
   auto shape = mass::result_shape(x, y, p);
   return {simple_mass_detail::full(g1 * dx + g2 * dy, shape),
           simple_mass_detail::full(g2 * dx - g1 * dy, shape)};

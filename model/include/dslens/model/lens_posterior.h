@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dslens/core/device.h"
@@ -102,6 +103,7 @@ class LensPosterior {
   int64_t n_pixels_ = 0;
   int64_t n_lenses_ = 1;
   torch::Tensor pixels_per_lens_;
+  std::pair<torch::Tensor, torch::Tensor> coordinates_;  // the grid's sub-pixel centres, made once
 };
 
 }  // namespace dslens::model

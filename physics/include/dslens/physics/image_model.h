@@ -59,6 +59,10 @@ struct ImageModel {
   std::vector<LightComponent> lens_light;    // drawn at the image-plane positions (unlensed)
   std::vector<LightComponent> source_light;  // drawn at the ray-shot source-plane positions
   std::optional<Tensor> psf_kernel;          // [h, w]; none = no convolution
+  // The sub-pixel centres grid.supersampled_coordinates(supersampling, ...) would give, made once
+  // by a caller that simulates the same grid many times (a fit): building them cost 55 operators
+  // per call, an eighth of a fit's forward pass (docs/benchmarks.md, session 20).
+  std::optional<std::pair<Tensor, Tensor>> coordinates;
 };
 
 // Noise-free image [B, ny, nx]: each pixel is the mean surface brightness over its sub-pixels
