@@ -81,11 +81,12 @@ struct Parsed {
 };
 
 // A source decoded by a trained VAE: {"type": "VAE", "checkpoint": DIR, "z": [...] or
-// "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp}; lensed as INTERPOL.
+// "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp, "normalise_flux": true};
+// lensed as INTERPOL.
 Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
                         const Compute& compute) {
-  node.allow_only(
-      {"type", "checkpoint", "z", "z_seed", "center_x", "center_y", "scale", "phi_G", "amp"});
+  node.allow_only({"type", "checkpoint", "z", "z_seed", "center_x", "center_y", "scale", "phi_G",
+                   "amp", "normalise_flux"});
   Parsed out;
   out.spec.type = "VAE";
   const std::map<std::string, double> defaults = {{"phi_G", 0.0}, {"amp", 1.0}};
@@ -120,7 +121,21 @@ Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
   }
   torch::NoGradGuard no_grad;
   const auto z = torch::tensor(out.spec.latent, torch::kFloat64).unsqueeze(0);
-  const auto image = loaded.vae->decode(z.to(compute.options())).detach();
+  // As `dslens fit` models it (model/fit_model.h): the decoded stamp at the checkpoint's
+  // reference total unless "normalise_flux" is false, so that a fit's amp is the simulation's.
+  torch::Tensor image;
+  if (node.boolean_or("normalise_flux", true)) {
+    const double total = loaded.vae->median_prior_total();
+    if (!(total > 0)) {
+      node.fail_at("normalise_flux", "the checkpoint's decoded stamps have a median total of " +
+                                         std::to_string(total) +
+                                         " over prior draws; flux normalisation needs positive "
+                                         "totals; set it to false to use the stamp as decoded");
+    }
+    image = loaded.vae->decode_with_total(z.to(compute.options()), total).detach();
+  } else {
+    image = loaded.vae->decode(z.to(compute.options())).detach();
+  }
   out.spec.image_shape = {image.size(1), image.size(2)};
   out.params["image"] = image;
   return out;

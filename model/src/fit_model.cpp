@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 
 #include "dslens/core/errors.h"
 #include "dslens/nn/checkpoint.h"
@@ -108,7 +109,10 @@ class Builder {
       allowed.push_back("q");
       allowed.push_back("phi");
     }
-    if (type == "VAE") allowed.push_back("checkpoint");
+    if (type == "VAE") {
+      allowed.push_back("checkpoint");
+      allowed.push_back("normalise_flux");
+    }
     if (type == "PIXELATED") {
       allowed.push_back("size");
       allowed.push_back("sigma");
@@ -169,13 +173,33 @@ class Builder {
     out_.space.add_standard_normal_block(out_.latent_block, loaded.meta.arch.latent_dim);
     nn::Vae vae = loaded.vae;
     const auto opts = compute_.options();
-    out_.decoder = [vae, opts](const torch::Tensor& z) mutable { return vae->decode(z.to(opts)); };
-    out_.encoder = [vae, opts](const torch::Tensor& images) mutable {
+    // The decoded stamp rescaled to one total flux (nn::VaeImpl::decode_with_total): the data fix
+    // the source's flux tightly, and with amp x sum(decode(z)) that constraint is a curved ridge
+    // in (amp, z) whose direction turns with z; no constant metric follows it, and it set the
+    // NUTS step size on the bench mock (docs/benchmarks.md, session 21). Normalised, amp alone
+    // carries the flux.
+    std::optional<double> total;
+    if (node.boolean_or("normalise_flux", true)) {
+      total = vae->median_prior_total();
+      if (!(*total > 0)) {
+        node.fail_at("normalise_flux",
+                     "the checkpoint's decoded stamps have a median total of " +
+                         std::to_string(*total) +
+                         " over prior draws; flux normalisation needs positive totals (a VAE "
+                         "trained on galaxy images); set it to false to use the stamps as decoded");
+      }
+      out_.vae_description["flux_total"] = *total;
+    }
+    auto decode = [vae, opts, total](const torch::Tensor& z) mutable {
+      return total ? vae->decode_with_total(z.to(opts), *total) : vae->decode(z.to(opts));
+    };
+    out_.decoder = decode;
+    out_.encoder = [vae, opts, decode](const torch::Tensor& images) mutable {
       torch::NoGradGuard no_grad;
       const auto x = images.to(opts);
       const auto peak = x.flatten(1).amax(1).clamp_min(1e-30);
       const auto z = vae->encode(x / peak.view({-1, 1, 1})).first;
-      const auto decoded_peak = vae->decode(z).flatten(1).amax(1).clamp_min(1e-30);
+      const auto decoded_peak = decode(z).flatten(1).amax(1).clamp_min(1e-30);
       return FitModel::EncodedSource{z, peak / decoded_peak};
     };
   }

@@ -279,6 +279,23 @@ torch::Tensor VaeImpl::sample(int64_t n, torch::Generator& gen) {
   return decode(eps.to(options()));
 }
 
+torch::Tensor VaeImpl::decode_with_total(const torch::Tensor& z, double total) {
+  if (!(total > 0) || !std::isfinite(total)) {
+    throw InvalidArgument("VAE decode_with_total: the total must be positive and finite, got " +
+                          std::to_string(total));
+  }
+  const auto img = decode(z);
+  return img * (total / img.sum({1, 2}, /*keepdim=*/true).clamp_min(1e-6 * total));
+}
+
+double VaeImpl::median_prior_total(int64_t n, uint64_t seed) {
+  if (n < 1) throw InvalidArgument("VAE median_prior_total: n must be >= 1");
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto totals = sample(n, gen).sum({1, 2}).to(torch::kCPU, torch::kFloat64);
+  return totals.median().item<double>();
+}
+
 // ---- losses ----
 
 torch::Tensor kl_to_standard_normal(const torch::Tensor& mean, const torch::Tensor& logvar) {

@@ -41,7 +41,9 @@ TEST(Priors, NormalMatchesClosedForm) {
 TEST(Bijections, RoundTripAndJacobianMatchAutograd) {
   for (const auto& b :
        {Bijection::identity(), Bijection::lower_bounded(0.2), Bijection::interval(-1.0, 3.0)}) {
-    auto u = torch::linspace(-6, 6, 25, torch::kFloat64).requires_grad_(true);
+    // u = +-3 is 5 hinge widths beyond the interval's bounds (t = -0.25, 1.25); further out the
+    // soft clip's slope falls below 1e-2 and autograd's difference of two sigmoids loses digits.
+    auto u = torch::linspace(-3, 3, 25, torch::kFloat64).requires_grad_(true);
     auto x = b.forward(u);
     auto back = b.inverse(x.detach());
     EXPECT_LT((back - u.detach()).abs().max().item<double>(), 1e-9) << b.describe();
@@ -49,6 +51,22 @@ TEST(Bijections, RoundTripAndJacobianMatchAutograd) {
     auto ladj = b.log_abs_det_jacobian(u.detach());
     EXPECT_LT((ladj - torch::log(grad.abs())).abs().max().item<double>(), 1e-10) << b.describe();
   }
+  // The interval's soft clip has slope (upper - lower) / 4 (here 1) at the middle: within 1e-3
+  // over the middle 30 % (u in [-0.6, 0.6]), 5 % over the middle 70 % (u in [-1.4, 1.4]), where
+  // the logit's falls to 51 %. It reaches the bounds only in the limit: 10 hinge widths beyond
+  // them (u = +-4) x is 4 h softplus(-10) = 9.1e-6 inside.
+  const auto clip = Bijection::interval(-1.0, 3.0);
+  const auto slope = [&](double a, double b) {
+    return torch::exp(clip.log_abs_det_jacobian(torch::linspace(a, b, 33, torch::kFloat64)));
+  };
+  EXPECT_LT((slope(-0.6, 0.6) - 1.0).abs().max().item<double>(), 1e-3);
+  EXPECT_LT((slope(-1.4, 1.4) - 1.0).abs().max().item<double>(), 0.05);
+  EXPECT_NEAR(clip.forward(torch::zeros({1}, torch::kFloat64)).item<double>(), 1.0, 1e-12);
+  const auto ends = clip.forward(torch::tensor({-4.0, 4.0}, torch::kFloat64));
+  EXPECT_NEAR(ends[0].item<double>(), -1.0 + 4 * 0.05 * std::log1p(std::exp(-10.0)), 1e-9);
+  EXPECT_NEAR(ends[1].item<double>(), 3.0 - 4 * 0.05 * std::log1p(std::exp(-10.0)), 1e-9);
+  EXPECT_GT(ends[0].item<double>(), -1.0);
+  EXPECT_LT(ends[1].item<double>(), 3.0);
   // Stable far in the tails where a naive log(sigmoid) would underflow.
   auto far = Bijection::interval(0, 1).log_abs_det_jacobian(
       torch::tensor({-800.0, 800.0}, torch::kFloat64));

@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "dslens/core/config.h"
+#include "dslens/core/errors.h"
 #include "dslens/model/fit_model.h"
+#include "dslens/nn/checkpoint.h"
 #include "test_support.h"
 #include "tiny_vae.h"
 
@@ -22,7 +26,7 @@ nlohmann::json sis_with_source(const nlohmann::json& source) {
 }  // namespace
 
 TEST(SourceEncoder, VaeLatentsIgnoreBrightnessAndAmplitudeMatchesThePeak) {
-  const auto dir = dslens::testing::tiny_vae_checkpoint("encoder_vae", 3);
+  const auto dir = dslens::testing::tiny_vae_checkpoint("encoder_vae", 3, nn::PixelNorm{0.5, 0.2});
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto fit = model::parse_fit_model(
       ConfigNode(sis_with_source({{"type", "VAE"},
@@ -44,6 +48,58 @@ TEST(SourceEncoder, VaeLatentsIgnoreBrightnessAndAmplitudeMatchesThePeak) {
   // amp x decoded stamp has the image's peak.
   const auto decoded = fit.decoder(b.latents) * b.amp.view({3, 1, 1});
   EXPECT_TRUE(torch::allclose(decoded.flatten(1).amax(1), brighter.flatten(1).amax(1)));
+}
+
+// A VAE source's decoded stamps are rescaled to one total (nn::VaeImpl::decode_with_total), the
+// median total of the checkpoint's prior stamps, unless "normalise_flux" is false; a checkpoint
+// whose stamps do not have positive totals is refused with the key's JSON path.
+TEST(SourceEncoder, VaeSourceFluxIsTheAmplitudesAlone) {
+  const auto dir = dslens::testing::tiny_vae_checkpoint("flux_vae", 4, nn::PixelNorm{0.5, 0.2});
+  const Compute compute{torch::kCPU, torch::kFloat64};
+  const auto source = [&](std::optional<bool> normalise) {
+    nlohmann::json s = {{"type", "VAE"},   {"checkpoint", dir}, {"center_x", 0.0},
+                        {"center_y", 0.0}, {"scale", 0.02},     {"amp", 1.0}};
+    if (normalise) s["normalise_flux"] = *normalise;
+    return model::parse_fit_model(ConfigNode(sis_with_source(s), "/model"), dir, compute);
+  };
+  auto vae = nn::load_vae(dir, compute).vae;
+  auto gen = at::detail::createCPUGenerator(11);
+  const auto z = torch::randn({4, 4}, gen, torch::kFloat64);
+  const auto raw = vae->decode(z);
+  // Totals of the prior's stamps (seed 0, 256 draws, as median_prior_total draws them).
+  auto prior_gen = at::detail::createCPUGenerator(0);
+  const auto prior_totals = vae->sample(256, prior_gen).sum({1, 2});
+  const double median = std::get<0>(prior_totals.sort()).select(0, 127).item<double>();
+
+  const auto normalised = source(std::nullopt);
+  EXPECT_DOUBLE_EQ(normalised.vae_description.at("flux_total").get<double>(), median);
+  const auto stamps = normalised.decoder(z);
+  EXPECT_TRUE(torch::allclose(stamps.sum({1, 2}), torch::full({4}, median, torch::kFloat64), 0.0,
+                              1e-10 * median));
+  EXPECT_TRUE(torch::allclose(stamps, raw * (median / raw.sum({1, 2}, true)), 1e-12, 1e-14));
+  EXPECT_GT((raw.sum({1, 2}) / median - 1).abs().max().item<double>(), 1e-3);  // a real change
+
+  const auto as_decoded = source(false);
+  EXPECT_TRUE(torch::allclose(as_decoded.decoder(z), raw, 0.0, 0.0));
+  EXPECT_FALSE(as_decoded.vae_description.contains("flux_total"));
+
+  // The untrained decoder without an offset: its prior stamps' median total is negative.
+  const auto signed_dir = dslens::testing::tiny_vae_checkpoint("flux_vae_signed", 3);
+  try {
+    model::parse_fit_model(ConfigNode(sis_with_source({{"type", "VAE"},
+                                                       {"checkpoint", signed_dir},
+                                                       {"center_x", 0.0},
+                                                       {"center_y", 0.0},
+                                                       {"scale", 0.02},
+                                                       {"amp", 1.0}}),
+                                      "/model"),
+                           signed_dir, compute);
+    ADD_FAILURE() << "a checkpoint with negative totals was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/model/source/0/normalise_flux"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("median total"), std::string::npos) << e.what();
+  }
 }
 
 TEST(SourceEncoder, PixelatedPixelsReproduceTheImage) {

@@ -11,8 +11,11 @@
 
 namespace dslens::testing {
 
-// Writes the checkpoint into a new temporary folder named after `tag` and returns its path.
-inline std::string tiny_vae_checkpoint(const std::string& tag, uint64_t seed) {
+// Writes the checkpoint into a new temporary folder named after `tag` and returns its path. The
+// untrained decoder's pixels scatter around norm.offset: with the default 0 its stamps' totals
+// may be negative, which a flux-normalised VAE source refuses (model/fit_model.h).
+inline std::string tiny_vae_checkpoint(const std::string& tag, uint64_t seed,
+                                       const nn::PixelNorm& norm = nn::PixelNorm{0.0, 1.0}) {
   const auto dir = temp_dir(tag);
   torch::manual_seed(seed);
   nn::VaeArch arch;
@@ -20,7 +23,7 @@ inline std::string tiny_vae_checkpoint(const std::string& tag, uint64_t seed) {
   arch.latent_dim = 4;
   arch.channels = {4, 8};
   arch.groups = 2;
-  nn::Vae vae(arch, nn::PixelNorm{0.0, 1.0});
+  nn::Vae vae(arch, norm);
   nn::save_checkpoint(dir, *vae, nullptr, 1, {}, {});
   return dir;
 }

@@ -114,6 +114,53 @@ TEST(Vae, ElboTermsOfAPerfectReconstruction) {
   EXPECT_NEAR(t.mse.item<double>(), 0.04, 1e-12);
 }
 
+// decode_with_total: every stamp rescaled to the total, differentiably (the lensed VAE source's
+// flux is then its amplitude's alone); median_prior_total: the median of the prior's totals.
+TEST(Vae, DecodeWithTotalRescalesEachStampAndKeepsItsGradient) {
+  torch::manual_seed(5);
+  // An offset keeps the untrained decoder's totals positive (about 256 x 0.5).
+  Vae vae(small_arch(), dslens::nn::PixelNorm{0.5, 0.2});
+  vae->to(torch::kFloat64);
+  vae->eval();
+  auto z = torch::randn({3, 4}, torch::kFloat64);
+  const auto raw = vae->decode(z).detach();
+  const auto scaled = vae->decode_with_total(z, 7.5).detach();
+  EXPECT_TRUE(
+      torch::allclose(scaled.sum({1, 2}), torch::full({3}, 7.5, torch::kFloat64), 0.0, 1e-12));
+  // The same shape: one factor per stamp, 7.5 / its raw total.
+  const auto factor = (7.5 / raw.sum({1, 2})).view({3, 1, 1});
+  EXPECT_TRUE(torch::allclose(scaled, raw * factor, 1e-12, 1e-14));
+
+  auto w = torch::randn({3, 16, 16}, torch::kFloat64);
+  auto f = [&](const torch::Tensor& zz) { return (vae->decode_with_total(zz, 7.5) * w).sum(); };
+  auto zg = z.clone().requires_grad_(true);
+  const auto grad = torch::autograd::grad({f(zg)}, {zg})[0];
+  const double h = 1e-6;
+  torch::NoGradGuard guard;
+  double largest = 0.0;
+  for (int64_t b = 0; b < 3; ++b) {
+    for (int64_t k = 0; k < 4; ++k) {
+      auto zp = z.clone(), zm = z.clone();
+      zp[b][k] += h;
+      zm[b][k] -= h;
+      const double fd = (f(zp).item<double>() - f(zm).item<double>()) / (2 * h);
+      largest = std::max(largest, std::abs(fd));
+      EXPECT_NEAR(grad[b][k].item<double>(), fd, 1e-6 * std::max(1.0, std::abs(fd)));
+    }
+  }
+  EXPECT_GT(largest, 1e-3);  // the normalised stamp does depend on z
+  EXPECT_THROW(vae->decode_with_total(z, 0.0), dslens::InvalidArgument);
+  EXPECT_THROW(vae->decode_with_total(z, NAN), dslens::InvalidArgument);
+
+  // The median total of 9 prior stamps drawn with seed 3, computed here from sample().
+  auto gen = at::detail::createCPUGenerator(3);
+  const auto totals = vae->sample(9, gen).sum({1, 2});
+  const double median = std::get<0>(totals.sort()).select(0, 4).item<double>();
+  EXPECT_DOUBLE_EQ(vae->median_prior_total(9, 3), median);
+  EXPECT_DOUBLE_EQ(vae->median_prior_total(9, 3), vae->median_prior_total(9, 3));
+  EXPECT_NE(vae->median_prior_total(9, 4), median);
+}
+
 TEST(Vae, DecoderGradientMatchesFiniteDifferences) {
   torch::manual_seed(4);
   Vae vae(small_arch(), dslens::nn::PixelNorm{0.1, 3.0});

@@ -25,11 +25,20 @@
 namespace dslens {
 
 // Support-matching transform from R to (lower, upper), (lower, inf) or R.
+//
+// The interval's is a soft clip (TensorFlow Probability's SoftClip bijector, made to reach the
+// bounds exactly): x = lower + (upper - lower) g(u / 4 + 1/2), g(t) = h [softplus(t / h) -
+// softplus((t - 1) / h)], h = 0.05. It is linear, with the logit's slope at the middle
+// ((upper - lower) / 4), except within a few h of a bound, where it bends exponentially onto it.
+// The logit map x = lower + (upper - lower) sigmoid(u) bends everywhere: a posterior that spans a
+// sizeable part of its interval (a power law's slope, whose degeneracy with the source's size is
+// linear in the slope) became a curved ridge in u, and on the bench mock that ridge set the NUTS
+// step size (docs/benchmarks.md, session 21).
 class Bijection {
  public:
   static Bijection identity() { return Bijection(); }
   static Bijection lower_bounded(double lower);           // x = lower + exp(u)
-  static Bijection interval(double lower, double upper);  // x = lower + (upper-lower) sigmoid(u)
+  static Bijection interval(double lower, double upper);  // the soft clip above
   static Bijection for_support(double lower, double upper);
 
   torch::Tensor forward(const torch::Tensor& u) const;  // u -> x

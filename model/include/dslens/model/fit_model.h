@@ -4,9 +4,11 @@
 // Every profile parameter is a number (fixed), a prior object (free) or {"same_as": NAME} (tied).
 // Names follow lenstronomy's Param class: "<p>_lens<i>", "<p>_lens_light<i>",
 // "<p>_source_light<i>". Source types beyond the light profiles:
-//   VAE:       {"type": "VAE", "checkpoint": DIR, center_x, center_y, scale, phi_G, amp}: the
-//              decoder of a `dslens train-vae` checkpoint maps the latent block
-//              "z_source_light<i>" ~ N(0, I) to the source stamp (Chianese et al. 2020, Sec. 3).
+//   VAE:       {"type": "VAE", "checkpoint": DIR, center_x, center_y, scale, phi_G, amp,
+//              "normalise_flux": true}: the decoder of a `dslens train-vae` checkpoint maps the
+//              latent block "z_source_light<i>" ~ N(0, I) to the source stamp (Chianese et al.
+//              2020, Sec. 3), rescaled to the checkpoint's reference total (nn::VaeImpl::
+//              decode_with_total) unless "normalise_flux" is false: amp alone sets the flux.
 //   PIXELATED: {"type": "PIXELATED", "size": n, "scale": s, "sigma": s_pix, center_x, center_y}:
 //              n x n free pixels "pixels_source_light<i>", each N(0, s_pix^2) (a ridge prior).
 #pragma once

@@ -83,6 +83,15 @@ class VaeImpl : public torch::nn::Module {
   VaeOutput forward(const torch::Tensor& x, const torch::Tensor& eps = {});
   // Draws n stamps from the prior with `gen` (CPU generator).
   torch::Tensor sample(int64_t n, torch::Generator& gen);
+  // z [B, d] -> stamps [B, S, S] each rescaled to the total `total`: decode(z) * total / sum of
+  // decode(z), differentiable in z. The flux of a lensed VAE source is then its amplitude's alone,
+  // and the latents set only its shape (docs/fit.md, "The VAE source's flux"). A row whose decoded
+  // total is not positive is rescaled as if it were 1e-6 * total.
+  torch::Tensor decode_with_total(const torch::Tensor& z, double total);
+  // The median total of n stamps drawn from the prior with a fixed seed (a CPU generator seeded
+  // with `seed`): the reference total that decode_with_total() gives a VAE source, so that its
+  // amplitude keeps the scale of the decoded stamps. Deterministic for given weights.
+  double median_prior_total(int64_t n = 256, uint64_t seed = 0);
 
   const VaeArch& arch() const { return arch_; }
   const PixelNorm& pixel_norm() const { return norm_; }
