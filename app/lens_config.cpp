@@ -125,12 +125,11 @@ Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
   // reference total unless "normalise_flux" is false, so that a fit's amp is the simulation's.
   torch::Tensor image;
   if (node.boolean_or("normalise_flux", true)) {
-    const double total = loaded.vae->median_prior_total();
-    if (!(total > 0)) {
-      node.fail_at("normalise_flux", "the checkpoint's decoded stamps have a median total of " +
-                                         std::to_string(total) +
-                                         " over prior draws; flux normalisation needs positive "
-                                         "totals; set it to false to use the stamp as decoded");
+    double total = 0.0;
+    try {
+      total = loaded.vae->source_flux_total();
+    } catch (const InvalidArgument& e) {
+      node.fail_at("normalise_flux", e.what());
     }
     image = loaded.vae->decode_with_total(z.to(compute.options()), total).detach();
   } else {

@@ -180,13 +180,10 @@ class Builder {
     // carries the flux.
     std::optional<double> total;
     if (node.boolean_or("normalise_flux", true)) {
-      total = vae->median_prior_total();
-      if (!(*total > 0)) {
-        node.fail_at("normalise_flux",
-                     "the checkpoint's decoded stamps have a median total of " +
-                         std::to_string(*total) +
-                         " over prior draws; flux normalisation needs positive totals (a VAE "
-                         "trained on galaxy images); set it to false to use the stamps as decoded");
+      try {
+        total = vae->source_flux_total();
+      } catch (const InvalidArgument& e) {
+        node.fail_at("normalise_flux", e.what());
       }
       out_.vae_description["flux_total"] = *total;
     }

@@ -296,6 +296,17 @@ double VaeImpl::median_prior_total(int64_t n, uint64_t seed) {
   return totals.median().item<double>();
 }
 
+double VaeImpl::source_flux_total() {
+  const double total = median_prior_total();
+  if (!(total > 0)) {
+    throw InvalidArgument(
+        "the checkpoint's decoded stamps have a median total of " + std::to_string(total) +
+        " over prior draws; flux normalisation needs positive totals (a VAE "
+        "trained on galaxy images); set it to false to use the stamps as decoded");
+  }
+  return total;
+}
+
 // ---- losses ----
 
 torch::Tensor kl_to_standard_normal(const torch::Tensor& mean, const torch::Tensor& logvar) {

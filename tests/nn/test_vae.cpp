@@ -159,6 +159,10 @@ TEST(Vae, DecodeWithTotalRescalesEachStampAndKeepsItsGradient) {
   EXPECT_DOUBLE_EQ(vae->median_prior_total(9, 3), median);
   EXPECT_DOUBLE_EQ(vae->median_prior_total(9, 3), vae->median_prior_total(9, 3));
   EXPECT_NE(vae->median_prior_total(9, 4), median);
+  // source_flux_total: the default median (256 draws, seed 0), refused when not positive.
+  EXPECT_DOUBLE_EQ(vae->source_flux_total(), vae->median_prior_total());
+  vae->set_pixel_norm(dslens::nn::PixelNorm{-0.5, 0.2});
+  EXPECT_THROW(vae->source_flux_total(), dslens::InvalidArgument);
 }
 
 TEST(Vae, DecoderGradientMatchesFiniteDifferences) {

@@ -92,6 +92,9 @@ class VaeImpl : public torch::nn::Module {
   // with `seed`): the reference total that decode_with_total() gives a VAE source, so that its
   // amplitude keeps the scale of the decoded stamps. Deterministic for given weights.
   double median_prior_total(int64_t n = 256, uint64_t seed = 0);
+  // median_prior_total(), checked: InvalidArgument naming the value when it is not positive (an
+  // untrained decoder), since no flux can be normalised to it.
+  double source_flux_total();
 
   const VaeArch& arch() const { return arch_; }
   const PixelNorm& pixel_norm() const { return norm_; }
