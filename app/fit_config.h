@@ -86,6 +86,10 @@ struct SamplerChoice {
   // (samplers::AdaptSettings::curvature_metric); models with more than kHessianMaxDimension free
   // parameters skip it.
   bool curvature_metric = true;
+  // Warmup's stray chains (samplers::AdaptSettings::stray_nats): in the initial buffer a chain
+  // whose mean log posterior is this many nats below its lens's best chain continues from that
+  // chain's position; 0: off.
+  double stray_nats = 20.0;
 };
 
 struct FitConfig {

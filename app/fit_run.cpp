@@ -132,7 +132,8 @@ struct StopAfterWarmup {};
 // many nats of the lens's largest: a mode holding at least 1 % of the best mode's mass. Height
 // alone (log p within D nats, before session 16) seeded half the chains of the 100x100 bench mock
 // at SNR 30 in a false lens whose draws sat 115 nats below the true mode's, where they stayed
-// (docs/benchmarks.md).
+// (docs/benchmarks.md). Since session 22 an optimum within D / 2 nats of the best log p is seeded
+// too, and such chains no longer stay: warmup moves them (samplers::AdaptSettings::stray_nats).
 constexpr double kSeedMassNats = 4.605170185988091;  // ln 100
 
 // Where the chains start: each lens's kept optima (best_x [L, K, D], best_lp [L, K]) whose Laplace
@@ -161,7 +162,13 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   const auto mass = (best_lp.to(torch::kCPU, torch::kFloat64).reshape({-1}) +
                      0.5 * log_det.to(torch::kCPU, torch::kFloat64))
                         .reshape({n_lenses, keep});
-  const std::vector<int64_t> seed_rows = samplers::seed_modes(mass, chains, kSeedMassNats);
+  // Also seeded: optima whose log p is within D / 2 nats of the best (a Gaussian mode's height
+  // above its typical set), whatever their Laplace mass; the stray chains of warmup then keep the
+  // one whose draws have the higher log densities.
+  const double height_nats = 0.5 * static_cast<double>(dim);
+  const std::vector<int64_t> seed_rows = samplers::seed_modes(
+      mass, chains, kSeedMassNats,
+      best_lp.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, keep}), height_nats);
   std::vector<int64_t> seeds_used;
   for (int64_t l = 0; l < n_lenses; ++l) {
     std::vector<int64_t> distinct(seed_rows.begin() + l * chains,
@@ -178,8 +185,10 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   }
   spdlog::info(
       "chains start from {} optimum(s) per lens (Laplace mass within {:.1f} nats of the "
-      "largest; the kept optima's log masses relative to it, best log posterior first: {})",
-      nlohmann::json(seeds_used).dump(), kSeedMassNats, nlohmann::json(relative_mass).dump());
+      "largest, or log posterior within {:.1f} of the best; the kept optima's log masses "
+      "relative to the largest, best log posterior first: {})",
+      nlohmann::json(seeds_used).dump(), kSeedMassNats, height_nats,
+      nlohmann::json(relative_mass).dump());
   const auto rows_cpu = torch::tensor(seed_rows);
   const torch::Tensor seeds =
       best_x.reshape({n_lenses * keep, dim}).index_select(0, rows_cpu.to(best_x.device()));
@@ -336,6 +345,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       spdlog::info("warmup: no curvature metric: {} free parameters (more than {})", dim,
                    kHessianMaxDimension);
     s.adapt.curvature_max_variance = 1.0;  // as the Laplace start's (laplace_metric)
+    s.adapt.stray_nats = sc.stray_nats;
+    s.adapt.stray_group = chains;  // a lens's chains
     // Rows are lens-major: a lens's chains are consecutive and pool their adaptation.
     s.adapt.pool_group = sc.adaptation == "per_lens" ? chains : 1;
     // On the CPU only the chains still building their trees are evaluated (lens-major rows).
@@ -361,6 +372,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                      {"metric", sc.metric},
                      {"metric_prior_count", prior_count},
                      {"curvature_metric", s.adapt.curvature_metric},
+                     {"stray_nats", sc.stray_nats},
                      {"adaptation", sc.adaptation},
                      {"seed", sc.seed},
                      {"device", compute.device.str()},

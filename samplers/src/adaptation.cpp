@@ -1,6 +1,7 @@
 #include "dslens/samplers/adaptation.h"
 
 #include <cmath>
+#include <string>
 
 #include "dslens/core/errors.h"
 
@@ -163,6 +164,29 @@ torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricK
   if (kind == MetricKind::diag) return w * var + shrink;
   const int64_t d = var.size(-1);
   return w * var + shrink * torch::eye(d, var.options());
+}
+
+StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats) {
+  const int64_t chains = mean_log_p.size(0);
+  if (mean_log_p.dim() != 1 || group < 1 || chains % group != 0 || !(nats >= 0))
+    throw InvalidArgument("find_stray_chains: mean_log_p must be [C] with C a multiple of group " +
+                          std::to_string(group) + " >= 1, and nats >= 0");
+  const auto opt = mean_log_p.options();
+  // NaN ranks below everything, as a chain that left the support would.
+  const auto m = torch::nan_to_num(mean_log_p.to(torch::kFloat64), -INFINITY, INFINITY, -INFINITY)
+                     .view({chains / group, group});
+  const auto best = m.max(1, /*keepdim=*/true);
+  const auto& best_value = std::get<0>(best);
+  auto gap = best_value - m;  // >= 0; +inf for a -inf chain beside a finite best, NaN if both
+  gap = torch::where(torch::isfinite(best_value).expand_as(m), gap, torch::zeros_like(gap));
+  StrayChains out;
+  out.stray = (gap > nats).reshape({chains});
+  const auto first = torch::arange(chains / group, opt.dtype(torch::kLong)).unsqueeze(1) * group;
+  const auto best_row =
+      (std::get<1>(best) + first).expand({chains / group, group}).reshape({chains});
+  out.source = torch::where(out.stray, best_row, torch::arange(chains, opt.dtype(torch::kLong)));
+  out.gap = gap.reshape({chains});
+  return out;
 }
 
 }  // namespace dslens::samplers

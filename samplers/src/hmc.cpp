@@ -577,6 +577,18 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     for (int64_t i = 0; i < std::min(start, num_warmup); ++i) windows.step();  // host-side replay
   }
   torch::Tensor all_chains = torch::ones({chains}, opt.dtype(torch::kBool));
+  // AdaptSettings::stray_nats: each chain's log density summed since the last check (float64, on
+  // the device; read only at the checks).
+  const double stray_nats = settings.adapt.stray_nats;
+  const int64_t stray_group = settings.adapt.stray_group > 0 ? settings.adapt.stray_group : chains;
+  if (stray_nats > 0 && chains % stray_group != 0)
+    throw InvalidArgument(name + ": adapt.stray_group = " + std::to_string(stray_group) +
+                          " does not divide the " + std::to_string(chains) + " chains");
+  torch::Tensor stray_sum;
+  if (stray_nats > 0 && num_warmup > 0)
+    stray_sum = resume && resume->stray_log_p_sum.defined()
+                    ? device_copy(resume->stray_log_p_sum, init.device())
+                    : torch::zeros({chains}, opt.dtype(torch::kFloat64));
   if (num_warmup == 0 && !resume) {
     warmup_seconds = since_mark();
     warmup_calls = system.calls();
@@ -606,6 +618,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       s.welford_mean = cpu_copy(estimator.mean());
       s.welford_m2 = cpu_copy(estimator.m2());
     }
+    if (stray_sum.defined()) s.stray_log_p_sum = cpu_copy(stray_sum);
     if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
     s.draws = hmc_detail::draws_copy(result, torch::kCPU);
     s.calls = calls_before + system.calls();
@@ -623,6 +636,36 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     dual.set_mu(torch::log(10.0 * eps));
     dual.restart();
   };
+  // Stray chains (AdaptSettings::stray_nats) at the checks of the initial buffer: every
+  // base_window iterations and at its end, before the curvature metric is taken there.
+  const auto& wins = settings.adapt.windows;
+  auto regroup_stray_chains = [&](int64_t i) {
+    stray_sum += state.log_p.to(torch::kFloat64);
+    if (!((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) return;
+    const int64_t since = (i / wins.base_window) * wins.base_window;  // the previous check
+    const StrayChains sc =
+        find_stray_chains(stray_sum / static_cast<double>(i + 1 - since), stray_group, stray_nats);
+    stray_sum.zero_();
+    if (!sc.stray.any().item<bool>()) return;
+    const auto src = sc.source.to(init.device());
+    state.q = state.q.index_select(0, src);
+    state.log_p = state.log_p.index_select(0, src);
+    state.grad = state.grad.index_select(0, src);
+    eps = eps.index_select(0, src);
+    system.metric().update(system.metric().inverse().index_select(0, src),
+                           sc.stray.to(init.device()));
+    const auto stray = sc.stray.to(torch::kCPU), source = sc.source.to(torch::kCPU);
+    const auto gap = sc.gap.to(torch::kCPU);
+    for (int64_t c = 0; c < chains; ++c) {
+      if (!stray[c].item<bool>()) continue;
+      spdlog::warn(
+          "{}: warmup iteration {}: chain {} averaged {:.1f} nats below chain {} over "
+          "iterations {}-{} (a mode holding a negligible share of the mass); it continues from "
+          "chain {}'s position (stray_nats {:g})",
+          name, i + 1, c, gap[c].item<double>(), source[c].item<int64_t>(), since + 1, i + 1,
+          source[c].item<int64_t>(), stray_nats);
+    }
+  };
   for (int64_t i = start; i < total; ++i) {
     TransitionStats st = transition(system, state, eps, i);
     if (i < num_warmup) {
@@ -630,6 +673,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       if (adapt_step) {
         eps = dual.learn(group_mean(st.accept_stat));
       }
+      if (stray_sum.defined() && i < wins.init_buffer) regroup_stray_chains(i);
       if (adapt_metric) {
         WindowedAdaptation::Step w = windows.step();
         if (w.add_sample) estimator.add(state.q);
@@ -657,7 +701,6 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       }
       // In the initial buffer the chains travel from their starts to the typical set: the
       // curvature metric follows them every base_window iterations and at the buffer's end.
-      const auto& wins = settings.adapt.windows;
       if (adapt_metric && settings.adapt.curvature_metric && i + 1 <= wins.init_buffer &&
           ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) {
         const torch::Tensor inv =

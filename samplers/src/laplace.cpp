@@ -110,24 +110,37 @@ torch::Tensor curvature_covariance(const LogDensityFn& f, const torch::Tensor& q
       .reshape({C, D, D});
 }
 
-std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats) {
+std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats,
+                                const torch::Tensor& log_p, double height_nats) {
   if (!log_mass.defined() || log_mass.dim() != 2 || log_mass.size(1) < 1 || chains < 1 ||
-      !(nats >= 0))
-    throw InvalidArgument("seed_modes: log_mass must be [groups, modes], chains >= 1, nats >= 0");
+      !(nats >= 0) || !(height_nats >= 0) || (log_p.defined() && log_p.sizes() != log_mass.sizes()))
+    throw InvalidArgument(
+        "seed_modes: log_mass (and log_p, if given) must be [groups, modes], chains >= 1, nats "
+        "and height_nats >= 0");
   const auto m_all = log_mass.to(torch::kCPU, torch::kFloat64).contiguous();
+  const auto p_all = log_p.defined() ? log_p.to(torch::kCPU, torch::kFloat64).contiguous()
+                                     : torch::full_like(m_all, -INFINITY);
   const int64_t groups = m_all.size(0), k_modes = m_all.size(1);
   std::vector<int64_t> rows;
   for (int64_t g = 0; g < groups; ++g) {
     const double* m = m_all.data_ptr<double>() + g * k_modes;
+    const double* p = p_all.data_ptr<double>() + g * k_modes;
     std::vector<int64_t> order;
-    for (int64_t k = 0; k < k_modes; ++k)
-      if (std::isfinite(m[k])) order.push_back(k);
+    double best_m = -INFINITY, best_p = -INFINITY;
+    for (int64_t k = 0; k < k_modes; ++k) {
+      if (!std::isfinite(m[k])) continue;
+      order.push_back(k);
+      best_m = std::max(best_m, m[k]);
+      if (std::isfinite(p[k])) best_p = std::max(best_p, p[k]);
+    }
     std::stable_sort(order.begin(), order.end(), [m](int64_t a, int64_t b) { return m[a] > m[b]; });
-    int64_t good = 0;
-    while (good < static_cast<int64_t>(order.size()) && m[order[good]] >= m[order[0]] - nats)
-      ++good;
+    std::vector<int64_t> good;
+    for (int64_t k : order)
+      if (m[k] >= best_m - nats || (std::isfinite(p[k]) && p[k] >= best_p - height_nats))
+        good.push_back(k);
+    const int64_t n_good = static_cast<int64_t>(good.size());
     for (int64_t c = 0; c < chains; ++c)
-      rows.push_back(g * k_modes + (good > 0 ? order[c % good] : 0));
+      rows.push_back(g * k_modes + (n_good > 0 ? good[c % n_good] : 0));
   }
   return rows;
 }

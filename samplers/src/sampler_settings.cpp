@@ -53,6 +53,9 @@ void AdaptSettings::validate(int64_t num_warmup) const {
   using sampler_settings_detail::str;
   if (step_size) dual_averaging.validate();
   require(pool_group >= 0, "pool_group must be >= 0, got " + str(pool_group));
+  require(stray_nats >= 0 && std::isfinite(stray_nats),
+          "stray_nats must be a finite number >= 0, got " + str(stray_nats));
+  require(stray_group >= 0, "stray_group must be >= 0, got " + str(stray_group));
   if (metric) {
     windows.validate();
     require(metric_prior_count >= 0 && std::isfinite(metric_prior_count),

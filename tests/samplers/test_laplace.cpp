@@ -171,6 +171,14 @@ TEST(Laplace, SeedModesRoundRobinOverTheHeavyModesOfEachGroup) {
   EXPECT_EQ(seed_modes(none, 2, 4.6), (std::vector<int64_t>{0, 0}));
   EXPECT_THROW(seed_modes(torch::zeros({3}), 2, 4.6), dslens::InvalidArgument);
   EXPECT_THROW(seed_modes(mass, 0, 4.6), dslens::InvalidArgument);
+  // With log p: group 0's mode 2 (far below in mass) is within 10 nats of the highest log p, and
+  // joins the heavy ones after them (mass order); group 1's mode 3 is 12 nats below its highest
+  // log p and stays out; an unusable mass stays out whatever its height.
+  const auto log_p =
+      torch::tensor({{5.0, 1.0, -4.0, 9.0}, {0.0, 2.0, -7.0, -10.0}}, torch::kFloat64);
+  EXPECT_EQ(seed_modes(mass, 4, 4.6, log_p, 10.0), (std::vector<int64_t>{0, 1, 2, 0, 5, 4, 6, 5}));
+  EXPECT_EQ(seed_modes(mass, 4, 4.6, log_p, 0.0), (std::vector<int64_t>{0, 1, 0, 1, 5, 4, 5, 4}));
+  EXPECT_THROW(seed_modes(mass, 4, 4.6, log_p.narrow(1, 0, 3), 10.0), dslens::InvalidArgument);
 }
 
 }  // namespace laplace_test

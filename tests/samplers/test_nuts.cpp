@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
+#include "dslens/samplers/adaptation.h"
 #include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/nuts.h"
 #include "grouped_gaussian.h"
@@ -712,6 +713,120 @@ TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
   EXPECT_GE(fixed.warmup_gradient_evaluations, warmup_leapfrog + 2 * D * C);
   s.adapt.curvature_max_variance = 0;
   EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
+}
+
+// Two unit Gaussians in 3-d, 16 sd apart (NUTS never crosses between them): mode A at -8 e_0 and
+// mode B at +8 e_0 with log weight w_b. log p is their log-sum-exp.
+LogDensityFn two_modes(double w_b) {
+  return [w_b](const torch::Tensor& q) {
+    torch::Tensor shift = torch::zeros({1, q.size(1)}, q.options());
+    shift.select(1, 0).fill_(8.0);
+    const torch::Tensor la = -0.5 * (q + shift).pow(2).sum(1);
+    const torch::Tensor lb = -0.5 * (q - shift).pow(2).sum(1) + w_b;
+    const torch::Tensor lp = torch::logaddexp(la, lb);
+    const torch::Tensor wa = torch::exp(la - lp).unsqueeze(1),
+                        wb = torch::exp(lb - lp).unsqueeze(1);
+    return LogDensityValue{lp, -wa * (q + shift) - wb * (q - shift)};
+  };
+}
+
+// Which mode each chain's draws sit in: +1 (B) or -1 (A) when all of them agree, 0 otherwise.
+std::vector<int> modes_of_chains(const torch::Tensor& draws) {
+  std::vector<int> out;
+  for (int64_t c = 0; c < draws.size(0); ++c) {
+    const torch::Tensor x0 = draws[c].select(1, 0);
+    out.push_back((x0 > 0).all().item<bool>() ? 1 : (x0 < 0).all().item<bool>() ? -1 : 0);
+  }
+  return out;
+}
+
+// Stray chains: chains in a mode of negligible mass (B, e^-40 of A's) continue from the best chain
+// of their group at the first check of the initial buffer; without stray_nats they stay, and
+// between modes of equal mass nothing moves.
+TEST(Nuts, StrayChainsInANegligibleModeJoinTheBestChainOfTheirGroup) {
+  const int64_t D = 3;
+  auto start = [](std::initializer_list<double> x0) {
+    torch::Tensor init = torch::zeros({static_cast<int64_t>(x0.size()), D}, f64());
+    init.select(1, 0).copy_(torch::tensor(std::vector<double>(x0), f64()));
+    return init;
+  };
+  NutsSettings s;
+  s.num_warmup = 200;
+  s.num_draws = 100;
+  s.seed = 21;
+  s.adapt.pool_group = 2;
+  s.adapt.stray_nats = 20;
+  s.adapt.stray_group = 2;
+  // Chains 0 and 1 share a group; chain 1 starts in B, chain 0 in A: chain 1 moves to A. Chains 2
+  // and 3 both start in B, the best of their group: they stay there.
+  const torch::Tensor init = start({-8.0, 8.0, 8.0, 8.0});
+  const SamplerResult moved = sample_nuts(two_modes(-40.0), init, s);
+  EXPECT_EQ(modes_of_chains(moved.draws), (std::vector<int>{-1, -1, 1, 1}));
+  // The draws of the moved chain are its own (its random stream), not a copy of chain 0's.
+  EXPECT_FALSE(torch::equal(moved.draws[0], moved.draws[1]));
+  // Off: chain 1 stays in B.
+  NutsSettings off = s;
+  off.adapt.stray_nats = 0;
+  EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(-40.0), init, off).draws),
+            (std::vector<int>{-1, 1, 1, 1}));
+  // Equal masses: mean log densities within a few nats, nothing moves.
+  EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(0.0), init, s).draws),
+            (std::vector<int>{-1, 1, 1, 1}));
+  // One group of four (stray_group 0): chains 1-3 all join chain 0.
+  NutsSettings one = s;
+  one.adapt.stray_group = 0;
+  one.adapt.pool_group = 0;
+  one.adapt.per_chain = false;
+  EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(-40.0), init, one).draws),
+            (std::vector<int>{-1, -1, -1, -1}));
+
+  // A run resumed inside the initial buffer (at 30, between the checks at 25 and 50) carries the
+  // log densities summed since the check: its snapshot at 40 is the uninterrupted run's.
+  NutsSettings ck = s;
+  ck.checkpoint_every = 10;
+  std::vector<SamplerSnapshot> saved;
+  ck.on_checkpoint = [&saved](const SamplerSnapshot& snap) { saved.push_back(snap); };
+  const SamplerResult full = sample_nuts(two_modes(-40.0), init, ck);
+  ASSERT_GE(saved.size(), 4u);
+  ASSERT_EQ(saved[2].iteration, 30);
+  ASSERT_TRUE(saved[2].stray_log_p_sum.defined());
+  NutsSettings resumed = ck;
+  resumed.resume_from =
+      std::make_shared<SamplerSnapshot>(SamplerSnapshot::from_tensors(saved[2].to_tensors()));
+  std::vector<SamplerSnapshot> again;
+  resumed.on_checkpoint = [&again](const SamplerSnapshot& snap) { again.push_back(snap); };
+  const SamplerResult rest = sample_nuts(two_modes(-40.0), init, resumed);
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(again.front().iteration, 40);
+  EXPECT_TRUE(torch::equal(again.front().stray_log_p_sum, saved[3].stray_log_p_sum));
+  EXPECT_TRUE(torch::equal(rest.draws, full.draws));
+
+  NutsSettings bad = s;
+  bad.adapt.stray_group = 3;
+  EXPECT_THROW(sample_nuts(two_modes(-40.0), init, bad), dslens::InvalidArgument);
+  bad.adapt.stray_group = 2;
+  bad.adapt.stray_nats = -1;
+  EXPECT_THROW(sample_nuts(two_modes(-40.0), init, bad), dslens::InvalidArgument);
+}
+
+// find_stray_chains on its own: gaps per group, a chain that left the support, a group whose best
+// is not finite (nothing can be judged there, nothing moves).
+TEST(Adaptation, FindStrayChainsComparesEachChainWithItsGroupsBest) {
+  const double inf = HUGE_VAL, nan = std::nan("");
+  const auto mean = torch::tensor({-10.0, -35.0, -29.0, -inf, -inf, nan, 3.0, 2.0}, f64());
+  const StrayChains sc = find_stray_chains(mean, 4, 20.0);
+  // Group 0: 25 nats (chain 1) and a chain at -inf stray, 19 nats do not; group 1 (-inf, NaN, 3,
+  // 2): its best is chain 6, and the -inf and NaN chains stray to it.
+  EXPECT_TRUE(
+      torch::equal(sc.stray, torch::tensor({false, true, false, true, true, true, false, false})));
+  EXPECT_TRUE(torch::equal(sc.source, torch::tensor({0, 0, 2, 0, 6, 6, 6, 7}, torch::kLong)));
+  EXPECT_NEAR(sc.gap[1].item<double>(), 25.0, 1e-12);
+  EXPECT_NEAR(sc.gap[2].item<double>(), 19.0, 1e-12);
+  EXPECT_EQ(sc.gap[3].item<double>(), inf);
+  // In pairs: (-inf, NaN) has no finite best, and nothing there can be judged.
+  const StrayChains g2 = find_stray_chains(mean, 2, 20.0);
+  EXPECT_TRUE(torch::equal(g2.source, torch::tensor({0, 0, 2, 2, 4, 5, 6, 7}, torch::kLong)));
+  EXPECT_THROW(find_stray_chains(mean, 3, 20.0), dslens::InvalidArgument);
 }
 
 }  // namespace nuts_test

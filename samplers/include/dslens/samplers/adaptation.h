@@ -96,6 +96,17 @@ class WelfordEstimator {
   torch::Tensor mean_, m2_;
 };
 
+// AdaptSettings::stray_nats: which chains continue from another's position. mean_log_p [C] is each
+// chain's mean log density since the last check; chains are compared in consecutive groups of
+// `group` (which must divide C). A chain more than `nats` below its group's best (or with a mean
+// that is not finite while the best's is) strays.
+struct StrayChains {
+  torch::Tensor source;  // [C] int64: the chain whose state each chain takes (itself if kept)
+  torch::Tensor stray;   // [C] bool
+  torch::Tensor gap;     // [C] float64: nats below its group's best mean (+inf if not finite)
+};
+StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats);
+
 // Stan's shrinkage of an estimated (co)variance from n draws towards 1e-3 I:
 // (n / (n + 5)) var + 1e-3 (5 / (n + 5)) I.
 torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind);

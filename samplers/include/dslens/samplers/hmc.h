@@ -164,7 +164,8 @@ struct SamplerSnapshot {
   torch::Tensor dual_mu, dual_s_bar, dual_x_bar;
   int64_t welford_count = 0;  // the (co)variance window in progress
   torch::Tensor welford_mean, welford_m2;
-  Draws warmup, draws;  // the result's buffers; rows before `iteration` are filled
+  torch::Tensor stray_log_p_sum;  // [C] float64, AdaptSettings::stray_nats (undefined when off)
+  Draws warmup, draws;            // the result's buffers; rows before `iteration` are filled
   int64_t calls = 0, warmup_calls = 0, divergences = 0;
   double warmup_seconds = 0, sampling_seconds = 0;
 

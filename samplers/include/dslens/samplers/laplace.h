@@ -76,8 +76,13 @@ torch::Tensor curvature_covariance(const LogDensityFn& f, const torch::Tensor& q
 // The modes that seed chains: log_mass [G, K] holds each group's (lens's) K modes' log masses,
 // e.g. log p + log det(Sigma) / 2 of their Laplace approximations (not finite: unusable). Each
 // group's `chains` chains go round-robin over its modes within `nats` of its largest mass, the
-// heaviest first; a group with no finite mass seeds every chain at its mode 0. Returns [G *
-// chains] indices into the flattened [G * K] modes, group-major.
-std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats);
+// heaviest first; a group with no finite mass seeds every chain at its mode 0. With log_p [G, K]
+// defined, a mode whose log p is within height_nats of its group's highest is also seeded: where
+// the optima have not converged their Laplace masses can rank a false lens first (the mass of an
+// optimum near a prior bound or with non-concave directions is not the mode's), and the stray
+// chains of warmup (AdaptSettings::stray_nats) then decide between the seeded modes by their draws'
+// log densities. Returns [G * chains] indices into the flattened [G * K] modes, group-major.
+std::vector<int64_t> seed_modes(const torch::Tensor& log_mass, int64_t chains, double nats,
+                                const torch::Tensor& log_p = {}, double height_nats = 0.0);
 
 }  // namespace dslens::samplers

@@ -71,6 +71,20 @@ struct AdaptSettings {
   // that three seeds of one setting spread over (docs/benchmarks.md, sessions 17 and 18).
   bool curvature_metric = false;
   double curvature_max_variance = INFINITY;
+  // Stray chains (> 0; 0: off). In the initial fast buffer, every windows.base_window iterations
+  // and at its end, a chain whose mean log density over the iterations since the last check is
+  // more than stray_nats below the best chain of its stray_group continues from that chain's
+  // position (state, step size and metric copied; its own random stream then separates them).
+  // Chains seeded at different optima thus gather in the one of the highest density before the
+  // windows estimate a metric from them, instead of keeping a mode whose draws sit tens of nats
+  // lower, where NUTS stays for the whole run (docs/fit.md, "Stray chains"). Between two modes of
+  // one shape the mean log densities differ by the log of their mass ratio, so with 20 nats only
+  // modes holding less than e^-20 of the best one's mass are left. Warmup only: the draws are
+  // still those of an unchanged Markov chain.
+  double stray_nats = 0.0;
+  // Chains are compared in consecutive groups of this many (it must divide the number of chains;
+  // e.g. the chains of one lens when rows are lens-major). 0: all chains form one group.
+  int64_t stray_group = 0;
   StepSizeAdaptSettings dual_averaging;
   WindowSettings windows;
   void validate(int64_t num_warmup) const;
