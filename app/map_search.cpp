@@ -112,7 +112,11 @@ samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x, i
       lbfgs.line_search_batch = std::clamp<int64_t>(kGpuLineSearchRows / x.size(0), 1, 8);
     } else {
       // Backtracks evaluate only the starts still searching (a CPU's cost is per row; a GPU's
-      // CUDA graphs want one shape), the lenses' rows kept lens-major and equal in number.
+      // CUDA graphs want one shape), the lenses' rows kept lens-major and equal in number. They
+      // halve the step: interpolating (LbfgsSettings::interpolate) took 1.8 times fewer rows in
+      // the bench mock's source and joint stages, but its MAP then ended in the mock's second mode
+      // and the chains with it (docs/benchmarks.md, session 22); one mock cannot tell which
+      // search finds the true mode more often.
       lbfgs.compact_line_search = true;
       lbfgs.row_groups = row_groups;
     }

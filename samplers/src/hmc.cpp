@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -636,13 +637,27 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     dual.set_mu(torch::log(10.0 * eps));
     dual.restart();
   };
-  // Stray chains (AdaptSettings::stray_nats) at the checks of the initial buffer: every
-  // base_window iterations and at its end, before the curvature metric is taken there.
+  // Stray chains (AdaptSettings::stray_nats) are compared after these iterations (1-based): in the
+  // initial buffer every base_window iterations and at its end, before the curvature metric is
+  // taken there, and at the end of each slow window, before its metric.
   const auto& wins = settings.adapt.windows;
+  std::vector<int64_t> stray_checks;
+  if (stray_sum.defined()) {
+    for (int64_t k = wins.base_window; k < wins.init_buffer; k += wins.base_window)
+      stray_checks.push_back(k);
+    if (wins.init_buffer > 0 && wins.init_buffer <= num_warmup)
+      stray_checks.push_back(wins.init_buffer);
+    for (const auto& w : WindowedAdaptation::slow_windows(num_warmup, wins))
+      stray_checks.push_back(w.second);
+    std::sort(stray_checks.begin(), stray_checks.end());
+    stray_checks.erase(std::unique(stray_checks.begin(), stray_checks.end()), stray_checks.end());
+  }
   auto regroup_stray_chains = [&](int64_t i) {
+    if (stray_checks.empty() || i + 1 > stray_checks.back()) return;
     stray_sum += state.log_p.to(torch::kFloat64);
-    if (!((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) return;
-    const int64_t since = (i / wins.base_window) * wins.base_window;  // the previous check
+    const auto at = std::lower_bound(stray_checks.begin(), stray_checks.end(), i + 1);
+    if (*at != i + 1) return;
+    const int64_t since = at == stray_checks.begin() ? 0 : *(at - 1);  // the previous check
     const StrayChains sc =
         find_stray_chains(stray_sum / static_cast<double>(i + 1 - since), stray_group, stray_nats);
     stray_sum.zero_();
@@ -673,7 +688,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       if (adapt_step) {
         eps = dual.learn(group_mean(st.accept_stat));
       }
-      if (stray_sum.defined() && i < wins.init_buffer) regroup_stray_chains(i);
+      if (stray_sum.defined()) regroup_stray_chains(i);
       if (adapt_metric) {
         WindowedAdaptation::Step w = windows.step();
         if (w.add_sample) estimator.add(state.q);

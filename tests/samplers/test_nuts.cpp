@@ -772,6 +772,11 @@ TEST(Nuts, StrayChainsInANegligibleModeJoinTheBestChainOfTheirGroup) {
   // Equal masses: mean log densities within a few nats, nothing moves.
   EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(0.0), init, s).draws),
             (std::vector<int>{-1, 1, 1, 1}));
+  // Without an initial buffer the first check is the end of the first slow window (iteration 50).
+  NutsSettings slow = s;
+  slow.adapt.windows = WindowSettings{0, 50, 50};
+  EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(-40.0), init, slow).draws),
+            (std::vector<int>{-1, -1, 1, 1}));
   // One group of four (stray_group 0): chains 1-3 all join chain 0.
   NutsSettings one = s;
   one.adapt.stray_group = 0;

@@ -102,6 +102,48 @@ TEST(Lbfgs, BatchedLineSearchTakesTheSequentialPathInFewerCalls) {
   EXPECT_TRUE(torch::equal(short_batched.iterations, short_seq.iterations));
 }
 
+// A convex log density whose curvature grows exponentially away from its mode: log p = -sum_i
+// w_i (exp(u_i) - u_i) with u_i = x_i + 0.9 x_(i+1) (cyclic) and weights w from 1 to 1e4 (all
+// elementwise, so a row's arithmetic does not depend on the batch). Far from the mode a
+// quasi-Newton step built from the curvature seen so far overshoots into the exponential wall, as
+// the MAP's steps do into a lens model's. Here interpolation saves a sixth of the evaluations
+// (3,050 rows against 3,699); on the bench mock's MAP, 2.7 times (4.6 rows per start and iteration
+// with halving in its source stage, 1.7 with it).
+LogDensityFn exponential_wall(int64_t dim) {
+  const torch::Tensor w = torch::logspace(0, 4, dim, 10.0, f64());
+  return [w](const torch::Tensor& x) {
+    const torch::Tensor u = x + 0.9 * torch::roll(x, -1, 1);
+    const torch::Tensor du = w * (torch::exp(u) - 1.0);  // d(-log p)/du
+    return LogDensityValue{-(w * (torch::exp(u) - u)).sum(1), -(du + 0.9 * torch::roll(du, 1, 1))};
+  };
+}
+
+// Backtracking by quadratic interpolation reaches the same mode from every start in fewer
+// evaluations than halving, and a start alone takes the same path as in the batch. It needs a line
+// search of one step per call.
+TEST(Lbfgs, InterpolatedBacktrackingNeedsFewerEvaluations) {
+  const int64_t D = 8;
+  torch::manual_seed(32);
+  const torch::Tensor starts = torch::rand({32, D}, f64()) * 2 - 1;
+  LbfgsSettings s;
+  s.max_iterations = 1000;
+  s.grad_tol = 1e-4;  // 1e-8 of the largest weight
+  s.compact_line_search = true;
+  const OptimizeResult halving = maximize_lbfgs(exponential_wall(D), starts, s);
+  s.interpolate = true;
+  const OptimizeResult r = maximize_lbfgs(exponential_wall(D), starts, s);
+  EXPECT_TRUE(r.converged.all().item<bool>()) << r.grad_norm;
+  EXPECT_TRUE(halving.converged.all().item<bool>()) << halving.grad_norm;
+  EXPECT_LT(r.x.abs().max().item<double>(), 1e-2);  // the mode: u = 0
+  EXPECT_LT(r.rows_evaluated, halving.rows_evaluated * 9 / 10)
+      << r.rows_evaluated << " against " << halving.rows_evaluated;
+  const OptimizeResult one = maximize_lbfgs(exponential_wall(D), starts.narrow(0, 11, 1), s);
+  EXPECT_TRUE(torch::allclose(one.x[0], r.x[11], 1e-10, 1e-12));
+  EXPECT_EQ(one.iterations[0].item<int64_t>(), r.iterations[11].item<int64_t>());
+  s.line_search_batch = 2;
+  EXPECT_THROW(maximize_lbfgs(exponential_wall(D), starts, s), dslens::InvalidArgument);
+}
+
 // Trial rows are start-major, so a log density that splits its rows into equal groups in order
 // (one group per lens) sees every trial step under its own start's group.
 TEST(Lbfgs, BatchedLineSearchKeepsEachStartInItsGroup) {

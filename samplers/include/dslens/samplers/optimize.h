@@ -1,6 +1,6 @@
 // Batched maximum-a-posteriori optimisation from many starting points at once: every start is an
 // independent row of [S, D] and runs on the positions' device. Adam, and L-BFGS with a per-start
-// history and a backtracking (Armijo) line search.
+// history and a backtracking (Armijo) line search, halving or interpolating.
 #pragma once
 #include <torch/torch.h>
 
@@ -49,6 +49,10 @@ struct LbfgsSettings {
   // as k sequential backtracking steps, in one call. 1 on a CPU, where a call costs in proportion
   // to its rows; more on a GPU, where a call of 8 x more rows costs about the same.
   int64_t line_search_batch = 1;
+  // Backtracking by quadratic interpolation (the minimiser of the quadratic through f(0), f'(0)
+  // and the rejected f(t), kept within [0.1 t, backtrack t]) instead of t -> backtrack t. Needs
+  // line_search_batch 1.
+  bool interpolate = false;
   // Backtracking steps evaluate only the starts whose line search has not yet succeeded (true),
   // or every start (false: one batch shape throughout, as CUDA graphs want). A start with a bad
   // step would otherwise have the whole batch re-evaluated at each of its backtracks: on the

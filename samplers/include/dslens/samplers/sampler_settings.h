@@ -72,12 +72,13 @@ struct AdaptSettings {
   bool curvature_metric = false;
   double curvature_max_variance = INFINITY;
   // Stray chains (> 0; 0: off). In the initial fast buffer, every windows.base_window iterations
-  // and at its end, a chain whose mean log density over the iterations since the last check is
-  // more than stray_nats below the best chain of its stray_group continues from that chain's
-  // position (state, step size and metric copied; its own random stream then separates them).
-  // Chains seeded at different optima thus gather in the one of the highest density before the
-  // windows estimate a metric from them, instead of keeping a mode whose draws sit tens of nats
-  // lower, where NUTS stays for the whole run (docs/fit.md, "Stray chains"). Between two modes of
+  // and at its end, and at the end of each slow window, a chain whose mean log density over the
+  // iterations since the last check is more than stray_nats below the best chain of its
+  // stray_group continues from that chain's position (state, step size and metric copied; its own
+  // random stream then separates them). Chains seeded at different optima, or one that finds a
+  // better mode during warmup, thus gather in the mode of the highest density, instead of keeping
+  // one whose draws sit tens of nats lower, where NUTS stays for the whole run (docs/fit.md,
+  // "Stray chains"). Between two modes of
   // one shape the mean log densities differ by the log of their mass ratio, so with 20 nats only
   // modes holding less than e^-20 of the best one's mass are left. Warmup only: the draws are
   // still those of an unchanged Markov chain.
