@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -210,8 +211,9 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
         // is rounding, the quadratic is noise, and its steps (down to 0.1 t each) would go on
         // being accepted without progress where halving stalls the start after max_line_search
         // steps. A non-finite f(t) is halved too.
-        const double eps =
-            ft.scalar_type() == torch::kFloat64 ? 2.220446049250313e-16 : 1.1920929e-07;
+        const double eps = ft.scalar_type() == torch::kFloat64
+                               ? std::numeric_limits<double>::epsilon()
+                               : std::numeric_limits<float>::epsilon();
         const torch::Tensor rise = ft - f0, curv = rise - gd0 * te;
         const torch::Tensor tq = -gd0 * te * te / (2.0 * curv);
         const torch::Tensor hi = s.backtrack * te, lo = std::min(0.1, s.backtrack) * te;
