@@ -107,8 +107,8 @@ TEST(Lbfgs, BatchedLineSearchTakesTheSequentialPathInFewerCalls) {
 // elementwise, so a row's arithmetic does not depend on the batch). Far from the mode a
 // quasi-Newton step built from the curvature seen so far overshoots into the exponential wall, as
 // the MAP's steps do into a lens model's. Here interpolation saves a sixth of the evaluations
-// (3,050 rows against 3,699); on the bench mock's MAP, 2.7 times (4.6 rows per start and iteration
-// with halving in its source stage, 1.7 with it).
+// (3,050 rows against 3,699); in the bench mock's MAP, 2.3 times (4.6 rows per start and iteration
+// with halving in its source stage, 2.0 with it).
 LogDensityFn exponential_wall(int64_t dim) {
   const torch::Tensor w = torch::logspace(0, 4, dim, 10.0, f64());
   return [w](const torch::Tensor& x) {

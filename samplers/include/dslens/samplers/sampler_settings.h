@@ -78,10 +78,9 @@ struct AdaptSettings {
   // random stream then separates them). Chains seeded at different optima, or one that finds a
   // better mode during warmup, thus gather in the mode of the highest density, instead of keeping
   // one whose draws sit tens of nats lower, where NUTS stays for the whole run (docs/fit.md,
-  // "Stray chains"). Between two modes of
-  // one shape the mean log densities differ by the log of their mass ratio, so with 20 nats only
-  // modes holding less than e^-20 of the best one's mass are left. Warmup only: the draws are
-  // still those of an unchanged Markov chain.
+  // "Stray chains"). Between two modes of one shape the mean log densities differ by the log of
+  // their mass ratio, so with 20 nats only modes holding less than e^-20 of the best one's mass
+  // are left. Warmup only: the draws are still those of an unchanged Markov chain.
   double stray_nats = 0.0;
   // Chains are compared in consecutive groups of this many (it must divide the number of chains;
   // e.g. the chains of one lens when rows are lens-major). 0: all chains form one group.
