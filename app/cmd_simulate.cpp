@@ -49,7 +49,7 @@ Extent source_window(const LensConfig& cfg, const CriticalCurves& curves) {
     double r = 0.0;
     if (c.params.count("R_sersic")) r = 2.5 * c.params.at("R_sersic");
     if (c.params.count("sigma")) r = 3.0 * c.params.at("sigma");
-    if (c.type == "INTERPOL" && c.image_shape.size() == 2) {
+    if ((physics::is_pixelated_light(c.type) || c.type == "VAE") && c.image_shape.size() == 2) {
       r = 0.5 * c.params.at("scale") * std::max(c.image_shape[0], c.image_shape[1]);
     }
     include(c.params.at("center_x") - r, c.params.at("center_y") - r);

@@ -38,7 +38,7 @@ Range param_range(const std::string& name) {
 }
 
 std::map<std::string, double> light_defaults(const std::string& type) {
-  if (type == "INTERPOL") return {{"phi_G", 0.0}, {"amp", 1.0}};
+  if (physics::is_pixelated_light(type)) return {{"phi_G", 0.0}, {"amp", 1.0}};
   return {};
 }
 
@@ -81,14 +81,19 @@ struct Parsed {
 };
 
 // A source decoded by a trained VAE: {"type": "VAE", "checkpoint": DIR, "z": [...] or
-// "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp, "normalise_flux": true};
-// lensed as INTERPOL.
+// "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp, "normalise_flux": true,
+// "interpolation": "bilinear" or "bicubic"}; lensed as INTERPOL (the default, as `dslens fit`
+// models a VAE source) or INTERPOL_BICUBIC.
 Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
                         const Compute& compute) {
   node.allow_only({"type", "checkpoint", "z", "z_seed", "center_x", "center_y", "scale", "phi_G",
-                   "amp", "normalise_flux"});
+                   "amp", "normalise_flux", "interpolation"});
   Parsed out;
   out.spec.type = "VAE";
+  out.spec.light_type =
+      node.choice_or("interpolation", "bilinear", {"bilinear", "bicubic"}) == "bicubic"
+          ? "INTERPOL_BICUBIC"
+          : "INTERPOL";
   const std::map<std::string, double> defaults = {{"phi_G", 0.0}, {"amp", 1.0}};
   for (const std::string n : {"center_x", "center_y", "scale", "phi_G", "amp"}) {
     out.spec.params[n] =
@@ -154,7 +159,7 @@ Parsed parse_component(const ConfigNode& node, bool is_mass, const std::string& 
                                                  : physics::make_light_profile(type)->param_names();
   const std::map<std::string, double> defaults =
       is_mass ? physics::mass_profile_defaults(type) : light_defaults(type);
-  const bool interpol = !is_mass && type == "INTERPOL";
+  const bool interpol = !is_mass && physics::is_pixelated_light(type);
   const bool elliptical = contains(names, "e1") && contains(names, "e2");
 
   std::vector<std::string> allowed = {"type"};
@@ -301,9 +306,9 @@ LensConfig parse_lens_config(const json& config, const std::string& base_dir,
   source.require_array();
   for (const auto& c : source.elements()) {
     Parsed p = parse_component(c, false, base_dir, compute, true);
-    // A VAE source is its decoded stamp, lensed as INTERPOL.
+    // A VAE source is its decoded stamp, lensed as INTERPOL(_BICUBIC).
     out.model.source_light.push_back(
-        {physics::make_light_profile(p.spec.type == "VAE" ? "INTERPOL" : p.spec.type),
+        {physics::make_light_profile(p.spec.type == "VAE" ? p.spec.light_type : p.spec.type),
          std::move(p.params)});
     out.source.push_back(std::move(p.spec));
   }
@@ -353,7 +358,8 @@ std::string parameter_unit(const std::string& type, const std::string& name) {
                                                            {"m", "dimensionless"}};
   if (name == "amp") {
     if (type == "GAUSSIAN") return "counts/s (total flux)";
-    if (type == "INTERPOL") return "dimensionless (scales the image, counts/s/arcsec^2)";
+    if (physics::is_pixelated_light(type))
+      return "dimensionless (scales the image, counts/s/arcsec^2)";
     return "counts/s/arcsec^2 (surface brightness at R_sersic)";
   }
   auto it = units.find(name);

@@ -10,7 +10,8 @@
 //     "source": [{"type": "INTERPOL", "fits": "data/galaxy.fits", "center_x": 0.05,
 //                 "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1}],
 //               or [{"type": "VAE", "checkpoint": "runs/vae", "z_seed": 7 (or "z": [...]),
-//                 "center_x": 0.05, "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1}],
+//                 "center_x": 0.05, "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1,
+//                 "interpolation": "bilinear"}],  // or "bicubic"; INTERPOL_BICUBIC also a type
 //     "noise":  {"background_rms": 0.01, "exposure_time": 1000},
 //     "seed":   42,                                               // optional (default 1)
 //     "comment": "free text"                                      // optional
@@ -42,6 +43,7 @@ struct ComponentSpec {
   std::vector<int64_t> image_shape;  // INTERPOL and VAE: [h, w]
   std::string checkpoint;            // VAE: the checkpoint folder (resolved)
   std::vector<double> latent;        // VAE: the latent vector z that was decoded
+  std::string light_type;  // VAE: the light profile it is lensed as (INTERPOL or _BICUBIC)
 };
 
 struct PsfSpec {

@@ -426,7 +426,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   torch::Tensor place_from = prior_starts(lenses, aux.space, 0, opts, n_place);
   size_t decoded_index = 0;
   for (size_t i = 0; i < first.model.source.size(); ++i)
-    if (first.model.source[i].type == "INTERPOL") decoded_index = i;
+    if (physics::is_pixelated_light(first.model.source[i].type)) decoded_index = i;
   if (ms.backproject && !inversion && aux.lens_light.empty()) {
     place_from = centred_on_data(placement, place_from, decoded_index, snr_threshold);
     spdlog::info(

@@ -77,7 +77,8 @@ class Builder {
     const bool is_mass = list == "mass";
     std::vector<std::string> types =
         is_mass ? physics::mass_profile_types() : physics::light_profile_types();
-    types.erase(std::remove(types.begin(), types.end(), "INTERPOL"), types.end());
+    types.erase(std::remove_if(types.begin(), types.end(), physics::is_pixelated_light),
+                types.end());
     if (list == "source") {
       types.push_back("VAE");
       types.push_back("PIXELATED");
@@ -85,7 +86,15 @@ class Builder {
     const std::string type = node.choice("type", types);
     const std::string sfx = suffix(list) + std::to_string(index);
     auto& bindings = is_mass ? out_.mass : (list == "lens_light" ? out_.lens_light : out_.source);
-    bindings.push_back({type == "VAE" || type == "PIXELATED" ? "INTERPOL" : type, {}});
+    bindings.push_back({type, {}});
+    if (type == "VAE" || type == "PIXELATED") {
+      // Bilinear (lenstronomy's INTERPOL) unless the config asks for bicubic, whose gradient has no
+      // jumps at the source-pixel edges (docs/fit.md, "Source interpolation").
+      bindings.back().type =
+          node.choice_or("interpolation", "bilinear", {"bilinear", "bicubic"}) == "bicubic"
+              ? "INTERPOL_BICUBIC"
+              : "INTERPOL";
+    }
     ProfileBinding& b = bindings.back();
     current_list_ = &bindings;
 
@@ -117,6 +126,7 @@ class Builder {
       allowed.push_back("size");
       allowed.push_back("sigma");
     }
+    if (type == "VAE" || type == "PIXELATED") allowed.push_back("interpolation");
     node.allow_only(allowed);
 
     for (const auto& n : names) {

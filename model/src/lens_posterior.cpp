@@ -167,7 +167,7 @@ physics::ImageModel LensPosterior::build(const ParameterSpace::Unpacked& un, int
   for (const auto& b : spec_.source) {
     if (!with_sources) break;
     auto params = bind(b, un.values);
-    if (b.type == "INTERPOL" && !spec_.latent_block.empty()) {
+    if (physics::is_pixelated_light(b.type) && !spec_.latent_block.empty()) {
       params["image"] = spec_.decoder(un.values.at(spec_.latent_block));
     }
     m.source_light.push_back({physics::make_light_profile(b.type), std::move(params)});

@@ -102,6 +102,48 @@ TEST(SourceEncoder, VaeSourceFluxIsTheAmplitudesAlone) {
   }
 }
 
+// Decoded sources (VAE, PIXELATED) are lensed bilinearly (lenstronomy's INTERPOL) unless the config
+// says "bicubic" (physics::PixelInterpolation; docs/fit.md, "Source interpolation"); another value
+// is refused with its JSON path and the allowed values.
+TEST(SourceEncoder, DecodedSourcesAreBilinearUnlessToldOtherwise) {
+  const auto dir = dslens::testing::tiny_vae_checkpoint("interp_vae", 4, nn::PixelNorm{0.5, 0.2});
+  const Compute compute{torch::kCPU, torch::kFloat64};
+  const auto parse = [&](nlohmann::json s) {
+    return model::parse_fit_model(ConfigNode(sis_with_source(std::move(s)), "/model"), dir,
+                                  compute);
+  };
+  const nlohmann::json vae = {{"type", "VAE"},   {"checkpoint", dir}, {"center_x", 0.0},
+                              {"center_y", 0.0}, {"scale", 0.02},     {"amp", 1.0}};
+  const nlohmann::json pixelated = {{"type", "PIXELATED"}, {"size", 6}, {"scale", 0.05}};
+  for (const auto& base : {vae, pixelated}) {
+    EXPECT_EQ(parse(base).source.at(0).type, "INTERPOL") << base.dump();
+    auto bilinear = base;
+    bilinear["interpolation"] = "bilinear";
+    EXPECT_EQ(parse(bilinear).source.at(0).type, "INTERPOL") << base.dump();
+    auto bicubic = base;
+    bicubic["interpolation"] = "bicubic";
+    EXPECT_EQ(parse(bicubic).source.at(0).type, "INTERPOL_BICUBIC") << base.dump();
+    auto bad = base;
+    bad["interpolation"] = "cubic";
+    try {
+      parse(bad);
+      ADD_FAILURE() << "interpolation 'cubic' was accepted";
+    } catch (const ConfigError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("/model/source/0/interpolation"), std::string::npos) << what;
+      EXPECT_NE(what.find("bicubic"), std::string::npos) << what;
+    }
+  }
+  // A parametric source has no such key.
+  EXPECT_THROW(parse({{"type", "GAUSSIAN"},
+                      {"amp", 1.0},
+                      {"sigma", 0.1},
+                      {"center_x", 0.0},
+                      {"center_y", 0.0},
+                      {"interpolation", "bicubic"}}),
+               ConfigError);
+}
+
 TEST(SourceEncoder, PixelatedPixelsReproduceTheImage) {
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto fit = model::parse_fit_model(

@@ -249,22 +249,25 @@ TEST(Interpol, GradientsMatchFiniteDifferences) {
                 {"amp", t({1.3, 0.7})}};
   auto x = torch::rand({1, 60}, torch::kFloat64) * 0.8 - 0.4;
   auto y = torch::rand({1, 60}, torch::kFloat64) * 0.8 - 0.4;
-  check_gradients(InterpolLight(), p, x, y, 1e-7, 1e-5);
-  // Gradients with respect to the coordinates (the ray-shot positions).
-  auto xg = x.clone().requires_grad_(true), yg = y.clone().requires_grad_(true);
-  InterpolLight prof;
-  auto w = torch::rand({2, 60}, torch::kFloat64);
-  auto g = torch::autograd::grad({(prof.surface_brightness(xg, yg, p) * w).sum()}, {xg, yg});
-  for (int axis = 0; axis < 2; ++axis) {
-    for (int64_t j = 0; j < 60; j += 7) {
-      auto eval = [&](double d) {
-        auto xx = x.clone(), yy = y.clone();
-        (axis == 0 ? xx : yy)[0][j] += d;
-        return (prof.surface_brightness(xx, yy, p) * w).sum().item<double>();
-      };
-      const double h = 1e-7;
-      const double fd = (eval(h) - eval(-h)) / (2 * h);
-      EXPECT_NEAR(g[axis][0][j].item<double>(), fd, 1e-5 * std::max(1.0, std::abs(fd)));
+  for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+    InterpolLight prof(order);
+    check_gradients(prof, p, x, y, 1e-7, 1e-5);
+    // Gradients with respect to the coordinates (the ray-shot positions).
+    auto xg = x.clone().requires_grad_(true), yg = y.clone().requires_grad_(true);
+    auto w = torch::rand({2, 60}, torch::kFloat64);
+    auto g = torch::autograd::grad({(prof.surface_brightness(xg, yg, p) * w).sum()}, {xg, yg});
+    for (int axis = 0; axis < 2; ++axis) {
+      for (int64_t j = 0; j < 60; j += 7) {
+        auto eval = [&](double d) {
+          auto xx = x.clone(), yy = y.clone();
+          (axis == 0 ? xx : yy)[0][j] += d;
+          return (prof.surface_brightness(xx, yy, p) * w).sum().item<double>();
+        };
+        const double h = 1e-7;
+        const double fd = (eval(h) - eval(-h)) / (2 * h);
+        EXPECT_NEAR(g[axis][0][j].item<double>(), fd, 1e-5 * std::max(1.0, std::abs(fd)))
+            << prof.type();
+      }
     }
   }
 }
@@ -279,34 +282,36 @@ TEST(Interpol, KernelMatchesTensorOpPath) {
     y.slice(1, 0, 10).fill_(0.5);
     return std::make_pair(x, y);
   };
-  for (auto [bi, bp] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 3}, {3, 1}, {3, 3}}) {
-    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
-      auto img0 = torch::randn({bi, 9, 10}, torch::kFloat64).to(dtype);
-      auto [x0, y0] = pts(bp);
-      x0 = x0.to(dtype);
-      y0 = y0.to(dtype);
-      std::vector<torch::Tensor> vals, grads;
-      for (bool tensor_ops : {false, true}) {
-        auto img = img0.clone().requires_grad_(true);
-        auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
-        auto f = interpolate_source_image(img, x, y, tensor_ops);
-        auto w = torch::linspace(0.5, 1.5, f.numel(), torch::dtype(dtype)).reshape(f.sizes());
-        auto g = torch::autograd::grad({(f * w).sum()}, {img, x, y});
-        vals.push_back(f.to(torch::kFloat64));
-        for (auto& t : g) grads.push_back(t.to(torch::kFloat64));
-      }
-      const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
-      EXPECT_LT(max_abs(vals[0] - vals[1]), tol * max_abs(vals[1])) << bi << " " << bp;
-      for (int i = 0; i < 3; ++i) {
-        EXPECT_EQ(grads[i].sizes(), grads[i + 3].sizes());
-        // Coordinate gradients away from the exact pixel centres (kinks: one-sided derivatives).
-        auto a = i == 0 ? grads[i] : grads[i].slice(1, 10);
-        auto b = i == 0 ? grads[i + 3] : grads[i + 3].slice(1, 10);
-        EXPECT_LT(max_abs(a - b), tol * (1 + max_abs(b)))
-            << "input " << i << " batches " << bi << " " << bp << " " << dtype;
+  for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic})
+    for (auto [bi, bp] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 3}, {3, 1}, {3, 3}}) {
+      for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+        auto img0 = torch::randn({bi, 9, 10}, torch::kFloat64).to(dtype);
+        auto [x0, y0] = pts(bp);
+        x0 = x0.to(dtype);
+        y0 = y0.to(dtype);
+        std::vector<torch::Tensor> vals, grads;
+        for (bool tensor_ops : {false, true}) {
+          auto img = img0.clone().requires_grad_(true);
+          auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
+          auto f = interpolate_source_image(img, x, y, tensor_ops, order);
+          auto w = torch::linspace(0.5, 1.5, f.numel(), torch::dtype(dtype)).reshape(f.sizes());
+          auto g = torch::autograd::grad({(f * w).sum()}, {img, x, y});
+          vals.push_back(f.to(torch::kFloat64));
+          for (auto& t : g) grads.push_back(t.to(torch::kFloat64));
+        }
+        const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+        EXPECT_LT(max_abs(vals[0] - vals[1]), tol * max_abs(vals[1])) << bi << " " << bp;
+        for (int i = 0; i < 3; ++i) {
+          EXPECT_EQ(grads[i].sizes(), grads[i + 3].sizes());
+          // Coordinate gradients away from the exact pixel centres (kinks: one-sided derivatives).
+          auto a = i == 0 ? grads[i] : grads[i].slice(1, 10);
+          auto b = i == 0 ? grads[i + 3] : grads[i + 3].slice(1, 10);
+          EXPECT_LT(max_abs(a - b), tol * (1 + max_abs(b)))
+              << "input " << i << " batches " << bi << " " << bp << " " << dtype << " order "
+              << static_cast<int>(order);
+        }
       }
     }
-  }
 }
 
 TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {
@@ -322,67 +327,141 @@ TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {
                  {"amp", t({1.5, 0.7, 2.0})}};
   auto x0 = torch::rand({1, 300}, torch::kFloat64) * 1.6 - 0.8;
   auto y0 = torch::rand({1, 300}, torch::kFloat64) * 1.6 - 0.8;
-  std::vector<torch::Tensor> vals;
-  std::vector<std::vector<torch::Tensor>> grads;
-  for (bool fused : {true, false}) {
-    ParamMap p;
-    std::vector<torch::Tensor> inputs;
-    for (const auto& [k, v] : p0) {
-      p[k] = v.clone().requires_grad_(true);
-      inputs.push_back(p[k]);
+  for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+    std::vector<torch::Tensor> vals;
+    std::vector<std::vector<torch::Tensor>> grads;
+    for (bool fused : {true, false}) {
+      ParamMap p;
+      std::vector<torch::Tensor> inputs;
+      for (const auto& [k, v] : p0) {
+        p[k] = v.clone().requires_grad_(true);
+        inputs.push_back(p[k]);
+      }
+      auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
+      inputs.push_back(x);
+      inputs.push_back(y);
+      torch::Tensor f;
+      if (fused) {
+        f = InterpolLight(order).surface_brightness(x, y, p);
+      } else {
+        auto col = [](const torch::Tensor& v) { return v.unsqueeze(1); };
+        auto dx = x - col(p["center_x"]), dy = y - col(p["center_y"]);
+        auto c = torch::cos(col(p["phi_G"])), s = torch::sin(col(p["phi_G"]));
+        auto xp = (dx * c + dy * s) / col(p["scale"]), yp = (-dx * s + dy * c) / col(p["scale"]);
+        f = interpolate_source_image(p["image"], xp, yp, true, order) * col(p["amp"]);
+      }
+      auto w = torch::linspace(0.2, 1.0, f.numel(), torch::kFloat64).reshape(f.sizes());
+      vals.push_back(f.detach());
+      grads.push_back(torch::autograd::grad({(f * w).sum()}, inputs));
     }
-    auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
-    inputs.push_back(x);
-    inputs.push_back(y);
-    torch::Tensor f;
-    if (fused) {
-      f = InterpolLight().surface_brightness(x, y, p);
-    } else {
-      auto col = [](const torch::Tensor& v) { return v.unsqueeze(1); };
-      auto dx = x - col(p["center_x"]), dy = y - col(p["center_y"]);
-      auto c = torch::cos(col(p["phi_G"])), s = torch::sin(col(p["phi_G"]));
-      auto xp = (dx * c + dy * s) / col(p["scale"]), yp = (-dx * s + dy * c) / col(p["scale"]);
-      f = interpolate_source_image(p["image"], xp, yp, true) * col(p["amp"]);
+    EXPECT_LT(max_abs(vals[0] - vals[1]), 1e-12 * max_abs(vals[1]));
+    EXPECT_GT(max_abs(vals[1]), 0.1);
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      EXPECT_LT(max_abs(grads[0][i] - grads[1][i]), 1e-11 * (1 + max_abs(grads[1][i]))) << i;
     }
-    auto w = torch::linspace(0.2, 1.0, f.numel(), torch::kFloat64).reshape(f.sizes());
-    vals.push_back(f.detach());
-    grads.push_back(torch::autograd::grad({(f * w).sum()}, inputs));
   }
-  EXPECT_LT(max_abs(vals[0] - vals[1]), 1e-12 * max_abs(vals[1]));
-  EXPECT_GT(max_abs(vals[1]), 0.1);
-  for (size_t i = 0; i < grads[0].size(); ++i) {
-    EXPECT_LT(max_abs(grads[0][i] - grads[1][i]), 1e-11 * (1 + max_abs(grads[1][i]))) << i;
+}
+
+// Closed forms for the bicubic interpolation: Catmull-Rom cubic convolution reproduces linear and
+// quadratic images exactly (Keys 1981, third-order accuracy: a = -1/2), and a single bright pixel
+// reads Keys's kernel W(s). The CPU kernel and the gather path (other devices) are compared in
+// KernelMatchesTensorOpPath.
+TEST(Interpol, BicubicReproducesQuadraticImagesAndKeysKernel) {
+  torch::manual_seed(23);
+  // An image a + b col + c row + d col^2 + e col row + f row^2, read at points whose 4 x 4 taps
+  // are all inside.
+  const int64_t h = 9, w = 12;
+  auto cols = torch::arange(w, torch::kFloat64).unsqueeze(0);
+  auto rows = torch::arange(h, torch::kFloat64).unsqueeze(1);
+  const auto poly = [](const torch::Tensor& c, const torch::Tensor& r) {
+    return 0.3 + 0.7 * c - 0.4 * r + 0.05 * c * c - 0.03 * c * r + 0.02 * r * r;
+  };
+  auto quad = poly(cols, rows).unsqueeze(0);
+  auto px = torch::rand({1, 200}, torch::kFloat64) * (w - 3) + 1;  // column in [1, w - 2)
+  auto py = torch::rand({1, 200}, torch::kFloat64) * (h - 3) + 1;
+  for (bool tensor_ops : {false, true}) {
+    auto xg = (px - 0.5 * (w - 1)).requires_grad_(true);
+    auto yg = (py - 0.5 * (h - 1)).requires_grad_(true);
+    auto v = interpolate_source_image(quad, xg, yg, tensor_ops, PixelInterpolation::kBicubic);
+    EXPECT_LT(max_abs(v - poly(px, py)), 1e-12) << tensor_ops;
+    auto g = torch::autograd::grad({v.sum()}, {xg, yg});
+    EXPECT_LT(max_abs(g[0] - (0.7 + 0.1 * px - 0.03 * py)), 1e-11) << tensor_ops;
+    EXPECT_LT(max_abs(g[1] - (-0.4 - 0.03 * px + 0.04 * py)), 1e-11) << tensor_ops;
+  }
+  // Bilinear interpolation does not reproduce the quadratic (the test can tell them apart).
+  auto bl = interpolate_source_image(quad, px - 0.5 * (w - 1), py - 0.5 * (h - 1));
+  EXPECT_GT(max_abs(bl - poly(px, py)), 1e-3);
+
+  // A single bright pixel: the value at distance s along its row is W(s), a = -1/2.
+  auto delta = torch::zeros({1, 5, 5}, torch::kFloat64);
+  delta[0][2][2] = 1.0;
+  const double a = -0.5;
+  for (double s : {0.0, 0.3, 0.5, 1.0, 1.25, 1.7, 2.0, 2.6}) {
+    const double expect = s <= 1  ? (a + 2) * s * s * s - (a + 3) * s * s + 1
+                          : s < 2 ? a * s * s * s - 5 * a * s * s + 8 * a * s - 4 * a
+                                  : 0.0;
+    auto at = interpolate_source_image(delta, torch::full({1, 1}, s, torch::kFloat64),
+                                       torch::zeros({1, 1}, torch::kFloat64), false,
+                                       PixelInterpolation::kBicubic);
+    EXPECT_NEAR(at.item<double>(), expect, 1e-14) << s;
+  }
+}
+
+// The reason for bicubic sources: its gradient in the coordinates is continuous across pixel
+// rows and columns; bilinear's jumps there (by the difference of the neighbouring slopes).
+TEST(Interpol, BicubicGradientIsContinuousAcrossPixelEdges) {
+  torch::manual_seed(29);
+  auto img = torch::randn({1, 7, 7}, torch::kFloat64);
+  // Points just either side of the column through pixel centres (x_pix integer), rows between.
+  auto centres = torch::arange(-2.0, 3.0, 1.0, torch::kFloat64);  // 5 pixel columns
+  auto yrow = torch::rand({1, 5}, torch::kFloat64) * 4 - 2;
+  for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+    std::vector<torch::Tensor> side;
+    for (double eps : {-1e-9, 1e-9}) {
+      auto x = (centres + eps).unsqueeze(0).requires_grad_(true);
+      auto v = interpolate_source_image(img, x, yrow, false, order);
+      side.push_back(torch::autograd::grad({v.sum()}, {x})[0]);
+    }
+    const double jump = max_abs(side[0] - side[1]);
+    if (order == PixelInterpolation::kBicubic) {
+      EXPECT_LT(jump, 1e-7);
+    } else {
+      EXPECT_GT(jump, 0.1);  // the kinks the bicubic source removes
+    }
   }
 }
 
 TEST(Interpol, SecondDerivatives) {
   // d/d image of (dL/dx . v), through create_graph: the first derivative is linear in the image,
   // so a unit finite-difference step is exact.
-  torch::manual_seed(17);
-  auto img = torch::randn({1, 6, 6}, torch::kFloat64).requires_grad_(true);
-  auto x = (torch::rand({2, 30}, torch::kFloat64) * 5 - 2.5).requires_grad_(true);
-  auto y = (torch::rand({2, 30}, torch::kFloat64) * 5 - 2.5);
-  auto v = torch::rand({2, 30}, torch::kFloat64);
-  auto first = [&](const torch::Tensor& im, bool create) {
-    auto gx = torch::autograd::grad({interpolate_source_image(im, x, y).sum()}, {x}, {},
-                                    c10::nullopt, create)[0];
-    return (gx * v).sum();
-  };
-  auto hess = torch::autograd::grad({first(img, true)}, {img})[0].reshape(-1);
-  for (int64_t j = 0; j < 36; ++j) {
-    auto up = img.detach().clone(), down = img.detach().clone();
-    up.view(-1)[j] += 1.0;
-    down.view(-1)[j] -= 1.0;
-    const double fd = (first(up, false).item<double>() - first(down, false).item<double>()) / 2;
-    EXPECT_NEAR(hess[j].item<double>(), fd, 1e-12) << j;
+  for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+    torch::manual_seed(17);
+    auto img = torch::randn({1, 6, 6}, torch::kFloat64).requires_grad_(true);
+    auto x = (torch::rand({2, 30}, torch::kFloat64) * 5 - 2.5).requires_grad_(true);
+    auto y = (torch::rand({2, 30}, torch::kFloat64) * 5 - 2.5);
+    auto v = torch::rand({2, 30}, torch::kFloat64);
+    auto first = [&](const torch::Tensor& im, bool create) {
+      auto gx = torch::autograd::grad({interpolate_source_image(im, x, y, false, order).sum()}, {x},
+                                      {}, c10::nullopt, create)[0];
+      return (gx * v).sum();
+    };
+    auto hess = torch::autograd::grad({first(img, true)}, {img})[0].reshape(-1);
+    for (int64_t j = 0; j < 36; ++j) {
+      auto up = img.detach().clone(), down = img.detach().clone();
+      up.view(-1)[j] += 1.0;
+      down.view(-1)[j] -= 1.0;
+      const double fd = (first(up, false).item<double>() - first(down, false).item<double>()) / 2;
+      EXPECT_NEAR(hess[j].item<double>(), fd, 1e-12) << j;
+    }
   }
 }
 
 TEST(LightRegistry, TypesAndErrors) {
   auto types = light_profile_types();
-  for (std::string t : {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL"}) {
+  for (std::string t : {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL", "INTERPOL_BICUBIC"}) {
     ASSERT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
     EXPECT_EQ(make_light_profile(t)->type(), t);
+    EXPECT_EQ(is_pixelated_light(t), t.rfind("INTERPOL", 0) == 0) << t;
   }
   try {
     make_light_profile("SERSIK");

@@ -1,7 +1,8 @@
 // INTERPOL light profile: a pixelated source drawn by bilinear interpolation
-// (lenstronomy's LightModel/Profiles/interpolation.py). One autograd function: on the CPU a loop
-// kernel with a hand-written backward, on other devices torch grid_sample; derivatives of order
-// two and more (create_graph) go through an equivalent floor + gather tensor-op path.
+// (lenstronomy's LightModel/Profiles/interpolation.py), or INTERPOL_BICUBIC by Keys's cubic
+// convolution. One autograd function: on the CPU a loop kernel with a hand-written backward, on
+// other devices torch grid_sample (bilinear) or the floor + gather tensor-op path (bicubic);
+// derivatives of order two and more (create_graph) go through the gather path.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,12 +23,27 @@ namespace F = torch::nn::functional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// grid_sample path (any device; first derivatives only: grid_sampler_2d_backward has no derivative
-// in LibTorch 1.13). Verified against the lenstronomy reference on the CPU before the CPU kernel
-// replaced it there. With
-// align_corners = false, normalised -1 and 1 are the outer edges of the outer pixels, so the
-// centre of pixel c is at (2 c + 1) / w - 1 = 2 x_pix / w; zero padding reproduces lenstronomy's
-// one-pixel zero border (the value falls linearly to 0 one pixel beyond the outer centres).
+// Taps per axis: 2 (bilinear) or 4 (bicubic). Tap j of an axis sits at pixel floor(col) + j - off
+// with off = taps / 2 - 1.
+int64_t taps_of(PixelInterpolation order) {
+  return order == PixelInterpolation::kBicubic ? 4 : 2;
+}
+
+// Keys (1981, IEEE Trans. ASSP 29, 1153) cubic convolution: W(s) = (a + 2)|s|^3 - (a + 3)|s|^2 + 1
+// for |s| <= 1, a|s|^3 - 5a|s|^2 + 8a|s| - 4a for 1 < |s| < 2, 0 beyond. Its value and first
+// derivative are continuous for every a, so the image and its gradient in the coordinates are;
+// bilinear interpolation's gradient jumps at every pixel row and column. a = -1/2 (Catmull-Rom) is
+// the only a that reproduces linear and quadratic images exactly (Keys's third-order accuracy);
+// grid_sample's and OpenCV's a = -0.75 shifts a linear ramp by up to 7 % of a pixel, so the
+// bicubic path is ours on every device (the gather path off the CPU).
+constexpr double kCubicA = -0.5;
+
+// Bilinear grid_sample path (any device; first derivatives only: grid_sampler_2d_backward has no
+// derivative in LibTorch 1.13). Verified against the lenstronomy reference on the CPU before the
+// CPU kernel replaced it there. With align_corners = false, normalised -1 and 1 are the outer
+// edges of the outer pixels, so the centre of pixel c is at (2 c + 1) / w - 1 = 2 x_pix / w; zero
+// padding reproduces lenstronomy's one-pixel zero border (the value falls linearly to 0 one pixel
+// beyond the outer centres).
 Tensor sample_grid(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix) {
   const int64_t h = image.size(1), w = image.size(2);
   const int64_t b_img = image.size(0), b_pts = x_pix.size(0), n = x_pix.size(1);
@@ -48,26 +64,46 @@ Tensor sample_grid(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix
   return F::grid_sample(image.unsqueeze(1), grid, opts).reshape({b, n});
 }
 
+// The weights of an axis's taps at fractional position t in [0, 1), as tensors (any order of
+// derivatives in t).
+std::vector<Tensor> tap_weights(const Tensor& t, int64_t taps) {
+  if (taps == 2) return {1 - t, t};
+  const double a = kCubicA;
+  const auto inner = [a](const Tensor& s) { return ((a + 2) * s - (a + 3)) * s * s + 1; };
+  const auto outer = [a](const Tensor& s) { return ((a * s - 5 * a) * s + 8 * a) * s - 4 * a; };
+  return {outer(t + 1), inner(t), inner(1 - t), outer(2 - t)};
+}
+
 // Tensor-op path differentiable to any order (any device): floor + gather on the image padded with
-// two rows/columns of zeros, cells clamped into the padding far outside (all four corners 0).
-Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix) {
+// `taps` rows/columns of zeros on each side, cells clamped into the padding far outside (every tap
+// 0).
+Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix, int64_t taps) {
   const int64_t h = image.size(1), w = image.size(2);
   const int64_t b_img = image.size(0), b_pts = x_pix.size(0), n = x_pix.size(1);
   const int64_t b = std::max(b_img, b_pts);
-  const int64_t wp = w + 4, hp = h + 4;
-  Tensor flat = F::pad(image, F::PadFuncOptions({2, 2, 2, 2})).reshape({b_img, hp * wp});
+  const int64_t pad = taps, off = taps / 2 - 1;
+  const int64_t wp = w + 2 * pad, hp = h + 2 * pad;
+  Tensor flat = F::pad(image, F::PadFuncOptions({pad, pad, pad, pad})).reshape({b_img, hp * wp});
   if (b_img != b) flat = flat.expand({b, hp * wp});
   Tensor col = x_pix + 0.5 * static_cast<double>(w - 1);
   Tensor row = y_pix + 0.5 * static_cast<double>(h - 1);
   Tensor c0 = torch::floor(col).detach(), r0 = torch::floor(row).detach();
-  Tensor ax = col - c0, ay = row - r0;
-  Tensor pc = torch::clamp(c0 + 2, 0, w + 2).to(torch::kLong);
-  Tensor pr = torch::clamp(r0 + 2, 0, h + 2).to(torch::kLong);
+  const auto wx = tap_weights(col - c0, taps), wy = tap_weights(row - r0, taps);
+  // The first tap's padded index; in range for every cell with a tap inside the image.
+  Tensor pc = torch::clamp(c0 + (pad - off), 0, w + 2 * pad - taps).to(torch::kLong);
+  Tensor pr = torch::clamp(r0 + (pad - off), 0, h + 2 * pad - taps).to(torch::kLong);
   Tensor idx = pr * wp + pc;
   if (b_pts != b) idx = idx.expand({b, n});
-  Tensor v00 = flat.gather(1, idx), v01 = flat.gather(1, idx + 1);
-  Tensor v10 = flat.gather(1, idx + wp), v11 = flat.gather(1, idx + wp + 1);
-  return (1 - ay) * ((1 - ax) * v00 + ax * v01) + ay * ((1 - ax) * v10 + ax * v11);
+  Tensor value;
+  for (int64_t i = 0; i < taps; ++i) {
+    Tensor across;
+    for (int64_t j = 0; j < taps; ++j) {
+      const Tensor v = wx[j] * flat.gather(1, idx + (i * wp + j));
+      across = across.defined() ? across + v : v;
+    }
+    value = value.defined() ? value + wy[i] * across : wy[i] * across;
+  }
+  return value;
 }
 
 // The per-batch map from source-plane (x, y) to centred source-pixel coordinates, and the
@@ -83,43 +119,83 @@ std::pair<Tensor, Tensor> pixel_coords(const Tensor& xs, const Tensor& ys, const
 }
 
 Tensor sample_tensor_ops(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff,
-                         bool gather) {
+                         bool gather, int64_t taps) {
   auto [px, py] = pixel_coords(xs, ys, aff);
-  Tensor v = gather ? sample_gather(image, px, py) : sample_grid(image, px, py);
+  // Bicubic always gathers (grid_sample's bicubic has another a, see kCubicA).
+  Tensor v = gather || taps == 4 ? sample_gather(image, px, py, taps) : sample_grid(image, px, py);
   return v * aff.select(1, kAmp).unsqueeze(1);
 }
 
-// CPU kernel: the same bilinear interpolation as a tight loop with a hand-written backward; the
-// affine map and the amplitude are applied on the fly (no [B, N] temporaries).
-// Pixel (r, c) at x_pix = c - (w - 1) / 2, y_pix = r - (h - 1) / 2; zero outside the image.
-template <typename T>
+// CPU kernel: the same interpolation as a tight loop with a hand-written backward; the affine map
+// and the amplitude are applied on the fly (no [B, N] temporaries). K taps per axis (2 bilinear, 4
+// bicubic). Pixel (r, c) at x_pix = c - (w - 1) / 2, y_pix = r - (h - 1) / 2; zero outside.
+template <typename T, int K>
+struct Axis {
+  int64_t first = 0;  // pixel of tap 0
+  T w[K] = {}, d[K] = {};
+  bool ok[K] = {};  // tap inside the image
+};
+
+template <typename T, int K>
+inline bool locate_axis(T pos, int64_t size, Axis<T, K>& a) {
+  constexpr int64_t off = K / 2 - 1;
+  const T f = std::floor(pos);
+  // Also false for NaN, and keeps the integer conversion in range: beyond these cells every tap is
+  // outside the image.
+  if (!(f >= T(-(K / 2)) && f <= T(size - 1 + off))) return false;
+  a.first = static_cast<int64_t>(f) - off;
+  const T t = pos - f;
+  if constexpr (K == 2) {
+    a.w[0] = T(1) - t;
+    a.w[1] = t;
+    a.d[0] = T(-1);
+    a.d[1] = T(1);
+  } else {
+    const T A = T(kCubicA);
+    const auto inner = [A](T s) { return ((A + T(2)) * s - (A + T(3))) * s * s + T(1); };
+    const auto inner_d = [A](T s) { return (T(3) * (A + T(2)) * s - T(2) * (A + T(3))) * s; };
+    const auto outer = [A](T s) { return ((A * s - T(5) * A) * s + T(8) * A) * s - T(4) * A; };
+    const auto outer_d = [A](T s) { return (T(3) * A * s - T(10) * A) * s + T(8) * A; };
+    a.w[0] = outer(t + T(1));
+    a.w[1] = inner(t);
+    a.w[2] = inner(T(1) - t);
+    a.w[3] = outer(T(2) - t);
+    a.d[0] = outer_d(t + T(1));
+    a.d[1] = inner_d(t);
+    a.d[2] = -inner_d(T(1) - t);
+    a.d[3] = -outer_d(T(2) - t);
+  }
+  for (int j = 0; j < K; ++j) a.ok[j] = a.first + j >= 0 && a.first + j < size;
+  return true;
+}
+
+template <typename T, int K>
 struct Cell {
-  int64_t r0 = 0, c0 = 0;
-  T ax = 0, ay = 0;
-  T v00 = 0, v01 = 0, v10 = 0, v11 = 0;
-  bool inside = false;  // false: beyond the zero border, value and gradients 0
+  Axis<T, K> c, r;  // columns (x), rows (y)
+  T v[K][K] = {};   // image values at the taps (0 outside)
+  bool inside = false;
   T value() const {
-    return (T(1) - ay) * ((T(1) - ax) * v00 + ax * v01) + ay * ((T(1) - ax) * v10 + ax * v11);
+    T s = 0;
+    for (int i = 0; i < K; ++i) {
+      T across = 0;
+      for (int j = 0; j < K; ++j) across += c.w[j] * v[i][j];
+      s += r.w[i] * across;
+    }
+    return s;
   }
 };
 
-template <typename T>
-inline Cell<T> locate(const T* im, int64_t h, int64_t w, T col, T row) {
-  Cell<T> c;
-  const T fc = std::floor(col), fr = std::floor(row);
-  // Also false for NaN, and keeps the integer conversion in range.
-  if (!(fc >= T(-1) && fc <= T(w - 1) && fr >= T(-1) && fr <= T(h - 1))) return c;
+template <typename T, int K>
+inline Cell<T, K> locate(const T* im, int64_t h, int64_t w, T col, T row) {
+  Cell<T, K> c;
+  if (!locate_axis(col, w, c.c) || !locate_axis(row, h, c.r)) return c;
   c.inside = true;
-  c.c0 = static_cast<int64_t>(fc);
-  c.r0 = static_cast<int64_t>(fr);
-  c.ax = col - fc;
-  c.ay = row - fr;
-  const bool c0_ok = c.c0 >= 0, c1_ok = c.c0 + 1 < w, r0_ok = c.r0 >= 0, r1_ok = c.r0 + 1 < h;
-  const T* p = im + c.r0 * w + c.c0;
-  if (r0_ok && c0_ok) c.v00 = p[0];
-  if (r0_ok && c1_ok) c.v01 = p[1];
-  if (r1_ok && c0_ok) c.v10 = p[w];
-  if (r1_ok && c1_ok) c.v11 = p[w + 1];
+  for (int i = 0; i < K; ++i) {
+    if (!c.r.ok[i]) continue;
+    const T* line = im + (c.r.first + i) * w + c.c.first;
+    for (int j = 0; j < K; ++j)
+      if (c.c.ok[j]) c.v[i][j] = line[j];
+  }
   return c;
 }
 
@@ -147,7 +223,7 @@ struct Batch {
   const T* affine(int64_t b) const { return ap + (aff_batched ? b * kAffineColumns : 0); }
 };
 
-template <typename T>
+template <typename T, int K>
 void forward_cpu(const Batch<T>& bt, T* op) {
   const T half_w = T(0.5) * T(bt.w - 1), half_h = T(0.5) * T(bt.h - 1);
   at::parallel_for(0, bt.b_all, 1, [&](int64_t b0, int64_t b1) {
@@ -162,7 +238,7 @@ void forward_cpu(const Batch<T>& bt, T* op) {
         const T dx = xb[k] - cx, dy = yb[k] - cy;
         const T col = a00 * dx + a01 * dy + half_w;
         const T row = a10 * dx + a11 * dy + half_h;
-        ob[k] = amp * locate(im, h, w, col, row).value();
+        ob[k] = amp * locate<T, K>(im, h, w, col, row).value();
       }
     }
   });
@@ -170,7 +246,7 @@ void forward_cpu(const Batch<T>& bt, T* op) {
 
 // Gradients per batch member: image [B, h, w], x and y [B, N], affine [B, 7]; summed over the
 // batch afterwards for inputs shared by the batch.
-template <typename T>
+template <typename T, int K>
 void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* gap) {
   using Acc = at::acc_type<T, false>;
   const T half_w = T(0.5) * T(bt.w - 1), half_h = T(0.5) * T(bt.h - 1);
@@ -189,17 +265,28 @@ void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* ga
         const T dx = xb[k] - cx, dy = yb[k] - cy;
         const T col = a00 * dx + a01 * dy + half_w;
         const T row = a10 * dx + a11 * dy + half_h;
-        const Cell<T> c = locate(im, h, w, col, row);
+        const Cell<T, K> c = locate<T, K>(im, h, w, col, row);
         if (!c.inside) {
           gx[k] = T(0);
           gy[k] = T(0);
           continue;
         }
         const T gk = gb[k];
-        samp += static_cast<Acc>(gk * c.value());
         const T ga = gk * amp;
-        const T gc = ga * ((T(1) - c.ay) * (c.v01 - c.v00) + c.ay * (c.v11 - c.v10));
-        const T gr = ga * ((T(1) - c.ax) * (c.v10 - c.v00) + c.ax * (c.v11 - c.v01));
+        // d value / d col and d value / d row.
+        T value = 0, d_col = 0, d_row = 0;
+        for (int i = 0; i < K; ++i) {
+          T across = 0, across_d = 0;
+          for (int j = 0; j < K; ++j) {
+            across += c.c.w[j] * c.v[i][j];
+            across_d += c.c.d[j] * c.v[i][j];
+          }
+          value += c.r.w[i] * across;
+          d_col += c.r.w[i] * across_d;
+          d_row += c.r.d[i] * across;
+        }
+        samp += static_cast<Acc>(gk * value);
+        const T gc = ga * d_col, gr = ga * d_row;
         const T gxk = a00 * gc + a10 * gr, gyk = a01 * gc + a11 * gr;
         gx[k] = gxk;
         gy[k] = gyk;
@@ -209,13 +296,13 @@ void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* ga
         s11 += static_cast<Acc>(gr * dy);
         scx -= static_cast<Acc>(gxk);
         scy -= static_cast<Acc>(gyk);
-        const bool c0_ok = c.c0 >= 0, c1_ok = c.c0 + 1 < w, r0_ok = c.r0 >= 0, r1_ok = c.r0 + 1 < h;
-        T* p = gi + c.r0 * w + c.c0;
-        const T wy0 = ga * (T(1) - c.ay), wy1 = ga * c.ay;
-        if (r0_ok && c0_ok) p[0] += wy0 * (T(1) - c.ax);
-        if (r0_ok && c1_ok) p[1] += wy0 * c.ax;
-        if (r1_ok && c0_ok) p[w] += wy1 * (T(1) - c.ax);
-        if (r1_ok && c1_ok) p[w + 1] += wy1 * c.ax;
+        for (int i = 0; i < K; ++i) {
+          if (!c.r.ok[i]) continue;
+          T* line = gi + (c.r.first + i) * w + c.c.first;
+          const T wi = ga * c.r.w[i];
+          for (int j = 0; j < K; ++j)
+            if (c.c.ok[j]) line[j] += wi * c.c.w[j];
+        }
       }
       T* ga_out = gap + b * kAffineColumns;
       ga_out[kA00] = static_cast<T>(s00);
@@ -229,23 +316,30 @@ void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* ga
   });
 }
 
-// image [Bi, h, w], xs/ys [Bp, N], aff [Ba, 7] (each batch 1 or B) -> [B, N].
-struct BilinearSample : public torch::autograd::Function<BilinearSample> {
+// image [Bi, h, w], xs/ys [Bp, N], aff [Ba, 7] (each batch 1 or B) -> [B, N]; `taps` 2 or 4.
+struct PixelSample : public torch::autograd::Function<PixelSample> {
   static Tensor forward(AutogradContext* ctx, const Tensor& image, const Tensor& xs,
-                        const Tensor& ys, const Tensor& aff) {
+                        const Tensor& ys, const Tensor& aff, int64_t taps) {
     ctx->save_for_backward({image, xs, ys, aff});
+    ctx->saved_data["taps"] = taps;
     if (!xs.device().is_cpu() || !cpu_kernels())
-      return sample_tensor_ops(image, xs, ys, aff, false);
+      return sample_tensor_ops(image, xs, ys, aff, false, taps);
     const int64_t b = std::max({image.size(0), xs.size(0), aff.size(0)});
     Tensor out = torch::empty({b, xs.size(1)}, xs.options());
     AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_forward", [&] {
-      forward_cpu<scalar_t>(Batch<scalar_t>(image, xs, ys, aff, b), out.data_ptr<scalar_t>());
+      const Batch<scalar_t> bt(image, xs, ys, aff, b);
+      if (taps == 4) {
+        forward_cpu<scalar_t, 4>(bt, out.data_ptr<scalar_t>());
+      } else {
+        forward_cpu<scalar_t, 2>(bt, out.data_ptr<scalar_t>());
+      }
     });
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
+    const int64_t taps = ctx->saved_data["taps"].toInt();
     const Tensor &image = saved[0], &xs = saved[1], &ys = saved[2], &aff = saved[3];
     if (torch::GradMode::is_enabled()) {
       // create_graph: differentiate the gather path, which is differentiable to any order
@@ -253,10 +347,10 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
       std::vector<Tensor> wrt;
       for (const auto& t : saved)
         if (t.requires_grad()) wrt.push_back(t);
-      variable_list out(4);
+      variable_list out(5);
       if (wrt.empty()) return out;
-      auto g = torch::autograd::grad({sample_tensor_ops(image, xs, ys, aff, true)}, wrt, {grads[0]},
-                                     true, true, true);
+      auto g = torch::autograd::grad({sample_tensor_ops(image, xs, ys, aff, true, taps)}, wrt,
+                                     {grads[0]}, true, true, true);
       for (size_t i = 0, j = 0; i < 4; ++i)
         if (saved[i].requires_grad()) out[i] = g[j++];
       return out;
@@ -266,9 +360,9 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
       torch::AutoGradMode enable(true);
       std::vector<Tensor> in;
       for (const auto& t : saved) in.push_back(t.detach().requires_grad_(true));
-      auto g = torch::autograd::grad({sample_tensor_ops(in[0], in[1], in[2], in[3], false)}, in,
-                                     {grads[0]}, false, false, true);
-      return {g[0], g[1], g[2], g[3]};
+      auto g = torch::autograd::grad({sample_tensor_ops(in[0], in[1], in[2], in[3], false, taps)},
+                                     in, {grads[0]}, false, false, true);
+      return {g[0], g[1], g[2], g[3], Tensor()};
     }
     Tensor g = grads[0].contiguous();
     const int64_t b = g.size(0), n = g.size(1);
@@ -277,9 +371,16 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
     Tensor g_y = torch::empty({b, n}, xs.options());
     Tensor g_aff = torch::empty({b, kAffineColumns}, aff.options());
     AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_backward", [&] {
-      backward_cpu<scalar_t>(Batch<scalar_t>(image, xs, ys, aff, b), g.data_ptr<scalar_t>(),
-                             g_img.data_ptr<scalar_t>(), g_x.data_ptr<scalar_t>(),
-                             g_y.data_ptr<scalar_t>(), g_aff.data_ptr<scalar_t>());
+      const Batch<scalar_t> bt(image, xs, ys, aff, b);
+      auto run = [&](auto kernel) {
+        kernel(bt, g.data_ptr<scalar_t>(), g_img.data_ptr<scalar_t>(), g_x.data_ptr<scalar_t>(),
+               g_y.data_ptr<scalar_t>(), g_aff.data_ptr<scalar_t>());
+      };
+      if (taps == 4) {
+        run(backward_cpu<scalar_t, 4>);
+      } else {
+        run(backward_cpu<scalar_t, 2>);
+      }
     });
     if (image.size(0) != b) g_img = g_img.sum(0, true);
     if (xs.size(0) != b) {
@@ -287,14 +388,14 @@ struct BilinearSample : public torch::autograd::Function<BilinearSample> {
       g_y = g_y.sum(0, true);
     }
     if (aff.size(0) != b) g_aff = g_aff.sum(0, true);
-    return {g_img, g_x, g_y, g_aff};
+    return {g_img, g_x, g_y, g_aff, Tensor()};
   }
 };
 
 // Checks shapes, aligns dtype/device, and samples: image [Bi, h, w] (or [h, w]), xs/ys [Bp, N],
 // aff [Ba, 7].
 Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const Tensor& aff,
-              bool tensor_ops) {
+              bool tensor_ops, PixelInterpolation order) {
   Tensor image = image_in.dim() == 2 ? image_in.unsqueeze(0) : image_in;
   if (image.dim() != 3) {
     throw InvalidArgument("INTERPOL: 'image' must be [B, h, w], [1, h, w] or [h, w]; got " +
@@ -322,19 +423,20 @@ Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const 
   };
   image = align(image);
   Tensor a = align(aff);
-  if (tensor_ops) return sample_tensor_ops(image, xs, ys, a, true);
-  return BilinearSample::apply(image.contiguous(), xs.contiguous(), ys.contiguous(),
-                               a.contiguous());
+  const int64_t taps = taps_of(order);
+  if (tensor_ops) return sample_tensor_ops(image, xs, ys, a, true, taps);
+  return PixelSample::apply(image.contiguous(), xs.contiguous(), ys.contiguous(), a.contiguous(),
+                            taps);
 }
 
 }  // namespace interpol_light_detail
 
 Tensor interpolate_source_image(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix,
-                                bool tensor_ops) {
+                                bool tensor_ops, PixelInterpolation order) {
   auto identity =
       torch::tensor({1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0}, x_pix.options().dtype(torch::kFloat64))
           .reshape({1, interpol_light_detail::kAffineColumns});
-  return interpol_light_detail::sample(image, x_pix, y_pix, identity, tensor_ops);
+  return interpol_light_detail::sample(image, x_pix, y_pix, identity, tensor_ops, order);
 }
 
 std::vector<std::string> InterpolLight::param_names() const {
@@ -362,7 +464,8 @@ Tensor InterpolLight::surface_brightness(const Tensor& x, const Tensor& y,
                                                              : torch::ones_like(inv_scale);
   auto parts = torch::broadcast_tensors({c, s, -s, c, cx, cy, amp});
   Tensor aff = torch::stack(parts, 1);  // [Ba, 7]
-  return interpol_light_detail::sample(light_param(p, "image", type(), names), x, y, aff, false);
+  return interpol_light_detail::sample(light_param(p, "image", type(), names), x, y, aff, false,
+                                       order_);
 }
 
 }  // namespace dslens::physics

@@ -30,7 +30,11 @@ const Tensor& light_param(const ParamMap& p, const std::string& name, const std:
 }
 
 std::vector<std::string> light_profile_types() {
-  return {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL"};
+  return {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL", "INTERPOL_BICUBIC"};
+}
+
+bool is_pixelated_light(const std::string& type) {
+  return type == "INTERPOL" || type == "INTERPOL_BICUBIC";
 }
 
 std::shared_ptr<const LightProfile> make_light_profile(const std::string& type) {
@@ -38,6 +42,8 @@ std::shared_ptr<const LightProfile> make_light_profile(const std::string& type) 
   if (type == "SERSIC_ELLIPSE") return std::make_shared<SersicEllipseLight>();
   if (type == "GAUSSIAN") return std::make_shared<GaussianLight>();
   if (type == "INTERPOL") return std::make_shared<InterpolLight>();
+  if (type == "INTERPOL_BICUBIC")
+    return std::make_shared<InterpolLight>(PixelInterpolation::kBicubic);
   throw InvalidArgument("unknown light profile '" + type + "' (allowed: " +
                         light_registry_detail::join_names(light_profile_types()) + ")");
 }

@@ -8,6 +8,7 @@
 //                   I = amp / (2 pi sigma^2) exp(-r^2 / (2 sigma^2))
 //   INTERPOL        image [B, h, w] or [1, h, w] (or [h, w]), center_x, center_y, scale,
 //                   phi_G (default 0), amp (default 1); see interpolate_source_image.
+//   INTERPOL_BICUBIC  the same, interpolated bicubically (PixelInterpolation::kBicubic).
 //
 // Sersic: I = amp exp(-b_n ((R / R_sersic)^(1/n) - 1)), b_n = max(1.9992 n - 0.3271, 1e-5), R and
 // R_sersic floored at 1e-5 and I = 0 beyond 1000 R_sersic, as lenstronomy does.
@@ -45,12 +46,30 @@ class GaussianLight : public LightProfile {
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
 };
 
+// How a pixelated image is sampled between its pixel centres.
+enum class PixelInterpolation {
+  // lenstronomy's INTERPOL: continuous, but its gradient in the coordinates jumps at every pixel
+  // row and column, so a posterior through it is a patchwork of kinks (Newton's polish stalled on
+  // them; docs/fit.md, "Source interpolation").
+  kBilinear,
+  // Keys (1981) cubic convolution with a = -1/2 (Catmull-Rom) over 4 x 4 pixels: value and
+  // gradient continuous, linear and quadratic images reproduced exactly.
+  kBicubic,
+};
+
 class InterpolLight : public LightProfile {
  public:
-  std::string type() const override { return "INTERPOL"; }
+  explicit InterpolLight(PixelInterpolation order = PixelInterpolation::kBilinear)
+      : order_(order) {}
+  std::string type() const override {
+    return order_ == PixelInterpolation::kBicubic ? "INTERPOL_BICUBIC" : "INTERPOL";
+  }
   // "image", "center_x", "center_y", "scale", "phi_G", "amp" (the last two optional).
   std::vector<std::string> param_names() const override;
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+
+ private:
+  PixelInterpolation order_;
 };
 
 // Bilinear interpolation of source images at source-pixel coordinates, lenstronomy's INTERPOL
@@ -63,7 +82,11 @@ class InterpolLight : public LightProfile {
 // backward, on other devices torch grid_sample (bilinear, zero padding, align_corners = false);
 // derivatives of order two and more (create_graph) and tensor_ops = true use an equivalent
 // floor + gather tensor-op path. At exact pixel centres (kinks) the gradient is one-sided.
+// kBicubic: the 4 x 4 pixels around the point by cubic convolution, taps outside the image 0 (so
+// the value falls to 0 within two pixels beyond the outer centres); the gather path on other
+// devices.
 Tensor interpolate_source_image(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix,
-                                bool tensor_ops = false);
+                                bool tensor_ops = false,
+                                PixelInterpolation order = PixelInterpolation::kBilinear);
 
 }  // namespace dslens::physics

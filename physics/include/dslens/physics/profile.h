@@ -55,6 +55,8 @@ std::shared_ptr<const MassProfile> make_mass_profile(const std::string& type);
 std::shared_ptr<const LightProfile> make_light_profile(const std::string& type);
 std::vector<std::string> mass_profile_types();
 std::vector<std::string> light_profile_types();
+// Whether a light profile type is INTERPOL or INTERPOL_BICUBIC (an "image" parameter).
+bool is_pixelated_light(const std::string& type);
 
 // Whether CPU tensors go through the fused CPU kernels (EPL deflection, INTERPOL sampling) and the
 // FFT convolution (default: on). Off, the CPU takes the tensor-op paths that CUDA tensors always
