@@ -54,6 +54,10 @@ int run(int argc, char** argv) {
       cxxopts::value<std::string>()->default_value("dense"))(
       "adaptation", "per_lens|per_chain: the chains of a lens pool their warmup adaptation or not",
       cxxopts::value<std::string>()->default_value("per_lens"))(
+      "interpolation",
+      "bicubic|bilinear: how the VAE source's stamp is read, in the mock and in the fit "
+      "(docs/fit.md, \"Source interpolation\")",
+      cxxopts::value<std::string>()->default_value("bicubic"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -75,6 +79,7 @@ int run(int argc, char** argv) {
   const std::string graphs = either("cuda-graphs", "on", "off");
   const std::string metric = either("metric", "dense", "diag");
   const std::string adaptation = either("adaptation", "per_lens", "per_chain");
+  const std::string interpolation = either("interpolation", "bicubic", "bilinear");
 
   const fs::path dir =
       fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
@@ -119,7 +124,8 @@ int run(int argc, char** argv) {
                    {"center_x", 0.05},
                    {"center_y", 0.03},
                    {"scale", 0.015},
-                   {"amp", 100.0}}}},
+                   {"amp", 100.0},
+                   {"interpolation", interpolation}}}},
                 {"noise", {{"background_rms", 0.01}, {"exposure_time", 2000.0}}},
                 {"seed", 1000 + l}};
     if (snr > 0) sim["noise"] = noise_at_snr(noise_free_peak(sim, "bench fit"), snr);
@@ -149,7 +155,8 @@ int run(int argc, char** argv) {
              {"center_y", prior(-0.3, 0.3)},
              // Free around the truth's 0.015 (docs/fit.md, "The VAE source's scale").
              {"scale", {{"prior", "lognormal"}, {"mu", std::log(0.015)}, {"sigma", 0.3}}},
-             {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}}}}}}},
+             {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}},
+             {"interpolation", interpolation}}}}}},
         {"map", {{"starts", 16}, {"adam_iterations", 300}, {"lbfgs_iterations", 200}}},
         {"sampler",
          {{"chains", args["chains"].as<int64_t>()},
@@ -218,6 +225,7 @@ int run(int argc, char** argv) {
               {"max_depth", args["max-depth"].as<int64_t>()},
               {"metric", metric},
               {"adaptation", adaptation},
+              {"interpolation", interpolation},
               {"cuda_graphs", graphs},
               {"cuda_graphs_log", graph_lines},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},

@@ -82,8 +82,8 @@ struct Parsed {
 
 // A source decoded by a trained VAE: {"type": "VAE", "checkpoint": DIR, "z": [...] or
 // "z_seed": n (z ~ N(0, I)), center_x, center_y, scale, phi_G, amp, "normalise_flux": true,
-// "interpolation": "bilinear" or "bicubic"}; lensed as INTERPOL (the default, as `dslens fit`
-// models a VAE source) or INTERPOL_BICUBIC.
+// "interpolation": "bicubic" or "bilinear"}; lensed as INTERPOL_BICUBIC (the default, as `dslens
+// fit` models a VAE source) or INTERPOL.
 Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
                         const Compute& compute) {
   node.allow_only({"type", "checkpoint", "z", "z_seed", "center_x", "center_y", "scale", "phi_G",
@@ -91,7 +91,7 @@ Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
   Parsed out;
   out.spec.type = "VAE";
   out.spec.light_type =
-      node.choice_or("interpolation", "bilinear", {"bilinear", "bicubic"}) == "bicubic"
+      node.choice_or("interpolation", "bicubic", {"bicubic", "bilinear"}) == "bicubic"
           ? "INTERPOL_BICUBIC"
           : "INTERPOL";
   const std::map<std::string, double> defaults = {{"phi_G", 0.0}, {"amp", 1.0}};

@@ -11,7 +11,7 @@
 //                 "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1}],
 //               or [{"type": "VAE", "checkpoint": "runs/vae", "z_seed": 7 (or "z": [...]),
 //                 "center_x": 0.05, "center_y": 0, "scale": 0.02, "phi_G": 0, "amp": 1,
-//                 "interpolation": "bilinear"}],  // or "bicubic"; INTERPOL_BICUBIC also a type
+//                 "interpolation": "bicubic"}],  // or "bilinear"; INTERPOL_BICUBIC also a type
 //     "noise":  {"background_rms": 0.01, "exposure_time": 1000},
 //     "seed":   42,                                               // optional (default 1)
 //     "comment": "free text"                                      // optional

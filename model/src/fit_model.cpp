@@ -88,10 +88,11 @@ class Builder {
     auto& bindings = is_mass ? out_.mass : (list == "lens_light" ? out_.lens_light : out_.source);
     bindings.push_back({type, {}});
     if (type == "VAE" || type == "PIXELATED") {
-      // Bilinear (lenstronomy's INTERPOL) unless the config asks for bicubic, whose gradient has no
-      // jumps at the source-pixel edges (docs/fit.md, "Source interpolation").
+      // Bicubic unless the config asks for bilinear (lenstronomy's INTERPOL), whose gradient jumps
+      // at every source-pixel edge: in the bench mock's true mode NUTS took half the gradient
+      // evaluations bicubically (docs/fit.md, "Source interpolation").
       bindings.back().type =
-          node.choice_or("interpolation", "bilinear", {"bilinear", "bicubic"}) == "bicubic"
+          node.choice_or("interpolation", "bicubic", {"bicubic", "bilinear"}) == "bicubic"
               ? "INTERPOL_BICUBIC"
               : "INTERPOL";
     }

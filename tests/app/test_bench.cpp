@@ -66,4 +66,12 @@ TEST(BenchFit, BadSnrExitsTwoNamingTheOption) {
   }
 }
 
+TEST(BenchFit, BadInterpolationExitsTwoNamingTheOption) {
+  const auto r = dslens::testing::run_dslens("bench fit --interpolation cubic");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--interpolation: expected bicubic or bilinear, got 'cubic'"),
+            std::string::npos)
+      << r.output;
+}
+
 }  // namespace bench_test

@@ -102,10 +102,10 @@ TEST(SourceEncoder, VaeSourceFluxIsTheAmplitudesAlone) {
   }
 }
 
-// Decoded sources (VAE, PIXELATED) are lensed bilinearly (lenstronomy's INTERPOL) unless the config
-// says "bicubic" (physics::PixelInterpolation; docs/fit.md, "Source interpolation"); another value
-// is refused with its JSON path and the allowed values.
-TEST(SourceEncoder, DecodedSourcesAreBilinearUnlessToldOtherwise) {
+// Decoded sources (VAE, PIXELATED) are lensed bicubically unless the config says "bilinear"
+// (lenstronomy's INTERPOL; physics::PixelInterpolation; docs/fit.md, "Source interpolation");
+// another value is refused with its JSON path and the allowed values.
+TEST(SourceEncoder, DecodedSourcesAreBicubicUnlessToldOtherwise) {
   const auto dir = dslens::testing::tiny_vae_checkpoint("interp_vae", 4, nn::PixelNorm{0.5, 0.2});
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto parse = [&](nlohmann::json s) {
@@ -116,7 +116,7 @@ TEST(SourceEncoder, DecodedSourcesAreBilinearUnlessToldOtherwise) {
                               {"center_y", 0.0}, {"scale", 0.02},     {"amp", 1.0}};
   const nlohmann::json pixelated = {{"type", "PIXELATED"}, {"size", 6}, {"scale", 0.05}};
   for (const auto& base : {vae, pixelated}) {
-    EXPECT_EQ(parse(base).source.at(0).type, "INTERPOL") << base.dump();
+    EXPECT_EQ(parse(base).source.at(0).type, "INTERPOL_BICUBIC") << base.dump();
     auto bilinear = base;
     bilinear["interpolation"] = "bilinear";
     EXPECT_EQ(parse(bilinear).source.at(0).type, "INTERPOL") << base.dump();
@@ -131,7 +131,7 @@ TEST(SourceEncoder, DecodedSourcesAreBilinearUnlessToldOtherwise) {
     } catch (const ConfigError& e) {
       const std::string what = e.what();
       EXPECT_NE(what.find("/model/source/0/interpolation"), std::string::npos) << what;
-      EXPECT_NE(what.find("bicubic"), std::string::npos) << what;
+      EXPECT_NE(what.find("bilinear"), std::string::npos) << what;
     }
   }
   // A parametric source has no such key.
