@@ -6,6 +6,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
 #include "dslens/core/version.h"
+#include "dslens/model/fit_model.h"
 #include "dslens/nn/checkpoint.h"
 #include "dslens/physics/mass_profiles.h"
 
@@ -90,10 +91,7 @@ Parsed parse_vae_source(const ConfigNode& node, const std::string& base_dir,
                    "amp", "normalise_flux", "interpolation"});
   Parsed out;
   out.spec.type = "VAE";
-  out.spec.light_type =
-      node.choice_or("interpolation", "bicubic", {"bicubic", "bilinear"}) == "bicubic"
-          ? "INTERPOL_BICUBIC"
-          : "INTERPOL";
+  out.spec.light_type = model::decoded_source_light_type(node);
   const std::map<std::string, double> defaults = {{"phi_G", 0.0}, {"amp", 1.0}};
   for (const std::string n : {"center_x", "center_y", "scale", "phi_G", "amp"}) {
     out.spec.params[n] =

@@ -88,13 +88,7 @@ class Builder {
     auto& bindings = is_mass ? out_.mass : (list == "lens_light" ? out_.lens_light : out_.source);
     bindings.push_back({type, {}});
     if (type == "VAE" || type == "PIXELATED") {
-      // Bicubic unless the config asks for bilinear (lenstronomy's INTERPOL), whose gradient jumps
-      // at every source-pixel edge: in the bench mock's true mode NUTS took half the gradient
-      // evaluations bicubically (docs/fit.md, "Source interpolation").
-      bindings.back().type =
-          node.choice_or("interpolation", "bicubic", {"bicubic", "bilinear"}) == "bicubic"
-              ? "INTERPOL_BICUBIC"
-              : "INTERPOL";
+      bindings.back().type = decoded_source_light_type(node);
     }
     ProfileBinding& b = bindings.back();
     current_list_ = &bindings;
@@ -268,6 +262,15 @@ LensModelSpec FitModel::spec(const physics::PixelGrid& grid,
   s.latent_block = latent_block;
   s.decoder = decoder;
   return s;
+}
+
+// Bicubic unless the config asks for bilinear (lenstronomy's INTERPOL), whose gradient jumps at
+// every source-pixel edge: in the bench mock's true mode NUTS took half the leapfrog steps per draw
+// bicubically (docs/fit.md, "Source interpolation").
+std::string decoded_source_light_type(const ConfigNode& source) {
+  return source.choice_or("interpolation", "bicubic", {"bicubic", "bilinear"}) == "bicubic"
+             ? "INTERPOL_BICUBIC"
+             : "INTERPOL";
 }
 
 FitModel parse_fit_model(const ConfigNode& model, const std::string& base_dir,

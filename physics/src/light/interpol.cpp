@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -34,8 +35,9 @@ int64_t taps_of(PixelInterpolation order) {
 // derivative are continuous for every a, so the image and its gradient in the coordinates are;
 // bilinear interpolation's gradient jumps at every pixel row and column. a = -1/2 (Catmull-Rom) is
 // the only a that reproduces linear and quadratic images exactly (Keys's third-order accuracy);
-// grid_sample's and OpenCV's a = -0.75 shifts a linear ramp by up to 7 % of a pixel, so the
-// bicubic path is ours on every device (the gather path off the CPU).
+// grid_sample's and OpenCV's a = -0.75 moves a linear ramp by up to 0.08 pixel (the first version
+// of Interpol.BicubicReproducesQuadraticImagesAndKeysKernel), so the bicubic path is ours on every
+// device (the gather path off the CPU).
 constexpr double kCubicA = -0.5;
 
 // Bilinear grid_sample path (any device; first derivatives only: grid_sampler_2d_backward has no
@@ -64,14 +66,24 @@ Tensor sample_grid(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix
   return F::grid_sample(image.unsqueeze(1), grid, opts).reshape({b, n});
 }
 
+// W at the 4 taps of fractional position t in [0, 1) (distances 1 + t, t, 1 - t, 2 - t), for a
+// scalar V = S or a tensor V with scalar constants S.
+template <typename V, typename S>
+std::array<V, 4> cubic_weights(const V& t) {
+  const S a = S(kCubicA);
+  const auto inner = [a](const V& s) -> V { return ((a + S(2)) * s - (a + S(3))) * s * s + S(1); };
+  const auto outer = [a](const V& s) -> V {
+    return ((a * s - S(5) * a) * s + S(8) * a) * s - S(4) * a;
+  };
+  return {outer(t + S(1)), inner(t), inner(S(1) - t), outer(S(2) - t)};
+}
+
 // The weights of an axis's taps at fractional position t in [0, 1), as tensors (any order of
 // derivatives in t).
 std::vector<Tensor> tap_weights(const Tensor& t, int64_t taps) {
   if (taps == 2) return {1 - t, t};
-  const double a = kCubicA;
-  const auto inner = [a](const Tensor& s) { return ((a + 2) * s - (a + 3)) * s * s + 1; };
-  const auto outer = [a](const Tensor& s) { return ((a * s - 5 * a) * s + 8 * a) * s - 4 * a; };
-  return {outer(t + 1), inner(t), inner(1 - t), outer(2 - t)};
+  const auto w = cubic_weights<Tensor, double>(t);
+  return {w.begin(), w.end()};
 }
 
 // Tensor-op path differentiable to any order (any device): floor + gather on the image padded with
@@ -152,14 +164,11 @@ inline bool locate_axis(T pos, int64_t size, Axis<T, K>& a) {
     a.d[1] = T(1);
   } else {
     const T A = T(kCubicA);
-    const auto inner = [A](T s) { return ((A + T(2)) * s - (A + T(3))) * s * s + T(1); };
+    // dW/ds on each branch; the taps' distances move as +t, +t, -t, -t.
     const auto inner_d = [A](T s) { return (T(3) * (A + T(2)) * s - T(2) * (A + T(3))) * s; };
-    const auto outer = [A](T s) { return ((A * s - T(5) * A) * s + T(8) * A) * s - T(4) * A; };
     const auto outer_d = [A](T s) { return (T(3) * A * s - T(10) * A) * s + T(8) * A; };
-    a.w[0] = outer(t + T(1));
-    a.w[1] = inner(t);
-    a.w[2] = inner(T(1) - t);
-    a.w[3] = outer(T(2) - t);
+    const auto w = cubic_weights<T, T>(t);
+    for (int j = 0; j < 4; ++j) a.w[j] = w[j];
     a.d[0] = outer_d(t + T(1));
     a.d[1] = inner_d(t);
     a.d[2] = -inner_d(T(1) - t);

@@ -68,6 +68,12 @@ struct FitModel {
 FitModel parse_fit_model(const ConfigNode& model, const std::string& base_dir,
                          const Compute& compute);
 
+// The light profile a decoded (VAE, PIXELATED) source node is lensed as, from its "interpolation"
+// key: "bicubic" (the default) INTERPOL_BICUBIC, "bilinear" INTERPOL (docs/fit.md, "Source
+// interpolation"). `dslens simulate` reads its VAE sources' key with the same function. ConfigError
+// for another value.
+std::string decoded_source_light_type(const ConfigNode& source);
+
 // The true value of every fitted scalar parameter found in a `dslens simulate` truth.json
 // (q/phi read from "derived_from_e1_e2" when the fit uses them). Missing ones are absent.
 std::map<std::string, double> truth_values(const FitModel& model, const nlohmann::json& truth);
