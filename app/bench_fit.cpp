@@ -46,6 +46,11 @@ int run(int argc, char** argv) {
                                                      cxxopts::value<int64_t>()->default_value("4"))(
       "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
+      "starts",
+      "MAP starts per lens (the fit's default: 32; before session 23 the bench used 16, which "
+      "found "
+      "the bicubic mock's true mode for 1 of 4 prior-draw streams, docs/benchmarks.md)",
+      cxxopts::value<int64_t>()->default_value("32"))(
       "max-depth", "NUTS maximum tree depth (the fit's default: 10)",
       cxxopts::value<int64_t>()->default_value("10"))(
       "cuda-graphs", "on|off: replay the sampler's log density from CUDA graphs (CUDA only)",
@@ -65,6 +70,8 @@ int run(int argc, char** argv) {
   const Compute compute = compute_from(args);
   const int64_t lenses = args["lenses"].as<int64_t>(), pixels = args["pixels"].as<int64_t>();
   if (lenses < 1 || pixels < 8) throw InvalidArgument("--lenses >= 1 and --pixels >= 8 needed");
+  const int64_t starts = args["starts"].as<int64_t>();
+  if (starts < 1) throw InvalidArgument("--starts must be >= 1, got " + std::to_string(starts));
   const double snr = args["snr"].as<double>();
   if (!(snr >= 0) || !std::isfinite(snr))
     throw InvalidArgument("--snr must be a number >= 0 (0: the fixed noise), got " +
@@ -157,7 +164,7 @@ int run(int argc, char** argv) {
              {"scale", {{"prior", "lognormal"}, {"mu", std::log(0.015)}, {"sigma", 0.3}}},
              {"amp", {{"prior", "lognormal"}, {"mu", 4.6}, {"sigma", 0.5}}},
              {"interpolation", interpolation}}}}}},
-        {"map", {{"starts", 16}, {"adam_iterations", 300}, {"lbfgs_iterations", 200}}},
+        {"map", {{"starts", starts}, {"adam_iterations", 300}, {"lbfgs_iterations", 200}}},
         {"sampler",
          {{"chains", args["chains"].as<int64_t>()},
           {"warmup", args["warmup"].as<int64_t>()},
@@ -226,6 +233,7 @@ int run(int argc, char** argv) {
               {"metric", metric},
               {"adaptation", adaptation},
               {"interpolation", interpolation},
+              {"map_starts", starts},
               {"cuda_graphs", graphs},
               {"cuda_graphs_log", graph_lines},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},

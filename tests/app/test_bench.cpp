@@ -66,6 +66,12 @@ TEST(BenchFit, BadSnrExitsTwoNamingTheOption) {
   }
 }
 
+TEST(BenchFit, BadStartsExitsTwoNamingTheOption) {
+  const auto r = dslens::testing::run_dslens("bench fit --starts 0");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--starts must be >= 1, got 0"), std::string::npos) << r.output;
+}
+
 TEST(BenchFit, BadInterpolationExitsTwoNamingTheOption) {
   const auto r = dslens::testing::run_dslens("bench fit --interpolation cubic");
   EXPECT_EQ(r.code, 2) << r.output;
