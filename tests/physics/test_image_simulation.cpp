@@ -447,23 +447,16 @@ TEST(ImageSimulation, DISABLED_Timing) {
     std::printf("[ timing ] %-45s wall %8.2f ms  cpu %8.2f ms\n", what, ms, cpu);
   };
   std::printf("[ timing ] torch threads: %d\n", torch::get_num_threads());
-  time("INTERPOL forward 16 x 40000", 20, [&] {
-    torch::NoGradGuard ng;
-    prof.surface_brightness(x, y, p);
-  });
-  time("INTERPOL forward+backward 16 x 40000", 20, [&] {
-    auto f = prof.surface_brightness(x, y, p);
-    torch::autograd::grad({f.sum()}, {src, x, y, p["scale"]});
-  });
-  InterpolLight bicubic(PixelInterpolation::kBicubic);
-  time("INTERPOL_BICUBIC forward 16 x 40000", 20, [&] {
-    torch::NoGradGuard ng;
-    bicubic.surface_brightness(x, y, p);
-  });
-  time("INTERPOL_BICUBIC forward+backward 16 x 40000", 20, [&] {
-    auto f = bicubic.surface_brightness(x, y, p);
-    torch::autograd::grad({f.sum()}, {src, x, y, p["scale"]});
-  });
+  for (const InterpolLight& timed : {prof, InterpolLight(PixelInterpolation::kBicubic)}) {
+    time((timed.type() + " forward 16 x 40000").c_str(), 20, [&] {
+      torch::NoGradGuard ng;
+      timed.surface_brightness(x, y, p);
+    });
+    time((timed.type() + " forward+backward 16 x 40000").c_str(), 20, [&] {
+      auto f = timed.surface_brightness(x, y, p);
+      torch::autograd::grad({f.sum()}, {src, x, y, p["scale"]});
+    });
+  }
   time("elementwise x - 1 on 16 x 40000", 20, [&] {
     torch::NoGradGuard ng;
     auto r = x - 1.0;
