@@ -19,6 +19,7 @@
 #include "dslens/core/npy.h"
 #include "run_dslens.h"
 #include "test_support.h"
+#include "tiny_vae_config.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -314,6 +315,80 @@ TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("noise multiplied by 2"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// A VAE source goes from `dslens simulate` to `dslens fit` unchanged: the fit's posterior scores
+// the simulation's truth (lens, latents, centre, scale, amplitude) at a reduced chi-square of 1,
+// with noise so small (peak SNR about 3000) that any difference between the two commands'
+// source models (interpolation, flux normalisation, stamp placement) shows. As a check that it
+// would show: fitted as bilinear, the same truth's reduced chi-square must be far above 1.
+TEST(FitCommand, VaeMockFromSimulateIsTheFitsModelAtTheTruth) {
+  const std::string dir = dslens::testing::temp_dir("fit_vae_roundtrip");
+  write_json(dir + "/vae.json", dslens::testing::tiny_vae_config());
+  RunResult r =
+      run_dslens("train-vae " + quote(dir + "/vae.json") + " --out " + quote(dir + "/vae"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json source = {{"type", "VAE"},    {"checkpoint", "vae"}, {"z_seed", 4},
+                       {"center_x", 0.04}, {"center_y", -0.03},   {"scale", 0.04},
+                       {"amp", 20.0}};
+  write_json(dir + "/sim.json", {{"grid", {{"nx", 32}, {"ny", 32}, {"pixel_scale", 0.08}}},
+                                 {"psf", {{"fwhm", 0.12}}},
+                                 {"mass",
+                                  {{{"type", "EPL"},
+                                    {"theta_E", 0.9},
+                                    {"gamma", 2.1},
+                                    {"e1", 0.06},
+                                    {"e2", -0.04},
+                                    {"center_x", 0.01},
+                                    {"center_y", 0.0}},
+                                   {{"type", "SHEAR"}, {"gamma1", 0.02}, {"gamma2", -0.01}}}},
+                                 {"source", {source}},
+                                 {"noise", {{"background_rms", 3e-4}, {"exposure_time", 0.0}}},
+                                 {"seed", 11}});
+  r = run_dslens("simulate " + quote(dir + "/sim.json") + " --out " + quote(dir + "/mock"));
+  ASSERT_EQ(r.code, 0) << r.output;
+
+  const auto truth_chi2 = [&](const std::string& name, const json& interpolation) {
+    json src = {{"type", "VAE"},
+                {"checkpoint", "../vae"},
+                {"center_x", prior("normal", 0.0, 0.2)},
+                {"center_y", prior("normal", 0.0, 0.2)},
+                {"scale", prior("lognormal", std::log(0.04), 0.3)},
+                {"amp", prior("lognormal", std::log(20.0), 1.0)}};
+    if (!interpolation.is_null()) src["interpolation"] = interpolation;
+    fs::create_directories(dir + "/configs");
+    const std::string cfg = dir + "/configs/" + name + ".json";
+    write_json(cfg, {{"data", {{"simulation", "../mock"}}},
+                     {"model",
+                      {{"mass",
+                        {{{"type", "EPL"},
+                          {"theta_E", prior("uniform", 0.5, 1.5)},
+                          {"gamma", prior("uniform", 1.6, 2.5)},
+                          {"e1", prior("uniform", -0.3, 0.3)},
+                          {"e2", prior("uniform", -0.3, 0.3)},
+                          {"center_x", prior("uniform", -0.2, 0.2)},
+                          {"center_y", prior("uniform", -0.2, 0.2)}},
+                         {{"type", "SHEAR"},
+                          {"gamma1", prior("uniform", -0.1, 0.1)},
+                          {"gamma2", prior("uniform", -0.1, 0.1)}}}},
+                       {"source", {src}}}},
+                     {"map",
+                      {{"placement", "none"},
+                       {"starts", 2},
+                       {"adam_iterations", 2},
+                       {"lbfgs_iterations", 0},
+                       {"newton_iterations", 0}}}});
+    const RunResult f = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/" + name) +
+                                   " --chains 2 --warmup 2 --draws 2");
+    EXPECT_EQ(f.code, 0) << f.output;
+    const json map = read_json(dir + "/" + name + "/map.json");
+    EXPECT_TRUE(map.contains("truth")) << map.dump();
+    return map.value("truth", json::object()).value("reduced_chi_square", -1.0);
+  };
+  // 1024 pixels: the reduced chi-square of pure noise has sd sqrt(2 / 1024) = 0.044.
+  EXPECT_NEAR(truth_chi2("bicubic", json()), 1.0, 0.2);
+  EXPECT_GT(truth_chi2("bilinear", "bilinear"), 10.0);
   fs::remove_all(dir);
 }
 

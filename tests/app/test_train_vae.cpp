@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "test_support.h"
+#include "tiny_vae_config.h"
 
 namespace fs = std::filesystem;
 
@@ -41,16 +42,6 @@ Run run_capturing_streams(const std::string& args, const std::string& tmp,
   r.out = slurp(o);
   r.err = slurp(e);
   return r;
-}
-
-nlohmann::json tiny_config() {
-  return nlohmann::json::parse(R"({
-    "data": {"source": "synthetic", "count": 48, "seed": 3},
-    "model": {"stamp_size": 16, "latent_dim": 4, "channels": [8, 16], "groups": 4},
-    "train": {"steps": 6, "batch_size": 8, "lr": 0.003, "seed": 5, "pixel_sigma": 0.1,
-              "checkpoint_every": 2, "eval_every": 3, "log_every": 1, "val_fraction": 0.25},
-    "report": {"rows": 3, "samples": 4}
-  })");
 }
 
 std::string write_config(const std::string& dir, const nlohmann::json& j,
@@ -101,7 +92,7 @@ using namespace test_train_vae_detail;
 
 TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
   const auto tmp = dslens::testing::temp_dir("train_vae_cmd");
-  const auto cfg = write_config(tmp, tiny_config());
+  const auto cfg = write_config(tmp, dslens::testing::tiny_vae_config());
   const auto out = tmp + "/run";
   auto r = run_capturing_streams("train-vae " + cfg + " --out " + out + " --threads 1", tmp);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -127,7 +118,7 @@ TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
   EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
 
   // Resume of a longer run from the finished one equals a fresh longer run.
-  auto longer = tiny_config();
+  auto longer = dslens::testing::tiny_vae_config();
   longer["train"]["steps"] = 8;
   const auto cfg8 = write_config(tmp, longer, "cfg8.json");
   r = run_capturing_streams("train-vae " + cfg8 + " --out " + out + " --resume --threads 1", tmp);
@@ -146,18 +137,18 @@ TEST(TrainVaeCommand, WritesReportRefusesExistingFolderAndResumes) {
 
 TEST(TrainVaeCommand, ConfigErrorsNameTheJsonPath) {
   const auto tmp = dslens::testing::temp_dir("train_vae_badcfg");
-  auto j = tiny_config();
+  auto j = dslens::testing::tiny_vae_config();
   j["train"]["steps"] = -1;
   auto r =
       run_capturing_streams("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("/train/steps"), std::string::npos) << r.err;
-  j = tiny_config();
+  j = dslens::testing::tiny_vae_config();
   j["model"]["channels"] = {8, "x"};
   r = run_capturing_streams("train-vae " + write_config(tmp, j) + " --out " + tmp + "/run", tmp);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("/model/channels/1"), std::string::npos) << r.err;
-  j = tiny_config();
+  j = dslens::testing::tiny_vae_config();
   j["data"]["count"] = 0;
   j["data"]["source"] = "fits_dir";
   j["data"]["path"] = tmp + "/no_such_folder";
@@ -169,7 +160,7 @@ TEST(TrainVaeCommand, ConfigErrorsNameTheJsonPath) {
 // weights of one process taking all of it.
 TEST(TrainVaeCommand, TwoProcessesMatchOne) {
   const auto tmp = dslens::testing::temp_dir("train_vae_dist");
-  auto j = tiny_config();
+  auto j = dslens::testing::tiny_vae_config();
   j["train"]["dtype"] = "float64";  // summation order cannot matter at the tolerance below
   const auto cfg = write_config(tmp, j);
   auto r = run_capturing_streams("train-vae " + cfg + " --out " + tmp + "/single --threads 1", tmp);
