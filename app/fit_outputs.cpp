@@ -213,7 +213,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
 
   const auto truth = model::truth_values(cfg.model, obs.truth);
   nlohmann::json map_json;
-  map_json["log_posterior"] = number_or_null(r.starts_log_p[0].item<double>());
+  map_json["log_posterior"] = number_or_null(r.map_log_p);
+  map_json["origin"] = r.map_origin;
+  map_json["map_search_log_posterior"] = number_or_null(r.starts_log_p[0].item<double>());
   map_json["chi_square"] = chi2;
   map_json["pixels"] = post.n_pixels();
   map_json["free_parameters"] = D;
@@ -252,7 +254,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     spdlog::info(
         "{}: log posterior at the MAP {:.1f}, at the simulation's truth {:.1f} (reduced "
         "chi-square {:.3f} and {:.3f})",
-        cfg.name, r.starts_log_p[0].item<double>(), *lp_truth, reduced_chi2, chi2_truth);
+        cfg.name, r.map_log_p, *lp_truth, reduced_chi2, chi2_truth);
   }
   write_text_atomically(dir + "/map.json", map_json.dump(2) + "\n");
 
@@ -290,7 +292,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     const double over_best_draw = truth_above + 0.5 * static_cast<double>(D);  // undo the margin
     warnings.push_back("the simulation's truth has log posterior " + fmt("%.1f", *lp_truth) + ", " +
                        fmt("%.1f", over_best_draw) + " nats above the best draw's and " +
-                       fmt("%.1f", *lp_truth - r.starts_log_p[0].item<double>()) +
+                       fmt("%.1f", *lp_truth - r.map_log_p) +
                        " above the MAP's: the chains sit in another mode than the truth's, which "
                        "the MAP search missed (raise map.starts or map.placement_starts)");
   }

@@ -14,7 +14,9 @@ namespace dslens::app {
 // One lens's share of a batch fit: everything its output folder is made from.
 struct LensFitResult {
   const FitConfig* config = nullptr;
-  torch::Tensor map_u;         // [1, D] the best optimum (unconstrained)
+  torch::Tensor map_u;     // [1, D] the highest optimum found (unconstrained) ...
+  double map_log_p = 0.0;  // ... its log posterior, and where it came from
+  std::string map_origin = "the MAP search";
   torch::Tensor starts_u;      // [K, D] the best K optima, best first
   torch::Tensor starts_log_p;  // [K]
   samplers::Draws chains;      // [C, N, D] unconstrained draws and [C, N] statistics

@@ -715,9 +715,11 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
         }
       }
       // In the initial buffer the chains travel from their starts to the typical set: the
-      // curvature metric follows them every base_window iterations and at the buffer's end.
+      // curvature metric follows them after curvature_first iterations, every base_window
+      // iterations and at the buffer's end.
       if (adapt_metric && settings.adapt.curvature_metric && i + 1 <= wins.init_buffer &&
-          ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer)) {
+          ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer ||
+           i + 1 == settings.adapt.curvature_first)) {
         const torch::Tensor inv =
             curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
         if (inv.defined()) {

@@ -318,6 +318,33 @@ TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
   fs::remove_all(dir);
 }
 
+// The outputs' MAP is the highest optimum known: when the MAP search ends below the mode that the
+// chains sample (here it does not optimise at all: its one start is a prior draw), the chains'
+// best draw, optimised by L-BFGS, replaces it in map.json and the images made from it.
+TEST(FitCommand, ChainsBestDrawReplacesAMapBelowTheirMode) {
+  const std::string dir = dslens::testing::temp_dir("fit_chains_mode");
+  const std::string cfg = make_mock(dir, "raw", 17, 1.0);
+  json c = read_json(cfg);
+  c["map"] = {
+      {"starts", 1}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
+  write_json(cfg, c);
+  const RunResult r = run_dslens(
+      "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --chains 2 --warmup 80 --draws 20",
+      "info");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json map = read_json(dir + "/fit/map.json");
+  EXPECT_EQ(map["origin"], "the chains' best draw, optimised by L-BFGS") << map.dump();
+  const double lp = map["log_posterior"].get<double>();
+  EXPECT_GT(lp, map["map_search_log_posterior"].get<double>() + 1.0) << map.dump();
+  // At least as high as every draw (lp__ is the stats' first column), and at the data's noise.
+  const auto stats = dslens::read_npy(dir + "/fit/stats.npy");
+  EXPECT_GE(lp, stats.select(-1, 0).max().item<double>() - 1e-6);
+  EXPECT_NEAR(map["reduced_chi_square"].get<double>(), 1.0, 0.15) << map.dump();
+  EXPECT_NEAR(map["parameters"]["theta_E_lens0"].get<double>(), 1.0, 0.03) << map.dump();
+  EXPECT_NE(r.output.find("the chains' best draw, optimised, is"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 // A VAE source goes from `dslens simulate` to `dslens fit` unchanged: the fit's posterior scores
 // the simulation's truth (lens, latents, centre, scale, amplitude) at a reduced chi-square of 1,
 // with noise so small (peak SNR about 3000) that any difference between the two commands'

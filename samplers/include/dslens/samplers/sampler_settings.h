@@ -71,6 +71,12 @@ struct AdaptSettings {
   // that three seeds of one setting spread over (docs/benchmarks.md, sessions 17 and 18).
   bool curvature_metric = false;
   double curvature_max_variance = INFINITY;
+  // With curvature_metric: the first curvature metric of the initial buffer is taken after this
+  // many iterations too (0: none before windows.base_window). Chains started at a mode leave it in
+  // a few iterations, and the mode's curvature (the Laplace start) is sharper than the typical
+  // set's: on the bench mock NUTS ran its maximum depth (255 leapfrog steps) in each of the first
+  // 25 iterations with it, and 63 to 127 steps after the first curvature metric.
+  int64_t curvature_first = 0;
   // Stray chains (> 0; 0: off). In the initial fast buffer, every windows.base_window iterations
   // and at its end, and at the end of each slow window, a chain whose mean log density over the
   // iterations since the last check is more than stray_nats below the best chain of its
