@@ -62,6 +62,7 @@ void AdaptSettings::validate(int64_t num_warmup) const {
             "metric_prior_count must be a finite number >= 0, got " + str(metric_prior_count));
     require(curvature_max_variance > 0,
             "curvature_max_variance must be > 0, got " + str(curvature_max_variance));
+    require(curvature_first >= 0, "curvature_first must be >= 0, got " + str(curvature_first));
     require(num_warmup == 0 || num_warmup >= windows.required_warmup(),
             "num_warmup = " + str(num_warmup) +
                 " is fewer than the metric adaptation needs: init_buffer + base_window + "

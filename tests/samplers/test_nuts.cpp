@@ -715,6 +715,39 @@ TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
   EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
 }
 
+// curvature_first: the same target and wrong start; with a curvature metric after 5 iterations
+// (besides those at 25, 50 and 75) iterations 8 to 25 already run with the exact metric, where
+// without it they run with the identity's long trees.
+TEST(Nuts, CurvatureFirstReshapesTheMetricEarlyInTheBuffer) {
+  const int64_t C = 4, D = 30;
+  const CorrelatedGaussian target =
+      correlated_gaussian(37, C, D, torch::logspace(-2, 0, D, 10.0, f64()));
+  NutsSettings s;
+  s.num_warmup = 150;
+  s.num_draws = 10;
+  s.max_depth = 7;
+  s.metric = MetricKind::dense;
+  s.seed = 9;
+  s.adapt.pool_group = 2;
+  s.adapt.metric_prior_count = 1e9;
+  s.adapt.curvature_metric = true;
+  s.save_warmup = true;
+  const SamplerResult at25 = sample_nuts(target.f, target.init, s);
+  s.adapt.curvature_first = 5;
+  const SamplerResult at5 = sample_nuts(target.f, target.init, s);
+  auto mean_leapfrog = [](const SamplerResult& r, int64_t from, int64_t to) {
+    return r.warmup.n_leapfrog.narrow(1, from - 1, to - from + 1)
+        .to(torch::kFloat64)
+        .mean()
+        .item<double>();
+  };
+  // Identical until the extra metric (the same random streams), far fewer steps after it.
+  EXPECT_EQ(mean_leapfrog(at5, 1, 5), mean_leapfrog(at25, 1, 5));
+  EXPECT_LT(mean_leapfrog(at5, 8, 25), 0.3 * mean_leapfrog(at25, 8, 25));
+  s.adapt.curvature_first = -1;
+  EXPECT_THROW(sample_nuts(target.f, target.init, s), dslens::InvalidArgument);
+}
+
 // Two unit Gaussians in 3-d, 16 sd apart (NUTS never crosses between them): mode A at -8 e_0 and
 // mode B at +8 e_0 with log weight w_b. log p is their log-sum-exp.
 LogDensityFn two_modes(double w_b) {
