@@ -58,6 +58,23 @@ TEST(BenchSimulate, CpuKernelsOffCountsTheGpuPathsOperators) {
   EXPECT_NE(bad.output.find("--cpu-kernels"), std::string::npos) << bad.output;
 }
 
+// --interpolation picks the source profile the bench times (bilinear by default: lenstronomy's
+// INTERPOL, the figures of docs/benchmarks.md), and says so in the JSON.
+TEST(BenchSimulate, InterpolationOptionSelectsTheSourceProfile) {
+  const auto r = dslens::testing::run_dslens(
+      "bench simulate --device cpu --dtype float32 --batches 1 --min-time 0 --json "
+      "--interpolation bicubic");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["interpolation"], "bicubic");
+  EXPECT_NE(j["setup"].get<std::string>().find("INTERPOL_BICUBIC 64x64"), std::string::npos)
+      << j.dump();
+  EXPECT_EQ(bench_simulate("on")["interpolation"], "bilinear");
+  const auto bad = dslens::testing::run_dslens("bench simulate --interpolation nearest");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.output.find("--interpolation: 'nearest'"), std::string::npos) << bad.output;
+}
+
 TEST(BenchFit, BadSnrExitsTwoNamingTheOption) {
   for (const std::string v : {"-1", "-0.5"}) {
     const auto r = dslens::testing::run_dslens("bench fit --snr " + v);
