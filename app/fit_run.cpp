@@ -211,7 +211,7 @@ struct ChainsMode {
   torch::Tensor log_p;  // [L] (CPU, float64); -inf where not finite
 };
 ChainsMode chains_mode(const samplers::LogDensityFn& log_density,
-                       const samplers::SamplerResult& sampled, int64_t n_lenses, int64_t chains) {
+                       const samplers::SamplerResult& sampled, int64_t n_lenses) {
   const int64_t dim = sampled.draws.size(2);
   const auto lp = torch::nan_to_num(sampled.log_density.to(torch::kFloat64), -INFINITY)
                       .reshape({n_lenses, -1});  // [L, chains x N]
@@ -451,7 +451,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     }
   }
 
-  const ChainsMode mode = chains_mode(log_density, sampled, n_lenses, chains);
+  const ChainsMode mode = chains_mode(log_density, sampled, n_lenses);
   for (int64_t l = 0; l < n_lenses; ++l) {
     LensFitResult& r = results[l];
     r.config = lenses[l];

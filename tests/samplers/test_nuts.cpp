@@ -674,15 +674,9 @@ TEST(Nuts, MetricPriorCountKeepsAGoodDenseMetricThroughAShortWindow) {
   EXPECT_THROW(sample_nuts(f, init, s), dslens::InvalidArgument);
 }
 
-// A correlated 30-d Gaussian with sds from 0.01 to 1, started with the identity metric, and windows
-// that keep their prior (metric_prior_count 1e9): only the curvature updates can reshape the
-// metric, and on a Gaussian they recover the covariance exactly.
-TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
-  const int64_t C = 4, D = 30;
-  const CorrelatedGaussian target =
-      correlated_gaussian(37, C, D, torch::logspace(-2, 0, D, 10.0, f64()));
-  const torch::Tensor &chol = target.chol, &init = target.init;
-  const LogDensityFn& f = target.f;
+// The two curvature tests' NUTS: dense metric, chains pooled in pairs, and windows that keep their
+// prior (metric_prior_count 1e9), so that only curvature updates reshape a wrong starting metric.
+NutsSettings wrong_start_settings() {
   NutsSettings s;
   s.num_warmup = 150;
   s.num_draws = 20;
@@ -692,6 +686,19 @@ TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
   s.adapt.pool_group = 2;
   s.adapt.metric_prior_count = 1e9;
   s.save_warmup = true;
+  return s;
+}
+
+// A correlated 30-d Gaussian with sds from 0.01 to 1, started with the identity metric, and windows
+// that keep their prior (metric_prior_count 1e9): only the curvature updates can reshape the
+// metric, and on a Gaussian they recover the covariance exactly.
+TEST(Nuts, CurvatureMetricReplacesAWrongStartAfterTheInitialBuffer) {
+  const int64_t C = 4, D = 30;
+  const CorrelatedGaussian target =
+      correlated_gaussian(37, C, D, torch::logspace(-2, 0, D, 10.0, f64()));
+  const torch::Tensor &chol = target.chol, &init = target.init;
+  const LogDensityFn& f = target.f;
+  NutsSettings s = wrong_start_settings();
   // The adapted metric's eigenvalues in the posterior's whitened frame (all 1 when exact).
   auto whitened = [&chol](const torch::Tensor& inv_metric) {
     torch::Tensor li = torch::inverse(chol);
@@ -722,16 +729,8 @@ TEST(Nuts, CurvatureFirstReshapesTheMetricEarlyInTheBuffer) {
   const int64_t C = 4, D = 30;
   const CorrelatedGaussian target =
       correlated_gaussian(37, C, D, torch::logspace(-2, 0, D, 10.0, f64()));
-  NutsSettings s;
-  s.num_warmup = 150;
-  s.num_draws = 10;
-  s.max_depth = 7;
-  s.metric = MetricKind::dense;
-  s.seed = 9;
-  s.adapt.pool_group = 2;
-  s.adapt.metric_prior_count = 1e9;
+  NutsSettings s = wrong_start_settings();
   s.adapt.curvature_metric = true;
-  s.save_warmup = true;
   const SamplerResult at25 = sample_nuts(target.f, target.init, s);
   s.adapt.curvature_first = 5;
   const SamplerResult at5 = sample_nuts(target.f, target.init, s);
