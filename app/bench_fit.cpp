@@ -47,9 +47,8 @@ int run(int argc, char** argv) {
       "warmup", "warmup iterations", cxxopts::value<int64_t>()->default_value("500"))(
       "draws", "draws per chain", cxxopts::value<int64_t>()->default_value("500"))(
       "starts",
-      "MAP starts per lens (the fit's default: 32; before session 23 the bench used 16, which "
-      "found "
-      "the bicubic mock's true mode for 1 of 4 prior-draw streams, docs/benchmarks.md)",
+      "MAP starts per lens (the fit's default: 32; the benches of sessions 16 to 22 used 16, "
+      "docs/benchmarks.md)",
       cxxopts::value<int64_t>()->default_value("32"))(
       "max-depth", "NUTS maximum tree depth (the fit's default: 10)",
       cxxopts::value<int64_t>()->default_value("10"))(

@@ -124,16 +124,16 @@ int bench_simulate(int argc, char** argv) {
   const double min_time = args["min-time"].as<double>();
   if (!(min_time >= 0.0)) throw InvalidArgument("--min-time must be >= 0");
   const int threads = torch::get_num_threads();
-  const std::string kernels = args["cpu-kernels"].as<std::string>();
-  if (kernels != "on" && kernels != "off") {
-    throw InvalidArgument("--cpu-kernels: '" + kernels + "' is not one of on, off");
-  }
+  // The value of a two-valued option, or InvalidArgument naming the option and both values.
+  auto either = [&args](const std::string& option, const std::string& a, const std::string& b) {
+    const std::string v = args[option].as<std::string>();
+    if (v != a && v != b)
+      throw InvalidArgument("--" + option + ": '" + v + "' is not one of " + a + ", " + b);
+    return v;
+  };
+  const std::string kernels = either("cpu-kernels", "on", "off");
   physics::set_cpu_kernels(kernels == "on");
-  const std::string interpolation = args["interpolation"].as<std::string>();
-  if (interpolation != "bilinear" && interpolation != "bicubic") {
-    throw InvalidArgument("--interpolation: '" + interpolation +
-                          "' is not one of bilinear, bicubic");
-  }
+  const std::string interpolation = either("interpolation", "bilinear", "bicubic");
   const std::string source_type = interpolation == "bicubic" ? "INTERPOL_BICUBIC" : "INTERPOL";
 
   json results = json::array();
