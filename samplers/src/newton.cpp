@@ -36,6 +36,7 @@ void NewtonSettings::validate() const {
           "newton finite-difference steps must be positive");
   require(max_variance > 0, "newton max_variance must be positive, got " + str(max_variance));
   require(max_rows >= 2, "newton max_rows must be >= 2, got " + str(max_rows));
+  require(row_groups >= 1, "newton row_groups must be >= 1, got " + str(row_groups));
 }
 
 OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Tensor& starts,
@@ -44,6 +45,10 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   using namespace newton_detail;
   s.validate();
   check_starts(starts, "newton");
+  if (s.compact && starts.size(0) % s.row_groups != 0)
+    throw InvalidArgument("newton: " + std::to_string(starts.size(0)) +
+                          " starts do not split into " + std::to_string(s.row_groups) +
+                          " equal row groups");
   OptimizeResult r;
   torch::NoGradGuard no_grad;
   const int64_t n = starts.size(0), dim = starts.size(1);
@@ -70,19 +75,35 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   torch::Tensor iters = torch::zeros({n}, f64.dtype(torch::kInt64));
   torch::Tensor trust, H;
   bool fresh_hessian_needed = true;
+  const torch::Tensor all_rows = torch::arange(n, f64.dtype(torch::kInt64));
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "newton", it, s.max_iterations, lp, active);
     if (!active.any().item<bool>()) break;
+    // The rows evaluated this iteration (sel, the moving starts padded per group when compact)
+    // and, among them, those that are not padding (real); on the host.
+    const PendingRows e = s.compact && !active.all().item<bool>()
+                              ? pending_rows(active, s.row_groups)
+                              : PendingRows{all_rows, all_rows};
+    const torch::Tensor sel_dev = e.sel.to(x.device());
+    const torch::Tensor to = e.sel.index_select(0, e.real);
+    const int64_t ns = e.sel.size(0);
     if (fresh_hessian_needed) {
+      const torch::Tensor xs = x.index_select(0, sel_dev);
+      torch::Tensor Hs;
       if (!H.defined()) {
         // First iteration: a common small step gives each coordinate's width (as laplace.h).
-        const auto h1 = torch::full({n, dim}, s.initial_step, opt);
-        H = hessian_by_differences(log_density, x, h1, s.max_rows, r.log_density_calls);
+        const auto h1 = torch::full({ns, dim}, s.initial_step, opt);
+        Hs = hessian_by_differences(log_density, xs, h1, s.max_rows, r.log_density_calls);
+        H = torch::zeros({n, dim, dim}, Hs.options());
+      } else {
+        Hs = H.index_select(0, e.sel);
       }
       // The steps from the last Hessian's diagonal.
-      const auto h = difference_steps(H, s.relative_step, s.max_step);
-      H = hessian_by_differences(log_density, x, h.to(opt), s.max_rows, r.log_density_calls);
+      const auto h = difference_steps(Hs, s.relative_step, s.max_step);
+      Hs = hessian_by_differences(log_density, xs, h.to(opt), s.max_rows, r.log_density_calls);
+      // Starts that stopped keep their last Hessian (they never move again).
+      H.index_copy_(0, to, Hs.index_select(0, e.real));
     }
     // -H = V diag(lambda) V^T; SoftAbs: |lambda|, floored so a flat direction stays finite.
     const auto eig = torch::linalg_eigh(-H, "L");
@@ -104,12 +125,28 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
     const auto mu = trust.unsqueeze(1) * ladder.unsqueeze(0);  // [n, K]
     const auto coeff = gt.unsqueeze(1) / (lambda.unsqueeze(1) + mu.unsqueeze(2));
     const auto steps = coeff.matmul(V.transpose(1, 2));  // [n, K, D]
-    // Candidates point-major ([n * K, D], the K of start i contiguous), as laplace.h's rows.
+    // Candidates point-major ([n * K, D], the K of start i contiguous), as laplace.h's rows; only
+    // the selected starts' are evaluated, the others read -inf.
     const auto cand = (host(x).unsqueeze(1) + steps).reshape({n * K, dim});
-    const LogDensityValue vc = evaluate_checked(log_density, cand.to(opt));
+    const PendingRows c = s.compact && !active.all().item<bool>()
+                              ? pending_rows(active, s.row_groups)
+                              : PendingRows{all_rows, all_rows};
+    const torch::Tensor c_to = c.sel.index_select(0, c.real);
+    const int64_t nc = c.sel.size(0);
+    const auto cand_rows =
+        (c.sel.unsqueeze(1) * K + torch::arange(K, c.sel.options()).unsqueeze(0)).reshape({-1});
+    const LogDensityValue vc =
+        evaluate_checked(log_density, cand.index_select(0, cand_rows).to(opt));
     ++r.log_density_calls;
-    auto lpc = host(vc.log_p), gc = host(vc.grad);
-    lpc = torch::where(finite_rows(lpc, gc), lpc, torch::full_like(lpc, -INFINITY)).reshape({n, K});
+    auto lps = host(vc.log_p), gs = host(vc.grad);
+    lps =
+        torch::where(finite_rows(lps, gs), lps, torch::full_like(lps, -INFINITY)).reshape({nc, K});
+    gs = gs.reshape({nc, K, dim});
+    auto lpc = torch::full({n, K}, -INFINITY, lps.options())
+                   .index_copy(0, c_to, lps.index_select(0, c.real));
+    auto gc = torch::zeros({n, K, dim}, gs.options())
+                  .index_copy(0, c_to, gs.index_select(0, c.real))
+                  .reshape({n * K, dim});
     const auto best = lpc.max(1);
     const auto& lp_best = std::get<0>(best);
     const auto k_best = std::get<1>(best);

@@ -38,6 +38,9 @@ void LbfgsSettings::validate() const {
   require(line_search_batch >= 1,
           "lbfgs line_search_batch must be >= 1, got " + str(line_search_batch));
   require(row_groups >= 1, "lbfgs row_groups must be >= 1, got " + str(row_groups));
+  require(stall_window >= 0, "lbfgs stall_window must be >= 0, got " + str(stall_window));
+  require(stall_gain >= 0 && std::isfinite(stall_gain),
+          "lbfgs stall_gain must be finite and >= 0, got " + str(stall_gain));
   require(!interpolate || line_search_batch == 1,
           "lbfgs interpolate needs line_search_batch 1 (a batched ladder fixes its steps in "
           "advance), got " +
@@ -132,6 +135,9 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
       torch::pow(s.backtrack, torch::arange(s.line_search_batch, opt)).unsqueeze(0);
   torch::Tensor next = torch::zeros({n}, opt.dtype(torch::kInt64));
   std::vector<torch::Tensor> slot_of(mh);  // slot of each start's j-th newest pair
+  // f at the last stall_window iterations, a ring indexed by iteration modulo the window.
+  torch::Tensor f_lag;
+  if (s.stall_window > 0) f_lag = f.unsqueeze(0).repeat({s.stall_window, 1});
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "lbfgs", it, s.max_iterations, -f, active);
@@ -245,6 +251,11 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     iters = iters + active.to(torch::kInt64);
     // Starts whose line search failed have stalled: they stop where they are.
     active = moved & (max_abs(g) >= s.grad_tol);
+    if (s.stall_window > 0) {
+      const int64_t slot = (it + 1) % s.stall_window;
+      if (it + 1 >= s.stall_window) active = active & (f_lag[slot] - f >= s.stall_gain);
+      f_lag[slot].copy_(f);
+    }
   }
   report(s.on_progress, "lbfgs", iters.max().item<int64_t>(), s.max_iterations, -f, active);
   r.x = x;

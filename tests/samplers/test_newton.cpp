@@ -74,6 +74,43 @@ TEST(Newton, RosenbrockValleyFromManyStartsAndRowsAreIndependent) {
   EXPECT_TRUE(torch::allclose(one.x[0], r.x[5], 1e-9, 1e-12));
 }
 
+// compact: the starts still moving are evaluated alone, each under its own group. Rosenbrock's
+// valley with a group-dependent mode (a_b, a_b^2): a row evaluated under another group's function
+// would go to the wrong mode. The compacted run must take every start along the same path as the
+// full one, with fewer rows.
+TEST(Newton, CompactEvaluatesOnlyMovingStartsUnderTheirOwnGroup) {
+  const int64_t groups = 2, per = 8;
+  int64_t rows = 0;
+  const auto rosenbrock = autograd_log_density([&rows](const torch::Tensor& q) {
+    rows += q.size(0);
+    const auto group = torch::arange(q.size(0), torch::kInt64).div(q.size(0) / groups, "floor");
+    const auto a = 1.0 + 0.5 * group.to(q.dtype());  // 1 and 1.5
+    auto x = q.select(1, 0), y = q.select(1, 1);
+    return -((a - x).pow(2) + 100 * (y - x * x).pow(2));
+  });
+  torch::manual_seed(11);
+  const auto starts = torch::rand({groups * per, 2}, f64()) * 4 - 2;
+  NewtonSettings s;
+  s.max_iterations = 100;
+  s.gain_tol = 1e-14;
+  s.row_groups = groups;
+  const auto full = maximize_newton(rosenbrock, starts, s);
+  const int64_t full_rows = rows;
+  rows = 0;
+  s.compact = true;
+  const auto compact = maximize_newton(rosenbrock, starts, s);
+  EXPECT_TRUE(torch::allclose(compact.x, full.x, 1e-12, 1e-12)) << compact.x - full.x;
+  EXPECT_TRUE(torch::equal(compact.iterations, full.iterations));
+  const auto mode_x = torch::cat({torch::full({per}, 1.0, f64()), torch::full({per}, 1.5, f64())});
+  EXPECT_LT((compact.x.select(1, 0) - mode_x).abs().max().item<double>(), 1e-5) << compact.x;
+  // The starts stop after different numbers of iterations, so the moving ones are fewer later.
+  EXPECT_GT(full.iterations.max().item<int64_t>(), full.iterations.min().item<int64_t>() + 2);
+  EXPECT_LT(rows, 0.8 * static_cast<double>(full_rows)) << rows << " of " << full_rows;
+  // Groups must split the starts evenly.
+  s.row_groups = 3;
+  EXPECT_THROW(maximize_newton(rosenbrock, starts, s), dslens::InvalidArgument);
+}
+
 // log p = -log cosh x: far out the gradient is -sign(x) and the curvature ~4 exp(-2|x|), so the
 // undamped step would be ~exp(2|x|) / 4 long. With max_variance = 1 a flat direction's curvature
 // counts as 1: each step is at most |gradient| = 1, and the start walks in to the mode at 0.

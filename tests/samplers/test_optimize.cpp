@@ -214,6 +214,47 @@ TEST(Lbfgs, CompactLineSearchKeepsEachStartInItsGroup) {
   EXPECT_THROW(maximize_lbfgs(target, starts, s), dslens::InvalidArgument);
 }
 
+// log p = -exp(-x) has no maximum: each quasi-Newton step gains a fixed fraction of what is left,
+// so without a stall rule a start runs to max_iterations. With stall_window W a start stops after
+// the first iteration t whose log p is less than stall_gain above iteration t - W's, and the
+// iterations before are those of a run without the rule.
+TEST(Lbfgs, StallRuleStopsAStartWhoseGainOverTheWindowIsSmall) {
+  const auto f =
+      autograd_log_density([](const torch::Tensor& q) { return -torch::exp(-q.select(1, 0)); });
+  const auto starts = torch::tensor({{0.0}, {4.0}, {-3.0}}, f64());
+  LbfgsSettings s;
+  s.grad_tol = 0;
+  s.max_iterations = 300;
+  const OptimizeResult free_run = maximize_lbfgs(f, starts, s);
+  s.stall_window = 4;
+  s.stall_gain = 1e-6;
+  const OptimizeResult r = maximize_lbfgs(f, starts, s);
+  for (int64_t i = 0; i < starts.size(0); ++i) {
+    SCOPED_TRACE(i);
+    const int64_t t = r.iterations[i].item<int64_t>();
+    ASSERT_GE(t, 5);
+    EXPECT_LT(t, free_run.iterations[i].item<int64_t>());
+    // log p after k iterations of the run without the rule.
+    const auto path = [&](int64_t k) {
+      LbfgsSettings p = s;
+      p.stall_window = 0;
+      p.max_iterations = k;
+      return maximize_lbfgs(f, starts.narrow(0, i, 1), p);
+    };
+    const auto at = path(t);
+    EXPECT_TRUE(torch::allclose(at.x[0], r.x[i], 1e-12, 1e-14));
+    const double lp = at.log_p.item<double>();
+    EXPECT_LT(lp - path(t - 4).log_p.item<double>(), 1e-6);
+    EXPECT_GE(path(t - 1).log_p.item<double>() - path(t - 5).log_p.item<double>(), 1e-6);
+    EXPECT_FALSE(r.converged[i].item<bool>());
+  }
+  s.stall_window = -1;
+  EXPECT_THROW(maximize_lbfgs(f, starts, s), dslens::InvalidArgument);
+  s.stall_window = 4;
+  s.stall_gain = NAN;
+  EXPECT_THROW(maximize_lbfgs(f, starts, s), dslens::InvalidArgument);
+}
+
 TEST(Adam, FindsTheModeOfAQuadraticFromEveryStart) {
   Quadratic quad = make_quadratic(4);
   torch::Tensor starts = torch::randn({32, 4}, f64()) * 3;

@@ -62,6 +62,11 @@ struct LbfgsSettings {
   // log density reads a row's lens from its place); a compacted call keeps that shape by padding
   // each group's pending starts to the largest group's count with copies whose results are unused.
   int64_t row_groups = 1;
+  // A start stops (stalled, not converged) when its log p rose by less than stall_gain over its
+  // last stall_window iterations; 0 = never. In float32 a start's gradient never meets grad_tol,
+  // and near its optimum most of its calls are backtracks that gain rounding.
+  int64_t stall_window = 0;
+  double stall_gain = 0.0;
   OptimizeProgressFn on_progress;
   void validate() const;
 };
