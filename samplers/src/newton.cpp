@@ -76,15 +76,17 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   torch::Tensor trust, H;
   bool fresh_hessian_needed = true;
   const torch::Tensor all_rows = torch::arange(n, f64.dtype(torch::kInt64));
+  const auto moving_rows = [&] {
+    return s.compact && !active.all().item<bool>() ? pending_rows(active, s.row_groups)
+                                                   : PendingRows{all_rows, all_rows};
+  };
 
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "newton", it, s.max_iterations, lp, active);
     if (!active.any().item<bool>()) break;
     // The rows evaluated this iteration (sel, the moving starts padded per group when compact)
     // and, among them, those that are not padding (real); on the host.
-    const PendingRows e = s.compact && !active.all().item<bool>()
-                              ? pending_rows(active, s.row_groups)
-                              : PendingRows{all_rows, all_rows};
+    const PendingRows e = moving_rows();
     const torch::Tensor sel_dev = e.sel.to(x.device());
     const torch::Tensor to = e.sel.index_select(0, e.real);
     const int64_t ns = e.sel.size(0);
@@ -128,9 +130,7 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
     // Candidates point-major ([n * K, D], the K of start i contiguous), as laplace.h's rows; only
     // the selected starts' are evaluated, the others read -inf.
     const auto cand = (host(x).unsqueeze(1) + steps).reshape({n * K, dim});
-    const PendingRows c = s.compact && !active.all().item<bool>()
-                              ? pending_rows(active, s.row_groups)
-                              : PendingRows{all_rows, all_rows};
+    const PendingRows c = moving_rows();  // without the starts that just converged
     const torch::Tensor c_to = c.sel.index_select(0, c.real);
     const int64_t nc = c.sel.size(0);
     const auto cand_rows =
