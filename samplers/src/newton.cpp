@@ -45,10 +45,7 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   using namespace newton_detail;
   s.validate();
   check_starts(starts, "newton");
-  if (s.compact && starts.size(0) % s.row_groups != 0)
-    throw InvalidArgument("newton: " + std::to_string(starts.size(0)) +
-                          " starts do not split into " + std::to_string(s.row_groups) +
-                          " equal row groups");
+  if (s.compact) check_row_groups(starts, s.row_groups, "newton");
   OptimizeResult r;
   torch::NoGradGuard no_grad;
   const int64_t n = starts.size(0), dim = starts.size(1);

@@ -104,10 +104,7 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   using namespace optimize_common;
   s.validate();
   check_starts(starts, "lbfgs");
-  if (s.compact_line_search && starts.size(0) % s.row_groups != 0)
-    throw InvalidArgument("lbfgs: " + std::to_string(starts.size(0)) +
-                          " starts do not split into " + std::to_string(s.row_groups) +
-                          " equal row groups");
+  if (s.compact_line_search) check_row_groups(starts, s.row_groups, "lbfgs");
   OptimizeResult r;
   const int64_t n = starts.size(0), dim = starts.size(1), mh = s.history;
   const auto opt = starts.options();

@@ -25,6 +25,15 @@ inline void require(bool ok, const std::string& message) {
   if (!ok) throw InvalidArgument(message);
 }
 
+// Compacted calls pad each of `groups` consecutive row groups to one size (pending_rows), so the
+// starts must split into equal groups.
+inline void check_row_groups(const torch::Tensor& starts, int64_t groups, const char* name) {
+  if (starts.size(0) % groups != 0)
+    throw InvalidArgument(std::string(name) + ": " + std::to_string(starts.size(0)) +
+                          " starts do not split into " + std::to_string(groups) +
+                          " equal row groups");
+}
+
 inline void check_starts(const torch::Tensor& starts, const char* name) {
   if (!starts.defined() || starts.dim() != 2 || starts.size(0) < 1 || starts.size(1) < 1 ||
       !starts.is_floating_point())
