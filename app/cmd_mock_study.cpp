@@ -313,6 +313,12 @@ json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
   out["map_log_posterior"] = map.value("log_posterior", json(nullptr));
   out["truth_log_posterior"] =
       map.contains("truth") ? map.at("truth").value("log_posterior", json(nullptr)) : json(nullptr);
+  // How galaxy-like the true source is (dslens simulate's summary; absent in older mocks).
+  if (truth.contains("source_plane")) {
+    const json& sp = truth.at("source_plane");
+    for (const char* k : {"negative_flux_fraction", "peak_over_mean"})
+      if (sp.contains(k)) out["source_" + std::string(k)] = sp.at(k).at("value");
+  }
   const auto draws = samplers::read_draws((lens_dir / "draws.npy").string());
   json params;
   for (const auto& spec : row_specs()) {

@@ -84,8 +84,16 @@ std::string fmt(double v, int precision = 3) {
   return buf;
 }
 
-void write_preview(const std::string& path, const LensConfig& cfg, const torch::Tensor& image,
-                   const torch::Tensor& model, const Compute& compute) {
+// The true source plane as drawn in the preview: surface brightness on a 200 x 200 window.
+struct SourcePlane {
+  Extent extent;
+  torch::Tensor brightness;  // [200, 200] float64 on the CPU, rows along y
+};
+
+// Writes preview.png; returns the source plane of its third panel.
+SourcePlane write_preview(const std::string& path, const LensConfig& cfg,
+                          const torch::Tensor& image, const torch::Tensor& model,
+                          const Compute& compute) {
   const auto& g = cfg.model.grid;
   const int64_t oversample = std::clamp<int64_t>(400 / std::max(g.nx, g.ny), 1, 4);
   const CriticalCurves curves = critical_curves(cfg.model.lens, g, oversample, compute);
@@ -141,6 +149,30 @@ void write_preview(const std::string& path, const LensConfig& cfg, const torch::
   canvas.text(box_at(2).x, ly, sfov);
   canvas.text(box_at(3).x, ly, "field " + fov);
   canvas.save_png(path);
+  return {src_extent, source};
+}
+
+// How galaxy-like the true source is, for telling mock populations apart: a VAE decodes latents
+// far in its prior's tail into knots scattered over the stamp on a background of both signs
+// rather than one galaxy (docs/mock_study.md, session 27). negative_flux_fraction: the flux in
+// pixels below zero over that above; peak_over_mean: the brightest pixel over the mean of the
+// positive pixels' brightness, weighted by brightness (a compact galaxy's core is a few times
+// its flux-weighted mean, a spray of knots' much more).
+json source_plane_summary(const SourcePlane& sp) {
+  const auto& s = sp.brightness;
+  const double positive = s.clamp_min(0.0).sum().item<double>();
+  const double negative = (-s).clamp_min(0.0).sum().item<double>();
+  const auto pos = s.clamp_min(0.0);
+  const double weighted_mean = positive > 0 ? (pos * pos).sum().item<double>() / positive : 0.0;
+  const double pixel = (sp.extent.xmax - sp.extent.xmin) / static_cast<double>(s.size(1));
+  return {{"pixel", {{"value", pixel}, {"unit", "arcsec"}}},
+          {"peak", {{"value", s.max().item<double>()}, {"unit", "counts/s/arcsec^2"}}},
+          {"minimum", {{"value", s.min().item<double>()}, {"unit", "counts/s/arcsec^2"}}},
+          {"negative_flux_fraction",
+           {{"value", positive > 0 ? negative / positive : 0.0}, {"unit", "dimensionless"}}},
+          {"peak_over_mean",
+           {{"value", weighted_mean > 0 ? s.max().item<double>() / weighted_mean : 0.0},
+            {"unit", "dimensionless"}}}};
 }
 
 std::vector<FitsCard> image_cards(const LensConfig& cfg, const std::string& content) {
@@ -225,15 +257,26 @@ int run_simulate(int argc, char** argv) {
   truth["device"] = compute.device.str();
   truth["dtype"] = dtype_name(compute.dtype);
   truth["model_total_flux"] = {{"value", model.sum().item<double>()}, {"unit", "counts/s"}};
+  const SourcePlane sp = write_preview(out.file("preview.png"), cfg, image, model, compute);
+  truth["source_plane"] = source_plane_summary(sp);
   write_text_atomically(out.file("truth.json"), truth.dump(2) + "\n");
-  write_preview(out.file("preview.png"), cfg, image, model, compute);
+  // As the fit's source.fits (app/fit_outputs.cpp), so the two can be compared pixel by pixel.
+  write_fits_image(
+      out.file("source.fits"), sp.brightness,
+      {{"CONTENT", std::string("true source-plane surface brightness"), ""},
+       {"BUNIT", std::string("counts/s/arcsec^2"), ""},
+       {"PIXSCALE", truth["source_plane"]["pixel"]["value"].get<double>(), "arcsec per pixel"},
+       {"X_MIN", sp.extent.xmin, "left edge, arcsec"},
+       {"Y_MIN", sp.extent.ymin, "bottom edge, arcsec"},
+       {"ORIGIN", std::string("dslens ") + version(), ""}});
   out.commit();
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("simulate: wrote {} in {:.2f} s", out.final_dir(), seconds);
   std::cout << "wrote " << out.final_dir()
-            << " (image.fits, model.fits, noise_map.fits, psf.fits, truth.json, preview.png)\n";
+            << " (image.fits, model.fits, noise_map.fits, psf.fits, source.fits, truth.json, "
+               "preview.png)\n";
   return 0;
 }
 

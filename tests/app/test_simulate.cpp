@@ -33,8 +33,8 @@ RunResult run_plain(const std::string& args) {
   return run_dslens(args, "");
 }
 
-const char* kFiles[] = {"image.fits", "model.fits", "noise_map.fits",
-                        "psf.fits",   "truth.json", "preview.png"};
+const char* kFiles[] = {"image.fits",  "model.fits", "noise_map.fits", "psf.fits",
+                        "source.fits", "truth.json", "preview.png"};
 
 void expect_all_files(const std::string& dir) {
   for (const char* f : kFiles) EXPECT_TRUE(fs::exists(dir + "/" + f)) << dir << "/" << f;
@@ -202,6 +202,50 @@ TEST(SimulatePhysics, UnlensedGaussianHasItsFluxAndCentroid) {
   const double cy = (model * y.unsqueeze(1)).sum().item<double>() / total;
   EXPECT_NEAR(cx, 0.3, 2e-3);
   EXPECT_NEAR(cy, -0.2, 2e-3);
+
+  // The true source plane: a Gaussian's peak is amp / (2 pi sigma^2), and its brightness-weighted
+  // mean brightness (int s^2 / int s) half of that, so peak_over_mean = 2 (the window, +-3.3 sigma,
+  // holds 99.8 % of the flux); no pixel is negative.
+  const json sp = read_json(dir + "/o/truth.json").at("source_plane");
+  const double peak = 10.0 / (2.0 * M_PI * 0.15 * 0.15);
+  EXPECT_NEAR(sp.at("peak").at("value").get<double>(), peak, 1e-3 * peak);
+  EXPECT_NEAR(sp.at("peak_over_mean").at("value").get<double>(), 2.0, 0.01);
+  EXPECT_EQ(sp.at("negative_flux_fraction").at("value").get<double>(), 0.0);
+  const auto source = dslens::read_fits_image(dir + "/o/source.fits");
+  EXPECT_EQ(source.sizes(), (std::vector<int64_t>{200, 200}));
+  EXPECT_DOUBLE_EQ(source.max().item<double>(), sp.at("peak").at("value").get<double>());
+  // Its pixels sum to the flux: brightness x pixel area.
+  const double pixel = sp.at("pixel").at("value").get<double>();
+  EXPECT_NEAR(source.sum().item<double>() * pixel * pixel, 10.0, 0.03);
+  fs::remove_all(dir);
+}
+
+// A source of both signs: a pixelated stamp with a block of +1 and, a zero column apart, a block
+// of -0.3 of the same size. Bilinear interpolation keeps the two signs apart and integrates each
+// pixel to its value times its area, so the negative flux is 0.3 of the positive, and the two
+// plateaus give the peak and the minimum.
+TEST(SimulatePhysics, SourcePlaneSummaryCountsNegativeFlux) {
+  const auto dir = dslens::testing::temp_dir("sim_negative");
+  auto stamp = torch::zeros({8, 8}, torch::kFloat64);
+  stamp.index_put_({torch::indexing::Slice(2, 6), torch::indexing::Slice(1, 3)}, 1.0);
+  stamp.index_put_({torch::indexing::Slice(2, 6), torch::indexing::Slice(4, 6)}, -0.3);
+  dslens::write_fits_image(dir + "/src.fits", stamp);
+  json cfg = json::parse(R"({
+    "grid": {"nx": 40, "ny": 40, "pixel_scale": 0.05},
+    "psf": {"fwhm": 0.1},
+    "mass": [],
+    "source": [{"type": "INTERPOL", "fits": "src.fits", "center_x": 0.1, "center_y": 0.0,
+                "scale": 0.05, "phi_G": 0.0, "amp": 5.0}],
+    "noise": {"background_rms": 0.0, "exposure_time": 0.0}
+  })");
+  write_json(dir + "/c.json", cfg);
+  auto r = run_dslens("simulate " + quote(dir + "/c.json") + " --out " + quote(dir + "/o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json sp = read_json(dir + "/o/truth.json").at("source_plane");
+  EXPECT_NEAR(sp.at("negative_flux_fraction").at("value").get<double>(), 0.3, 0.003);
+  const double peak = sp.at("peak").at("value").get<double>();
+  EXPECT_GT(peak, 0.0);
+  EXPECT_NEAR(sp.at("minimum").at("value").get<double>(), -0.3 * peak, 1e-9 * peak);
   fs::remove_all(dir);
 }
 
