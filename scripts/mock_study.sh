@@ -7,8 +7,8 @@
 #   scripts/mock_study.sh [N] [--vae DIR] [other `dslens mock-study` options, e.g. --snr 30,100]
 #
 # N: mocks per SNR level (default 30). Without --vae (or VAE_DIR) a VAE is trained first
-# (configs/train_vae_mock_study.json: the demo's VAE with pixel_sigma 0.05, whose prior draws are
-# single galaxies rather than sprays of knots; about 2 minutes on 2 cores) into
+# (configs/train_vae_mock_study.json: the demo's VAE with pixel_sigma 0.1, whose prior draws are
+# single galaxies rather than sprays of knots; about 4 minutes on 2 cores) into
 # runs/mock-study-<ts>/vae.
 # Cost: 3 x N fits of 4 chains x (500 warmup + 500 draws). On 2 CPU cores the full study (N = 30,
 # 90 fits) takes hours; on a GPU (add --device cuda) minutes.
