@@ -88,6 +88,9 @@ std::string fmt(double v, int precision = 3) {
 struct SourcePlane {
   Extent extent;
   torch::Tensor brightness;  // [200, 200] float64 on the CPU, rows along y
+  double pixel() const {
+    return (extent.xmax - extent.xmin) / static_cast<double>(brightness.size(1));
+  }
 };
 
 // Writes preview.png; returns the source plane of its third panel.
@@ -160,19 +163,18 @@ SourcePlane write_preview(const std::string& path, const LensConfig& cfg,
 // its flux-weighted mean, a spray of knots' much more).
 json source_plane_summary(const SourcePlane& sp) {
   const auto& s = sp.brightness;
-  const double positive = s.clamp_min(0.0).sum().item<double>();
-  const double negative = (-s).clamp_min(0.0).sum().item<double>();
   const auto pos = s.clamp_min(0.0);
+  const double positive = pos.sum().item<double>();
+  const double negative = (-s).clamp_min(0.0).sum().item<double>();
   const double weighted_mean = positive > 0 ? (pos * pos).sum().item<double>() / positive : 0.0;
-  const double pixel = (sp.extent.xmax - sp.extent.xmin) / static_cast<double>(s.size(1));
-  return {{"pixel", {{"value", pixel}, {"unit", "arcsec"}}},
-          {"peak", {{"value", s.max().item<double>()}, {"unit", "counts/s/arcsec^2"}}},
+  const double peak = s.max().item<double>();
+  return {{"pixel", {{"value", sp.pixel()}, {"unit", "arcsec"}}},
+          {"peak", {{"value", peak}, {"unit", "counts/s/arcsec^2"}}},
           {"minimum", {{"value", s.min().item<double>()}, {"unit", "counts/s/arcsec^2"}}},
           {"negative_flux_fraction",
            {{"value", positive > 0 ? negative / positive : 0.0}, {"unit", "dimensionless"}}},
           {"peak_over_mean",
-           {{"value", weighted_mean > 0 ? s.max().item<double>() / weighted_mean : 0.0},
-            {"unit", "dimensionless"}}}};
+           {{"value", weighted_mean > 0 ? peak / weighted_mean : 0.0}, {"unit", "dimensionless"}}}};
 }
 
 std::vector<FitsCard> image_cards(const LensConfig& cfg, const std::string& content) {
@@ -261,14 +263,13 @@ int run_simulate(int argc, char** argv) {
   truth["source_plane"] = source_plane_summary(sp);
   write_text_atomically(out.file("truth.json"), truth.dump(2) + "\n");
   // As the fit's source.fits (app/fit_outputs.cpp), so the two can be compared pixel by pixel.
-  write_fits_image(
-      out.file("source.fits"), sp.brightness,
-      {{"CONTENT", std::string("true source-plane surface brightness"), ""},
-       {"BUNIT", std::string("counts/s/arcsec^2"), ""},
-       {"PIXSCALE", truth["source_plane"]["pixel"]["value"].get<double>(), "arcsec per pixel"},
-       {"X_MIN", sp.extent.xmin, "left edge, arcsec"},
-       {"Y_MIN", sp.extent.ymin, "bottom edge, arcsec"},
-       {"ORIGIN", std::string("dslens ") + version(), ""}});
+  write_fits_image(out.file("source.fits"), sp.brightness,
+                   {{"CONTENT", std::string("true source-plane surface brightness"), ""},
+                    {"BUNIT", std::string("counts/s/arcsec^2"), ""},
+                    {"PIXSCALE", sp.pixel(), "arcsec per pixel"},
+                    {"X_MIN", sp.extent.xmin, "left edge, arcsec"},
+                    {"Y_MIN", sp.extent.ymin, "bottom edge, arcsec"},
+                    {"ORIGIN", std::string("dslens ") + version(), ""}});
   out.commit();
 
   const double seconds =
