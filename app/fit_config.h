@@ -58,6 +58,11 @@ struct MapSettings {
   // `kHessianMaxDimension` free parameters skip it (the Hessian costs 2D gradients per start).
   int64_t newton_iterations = 50;
   int64_t newton_starts = 4;
+  // Search rounds (app/map_rounds.h): a lens whose best optimum leaves a reduced chi-square above
+  // retry_reduced_chi_square is searched again from fresh prior draws, at most retry_rounds more
+  // times; each lens keeps its best `starts` optima over all rounds. 0: one round only.
+  int64_t retry_rounds = 2;
+  double retry_reduced_chi_square = 1.1;
 };
 // Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient
 // rows per point, a D x D eigensolve); models with more free parameters than this skip both.

@@ -19,6 +19,7 @@
 #include "dslens/samplers/optimize.h"
 #include "duration_text.h"
 #include "lens_streams.h"
+#include "map_rounds.h"
 #include "map_search.h"
 #include "op_census.h"
 
@@ -228,20 +229,10 @@ ChainsMode chains_mode(const samplers::LogDensityFn& log_density,
           torch::where(torch::isfinite(out_lp), out_lp, torch::full_like(out_lp, -INFINITY))};
 }
 
-}  // namespace fit_run_detail
-
-using namespace fit_run_detail;
-
-std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses,
-                                     int64_t batch_index, const FitRunOptions& options) {
-  const FitConfig& first = *lenses.front();
-  const int64_t n_lenses = static_cast<int64_t>(lenses.size());
-  const Compute& compute = options.compute;
-  const auto opts = compute.options();
-  const auto& space = first.model.space;
-  const int64_t dim = space.dim();
-
-  // Data [L, ny, nx]; one PSF for all lenses when they agree, else one per lens.
+// The posterior of lenses that share a model: data [L, ny, nx]; one PSF for all lenses when they
+// agree, else one per lens.
+BatchPosterior batch_posterior(const std::vector<const FitConfig*>& lenses,
+                               const Compute& compute) {
   std::vector<torch::Tensor> images, sigmas, masks, psfs;
   bool same_psf = true;
   for (const auto* c : lenses) {
@@ -256,8 +247,28 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   std::optional<torch::Tensor> psf;
   if (!psfs.empty()) psf = same_psf ? psfs.front() : torch::stack(psfs);
   model::ImagingData data{torch::stack(images), torch::stack(sigmas), torch::stack(masks)};
-  const model::LensPosterior posterior(first.model.spec(first.data.grid, psf), space, data,
-                                       compute);
+  const FitConfig& first = *lenses.front();
+  return {model::LensPosterior(first.model.spec(first.data.grid, psf), first.model.space, data,
+                               compute),
+          psf};
+}
+
+}  // namespace fit_run_detail
+
+using namespace fit_run_detail;
+
+std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses,
+                                     int64_t batch_index, const FitRunOptions& options) {
+  const FitConfig& first = *lenses.front();
+  const int64_t n_lenses = static_cast<int64_t>(lenses.size());
+  const Compute& compute = options.compute;
+  const auto opts = compute.options();
+  const auto& space = first.model.space;
+  const int64_t dim = space.dim();
+
+  const BatchPosterior batch = batch_posterior(lenses, compute);
+  const model::LensPosterior& posterior = batch.first;
+  const std::optional<torch::Tensor>& psf = batch.second;
   const auto log_density = posterior.log_density();
   // MAP and sampler calls replayed from CUDA graphs on a GPU (app/cuda_graphs.h).
   const CudaGraphScope graphs(posterior, first.sampler.cuda_graphs);
@@ -281,7 +292,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
     const auto t0 = std::chrono::steady_clock::now();
-    const samplers::OptimizeResult res = map_search(lenses, posterior, psf);
+    const samplers::OptimizeResult res = map_search_in_rounds(
+        lenses, posterior, psf, [&compute](const std::vector<const FitConfig*>& subset) {
+          return batch_posterior(subset, compute);
+        });
     auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, starts});
     lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
     const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, keep);

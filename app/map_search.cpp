@@ -340,7 +340,9 @@ PlacementModel placement_model(const nlohmann::json& model, double amp_median, b
 
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
-                                    const std::optional<torch::Tensor>& psf) {
+                                    const std::optional<torch::Tensor>& psf, uint64_t round) {
+  // Round r draws its placements and starts from the streams seed + 2r and seed + 2r + 1.
+  const uint64_t salt = 2 * round;
   const FitConfig& first = *lenses.front();
   const MapSettings& ms = first.map;
   const auto opts = posterior.compute().options();
@@ -355,9 +357,9 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
         n_lenses, ms.starts, space.dim(), ms.adam_iterations, ms.lbfgs_iterations);
     return polished(
         posterior.log_density(),
-        optimise(objective_of(posterior), prior_starts(lenses, space, 0, opts, ms.starts), n_lenses,
-                 ms.adam_iterations, ms.learning_rate, ms.blur_pixels, ms.lbfgs_iterations, {}, "",
-                 bar),
+        optimise(objective_of(posterior), prior_starts(lenses, space, salt, opts, ms.starts),
+                 n_lenses, ms.adam_iterations, ms.learning_rate, ms.blur_pixels,
+                 ms.lbfgs_iterations, {}, "", bar),
         n_lenses, ms, space.dim(), bar);
   }
 
@@ -429,7 +431,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                 : objective_of(placement);
   // Signal pixels are those above 3 sigma of the data's own noise, whatever the annealing.
   const double snr_threshold = 3.0 / (tempered.empty() ? 1.0 : ms.anneal_noise.front());
-  torch::Tensor place_from = prior_starts(lenses, aux.space, 0, opts, n_place);
+  torch::Tensor place_from = prior_starts(lenses, aux.space, salt, opts, n_place);
   size_t decoded_index = 0;
   for (size_t i = 0; i < first.model.source.size(); ++i)
     if (physics::is_pixelated_light(first.model.source[i].type)) decoded_index = i;
@@ -468,7 +470,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     placed.x = samplers::best_rows_per_group(placed.x.detach(), placed.log_p, n_lenses, ms.starts);
   const int64_t go_on = rank_decoded ? n_place : ms.starts;
   const auto placed_values = aux.space.unpack(placed.x.detach()).values;
-  auto values = space.unpack(prior_starts(lenses, space, 1, opts, go_on)).values;
+  auto values = space.unpack(prior_starts(lenses, space, salt + 1, opts, go_on)).values;
   std::vector<double> source_mask;
   const std::string decoded_suffix = "_source_light";
   for (const auto& name : space.coordinate_names())

@@ -29,10 +29,11 @@
 namespace dslens::app {
 
 // Optimises `lenses[0].map.starts` starts per lens of `posterior` (rows lens-major); returns the
-// final positions [L * starts, D] and their log posteriors.
+// final positions [L * starts, D] and their log posteriors. `round` > 0 draws other starts (the
+// search rounds of app/map_rounds.h).
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
-                                    const std::optional<torch::Tensor>& psf);
+                                    const std::optional<torch::Tensor>& psf, uint64_t round = 0);
 
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude

@@ -5,11 +5,13 @@
 // source's three-stage MAP lands on the true lens, and bad input exits 2 without writing anything.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
@@ -232,6 +234,89 @@ TEST(FitCommand, MapStartsFollowTheLensNameNotItsPlaceInTheBatch) {
       EXPECT_NE(value.get<double>(), a[i][name].get<double>()) << name << ", start " << i;
     }
   }
+  fs::remove_all(dir);
+}
+
+// Search rounds (app/map_rounds.h): with the optimisers off a lens's optima are its prior draws,
+// and round r draws from the streams of seed + 2r. Lens "a" (the usual noise) leaves a reduced
+// chi-square far above the threshold at its best draw and is searched twice more; lens "b"
+// (noise x 50: any draw fits) is not. So "a"'s best starts must be the best of the draws of its
+// three rounds, each fitted alone with retry_rounds 0 and seeds 5, 7 and 9, and "b"'s those of
+// its single round, beside "a" as alone.
+TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
+  const std::string dir = dslens::testing::temp_dir("fit_rounds");
+  const std::string quick = " --warmup 2 --draws 2 --chains 1";
+  const auto map_settings = [](int seed, int retry_rounds) {
+    return json{{"starts", 4},
+                {"adam_iterations", 0},
+                {"lbfgs_iterations", 0},
+                {"newton_iterations", 0},
+                {"seed", seed},
+                {"retry_rounds", retry_rounds},
+                {"retry_reduced_chi_square", 1.3}};
+  };
+  for (const auto& [name, seed, rms] :
+       {std::tuple{std::string("a"), 21, 0.2}, std::tuple{std::string("b"), 22, 10.0}}) {
+    json sim = mock_config(seed, 1.0);
+    sim["noise"]["background_rms"] = rms;
+    write_json(dir + "/" + name + "-sim.json", sim);
+    const RunResult r = run_dslens("simulate " + quote(dir + "/" + name + "-sim.json") + " --out " +
+                                   quote(dir + "/" + name + "-data"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    json c = fit_config("../../" + name + "-data");
+    c["map"] = map_settings(5, 2);
+    fs::create_directories(dir + "/batch/configs");
+    write_json(dir + "/batch/configs/" + name + ".json", c);
+    for (const int s : {5, 7, 9}) {
+      if (name == "b" && s != 5) continue;  // "b" has one round
+      const std::string alone = dir + "/seed" + std::to_string(s) + "/configs";
+      fs::create_directories(alone);
+      c["map"] = map_settings(s, 0);
+      write_json(alone + "/" + name + ".json", c);
+    }
+  }
+  const RunResult batch = run_dslens(
+      "fit " + quote(dir + "/batch/configs") + " --out " + quote(dir + "/batch/fit") + quick,
+      "info");
+  ASSERT_EQ(batch.code, 0) << batch.output;
+  EXPECT_NE(batch.output.find("round 2 of 3: 1 of 2 lens(es)"), std::string::npos) << batch.output;
+  EXPECT_NE(batch.output.find("round 3 of 3: 1 of 2 lens(es)"), std::string::npos) << batch.output;
+
+  // Every start of "a"'s three rounds, and of "b"'s first, fitted alone.
+  std::map<std::string, std::vector<json>> alone;
+  for (const int s : {5, 7, 9}) {
+    const std::string base = dir + "/seed" + std::to_string(s);
+    const RunResult r =
+        run_dslens("fit " + quote(base + "/configs") + " --out " + quote(base + "/fit") + quick);
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (const std::string name : {"a", "b"}) {
+      if (name == "b" && s != 5) continue;
+      // One lens alone writes its outputs into the folder itself.
+      const json map = read_json(base + "/fit/" + (s == 5 ? name + "/" : "") + "map.json");
+      for (const auto& start : map["best_starts"]) alone[name].push_back(start);
+    }
+  }
+  for (const std::string name : {"a", "b"}) {
+    auto& expected = alone[name];
+    std::stable_sort(expected.begin(), expected.end(), [](const json& x, const json& y) {
+      return x["log_posterior"].get<double>() > y["log_posterior"].get<double>();
+    });
+    const json got = read_json(dir + "/batch/fit/" + name + "/map.json")["best_starts"];
+    ASSERT_EQ(got.size(), 4u) << got.dump();
+    ASSERT_EQ(expected.size(), name == "a" ? 12u : 4u);
+    for (size_t i = 0; i < got.size(); ++i) {
+      for (const auto& [param, value] : got[i].items()) {
+        // Log posteriors: a batch's reductions may round differently from a lone lens's.
+        const double tol = param == "log_posterior" ? 1e-6 : 1e-12;
+        EXPECT_NEAR(value.get<double>(), expected[i][param].get<double>(),
+                    tol * (1 + std::abs(value.get<double>())))
+            << name << ", start " << i << ", " << param;
+      }
+    }
+  }
+  // At least one of "a"'s best four comes from a later round (else the test proves little).
+  const json a_first = read_json(dir + "/seed5/fit/a/map.json")["best_starts"];
+  EXPECT_NE(read_json(dir + "/batch/fit/a/map.json")["best_starts"], a_first);
   fs::remove_all(dir);
 }
 

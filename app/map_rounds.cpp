@@ -1,0 +1,119 @@
+#include "map_rounds.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "map_search.h"
+
+namespace dslens::app {
+namespace {
+
+// Rows [L * S, ...] of `all` with the rows of the lenses `index` ([m]) replaced: each of those
+// lenses keeps the S rows of its old ([S, ...]) and new ([S, ...] in `fresh`, [m * S, ...]) ones
+// that `pick` ([m, S], into the 2S candidates, old first) selects.
+torch::Tensor merged(const torch::Tensor& all, const torch::Tensor& fresh,
+                     const torch::Tensor& index, const torch::Tensor& pick, int64_t lenses,
+                     int64_t per_lens) {
+  if (!all.defined() || !fresh.defined()) return all;
+  std::vector<int64_t> shape = {lenses, per_lens};
+  for (int64_t d = 1; d < all.dim(); ++d) shape.push_back(all.size(d));
+  auto by_lens = all.detach().reshape(shape).clone();
+  shape[0] = index.size(0);
+  const auto candidates = torch::cat({by_lens.index_select(0, index.to(all.device())),
+                                      fresh.detach().to(all.device()).reshape(shape)},
+                                     1);
+  std::vector<int64_t> view = {pick.size(0), pick.size(1)};
+  view.resize(static_cast<size_t>(candidates.dim()), 1);
+  const auto gather_index = pick.to(all.device()).reshape(view).expand(shape);
+  by_lens.index_copy_(0, index.to(all.device()), candidates.gather(1, gather_index));
+  return by_lens.reshape(all.sizes());
+}
+
+std::vector<double> host_values(const torch::Tensor& t) {
+  const auto h = t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  return {h.data_ptr<double>(), h.data_ptr<double>() + h.numel()};
+}
+
+}  // namespace
+
+torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, const torch::Tensor& x,
+                                      const torch::Tensor& log_p) {
+  torch::NoGradGuard no_grad;
+  const int64_t lenses = posterior.n_lenses();
+  const int64_t per = x.size(0) / lenses;
+  const auto lp = torch::nan_to_num(log_p.detach(), -INFINITY).reshape({lenses, per});
+  const auto rows =
+      std::get<1>(lp.max(1)) + torch::arange(lenses, lp.options().dtype(torch::kLong)) * per;
+  const auto chi2 = posterior.chi_square(x.detach().index_select(0, rows));
+  const auto pixels = posterior.data().mask.reshape({lenses, -1}).sum(1);
+  const auto dof = (pixels - posterior.space().dim()).clamp_min(1);
+  return (chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64)).to(torch::kCPU);
+}
+
+samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
+                                              const model::LensPosterior& posterior,
+                                              const std::optional<torch::Tensor>& psf,
+                                              const BatchPosteriorFn& make) {
+  samplers::OptimizeResult result = map_search(lenses, posterior, psf, 0);
+  const MapSettings& ms = lenses.front()->map;
+  const int64_t n_lenses = static_cast<int64_t>(lenses.size());
+  const int64_t per = ms.starts;
+  for (int64_t round = 1; round <= ms.retry_rounds; ++round) {
+    const auto chi = best_reduced_chi_square(posterior, result.x, result.log_p);
+    std::vector<int64_t> retry;
+    std::vector<double> retry_chi;
+    for (int64_t i = 0; i < n_lenses; ++i) {
+      const double c = chi[i].item<double>();
+      if (!(c <= ms.retry_reduced_chi_square)) {  // NaN too
+        retry.push_back(i);
+        retry_chi.push_back(c);
+      }
+    }
+    if (retry.empty()) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    spdlog::info(
+        "MAP: round {} of {}: {} of {} lens(es) with a reduced chi-square above {:g} at the best "
+        "optimum ({}) searched again from other prior draws",
+        round + 1, ms.retry_rounds + 1, retry.size(), n_lenses, ms.retry_reduced_chi_square,
+        nlohmann::json(retry_chi).dump());
+    std::vector<const FitConfig*> subset;
+    for (const int64_t i : retry) subset.push_back(lenses[static_cast<size_t>(i)]);
+    samplers::OptimizeResult again;
+    if (static_cast<int64_t>(retry.size()) == n_lenses) {
+      again = map_search(lenses, posterior, psf, static_cast<uint64_t>(round));
+    } else {
+      const BatchPosterior sub = make(subset);
+      again = map_search(subset, sub.first, sub.second, static_cast<uint64_t>(round));
+    }
+    // Each retried lens keeps its best `per` optima of the old and new rounds.
+    const auto index = torch::tensor(retry, torch::kLong).to(result.x.device());
+    const int64_t m = index.size(0);
+    const auto old_lp = result.log_p.detach().reshape({n_lenses, per}).index_select(0, index);
+    const auto new_lp = again.log_p.detach().reshape({m, per}).to(old_lp.device());
+    const auto candidates = torch::nan_to_num(torch::cat({old_lp, new_lp}, 1), -INFINITY);
+    const auto pick = std::get<1>(candidates.topk(per, 1));
+    const auto before = old_lp.max(1);
+    result.x = merged(result.x, again.x, index, pick, n_lenses, per);
+    result.log_p = merged(result.log_p, again.log_p, index, pick, n_lenses, per);
+    result.grad_norm = merged(result.grad_norm, again.grad_norm, index, pick, n_lenses, per);
+    result.converged = merged(result.converged, again.converged, index, pick, n_lenses, per);
+    result.iterations = merged(result.iterations, again.iterations, index, pick, n_lenses, per);
+    result.log_density_calls += again.log_density_calls;
+    result.rows_evaluated += again.rows_evaluated;
+    const auto after = result.log_p.reshape({n_lenses, per}).index_select(0, index).max(1);
+    spdlog::info("MAP: round {} took {:.1f} s; best log posterior of the retried lens(es) {} -> {}",
+                 round + 1,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 nlohmann::json(host_values(std::get<0>(before))).dump(),
+                 nlohmann::json(host_values(std::get<0>(after))).dump());
+  }
+  const auto finite = torch::nan_to_num(result.log_p, -INFINITY);
+  result.best = finite.argmax().item<int64_t>();
+  result.best_x = result.x[result.best].clone();
+  result.best_log_p = result.log_p[result.best].item<double>();
+  return result;
+}
+
+}  // namespace dslens::app
