@@ -36,8 +36,8 @@ std::vector<double> host_values(const torch::Tensor& t) {
   return {h.data_ptr<double>(), h.data_ptr<double>() + h.numel()};
 }
 
-}  // namespace
-
+// Each lens's reduced chi-square at its best row of `x` ([L * per_lens, D], lens-major), with
+// (fitted pixels - free parameters) degrees of freedom.
 torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, const torch::Tensor& x,
                                       const torch::Tensor& log_p) {
   torch::NoGradGuard no_grad;
@@ -49,8 +49,10 @@ torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, con
   const auto chi2 = posterior.chi_square(x.detach().index_select(0, rows));
   const auto pixels = posterior.data().mask.reshape({lenses, -1}).sum(1);
   const auto dof = (pixels - posterior.space().dim()).clamp_min(1);
-  return (chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64)).to(torch::kCPU);
+  return chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64);
 }
+
+}  // namespace
 
 samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
                                               const model::LensPosterior& posterior,
@@ -61,11 +63,11 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t per = ms.starts;
   for (int64_t round = 1; round <= ms.retry_rounds; ++round) {
-    const auto chi = best_reduced_chi_square(posterior, result.x, result.log_p);
+    const auto chi = host_values(best_reduced_chi_square(posterior, result.x, result.log_p));
     std::vector<int64_t> retry;
     std::vector<double> retry_chi;
     for (int64_t i = 0; i < n_lenses; ++i) {
-      const double c = chi[i].item<double>();
+      const double c = chi[static_cast<size_t>(i)];
       if (!(c <= ms.retry_reduced_chi_square)) {  // NaN too
         retry.push_back(i);
         retry_chi.push_back(c);

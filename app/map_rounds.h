@@ -23,11 +23,6 @@ namespace dslens::app {
 using BatchPosterior = std::pair<model::LensPosterior, std::optional<torch::Tensor>>;
 using BatchPosteriorFn = std::function<BatchPosterior(const std::vector<const FitConfig*>&)>;
 
-// Each lens's reduced chi-square at its best row of `x` ([L * per_lens, D], lens-major), with
-// (fitted pixels - free parameters) degrees of freedom. [L], CPU float64.
-torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, const torch::Tensor& x,
-                                      const torch::Tensor& log_p);
-
 // map_search (round 0) on the whole batch, then the rounds above; `make` builds the posterior of
 // the lenses a round retries. Same result layout as map_search.
 samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
