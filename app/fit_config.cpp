@@ -49,7 +49,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     map.newton_iterations =
         m.integer_or("newton_iterations", map.newton_iterations, Range::closed(0, 10000));
     map.newton_starts = m.integer_or("newton_starts", map.newton_starts, Range::closed(1, 100000));
-    map.retry_rounds = m.integer_or("retry_rounds", map.retry_rounds, Range::closed(0, 100));
+    map.retry_rounds =
+        m.integer_or("retry_rounds", map.retry_rounds, Range::closed(0, kMaxRetryRounds));
     map.retry_reduced_chi_square =
         m.number_or("retry_reduced_chi_square", map.retry_reduced_chi_square, Range::positive());
     map.placement_adam_iterations = m.integer_or(

@@ -12,6 +12,9 @@
 
 namespace dslens::app {
 
+// The largest map.retry_rounds a config may ask for.
+inline constexpr int64_t kMaxRetryRounds = 100;
+
 struct MapSettings {
   int64_t starts = 32;            // prior draws optimised together, per lens
   int64_t adam_iterations = 300;  // Adam first (robust far from the optimum) ...
@@ -61,7 +64,7 @@ struct MapSettings {
   // Search rounds (app/map_rounds.h): a lens whose best optimum leaves a reduced chi-square above
   // retry_reduced_chi_square is searched again from fresh prior draws, at most retry_rounds more
   // times; each lens keeps its best `starts` optima over all rounds. 0: one round only.
-  int64_t retry_rounds = 2;
+  int64_t retry_rounds = 2;  // at most kMaxRetryRounds
   double retry_reduced_chi_square = 1.1;
 };
 // Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient

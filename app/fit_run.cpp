@@ -291,10 +291,30 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     map_seconds = t.at(2).item<double>();
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
+    // Search rounds leave their state in tag-map-roundK.pt (K rounds done), so that --resume
+    // continues an interrupted search at its next round; the latest one present is used.
+    const auto round_file = [&tag](int64_t k) {
+      return tag + "-map-round" + std::to_string(k) + ".pt";
+    };
+    std::optional<MapRoundState> resumed;
+    for (int64_t k = kMaxRetryRounds + 1; options.resume && k >= 1 && !resumed; --k) {
+      if (!fs::exists(round_file(k))) continue;
+      try {
+        resumed = MapRoundState::from_tensors(load_tensors(round_file(k)), n_lenses, starts, dim);
+      } catch (const InvalidArgument& e) {
+        throw FileError("checkpoint '" + round_file(k) + "' cannot be used (" + e.what() +
+                        "); remove it to search again from the start");
+      }
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const samplers::OptimizeResult res = map_search_in_rounds(
-        lenses, posterior, psf, [&compute](const std::vector<const FitConfig*>& subset) {
+        lenses, posterior, psf,
+        [&compute](const std::vector<const FitConfig*>& subset) {
           return batch_posterior(subset, compute);
+        },
+        resumed ? &*resumed : nullptr,
+        [&round_file](const MapRoundState& state) {
+          save_tensors(round_file(state.round), state.to_tensors());
         });
     auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, starts});
     lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
@@ -302,7 +322,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     best_lp = lp.gather(1, order);
     const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * starts).reshape({-1});
     best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, keep, dim});
-    map_seconds = seconds_since(t0);
+    map_seconds = seconds_since(t0) + (resumed ? resumed->seconds : 0.0);
     // The best optimum of each lens: column 0 of [L, keep], strided by `keep` until copied.
     const auto best_per_lens = best_lp.select(1, 0).contiguous();
     spdlog::info("MAP done in {:.1f} s; best log posterior per lens: {}", map_seconds,

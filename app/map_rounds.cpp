@@ -5,6 +5,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "dslens/core/errors.h"
 #include "map_search.h"
 
 namespace dslens::app {
@@ -52,17 +53,91 @@ torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, con
   return chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64);
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 }  // namespace
+
+std::vector<torch::Tensor> MapRoundState::to_tensors() const {
+  const auto header = torch::tensor(
+      {static_cast<double>(round), seconds, static_cast<double>(result.log_density_calls),
+       static_cast<double>(result.rows_evaluated)},
+      torch::kFloat64);
+  std::vector<torch::Tensor> out = {header};
+  for (const auto* t :
+       {&result.x, &result.log_p, &result.grad_norm, &result.converged, &result.iterations})
+    out.push_back(t->defined() ? t->detach().to(torch::kCPU) : torch::empty({0}));
+  return out;
+}
+
+MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tensors, int64_t lenses,
+                                          int64_t starts, int64_t dim) {
+  const int64_t rows = lenses * starts;
+  const auto fail = [&](const std::string& why) {
+    throw InvalidArgument("not a MAP round of " + std::to_string(lenses) + " lens(es) x " +
+                          std::to_string(starts) + " starts x " + std::to_string(dim) +
+                          " parameters: " + why);
+  };
+  if (tensors.size() != 6) fail(std::to_string(tensors.size()) + " tensors, not 6");
+  const auto& header = tensors[0];
+  if (!header.defined() || header.numel() != 4) fail("no header");
+  const auto h = header.to(torch::kFloat64).contiguous();
+  const double* v = h.data_ptr<double>();
+  MapRoundState s;
+  s.round = static_cast<int64_t>(v[0]);
+  s.seconds = v[1];
+  s.result.log_density_calls = static_cast<int64_t>(v[2]);
+  s.result.rows_evaluated = static_cast<int64_t>(v[3]);
+  s.result.x = tensors[1];
+  s.result.log_p = tensors[2];
+  const auto optional = [rows](const torch::Tensor& t) {
+    return t.defined() && t.numel() == 0 && rows > 0 ? torch::Tensor() : t;
+  };
+  s.result.grad_norm = optional(tensors[3]);
+  s.result.converged = optional(tensors[4]);
+  s.result.iterations = optional(tensors[5]);
+  if (s.round < 1) fail("round " + std::to_string(s.round));
+  if (!s.result.x.defined() || s.result.x.sizes() != torch::IntArrayRef({rows, dim}))
+    fail("positions of another shape");
+  if (!s.result.log_p.defined() || s.result.log_p.sizes() != torch::IntArrayRef({rows}))
+    fail("log posteriors of another shape");
+  return s;
+}
 
 samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
                                               const model::LensPosterior& posterior,
                                               const std::optional<torch::Tensor>& psf,
-                                              const BatchPosteriorFn& make) {
-  samplers::OptimizeResult result = map_search(lenses, posterior, psf, 0);
+                                              const BatchPosteriorFn& make,
+                                              const MapRoundState* resume,
+                                              const MapRoundFn& on_round) {
   const MapSettings& ms = lenses.front()->map;
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t per = ms.starts;
-  for (int64_t round = 1; round <= ms.retry_rounds; ++round) {
+  const auto t_run = std::chrono::steady_clock::now();
+  double seconds_before = 0.0;  // search time of earlier runs (--resume)
+  samplers::OptimizeResult result;
+  int64_t first_round = 1;
+  if (resume) {
+    result = resume->result;
+    const auto device = posterior.data().image.device();
+    for (auto* t :
+         {&result.x, &result.log_p, &result.grad_norm, &result.converged, &result.iterations})
+      if (t->defined()) *t = t->to(device);
+    result.x = result.x.to(posterior.data().image.scalar_type());
+    first_round = resume->round;
+    seconds_before = resume->seconds;
+    spdlog::info("MAP: resumed after round {} ({:.1f} s of search so far)", resume->round,
+                 resume->seconds);
+  } else {
+    result = map_search(lenses, posterior, psf, 0);
+  }
+  const auto report = [&](int64_t completed) {
+    if (on_round && completed <= ms.retry_rounds)
+      on_round(MapRoundState{completed, result, seconds_before + seconds_since(t_run)});
+  };
+  if (!resume) report(1);
+  for (int64_t round = first_round; round <= ms.retry_rounds; ++round) {
     const auto chi = host_values(best_reduced_chi_square(posterior, result.x, result.log_p));
     std::vector<int64_t> retry;
     std::vector<double> retry_chi;
@@ -106,10 +181,10 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
     result.rows_evaluated += again.rows_evaluated;
     const auto after = result.log_p.reshape({n_lenses, per}).index_select(0, index).max(1);
     spdlog::info("MAP: round {} took {:.1f} s; best log posterior of the retried lens(es) {} -> {}",
-                 round + 1,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 round + 1, seconds_since(t0),
                  nlohmann::json(host_values(std::get<0>(before))).dump(),
                  nlohmann::json(host_values(std::get<0>(after))).dump());
+    report(round + 1);
   }
   const auto finite = torch::nan_to_num(result.log_p, -INFINITY);
   result.best = finite.argmax().item<int64_t>();

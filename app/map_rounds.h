@@ -23,11 +23,31 @@ namespace dslens::app {
 using BatchPosterior = std::pair<model::LensPosterior, std::optional<torch::Tensor>>;
 using BatchPosteriorFn = std::function<BatchPosterior(const std::vector<const FitConfig*>&)>;
 
+// The search after a completed round: what a checkpoint holds and --resume continues from. The
+// rounds after it draw from streams keyed by their own number (map_search's `round`), so a search
+// resumed from this state ends where the uninterrupted one does.
+struct MapRoundState {
+  int64_t round = 0;  // rounds completed: 1 after the first search
+  samplers::OptimizeResult result;
+  double seconds = 0.0;  // search time so far, over all runs
+
+  std::vector<torch::Tensor> to_tensors() const;
+  // Throws dslens::InvalidArgument when the tensors are not a state of `lenses` x `starts` rows
+  // of `dim` parameters.
+  static MapRoundState from_tensors(const std::vector<torch::Tensor>& tensors, int64_t lenses,
+                                    int64_t starts, int64_t dim);
+};
+using MapRoundFn = std::function<void(const MapRoundState&)>;
+
 // map_search (round 0) on the whole batch, then the rounds above; `make` builds the posterior of
-// the lenses a round retries. Same result layout as map_search.
+// the lenses a round retries. Same result layout as map_search. With `resume`, the rounds it
+// completed are not searched again; `on_round` receives the state after every round that more
+// rounds may follow.
 samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
                                               const model::LensPosterior& posterior,
                                               const std::optional<torch::Tensor>& psf,
-                                              const BatchPosteriorFn& make);
+                                              const BatchPosteriorFn& make,
+                                              const MapRoundState* resume = nullptr,
+                                              const MapRoundFn& on_round = {});
 
 }  // namespace dslens::app

@@ -317,6 +317,35 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
   // At least one of "a"'s best four comes from a later round (else the test proves little).
   const json a_first = read_json(dir + "/seed5/fit/a/map.json")["best_starts"];
   EXPECT_NE(read_json(dir + "/batch/fit/a/map.json")["best_starts"], a_first);
+
+  // Interrupted during the second round (its checkpoint and the MAP's removed, as a kill then
+  // leaves them) and resumed: the search continues at round 2 and ends at the same optima.
+  const std::string cut = dir + "/batch/cut", configs = quote(dir + "/batch/configs");
+  const RunResult stop =
+      run_dslens("fit " + configs + " --out " + quote(cut) + quick + " --stop-after map");
+  ASSERT_EQ(stop.code, 0) << stop.output;
+  const std::string saved = cut + "/checkpoint/batch0-map";
+  ASSERT_TRUE(fs::exists(saved + "-round1.pt"));
+  ASSERT_TRUE(fs::exists(saved + "-round2.pt"));
+  EXPECT_FALSE(fs::exists(saved + "-round3.pt"));  // the last round's state is the MAP's
+  fs::remove(saved + ".pt");
+  fs::remove(saved + "-round2.pt");
+  // A round of another search (other starts) is refused, naming the file.
+  const RunResult other =
+      run_dslens("fit " + configs + " --out " + quote(cut) + quick + " --resume --starts 3");
+  EXPECT_NE(other.code, 0) << other.output;
+  EXPECT_NE(other.output.find("batch0-map-round1.pt' cannot be used"), std::string::npos)
+      << other.output;
+  const RunResult resumed =
+      run_dslens("fit " + configs + " --out " + quote(cut) + quick + " --resume", "info");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("MAP: resumed after round 1"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("round 2 of 3: 1 of 2 lens(es)"), std::string::npos);
+  for (const std::string name : {"a", "b"}) {
+    EXPECT_EQ(read_json(cut + "/" + name + "/map.json")["best_starts"],
+              read_json(dir + "/batch/fit/" + name + "/map.json")["best_starts"])
+        << name;
+  }
   fs::remove_all(dir);
 }
 
