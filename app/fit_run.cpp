@@ -22,6 +22,7 @@
 #include "map_rounds.h"
 #include "map_search.h"
 #include "op_census.h"
+#include "stopwatch.h"
 
 namespace fs = std::filesystem;
 
@@ -58,10 +59,6 @@ class SamplerBar {
   std::string label_;
   bool tty_;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Stan's rule for short warmups (stan/mcmc/windowed_adaptation.hpp): when the default buffers
 // do not fit, use 15 % / 75 % / 10 % of the warmup.

@@ -7,6 +7,7 @@
 
 #include "dslens/core/errors.h"
 #include "map_search.h"
+#include "stopwatch.h"
 
 namespace dslens::app {
 namespace {
@@ -51,10 +52,6 @@ torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, con
   const auto pixels = posterior.data().mask.reshape({lenses, -1}).sum(1);
   const auto dof = (pixels - posterior.space().dim()).clamp_min(1);
   return chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace
