@@ -82,7 +82,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     const ConfigNode s = root.at("sampler");
     s.allow_only({"algorithm", "chains", "warmup", "draws", "max_depth", "target_accept", "metric",
                   "metric_prior_count", "seed", "num_steps", "cuda_graphs", "adaptation",
-                  "curvature_metric", "stray_nats"});
+                  "curvature_metric", "stray_nats", "retry_rounds"});
     sampler.algorithm = s.choice_or("algorithm", sampler.algorithm, {"nuts", "hmc"});
     sampler.chains = s.integer_or("chains", sampler.chains, Range::closed(1, 100000));
     sampler.warmup = s.integer_or("warmup", sampler.warmup, Range::closed(0, 1e7));
@@ -100,6 +100,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     sampler.adaptation = s.choice_or("adaptation", sampler.adaptation, {"per_lens", "per_chain"});
     sampler.curvature_metric = s.boolean_or("curvature_metric", sampler.curvature_metric);
     sampler.stray_nats = s.number_or("stray_nats", sampler.stray_nats, Range::closed(0.0, 1e9));
+    sampler.retry_rounds =
+        s.integer_or("retry_rounds", sampler.retry_rounds, Range::closed(0, kMaxRetryRounds));
   }
 }
 

@@ -98,6 +98,9 @@ struct SamplerChoice {
   // whose mean log posterior is this many nats below its lens's best chain continues from that
   // chain's position; 0: off.
   double stray_nats = 20.0;
+  // Chain rounds (app/fit_chains.h): a lens whose chains end with mean log posteriors more than
+  // stray_nats apart is run again from its best optimum so far, at most this many more times.
+  int64_t retry_rounds = 1;
 };
 
 struct FitConfig {

@@ -99,6 +99,21 @@ std::string make_mock(const std::string& dir, const std::string& name, int seed,
   return cfg;
 }
 
+// Mocks "a" (theta_E 0.9) and "b" (1.1) in dir/configs with the MAP's optimisers off, so that
+// their optima are their prior draws; `edit` changes each config before it is written.
+void make_raw_map_mocks(const std::string& dir,
+                        const std::function<void(const std::string&, json&)>& edit) {
+  for (const auto& [name, seed, theta_e] :
+       {std::tuple{std::string("a"), 21, 0.9}, std::tuple{std::string("b"), 22, 1.1}}) {
+    const std::string cfg = make_mock(dir, name, seed, theta_e);
+    json c = read_json(cfg);
+    c["map"] = {
+        {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
+    edit(name, c);
+    write_json(cfg, c);
+  }
+}
+
 TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   const std::string dir = dslens::testing::temp_dir("fit");
   const std::string cfg = make_mock(dir, "mock", 11, 1.0);
@@ -206,14 +221,7 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
 // off, its best starts are its prior draws, the same alone (--shard) as beside another lens.
 TEST(FitCommand, MapStartsFollowTheLensNameNotItsPlaceInTheBatch) {
   const std::string dir = dslens::testing::temp_dir("fit_streams");
-  for (const auto& [name, seed, theta_e] :
-       {std::tuple{std::string("a"), 21, 0.9}, std::tuple{std::string("b"), 22, 1.1}}) {
-    const std::string cfg = make_mock(dir, name, seed, theta_e);
-    json c = read_json(cfg);
-    c["map"] = {
-        {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
-    write_json(cfg, c);
-  }
+  make_raw_map_mocks(dir, [](const std::string&, json&) {});
   const std::string quick = " --warmup 10 --draws 10";
   const RunResult both =
       run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/both") + quick);
@@ -346,6 +354,63 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
               read_json(dir + "/batch/fit/" + name + "/map.json")["best_starts"])
         << name;
   }
+  fs::remove_all(dir);
+}
+
+// Chain rounds (app/fit_chains.h): chains started from raw prior draws and run without warmup
+// end apart on lens "a" (mean log posteriors 74 nats apart) and together on "b" (4 nats). With
+// the default sampler.retry_rounds, "a" alone is run again from its chains' best draw, optimised,
+// and "b" keeps its first chains; a's second run is the same alone as in the batch.
+TEST(FitCommand, ChainsThatEndApartRunAgainFromTheBestOptimum) {
+  const std::string dir = dslens::testing::temp_dir("fit_chain_rounds");
+  fs::create_directories(dir + "/alone");
+  fs::create_directories(dir + "/once");
+  make_raw_map_mocks(dir, [&dir](const std::string& name, json& c) {
+    c["map"]["retry_rounds"] = 0;
+    c["sampler"] = {{"chains", 2}, {"warmup", 0}, {"draws", 20}, {"max_depth", 6}, {"seed", 3}};
+    if (name == "a") write_json(dir + "/alone/a.json", c);  // same relative data path
+    json once = c;
+    once["sampler"]["retry_rounds"] = 0;
+    write_json(dir + "/once/" + name + ".json", once);
+  });
+  // Each chain's mean lp__ (the stats' first column) over its draws: [chains].
+  const auto chain_means = [](const std::string& fit) {
+    return dslens::read_npy(fit + "/stats.npy").select(-1, 0).mean(1);
+  };
+  const auto spread = [](const torch::Tensor& m) { return (m.max() - m.min()).item<double>(); };
+  const RunResult once =
+      run_dslens("fit " + quote(dir + "/once") + " --out " + quote(dir + "/fit_once"));
+  ASSERT_EQ(once.code, 0) << once.output;
+  // The test's premise: the first chains of "a" end apart, those of "b" do not (stray_nats 20).
+  const torch::Tensor a_once = chain_means(dir + "/fit_once/a");
+  ASSERT_GT(spread(a_once), 20.0) << a_once;
+  ASSERT_LT(spread(chain_means(dir + "/fit_once/b")), 20.0);
+
+  const RunResult rounds =
+      run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/fit"), "info");
+  ASSERT_EQ(rounds.code, 0) << rounds.output;
+  EXPECT_NE(rounds.output.find("chain round 2 of 2: the chains of [\"a\"] ended"),
+            std::string::npos)
+      << rounds.output;
+  EXPECT_EQ(read_json(dir + "/fit/a/stats.json")["settings"]["round"], 2);
+  EXPECT_EQ(read_json(dir + "/fit/b/stats.json")["settings"]["round"], 1);
+  // "b" keeps its first chains.
+  EXPECT_TRUE(torch::equal(dslens::read_npy(dir + "/fit/b/draws.npy"),
+                           dslens::read_npy(dir + "/fit_once/b/draws.npy")));
+  // "a" starts again at an optimum above every draw of its first chains, and its chains now
+  // end together; the MAP is at least as high as all its draws.
+  const auto a_stats = dslens::read_npy(dir + "/fit/a/stats.npy").select(-1, 0);
+  const auto a_first = dslens::read_npy(dir + "/fit_once/a/stats.npy").select(-1, 0);
+  EXPECT_GT(a_stats.min().item<double>(), a_first.max().item<double>());
+  EXPECT_LT(spread(chain_means(dir + "/fit/a")), 20.0);
+  const json a_map = read_json(dir + "/fit/a/map.json");
+  EXPECT_GE(a_map["log_posterior"].get<double>(), a_stats.max().item<double>() - 1e-6);
+  // The second round of "a" alone: the same draws as in the batch.
+  const RunResult alone =
+      run_dslens("fit " + quote(dir + "/alone/a.json") + " --out " + quote(dir + "/fit_alone"));
+  ASSERT_EQ(alone.code, 0) << alone.output;
+  EXPECT_TRUE(torch::allclose(dslens::read_npy(dir + "/fit_alone/draws.npy"),
+                              dslens::read_npy(dir + "/fit/a/draws.npy"), 1e-9, 1e-12));
   fs::remove_all(dir);
 }
 
