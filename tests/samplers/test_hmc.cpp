@@ -86,6 +86,21 @@ TEST(Leapfrog, IsReversible) {
   EXPECT_TRUE(torch::allclose(z.p, p, 1e-12, 1e-12));
 }
 
+// A dense inverse metric estimated in float32 is symmetric only to round-off (on a study's
+// snapshot, 1e-7 of sqrt(M_ii M_jj) at entries near 0, which allclose's absolute 1e-8 refused on
+// --resume); it is accepted as given. An asymmetry of 1e-3 of the scale is refused.
+TEST(Metric, DenseInverseIsSymmetricToRoundOffAndKeptAsGiven) {
+  const int64_t D = 3;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto inv = torch::tensor({{1.0, 1e-6, 0.3}, {1e-6, 4.0, 0.0}, {0.3, 0.0, 2.0}}, f32);
+  inv[0][1] = inv[0][1] + 4e-7;  // 2e-7 of sqrt(1 x 4), 40x allclose's absolute tolerance
+  const Metric m = Metric::from_inverse(MetricKind::dense, inv, 2, D, f32);
+  EXPECT_TRUE(torch::equal(m.inverse()[1], inv));
+  auto bad = inv.clone();
+  bad[0][1] = bad[0][1] + 2e-3;  // 1e-3 of the scale
+  EXPECT_THROW(Metric::from_inverse(MetricKind::dense, bad, 2, D, f32), dslens::InvalidArgument);
+}
+
 TEST(ChainRandom, StreamsArePerChainAndWellDistributed) {
   ChainRandom all(42, 0, 8, torch::kCPU), one(42, 5, 1, torch::kCPU), other(43, 0, 8, torch::kCPU);
   torch::Tensor a = all.bits(17, kStreamNuts, 3, 100, 50);

@@ -16,7 +16,9 @@ class Metric {
                          const torch::TensorOptions& options);
   // inv: diag [C, D] or [D]; dense [C, D, D] or [D, D] (broadcast to every chain). Throws
   // dslens::InvalidArgument for a wrong shape, a non-positive diagonal or a matrix that is not
-  // symmetric positive definite.
+  // symmetric positive definite; symmetric means |M_ij - M_ji| <= kSymmetryTolerance
+  // sqrt(M_ii M_jj), and the matrix is used as given.
+  static constexpr double kSymmetryTolerance = 1e-5;
   static Metric from_inverse(MetricKind kind, const torch::Tensor& inv, int64_t chains, int64_t dim,
                              const torch::TensorOptions& options);
 
