@@ -46,6 +46,9 @@ std::vector<torch::Tensor> load_tensors(const std::string& path) {
 
 namespace {
 
+// Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
+struct StopAfterWarmup {};
+
 // A one-line progress bar on stderr (redrawn in place on a terminal, every 10 % otherwise).
 class SamplerBar {
  public:

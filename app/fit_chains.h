@@ -18,9 +18,6 @@ namespace dslens::app {
 void save_tensors(const std::string& path, const std::vector<torch::Tensor>& tensors);
 std::vector<torch::Tensor> load_tensors(const std::string& path);
 
-// Thrown from the sampler's checkpoint callback to stop after warmup (--stop-after warmup).
-struct StopAfterWarmup {};
-
 struct ChainRunFiles {
   std::string chains;   // the finished run's draws and statistics
   std::string sampler;  // the sampler's last snapshot (an interrupted run continues from it)

@@ -223,23 +223,19 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
         "{}: chain round {} of {}: the chains of {} ended more than {:g} nats apart in mean log "
         "posterior; they run again, all from the lens's best optimum so far",
         label, round, 1 + sc.retry_rounds, nlohmann::json(names).dump(), sc.stray_nats);
-    const std::string round_tag = tag + "-chains-round" + std::to_string(round);
-    const ChainRunFiles files{round_tag + ".pt",
-                              tag + "-sampler-round" + std::to_string(round) + ".pt"};
-    std::optional<ChainRun> run;
-    if (apart.size() == lenses.size()) {
-      run = run_chains(lenses, log_density, torch::stack(seed_x), torch::stack(seed_lp), round,
-                       files, options, label);
-      if (!run) return {};
-      adopt(apart, *run, log_density);
-    } else {
-      const BatchPosterior sub = batch_posterior(subset, compute);
-      const auto sub_density = sub.first.log_density();
-      run = run_chains(subset, sub_density, torch::stack(seed_x), torch::stack(seed_lp), round,
-                       files, options, label);
-      if (!run) return {};
-      adopt(apart, *run, sub_density);
+    const std::string suffix = "-round" + std::to_string(round) + ".pt";
+    // The retried lenses run as a batch of their own (when all are retried, the batch itself).
+    std::optional<BatchPosterior> sub;
+    samplers::LogDensityFn density = log_density;
+    if (apart.size() < lenses.size()) {
+      sub.emplace(batch_posterior(subset, compute));
+      density = sub->first.log_density();
     }
+    const std::optional<ChainRun> run =
+        run_chains(subset, density, torch::stack(seed_x), torch::stack(seed_lp), round,
+                   {tag + "-chains" + suffix, tag + "-sampler" + suffix}, options, label);
+    if (!run) return {};
+    adopt(apart, *run, density);
   }
   return results;
 }
