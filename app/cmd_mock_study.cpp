@@ -194,8 +194,8 @@ json simulate_config(const Truth& t, const Settings& s) {
 // The fit config of a mock: EPL (e1/e2) + shear, VAE source with free centre, scale and amplitude.
 // `snr`: the level's SNR, for the likelihood annealing of the MAP (Settings::anneal_snr).
 json fit_config(const std::string& simulation, const Settings& s, uint64_t seed, double snr) {
-  // Free around the truth's stamp pixel: the scale carries the slope's degeneracy with the
-  // source's size (docs/fit.md, "The VAE source's scale").
+  // The stamp pixel is free, with the population's distribution as prior: the scale carries the
+  // slope's degeneracy with the source's size (docs/fit.md, "The VAE source's scale").
   const json scale_prior = {
       {"prior", "lognormal"}, {"mu", std::log(kSourceScale)}, {"sigma", kLogScaleSigma}};
   json fit = {
