@@ -250,6 +250,13 @@ std::string num(double v, int precision = 4) {
   std::snprintf(buf, sizeof buf, "%.*g", precision, v);
   return buf;
 }
+// "U(0.8, 1.6)" from the population's constants, so the study's text cannot drift from its draws.
+std::string text(const Uniform& u, const std::string& unit = "") {
+  return "U(" + num(u.lower) + ", " + num(u.upper) + unit + ")";
+}
+std::string text(const Normal& n, const std::string& unit = "") {
+  return "N(" + num(n.mean) + ", " + num(n.sigma) + unit + ")";
+}
 std::string fixed(double v, int decimals) {
   if (!std::isfinite(v)) return "n/a";
   char buf[64];
@@ -467,13 +474,14 @@ std::string render_markdown(const json& study) {
      << "(`scripts/mock_study.sh` trains the demo VAE if none is given and runs this command.)\n\n"
      << "**Mocks.** " << s.at("mocks").get<int64_t>() << " lenses (seed "
      << s.at("seed").get<uint64_t>() << "), the same lenses at every SNR level: EPL with "
-     << "theta_E ~ U(0.8, 1.6)\", gamma ~ U(1.8, 2.3), e1, e2 ~ U(-0.2, 0.2), centre ~ "
-     << "N(0, 0.02\"); external shear gamma1, gamma2 ~ N(0, 0.03); a source decoded by the VAE "
-     << "(`" << s.at("vae").get<std::string>() << "`) from z ~ N(0, I), amplitude ~ "
-     << "logN(4.6, 0.25), stamp pixel ~ logN(ln " << kSourceScale << "\", 0.3), centre ~ "
-     << "N(0, 0.15\"). " << s.at("pixels").get<int64_t>() << "x" << s.at("pixels").get<int64_t>()
-     << " pixels of " << kPixelScale << "\", Gaussian PSF of FWHM " << kPsfFwhm
-     << "\", supersampling " << s.at("supersampling").get<int64_t>()
+     << "theta_E ~ " << text(kThetaE, "\"") << ", gamma ~ " << text(kGamma) << ", e1, e2 ~ "
+     << text(kE12) << ", centre ~ " << text(kLensCentre, "\"")
+     << "; external shear gamma1, gamma2 ~ " << text(kShear) << "; a source decoded by the VAE (`"
+     << s.at("vae").get<std::string>() << "`) from z ~ N(0, I), amplitude ~ log" << text(kLogAmp)
+     << ", stamp pixel ~ logN(ln " << num(kSourceScale) << "\", " << num(kLogScaleSigma)
+     << "), centre ~ " << text(kSourceCentre, "\"") << ". " << s.at("pixels").get<int64_t>() << "x"
+     << s.at("pixels").get<int64_t>() << " pixels of " << kPixelScale << "\", Gaussian PSF of FWHM "
+     << kPsfFwhm << "\", supersampling " << s.at("supersampling").get<int64_t>()
      << " (the same in simulation and fit).\n\n"
      << "**SNR.** " << study.at("snr_definition").get<std::string>() << "\n\n"
      << "**Fit.** EPL + shear + the VAE source (latents N(0, I); phi_G fixed at the truth), every "
