@@ -127,11 +127,15 @@ void WelfordEstimator::add(const torch::Tensor& q) {
   ++n_;
   torch::Tensor delta = q - mean_;
   mean_ = mean_ + delta / static_cast<double>(n_);
-  torch::Tensor delta2 = q - mean_;
   if (kind_ == MetricKind::diag) {
-    m2_ = m2_ + delta * delta2;
+    m2_ = m2_ + delta * (q - mean_);
   } else {
-    m2_ = m2_ + delta2.unsqueeze(-1) * delta.unsqueeze(-2);
+    // Welford's (q - mean_new)(q - mean_old)^T equals (n - 1)/n delta delta^T in exact arithmetic
+    // (q - mean_new = (n - 1)/n delta). Written as the latter it is symmetric to the bit, as a
+    // metric must be; the former differed from its transpose by float round-off, which a resumed
+    // fit's symmetry check then had to tolerate (session 30).
+    const double c = static_cast<double>(n_ - 1) / static_cast<double>(n_);
+    m2_ = m2_ + (delta.unsqueeze(-1) * delta.unsqueeze(-2)) * c;
   }
 }
 

@@ -104,6 +104,27 @@ TEST(Welford, MatchesTorchCovariance) {
   EXPECT_EQ(dense.effective_count(true), C * N);
 }
 
+// In float32 the textbook update (q - mean_new)(q - mean_old)^T leaves the covariance asymmetric
+// at round-off; the metric built from it must be symmetric to the bit.
+TEST(Welford, DenseCovarianceIsExactlySymmetricInFloat32) {
+  torch::manual_seed(5);
+  auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+  const int64_t C = 2, N = 200, D = 12;
+  const torch::Tensor mix = torch::randn({D, D}, opt);
+  const torch::Tensor x = torch::randn({C, N, D}, opt).matmul(mix) + 3.0;
+  WelfordEstimator dense(MetricKind::dense, C, D, opt);
+  for (int64_t i = 0; i < N; ++i) dense.add(x.select(1, i));
+  for (const bool pooled : {false, true}) {
+    const torch::Tensor cov = dense.covariance(pooled);
+    EXPECT_TRUE(torch::equal(cov, cov.transpose(-1, -2))) << "pooled " << pooled;
+    // and still the covariance, to float32 round-off
+    const torch::Tensor xc = (x[0] - x[0].mean(0)).to(torch::kFloat64);
+    if (!pooled)
+      EXPECT_TRUE(
+          torch::allclose(cov[0].to(torch::kFloat64), xc.t().mm(xc) / double(N - 1), 1e-4, 1e-4));
+  }
+}
+
 TEST(Welford, PooledMetricLeavesOutTheDistanceBetweenChains) {
   // Two chains in two modes 10 sd apart (x = +-5 + N(0, 1) in every coordinate): the metric a
   // trajectory needs is the modes' own unit covariance. The draws taken together have variance
