@@ -424,7 +424,7 @@ std::string shell_quote(const std::string& a) {
 }
 
 // Targets of issue 5 at the highest SNR (errors) and at every level (coverage).
-constexpr double kTargetRelativeError = 0.01;
+constexpr double kTargetRelativeError = 0.01, kTargetShearError = 0.01;
 constexpr double kCoverageLow = 0.60, kCoverageHigh = 0.76, kNominalCoverage = 0.68;
 constexpr int64_t kCoverageMinMocks = 30;
 const std::vector<std::string> kErrorTargets = {"theta_E", "gamma", "q", "gamma_ext"};
@@ -443,6 +443,17 @@ json check_targets(const json& levels) {
                                   num(top->at("snr").get<double>())},
                    {"value", std::isfinite(v) ? json(v) : json(nullptr)},
                    {"pass", std::isfinite(v) && v < kTargetRelativeError}});
+  }
+  // The shear strength's truths reach down to 0 (gamma1, gamma2 ~ N(0, 0.03)), where a relative
+  // error means little: at SNR 100 its posterior sd is 0.002-0.005 (session 29's fits in the
+  // truth's mode), 5-10 % of a typical 0.04. "1 % shear" in the lensing sense is 0.01 absolute,
+  // so that reading is checked beside the relative one; both are reported.
+  {
+    const double v = number_or_nan(top->at("aggregate").at("gamma_ext"), "median_abs_error");
+    out.push_back({{"target", "median abs. error of gamma_ext < " + num(kTargetShearError) +
+                                  " (1 % shear) at SNR " + num(top->at("snr").get<double>())},
+                   {"value", std::isfinite(v) ? json(v) : json(nullptr)},
+                   {"pass", std::isfinite(v) && v < kTargetShearError}});
   }
   for (const auto& l : levels) {
     const int64_t n = static_cast<int64_t>(l.at("lenses").size());
@@ -586,7 +597,8 @@ std::string render_markdown(const json& study) {
   for (const auto& t : study.at("targets")) {
     const std::string target = t.at("target");
     const double v = number_or_nan(t, "value");
-    const bool is_error = target.rfind("median", 0) == 0;
+    const bool is_relative = target.rfind("median abs. relative", 0) == 0;
+    const bool is_absolute = !is_relative && target.rfind("median", 0) == 0;
     std::string chance = "-";
     if (t.contains("calibrated_range_95")) {
       const double lo = t.at("calibrated_range_95").at(0), hi = t.at("calibrated_range_95").at(1);
@@ -594,7 +606,11 @@ std::string render_markdown(const json& study) {
                std::to_string(t.at("intervals").get<int64_t>()) + " intervals" +
                (std::isfinite(v) ? (v >= lo && v <= hi ? ": inside" : ": OUTSIDE") : "");
     }
-    md << "| " << target << " | " << (is_error ? percent(v) : fixed(v, 2)) << " | "
+    md << "| " << target << " | "
+       << (is_relative   ? percent(v)
+           : is_absolute ? num(v, 3)
+                         : fixed(v, 2))
+       << " | "
        << (t.at("pass").is_null() ? t.value("note", std::string("n/a"))
                                   : (t.at("pass").get<bool>() ? "pass" : "FAIL"))
        << " | " << chance << " |\n";
