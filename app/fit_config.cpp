@@ -33,7 +33,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
                   "newton_iterations",
                   "newton_starts",
                   "retry_rounds",
-                  "retry_reduced_chi_square"});
+                  "retry_reduced_chi_square",
+                  "retry_chi_square_sigma"});
     map.starts = m.integer_or("starts", map.starts, Range::closed(1, 100000));
     map.adam_iterations =
         m.integer_or("adam_iterations", map.adam_iterations, Range::closed(0, 1e7));
@@ -53,6 +54,8 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
         m.integer_or("retry_rounds", map.retry_rounds, Range::closed(0, kMaxRetryRounds));
     map.retry_reduced_chi_square =
         m.number_or("retry_reduced_chi_square", map.retry_reduced_chi_square, Range::positive());
+    map.retry_chi_square_sigma =
+        m.number_or("retry_chi_square_sigma", map.retry_chi_square_sigma, Range::closed(0.0, 1e6));
     map.placement_adam_iterations = m.integer_or(
         "placement_adam_iterations", map.placement_adam_iterations, Range::closed(0, 1e7));
     map.placement_lbfgs_iterations = m.integer_or(

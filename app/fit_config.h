@@ -62,10 +62,13 @@ struct MapSettings {
   int64_t newton_iterations = 50;
   int64_t newton_starts = 4;
   // Search rounds (app/map_rounds.h): a lens whose best optimum leaves a reduced chi-square above
-  // retry_reduced_chi_square is searched again from fresh prior draws, at most retry_rounds more
-  // times; each lens keeps its best `starts` optima over all rounds. 0: one round only.
+  // retry_reduced_chi_square (or the sigma rule's threshold below) is searched again from fresh
+  // prior draws, at most retry_rounds more times; each lens keeps its best `starts` optima over all
+  // rounds. 0: one round only.
   int64_t retry_rounds = 2;  // at most kMaxRetryRounds
   double retry_reduced_chi_square = 1.1;
+  // ... or above 1 + retry_chi_square_sigma sqrt(2 / dof), if lower (app/map_rounds.h); 0: off.
+  double retry_chi_square_sigma = 1.5;
 };
 // Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient
 // rows per point, a D x D eigensolve); models with more free parameters than this skip both.

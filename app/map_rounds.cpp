@@ -38,8 +38,13 @@ std::vector<double> host_values(const torch::Tensor& t) {
   return {h.data_ptr<double>(), h.data_ptr<double>() + h.numel()};
 }
 
-// Each lens's reduced chi-square at its best row of `x` ([L * per_lens, D], lens-major), with
-// (fitted pixels - free parameters) degrees of freedom.
+// Each lens's (fitted pixels - free parameters) degrees of freedom, at least 1.
+torch::Tensor degrees_of_freedom(const model::LensPosterior& posterior) {
+  const auto pixels = posterior.data().mask.reshape({posterior.n_lenses(), -1}).sum(1);
+  return (pixels - posterior.space().dim()).clamp_min(1).to(torch::kFloat64);
+}
+
+// Each lens's reduced chi-square at its best row of `x` ([L * per_lens, D], lens-major).
 torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, const torch::Tensor& x,
                                       const torch::Tensor& log_p) {
   torch::NoGradGuard no_grad;
@@ -49,12 +54,19 @@ torch::Tensor best_reduced_chi_square(const model::LensPosterior& posterior, con
   const auto rows =
       std::get<1>(lp.max(1)) + torch::arange(lenses, lp.options().dtype(torch::kLong)) * per;
   const auto chi2 = posterior.chi_square(x.detach().index_select(0, rows));
-  const auto pixels = posterior.data().mask.reshape({lenses, -1}).sum(1);
-  const auto dof = (pixels - posterior.space().dim()).clamp_min(1);
-  return chi2.to(torch::kFloat64) / dof.to(chi2.device(), torch::kFloat64);
+  return chi2.to(torch::kFloat64) / degrees_of_freedom(posterior).to(chi2.device());
 }
 
 }  // namespace
+
+torch::Tensor search_round_thresholds(const torch::Tensor& dof, const MapSettings& ms) {
+  const auto nu = dof.to(torch::kFloat64);
+  const auto cap = torch::full_like(nu, ms.retry_reduced_chi_square);
+  if (!(ms.retry_chi_square_sigma > 0)) return cap;
+  // chi^2 over nu degrees of freedom has mean nu and sd sqrt(2 nu): its reduced value sd
+  // sqrt(2 / nu).
+  return torch::minimum(cap, 1.0 + ms.retry_chi_square_sigma * (nu.reciprocal() * 2.0).sqrt());
+}
 
 std::vector<torch::Tensor> MapRoundState::to_tensors() const {
   const auto header = torch::tensor(
@@ -134,24 +146,26 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
       on_round(MapRoundState{completed, result, seconds_before + seconds_since(t_run)});
   };
   if (!resume) report(1);
+  const auto thresholds = host_values(search_round_thresholds(degrees_of_freedom(posterior), ms));
   for (int64_t round = first_round; round <= ms.retry_rounds; ++round) {
     const auto chi = host_values(best_reduced_chi_square(posterior, result.x, result.log_p));
     std::vector<int64_t> retry;
-    std::vector<double> retry_chi;
+    std::vector<double> retry_chi, retry_threshold;
     for (int64_t i = 0; i < n_lenses; ++i) {
-      const double c = chi[static_cast<size_t>(i)];
-      if (!(c <= ms.retry_reduced_chi_square)) {  // NaN too
+      const auto k = static_cast<size_t>(i);
+      if (!(chi[k] <= thresholds[k])) {  // NaN too
         retry.push_back(i);
-        retry_chi.push_back(c);
+        retry_chi.push_back(chi[k]);
+        retry_threshold.push_back(thresholds[k]);
       }
     }
     if (retry.empty()) break;
     const auto t0 = std::chrono::steady_clock::now();
     spdlog::info(
-        "MAP: round {} of {}: {} of {} lens(es) with a reduced chi-square above {:g} at the best "
-        "optimum ({}) searched again from other prior draws",
-        round + 1, ms.retry_rounds + 1, retry.size(), n_lenses, ms.retry_reduced_chi_square,
-        nlohmann::json(retry_chi).dump());
+        "MAP: round {} of {}: {} of {} lens(es) with a reduced chi-square above their threshold "
+        "at the best optimum ({} above {}) searched again from other prior draws",
+        round + 1, ms.retry_rounds + 1, retry.size(), n_lenses, nlohmann::json(retry_chi).dump(),
+        nlohmann::json(retry_threshold).dump());
     std::vector<const FitConfig*> subset;
     for (const int64_t i : retry) subset.push_back(lenses[static_cast<size_t>(i)]);
     samplers::OptimizeResult again;

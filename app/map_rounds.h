@@ -3,10 +3,10 @@
 // does the data say so: on the 12 SNR-100 mocks of docs/mock_study.md (session 27) the misses
 // thousands of nats below the truth left reduced chi-squares of 1.30 to 2.66 at their optimum,
 // the searches in or next to the mode 0.99 to 1.04. A lens whose best optimum leaves a reduced
-// chi-square above `map.retry_reduced_chi_square` is therefore searched again from fresh prior
-// draws (app/map_search.h, `round`), at most `map.retry_rounds` more times, and keeps its best
-// `starts` optima over all its rounds. Only the lenses still above the threshold take part in a
-// round, as a batch of their own.
+// chi-square above its threshold (search_round_thresholds, below) is therefore searched again
+// from fresh prior draws (app/map_search.h, `round`), at most `map.retry_rounds` more times, and
+// keeps its best `starts` optima over all its rounds. Only the lenses still above the threshold
+// take part in a round, as a batch of their own.
 #pragma once
 #include <functional>
 #include <optional>
@@ -38,6 +38,14 @@ struct MapRoundState {
                                     int64_t starts, int64_t dim);
 };
 using MapRoundFn = std::function<void(const MapRoundState&)>;
+
+// The reduced chi-square above which a lens is searched again, per lens from its degrees of
+// freedom ([L]): the smaller of `retry_reduced_chi_square` and, when `retry_chi_square_sigma` > 0,
+// 1 + retry_chi_square_sigma sqrt(2 / dof), the value a correct optimum exceeds only by chance
+// (its chi-square has mean dof and sd sqrt(2 dof)). At SNR 10 over 80x80 pixels a search that
+// ended 174 nats below the truth left 1.032 while the correct ones left 0.983 to 1.027
+// (docs/mock_study.md, session 31): a fixed 1.1 passes misses the data cannot show that loudly.
+torch::Tensor search_round_thresholds(const torch::Tensor& dof, const MapSettings& ms);
 
 // map_search (round 0) on the whole batch, then the rounds above; `make` builds the posterior of
 // the lenses a round retries. Same result layout as map_search. With `resume`, the rounds it

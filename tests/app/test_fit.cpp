@@ -261,7 +261,9 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
                 {"newton_iterations", 0},
                 {"seed", seed},
                 {"retry_rounds", retry_rounds},
-                {"retry_reduced_chi_square", 1.3}};
+                {"retry_reduced_chi_square", 1.3},
+                // the fixed threshold alone: b's raw draws leave 1.11, 2.5 sd above 1 (sigma rule)
+                {"retry_chi_square_sigma", 0.0}};
   };
   for (const auto& [name, seed, rms] :
        {std::tuple{std::string("a"), 21, 0.2}, std::tuple{std::string("b"), 22, 10.0}}) {
@@ -353,6 +355,40 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
     EXPECT_EQ(read_json(cut + "/" + name + "/map.json")["best_starts"],
               read_json(dir + "/batch/fit/" + name + "/map.json")["best_starts"])
         << name;
+  }
+  fs::remove_all(dir);
+}
+
+// The sigma rule of the search rounds (app/map_rounds.h): with the fixed threshold out of reach
+// (retry_reduced_chi_square 1e6), lens "a" (a raw prior draw as optimum, reduced chi-square 1.68)
+// is still searched again under the default retry_chi_square_sigma 1.5, at the threshold
+// 1 + 1.5 sqrt(2 / dof) of its 32 x 32 pixels less 7 free parameters (1.067). With the rule off
+// (0) it is not.
+TEST(FitCommand, SearchRoundsRetryWhereTheChiSquareIsImprobableForItsDegreesOfFreedom) {
+  const std::string dir = dslens::testing::temp_dir("fit_rounds_sigma");
+  for (const double sigma : {-1.0, 0.0}) {  // -1: the default
+    const std::string sub = dir + (sigma < 0 ? "/default" : "/off");
+    fs::create_directories(sub);
+    make_raw_map_mocks(sub, [&](const std::string&, json& c) {
+      c["map"]["retry_rounds"] = 1;
+      c["map"]["retry_reduced_chi_square"] = 1e6;
+      if (sigma >= 0) c["map"]["retry_chi_square_sigma"] = sigma;
+    });
+    fs::remove(sub + "/configs/b.json");  // "a" alone
+    const RunResult r =
+        run_dslens("fit " + quote(sub + "/configs") + " --out " + quote(sub + "/fit") +
+                       " --warmup 2 --draws 2 --chains 1 --stop-after map",
+                   "info");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const bool retried = r.output.find("round 2 of 2: 1 of 1 lens(es)") != std::string::npos;
+    EXPECT_EQ(retried, sigma < 0) << r.output;
+    if (sigma < 0) {
+      const double dof = 32 * 32 - 7;
+      const auto at = r.output.find("above [");
+      ASSERT_NE(at, std::string::npos) << r.output;
+      const double logged = std::strtod(r.output.c_str() + at + 7, nullptr);
+      EXPECT_NEAR(logged, 1.0 + 1.5 * std::sqrt(2.0 / dof), 1e-9) << r.output;
+    }
   }
   fs::remove_all(dir);
 }
