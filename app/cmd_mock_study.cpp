@@ -28,6 +28,8 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "command.h"
@@ -136,12 +138,14 @@ json normal_prior(double mean, double sigma) {
 
 struct Settings {
   std::string vae;
+  int64_t first = 0;  // the index of the first mock (--first): a study may be run in parts
   int64_t mocks, pixels, chains, warmup, draws, starts, supersampling, max_depth;
   std::string metric;
   uint64_t seed;
   std::vector<double> snr;
   int64_t placement_starts = 0;  // MapSettings::placement_starts (0: as many as starts)
   double anneal_snr = 0.0;       // > 0: levels above it anneal the MAP's likelihood down to it
+  int64_t search_rounds = 2;     // MapSettings::retry_rounds (the fit's default)
   json to_json() const {
     json j = {{"vae", vae},
               {"mocks", mocks},
@@ -159,9 +163,18 @@ struct Settings {
     // Only when set, so that studies started before these options resume unchanged.
     if (placement_starts > 0) j["placement_starts"] = placement_starts;
     if (anneal_snr > 0) j["anneal_snr"] = anneal_snr;
+    if (first > 0) j["first"] = first;
+    if (search_rounds != 2) j["search_rounds"] = search_rounds;
     return j;
   }
 };
+
+constexpr const char* kSnrDefinition =
+    "SNR = P / background_rms, where P is the brightest pixel of the noise-free lensed-source "
+    "image of the mock (no lens light); background_rms = P / SNR. The exposure time is set so "
+    "that the Poisson noise of that pixel is half the background rms (t = P / (0.5 P / SNR)^2), "
+    "so its total signal-to-noise is SNR / sqrt(1.25) = 0.89 SNR; fainter arc pixels are "
+    "background-dominated.";
 
 // The simulate config of a mock, without "noise" and "seed".
 json simulate_config(const Truth& t, const Settings& s) {
@@ -240,6 +253,7 @@ json fit_config(const std::string& simulation, const Settings& s, uint64_t seed,
         {"seed", seed}}}};
   // Always written: without it the fit's default (4 x starts) would replace --placement-starts 0.
   fit["map"]["placement_starts"] = s.placement_starts;
+  fit["map"]["retry_rounds"] = s.search_rounds;
   if (s.anneal_snr > 0 && snr > s.anneal_snr)
     fit["map"]["anneal_noise"] = json::array({snr / s.anneal_snr});
   return fit;
@@ -413,6 +427,37 @@ json aggregate(const json& lenses) {
   return out;
 }
 
+// A level's entry of mock_study.json from its lenses' records (read_lens, with the noise).
+json level_entry(double snr, const std::string& folder, const json& lenses, double fit_wall) {
+  std::vector<double> times;
+  int64_t divergences = 0, with_divergences = 0, scored = 0, below_truth = 0;
+  for (const auto& lens : lenses) {
+    const int64_t d = lens.at("divergences").get<int64_t>();
+    divergences += d;
+    with_divergences += d > 0 ? 1 : 0;
+    // A MAP less probable than the truth (by more than 1 nat) missed the truth's mode.
+    const double lp_map = number_or_nan(lens, "map_log_posterior");
+    const double lp_truth = number_or_nan(lens, "truth_log_posterior");
+    if (std::isfinite(lp_map) && std::isfinite(lp_truth)) {
+      ++scored;
+      below_truth += lp_map < lp_truth - 1.0 ? 1 : 0;
+    }
+    const json& sec = lens.at("seconds");
+    times.push_back(number_or_nan(sec, "map") + number_or_nan(sec, "warmup") +
+                    number_or_nan(sec, "sampling"));
+  }
+  return {{"snr", snr},
+          {"folder", folder},
+          {"lenses", lenses},
+          {"aggregate", aggregate(lenses)},
+          {"divergences_total", divergences},
+          {"lenses_with_divergences", with_divergences},
+          {"lenses_truth_scored", scored},
+          {"lenses_map_below_truth", below_truth},
+          {"median_seconds_per_lens", median(times)},
+          {"fit_wall_seconds", std::isfinite(fit_wall) ? json(fit_wall) : json(nullptr)}};
+}
+
 std::string shell_quote(const std::string& a) {
   if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                         "0123456789-_=./,:+@%") == std::string::npos) {
@@ -506,7 +551,12 @@ std::string render_markdown(const json& study) {
      << study.at("command").get<std::string>() << "\n```\n\n"
      << "(`scripts/mock_study.sh` trains the demo VAE if none is given and runs this command.)\n\n"
      << "**Mocks.** " << s.at("mocks").get<int64_t>() << " lenses (seed "
-     << s.at("seed").get<uint64_t>() << "), the same lenses at every SNR level: EPL with "
+     << s.at("seed").get<uint64_t>()
+     << (s.value("first", int64_t{0}) > 0
+             ? "; mocks " + std::to_string(s.at("first").get<int64_t>()) + " to " +
+                   std::to_string(s.at("first").get<int64_t>() + s.at("mocks").get<int64_t>() - 1)
+             : std::string())
+     << "), the same lenses at every SNR level: EPL with "
      << "theta_E ~ " << text(kThetaE, "\"") << ", gamma ~ " << text(kGamma) << ", e1, e2 ~ "
      << text(kE12) << ", centre ~ " << text(kLensCentre, "\"")
      << "; external shear gamma1, gamma2 ~ " << text(kShear) << "; a source decoded by the VAE (`"
@@ -545,6 +595,25 @@ std::string render_markdown(const json& study) {
      << "the truth: mocks whose best MAP optimum has a log posterior more than 1 below the "
      << "truth's (the search missed the truth's mode; map.json of each fit).\n\n";
 
+  if (study.value("partial", false)) {
+    md << "**Partial.** The study was still running: only the fits finished by then are "
+          "tabulated (`--partial`), so a level's mocks may be fewer than asked.\n\n";
+  }
+  if (study.contains("combined_from")) {
+    md << "**Parts.** This table joins the lenses of " << study.at("combined_from").size()
+       << " parts of the study (`dslens mock-study --combine`; the same population, settings and "
+          "VAE weights "
+       << study.value("vae_weights_fnv1a64", json(nullptr)).dump()
+       << "); aggregates and targets are recomputed over all their lenses. Fit wall time: the "
+          "parts' sum.\n\n| part | date | fitted by |\n| --- | --- | --- |\n";
+    for (const auto& p : study.at("combined_from")) {
+      md << "| `" << p.value("file", std::string()) << "`"
+         << (p.value("partial", false) ? " (partial)" : "") << " | "
+         << p.value("date", std::string()) << " | `" << p.value("command", std::string())
+         << "` |\n";
+    }
+    md << "\n";
+  }
   md << "## Overview\n\n"
      << "| SNR | mocks | MAP less probable than the truth | total divergences | mocks with "
         "divergences | max R-hat (rows below) | median time per lens (s) | fit wall time (s) |\n"
@@ -620,6 +689,136 @@ std::string render_markdown(const json& study) {
   return md.str();
 }
 
+std::string utc_date() {
+  char date[64];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  return date;
+}
+
+// The VAE's identity across machines: the hash of its weights archive that train-vae records in
+// checkpoint.json (its path differs between machines; its weights decide the mocks' sources).
+json vae_digest(const std::string& vae) {
+  const json sidecar = load_json_file((fs::path(vae) / "checkpoint.json").string());
+  if (sidecar.contains("weights") && sidecar["weights"].contains("fnv1a64"))
+    return sidecar["weights"]["fnv1a64"];
+  return nullptr;
+}
+
+void write_study(const fs::path& out, json study) {
+  study["targets"] = check_targets(study.at("levels"));
+  const std::string md = render_markdown(study);
+  write_text_atomically((out / "mock_study.json").string(), study.dump(2) + "\n");
+  write_text_atomically((out / "mock_study.md").string(), md);
+  std::cout << "\n"
+            << md << "\nwrote " << (out / "mock_study.md").string() << " and "
+            << (out / "mock_study.json").string() << "\n";
+}
+
+// --combine: one study from the mock_study.json of several parts of one study (--first, or
+// --partial tables of unfinished runs), e.g. run in different sessions or on different machines.
+// The parts must share every setting but the mocks' range and the SNR levels, and the VAE's
+// weights; a mock may appear at a level in one part only. Aggregates and targets are recomputed
+// from the lenses' records.
+int combine(const std::vector<std::string>& inputs, const fs::path& out,
+            const std::string& command) {
+  json common, digest, first_settings, definition;
+  std::string first_input;
+  std::map<double, json> lenses_at;                               // SNR -> lens records
+  std::map<double, double> wall_at;                               // SNR -> summed fit wall time
+  std::map<std::pair<double, std::string>, std::string> part_of;  // (SNR, mock) -> input
+  std::set<std::string> versions, devices, dtypes, mocks;
+  double seconds = 0;
+  json parts = json::array();
+  for (const auto& input : inputs) {
+    fs::path file = input;
+    if (fs::is_directory(file)) file /= "mock_study.json";
+    if (!fs::exists(file)) {
+      throw InputError("--combine: '" + file.string() +
+                       "' does not exist (give mock-study output folders or their "
+                       "mock_study.json)");
+    }
+    const json part = load_json_file(file.string());
+    if (!part.contains("settings") || !part.contains("levels")) {
+      throw InputError("--combine: '" + file.string() + "' is not a mock_study.json");
+    }
+    json comparable = part.at("settings");
+    for (const char* k : {"mocks", "first", "snr", "vae"}) comparable.erase(k);
+    const json d = part.value("vae_weights_fnv1a64", json(nullptr));
+    if (first_input.empty()) {
+      common = comparable;
+      digest = d;
+      first_settings = part.at("settings");
+      definition = part.value("snr_definition", json(kSnrDefinition));
+      first_input = file.string();
+    } else if (comparable != common) {
+      throw InputError("--combine: '" + file.string() + "' has other settings (" +
+                       comparable.dump() + ") than '" + first_input + "' (" + common.dump() + ")");
+    } else if (d != digest) {
+      throw InputError("--combine: the VAE of '" + file.string() + "' (weights " + d.dump() +
+                       ") is not that of '" + first_input + "' (" + digest.dump() +
+                       "): its mocks have other sources");
+    }
+    versions.insert(part.value("dslens_version", std::string("?")));
+    devices.insert(part.value("device", std::string("?")));
+    dtypes.insert(part.value("dtype", std::string("?")));
+    seconds += part.value("seconds", 0.0);
+    parts.push_back({{"file", file.string()},
+                     {"command", part.value("command", std::string())},
+                     {"date", part.value("date", std::string())},
+                     {"partial", part.value("partial", false)}});
+    for (const auto& level : part.at("levels")) {
+      const double snr = level.at("snr").get<double>();
+      for (const auto& lens : level.at("lenses")) {
+        const std::string name = lens.at("name").get<std::string>();
+        const auto [it, added] = part_of.emplace(std::make_pair(snr, name), file.string());
+        if (!added) {
+          throw InputError("--combine: " + name + " at SNR " + num(snr) + " is in both '" +
+                           it->second + "' and '" + file.string() + "'");
+        }
+        lenses_at[snr].push_back(lens);
+        mocks.insert(name);
+      }
+      const double w = number_or_nan(level, "fit_wall_seconds");
+      if (std::isfinite(w)) wall_at[snr] += w;
+    }
+  }
+  if (fs::exists(out)) {
+    throw InputError("output folder '" + out.string() + "' already exists; choose another --out");
+  }
+  json levels = json::array(), snrs = json::array();
+  for (auto& [snr, lenses] : lenses_at) {
+    std::sort(lenses.begin(), lenses.end(), [](const json& a, const json& b) {
+      return a.at("name").get<std::string>() < b.at("name").get<std::string>();
+    });
+    const auto w = wall_at.find(snr);
+    levels.push_back(level_entry(snr, "combined", lenses, w == wall_at.end() ? NAN : w->second));
+    snrs.push_back(snr);
+  }
+  auto joined = [](const std::set<std::string>& v) {
+    std::string r;
+    for (const auto& x : v) r += (r.empty() ? "" : ", ") + x;
+    return r;
+  };
+  json settings = first_settings;
+  settings.erase("first");
+  settings["mocks"] = static_cast<int64_t>(mocks.size());
+  settings["snr"] = snrs;
+  fs::create_directories(out);
+  write_study(out, {{"command", command},
+                    {"dslens_version", joined(versions)},
+                    {"date", utc_date()},
+                    {"device", joined(devices)},
+                    {"dtype", joined(dtypes)},
+                    {"settings", settings},
+                    {"vae_weights_fnv1a64", digest},
+                    {"snr_definition", definition},
+                    {"combined_from", parts},
+                    {"levels", levels},
+                    {"seconds", seconds}});
+  return 0;
+}
+
 int run(int argc, char** argv) {
   cxxopts::Options options(
       argv[0], "Mock study: simulate and fit N mock lenses at several SNR levels (issue 5)");
@@ -640,6 +839,9 @@ int run(int argc, char** argv) {
       "placement-starts",
       "prior draws of the MAP's placement stage per lens, the best --starts go on (0: --starts)",
       cxxopts::value<int64_t>()->default_value("64"))(
+      "search-rounds",
+      "most search rounds after the first for a lens that fits badly (map.retry_rounds)",
+      cxxopts::value<int64_t>()->default_value("2"))(
       "anneal-snr",
       "levels above this SNR start the MAP with the noise scaled to it (map.anneal_noise; 0: off)",
       cxxopts::value<double>()->default_value("33"))(
@@ -654,17 +856,33 @@ int run(int argc, char** argv) {
       cxxopts::value<uint64_t>()->default_value("1"))(
       "resume",
       "continue a study in --out: keep finished levels and mocks, resume fits "
-      "(other --snr levels may be given)");
+      "(other --snr levels may be given)")(
+      "first",
+      "index of the first mock (a study may run in parts: --first 10 --mocks 10 fits mocks 10-19 "
+      "as the whole study would; --combine joins the parts)",
+      cxxopts::value<int64_t>()->default_value("0"))(
+      "partial",
+      "with --resume: tabulate the fits finished so far, simulate and fit nothing (e.g. before an "
+      "interrupted study is moved)")(
+      "combine",
+      "join the mock_study.json of parts of one study (folders or files, comma-separated) into "
+      "--out; no --vae needed",
+      cxxopts::value<std::vector<std::string>>());
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
   if (!args.unmatched().empty()) {
     throw InvalidArgument("unexpected argument '" + args.unmatched().front() + "' (see --help)");
   }
-  if (!args.count("vae")) throw InvalidArgument("missing --vae DIR (see dslens mock-study --help)");
   if (!args.count("out")) throw InvalidArgument("missing --out DIR (see dslens mock-study --help)");
   std::string command = "dslens mock-study";
   for (int i = 1; i < argc; ++i) command += " " + shell_quote(argv[i]);
+  if (args.count("combine")) {
+    return combine(args["combine"].as<std::vector<std::string>>(),
+                   fs::absolute(args["out"].as<std::string>()).lexically_normal(), command);
+  }
+  if (!args.count("vae")) throw InvalidArgument("missing --vae DIR (see dslens mock-study --help)");
+  const bool partial = args.count("partial") > 0;
   const Compute compute = compute_from(args);
   const std::string log_level = args["log-level"].as<std::string>();
   const std::string threads = std::to_string(args["threads"].as<int>());
@@ -673,6 +891,7 @@ int run(int argc, char** argv) {
   Settings s;
   s.vae = fs::absolute(args["vae"].as<std::string>()).lexically_normal().string();
   s.mocks = args["mocks"].as<int64_t>();
+  s.first = args["first"].as<int64_t>();
   s.pixels = args["pixels"].as<int64_t>();
   s.supersampling = args["supersampling"].as<int64_t>();
   s.chains = args["chains"].as<int64_t>();
@@ -681,6 +900,9 @@ int run(int argc, char** argv) {
   s.starts = args["starts"].as<int64_t>();
   s.placement_starts = args["placement-starts"].as<int64_t>();
   s.anneal_snr = args["anneal-snr"].as<double>();
+  s.search_rounds = args["search-rounds"].as<int64_t>();
+  if (s.search_rounds < 0 || s.search_rounds > 8)
+    throw InvalidArgument("--search-rounds must be in [0, 8]");
   if (s.placement_starts < 0) throw InvalidArgument("--placement-starts must be at least 0");
   if (!(s.anneal_snr >= 0) || !std::isfinite(s.anneal_snr))
     throw InvalidArgument("--anneal-snr must be a number >= 0 (0: off)");
@@ -694,6 +916,8 @@ int run(int argc, char** argv) {
     throw InvalidArgument("--metric '" + s.metric + "' is not a metric; allowed: dense, diag");
   if (max_batch < 1) throw InvalidArgument("--max-batch must be at least 1");
   if (s.mocks < 1 || s.mocks > 9999) throw InvalidArgument("--mocks must be in [1, 9999]");
+  if (s.first < 0 || s.first + s.mocks > 9999)
+    throw InvalidArgument("--first must be >= 0, with --first + --mocks <= 9999");
   if (s.pixels < 16) throw InvalidArgument("--pixels must be at least 16");
   if (s.supersampling < 1 || s.supersampling > 16) {
     throw InvalidArgument("--supersampling must be in [1, 16]");
@@ -718,6 +942,10 @@ int run(int argc, char** argv) {
   const fs::path out = fs::absolute(args["out"].as<std::string>()).lexically_normal();
   const bool resume = args.count("resume") > 0;
   const json settings = s.to_json();
+  if (partial && (!resume || !fs::exists(out / "settings.json"))) {
+    throw InputError("--partial tabulates a study begun in --out ('" + out.string() +
+                     "' needs settings.json) and needs --resume with that study's options");
+  }
   if (fs::exists(out)) {
     if (!resume) {
       throw InputError("output folder '" + out.string() +
@@ -738,9 +966,9 @@ int run(int argc, char** argv) {
     }
   }
   fs::create_directories(out);
-  write_text_atomically((out / "settings.json").string(), settings.dump(2) + "\n");
+  if (!partial) write_text_atomically((out / "settings.json").string(), settings.dump(2) + "\n");
 
-  const int width = s.mocks > 999 ? 4 : 3;
+  const int width = s.first + s.mocks > 999 ? 4 : 3;
   auto mock_name = [&](int64_t k) {
     std::string n = std::to_string(k);
     return "mock" + std::string(std::max<int>(0, width - static_cast<int>(n.size())), '0') + n;
@@ -749,14 +977,7 @@ int run(int argc, char** argv) {
   // Truths and noise-free peaks, shared by every level.
   std::vector<Truth> truths;
   std::vector<double> peaks;
-  for (int64_t k = 0; k < s.mocks; ++k) truths.push_back(draw_truth(s.seed, k));
-
-  const std::string snr_definition =
-      "SNR = P / background_rms, where P is the brightest pixel of the noise-free lensed-source "
-      "image of the mock (no lens light); background_rms = P / SNR. The exposure time is set so "
-      "that the Poisson noise of that pixel is half the background rms (t = P / (0.5 P / SNR)^2), "
-      "so its total signal-to-noise is SNR / sqrt(1.25) = 0.89 SNR; fainter arc pixels are "
-      "background-dominated.";
+  for (int64_t k = s.first; k < s.first + s.mocks; ++k) truths.push_back(draw_truth(s.seed, k));
 
   json levels = json::array();
   const auto study_t0 = std::chrono::steady_clock::now();
@@ -773,11 +994,15 @@ int run(int argc, char** argv) {
               << (fitted ? "already fitted (--resume), reading " : "") << level.string() << "\n"
               << std::flush;
     double fit_wall = NAN;
-    if (!fitted) {
+    if (partial && !fitted && !fs::exists(level)) {
+      std::cout << "mock-study: SNR " << num(snr) << " not started (--partial)\n";
+      continue;
+    }
+    if (!fitted && !partial) {
       fs::create_directories(level / "sim-configs");
       fs::create_directories(level / "sims");
       fs::create_directories(level / "fit-configs");
-      for (int64_t k = 0; k < s.mocks; ++k) {
+      for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
         const std::string name = mock_name(k);
         const fs::path sim_dir = level / "sims" / name;
         if (fs::exists(sim_dir / "truth.json")) continue;  // only with --resume
@@ -785,8 +1010,8 @@ int run(int argc, char** argv) {
           for (const auto& t : truths)
             peaks.push_back(noise_free_peak(simulate_config(t, s), "mock-study"));
         }
-        json sim = simulate_config(truths[k], s);
-        const double peak = peaks[k];
+        json sim = simulate_config(truths[k - s.first], s);
+        const double peak = peaks[k - s.first];
         sim["noise"] = noise_at_snr(peak, snr);
         sim["seed"] = mix(mix(s.seed, level_key), static_cast<uint64_t>(k)) >> 12;
         sim["comment"] = "dslens mock-study: mock " + std::to_string(k) + " at SNR " + num(snr) +
@@ -799,7 +1024,7 @@ int run(int argc, char** argv) {
           throw Error("mock-study: simulating " + sim_cfg.string() + " failed");
         }
       }
-      for (int64_t k = 0; k < s.mocks; ++k) {
+      for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
         const std::string name = mock_name(k);
         const json fit =
             fit_config((level / "sims" / name).string(), s, mix(s.seed, level_key) >> 12, snr);
@@ -828,67 +1053,43 @@ int run(int argc, char** argv) {
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
     }
-    const json index = load_json_file((fit_dir / "index.json").string());
-    if (!std::isfinite(fit_wall)) fit_wall = number_or_nan(index, "seconds");
+    if (fitted && !std::isfinite(fit_wall))
+      fit_wall = number_or_nan(load_json_file((fit_dir / "index.json").string()), "seconds");
 
     json lenses = json::array();
-    std::vector<double> times;
-    int64_t divergences = 0, with_divergences = 0, scored = 0, below_truth = 0;
-    for (int64_t k = 0; k < s.mocks; ++k) {
+    for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
       const std::string name = mock_name(k);
       const fs::path lens_dir = s.mocks == 1 ? fit_dir : fit_dir / name;
+      // --partial: only the lenses whose fit has finished (summary.json is written after map.json
+      // and draws.npy).
+      if (partial && !fitted && !fs::exists(lens_dir / "summary.json")) continue;
       json lens = read_lens(lens_dir, level / "sims" / name);
       const json truth = load_json_file((level / "sims" / name / "truth.json").string());
       lens["background_rms"] = truth.at("noise").at("background_rms").at("value");
       lens["exposure_time"] = truth.at("noise").at("exposure_time").at("value");
-      const int64_t d = lens.at("divergences").get<int64_t>();
-      divergences += d;
-      with_divergences += d > 0 ? 1 : 0;
-      // A MAP less probable than the truth (by more than 1 nat) missed the truth's mode.
-      const double lp_map = number_or_nan(lens, "map_log_posterior");
-      const double lp_truth = number_or_nan(lens, "truth_log_posterior");
-      if (std::isfinite(lp_map) && std::isfinite(lp_truth)) {
-        ++scored;
-        below_truth += lp_map < lp_truth - 1.0 ? 1 : 0;
-      }
-      const json& sec = lens.at("seconds");
-      times.push_back(number_or_nan(sec, "map") + number_or_nan(sec, "warmup") +
-                      number_or_nan(sec, "sampling"));
       lenses.push_back(lens);
     }
-    json lv{{"snr", snr},
-            {"folder", level.string()},
-            {"lenses", lenses},
-            {"aggregate", aggregate(lenses)},
-            {"divergences_total", divergences},
-            {"lenses_with_divergences", with_divergences},
-            {"lenses_truth_scored", scored},
-            {"lenses_map_below_truth", below_truth},
-            {"median_seconds_per_lens", median(times)},
-            {"fit_wall_seconds", fit_wall}};
+    if (lenses.empty()) {
+      std::cout << "mock-study: no finished fit at SNR " << num(snr) << " yet (--partial)\n";
+      continue;
+    }
+    const json lv = level_entry(snr, level.string(), lenses, fit_wall);
     levels.push_back(lv);
   }
 
-  char date[64];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
   json study{{"command", command},
              {"dslens_version", version()},
-             {"date", date},
+             {"date", utc_date()},
              {"device", device},
              {"dtype", dtype},
              {"settings", settings},
-             {"snr_definition", snr_definition},
+             {"vae_weights_fnv1a64", vae_digest(s.vae)},
+             {"snr_definition", kSnrDefinition},
              {"levels", levels},
              {"seconds",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - study_t0).count()}};
-  study["targets"] = check_targets(levels);
-  const std::string md = render_markdown(study);
-  write_text_atomically((out / "mock_study.json").string(), study.dump(2) + "\n");
-  write_text_atomically((out / "mock_study.md").string(), md);
-  std::cout << "\n"
-            << md << "\nwrote " << (out / "mock_study.md").string() << " and "
-            << (out / "mock_study.json").string() << "\n";
+  if (partial) study["partial"] = true;
+  write_study(out, study);
   return 0;
 }
 

@@ -1,0 +1,134 @@
+// `dslens mock-study` in parts: a part (--first K --mocks N) simulates and fits mocks K..K+N-1
+// exactly as the whole study does (same truths, noise, random streams and so the same posterior
+// numbers), --partial tabulates the fits an unfinished study has finished, and --combine joins
+// parts into the whole study's table. The study runs on a tiny VAE, one search round and 1 chain
+// of 4 draws: these tests check the bookkeeping, not the physics (docs/mock_study.md).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "run_dslens.h"
+#include "test_support.h"
+#include "tiny_vae_config.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace test_mock_study_detail {
+
+using dslens::testing::quote;
+using dslens::testing::read_json;
+using dslens::testing::run_dslens;
+using dslens::testing::RunResult;
+using dslens::testing::write_json;
+
+// A study small enough to fit in seconds; `extra` picks the mocks.
+RunResult study(const std::string& vae, const std::string& out, const std::string& extra) {
+  return run_dslens("mock-study --vae " + quote(vae) + " --out " + quote(out) +
+                    " --snr 10 --pixels 64 --chains 1 --warmup 0 --draws 4 --starts 1"
+                    " --placement-starts 1 --search-rounds 0 --max-depth 2 --anneal-snr 0"
+                    " --max-batch 1"
+                    " --threads 1 " +
+                    extra);
+}
+
+const json& level_of(const json& s) {
+  return s.at("levels").at(0);
+}
+
+// The lens records of a study's (only) level, by name.
+std::map<std::string, json> lenses_of(const json& s) {
+  std::map<std::string, json> out;
+  for (const auto& l : level_of(s).at("lenses")) out[l.at("name").get<std::string>()] = l;
+  return out;
+}
+
+TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
+  const std::string dir = dslens::testing::temp_dir("mock_study_parts");
+  write_json(dir + "/vae.json", dslens::testing::tiny_vae_config());
+  RunResult r =
+      run_dslens("train-vae " + quote(dir + "/vae.json") + " --out " + quote(dir + "/vae"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string vae = dir + "/vae";
+
+  r = study(vae, dir + "/whole", "--mocks 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = study(vae, dir + "/part1", "--first 1 --mocks 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json whole = read_json(dir + "/whole/mock_study.json");
+  const json part1 = read_json(dir + "/part1/mock_study.json");
+  ASSERT_EQ(level_of(whole).at("lenses").size(), 2u);
+  ASSERT_EQ(level_of(part1).at("lenses").size(), 1u);
+
+  // Part 1 holds the whole study's second mock, to the last bit of its posterior summary.
+  const auto w = lenses_of(whole), p1 = lenses_of(part1);
+  ASSERT_EQ(p1.count("mock001"), 1u) << part1.dump();
+  EXPECT_EQ(p1.at("mock001").at("parameters"), w.at("mock001").at("parameters"));
+  EXPECT_EQ(p1.at("mock001").at("background_rms"), w.at("mock001").at("background_rms"));
+  EXPECT_EQ(p1.at("mock001").at("map_log_posterior"), w.at("mock001").at("map_log_posterior"));
+  // ... and it is not the first mock's (a part that ignored --first would fit mock 0 again).
+  EXPECT_NE(p1.at("mock001").at("parameters").at("theta_E").at("truth"),
+            w.at("mock000").at("parameters").at("theta_E").at("truth"));
+
+  // --partial: an unfinished level (no index.json, mock001's fit not finished) is tabulated from
+  // its finished fits only, and nothing is fitted.
+  fs::remove(dir + "/whole/snr10/fit/index.json");
+  fs::remove(dir + "/whole/snr10/fit/mock001/summary.json");
+  r = study(vae, dir + "/whole", "--mocks 2 --resume --partial");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json partial = read_json(dir + "/whole/mock_study.json");
+  EXPECT_TRUE(partial.value("partial", false));
+  ASSERT_EQ(level_of(partial).at("lenses").size(), 1u);
+  EXPECT_EQ(lenses_of(partial).count("mock000"), 1u);
+  EXPECT_FALSE(fs::exists(dir + "/whole/snr10/fit/mock001/summary.json"));
+  EXPECT_FALSE(fs::exists(dir + "/whole/snr10/fit/index.json"));
+  // Without --resume, or on a folder that holds no study, --partial is refused.
+  r = study(vae, dir + "/whole", "--mocks 2 --partial");
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = study(vae, dir + "/none", "--mocks 2 --resume --partial");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/none"));
+
+  // The partial table (mock 0) and part 1 (mock 1) combined give the whole study's aggregates and
+  // targets.
+  r = run_dslens("mock-study --combine " + quote(dir + "/part1") + "," +
+                 quote(dir + "/whole/mock_study.json") + " --out " + quote(dir + "/joined"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json joined = read_json(dir + "/joined/mock_study.json");
+  EXPECT_EQ(joined.at("settings").at("mocks"), 2);
+  EXPECT_EQ(level_of(joined).at("aggregate"), level_of(whole).at("aggregate"));
+  EXPECT_EQ(level_of(joined).at("divergences_total"), level_of(whole).at("divergences_total"));
+  EXPECT_EQ(joined.at("targets"), whole.at("targets"));
+  EXPECT_EQ(joined.at("combined_from").size(), 2u);
+  EXPECT_NE(r.output.find("joins the lenses of 2 parts"), std::string::npos) << r.output;
+
+  // A mock in two parts, other settings, another VAE, a missing part, an existing --out:
+  // refused, naming why.
+  auto refused = [&](const std::string& inputs, const std::string& words) {
+    const std::string out = dir + "/refused";
+    const RunResult f = run_dslens("mock-study --combine " + inputs + " --out " + quote(out));
+    EXPECT_EQ(f.code, 2) << f.output;
+    EXPECT_NE(f.output.find(words), std::string::npos) << words << "\n" << f.output;
+    EXPECT_FALSE(fs::exists(out));
+  };
+  refused(quote(dir + "/part1") + "," + quote(dir + "/joined"), "mock001 at SNR 10 is in both");
+  json other = part1;
+  other["settings"]["chains"] = 2;
+  write_json(dir + "/other_settings.json", other);
+  refused(quote(dir + "/whole") + "," + quote(dir + "/other_settings.json"), "other settings");
+  other = part1;
+  other["vae_weights_fnv1a64"] = "0000000000000000";
+  write_json(dir + "/other_vae.json", other);
+  refused(quote(dir + "/whole") + "," + quote(dir + "/other_vae.json"), "is not that of");
+  refused(quote(dir + "/nowhere"), "does not exist");
+  r = run_dslens("mock-study --combine " + quote(dir + "/part1") + " --out " +
+                 quote(dir + "/joined"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace test_mock_study_detail
