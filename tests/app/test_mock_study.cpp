@@ -104,6 +104,7 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   EXPECT_EQ(joined.at("targets"), whole.at("targets"));
   EXPECT_EQ(joined.at("combined_from").size(), 2u);
   EXPECT_NE(r.output.find("joins the lenses of 2 parts"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Mocks: 0-1."), std::string::npos) << r.output;
 
   // A mock in two parts, other settings, another VAE, a missing part, an existing --out:
   // refused, naming why.
