@@ -324,8 +324,10 @@ std::string render_markdown(const json& study) {
      << study.at("device").get<std::string>() << " (" << study.at("dtype").get<std::string>()
      << "), " << study.at("date").get<std::string>() << ":\n\n```\n"
      << study.at("command").get<std::string>() << "\n```\n\n"
-     << "(`scripts/mock_study.sh` trains the demo VAE if none is given and runs this command.)\n\n"
-     << "**Mocks.** " << s.at("mocks").get<int64_t>() << " lenses (seed "
+     << "(`scripts/mock_study.sh` runs this command with the study's VAE, docs/mock_study/vae, "
+        "unless given another.)\n\n"
+     << "**Mocks.** " << s.at("mocks").get<int64_t>()
+     << (s.at("mocks").get<int64_t>() == 1 ? " lens" : " lenses") << " (seed "
      << s.at("seed").get<uint64_t>()
      << (s.value("first", int64_t{0}) > 0
              ? "; mocks " + std::to_string(s.at("first").get<int64_t>()) + " to " +
