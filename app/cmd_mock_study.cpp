@@ -12,6 +12,10 @@
 // is half the background rms, so the total signal-to-noise of the brightest pixel is SNR /
 // sqrt(1.25).
 //
+// A study may run in parts (--first K: mocks K.., as the whole study would fit them), be
+// tabulated while unfinished (--resume --partial) and be joined (--combine;
+// mock_study_combine.cpp).
+//
 // OUT/
 //   settings.json             what was asked (checked by --resume)
 //   snr<S>/sim-configs/       `dslens simulate` configs, one per mock

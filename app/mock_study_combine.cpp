@@ -1,8 +1,13 @@
 // `dslens mock-study --combine`: a study's parts, run on different machines or days, joined into
 // one table (docs/mock_study.md, "A study in parts").
 #include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <map>
 #include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "dslens/core/errors.h"
 #include "mock_population.h"
