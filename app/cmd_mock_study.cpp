@@ -302,7 +302,7 @@ int run(int argc, char** argv) {
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
     }
-    if (fitted && !std::isfinite(fit_wall))
+    if (fitted)  // fitted by an earlier run: its wall time is in index.json
       fit_wall = number_or_nan(load_json_file((fit_dir / "index.json").string()), "seconds");
 
     json lenses = json::array();
