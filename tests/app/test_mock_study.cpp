@@ -102,6 +102,12 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   EXPECT_EQ(level_of(joined).at("aggregate"), level_of(whole).at("aggregate"));
   EXPECT_EQ(level_of(joined).at("divergences_total"), level_of(whole).at("divergences_total"));
   EXPECT_EQ(joined.at("targets"), whole.at("targets"));
+  // Two mocks judge no target, the error targets at the top SNR included (issue 5: >= 30 mocks).
+  ASSERT_FALSE(whole.at("targets").empty());
+  for (const auto& t : whole.at("targets")) {
+    EXPECT_TRUE(t.at("pass").is_null()) << t.dump();
+    EXPECT_EQ(t.value("note", ""), "not evaluated: 2 mocks (needs >= 30)") << t.dump();
+  }
   EXPECT_EQ(joined.at("combined_from").size(), 2u);
   EXPECT_NE(r.output.find("joins the lenses of 2 parts"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("Mocks: 0-1."), std::string::npos) << r.output;
