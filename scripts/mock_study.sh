@@ -11,7 +11,7 @@
 # (docs/mock_study/vae: configs/train_vae_mock_study.json trained on 2 cores), so that every run
 # and every part of the study decodes the same sources; --vae (or VAE_DIR) gives another.
 # Cost: 3 x N fits of 4 chains x (500 warmup + 500 draws). On 2 CPU cores the full study (N = 30,
-# 90 fits) takes about 13 core-hours; on a GPU (add --device cuda) minutes.
+# 90 fits) takes about 25 core-hours; on a GPU (add --device cuda) minutes.
 #
 # A study in parts (docs/mock_study.md, "A study in parts"): `--first K` with N = 30 - K fits
 # mocks K..29; `RUN_DIR=... scripts/mock_study.sh N --first K ... --partial` tabulates what an
