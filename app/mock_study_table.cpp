@@ -233,8 +233,10 @@ json check_targets(const json& levels) {
   for (const auto& l : levels) {
     if (l.at("snr").get<double>() > top->at("snr").get<double>()) top = &l;
   }
-  // A target's verdict: null with a note below kTargetMinMocks mocks.
-  auto judged = [](json t, int64_t mocks, bool pass) {
+  // A target's row: its value (null if not finite) and verdict, null with a note below
+  // kTargetMinMocks mocks.
+  auto judged = [](const std::string& target, double v, int64_t mocks, bool pass) {
+    json t{{"target", target}, {"value", std::isfinite(v) ? json(v) : json(nullptr)}};
     if (mocks < kTargetMinMocks) {
       t["pass"] = nullptr;
       t["note"] = "not evaluated: " + std::to_string(mocks) + (mocks == 1 ? " mock" : " mocks") +
@@ -247,10 +249,9 @@ json check_targets(const json& levels) {
   const auto top_mocks = static_cast<int64_t>(top->at("lenses").size());
   for (const auto& key : kErrorTargets) {
     const double v = number_or_nan(top->at("aggregate").at(key), "median_abs_relative_error");
-    out.push_back(judged({{"target", "median abs. relative error of " + key + " < 1 % at SNR " +
-                                         num(top->at("snr").get<double>())},
-                          {"value", std::isfinite(v) ? json(v) : json(nullptr)}},
-                         top_mocks, std::isfinite(v) && v < kTargetRelativeError));
+    out.push_back(judged("median abs. relative error of " + key + " < 1 % at SNR " +
+                             num(top->at("snr").get<double>()),
+                         v, top_mocks, std::isfinite(v) && v < kTargetRelativeError));
   }
   // The shear strength's truths reach down to 0 (gamma1, gamma2 ~ N(0, 0.03)), where a relative
   // error means little: at SNR 100 its posterior sd is 0.002-0.005 (session 29's fits in the
@@ -258,11 +259,9 @@ json check_targets(const json& levels) {
   // so that reading is checked beside the relative one; both are reported.
   {
     const double v = number_or_nan(top->at("aggregate").at("gamma_ext"), "median_abs_error");
-    out.push_back(
-        judged({{"target", "median abs. error of gamma_ext < " + num(kTargetShearError) +
-                               " (1 % shear) at SNR " + num(top->at("snr").get<double>())},
-                {"value", std::isfinite(v) ? json(v) : json(nullptr)}},
-               top_mocks, std::isfinite(v) && v < kTargetShearError));
+    out.push_back(judged("median abs. error of gamma_ext < " + num(kTargetShearError) +
+                             " (1 % shear) at SNR " + num(top->at("snr").get<double>()),
+                         v, top_mocks, std::isfinite(v) && v < kTargetShearError));
   }
   for (const auto& l : levels) {
     const int64_t n = static_cast<int64_t>(l.at("lenses").size());
@@ -273,10 +272,9 @@ json check_targets(const json& levels) {
     // intervals) has a calibrated range close to [0.60, 0.76] itself (0.61-0.75 for 150
     // independent intervals; a mock's parameters are correlated, so a little wider).
     auto coverage_row = [&](const std::string& what, double v, int64_t intervals) {
-      json t = judged({{"target", "68 % coverage of " + what + " in [" + fixed(kCoverageLow, 2) +
-                                      ", " + fixed(kCoverageHigh, 2) + "]" + at_snr},
-                       {"value", std::isfinite(v) ? json(v) : json(nullptr)}},
-                      n, v >= kCoverageLow && v <= kCoverageHigh);
+      json t = judged("68 % coverage of " + what + " in [" + fixed(kCoverageLow, 2) + ", " +
+                          fixed(kCoverageHigh, 2) + "]" + at_snr,
+                      v, n, v >= kCoverageLow && v <= kCoverageHigh);
       if (intervals > 0) {
         const auto r = binomial_coverage_range(intervals, kNominalCoverage);
         t["calibrated_range_95"] = {r.lower, r.upper};
