@@ -321,6 +321,13 @@ std::string mock_ranges(const json& lenses) {
   return out;
 }
 
+// ", weights fnv1a64 `...`": the VAE's path is the machine's that fitted it (a part's run folder),
+// so its weights' fingerprint is what ties the table to a VAE elsewhere (docs/mock_study/vae).
+std::string weights_note(const json& study) {
+  const json d = study.value("vae_weights_fnv1a64", json(nullptr));
+  return d.is_string() ? ", weights fnv1a64 `" + d.get<std::string>() + "`" : std::string();
+}
+
 }  // namespace
 
 std::string render_markdown(const json& study) {
@@ -344,9 +351,10 @@ std::string render_markdown(const json& study) {
      << "theta_E ~ " << text(kThetaE, "\"") << ", gamma ~ " << text(kGamma) << ", e1, e2 ~ "
      << text(kE12) << ", centre ~ " << text(kLensCentre, "\"")
      << "; external shear gamma1, gamma2 ~ " << text(kShear) << "; a source decoded by the VAE (`"
-     << s.at("vae").get<std::string>() << "`) from z ~ N(0, I), amplitude ~ log" << text(kLogAmp)
-     << ", stamp pixel ~ logN(ln " << num(kSourceScale) << "\", " << num(kLogScaleSigma)
-     << "), centre ~ " << text(kSourceCentre, "\"") << ". " << s.at("pixels").get<int64_t>() << "x"
+     << s.at("vae").get<std::string>() << "`" << weights_note(study)
+     << ") from z ~ N(0, I), amplitude ~ log" << text(kLogAmp) << ", stamp pixel ~ logN(ln "
+     << num(kSourceScale) << "\", " << num(kLogScaleSigma) << "), centre ~ "
+     << text(kSourceCentre, "\"") << ". " << s.at("pixels").get<int64_t>() << "x"
      << s.at("pixels").get<int64_t>() << " pixels of " << kPixelScale << "\", Gaussian PSF of FWHM "
      << kPsfFwhm << "\", supersampling " << s.at("supersampling").get<int64_t>()
      << " (the same in simulation and fit).\n\n"

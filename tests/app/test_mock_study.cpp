@@ -111,6 +111,12 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   EXPECT_EQ(joined.at("combined_from").size(), 2u);
   EXPECT_NE(r.output.find("joins the lenses of 2 parts"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("Mocks: 0-1."), std::string::npos) << r.output;
+  // The table names the VAE by its weights too: its path is the machine's that fitted the parts.
+  ASSERT_TRUE(joined.at("vae_weights_fnv1a64").is_string()) << joined.dump();
+  EXPECT_NE(r.output.find("weights fnv1a64 `" +
+                          joined.at("vae_weights_fnv1a64").get<std::string>() + "`) from z"),
+            std::string::npos)
+      << r.output;
 
   // A mock in two parts, other settings, another VAE, a missing part, an existing --out:
   // refused, naming why.
