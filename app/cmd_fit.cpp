@@ -13,6 +13,7 @@
 #include "dslens/core/version.h"
 #include "fit_config.h"
 #include "fit_run.h"
+#include "map_init.h"
 
 namespace fs = std::filesystem;
 
@@ -65,6 +66,10 @@ int run_fit(int argc, char** argv) {
       "draws", "override sampler.draws", cxxopts::value<int64_t>())("starts", "override map.starts",
                                                                     cxxopts::value<int64_t>())(
       "stop-after", "stop after a stage ('map' or 'warmup'), leaving the checkpoint for --resume",
+      cxxopts::value<std::string>())(
+      "init",
+      "start the MAP at a point instead of searching: an earlier fit's map.json (or a JSON "
+      "object of parameter values), or 'truth' on a simulation",
       cxxopts::value<std::string>())("max-batch", "most lenses fitted together in one batch",
                                      cxxopts::value<int64_t>()->default_value("64"));
   add_compute_options(options);
@@ -121,6 +126,19 @@ int run_fit(int argc, char** argv) {
     if (names[c.name]++) c.name += "-" + std::to_string(names[c.name]);
   }
 
+  // --init: every lens's start is checked before the output folder exists.
+  std::map<const FitConfig*, torch::Tensor> init;
+  std::string init_source;
+  if (args.count("init")) {
+    const MapInit m = read_map_init(args["init"].as<std::string>());
+    if (!m.truth && configs.size() > 1) {
+      throw InputError("--init FILE gives one lens's parameters; fit one config with it (" +
+                       std::to_string(configs.size()) + " given), or use --init truth");
+    }
+    for (const auto& c : configs) init[&c] = map_init_point(c, m);
+    init_source = m.source;
+  }
+
   OutputDir out = OutputDir::live(out_path, overwrite, resume);
   const std::string dir = out.working_dir();
   const ScopedLogFile log_file(dir + "/fit.log");
@@ -145,7 +163,7 @@ int run_fit(int argc, char** argv) {
   const bool single = configs.size() == 1;
   nlohmann::json index = nlohmann::json::array();
   const auto t0 = std::chrono::steady_clock::now();
-  FitRunOptions run{compute, checkpoint_dir, resume, stop_after};
+  FitRunOptions run{compute, checkpoint_dir, resume, stop_after, init, init_source};
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::string done_marker = checkpoint_dir + "/batch" + std::to_string(b) + ".done.json";
     if (resume && fs::exists(done_marker)) {

@@ -44,6 +44,14 @@ BatchPosterior batch_posterior(const std::vector<const FitConfig*>& lenses,
           psf};
 }
 
+// The --init starts of a batch's lenses, [L, D] on the device (lens-major).
+torch::Tensor init_starts(const std::vector<const FitConfig*>& lenses, const FitRunOptions& options,
+                          const torch::TensorOptions& opts) {
+  std::vector<torch::Tensor> rows;
+  for (const auto* c : lenses) rows.push_back(options.init.at(c));
+  return torch::cat(rows).to(opts);
+}
+
 }  // namespace fit_run_detail
 
 using namespace fit_run_detail;
@@ -97,21 +105,26 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       }
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const samplers::OptimizeResult res = map_search_in_rounds(
-        lenses, posterior, psf,
-        [&compute](const std::vector<const FitConfig*>& subset) {
-          return batch_posterior(subset, compute);
-        },
-        resumed ? &*resumed : nullptr,
-        [&round_file](const MapRoundState& state) {
-          save_tensors(round_file(state.round), state.to_tensors());
-        });
-    auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, starts});
+    const samplers::OptimizeResult res =
+        options.init.empty()
+            ? map_search_in_rounds(
+                  lenses, posterior, psf,
+                  [&compute](const std::vector<const FitConfig*>& subset) {
+                    return batch_posterior(subset, compute);
+                  },
+                  resumed ? &*resumed : nullptr,
+                  [&round_file](const MapRoundState& state) {
+                    save_tensors(round_file(state.round), state.to_tensors());
+                  })
+            : map_from_start(lenses, posterior, init_starts(lenses, options, opts));
+    const int64_t per_lens = res.x.size(0) / n_lenses;
+    const int64_t kept = std::min(keep, per_lens);
+    auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, per_lens});
     lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
-    const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, keep);
+    const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, kept);
     best_lp = lp.gather(1, order);
-    const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * starts).reshape({-1});
-    best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, keep, dim});
+    const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * per_lens).reshape({-1});
+    best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, kept, dim});
     map_seconds = seconds_since(t0) + (resumed ? resumed->seconds : 0.0);
     // The best optimum of each lens: column 0 of [L, keep], strided by `keep` until copied.
     const auto best_per_lens = best_lp.select(1, 0).contiguous();
@@ -190,6 +203,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.map_u = r.starts_u.narrow(0, 0, 1);
     r.map_log_p = best_lp[l][0].item<double>();
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
+    if (!options.init.empty()) r.map_origin = "optimised from --init " + options.init_source;
     r.batch_size = n_lenses;
   }
   adopt(all, *first_run, log_density);

@@ -2,6 +2,7 @@
 // prior draws optimised together, then NUTS (or HMC) chains started at each lens's best optimum,
 // all lenses' starts and chains as rows of one tensor batch (lens-major).
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct FitRunOptions {
   bool resume = false;
   // "map" or "warmup": stop after that stage, leaving its checkpoint, and return no results.
   std::string stop_after;
+  // --init (app/map_init.h): each lens's MAP start [1, D], replacing the search; empty: search.
+  std::map<const FitConfig*, torch::Tensor> init;
+  std::string init_source;  // what --init named, for map.json's "origin"
 };
 
 // Fits lenses (same batch_key) together; `batch_index` names the checkpoint files.

@@ -294,6 +294,21 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
 
 using namespace map_search_detail;
 
+samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
+                                        const model::LensPosterior& posterior,
+                                        const torch::Tensor& x0) {
+  const MapSettings& ms = lenses.front()->map;
+  const auto n_lenses = static_cast<int64_t>(lenses.size());
+  spdlog::info(
+      "MAP: {} lens(es) from the given start (--init): L-BFGS ({} iterations), then Newton",
+      n_lenses, ms.lbfgs_iterations);
+  MapBar bar;
+  return polished(posterior.log_density(),
+                  optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
+                           ms.lbfgs_iterations, {}, "init", bar),
+                  n_lenses, ms, posterior.space().dim(), bar);
+}
+
 PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {
   PlacementModel result;
   nlohmann::json& out = result.model;

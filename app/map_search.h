@@ -35,6 +35,13 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
                                     const std::optional<torch::Tensor>& psf, uint64_t round = 0);
 
+// The MAP from one given start per lens instead of a search (`dslens fit --init`, app/map_init.h):
+// `x0` [L, D] (unconstrained, lens-major) optimised by L-BFGS (map.lbfgs_iterations) and Newton
+// polishing. Same result layout as map_search with one start per lens.
+samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
+                                        const model::LensPosterior& posterior,
+                                        const torch::Tensor& x0);
+
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
 // (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for

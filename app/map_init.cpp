@@ -1,0 +1,100 @@
+#include "map_init.h"
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <vector>
+
+#include "dslens/core/config.h"
+#include "dslens/core/errors.h"
+#include "dslens/model/fit_model.h"
+
+namespace dslens::app {
+
+MapInit read_map_init(const std::string& arg) {
+  MapInit init;
+  init.source = arg;
+  if (arg == "truth") {
+    init.truth = true;
+    return init;
+  }
+  if (!std::filesystem::exists(arg)) {
+    throw InputError("--init '" + arg +
+                     "': no such file; allowed: 'truth' (a simulation's) or a JSON file of "
+                     "parameter values (an earlier fit's map.json)");
+  }
+  const nlohmann::json j = load_json_file(arg);
+  init.values = j.contains("parameters") ? j.at("parameters") : j;
+  if (!init.values.is_object() || init.values.empty()) {
+    throw InputError("--init '" + arg +
+                     "': expected an object of parameter values (or a map.json with "
+                     "\"parameters\")");
+  }
+  return init;
+}
+
+torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
+  const auto& space = cfg.model.space;
+  const std::string lens = "--init " + init.source + " for lens '" + cfg.name + "'";
+  std::map<std::string, torch::Tensor> values;
+  if (init.truth) {
+    const auto point = model::truth_point(cfg.model, cfg.data.truth);
+    if (!point) {
+      throw InputError(lens +
+                       ": its data has no truth for every free parameter (allowed only on a "
+                       "`dslens simulate` folder of the same model)");
+    }
+    values = *point;
+  } else {
+    for (const auto& [name, v] : init.values.items()) {
+      // A block's coordinate "z[i]" belongs to the block "z".
+      const std::string base = name.substr(0, name.find('['));
+      if (!space.has(base)) {
+        throw InputError(lens + ": '" + name + "' is not a parameter of the model");
+      }
+      if (!v.is_number()) {
+        throw InputError(lens + ": '" + name + "' is " + v.dump() + "; expected a number");
+      }
+    }
+    // Per free scalar or block, the values of its coordinates in order.
+    std::map<std::string, std::vector<double>> coords;
+    std::map<std::string, bool> is_block;
+    std::vector<std::string> missing;
+    for (const auto& c : space.coordinate_names()) {
+      const auto it = init.values.find(c);
+      if (it == init.values.end()) {
+        missing.push_back(c);
+        continue;
+      }
+      const std::string base = c.substr(0, c.find('['));
+      coords[base].push_back(it->get<double>());
+      is_block[base] = c.find('[') != std::string::npos;
+    }
+    if (!missing.empty()) {
+      std::string list;
+      for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
+      if (missing.size() > 8) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+      throw InputError(lens + ": no value for the free parameter(s) " + list);
+    }
+    for (const auto& name : space.free_names()) {
+      const auto t = torch::tensor(coords.at(name), torch::kFloat64);
+      values[name] = is_block.at(name) ? t.reshape({1, -1}) : t;
+    }
+  }
+  const torch::Tensor u = space.pack(values).to(torch::kCPU, torch::kFloat64);
+  if (!torch::isfinite(u).all().item<bool>()) {
+    const auto names = space.coordinate_names();
+    for (int64_t d = 0; d < u.size(1); ++d) {
+      if (!std::isfinite(u[0][d].item<double>())) {
+        const auto [lo, hi] = space.range(
+            names[static_cast<size_t>(d)].substr(0, names[static_cast<size_t>(d)].find('[')));
+        throw InputError(lens + ": '" + names[static_cast<size_t>(d)] +
+                         "' lies outside its prior's support (" + std::to_string(lo) + ", " +
+                         std::to_string(hi) + ")");
+      }
+    }
+  }
+  return u;
+}
+
+}  // namespace dslens::app
