@@ -394,8 +394,8 @@ std::string render_markdown(const json& study) {
   if (study.contains("combined_from")) {
     md << "**Parts.** This table joins the lenses of " << study.at("combined_from").size()
        << " parts of the study (`dslens mock-study --combine`; the same population, settings and "
-          "VAE weights "
-       << study.value("vae_weights_fnv1a64", json(nullptr)).dump()
+          "VAE"
+       << weights_note(study)
        << "); aggregates and targets are recomputed over all their lenses. Fit wall time: the "
           "parts' sum.\n\n| part | date | fitted by |\n| --- | --- | --- |\n";
     for (const auto& p : study.at("combined_from")) {

@@ -117,6 +117,10 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
                           joined.at("vae_weights_fnv1a64").get<std::string>() + "`) from z"),
             std::string::npos)
       << r.output;
+  EXPECT_NE(r.output.find("settings and VAE, weights fnv1a64 `" +
+                          joined.at("vae_weights_fnv1a64").get<std::string>() + "`); aggregates"),
+            std::string::npos)
+      << r.output;
 
   // A mock in two parts, other settings, another VAE, a missing part, an existing --out:
   // refused, naming why.
