@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "dslens/samplers/draws_io.h"
 #include "run_dslens.h"
 #include "test_support.h"
 #include "tiny_vae_config.h"
@@ -72,6 +73,30 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   // ... and it is not the first mock's (a part that ignored --first would fit mock 0 again).
   EXPECT_NE(p1.at("mock001").at("parameters").at("theta_E").at("truth"),
             w.at("mock000").at("parameters").at("theta_E").at("truth"));
+
+  // A row's rank is the fraction of the lens's draws below its truth (1 chain x 4 draws here),
+  // and the level's tail count is that of the ranks outside [0.005, 0.995].
+  {
+    const auto draws = dslens::samplers::read_draws(dir + "/whole/snr10/fit/mock000/draws.npy");
+    const json& rows = w.at("mock000").at("parameters");
+    for (const auto& [key, column] :
+         {std::pair<std::string, std::string>{"theta_E", "theta_E_lens0"},
+          {"gamma1", "gamma1_lens1"}}) {
+      const auto v = draws.column_values(column).reshape({-1}).to(torch::kFloat64);
+      const double truth = rows.at(key).at("truth");
+      double below = 0;
+      for (int64_t i = 0; i < v.numel(); ++i) below += v[i].item<double>() < truth ? 1 : 0;
+      EXPECT_DOUBLE_EQ(rows.at(key).at("rank").get<double>(), below / double(v.numel())) << key;
+    }
+    int64_t tails = 0;
+    for (const auto& [name, lens] : w) {
+      const double rank = lens.at("parameters").at("gamma").at("rank");
+      tails += rank < 0.005 || rank > 0.995 ? 1 : 0;
+    }
+    EXPECT_EQ(level_of(whole).at("aggregate").at("gamma").at("outside_99"), tails);
+    EXPECT_NE(r.output.find("| rms z-score | truth outside central 99 % |"), std::string::npos)
+        << r.output;
+  }
 
   // --partial: an unfinished level (no index.json, mock001's fit not finished) is tabulated from
   // its finished fits only, and nothing is fitted.

@@ -1,0 +1,75 @@
+// The mock study's calibration columns (app/mock_study_table.h, aggregate): the mean and rms of the
+// z-scores and the count of truths outside their draws' central 99 %, on records made by hand and
+// on a conjugate normal model whose posterior is exact, where the z-scores must have mean 0 and
+// mean square 1 and 1 % of the truths must fall outside the central 99 %.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "app/mock_study_table.h"
+
+namespace mock_study_table_test {
+
+using dslens::json;
+using dslens::app::mock_study::aggregate;
+
+// A lens record whose every row (theta_E, gamma, ..., source centre) has this error, sd and rank;
+// a NaN rank leaves it out, as in the records of binaries before the rank.
+json lens_record(double error, double sd, double rank) {
+  json params;
+  for (const char* key : {"theta_E", "gamma", "q", "gamma_ext", "gamma1", "gamma2", "lens_center_x",
+                          "lens_center_y", "source_center_x", "source_center_y"}) {
+    json r{{"error", error}, {"sd", sd}, {"relative_error", nullptr}, {"rhat", 1.0}};
+    if (std::isfinite(rank)) r["rank"] = rank;
+    params[key] = r;
+  }
+  return {{"parameters", params}};
+}
+
+TEST(MockStudyTable, ZScoresAndTailsFromHandMadeRecords) {
+  json lenses = json::array({lens_record(1.0, 1.0, 0.5), lens_record(-3.0, 1.0, 0.001),
+                             lens_record(2.0, 2.0, 0.999), lens_record(0.0, 1.0, NAN),
+                             lens_record(0.5, 0.0, 0.3)});  // sd 0: no z-score
+  const json a = aggregate(lenses).at("gamma");
+  EXPECT_EQ(a.at("lenses_z"), 4);
+  EXPECT_DOUBLE_EQ(a.at("mean_z").get<double>(), (1.0 - 3.0 + 1.0 + 0.0) / 4.0);
+  EXPECT_DOUBLE_EQ(a.at("rms_z").get<double>(), std::sqrt((1.0 + 9.0 + 1.0 + 0.0) / 4.0));
+  EXPECT_EQ(a.at("lenses_ranked"), 4);  // the record without a rank is not counted
+  EXPECT_EQ(a.at("outside_99"), 2);     // 0.001 and 0.999; 0.5 and 0.3 are inside
+}
+
+// Prior theta ~ N(0, 1), one datum y ~ N(theta, sigma^2): the posterior is N(m, s^2) with
+// s^2 = 1 / (1 + 1 / sigma^2), m = s^2 y / sigma^2, and the truth's rank is Phi((theta - m) / s).
+// A fit that reports sd = width * s is calibrated only at width 1.
+json conjugate_study(double width, int64_t mocks) {
+  std::mt19937_64 rng(20261204);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const double sigma = 0.5, s = 1.0 / std::sqrt(1.0 + 1.0 / (sigma * sigma));
+  json lenses = json::array();
+  for (int64_t i = 0; i < mocks; ++i) {
+    const double theta = normal(rng), y = theta + sigma * normal(rng);
+    const double m = s * s * y / (sigma * sigma), sd = width * s;
+    lenses.push_back(
+        lens_record(m - theta, sd, 0.5 * std::erfc(-(theta - m) / sd / std::sqrt(2.0))));
+  }
+  return aggregate(lenses).at("theta_E");
+}
+
+TEST(MockStudyTable, ExactPosteriorHasZScoresOfMeanZeroAndRmsOne) {
+  const int64_t n = 4000;
+  const json calibrated = conjugate_study(1.0, n);
+  // Sampling sd of the mean z: 1/sqrt(n) = 0.016; of the rms: about 1/sqrt(2n) = 0.011; of the
+  // tail count: sqrt(0.0099 n) = 6.3 around 40. Bounds at about 4 sd.
+  EXPECT_NEAR(calibrated.at("mean_z").get<double>(), 0.0, 0.065);
+  EXPECT_NEAR(calibrated.at("rms_z").get<double>(), 1.0, 0.045);
+  EXPECT_NEAR(calibrated.at("outside_99").get<double>(), 0.01 * n, 25.0);
+  // Intervals 30 % too narrow: rms z 1 / 0.7 = 1.43, and truths outside the central 99 % of
+  // N(m, (0.7 s)^2) with probability 2 Phi(-2.576 * 0.7) = 0.071.
+  const json narrow = conjugate_study(0.7, n);
+  EXPECT_NEAR(narrow.at("rms_z").get<double>(), 1.0 / 0.7, 0.06);
+  EXPECT_NEAR(narrow.at("outside_99").get<double>(), 0.071 * n, 65.0);
+}
+
+}  // namespace mock_study_table_test
