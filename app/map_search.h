@@ -30,7 +30,8 @@ namespace dslens::app {
 
 // Optimises `lenses[0].map.starts` starts per lens of `posterior` (rows lens-major); returns the
 // final positions [L * starts, D] and their log posteriors. `round` > 0 draws other starts (the
-// search rounds of app/map_rounds.h).
+// search rounds of app/map_rounds.h) and, for a decoded source, places the lens from 2^round
+// times as many draws (at most 16 times).
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
                                     const std::optional<torch::Tensor>& psf, uint64_t round = 0);

@@ -514,19 +514,27 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
 }
 
 // The same mock through both MAP options: 2 starts for the source and joint stages, taken from 16
-// placements, and the likelihood annealed (noise x2 for the first stages, then x1). It must still
-// end on the true lens with the data's reduced chi-square. (This mock is easy enough that even the
-// 2 worst placements get there, checked by hand; the choice of the best (by the full model, the
-// pixels started from the traced-back data) is tested in
+// placements, and the likelihood annealed (noise x2 for the first stages, then x1), and one search
+// round forced by a threshold no fit meets, which places the lens from twice as many draws
+// (app/map_search.h). It must still end on the true lens with the data's reduced chi-square. (This
+// mock is easy enough that even the 2 worst placements get there, checked by hand; the choice of
+// the best (by the full model, the pixels started from the traced-back data) is tested in
 // Optimize.BestRowsPerGroupKeepsEachGroupsBestInOrder, the tempering in
 // LensPosterior.NoiseScaledPosteriorTempersTheLikelihood.)
 TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
   const std::string dir = dslens::testing::temp_dir("fit_anneal");
-  const auto [r, map] = fit_pixelated_mock(
-      dir, {{"starts", 2}, {"placement_starts", 16}, {"anneal_noise", json::array({2.0})}});
+  const auto [r, map] = fit_pixelated_mock(dir, {{"starts", 2},
+                                                 {"placement_starts", 16},
+                                                 {"anneal_noise", json::array({2.0})},
+                                                 {"retry_rounds", 1},
+                                                 {"retry_reduced_chi_square", 0.01}});
   EXPECT_NE(r.output.find("from 16 prior draws"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the best 2 go on"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the best 2 of 16 placements per lens go on, ranked by the full model"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("round 2 of 2: 1 of 1 lens(es)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the best 2 of 32 placements per lens go on, ranked by the full model"),
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("noise multiplied by 2"), std::string::npos) << r.output;
