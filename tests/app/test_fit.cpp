@@ -393,6 +393,40 @@ TEST(FitCommand, SearchRoundsRetryWhereTheChiSquareIsImprobableForItsDegreesOfFr
   fs::remove_all(dir);
 }
 
+// Goodness of fit between the search rounds' threshold and the fixed band [0.8, 1.25]
+// (app/fit_outputs.cpp): the simulation's image fitted with a noise sigma 7 % below the simulated
+// 0.2 leaves a reduced chi-square near 1 / 0.93^2 = 1.16 at any good fit, above the threshold
+// 1 + 1.5 sqrt(2 / 1017) = 1.067 of 32 x 32 pixels less 7 parameters, and the fit must warn; with
+// sigma 5 % above it (near 0.91) it must not.
+TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
+  const std::string dir = dslens::testing::temp_dir("fit_chi_square");
+  const std::string cfg = make_mock(dir, "a", 21, 0.9);
+  for (const double scale : {0.93, 1.05}) {
+    json c = read_json(cfg);
+    c["data"] = {{"image", "../a-data/image.fits"},
+                 {"background_rms", 0.2 * scale},
+                 {"exposure_time", 1e12},  // a negligible Poisson part: none was simulated
+                 {"psf", {{"fwhm", 0.12}}},
+                 {"pixel_scale", 0.1}};
+    c["map"]["retry_rounds"] = 0;
+    const std::string sub = dir + "/scale" + std::to_string(scale);
+    fs::create_directories(sub);
+    write_json(sub + "/a.json", c);
+    const RunResult r = run_dslens("fit " + quote(sub + "/a.json") + " --out " +
+                                   quote(sub + "/fit") + " --warmup 30 --draws 30 --chains 1");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const json map = read_json(sub + "/fit/map.json");
+    const double chi2 = map.at("reduced_chi_square");
+    EXPECT_NEAR(chi2, 1.0 / (scale * scale), 0.1) << map.dump();
+    bool warned = false;
+    for (const auto& w : read_json(sub + "/fit/warnings.json"))
+      warned = warned || w.get<std::string>().find(
+                             "above the MAP search rounds' threshold 1.067") != std::string::npos;
+    EXPECT_EQ(warned, scale < 1) << "scale " << scale << "\n" << r.output;
+  }
+  fs::remove_all(dir);
+}
+
 // Chain rounds (app/fit_chains.h): chains started from raw prior draws and run without warmup
 // end apart on lens "a" (mean log posteriors 74 nats apart) and together on "b" (4 nats). With
 // the default sampler.retry_rounds, "a" alone is run again from its chains' best draw, optimised,
