@@ -40,6 +40,35 @@ TEST(MockStudyTable, ZScoresAndTailsFromHandMadeRecords) {
   EXPECT_EQ(a.at("outside_99"), 2);     // 0.001 and 0.999; 0.5 and 0.3 are inside
 }
 
+// level_entry's aggregates over the lenses whose MAP reached the truth's mode: a lens whose MAP is
+// more than 1 nat less probable than the truth is left out, one within 1 nat kept, one without
+// log posteriors (not scored) left out.
+TEST(MockStudyTable, TruthModeAggregatesLeaveOutMissedSearches) {
+  auto scored = [](json lens, double lp_map, double lp_truth) {
+    lens["divergences"] = 0;
+    lens["seconds"] = {{"map", 1.0}, {"warmup", 1.0}, {"sampling", 1.0}};
+    lens["map_log_posterior"] = std::isfinite(lp_map) ? json(lp_map) : json(nullptr);
+    lens["truth_log_posterior"] = std::isfinite(lp_truth) ? json(lp_truth) : json(nullptr);
+    return lens;
+  };
+  const json lenses = json::array({scored(lens_record(1.0, 1.0, 0.2), 100.0, 90.0),
+                                   scored(lens_record(-50.0, 1.0, 1.0), 80.0, 90.0),  // missed
+                                   scored(lens_record(-2.0, 1.0, 0.9), 89.5, 90.0),
+                                   scored(lens_record(7.0, 1.0, 0.0), NAN, 90.0)});
+  const json level = dslens::app::mock_study::level_entry(100.0, "f", lenses, 10.0);
+  EXPECT_EQ(level.at("lenses_truth_scored"), 3);
+  EXPECT_EQ(level.at("lenses_map_below_truth"), 1);
+  EXPECT_EQ(level.at("lenses_in_truth_mode"), 2);
+  const json& all = level.at("aggregate").at("gamma");
+  const json& in_mode = level.at("aggregate_in_truth_mode").at("gamma");
+  EXPECT_EQ(all.at("lenses_z"), 4);
+  EXPECT_EQ(in_mode.at("lenses_z"), 2);
+  EXPECT_DOUBLE_EQ(in_mode.at("mean_z").get<double>(), (1.0 - 2.0) / 2.0);
+  EXPECT_DOUBLE_EQ(in_mode.at("rms_z").get<double>(), std::sqrt((1.0 + 4.0) / 2.0));
+  EXPECT_EQ(in_mode.at("outside_99"), 0);
+  EXPECT_EQ(all.at("outside_99"), 2);
+}
+
 // Prior theta ~ N(0, 1), one datum y ~ N(theta, sigma^2): the posterior is N(m, s^2) with
 // s^2 = 1 / (1 + 1 / sigma^2), m = s^2 y / sigma^2, and the truth's rank is Phi((theta - m) / s).
 // A fit that reports sd = width * s is calibrated only at width 1.
