@@ -12,9 +12,9 @@
 // is half the background rms, so the total signal-to-noise of the brightest pixel is SNR /
 // sqrt(1.25).
 //
-// A study may run in parts (--first K: mocks K.., as the whole study would fit them), be
-// tabulated while unfinished (--resume --partial) and be joined (--combine;
-// mock_study_combine.cpp).
+// A study may run in parts (--first K: mocks K.., as the whole study would fit them; --only K1,K2:
+// those mocks), be tabulated while unfinished (--resume --partial) and be joined (--combine;
+// mock_study_combine.cpp; --replace lets a later part's fit of a mock replace an earlier one's).
 //
 // OUT/
 //   settings.json             what was asked (checked by --resume)
@@ -109,13 +109,20 @@ int run(int argc, char** argv) {
       "index of the first mock (a study may run in parts: --first 10 --mocks 10 fits mocks 10-19 "
       "as the whole study would; --combine joins the parts)",
       cxxopts::value<int64_t>()->default_value("0"))(
+      "only",
+      "fit only these mocks (comma-separated indices, e.g. 3,7,10: refits of a study's lenses; "
+      "instead of --first and --mocks)",
+      cxxopts::value<std::vector<int64_t>>())(
       "partial",
       "with --resume: tabulate the fits finished so far, simulate and fit nothing (e.g. before an "
       "interrupted study is moved)")(
       "combine",
       "join the mock_study.json of parts of one study (folders or files, comma-separated) into "
       "--out; no --vae needed",
-      cxxopts::value<std::vector<std::string>>());
+      cxxopts::value<std::vector<std::string>>())(
+      "replace",
+      "with --combine: a mock fitted in several parts is taken from the last of them (e.g. a "
+      "refit with --only); without it such a mock is an error");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
@@ -127,9 +134,11 @@ int run(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) command += " " + shell_quote(argv[i]);
   if (args.count("combine")) {
     combine_studies(args["combine"].as<std::vector<std::string>>(),
-                    fs::absolute(args["out"].as<std::string>()).lexically_normal(), command);
+                    fs::absolute(args["out"].as<std::string>()).lexically_normal(), command,
+                    args.count("replace") > 0);
     return 0;
   }
+  if (args.count("replace")) throw InvalidArgument("--replace goes with --combine only");
   if (!args.count("vae")) throw InvalidArgument("missing --vae DIR (see dslens mock-study --help)");
   const bool partial = args.count("partial") > 0;
   const Compute compute = compute_from(args);
@@ -167,6 +176,22 @@ int run(int argc, char** argv) {
   if (s.mocks < 1 || s.mocks > 9999) throw InvalidArgument("--mocks must be in [1, 9999]");
   if (s.first < 0 || s.first + s.mocks > 9999)
     throw InvalidArgument("--first must be >= 0, with --first + --mocks <= 9999");
+  if (args.count("only")) {
+    if (args.count("first") || args.count("mocks"))
+      throw InvalidArgument("--only names the mocks itself: give it without --first and --mocks");
+    s.only = args["only"].as<std::vector<int64_t>>();
+    std::sort(s.only.begin(), s.only.end());
+    for (size_t i = 0; i < s.only.size(); ++i) {
+      if (s.only[i] < 0 || s.only[i] > 9998)
+        throw InvalidArgument("--only: mock " + std::to_string(s.only[i]) +
+                              " is not an index in [0, 9998]");
+      if (i > 0 && s.only[i] == s.only[i - 1])
+        throw InvalidArgument("--only: mock " + std::to_string(s.only[i]) + " is named twice");
+    }
+    if (s.only.empty()) throw InvalidArgument("--only needs at least one mock");
+    s.mocks = static_cast<int64_t>(s.only.size());
+  }
+  const std::vector<int64_t> ks = s.indices();
   if (s.pixels < 16) throw InvalidArgument("--pixels must be at least 16");
   if (s.supersampling < 1 || s.supersampling > 16) {
     throw InvalidArgument("--supersampling must be in [1, 16]");
@@ -217,7 +242,7 @@ int run(int argc, char** argv) {
   fs::create_directories(out);
   if (!partial) write_text_atomically((out / "settings.json").string(), settings.dump(2) + "\n");
 
-  const int width = s.first + s.mocks > 999 ? 4 : 3;
+  const int width = ks.back() + 1 > 999 ? 4 : 3;
   auto mock_name = [&](int64_t k) {
     std::string n = std::to_string(k);
     return "mock" + std::string(std::max<int>(0, width - static_cast<int>(n.size())), '0') + n;
@@ -226,7 +251,7 @@ int run(int argc, char** argv) {
   // Truths and noise-free peaks, shared by every level.
   std::vector<Truth> truths;
   std::vector<double> peaks;
-  for (int64_t k = s.first; k < s.first + s.mocks; ++k) truths.push_back(draw_truth(s.seed, k));
+  for (const int64_t k : ks) truths.push_back(draw_truth(s.seed, k));
 
   json levels = json::array();
   const auto study_t0 = std::chrono::steady_clock::now();
@@ -251,7 +276,8 @@ int run(int argc, char** argv) {
       fs::create_directories(level / "sim-configs");
       fs::create_directories(level / "sims");
       fs::create_directories(level / "fit-configs");
-      for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
+      for (size_t i = 0; i < ks.size(); ++i) {
+        const int64_t k = ks[i];
         const std::string name = mock_name(k);
         const fs::path sim_dir = level / "sims" / name;
         if (fs::exists(sim_dir / "truth.json")) continue;  // only with --resume
@@ -259,8 +285,8 @@ int run(int argc, char** argv) {
           for (const auto& t : truths)
             peaks.push_back(noise_free_peak(simulate_config(t, s), "mock-study"));
         }
-        json sim = simulate_config(truths[k - s.first], s);
-        const double peak = peaks[k - s.first];
+        json sim = simulate_config(truths[i], s);
+        const double peak = peaks[i];
         sim["noise"] = noise_at_snr(peak, snr);
         sim["seed"] = mix(mix(s.seed, level_key), static_cast<uint64_t>(k)) >> 12;
         sim["comment"] = "dslens mock-study: mock " + std::to_string(k) + " at SNR " + num(snr) +
@@ -273,7 +299,7 @@ int run(int argc, char** argv) {
           throw Error("mock-study: simulating " + sim_cfg.string() + " failed");
         }
       }
-      for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
+      for (const int64_t k : ks) {
         const std::string name = mock_name(k);
         const json fit =
             fit_config((level / "sims" / name).string(), s, mix(s.seed, level_key) >> 12, snr);
@@ -306,7 +332,7 @@ int run(int argc, char** argv) {
       fit_wall = number_or_nan(load_json_file((fit_dir / "index.json").string()), "seconds");
 
     json lenses = json::array();
-    for (int64_t k = s.first; k < s.first + s.mocks; ++k) {
+    for (const int64_t k : ks) {
       const std::string name = mock_name(k);
       const fs::path lens_dir = s.mocks == 1 ? fit_dir : fit_dir / name;
       // --partial: only the lenses whose fit has finished (summary.json is written after map.json

@@ -81,6 +81,15 @@ struct Settings {
   int64_t placement_starts = 0;  // MapSettings::placement_starts (0: as many as starts)
   double anneal_snr = 0.0;       // > 0: levels above it anneal the MAP's likelihood down to it
   int64_t search_rounds = 2;     // MapSettings::retry_rounds (the fit's default)
+  // --only: these mocks (sorted, distinct) instead of first .. first + mocks - 1, e.g. to refit
+  // some lenses of a study with a newer binary (--combine --replace then takes them).
+  std::vector<int64_t> only;
+  std::vector<int64_t> indices() const {
+    if (!only.empty()) return only;
+    std::vector<int64_t> ks;
+    for (int64_t k = first; k < first + mocks; ++k) ks.push_back(k);
+    return ks;
+  }
   json to_json() const {
     json j = {{"vae", vae},
               {"mocks", mocks},
@@ -100,6 +109,7 @@ struct Settings {
     if (anneal_snr > 0) j["anneal_snr"] = anneal_snr;
     if (first > 0) j["first"] = first;
     if (search_rounds != 2) j["search_rounds"] = search_rounds;
+    if (!only.empty()) j["only"] = only;
     return j;
   }
 };

@@ -18,12 +18,12 @@ namespace fs = std::filesystem;
 namespace dslens::app::mock_study {
 
 void combine_studies(const std::vector<std::string>& inputs, const fs::path& out,
-                     const std::string& command) {
+                     const std::string& command, bool replace) {
   json common, digest, first_settings, definition;
   std::string first_input;
-  std::map<double, json> lenses_at;                               // SNR -> lens records
-  std::map<double, double> wall_at;                               // SNR -> summed fit wall time
-  std::map<std::pair<double, std::string>, std::string> part_of;  // (SNR, mock) -> input
+  std::map<double, std::map<std::string, json>> lenses_at;   // SNR -> mock -> lens record
+  std::map<double, double> wall_at;                          // SNR -> summed fit wall time
+  std::map<std::pair<double, std::string>, size_t> part_of;  // (SNR, mock) -> part
   std::set<std::string> versions, devices, dtypes, mocks;
   double seconds = 0;
   json parts = json::array();
@@ -40,7 +40,7 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
       throw InputError("--combine: '" + file.string() + "' is not a mock_study.json");
     }
     json comparable = part.at("settings");
-    for (const char* k : {"mocks", "first", "snr", "vae"}) comparable.erase(k);
+    for (const char* k : {"mocks", "first", "only", "snr", "vae"}) comparable.erase(k);
     const json d = part.value("vae_weights_fnv1a64", json(nullptr));
     if (first_input.empty()) {
       common = comparable;
@@ -68,12 +68,18 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
       const double snr = level.at("snr").get<double>();
       for (const auto& lens : level.at("lenses")) {
         const std::string name = lens.at("name").get<std::string>();
-        const auto [it, added] = part_of.emplace(std::make_pair(snr, name), file.string());
+        const auto [it, added] = part_of.emplace(std::make_pair(snr, name), parts.size() - 1);
         if (!added) {
-          throw InputError("--combine: " + name + " at SNR " + num(snr) + " is in both '" +
-                           it->second + "' and '" + file.string() + "'");
+          json& earlier = parts[it->second];
+          if (!replace) {
+            throw InputError("--combine: " + name + " at SNR " + num(snr) + " is in both '" +
+                             earlier.at("file").get<std::string>() + "' and '" + file.string() +
+                             "' (--replace takes the later part's)");
+          }
+          earlier["replaced"].push_back(name + " at SNR " + num(snr));
+          it->second = parts.size() - 1;
         }
-        lenses_at[snr].push_back(lens);
+        lenses_at[snr][name] = lens;
         mocks.insert(name);
       }
       const double w = number_or_nan(level, "fit_wall_seconds");
@@ -84,10 +90,9 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
     throw InputError("output folder '" + out.string() + "' already exists; choose another --out");
   }
   json levels = json::array(), snrs = json::array();
-  for (auto& [snr, lenses] : lenses_at) {
-    std::sort(lenses.begin(), lenses.end(), [](const json& a, const json& b) {
-      return a.at("name").get<std::string>() < b.at("name").get<std::string>();
-    });
+  for (const auto& [snr, by_name] : lenses_at) {
+    json lenses = json::array();  // by name, as a whole study lists them
+    for (const auto& [name, lens] : by_name) lenses.push_back(lens);
     const auto w = wall_at.find(snr);
     levels.push_back(level_entry(snr, "combined", lenses, w == wall_at.end() ? NAN : w->second));
     snrs.push_back(snr);
@@ -99,6 +104,7 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
   };
   json settings = first_settings;
   settings.erase("first");
+  settings.erase("only");
   settings["mocks"] = static_cast<int64_t>(mocks.size());
   settings["snr"] = snrs;
   fs::create_directories(out);

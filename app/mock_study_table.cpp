@@ -372,6 +372,13 @@ std::string weights_note(const json& study) {
   return d.is_string() ? ", weights fnv1a64 `" + d.get<std::string>() + "`" : std::string();
 }
 
+// "3, 7, 10" from --only's indices.
+std::string joined_indices(const json& ks) {
+  std::string out;
+  for (const auto& k : ks) out += (out.empty() ? "" : ", ") + std::to_string(k.get<int64_t>());
+  return out;
+}
+
 // "+0.62": a signed z-score mean.
 std::string signed_fixed(double v) {
   if (!std::isfinite(v)) return "n/a";
@@ -449,6 +456,7 @@ std::string render_markdown(const json& study) {
              ? "; mocks " + std::to_string(s.at("first").get<int64_t>()) + " to " +
                    std::to_string(s.at("first").get<int64_t>() + s.at("mocks").get<int64_t>() - 1)
              : std::string())
+     << (s.contains("only") ? "; only mocks " + joined_indices(s.at("only")) : std::string())
      << "); mock k is the same lens at every SNR level, only its noise differs: EPL with "
      << "theta_E ~ " << text(kThetaE, "\"") << ", gamma ~ " << text(kGamma) << ", e1, e2 ~ "
      << text(kE12) << ", centre ~ " << text(kLensCentre, "\"")
@@ -503,16 +511,26 @@ std::string render_markdown(const json& study) {
           "tabulated (`--partial`), so a level's mocks may be fewer than asked.\n\n";
   }
   if (study.contains("combined_from")) {
+    bool any_replaced = false;
+    for (const auto& p : study.at("combined_from")) any_replaced |= p.contains("replaced");
     md << "**Parts.** This table joins the lenses of " << study.at("combined_from").size()
        << " parts of the study (`dslens mock-study --combine`; the same population, settings and "
           "VAE"
        << weights_note(study)
        << "); aggregates and targets are recomputed over all their lenses. Fit wall time: the "
-          "parts' sum.\n\n| part | date | fitted by |\n| --- | --- | --- |\n";
+          "parts' sum"
+       << (any_replaced ? ", replaced fits included. A mock fitted in several parts is taken from "
+                          "the last of them (`--replace`); the parts it replaced say which"
+                        : "")
+       << ".\n\n| part | date | fitted by |\n| --- | --- | --- |\n";
     for (const auto& p : study.at("combined_from")) {
+      std::string replaced;
+      for (const auto& r : p.value("replaced", json::array()))
+        replaced += (replaced.empty() ? "" : ", ") + r.get<std::string>();
       md << "| `" << p.value("file", std::string()) << "`"
-         << (p.value("partial", false) ? " (partial)" : "") << " | "
-         << p.value("date", std::string()) << " | `" << p.value("command", std::string())
+         << (p.value("partial", false) ? " (partial)" : "")
+         << (replaced.empty() ? std::string() : " (replaced by a later part: " + replaced + ")")
+         << " | " << p.value("date", std::string()) << " | `" << p.value("command", std::string())
          << "` |\n";
     }
     md << "\n";

@@ -37,9 +37,11 @@ void write_study(const std::filesystem::path& out, json study);
 // --combine: one study from the mock_study.json of several parts of one study (--first, or
 // --partial tables of unfinished runs), e.g. run on different machines. The parts must share every
 // setting but the mocks' range and the SNR levels, and the VAE's weights; a mock may appear at a
-// level in one part only. Aggregates and targets are recomputed from the lenses' records. Throws
-// InputError naming the part otherwise; `out` must not exist.
+// level in one part only, unless `replace`: then the last part that holds it gives its record and
+// the earlier parts' entries in "combined_from" list what was replaced. Aggregates and targets are
+// recomputed from the lenses' records. Throws InputError naming the part otherwise; `out` must not
+// exist.
 void combine_studies(const std::vector<std::string>& inputs, const std::filesystem::path& out,
-                     const std::string& command);
+                     const std::string& command, bool replace = false);
 
 }  // namespace dslens::app::mock_study

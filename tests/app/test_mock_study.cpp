@@ -73,6 +73,20 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   // ... and it is not the first mock's (a part that ignored --first would fit mock 0 again).
   EXPECT_NE(p1.at("mock001").at("parameters").at("theta_E").at("truth"),
             w.at("mock000").at("parameters").at("theta_E").at("truth"));
+  // --only 1 (a refit of chosen mocks) fits that mock as the whole study does, too.
+  RunResult ro = study(vae, dir + "/only1", "--only 1");
+  ASSERT_EQ(ro.code, 0) << ro.output;
+  const json only1 = read_json(dir + "/only1/mock_study.json");
+  EXPECT_EQ(only1.at("settings").at("only"), json::array({1}));
+  const auto o1 = lenses_of(only1);
+  ASSERT_EQ(o1.size(), 1u) << only1.dump();
+  ASSERT_EQ(o1.count("mock001"), 1u) << only1.dump();
+  EXPECT_EQ(o1.at("mock001").at("parameters"), w.at("mock001").at("parameters"));
+  EXPECT_NE(ro.output.find("only mocks 1)"), std::string::npos) << ro.output;
+  ro = study(vae, dir + "/only_and_first", "--only 1 --first 1");
+  EXPECT_EQ(ro.code, 2) << ro.output;
+  EXPECT_NE(ro.output.find("without --first and --mocks"), std::string::npos) << ro.output;
+  EXPECT_FALSE(fs::exists(dir + "/only_and_first"));
 
   // A row's rank is the fraction of the lens's draws below its truth (1 chain x 4 draws here),
   // and the level's tail count is that of the ranks outside [0.005, 0.995].
@@ -170,6 +184,31 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
                  quote(dir + "/joined"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
+
+  // --replace: a mock in several parts is taken from the last of them, and the parts it was taken
+  // from instead say so. Part 1 and the --only part hold the same numbers, so one of them is
+  // marked to tell which record was taken.
+  json marked = part1;
+  marked["levels"][0]["lenses"][0]["map_log_posterior"] = -12345.0;
+  write_json(dir + "/marked.json", marked);
+  auto replaced = [&](const std::string& inputs, const std::string& out) {
+    const RunResult f =
+        run_dslens("mock-study --combine " + inputs + " --replace --out " + quote(dir + out));
+    EXPECT_EQ(f.code, 0) << f.output;
+    EXPECT_NE(f.output.find("(replaced by a later part: mock001 at SNR 10)"), std::string::npos)
+        << f.output;
+    return read_json(dir + out + "/mock_study.json");
+  };
+  json j = replaced(quote(dir + "/only1") + "," + quote(dir + "/marked.json"), "/replace1");
+  ASSERT_EQ(level_of(j).at("lenses").size(), 1u);
+  EXPECT_EQ(level_of(j).at("lenses")[0].at("map_log_posterior"), -12345.0);
+  EXPECT_EQ(j.at("combined_from")[0].at("replaced"), json::array({"mock001 at SNR 10"}));
+  EXPECT_FALSE(j.at("combined_from")[1].contains("replaced"));
+  j = replaced(quote(dir + "/marked.json") + "," + quote(dir + "/only1"), "/replace2");
+  EXPECT_EQ(level_of(j).at("lenses")[0].at("map_log_posterior"),
+            o1.at("mock001").at("map_log_posterior"));
+  r = study(vae, dir + "/replace_alone", "--mocks 1 --replace");
+  EXPECT_EQ(r.code, 2) << r.output;
   fs::remove_all(dir);
 }
 
