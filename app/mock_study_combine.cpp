@@ -21,8 +21,12 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
                      const std::string& command, bool replace) {
   json common, digest, first_settings, definition;
   std::string first_input;
-  std::map<double, std::map<std::string, json>> lenses_at;   // SNR -> mock -> lens record
-  std::map<double, double> wall_at;                          // SNR -> summed fit wall time
+  std::map<double, std::map<std::string, json>> lenses_at;  // SNR -> mock -> lens record
+  // SNR -> summed fit wall time; a part tabulated before it finished (--partial) has none, and
+  // then the level's sum would understate it, so the level's wall time is unknown (the table
+  // shows the lenses' summed times instead, known for every part).
+  std::map<double, double> wall_at;
+  std::set<double> wall_unknown;
   std::map<std::pair<double, std::string>, size_t> part_of;  // (SNR, mock) -> part
   std::set<std::string> versions, devices, dtypes, mocks;
   double seconds = 0;
@@ -83,7 +87,11 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
         mocks.insert(name);
       }
       const double w = number_or_nan(level, "fit_wall_seconds");
-      if (std::isfinite(w)) wall_at[snr] += w;
+      if (std::isfinite(w)) {
+        wall_at[snr] += w;
+      } else {
+        wall_unknown.insert(snr);
+      }
     }
   }
   if (fs::exists(out)) {
@@ -94,7 +102,8 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
     json lenses = json::array();  // by name, as a whole study lists them
     for (const auto& [name, lens] : by_name) lenses.push_back(lens);
     const auto w = wall_at.find(snr);
-    levels.push_back(level_entry(snr, "combined", lenses, w == wall_at.end() ? NAN : w->second));
+    const bool known = w != wall_at.end() && wall_unknown.count(snr) == 0;
+    levels.push_back(level_entry(snr, "combined", lenses, known ? w->second : NAN));
     snrs.push_back(snr);
   }
   auto joined = [](const std::set<std::string>& v) {

@@ -148,6 +148,19 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
     EXPECT_EQ(t.value("note", ""), "not evaluated: 2 mocks (needs >= 30)") << t.dump();
   }
   EXPECT_EQ(joined.at("combined_from").size(), 2u);
+  // The partial table has no fit wall time (its level did not finish), so the joined level's is
+  // unknown, not part 1's alone; the summed lens time is its lenses' sum, known regardless.
+  EXPECT_TRUE(level_of(partial).at("fit_wall_seconds").is_null()) << level_of(partial).dump();
+  ASSERT_TRUE(level_of(part1).at("fit_wall_seconds").is_number()) << level_of(part1).dump();
+  EXPECT_TRUE(level_of(joined).at("fit_wall_seconds").is_null()) << level_of(joined).dump();
+  {
+    double lens_seconds = 0;
+    for (const auto& lens : level_of(joined).at("lenses"))
+      for (const char* stage : {"map", "warmup", "sampling"})
+        lens_seconds += lens.at("seconds").at(stage).get<double>();
+    EXPECT_NEAR(level_of(joined).at("summed_seconds_per_lens").get<double>(), lens_seconds,
+                1e-9 * lens_seconds);
+  }
   EXPECT_NE(r.output.find("joins the lenses of 2 parts"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("Mocks: 0-1."), std::string::npos) << r.output;
   // The table names the VAE by its weights too: its path is the machine's that fitted the parts.
@@ -204,6 +217,12 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
   EXPECT_EQ(level_of(j).at("lenses")[0].at("map_log_posterior"), -12345.0);
   EXPECT_EQ(j.at("combined_from")[0].at("replaced"), json::array({"mock001 at SNR 10"}));
   EXPECT_FALSE(j.at("combined_from")[1].contains("replaced"));
+  // Both parts finished their levels: the joined wall time is their sum, the replaced fit's
+  // included (it was spent).
+  EXPECT_NEAR(level_of(j).at("fit_wall_seconds").get<double>(),
+              level_of(only1).at("fit_wall_seconds").get<double>() +
+                  level_of(marked).at("fit_wall_seconds").get<double>(),
+              1e-9);
   j = replaced(quote(dir + "/marked.json") + "," + quote(dir + "/only1"), "/replace2");
   EXPECT_EQ(level_of(j).at("lenses")[0].at("map_log_posterior"),
             o1.at("mock001").at("map_log_posterior"));

@@ -59,6 +59,8 @@ TEST(MockStudyTable, TruthModeAggregatesLeaveOutMissedSearches) {
   EXPECT_EQ(level.at("lenses_truth_scored"), 3);
   EXPECT_EQ(level.at("lenses_map_below_truth"), 1);
   EXPECT_EQ(level.at("lenses_in_truth_mode"), 2);
+  EXPECT_DOUBLE_EQ(level.at("summed_seconds_per_lens").get<double>(), 4 * 3.0);
+  EXPECT_DOUBLE_EQ(level.at("fit_wall_seconds").get<double>(), 10.0);
   const json& all = level.at("aggregate").at("gamma");
   const json& in_mode = level.at("aggregate_in_truth_mode").at("gamma");
   EXPECT_EQ(all.at("lenses_z"), 4);
