@@ -255,6 +255,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   }
   map_json["best_starts"] = starts;
   map_json["seconds"] = r.map_seconds;
+  // Search rounds this lens took part in (docs/fit.md, "Search rounds"): above 1, its first
+  // search left a reduced chi-square above the threshold.
+  map_json["search_rounds"] = r.search_rounds >= 0 ? nlohmann::json(r.search_rounds) : nullptr;
   // A simulation's truth, scored by the same posterior: a MAP below it has missed the truth's mode
   // (a search failure), a MAP above it found a mode the data prefer (a degeneracy), and the truth's
   // reduced chi-square checks that the simulated noise is the noise the fit assumes.

@@ -82,11 +82,18 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // 1. MAP: `starts` prior draws per lens, optimised together.
   torch::Tensor best_x, best_lp;  // [L, keep, D], [L, keep]
   double map_seconds = 0.0;
+  // Each lens's search rounds; kept in the MAP checkpoint since they were recorded (an older
+  // one has three tensors, and the counts are unknown).
+  std::vector<int64_t> search_rounds(static_cast<size_t>(n_lenses), -1);
   if (options.resume && fs::exists(map_file)) {
     auto t = load_tensors(map_file);
     best_x = t.at(0).to(opts);
     best_lp = t.at(1);
     map_seconds = t.at(2).item<double>();
+    if (t.size() > 3 && t[3].numel() == n_lenses) {
+      const auto c = t[3].to(torch::kCPU, torch::kLong).contiguous();
+      search_rounds.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n_lenses);
+    }
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
     // Search rounds leave their state in tag-map-roundK.pt (K rounds done), so that --resume
@@ -115,8 +122,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                   resumed ? &*resumed : nullptr,
                   [&round_file](const MapRoundState& state) {
                     save_tensors(round_file(state.round), state.to_tensors());
-                  })
+                  },
+                  &search_rounds)
             : map_from_start(lenses, posterior, init_starts(lenses, options, opts));
+    if (!options.init.empty()) search_rounds.assign(search_rounds.size(), 0);
     const int64_t per_lens = res.x.size(0) / n_lenses;
     const int64_t kept = std::min(keep, per_lens);
     auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, per_lens});
@@ -137,7 +146,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
           "MAP found no start with a finite log posterior for some lens; check "
           "the priors against the data (e.g. ellipticity priors allowing |e| >= 1)");
     }
-    save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64)});
+    save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64),
+                            torch::tensor(search_rounds, torch::kLong)});
   }
   if (options.stop_after == "map") return {};
 
@@ -203,6 +213,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.map_u = r.starts_u.narrow(0, 0, 1);
     r.map_log_p = best_lp[l][0].item<double>();
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
+    r.search_rounds = search_rounds[static_cast<size_t>(l)];
     if (!options.init.empty()) r.map_origin = "optimised from --init " + options.init_source;
     r.batch_size = n_lenses;
   }

@@ -25,6 +25,9 @@ struct LensFitResult {
   double map_seconds = 0.0, warmup_seconds = 0.0, sampling_seconds = 0.0;
   int64_t gradient_evaluations = 0;  // this lens's share
   int64_t batch_size = 1;            // lenses fitted together
+  // MAP search rounds the lens took part in (app/map_rounds.h): 1 when the first search passed,
+  // 0 when --init replaced the search, -1 when unknown (resumed from an older checkpoint).
+  int64_t search_rounds = -1;
 };
 
 struct FitRunOptions {

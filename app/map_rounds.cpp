@@ -77,6 +77,7 @@ std::vector<torch::Tensor> MapRoundState::to_tensors() const {
   for (const auto* t :
        {&result.x, &result.log_p, &result.grad_norm, &result.converged, &result.iterations})
     out.push_back(t->defined() ? t->detach().to(torch::kCPU) : torch::empty({0}));
+  if (lens_rounds.defined()) out.push_back(lens_rounds.to(torch::kCPU, torch::kLong));
   return out;
 }
 
@@ -88,7 +89,9 @@ MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tens
                           std::to_string(starts) + " starts x " + std::to_string(dim) +
                           " parameters: " + why);
   };
-  if (tensors.size() != 6) fail(std::to_string(tensors.size()) + " tensors, not 6");
+  // 7 tensors since the per-lens round counts were kept; 6 before.
+  if (tensors.size() != 6 && tensors.size() != 7)
+    fail(std::to_string(tensors.size()) + " tensors, not 7");
   const auto& header = tensors[0];
   if (!header.defined() || header.numel() != 4) fail("no header");
   const auto h = header.to(torch::kFloat64).contiguous();
@@ -111,15 +114,18 @@ MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tens
     fail("positions of another shape");
   if (!s.result.log_p.defined() || s.result.log_p.sizes() != torch::IntArrayRef({rows}))
     fail("log posteriors of another shape");
+  if (tensors.size() == 7) {
+    s.lens_rounds = tensors[6].to(torch::kLong);
+    if (s.lens_rounds.sizes() != torch::IntArrayRef({lenses}))
+      fail("round counts of another shape");
+  }
   return s;
 }
 
-samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
-                                              const model::LensPosterior& posterior,
-                                              const std::optional<torch::Tensor>& psf,
-                                              const BatchPosteriorFn& make,
-                                              const MapRoundState* resume,
-                                              const MapRoundFn& on_round) {
+samplers::OptimizeResult map_search_in_rounds(
+    const std::vector<const FitConfig*>& lenses, const model::LensPosterior& posterior,
+    const std::optional<torch::Tensor>& psf, const BatchPosteriorFn& make,
+    const MapRoundState* resume, const MapRoundFn& on_round, std::vector<int64_t>* lens_rounds) {
   const MapSettings& ms = lenses.front()->map;
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t per = ms.starts;
@@ -127,7 +133,10 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
   double seconds_before = 0.0;  // search time of earlier runs (--resume)
   samplers::OptimizeResult result;
   int64_t first_round = 1;
+  auto rounds = torch::ones({n_lenses}, torch::kLong);  // each lens's rounds so far
   if (resume) {
+    rounds = resume->lens_rounds.defined() ? resume->lens_rounds.clone()
+                                           : torch::full({n_lenses}, -1, torch::kLong);
     result = resume->result;
     const auto device = posterior.data().image.device();
     for (auto* t :
@@ -143,7 +152,8 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
   }
   const auto report = [&](int64_t completed) {
     if (on_round && completed <= ms.retry_rounds)
-      on_round(MapRoundState{completed, result, seconds_before + seconds_since(t_run)});
+      on_round(
+          MapRoundState{completed, result, seconds_before + seconds_since(t_run), rounds.clone()});
   };
   if (!resume) report(1);
   const auto thresholds = host_values(search_round_thresholds(degrees_of_freedom(posterior), ms));
@@ -168,6 +178,11 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
         nlohmann::json(retry_threshold).dump());
     std::vector<const FitConfig*> subset;
     for (const int64_t i : retry) subset.push_back(lenses[static_cast<size_t>(i)]);
+    {
+      auto count = rounds.accessor<int64_t, 1>();
+      for (const int64_t i : retry)
+        if (count[i] > 0) ++count[i];  // an unknown count (-1) stays unknown
+    }
     samplers::OptimizeResult again;
     if (static_cast<int64_t>(retry.size()) == n_lenses) {
       again = map_search(lenses, posterior, psf, static_cast<uint64_t>(round));
@@ -196,6 +211,11 @@ samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*
                  nlohmann::json(host_values(std::get<0>(before))).dump(),
                  nlohmann::json(host_values(std::get<0>(after))).dump());
     report(round + 1);
+  }
+  if (lens_rounds) {
+    const auto count = rounds.accessor<int64_t, 1>();
+    lens_rounds->assign(static_cast<size_t>(n_lenses), 0);
+    for (int64_t i = 0; i < n_lenses; ++i) (*lens_rounds)[static_cast<size_t>(i)] = count[i];
   }
   const auto finite = torch::nan_to_num(result.log_p, -INFINITY);
   result.best = finite.argmax().item<int64_t>();

@@ -30,6 +30,9 @@ struct MapRoundState {
   int64_t round = 0;  // rounds completed: 1 after the first search
   samplers::OptimizeResult result;
   double seconds = 0.0;  // search time so far, over all runs
+  // [L] int64: the rounds each lens was searched in so far; undefined in a checkpoint written
+  // before it was kept (the count is then unknown, -1).
+  torch::Tensor lens_rounds;
 
   std::vector<torch::Tensor> to_tensors() const;
   // Throws dslens::InvalidArgument when the tensors are not a state of `lenses` x `starts` rows
@@ -50,12 +53,14 @@ torch::Tensor search_round_thresholds(const torch::Tensor& dof, const MapSetting
 // map_search (round 0) on the whole batch, then the rounds above; `make` builds the posterior of
 // the lenses a round retries. Same result layout as map_search. With `resume`, the rounds it
 // completed are not searched again; `on_round` receives the state after every round that more
-// rounds may follow.
+// rounds may follow. `lens_rounds`, when given, receives the rounds each lens was searched in
+// (1: the first search sufficed; -1: unknown, resumed from a checkpoint that did not keep them).
 samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
                                               const model::LensPosterior& posterior,
                                               const std::optional<torch::Tensor>& psf,
                                               const BatchPosteriorFn& make,
                                               const MapRoundState* resume = nullptr,
-                                              const MapRoundFn& on_round = {});
+                                              const MapRoundFn& on_round = {},
+                                              std::vector<int64_t>* lens_rounds = nullptr);
 
 }  // namespace dslens::app

@@ -138,6 +138,7 @@ json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
   out["map_log_posterior"] = map.value("log_posterior", json(nullptr));
   out["truth_log_posterior"] =
       map.contains("truth") ? map.at("truth").value("log_posterior", json(nullptr)) : json(nullptr);
+  out["search_rounds"] = map.value("search_rounds", json(nullptr));
   // How galaxy-like the true source is (dslens simulate's summary; absent in older mocks).
   if (truth.contains("source_plane")) {
     const json& sp = truth.at("source_plane");
@@ -449,6 +450,24 @@ std::string truth_mode_paragraph(const json& l) {
 
 }  // namespace
 
+std::string searched_again_line(const json& lenses) {
+  json again = json::array();
+  size_t unknown = 0;
+  for (const auto& l : lenses) {
+    const json rounds = l.value("search_rounds", json(nullptr));
+    if (!rounds.is_number_integer() || rounds.get<int64_t>() < 0) {
+      ++unknown;
+    } else if (rounds.get<int64_t>() > 1) {
+      again.push_back(l);
+    }
+  }
+  if (unknown == lenses.size()) return "";
+  std::string line = "Searched again (more than one MAP search round): " +
+                     (again.empty() ? std::string("none") : "mocks " + mock_ranges(again));
+  if (unknown > 0) line += "; not recorded for " + std::to_string(unknown) + " older fit(s)";
+  return line + ".\n\n";
+}
+
 std::string render_markdown(const json& study) {
   std::ostringstream md;
   const json& s = study.at("settings");
@@ -572,6 +591,7 @@ std::string render_markdown(const json& study) {
   for (const auto& l : study.at("levels")) {
     md << "## SNR " << num(l.at("snr").get<double>()) << "\n\n"
        << "Mocks: " << mock_ranges(l.at("lenses")) << ".\n\n"
+       << searched_again_line(l.at("lenses"))
        << "| parameter | median abs. relative error | median abs. error | coverage 68 % | "
           "coverage 95 % | mean z-score | rms z-score | truth outside central 99 % | max R-hat | "
           "total divergences | median time per lens (s) |\n"

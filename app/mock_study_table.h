@@ -26,6 +26,11 @@ json aggregate(const json& lenses);
 // A level's entry of mock_study.json from its lenses' records (read_lens, with the noise).
 json level_entry(double snr, const std::string& folder, const json& lenses, double fit_wall);
 
+// The level's line naming the mocks whose MAP search ran more than one round (map.json's
+// search_rounds): the lenses a change to the later rounds refits (`mock-study --only`). Empty when
+// no record has the count (fits before it was kept).
+std::string searched_again_line(const json& lenses);
+
 // The targets of issue 5 checked on a study's levels.
 json check_targets(const json& levels);
 

@@ -324,6 +324,10 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
       }
     }
   }
+  // map.json counts each lens's rounds: "a" three, "b" one, each lens alone one.
+  EXPECT_EQ(read_json(dir + "/batch/fit/a/map.json")["search_rounds"], 3);
+  EXPECT_EQ(read_json(dir + "/batch/fit/b/map.json")["search_rounds"], 1);
+  EXPECT_EQ(read_json(dir + "/seed7/fit/map.json")["search_rounds"], 1);
   // At least one of "a"'s best four comes from a later round (else the test proves little).
   const json a_first = read_json(dir + "/seed5/fit/a/map.json")["best_starts"];
   EXPECT_NE(read_json(dir + "/batch/fit/a/map.json")["best_starts"], a_first);
@@ -354,6 +358,10 @@ TEST(FitCommand, SearchRoundsRetryOnlyTheLensesThatFitBadly) {
   for (const std::string name : {"a", "b"}) {
     EXPECT_EQ(read_json(cut + "/" + name + "/map.json")["best_starts"],
               read_json(dir + "/batch/fit/" + name + "/map.json")["best_starts"])
+        << name;
+    // The round counts come through the round-1 checkpoint too.
+    EXPECT_EQ(read_json(cut + "/" + name + "/map.json")["search_rounds"],
+              read_json(dir + "/batch/fit/" + name + "/map.json")["search_rounds"])
         << name;
   }
   fs::remove_all(dir);
@@ -698,6 +706,7 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   EXPECT_NE(r.output.find("from the given start (--init)"), std::string::npos) << r.output;
   const json at_truth = read_json(dir + "/truth/map.json");
   EXPECT_EQ(at_truth["best_starts"].size(), 1u);
+  EXPECT_EQ(at_truth["search_rounds"], 0);  // no search
   EXPECT_NEAR(start_of(at_truth)["log_posterior"].get<double>(),
               at_truth["truth"]["log_posterior"].get<double>(), 1e-6);
   EXPECT_NEAR(start_of(at_truth)["theta_E_lens0"].get<double>(), 1.0, 1e-9);

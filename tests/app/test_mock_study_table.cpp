@@ -71,6 +71,27 @@ TEST(MockStudyTable, TruthModeAggregatesLeaveOutMissedSearches) {
   EXPECT_EQ(all.at("outside_99"), 2);
 }
 
+// The level's line of mocks searched again: those with more than one search round, by name; lenses
+// without a count (older fits) are counted, and a level without any count has no line.
+TEST(MockStudyTable, SearchedAgainLineNamesTheMocksOfLaterRounds) {
+  auto lens = [](const std::string& name, json rounds) {
+    json l{{"name", name}};
+    if (!rounds.is_null()) l["search_rounds"] = rounds;
+    return l;
+  };
+  using dslens::app::mock_study::searched_again_line;
+  EXPECT_EQ(searched_again_line(json::array(
+                {lens("mock000", 1), lens("mock003", 3), lens("mock004", 2), lens("mock007", 2)})),
+            "Searched again (more than one MAP search round): mocks 3-4, 7.\n\n");
+  EXPECT_EQ(searched_again_line(json::array({lens("mock000", 1), lens("mock001", 0)})),
+            "Searched again (more than one MAP search round): none.\n\n");
+  EXPECT_EQ(searched_again_line(
+                json::array({lens("mock000", 2), lens("mock001", nullptr), lens("mock002", -1)})),
+            "Searched again (more than one MAP search round): mocks 0; not recorded for 2 older "
+            "fit(s).\n\n");
+  EXPECT_EQ(searched_again_line(json::array({lens("mock000", nullptr)})), "");
+}
+
 // Prior theta ~ N(0, 1), one datum y ~ N(theta, sigma^2): the posterior is N(m, s^2) with
 // s^2 = 1 / (1 + 1 / sigma^2), m = s^2 y / sigma^2, and the truth's rank is Phi((theta - m) / s).
 // A fit that reports sd = width * s is calibrated only at width 1.
