@@ -11,6 +11,10 @@
 # On an H200 (2026-11-30, docs/benchmarks.md "On a GPU"): configure 10 s, the dslens target 110 s
 # on 16 cores, the CUDA/CPU comparison and the simulate/vae benches 25 s; the two bench-fit runs
 # did not finish their MAP in 150 s each.
+# On an H200 again (2026-12-04, docs/benchmarks.md "On a GPU, second run"): configure 9 s, dslens
+# and the sampler tests 144 s; a 1-lens bench fit with the full 500 + 500 needs about 13 minutes
+# while its CUDA graphs fall back to eager calls, so give it a cap (FIT_CAP) and read its progress
+# lines and fit.log (copied to $OUT when the cap stops it).
 # FIT_ARGS and FIT64_ARGS override the arguments of the short `bench fit` runs of 1 and 64 lenses
 # (defaults: 60 warmup + 40 draws at maximum depth 8; 30 + 20 at depth 7): enough for the MAP's
 # time and the gradient evaluations per second, not for ESS.
@@ -25,6 +29,12 @@ BUILD=${BUILD_DIR:-build-gpu}
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu: a dry run of this script on a machine without a GPU
 FIT_ARGS=${FIT_ARGS:---warmup 60 --draws 40 --max-depth 8}
 FIT64_ARGS=${FIT64_ARGS:---warmup 30 --draws 20 --max-depth 7}
+FIT_CAP=${FIT_CAP:-150}      # seconds for each bench-fit run
+FIT64_CAP=${FIT64_CAP:-150}
+# SKIP: steps left out, any of: sampler-tests simulate benches tests (e.g. SKIP="benches tests"
+# when the device time is for `bench fit` alone).
+SKIP=${SKIP:-}
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 exec > >(tee -a "$LOG") 2>&1
 
 # step NAME CAP COMMAND...: runs COMMAND with the smaller of CAP and the time left; its output goes
@@ -60,7 +70,13 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 configure=(cmake -S . -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
   -DCMAKE_PREFIX_PATH="$prefix")
 step configure 120 "${configure[@]}" || exit 1
-if ! step build-dslens 300 cmake --build "$BUILD" -j "$(nproc)" --target dslens; then
+# The dslens target and the sampler tests (the CUDA graph tests) in one build, all cores busy;
+# -k 0 lists every compile error of a failing build at once.
+targets=(--target dslens)
+skipped sampler-tests || targets+=(--target dslens_samplers_tests)
+keep_going=()
+((${#generator[@]})) && keep_going=(-- -k 0)
+if ! step build-dslens 300 cmake --build "$BUILD" -j "$(nproc)" "${targets[@]}" "${keep_going[@]}"; then
   # The c10d (gloo) communicator and the CUDA graphs (samplers/src/cuda_graph.cpp, never compiled
   # against CUDA headers before this script ran it) are the parts most tied to LibTorch's CUDA
   # build: retry without them (the log above says which failed).
@@ -72,13 +88,13 @@ D=$BUILD/dslens
 ldd "$D" | grep -E 'torch|c10|cfitsio|not found'
 
 # The CUDA graph tests run only on a GPU: first, since the fits below rely on them.
-if step build-sampler-tests 150 cmake --build "$BUILD" -j "$(nproc)" \
-  --target dslens_samplers_tests; then
+if ! skipped sampler-tests && [[ -x $BUILD/tests/dslens_samplers_tests ]]; then
   step cuda-graph-tests 60 "$BUILD/tests/dslens_samplers_tests" --gtest_filter='CudaGraph.*'
 fi
 
-# CUDA against CPU: the same noise-free model image in float64 (and float32 on CUDA).
 work=$(mktemp -d)
+# CUDA against CPU: the same noise-free model image in float64 (and float32 on CUDA).
+if ! skipped simulate; then
 cat >"$work/sim.json" <<'EOF'
 {"grid": {"nx": 100, "ny": 100, "pixel_scale": 0.05, "supersampling": 2},
  "psf": {"fwhm": 0.1},
@@ -115,16 +131,30 @@ for run in [f'{dev}-float64', f'{dev}-float32']:
     print(f'=== model image {run} against cpu-float64: max |diff| {np.abs(m - ref).max():.3e}, '
           f'peak {ref.max():.4f}, max |diff| / noise rms 0.01: {np.abs(m - ref).max() / 0.01:.3e}')
 EOF
+fi
 
+# bench_fit LENSES CAP ARGS...: one `bench fit` run; its JSON and the fit's own log (the MAP's
+# stages and NUTS's progress, also when the cap stopped the run) land in $OUT.
+bench_fit() {
+  local lenses=$1 cap=$2
+  shift 2
+  local tmp=$work/bench-$lenses
+  mkdir -p "$tmp"
+  TMPDIR=$tmp step "bench-fit-$lenses" "$cap" "$D" bench fit --device "$DEVICE" --lenses "$lenses" \
+    "$@" --json >"$OUT/bench_fit_$lenses.json"
+  cat "$OUT/bench_fit_$lenses.json"
+  local log
+  log=$(ls "$tmp"/dslens-bench-fit-*/fit/fit.log 2>/dev/null | head -1)
+  [[ -n $log ]] && cp "$log" "$OUT/fit_$lenses.log"
+}
 # shellcheck disable=SC2086
-step bench-fit-1 150 "$D" bench fit --device "$DEVICE" --lenses 1 $FIT_ARGS --json \
-  >"$OUT/bench_fit_1.json"
-cat "$OUT/bench_fit_1.json"
+bench_fit 1 "$FIT_CAP" $FIT_ARGS
 # shellcheck disable=SC2086
-step bench-fit-64 150 "$D" bench fit --device "$DEVICE" --lenses 64 $FIT64_ARGS --json \
-  >"$OUT/bench_fit_64.json"
-cat "$OUT/bench_fit_64.json"
+bench_fit 64 "$FIT64_CAP" $FIT64_ARGS
 
+if skipped benches; then
+  echo "=== simulate, vae and sampler benches: skipped (SKIP)"
+else
 step bench-simulate 60 "$D" bench simulate --device "$DEVICE" --dtype float32 --batches 1,16,256,1024 \
   --min-time 0.5 --json >"$OUT/bench_simulate.json"
 cat "$OUT/bench_simulate.json"
@@ -134,9 +164,10 @@ cat "$OUT/bench_vae.json"
 step bench-sampler 90 "$D" bench sampler --device "$DEVICE" --chains 4,64,1024 --warmup 300 \
   --draws 300 >"$OUT/bench_sampler.txt"
 cat "$OUT/bench_sampler.txt"
+fi
 
 # The test suite (CPU) against this LibTorch.
-if step build-tests 200 cmake --build "$BUILD" -j "$(nproc)"; then
+if ! skipped tests && step build-tests 200 cmake --build "$BUILD" -j "$(nproc)"; then
   step ctest 120 ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure --timeout 100 |
     tail -n 40
 fi

@@ -2,7 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <ATen/record_function.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <map>
@@ -17,6 +21,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/cuda.h>
 #endif
 
@@ -34,8 +39,20 @@ double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
   return diff / std::max(scale, std::numeric_limits<double>::min());
 }
 
-double relative_difference(const LogDensityValue& a, const LogDensityValue& b) {
-  return std::max(relative_difference(a.log_p, b.log_p), relative_difference(a.grad, b.grad));
+// Operators that read a device value back to the host (see host_reads_during).
+bool reads_back(const char* name) {
+  return std::strcmp(name, "aten::_local_scalar_dense") == 0 ||
+         std::strcmp(name, "aten::nonzero") == 0;
+}
+
+std::atomic<int64_t>& host_reads() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+
+std::unique_ptr<at::ObserverContext> count_host_read(const at::RecordFunction& fn) {
+  if (reads_back(fn.name())) ++host_reads();
+  return nullptr;
 }
 
 std::string shape_key(const torch::Tensor& q) {
@@ -45,6 +62,45 @@ std::string shape_key(const torch::Tensor& q) {
 }
 
 }  // namespace cuda_graph_detail
+
+ReplayDifference replay_difference(const LogDensityValue& replayed, const LogDensityValue& eager) {
+  return {cuda_graph_detail::relative_difference(replayed.log_p, eager.log_p),
+          cuda_graph_detail::relative_difference(replayed.grad, eager.grad)};
+}
+
+bool ReplayDifference::within(const CudaGraphSettings& s, torch::ScalarType dtype) const {
+  const bool f64 = dtype == torch::kFloat64;
+  // Written as !(a > b) would let NaN through: a NaN difference is a failed check.
+  return log_p <= (f64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32) &&
+         grad <= (f64 ? s.grad_rtol_float64 : s.grad_rtol_float32);
+}
+
+ReplayDifference check_replay(const LogDensityFn& replayed, const LogDensityFn& eager,
+                              const torch::Tensor& q, const LogDensityValue& eager_at_q) {
+  ReplayDifference d = replay_difference(replayed(q), eager_at_q);
+  if (q.size(0) > 1) {
+    const auto flipped = q.flip({0});
+    const ReplayDifference f = replay_difference(replayed(flipped), eager(flipped));
+    d.log_p = std::max(d.log_p, f.log_p);
+    d.grad = std::max(d.grad, f.grad);
+  }
+  return d;
+}
+
+int64_t host_reads_during(const std::function<void()>& f) {
+  using namespace cuda_graph_detail;
+  const int64_t before = host_reads().load();
+  const auto handle = at::addGlobalCallback(
+      at::RecordFunctionCallback(&count_host_read).scopes({at::RecordScope::FUNCTION}));
+  try {
+    f();
+  } catch (...) {
+    at::removeCallback(handle);
+    throw;
+  }
+  at::removeCallback(handle);
+  return host_reads().load() - before;
+}
 
 void CudaGraphSettings::validate() const {
   if (warmup_calls < 1) {
@@ -59,7 +115,8 @@ void CudaGraphSettings::validate() const {
     throw InvalidArgument("cuda graphs: max_graphs must be >= 0, got " +
                           std::to_string(max_graphs));
   }
-  if (!(rtol_float32 > 0) || !(rtol_float64 > 0)) {
+  if (!(log_p_rtol_float32 > 0) || !(grad_rtol_float32 > 0) || !(log_p_rtol_float64 > 0) ||
+      !(grad_rtol_float64 > 0)) {
     throw InvalidArgument("cuda graphs: the replay tolerances must be > 0");
   }
 }
@@ -80,8 +137,12 @@ struct Captured {
   LogDensityValue output;  // and writes its results here, overwritten by every replay
 };
 
-double rtol_for(const CudaGraphSettings& s, const torch::Tensor& q) {
-  return q.scalar_type() == torch::kFloat64 ? s.rtol_float64 : s.rtol_float32;
+double log_p_rtol(const CudaGraphSettings& s, const torch::Tensor& q) {
+  return q.scalar_type() == torch::kFloat64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32;
+}
+
+double grad_rtol(const CudaGraphSettings& s, const torch::Tensor& q) {
+  return q.scalar_type() == torch::kFloat64 ? s.grad_rtol_float64 : s.grad_rtol_float32;
 }
 
 // Drops the shape's graph (if any): its calls run eagerly from now on.
@@ -118,11 +179,22 @@ void capture(Captured& c, const LogDensityFn& eager, const torch::Tensor& q,
     try {
       c.output = eager(c.input);
     } catch (...) {
-      // End the stream's capture mode before the error leaves; the graph is discarded.
+      // End the stream's capture mode before the error leaves; the graph is discarded. LibTorch's
+      // capture_end can throw before it ends an invalidated capture (seen with LibTorch 2.11 on an
+      // H200: every later synchronisation failed with "operation not permitted when stream is
+      // capturing"), so the stream's state is asked and the capture ended directly if need be.
       try {
         c.graph->capture_end();
       } catch (...) {
       }
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(side.stream(), &status) == cudaSuccess &&
+          status != cudaStreamCaptureStatusNone) {
+        cudaGraph_t partial = nullptr;
+        (void)cudaStreamEndCapture(side.stream(), &partial);
+        if (partial != nullptr) (void)cudaGraphDestroy(partial);
+      }
+      (void)cudaGetLastError();  // the capture's error is not this process's next call's
       c.graph.reset();
       throw;
     }
@@ -161,13 +233,13 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
       ++stats->rechecks;
       ++stats->eager_calls;
       LogDensityValue reference = eager(q);
-      const double diff = relative_difference(replayed, reference);
-      const double rtol = rtol_for(settings, q);
-      if (!(diff <= rtol)) {
+      const ReplayDifference diff = replay_difference(replayed, reference);
+      if (!diff.within(settings, q.scalar_type())) {
         spdlog::warn(
-            "cuda graphs: after {} replays, positions {} differ from the eager call by {:.3g} "
-            "(relative; allowed {:.1g}): this shape runs eagerly from now on",
-            c.replays, key, diff, rtol);
+            "cuda graphs: after {} replays, positions {} differ from the eager call (relative: log "
+            "density {:.3g}, gradient {:.3g}; allowed {:.1g}, {:.1g}): this shape runs eagerly "
+            "from now on",
+            c.replays, key, diff.log_p, diff.grad, log_p_rtol(settings, q), grad_rtol(settings, q));
         fall_back(c, *stats);
         --stats->captured;
         return reference;
@@ -176,30 +248,32 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
     }
     Captured& c = (*graphs)[key];
     ++stats->eager_calls;
-    const LogDensityValue reference = eager(q);
+    LogDensityValue reference;
+    const int64_t reads = host_reads_during([&] { reference = eager(q); });
+    if (reads > 0) {
+      fall_back(c, *stats);
+      spdlog::warn(
+          "cuda graphs: the log density of positions {} read {} value(s) back to the host "
+          "(.item(), "
+          "nonzero): it cannot be captured, this shape runs eagerly",
+          key, reads);
+      return reference;
+    }
     if (static_cast<int64_t>(graphs->size()) > settings.max_graphs) {
       fall_back(c, *stats);
       spdlog::info("cuda graphs: {} shapes captured already; positions {} run eagerly",
                    settings.max_graphs, key);
       return reference;
     }
-    const double rtol = rtol_for(settings, q);
     try {
       capture(c, eager, q, settings);
-      // The capture's own positions, then the rows reversed: a graph that did not read its input
-      // would return the first answer again.
-      double diff = relative_difference(replay(c, q), reference);
-      if (q.size(0) > 1 && diff <= rtol) {
-        const auto flipped = q.flip({0});
-        const LogDensityValue flipped_reference{reference.log_p.flip({0}),
-                                                reference.grad.flip({0})};
-        diff = std::max(diff, relative_difference(replay(c, flipped), flipped_reference));
-      }
-      if (!(diff <= rtol)) {
+      const ReplayDifference diff =
+          check_replay([&c](const torch::Tensor& x) { return replay(c, x); }, eager, q, reference);
+      if (!diff.within(settings, q.scalar_type())) {
         spdlog::warn(
-            "cuda graphs: the replay of positions {} differs from the eager call by {:.3g} "
-            "(relative; allowed {:.1g}): this shape runs eagerly",
-            key, diff, rtol);
+            "cuda graphs: the replay of positions {} differs from the eager call (relative: log "
+            "density {:.3g}, gradient {:.3g}; allowed {:.1g}, {:.1g}): this shape runs eagerly",
+            key, diff.log_p, diff.grad, log_p_rtol(settings, q), grad_rtol(settings, q));
         fall_back(c, *stats);
         return reference;
       }
