@@ -20,6 +20,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/nuts.h"
+#include "op_census.h"
 
 namespace dslens::app {
 namespace bench_sampler_detail {
@@ -106,6 +107,30 @@ samplers::WindowSettings windows_for(int64_t warmup) {
   return w;
 }
 
+// The ATen operators NUTS dispatches per batched log-density call besides the target's own: a short
+// run (20 + 20) under an OpCensus, less the calls times one call's count. Untimed: the census's
+// callbacks slow every operator.
+double sampler_ops_per_call(const Target& target, const torch::Tensor& init,
+                            samplers::NutsSettings settings) {
+  settings.num_warmup = 20;
+  settings.num_draws = 20;
+  settings.adapt.windows = windows_for(settings.num_warmup);
+  settings.refresh = settings.num_warmup + settings.num_draws;
+  int64_t target_ops = 0;
+  {
+    OpCensus census;
+    (void)target.fn(init);
+    target_ops = census.operators();
+  }
+  OpCensus census;
+  const samplers::SamplerResult r = samplers::sample_nuts(target.fn, init, settings);
+  const int64_t all = census.operators();
+  census.log_most_frequent(
+      "bench sampler:   " + target.name + " x" + std::to_string(init.size(0)) + ": ", 12);
+  const double calls = static_cast<double>(r.gradient_evaluations / init.size(0));
+  return (static_cast<double>(all) - calls * static_cast<double>(target_ops)) / calls;
+}
+
 int bench_sampler(int argc, char** argv) {
   cxxopts::Options options(argv[0],
                            "NUTS with Stan's warmup on a 100-d Gaussian (scales 1e-2..1e2) and a "
@@ -123,6 +148,12 @@ int bench_sampler(int argc, char** argv) {
       "draws", "draws per chain, one value or one per chain count",
       cxxopts::value<std::string>()->default_value("1000,1000,100"))(
       "max-depth", "NUTS maximum tree depth", cxxopts::value<int>()->default_value("10"))(
+      "metric", "diag|dense: the sampler's metric (dslens fit's default is dense)",
+      cxxopts::value<std::string>()->default_value("diag"))(
+      "count-ops",
+      "after each timed run, a short untimed one (20 warmup + 20 draws) counts the ATen operators "
+      "the sampler itself dispatches per batched gradient, the target's own subtracted: on a GPU "
+      "each is a kernel launch and 5-10 us of CPU (docs/benchmarks.md, \"On a GPU\")")(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"));
   add_compute_options(options);
   cxxopts::ParseResult args;
@@ -149,6 +180,10 @@ int bench_sampler(int argc, char** argv) {
   }
   samplers::NutsSettings base;
   base.max_depth = args["max-depth"].as<int>();
+  const std::string metric = args["metric"].as<std::string>();
+  if (metric != "diag" && metric != "dense")
+    throw InvalidArgument("--metric: expected diag or dense, got '" + metric + "'");
+  base.metric = metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
   base.seed = args["seed"].as<uint64_t>();
 
   nlohmann::json results = nlohmann::json::array();
@@ -208,17 +243,25 @@ int bench_sampler(int argc, char** argv) {
           target.name, chains, j["draws_per_s"].get<double>(),
           j["gradient_evaluations_per_s"].get<double>(), min_ess, min_ess / secs,
           min_ess / computed_grads, r.warmup_seconds, secs);
+      if (args.count("count-ops")) {
+        j["sampler_ops_per_batched_gradient"] = sampler_ops_per_call(target, init, settings);
+        spdlog::info(
+            "bench sampler: {} x{}: {:.0f} ATen operators of the sampler's own per batched "
+            "gradient",
+            target.name, chains, j["sampler_ops_per_batched_gradient"].get<double>());
+      }
       results.push_back(j);
     }
   }
 
-  nlohmann::json report = {{"benchmark", "sampler"},
-                           {"sampler", "NUTS, Stan warmup, diag metric, per-chain step sizes"},
-                           {"device", compute.device.str()},
-                           {"dtype", dtype_name(compute.dtype)},
-                           {"threads", torch::get_num_threads()},
-                           {"max_depth", base.max_depth},
-                           {"results", results}};
+  nlohmann::json report = {
+      {"benchmark", "sampler"},
+      {"sampler", "NUTS, Stan warmup, " + metric + " metric, per-chain step sizes"},
+      {"device", compute.device.str()},
+      {"dtype", dtype_name(compute.dtype)},
+      {"threads", torch::get_num_threads()},
+      {"max_depth", base.max_depth},
+      {"results", results}};
   if (args.count("json")) {
     std::cout << report.dump(2) << std::endl;
     return 0;

@@ -1,5 +1,6 @@
-// The operator census of the benches (app/op_census.h) and `bench simulate --cpu-kernels`, which
-// sends CPU tensors down the tensor-op paths that CUDA tensors take.
+// The operator census of the benches (app/op_census.h), `bench simulate --cpu-kernels`, which
+// sends CPU tensors down the tensor-op paths that CUDA tensors take, and `bench sampler
+// --count-ops`.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -95,6 +96,28 @@ TEST(BenchFit, BadInterpolationExitsTwoNamingTheOption) {
   EXPECT_NE(r.output.find("--interpolation: expected bicubic or bilinear, got 'cubic'"),
             std::string::npos)
       << r.output;
+}
+
+// --count-ops: the operators NUTS dispatches per batched gradient besides the target's. With the
+// diagonal metric nothing in a step loops over chains, so 64 chains cost about what 4 do (on a GPU
+// each operator is a kernel launch whatever the batch).
+TEST(BenchSampler, CountOpsGivesTheSamplersOwnOperatorsPerStep) {
+  const auto r = dslens::testing::run_dslens(
+      "bench sampler --device cpu --chains 4,64 --targets funnel --warmup 20 --draws 20 "
+      "--count-ops --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["results"].size(), 2u);
+  const double at4 = j["results"][0]["sampler_ops_per_batched_gradient"].get<double>();
+  const double at64 = j["results"][1]["sampler_ops_per_batched_gradient"].get<double>();
+  // A leapfrog step alone updates momentum and position and sums the kinetic energy.
+  EXPECT_GT(at4, 10.0);
+  EXPECT_LT(at4, 1000.0);
+  EXPECT_LT(at64, 1.5 * at4) << at4 << " " << at64;
+  const auto bad = dslens::testing::run_dslens("bench sampler --metric full");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.output.find("--metric: expected diag or dense, got 'full'"), std::string::npos)
+      << bad.output;
 }
 
 }  // namespace bench_test
