@@ -5,7 +5,7 @@
 # docs/mock_study.md (between its "mock-study table" markers; the rest of the page is kept).
 #
 #   scripts/mock_study.sh [N] [--vae DIR] [other `dslens mock-study` options, e.g. --snr 30,100]
-#   scripts/mock_study.sh combine [PART ...]
+#   scripts/mock_study.sh combine [--replace] [PART ...]
 #
 # N: mocks per SNR level (default 30). The VAE defaults to the study's own, kept in git
 # (docs/mock_study/vae: configs/train_vae_mock_study.json trained on 2 cores), so that every run
@@ -17,7 +17,9 @@
 # mocks K..29; `RUN_DIR=... scripts/mock_study.sh N --first K ... --partial` tabulates what an
 # unfinished part has fitted; copy its study/mock_study.json into docs/mock_study/parts/. Then
 # `scripts/mock_study.sh combine` joins docs/mock_study/parts/*.json (or the PARTs given) and
-# writes the joined table into docs/mock_study.md.
+# writes the joined table into docs/mock_study.md. With --replace a mock that several parts hold
+# is taken from the last of them (refits with `--only`, named so that they sort after the parts they
+# refit: parts/s39-refit-... after parts/s36-part-...); without it such a mock is an error.
 #   BUILD_DIR  build folder (default: build)
 #   VAE_DIR    a trained VAE checkpoint folder (same as --vae)
 #   RUN_DIR    the run folder (default: runs/mock-study-<ts>); an existing one is resumed
@@ -54,6 +56,11 @@ demote() { sed -e 's/^# /## /' -e 's/^## \(SNR\|Overview\|Targets\)/### \1/'; }
 
 if [[ ${1:-} == combine ]]; then
   shift
+  replace=()
+  if [[ ${1:-} == --replace ]]; then
+    replace=(--replace)
+    shift
+  fi
   parts=("$@")
   if [[ ${#parts[@]} -eq 0 ]]; then
     shopt -s nullglob
@@ -62,12 +69,12 @@ if [[ ${1:-} == combine ]]; then
   [[ ${#parts[@]} -gt 0 ]] || { echo "mock_study: no parts in docs/mock_study/parts" >&2; exit 2; }
   run=${RUN_DIR:-runs/mock-study-combined-$(date +%Y%m%d-%H%M%S)}
   list=$(IFS=,; echo "${parts[*]}")
-  "$dslens" mock-study --combine "$list" --out "$run"
+  "$dslens" mock-study --combine "$list" ${replace[@]+"${replace[@]}"} --out "$run"
   {
     demote <"$run/mock_study.md"
     echo
     echo "Made by \`$invocation\` on $(date -u '+%Y-%m-%d %H:%M UTC'), which ran"
-    echo "\`$dslens mock-study --combine $list --out $run\`."
+    echo "\`$dslens mock-study --combine $list${replace[*]:+ ${replace[*]}} --out $run\`."
   } | write_table
   echo "mock_study: the joined table is in $doc (raw numbers: $run/mock_study.json)"
   exit 0
