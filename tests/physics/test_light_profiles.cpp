@@ -1,9 +1,11 @@
 // Light profiles: lenstronomy reference values, float32 vs float64, batching, autograd vs finite
 // differences, INTERPOL's pixel convention, the registry.
+#include <ATen/record_function.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -312,6 +314,58 @@ TEST(Interpol, KernelMatchesTensorOpPath) {
         }
       }
     }
+}
+
+// Off the CPU's kernels (every other device) the bicubic profile is the gather path under plain
+// autograd: one gather per forward + gradient, where the custom function's backward ran the
+// forward again (2) and the first gather path read each of the 16 taps apart (32). On a GPU each
+// operator is a kernel launch. Values and gradients equal the CPU kernel's.
+std::atomic<int64_t>& gathers() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+
+std::unique_ptr<at::ObserverContext> count_gather(const at::RecordFunction& fn) {
+  if (std::string(fn.name()) == "aten::gather") ++gathers();
+  return nullptr;
+}
+
+TEST(Interpol, BicubicOffTheCpuKernelsGathersOncePerGradient) {
+  torch::manual_seed(31);
+  auto t = [](std::vector<double> v) { return torch::tensor(v, torch::kFloat64); };
+  const ParamMap p0 = {{"image", torch::randn({2, 8, 8}, torch::kFloat64)},
+                       {"center_x", t({0.05, -0.1})},
+                       {"center_y", t({-0.02, 0.03})},
+                       {"scale", t({0.1, 0.08})},
+                       {"amp", t({1.5, 0.7})}};
+  const auto x0 = torch::rand({2, 200}, torch::kFloat64) * 1.6 - 0.8;
+  const auto y0 = torch::rand({2, 200}, torch::kFloat64) * 1.6 - 0.8;
+  std::vector<std::vector<torch::Tensor>> results;
+  for (bool kernels : {true, false}) {
+    set_cpu_kernels(kernels);
+    ParamMap p;
+    std::vector<torch::Tensor> inputs;
+    for (const auto& [k, v] : p0) {
+      p[k] = v.clone().requires_grad_(true);
+      inputs.push_back(p[k]);
+    }
+    auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
+    inputs.push_back(x);
+    inputs.push_back(y);
+    gathers() = 0;
+    const auto handle = at::addGlobalCallback(
+        at::RecordFunctionCallback(&count_gather).scopes({at::RecordScope::FUNCTION}));
+    const auto f = InterpolLight(PixelInterpolation::kBicubic).surface_brightness(x, y, p);
+    auto g = torch::autograd::grad({(f * f).sum()}, inputs);
+    at::removeCallback(handle);
+    set_cpu_kernels(true);
+    EXPECT_EQ(gathers().load(), kernels ? 0 : 1);
+    g.insert(g.begin(), f);
+    results.push_back(g);
+  }
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    EXPECT_LT(max_abs(results[0][i] - results[1][i]), 1e-12 * (1 + max_abs(results[0][i]))) << i;
+  }
 }
 
 TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {

@@ -88,7 +88,10 @@ std::vector<Tensor> tap_weights(const Tensor& t, int64_t taps) {
 
 // Tensor-op path differentiable to any order (any device): floor + gather on the image padded with
 // `taps` rows/columns of zeros on each side, cells clamped into the padding far outside (every tap
-// 0).
+// 0). All taps x taps values of a point come from one gather and one weighted sum: on a GPU every
+// operator is a kernel launch, and a gather, a product and a sum per tap made the bicubic path
+// about 1,000 of the log density's 2,569 operators (forward + gradient; docs/benchmarks.md, "On a
+// GPU, second run").
 Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix, int64_t taps) {
   const int64_t h = image.size(1), w = image.size(2);
   const int64_t b_img = image.size(0), b_pts = x_pix.size(0), n = x_pix.size(1);
@@ -100,22 +103,20 @@ Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_p
   Tensor col = x_pix + 0.5 * static_cast<double>(w - 1);
   Tensor row = y_pix + 0.5 * static_cast<double>(h - 1);
   Tensor c0 = torch::floor(col).detach(), r0 = torch::floor(row).detach();
-  const auto wx = tap_weights(col - c0, taps), wy = tap_weights(row - r0, taps);
+  const Tensor wx = torch::stack(tap_weights(col - c0, taps), -1);  // [., n, taps]
+  const Tensor wy = torch::stack(tap_weights(row - r0, taps), -1);
   // The first tap's padded index; in range for every cell with a tap inside the image.
   Tensor pc = torch::clamp(c0 + (pad - off), 0, w + 2 * pad - taps).to(torch::kLong);
   Tensor pr = torch::clamp(r0 + (pad - off), 0, h + 2 * pad - taps).to(torch::kLong);
-  Tensor idx = pr * wp + pc;
-  if (b_pts != b) idx = idx.expand({b, n});
-  Tensor value;
-  for (int64_t i = 0; i < taps; ++i) {
-    Tensor across;
-    for (int64_t j = 0; j < taps; ++j) {
-      const Tensor v = wx[j] * flat.gather(1, idx + (i * wp + j));
-      across = across.defined() ? across + v : v;
-    }
-    value = value.defined() ? value + wy[i] * across : wy[i] * across;
-  }
-  return value;
+  // Tap (i, j) at idx + i wp + j, offsets made on the device (a captured CUDA graph cannot copy
+  // from host memory).
+  const Tensor step = torch::arange(taps, pc.options());
+  const Tensor offsets = ((step * wp).unsqueeze(1) + step.unsqueeze(0)).reshape({taps * taps});
+  Tensor idx = (pr * wp + pc).unsqueeze(2) + offsets;  // [., n, taps * taps]
+  if (b_pts != b) idx = idx.expand({b, n, taps * taps});
+  const Tensor values =
+      flat.gather(1, idx.reshape({b, n * taps * taps})).reshape({b, n, taps, taps});
+  return (values * (wy.unsqueeze(3) * wx.unsqueeze(2))).sum({2, 3});
 }
 
 // The per-batch map from source-plane (x, y) to centred source-pixel coordinates, and the
@@ -438,7 +439,12 @@ Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const 
   image = align(image);
   Tensor a = align(aff);
   const int64_t taps = taps_of(order);
-  if (tensor_ops) return sample_tensor_ops(image, xs, ys, a, true, taps);
+  // The gather path is differentiable to any order by autograd itself, so off the CPU's kernels
+  // bicubic sampling skips PixelSample, whose backward would run the forward again (about 300
+  // more operators per call of the bench's image model, each a kernel launch on a GPU).
+  if (tensor_ops || (taps == 4 && (!xs.device().is_cpu() || !cpu_kernels()))) {
+    return sample_tensor_ops(image, xs, ys, a, true, taps);
+  }
   return PixelSample::apply(image.contiguous(), xs.contiguous(), ys.contiguous(), a.contiguous(),
                             taps);
 }
