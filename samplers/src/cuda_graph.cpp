@@ -70,7 +70,7 @@ ReplayDifference replay_difference(const LogDensityValue& replayed, const LogDen
 
 bool ReplayDifference::within(const CudaGraphSettings& s, torch::ScalarType dtype) const {
   const bool f64 = dtype == torch::kFloat64;
-  // Written as !(a > b) would let NaN through: a NaN difference is a failed check.
+  // <= rather than !(>): a NaN difference fails the check.
   return log_p <= (f64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32) &&
          grad <= (f64 ? s.grad_rtol_float64 : s.grad_rtol_float32);
 }
@@ -254,8 +254,7 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
       fall_back(c, *stats);
       spdlog::warn(
           "cuda graphs: the log density of positions {} read {} value(s) back to the host "
-          "(.item(), "
-          "nonzero): it cannot be captured, this shape runs eagerly",
+          "(.item(), nonzero): it cannot be captured, this shape runs eagerly",
           key, reads);
       return reference;
     }

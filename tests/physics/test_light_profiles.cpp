@@ -320,6 +320,16 @@ TEST(Interpol, KernelMatchesTensorOpPath) {
 // autograd: one gather per forward + gradient, where the custom function's backward ran the
 // forward again (2) and the first gather path read each of the 16 taps apart (32). On a GPU each
 // operator is a kernel launch. Values and gradients equal the CPU kernel's.
+// Fresh leaves requiring grad for every parameter of p0, appended to `leaves` in p0's order.
+ParamMap leaves_of(const ParamMap& p0, std::vector<torch::Tensor>& leaves) {
+  ParamMap p;
+  for (const auto& [k, v] : p0) {
+    p[k] = v.clone().requires_grad_(true);
+    leaves.push_back(p[k]);
+  }
+  return p;
+}
+
 std::atomic<int64_t>& gathers() {
   static std::atomic<int64_t> n{0};
   return n;
@@ -343,12 +353,8 @@ TEST(Interpol, BicubicOffTheCpuKernelsGathersOncePerGradient) {
   std::vector<std::vector<torch::Tensor>> results;
   for (bool kernels : {true, false}) {
     set_cpu_kernels(kernels);
-    ParamMap p;
     std::vector<torch::Tensor> inputs;
-    for (const auto& [k, v] : p0) {
-      p[k] = v.clone().requires_grad_(true);
-      inputs.push_back(p[k]);
-    }
+    ParamMap p = leaves_of(p0, inputs);
     auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
     inputs.push_back(x);
     inputs.push_back(y);
@@ -385,12 +391,8 @@ TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {
     std::vector<torch::Tensor> vals;
     std::vector<std::vector<torch::Tensor>> grads;
     for (bool fused : {true, false}) {
-      ParamMap p;
       std::vector<torch::Tensor> inputs;
-      for (const auto& [k, v] : p0) {
-        p[k] = v.clone().requires_grad_(true);
-        inputs.push_back(p[k]);
-      }
+      ParamMap p = leaves_of(p0, inputs);
       auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
       inputs.push_back(x);
       inputs.push_back(y);
