@@ -55,6 +55,14 @@ std::unique_ptr<at::ObserverContext> count_host_read(const at::RecordFunction& f
   return nullptr;
 }
 
+double log_p_rtol(const CudaGraphSettings& s, torch::ScalarType dtype) {
+  return dtype == torch::kFloat64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32;
+}
+
+double grad_rtol(const CudaGraphSettings& s, torch::ScalarType dtype) {
+  return dtype == torch::kFloat64 ? s.grad_rtol_float64 : s.grad_rtol_float32;
+}
+
 std::string shape_key(const torch::Tensor& q) {
   std::ostringstream os;
   os << q.sizes() << ' ' << device_dtype_key(q.options());
@@ -69,10 +77,9 @@ ReplayDifference replay_difference(const LogDensityValue& replayed, const LogDen
 }
 
 bool ReplayDifference::within(const CudaGraphSettings& s, torch::ScalarType dtype) const {
-  const bool f64 = dtype == torch::kFloat64;
   // <= rather than !(>): a NaN difference fails the check.
-  return log_p <= (f64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32) &&
-         grad <= (f64 ? s.grad_rtol_float64 : s.grad_rtol_float32);
+  return log_p <= cuda_graph_detail::log_p_rtol(s, dtype) &&
+         grad <= cuda_graph_detail::grad_rtol(s, dtype);
 }
 
 ReplayDifference check_replay(const LogDensityFn& replayed, const LogDensityFn& eager,
@@ -136,14 +143,6 @@ struct Captured {
   torch::Tensor input;     // the graph reads its positions here
   LogDensityValue output;  // and writes its results here, overwritten by every replay
 };
-
-double log_p_rtol(const CudaGraphSettings& s, const torch::Tensor& q) {
-  return q.scalar_type() == torch::kFloat64 ? s.log_p_rtol_float64 : s.log_p_rtol_float32;
-}
-
-double grad_rtol(const CudaGraphSettings& s, const torch::Tensor& q) {
-  return q.scalar_type() == torch::kFloat64 ? s.grad_rtol_float64 : s.grad_rtol_float32;
-}
 
 // Drops the shape's graph (if any): its calls run eagerly from now on.
 void fall_back(Captured& c, CudaGraphStats& stats) {
@@ -239,7 +238,8 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
             "cuda graphs: after {} replays, positions {} differ from the eager call (relative: log "
             "density {:.3g}, gradient {:.3g}; allowed {:.1g}, {:.1g}): this shape runs eagerly "
             "from now on",
-            c.replays, key, diff.log_p, diff.grad, log_p_rtol(settings, q), grad_rtol(settings, q));
+            c.replays, key, diff.log_p, diff.grad, log_p_rtol(settings, q.scalar_type()),
+            grad_rtol(settings, q.scalar_type()));
         fall_back(c, *stats);
         --stats->captured;
         return reference;
@@ -272,7 +272,8 @@ LogDensityFn cuda_graphed(LogDensityFn eager, CudaGraphSettings settings,
         spdlog::warn(
             "cuda graphs: the replay of positions {} differs from the eager call (relative: log "
             "density {:.3g}, gradient {:.3g}; allowed {:.1g}, {:.1g}): this shape runs eagerly",
-            key, diff.log_p, diff.grad, log_p_rtol(settings, q), grad_rtol(settings, q));
+            key, diff.log_p, diff.grad, log_p_rtol(settings, q.scalar_type()),
+            grad_rtol(settings, q.scalar_type()));
         fall_back(c, *stats);
         return reference;
       }
