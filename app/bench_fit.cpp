@@ -84,6 +84,8 @@ int run(int argc, char** argv) {
   };
   const std::string graphs = either("cuda-graphs", "on", "off");
   const std::string metric = either("metric", "dense", "diag");
+  // "on" or "off" (compute_from has checked it), passed on to the simulation and the fit.
+  const std::string cuda_kernels = args["cuda-kernels"].as<std::string>();
   const std::string adaptation = either("adaptation", "per_lens", "per_chain");
   const std::string interpolation = either("interpolation", "bicubic", "bilinear");
 
@@ -137,9 +139,9 @@ int run(int argc, char** argv) {
     if (snr > 0) sim["noise"] = noise_at_snr(noise_free_peak(sim, "bench fit"), snr);
     const std::string name = "mock" + std::to_string(l);
     std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
-    if (run_command("simulate",
-                    {(dir / (name + "-sim.json")).string(), "--out", (dir / name).string(),
-                     "--device", dev, "--dtype", "float64", "--log-level", "warn"}) != 0) {
+    if (run_command("simulate", {(dir / (name + "-sim.json")).string(), "--out",
+                                 (dir / name).string(), "--device", dev, "--dtype", "float64",
+                                 "--log-level", "warn", "--cuda-kernels", cuda_kernels}) != 0) {
       throw Error("bench fit: simulating the mock failed");
     }
     json fit = {
@@ -176,8 +178,9 @@ int run(int argc, char** argv) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int rc = run_command("fit", {(dir / "configs").string(), "--out", (dir / "fit").string(),
-                                     "--device", dev, "--dtype", dtype, "--log-level", "warn"});
+  const int rc = run_command(
+      "fit", {(dir / "configs").string(), "--out", (dir / "fit").string(), "--device", dev,
+              "--dtype", dtype, "--log-level", "warn", "--cuda-kernels", cuda_kernels});
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) throw Error("bench fit: the fit failed");
 
@@ -234,6 +237,7 @@ int run(int argc, char** argv) {
               {"interpolation", interpolation},
               {"map_starts", starts},
               {"cuda_graphs", graphs},
+              {"cuda_kernels", cuda_kernels},
               {"cuda_graphs_log", graph_lines},
               {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
               {"leapfrog_steps_per_iteration", grads / chain_iterations},

@@ -197,6 +197,9 @@ int bench_simulate(int argc, char** argv) {
       {"dtype", dtype_name(compute.dtype)},
       {"threads", threads},
       {"cpu_kernels", kernels},
+      {"cuda_kernels", !physics::cuda_kernels_built() ? "not built"
+                       : physics::cuda_kernels()      ? "on"
+                                                      : "off"},
       {"interpolation", interpolation},
       {"results", results}};
   if (args.count("json")) {

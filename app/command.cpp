@@ -1,9 +1,12 @@
 #include "command.h"
 
+#include <spdlog/spdlog.h>
+
 #include <iostream>
 
 #include "dslens/core/errors.h"
 #include "dslens/core/logging.h"
+#include "dslens/physics/profile.h"
 
 namespace dslens::app {
 
@@ -34,13 +37,28 @@ void add_compute_options(cxxopts::Options& options, const std::string& default_d
       "dtype", "float64 or float32", cxxopts::value<std::string>()->default_value(default_dtype))(
       "threads", "CPU threads (0 = one per core)", cxxopts::value<int>()->default_value("0"))(
       "log-level", "debug, info, warn or error",
-      cxxopts::value<std::string>()->default_value("info"));
+      cxxopts::value<std::string>()->default_value("info"))(
+      "cuda-kernels",
+      "on: dslens's fused CUDA kernels for the EPL and the pixelated source, where built; off: "
+      "LibTorch's tensor ops on CUDA (to compare the two)",
+      cxxopts::value<std::string>()->default_value("on"));
 }
 
 Compute compute_from(const cxxopts::ParseResult& result) {
   init_logging(result["log-level"].as<std::string>());
   set_num_threads(result["threads"].as<int>());
-  return make_compute(result["device"].as<std::string>(), result["dtype"].as<std::string>());
+  const std::string kernels = result["cuda-kernels"].as<std::string>();
+  if (kernels != "on" && kernels != "off")
+    throw InvalidArgument("--cuda-kernels: '" + kernels + "' is not one of on, off");
+  physics::set_cuda_kernels(kernels == "on");
+  Compute compute =
+      make_compute(result["device"].as<std::string>(), result["dtype"].as<std::string>());
+  if (compute.device.is_cuda()) {
+    spdlog::info("fused CUDA kernels: {}", !physics::cuda_kernels_built() ? "not built"
+                                           : kernels == "on"              ? "on"
+                                                                          : "off");
+  }
+  return compute;
 }
 
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out) {

@@ -66,8 +66,12 @@ Objective objective_of(const model::LensPosterior& posterior) {
   };
 }
 
-// Rows of one batched line-search call on a GPU (see optimise).
-constexpr int64_t kGpuLineSearchRows = 256;
+// Rows of one batched line-search call on a GPU (see optimise). At 256 the placement stage's 128
+// starts tried 2 step lengths per call and L-BFGS made 8.6 calls per iteration, waiting for the
+// start that backtracks longest (H200, docs/benchmarks.md "On a GPU, second run"); at 1024 they
+// try 8. The ladder accepts the longest passing step, as one-at-a-time backtracking does, so the
+// path is the same with fewer calls.
+constexpr int64_t kGpuLineSearchRows = 1024;
 
 // Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
 // then by final_blur, 0 = exact; the iterations split evenly) followed by L-BFGS on the

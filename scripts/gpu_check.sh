@@ -73,7 +73,7 @@ step configure 120 "${configure[@]}" || exit 1
 # The dslens target and the sampler tests (the CUDA graph tests) in one build, all cores busy;
 # -k 0 lists every compile error of a failing build at once.
 targets=(--target dslens)
-skipped sampler-tests || targets+=(--target dslens_samplers_tests)
+skipped sampler-tests || targets+=(--target dslens_samplers_tests --target dslens_physics_tests)
 keep_going=()
 ((${#generator[@]})) && keep_going=(-- -k 0)
 if ! step build-dslens 300 cmake --build "$BUILD" -j "$(nproc)" "${targets[@]}" "${keep_going[@]}"; then
@@ -81,13 +81,18 @@ if ! step build-dslens 300 cmake --build "$BUILD" -j "$(nproc)" "${targets[@]}" 
   # against CUDA headers before this script ran it) are the parts most tied to LibTorch's CUDA
   # build: retry without them (the log above says which failed).
   step configure-fallback 60 "${configure[@]}" -DDSLENS_WITH_C10D=OFF \
-    -DDSLENS_WITH_CUDA_GRAPHS=OFF || exit 1
+    -DDSLENS_WITH_CUDA_GRAPHS=OFF -DDSLENS_WITH_CUDA_KERNELS=OFF || exit 1
   step build-dslens-fallback 240 cmake --build "$BUILD" -j "$(nproc)" --target dslens || exit 1
 fi
 D=$BUILD/dslens
 ldd "$D" | grep -E 'torch|c10|cfitsio|not found'
 
-# The CUDA graph tests run only on a GPU: first, since the fits below rely on them.
+# The tests that run only on a GPU: first, since the fits below rely on them. The fused CUDA
+# kernels (EPL, INTERPOL) against the CPU's kernels, then the CUDA graphs.
+if ! skipped sampler-tests && [[ -x $BUILD/tests/dslens_physics_tests ]]; then
+  step cuda-kernel-tests 60 "$BUILD/tests/dslens_physics_tests" \
+    --gtest_filter='*FusedCuda*:EPL.*:Interpol.*'
+fi
 if ! skipped sampler-tests && [[ -x $BUILD/tests/dslens_samplers_tests ]]; then
   step cuda-graph-tests 60 "$BUILD/tests/dslens_samplers_tests" --gtest_filter='CudaGraph.*'
 fi
@@ -131,6 +136,17 @@ for run in [f'{dev}-float64', f'{dev}-float32']:
     print(f'=== model image {run} against cpu-float64: max |diff| {np.abs(m - ref).max():.3e}, '
           f'peak {ref.max():.4f}, max |diff| / noise rms 0.01: {np.abs(m - ref).max() / 0.01:.3e}')
 EOF
+fi
+
+# The image model's forward + gradient with and without the fused CUDA kernels: time and
+# operators per call at the batch of one lens's 4 chains and at 256.
+if ! skipped simulate; then
+  for kernels in on off; do
+    step "bench-simulate-kernels-$kernels" 30 "$D" bench simulate --device "$DEVICE" \
+      --dtype float32 --interpolation bicubic --batches 4,256 --min-time 0.3 \
+      --cuda-kernels "$kernels" --json >"$OUT/bench_simulate_kernels_$kernels.json"
+    cat "$OUT/bench_simulate_kernels_$kernels.json"
+  done
 fi
 
 # bench_fit LENSES CAP ARGS...: one `bench fit` run; its JSON and the fit's own log (the MAP's

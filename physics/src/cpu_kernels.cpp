@@ -11,6 +11,11 @@ std::atomic<bool>& enabled() {
   return on;
 }
 
+std::atomic<bool>& cuda_enabled() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
 std::atomic<int>& epl_terms() {
   static std::atomic<int> n{0};
   return n;
@@ -24,6 +29,22 @@ void set_cpu_kernels(bool on) {
 
 bool cpu_kernels() {
   return cpu_kernels_detail::enabled().load();
+}
+
+void set_cuda_kernels(bool on) {
+  cpu_kernels_detail::cuda_enabled().store(on);
+}
+
+bool cuda_kernels() {
+  return cuda_kernels_built() && cpu_kernels_detail::cuda_enabled().load();
+}
+
+bool cuda_kernels_built() {
+#ifdef DSLENS_WITH_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
 }
 
 void set_epl_series_terms(int n) {

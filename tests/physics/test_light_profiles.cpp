@@ -8,10 +8,12 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "app/op_census.h"
 #include "dslens/core/errors.h"
 #include "dslens/physics/light_profiles.h"
 #include "dslens/physics/profile.h"
@@ -414,6 +416,71 @@ TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {
     EXPECT_GT(max_abs(vals[1]), 0.1);
     for (size_t i = 0; i < grads[0].size(); ++i) {
       EXPECT_LT(max_abs(grads[0][i] - grads[1][i]), 1e-11 * (1 + max_abs(grads[1][i]))) << i;
+    }
+  }
+}
+
+// The fused CUDA kernels (interpol_cuda.cu) against the CPU's kernel: values and gradients wrt the
+// image, the coordinates and every map parameter, bilinear and bicubic, float64 and float32, with
+// a shared image and shared coordinates (the kernels' atomics) and batched ones; and their
+// operator count against the gather path's. Needs a GPU and DSLENS_WITH_CUDA_KERNELS.
+TEST(Interpol, FusedCudaKernelsMatchTheCpuKernel) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_kernels_built()) GTEST_SKIP() << "built without DSLENS_WITH_CUDA_KERNELS";
+  torch::manual_seed(29);
+  auto t = [](std::vector<double> v) { return torch::tensor(v, torch::kFloat64); };
+  const torch::Device cuda(torch::kCUDA);
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    for (int64_t image_batch : {1, 3}) {
+      for (int64_t point_batch : {1, 3}) {
+        ParamMap p0 = {{"image", torch::randn({image_batch, 15, 17}, torch::kFloat64)},
+                       {"center_x", t({0.05, -0.1, 0.0})},
+                       {"center_y", t({-0.02, 0.03, 0.1})},
+                       {"scale", t({0.1, 0.08, 0.12})},
+                       {"phi_G", t({0.4, -1.1, 2.0})},
+                       {"amp", t({1.5, 0.7, 2.0})}};
+        auto x0 = torch::rand({point_batch, 2000}, torch::kFloat64) * 2.4 - 1.2;
+        auto y0 = torch::rand({point_batch, 2000}, torch::kFloat64) * 2.4 - 1.2;
+        for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+          SCOPED_TRACE(std::string(dtype == torch::kFloat64 ? "float64" : "float32") +
+                       (order == PixelInterpolation::kBicubic ? " bicubic" : " bilinear") +
+                       " image batch " + std::to_string(image_batch) + " point batch " +
+                       std::to_string(point_batch));
+          std::vector<std::vector<torch::Tensor>> results;
+          std::vector<int64_t> ops;
+          for (int run = 0; run < 3; ++run) {  // CPU kernel, CUDA kernels, CUDA tensor ops
+            const torch::Device device = run == 0 ? torch::Device(torch::kCPU) : cuda;
+            set_cuda_kernels(run != 2);
+            std::vector<torch::Tensor> inputs;
+            ParamMap p;
+            for (const auto& [k, v] : p0) {
+              p[k] = v.to(device, dtype).requires_grad_(true);
+              inputs.push_back(p[k]);
+            }
+            auto x = x0.to(device, dtype).requires_grad_(true);
+            auto y = y0.to(device, dtype).requires_grad_(true);
+            inputs.push_back(x);
+            inputs.push_back(y);
+            app::OpCensus census;
+            auto f = InterpolLight(order).surface_brightness(x, y, p);
+            auto w = torch::linspace(0.2, 1.0, f.numel(), f.options()).reshape(f.sizes());
+            auto g = torch::autograd::grad({(f * w).sum()}, inputs);
+            ops.push_back(census.operators());
+            g.insert(g.begin(), f);
+            for (auto& r : g) r = r.detach().to(torch::kCPU, torch::kFloat64);
+            results.push_back(g);
+          }
+          set_cuda_kernels(true);
+          const double tol = dtype == torch::kFloat64 ? 1e-11 : 2e-4;
+          for (size_t i = 0; i < results[0].size(); ++i) {
+            SCOPED_TRACE("output " + std::to_string(i));
+            EXPECT_LT(max_abs(results[1][i] - results[0][i]), tol * (1 + max_abs(results[0][i])));
+          }
+          std::cout << "INTERPOL forward + gradient: " << ops[1] << " operators with the CUDA "
+                    << "kernels, " << ops[2] << " without\n";
+          EXPECT_LT(ops[1], ops[2]);
+        }
+      }
     }
   }
 }

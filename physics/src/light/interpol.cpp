@@ -1,8 +1,9 @@
 // INTERPOL light profile: a pixelated source drawn by bilinear interpolation
 // (lenstronomy's LightModel/Profiles/interpolation.py), or INTERPOL_BICUBIC by Keys's cubic
 // convolution. One autograd function: on the CPU a loop kernel with a hand-written backward, on
-// other devices torch grid_sample (bilinear) or the floor + gather tensor-op path (bicubic);
-// derivatives of order two and more (create_graph) go through the gather path.
+// CUDA the same per-point code as two kernels (interpol_cuda.cu, where built), elsewhere torch
+// grid_sample (bilinear) or the floor + gather tensor-op path (bicubic); derivatives of order two
+// and more (create_graph) go through the gather path.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -15,6 +16,13 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/physics/light_profiles.h"
+#include "interpol_cuda.h"
+#include "interpol_taps.h"
+
+#ifdef DSLENS_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace dslens::physics {
 
@@ -30,15 +38,13 @@ int64_t taps_of(PixelInterpolation order) {
   return order == PixelInterpolation::kBicubic ? 4 : 2;
 }
 
-// Keys (1981, IEEE Trans. ASSP 29, 1153) cubic convolution: W(s) = (a + 2)|s|^3 - (a + 3)|s|^2 + 1
-// for |s| <= 1, a|s|^3 - 5a|s|^2 + 8a|s| - 4a for 1 < |s| < 2, 0 beyond. Its value and first
-// derivative are continuous for every a, so the image and its gradient in the coordinates are;
-// bilinear interpolation's gradient jumps at every pixel row and column. a = -1/2 (Catmull-Rom) is
-// the only a that reproduces linear and quadratic images exactly (Keys's third-order accuracy);
-// grid_sample's and OpenCV's a = -0.75 moves a linear ramp by up to 0.08 pixel (the first version
-// of Interpol.BicubicReproducesQuadraticImagesAndKeysKernel), so the bicubic path is ours on every
-// device (the gather path off the CPU).
-constexpr double kCubicA = -0.5;
+// Keys's cubic convolution with a = -1/2 (interpol_taps.h says why): grid_sample's bicubic has
+// a = -0.75, so the bicubic path is ours on every device.
+using interpol_taps::Axis;
+using interpol_taps::cubic_weights;
+using interpol_taps::locate_axis;
+using interpol_taps::sample_taps;
+using interpol_taps::scatter_taps;
 
 // Bilinear grid_sample path (any device; first derivatives only: grid_sampler_2d_backward has no
 // derivative in LibTorch 1.13). Verified against the lenstronomy reference on the CPU before the
@@ -66,24 +72,13 @@ Tensor sample_grid(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix
   return F::grid_sample(image.unsqueeze(1), grid, opts).reshape({b, n});
 }
 
-// W at the 4 taps of fractional position t in [0, 1) (distances 1 + t, t, 1 - t, 2 - t), for a
-// scalar V = S or a tensor V with scalar constants S.
-template <typename V, typename S>
-std::array<V, 4> cubic_weights(const V& t) {
-  const S a = S(kCubicA);
-  const auto inner = [a](const V& s) -> V { return ((a + S(2)) * s - (a + S(3))) * s * s + S(1); };
-  const auto outer = [a](const V& s) -> V {
-    return ((a * s - S(5) * a) * s + S(8) * a) * s - S(4) * a;
-  };
-  return {outer(t + S(1)), inner(t), inner(S(1) - t), outer(S(2) - t)};
-}
-
 // The weights of an axis's taps at fractional position t in [0, 1), as tensors (any order of
 // derivatives in t).
 std::vector<Tensor> tap_weights(const Tensor& t, int64_t taps) {
   if (taps == 2) return {1 - t, t};
-  const auto w = cubic_weights<Tensor, double>(t);
-  return {w.begin(), w.end()};
+  Tensor w[4];
+  cubic_weights<Tensor, double>(t, w);
+  return {w[0], w[1], w[2], w[3]};
 }
 
 // Tensor-op path differentiable to any order (any device): floor + gather on the image padded with
@@ -134,96 +129,15 @@ std::pair<Tensor, Tensor> pixel_coords(const Tensor& xs, const Tensor& ys, const
 Tensor sample_tensor_ops(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff,
                          bool gather, int64_t taps) {
   auto [px, py] = pixel_coords(xs, ys, aff);
-  // Bicubic always gathers (grid_sample's bicubic has another a, see kCubicA).
+  // Bicubic always gathers (grid_sample's bicubic has another a: interpol_taps.h).
   Tensor v = gather || taps == 4 ? sample_gather(image, px, py, taps) : sample_grid(image, px, py);
   return v * aff.select(1, kAmp).unsqueeze(1);
 }
 
 // CPU kernel: the same interpolation as a tight loop with a hand-written backward; the affine map
 // and the amplitude are applied on the fly (no [B, N] temporaries). K taps per axis (2 bilinear, 4
-// bicubic). Pixel (r, c) at x_pix = c - (w - 1) / 2, y_pix = r - (h - 1) / 2; zero outside.
-//
-// No member initialisers: locate_axis() writes every field (zero-filling a point's taps and
-// weights per point was a fifth of the bicubic backward's time, perf in session 25).
-template <typename T, int K>
-struct Axis {
-  int64_t first;  // pixel of tap 0
-  T w[K], d[K];
-  bool ok[K];  // tap inside the image
-};
-
-template <typename T, int K>
-inline bool locate_axis(T pos, int64_t size, Axis<T, K>& a) {
-  constexpr int64_t off = K / 2 - 1;
-  const T f = std::floor(pos);
-  // Also false for NaN, and keeps the integer conversion in range: beyond these cells every tap is
-  // outside the image.
-  if (!(f >= T(-(K / 2)) && f <= T(size - 1 + off))) return false;
-  a.first = static_cast<int64_t>(f) - off;
-  const T t = pos - f;
-  if constexpr (K == 2) {
-    a.w[0] = T(1) - t;
-    a.w[1] = t;
-    a.d[0] = T(-1);
-    a.d[1] = T(1);
-  } else {
-    const T A = T(kCubicA);
-    // dW/ds on each branch; the taps' distances move as +t, +t, -t, -t.
-    const auto inner_d = [A](T s) { return (T(3) * (A + T(2)) * s - T(2) * (A + T(3))) * s; };
-    const auto outer_d = [A](T s) { return (T(3) * A * s - T(10) * A) * s + T(8) * A; };
-    const auto w = cubic_weights<T, T>(t);
-    for (int j = 0; j < 4; ++j) a.w[j] = w[j];
-    a.d[0] = outer_d(t + T(1));
-    a.d[1] = inner_d(t);
-    a.d[2] = -inner_d(T(1) - t);
-    a.d[3] = -outer_d(T(2) - t);
-  }
-  for (int j = 0; j < K; ++j) a.ok[j] = a.first + j >= 0 && a.first + j < size;
-  return true;
-}
-
-// The interpolated value at taps (c, r) and, with kDerivatives, its derivatives in col and row.
-// Taps outside the image read 0 (they are skipped: the sums are those of the zero-padded image).
-// Interior cells (every tap inside, most of the points that land on the stamp) take the loop
-// without per-tap checks.
-template <typename T, int K, bool kDerivatives>
-inline T sample_taps(const T* im, int64_t h, int64_t w, const Axis<T, K>& c, const Axis<T, K>& r,
-                     T& d_col, T& d_row) {
-  const bool interior = c.first >= 0 && c.first + K <= w && r.first >= 0 && r.first + K <= h;
-  T value = 0;
-  d_col = 0;
-  d_row = 0;
-  for (int i = 0; i < K; ++i) {
-    if (!interior && !r.ok[i]) continue;
-    const T* line = im + (c.first + (r.first + i) * w);
-    T across = 0, across_d = 0;
-    for (int j = 0; j < K; ++j) {
-      const T v = interior || c.ok[j] ? line[j] : T(0);
-      across += c.w[j] * v;
-      if constexpr (kDerivatives) across_d += c.d[j] * v;
-    }
-    value += r.w[i] * across;
-    if constexpr (kDerivatives) {
-      d_col += r.w[i] * across_d;
-      d_row += r.d[i] * across;
-    }
-  }
-  return value;
-}
-
-// gi[taps] += g * weight of each tap inside the image (the adjoint of sample_taps's value).
-template <typename T, int K>
-inline void scatter_taps(T* gi, int64_t h, int64_t w, const Axis<T, K>& c, const Axis<T, K>& r,
-                         T g) {
-  const bool interior = c.first >= 0 && c.first + K <= w && r.first >= 0 && r.first + K <= h;
-  for (int i = 0; i < K; ++i) {
-    if (!interior && !r.ok[i]) continue;
-    T* line = gi + (c.first + (r.first + i) * w);
-    const T wi = g * r.w[i];
-    for (int j = 0; j < K; ++j)
-      if (interior || c.ok[j]) line[j] += wi * c.w[j];
-  }
-}
+// bicubic). Pixel (r, c) at x_pix = c - (w - 1) / 2, y_pix = r - (h - 1) / 2; zero outside. The
+// per-point arithmetic (interpol_taps.h) is the CUDA kernels' too.
 
 // Shapes and pointers shared by the forward and backward loops.
 template <typename T>
@@ -317,7 +231,7 @@ void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* ga
         s11 += static_cast<Acc>(gr * dy);
         scx -= static_cast<Acc>(gxk);
         scy -= static_cast<Acc>(gyk);
-        scatter_taps(gi, h, w, ac, ar, ga);
+        scatter_taps(h, w, ac, ar, ga, [gi](int64_t i, T v) { gi[i] += v; });
       }
       T* ga_out = gap + b * kAffineColumns;
       ga_out[kA00] = static_cast<T>(s00);
@@ -331,15 +245,80 @@ void backward_cpu(const Batch<T>& bt, const T* gp, T* gip, T* gxp, T* gyp, T* ga
   });
 }
 
+// Whether the fused kernels (CPU loops or CUDA kernels) take points on xs's device.
+bool cuda_kernel_applies(const Tensor& xs) {
+#ifdef DSLENS_WITH_CUDA_KERNELS
+  return xs.is_cuda() && cuda_kernels();
+#else
+  (void)xs;
+  return false;
+#endif
+}
+
+bool kernel_applies(const Tensor& xs) {
+  return (xs.device().is_cpu() && cpu_kernels()) || cuda_kernel_applies(xs);
+}
+
+#ifdef DSLENS_WITH_CUDA_KERNELS
+interpol_cuda::Args cuda_args(const Tensor& image, const Tensor& xs, const Tensor& ys,
+                              const Tensor& aff, int64_t b, int64_t taps) {
+  interpol_cuda::Args a;
+  a.float64 = xs.scalar_type() == torch::kFloat64;
+  a.taps = static_cast<int>(taps);
+  a.B = b;
+  a.N = xs.size(1);
+  a.h = image.size(1);
+  a.w = image.size(2);
+  a.image = image.data_ptr();
+  a.image_batched = image.size(0) > 1;
+  a.x = xs.data_ptr();
+  a.y = ys.data_ptr();
+  a.points_batched = xs.size(0) > 1;
+  a.affine = aff.data_ptr();
+  a.affine_batched = aff.size(0) > 1;
+  return a;
+}
+
+Tensor forward_cuda(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff,
+                    int64_t b, int64_t taps) {
+  const c10::cuda::CUDAGuard guard(xs.device());
+  Tensor out = torch::empty({b, xs.size(1)}, xs.options());
+  const std::string err =
+      interpol_cuda::forward(cuda_args(image, xs, ys, aff, b, taps), out.data_ptr(),
+                             c10::cuda::getCurrentCUDAStream().stream());
+  if (!err.empty()) throw DeviceError("INTERPOL: the CUDA sampling kernel failed: " + err);
+  return out;
+}
+
+// Gradients wrt the image, xs, ys and aff, each of its input's shape (the batch's contributions
+// to a shared input are summed by the kernel's atomics).
+torch::autograd::variable_list backward_cuda(const Tensor& g, const Tensor& image, const Tensor& xs,
+                                             const Tensor& ys, const Tensor& aff, int64_t taps) {
+  const c10::cuda::CUDAGuard guard(xs.device());
+  const int64_t b = g.size(0);
+  Tensor g_img = torch::zeros_like(image);
+  Tensor g_x = xs.size(0) > 1 ? torch::empty_like(xs) : torch::zeros_like(xs);
+  Tensor g_y = xs.size(0) > 1 ? torch::empty_like(ys) : torch::zeros_like(ys);
+  Tensor g_aff = torch::zeros(aff.sizes(), aff.options().dtype(torch::kFloat64));
+  const std::string err = interpol_cuda::backward(
+      cuda_args(image, xs, ys, aff, b, taps), g.data_ptr(), g_img.data_ptr(), g_x.data_ptr(),
+      g_y.data_ptr(), g_aff.data_ptr<double>(), c10::cuda::getCurrentCUDAStream().stream());
+  if (!err.empty()) throw DeviceError("INTERPOL: the CUDA backward kernel failed: " + err);
+  return {g_img, g_x, g_y, g_aff.to(aff.scalar_type()), Tensor()};
+}
+#endif
+
 // image [Bi, h, w], xs/ys [Bp, N], aff [Ba, 7] (each batch 1 or B) -> [B, N]; `taps` 2 or 4.
 struct PixelSample : public torch::autograd::Function<PixelSample> {
   static Tensor forward(AutogradContext* ctx, const Tensor& image, const Tensor& xs,
                         const Tensor& ys, const Tensor& aff, int64_t taps) {
     ctx->save_for_backward({image, xs, ys, aff});
     ctx->saved_data["taps"] = taps;
-    if (!xs.device().is_cpu() || !cpu_kernels())
-      return sample_tensor_ops(image, xs, ys, aff, false, taps);
     const int64_t b = std::max({image.size(0), xs.size(0), aff.size(0)});
+#ifdef DSLENS_WITH_CUDA_KERNELS
+    if (cuda_kernel_applies(xs)) return forward_cuda(image, xs, ys, aff, b, taps);
+#endif
+    if (!kernel_applies(xs)) return sample_tensor_ops(image, xs, ys, aff, false, taps);
     Tensor out = torch::empty({b, xs.size(1)}, xs.options());
     AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "interpol_forward", [&] {
       const Batch<scalar_t> bt(image, xs, ys, aff, b);
@@ -370,7 +349,11 @@ struct PixelSample : public torch::autograd::Function<PixelSample> {
         if (saved[i].requires_grad()) out[i] = g[j++];
       return out;
     }
-    if (!xs.device().is_cpu() || !cpu_kernels()) {
+#ifdef DSLENS_WITH_CUDA_KERNELS
+    if (cuda_kernel_applies(xs))
+      return backward_cuda(grads[0].contiguous(), image, xs, ys, aff, taps);
+#endif
+    if (!kernel_applies(xs)) {
       // Other devices: grid_sample's own backward on a re-run of the forward.
       torch::AutoGradMode enable(true);
       std::vector<Tensor> in;
@@ -439,10 +422,11 @@ Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const 
   image = align(image);
   Tensor a = align(aff);
   const int64_t taps = taps_of(order);
-  // The gather path is differentiable to any order by autograd itself, so off the CPU's kernels
-  // bicubic sampling skips PixelSample, whose backward would run the forward again (about 300
-  // more operators per call of the bench's image model, each a kernel launch on a GPU).
-  if (tensor_ops || (taps == 4 && (!xs.device().is_cpu() || !cpu_kernels()))) {
+  // The gather path is differentiable to any order by autograd itself, so without a fused kernel
+  // (a CPU build's CUDA tensors, or the kernels switched off) bicubic sampling skips PixelSample,
+  // whose backward would run the forward again (about 300 more operators per call of the bench's
+  // image model, each a kernel launch on a GPU).
+  if (tensor_ops || (taps == 4 && !kernel_applies(xs))) {
     return sample_tensor_ops(image, xs, ys, a, true, taps);
   }
   return PixelSample::apply(image.contiguous(), xs.contiguous(), ys.contiguous(), a.contiguous(),

@@ -19,13 +19,13 @@
 #include <vector>
 
 #include "dslens/physics/mass_profiles.h"
+#include "epl_point.h"
 
 namespace dslens::physics {
 
 namespace epl_detail {
 
-constexpr double kTinyR2 = 1e-30;
-constexpr int kMaxTerms = 1000;
+constexpr double kTinyR2 = epl_point::kTinyR2;
 // Above this many complex elements (points x series terms, 2^25: 256 MiB in complex64) the
 // tensor-op series runs by Horner's rule instead of as one matrix of powers.
 constexpr int64_t kPowerFormElements = int64_t{1} << 25;
@@ -91,14 +91,7 @@ double epl_series_eps(torch::ScalarType dtype) {
 }
 
 int epl_series_terms(double f, double eps) {
-  if (!(f > 0.0)) return 2;
-  int n = 1;
-  double fn = f;  // f^n, the size of the first neglected term after n terms (c_n <= 1)
-  while (fn * (2.0 * n + 1.0) * (n + 1.0) > eps && n < epl_detail::kMaxTerms) {
-    ++n;
-    fn *= f;
-  }
-  return std::max(n, 2);
+  return epl_point::series_terms(f, eps);
 }
 
 Deflection epl_deflection_tensor(const Tensor& x, const Tensor& y, const Tensor& theta_E,

@@ -22,44 +22,33 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/simd.h"
 #include "dslens/physics/mass_profiles.h"
+#include "epl_cuda.h"
+#include "epl_point.h"
+
+#ifdef DSLENS_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace dslens::physics {
 
 namespace epl_fused_detail {
 
-constexpr double kTinyR2 = 1e-30;
-constexpr int kNumDerivs = 11;  // jxx, jxy, jyy, then (x, y) for theta_E, gamma, e1, e2
+constexpr double kTinyR2 = epl_point::kTinyR2;
+constexpr int kNumDerivs =
+    epl_point::kNumDerivs;  // jxx, jxy, jyy, then (x, y) for theta_E, gamma, e1, e2
 constexpr int64_t kBlock = 2048;
 
-struct Consts {
-  double cg = 1, sg = 0, q = 1, f = 0, b = 1, t = 1, sqrt_q = 1;
-  double db_dq = 0, dq_de1 = 0, dq_de2 = 0, dphi_de1 = 0, dphi_de2 = 0;
-  int nterms = 2;
+// The per-lens constants (epl_point.h, shared with the CUDA kernels) and the series' ratio and
+// log-derivative tables.
+struct Consts : epl_point::Lens {
   std::vector<double> r, L;  // r[n], L[n] for n = 1 .. nterms-1 (index 0 unused)
 };
 
 Consts make_consts(double theta_E, double gamma, double e1, double e2, double eps) {
   Consts k;
-  const double floor = mass::kEllipticityFloor;
-  if (e1 * e1 + e2 * e2 < floor * floor) e1 += 2.0 * floor;
-  const double c_raw = std::sqrt(e1 * e1 + e2 * e2);
-  const bool clipped = c_raw > 0.9999;
-  const double c = clipped ? 0.9999 : c_raw;
-  const double phi = 0.5 * std::atan2(e2, e1);
-  k.cg = std::cos(phi);
-  k.sg = std::sin(phi);
-  k.q = (1.0 - c) / (1.0 + c);
-  k.f = (1.0 - k.q) / (1.0 + k.q);
-  k.sqrt_q = std::sqrt(k.q);
-  k.b = theta_E * k.sqrt_q;
-  k.t = gamma - 1.0;
-  k.db_dq = theta_E / (2.0 * k.sqrt_q);
-  const double dq_dc = -2.0 / ((1.0 + c) * (1.0 + c));
-  k.dq_de1 = clipped ? 0.0 : dq_dc * e1 / c_raw;
-  k.dq_de2 = clipped ? 0.0 : dq_dc * e2 / c_raw;
-  k.dphi_de1 = -0.5 * e2 / (c_raw * c_raw);
-  k.dphi_de2 = 0.5 * e1 / (c_raw * c_raw);
-  k.nterms = mass::epl_series_terms(k.f, eps);
+  static_cast<epl_point::Lens&>(k) =
+      epl_point::make_lens(theta_E, gamma, e1, e2, mass::kEllipticityFloor, eps);
   k.r.assign(k.nterms, 0.0);
   k.L.assign(k.nterms, 0.0);
   double L = 0.0;
@@ -317,10 +306,99 @@ std::vector<Tensor> backward_cpu(const Tensor& gax, const Tensor& gay,
   return {gx_out, gy_out, sums.to(opts)};
 }
 
+#ifdef DSLENS_WITH_CUDA_KERNELS
+// The CUDA kernels (epl_cuda.cu) on the caller's current stream, so that a CUDA graph captures
+// them. Returns ax, ay [B, N] and (with_derivs) the derivatives as one [11, B, N] tensor. Nothing
+// is read back to the host.
+std::vector<Tensor> forward_cuda(const Tensor& x, const Tensor& y,
+                                 const std::vector<Tensor>& params, int64_t B, bool with_derivs) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = std::max(x.size(1), y.size(1));
+  const auto dtype = x.scalar_type();
+  std::vector<Tensor> p;  // [1] or [B], on x's device and of its dtype (no copy when they are)
+  for (const auto& t : params) p.push_back(t.reshape({-1}).to(x.device(), dtype));
+  auto strided = [](const Tensor& t) {
+    return epl_cuda::Strided{t.data_ptr(), t.numel() == 1 ? 0 : t.stride(0)};
+  };
+  auto coords = [](const Tensor& t) {
+    return epl_cuda::Coords{t.data_ptr(), t.size(0) == 1 ? 0 : t.stride(0),
+                            t.size(1) == 1 ? 0 : t.stride(1)};
+  };
+  auto yc = y.to(dtype);
+  epl_cuda::ForwardArgs a;
+  a.float64 = dtype == torch::kFloat64;
+  a.B = B;
+  a.N = N;
+  a.x = coords(x);
+  a.y = coords(yc);
+  a.theta_E = strided(p[0]);
+  a.gamma = strided(p[1]);
+  a.e1 = strided(p[2]);
+  a.e2 = strided(p[3]);
+  a.center_x = strided(p[4]);
+  a.center_y = strided(p[5]);
+  a.floor = mass::kEllipticityFloor;
+  a.eps = mass::epl_series_eps(dtype);
+  auto ax = torch::empty({B, N}, x.options());
+  auto ay = torch::empty({B, N}, x.options());
+  Tensor derivs;
+  a.ax = ax.data_ptr();
+  a.ay = ay.data_ptr();
+  if (with_derivs) {
+    derivs = torch::empty({kNumDerivs, B, N}, x.options());
+    a.derivs = derivs.data_ptr();
+  }
+  const std::string err = epl_cuda::forward(a, c10::cuda::getCurrentCUDAStream().stream());
+  if (!err.empty()) throw DeviceError("EPL: the CUDA deflection kernel failed: " + err);
+  if (!with_derivs) return {ax, ay};
+  return {ax, ay, derivs};
+}
+
+// Backward of forward_cuda: as backward_cpu, with the derivatives as one [11, B, N] tensor.
+std::vector<Tensor> backward_cuda(const Tensor& gax, const Tensor& gay, const Tensor& derivs) {
+  const c10::cuda::CUDAGuard guard(derivs.device());
+  const int64_t B = derivs.size(1), N = derivs.size(2);
+  auto opts = derivs.options();
+  auto gaxc = gax.expand({B, N}).contiguous(), gayc = gay.expand({B, N}).contiguous();
+  auto gx = torch::empty({B, N}, opts), gy = torch::empty({B, N}, opts);
+  auto sums = torch::zeros({B, 6}, opts.dtype(torch::kFloat64));
+  epl_cuda::BackwardArgs a;
+  a.float64 = derivs.scalar_type() == torch::kFloat64;
+  a.B = B;
+  a.N = N;
+  a.gax = gaxc.data_ptr();
+  a.gay = gayc.data_ptr();
+  a.derivs = derivs.data_ptr();
+  a.gx = gx.data_ptr();
+  a.gy = gy.data_ptr();
+  a.sums = sums.data_ptr<double>();
+  const std::string err = epl_cuda::backward(a, c10::cuda::getCurrentCUDAStream().stream());
+  if (!err.empty()) throw DeviceError("EPL: the CUDA backward kernel failed: " + err);
+  return {gx, gy, sums.to(opts)};
+}
+#endif
+
 // Sums a [B, ...] gradient down to the shape of the input it belongs to ([1, ...] or [B, ...]).
 Tensor reduce_to(const Tensor& g, const Tensor& input) {
   if (input.sizes() == g.sizes()) return g;
   return g.sum(0, /*keepdim=*/true).reshape(input.sizes());
+}
+
+std::vector<Tensor> forward_on_device(const Tensor& x, const Tensor& y,
+                                      const std::vector<Tensor>& params, int64_t B,
+                                      bool with_derivs) {
+#ifdef DSLENS_WITH_CUDA_KERNELS
+  if (x.is_cuda()) return forward_cuda(x, y, params, B, with_derivs);
+#endif
+  return forward_cpu(x, y, params, B, with_derivs);
+}
+
+std::vector<Tensor> backward_on_device(const Tensor& gax, const Tensor& gay,
+                                       const std::vector<Tensor>& derivs) {
+#ifdef DSLENS_WITH_CUDA_KERNELS
+  if (derivs.size() == 1) return backward_cuda(gax, gay, derivs[0]);
+#endif
+  return backward_cpu(gax, gay, derivs);
 }
 
 class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
@@ -331,7 +409,7 @@ class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
     std::vector<Tensor> params{theta_E, gamma, e1, e2, center_x, center_y};
     int64_t B = std::max(x.size(0), y.size(0));
     for (const auto& p : params) B = std::max<int64_t>(B, p.numel());
-    auto out = forward_cpu(x, y, params, B, /*with_derivs=*/true);
+    auto out = forward_on_device(x, y, params, B, /*with_derivs=*/true);
     std::vector<Tensor> saved{x, y, theta_E, gamma, e1, e2, center_x, center_y};
     saved.insert(saved.end(), out.begin() + 2, out.end());
     ctx->save_for_backward(saved);
@@ -342,7 +420,9 @@ class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
     std::vector<Tensor> derivs(saved.begin() + 8, saved.end());
-    const int64_t B = derivs[0].size(0), N = derivs[0].size(1);
+    // The CPU's derivatives are 11 tensors [B, N]; CUDA's one [11, B, N].
+    const bool cuda = derivs.size() == 1;
+    const int64_t B = derivs[0].size(cuda ? 1 : 0), N = derivs[0].size(cuda ? 2 : 1);
     const auto dtype = derivs[0].scalar_type();
     Tensor gax = grads[0].defined() ? grads[0] : torch::zeros({B, N}, derivs[0].options());
     Tensor gay = grads[1].defined() ? grads[1] : torch::zeros({B, N}, derivs[0].options());
@@ -365,7 +445,7 @@ class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
       for (size_t k = 0; k < index.size(); ++k) result[index[k]] = g[k];
       return result;
     }
-    auto out = backward_cpu(gax.to(dtype), gay.to(dtype), derivs);
+    auto out = backward_on_device(gax.to(dtype), gay.to(dtype), derivs);
     result[0] = reduce_to(out[0], saved[0]);
     result[1] = reduce_to(out[1], saved[1]);
     for (int k = 0; k < 6; ++k) {
@@ -386,9 +466,10 @@ Deflection epl_deflection_fused(const Tensor& x, const Tensor& y, const Tensor& 
                                 const Tensor& gamma, const Tensor& e1, const Tensor& e2,
                                 const Tensor& center_x, const Tensor& center_y) {
   const bool cpu = x.device().is_cpu() && y.device().is_cpu() && cpu_kernels();
+  const bool cuda = x.is_cuda() && y.device() == x.device() && cuda_kernels();
   const auto dt = x.scalar_type();
   const bool floating = dt == torch::kFloat32 || dt == torch::kFloat64;
-  if (!cpu || !floating || y.scalar_type() != dt)
+  if (!(cpu || cuda) || !floating || y.scalar_type() != dt)
     return epl_deflection_tensor(x, y, theta_E, gamma, e1, e2, center_x, center_y);
   auto flat = [&](const Tensor& p) { return p.reshape({-1}); };
   std::vector<Tensor> params{flat(theta_E), flat(gamma),    flat(e1),
@@ -407,7 +488,7 @@ Deflection epl_deflection_fused(const Tensor& x, const Tensor& y, const Tensor& 
   if ((x.size(0) != 1 && x.size(0) != B) || (y.size(0) != 1 && y.size(0) != B))
     throw InvalidArgument("EPL: coordinates must have 1 or B = " + std::to_string(B) + " rows");
   if (!needs_grad || !torch::GradMode::is_enabled()) {
-    auto out = epl_fused_detail::forward_cpu(x, y, params, B, /*with_derivs=*/false);
+    auto out = epl_fused_detail::forward_on_device(x, y, params, B, /*with_derivs=*/false);
     return {out[0], out[1]};
   }
   auto out = epl_fused_detail::EPLFusedFunction::apply(x, y, params[0], params[1], params[2],

@@ -48,4 +48,10 @@ class NumericalError : public Error {
   using Error::Error;
 };
 
+// A device (CUDA) operation failed; the message carries the runtime's error string.
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace dslens

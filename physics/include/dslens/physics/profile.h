@@ -65,6 +65,14 @@ bool is_pixelated_light(const std::string& type);
 void set_cpu_kernels(bool on);
 bool cpu_kernels();
 
+// Whether CUDA tensors go through dslens's fused CUDA kernels (the EPL deflection and its
+// backward: 2 kernels where the tensor-op series takes hundreds) where they were built
+// (cuda_kernels_built: CMake's DSLENS_WITH_CUDA_KERNELS against a CUDA LibTorch). Off, CUDA takes
+// the tensor-op paths, e.g. to compare the two on a GPU. Process-wide, default on.
+void set_cuda_kernels(bool on);
+bool cuda_kernels();
+bool cuda_kernels_built();
+
 // The EPL's tensor-op series (the CUDA path) takes its length from the batch's largest
 // ellipticity, which reads one number back from the device on every call: a host sync, and an
 // operation a captured CUDA graph cannot contain. With a fixed length n > 0 every call takes n
