@@ -248,7 +248,7 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
     (void)log_density(init);
     spdlog::debug("{}: one log density + gradient of {} rows: {} ATen operators", label,
                   init.size(0), census.operators());
-    census.log_most_frequent(label + ":   ", 15);
+    census.log_most_frequent(label + ":   ", 40);
   }
   s.num_warmup = sc.warmup;
   s.num_draws = sc.draws;
