@@ -16,6 +16,7 @@
 #include "dslens/nn/checkpoint.h"
 #include "dslens/nn/trainer.h"
 #include "dslens/nn/vae.h"
+#include "op_census.h"
 
 namespace dslens::app {
 namespace bench_vae_detail {
@@ -24,6 +25,8 @@ struct Row {
   int64_t batch;
   double forward_per_s;
   double gradient_per_s;
+  // ATen operators per call (app/op_census.h): each a kernel launch or more on a GPU.
+  int64_t forward_ops = 0, gradient_ops = 0;
   double forward_ms() const { return 1e3 * double(batch) / forward_per_s; }
   double gradient_ms() const { return 1e3 * double(batch) / gradient_per_s; }
 };
@@ -101,20 +104,29 @@ int run(int argc, char** argv) {
     auto w =
         torch::randn({batch, vae->arch().stamp_size, vae->arch().stamp_size}, compute.options());
     Row r{batch, 0, 0};
-    r.forward_per_s = batch * rate(
-                                  [&] {
-                                    torch::NoGradGuard guard;
-                                    (void)vae->decode(z).sum().item<double>();  // synchronises
-                                  },
-                                  min_seconds);
-    r.gradient_per_s = batch * rate(
-                                   [&] {
-                                     auto zz = z.detach().requires_grad_(true);
-                                     auto loss = (vae->decode(zz) * w).sum();
-                                     auto g = torch::autograd::grad({loss}, {zz})[0];
-                                     (void)g.sum().item<double>();
-                                   },
-                                   min_seconds);
+    const auto forward = [&] {
+      torch::NoGradGuard guard;
+      return vae->decode(z).sum();
+    };
+    const auto gradient = [&] {
+      auto zz = z.detach().requires_grad_(true);
+      auto loss = (vae->decode(zz) * w).sum();
+      return torch::autograd::grad({loss}, {zz})[0].sum();
+    };
+    // .item() synchronises (and is counted by neither census).
+    r.forward_per_s = batch * rate([&] { (void)forward().item<double>(); }, min_seconds);
+    r.gradient_per_s = batch * rate([&] { (void)gradient().item<double>(); }, min_seconds);
+    {
+      OpCensus census;
+      (void)forward();
+      r.forward_ops = census.operators();
+    }
+    {
+      OpCensus census;
+      (void)gradient();
+      r.gradient_ops = census.operators();
+      census.log_most_frequent("batch " + std::to_string(batch) + ": forward + gradient: ", 25);
+    }
     rows.push_back(r);
     spdlog::debug("batch {}: {:.4g} latents/s forward, {:.4g} with gradient", batch,
                   r.forward_per_s, r.gradient_per_s);
@@ -137,7 +149,9 @@ int run(int argc, char** argv) {
                               {"forward_latents_per_s", r.forward_per_s},
                               {"forward_ms", r.forward_ms()},
                               {"forward_grad_latents_per_s", r.gradient_per_s},
-                              {"forward_grad_ms", r.gradient_ms()}});
+                              {"forward_grad_ms", r.gradient_ms()},
+                              {"forward_ops", r.forward_ops},
+                              {"forward_grad_ops", r.gradient_ops}});
     }
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -147,13 +161,16 @@ int run(int argc, char** argv) {
             << vae->arch().to_json()["channels"].dump() << ", " << vae->parameter_count()
             << " parameters) on " << compute.device.str() << ", " << dtype_name(compute.dtype)
             << ", " << torch::get_num_threads() << " threads, " << kernels << " kernels\n";
+  std::cout << "(ops: ATen operators per call, each a kernel launch or more on a GPU)\n";
   std::cout << std::setw(8) << "batch" << std::setw(14) << "fwd lat/s" << std::setw(12) << "fwd ms"
-            << std::setw(20) << "fwd+grad(z) lat/s" << std::setw(16) << "fwd+grad ms\n";
+            << std::setw(8) << "ops" << std::setw(20) << "fwd+grad(z) lat/s" << std::setw(15)
+            << "fwd+grad ms" << std::setw(8) << "ops\n";
   for (const auto& r : rows) {
     std::cout << std::setw(8) << r.batch << std::fixed << std::setprecision(1) << std::setw(14)
               << r.forward_per_s << std::setprecision(3) << std::setw(12) << r.forward_ms()
-              << std::setprecision(1) << std::setw(20) << r.gradient_per_s << std::setprecision(3)
-              << std::setw(15) << r.gradient_ms() << "\n";
+              << std::setw(8) << r.forward_ops << std::setprecision(1) << std::setw(20)
+              << r.gradient_per_s << std::setprecision(3) << std::setw(15) << r.gradient_ms()
+              << std::setw(8) << r.gradient_ops << "\n";
   }
   return 0;
 }
