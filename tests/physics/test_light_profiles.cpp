@@ -454,11 +454,11 @@ TEST(Interpol, FusedCudaKernelsMatchTheCpuKernel) {
             std::vector<torch::Tensor> inputs;
             ParamMap p;
             for (const auto& [k, v] : p0) {
-              p[k] = v.to(device, dtype).requires_grad_(true);
+              p[k] = v.to(device, dtype).clone().requires_grad_(true);  // a fresh leaf
               inputs.push_back(p[k]);
             }
-            auto x = x0.to(device, dtype).requires_grad_(true);
-            auto y = y0.to(device, dtype).requires_grad_(true);
+            auto x = x0.to(device, dtype).clone().requires_grad_(true);
+            auto y = y0.to(device, dtype).clone().requires_grad_(true);
             inputs.push_back(x);
             inputs.push_back(y);
             app::OpCensus census;
