@@ -145,6 +145,8 @@ int run(int argc, char** argv) {
   const std::string log_level = args["log-level"].as<std::string>();
   const std::string threads = std::to_string(args["threads"].as<int>());
   const std::string device = compute.device.str(), dtype = dtype_name(compute.dtype);
+  // Passed on: each simulate and fit run in this process sets the kernels from its own options.
+  const std::string cuda_kernels = args["cuda-kernels"].as<std::string>();
 
   Settings s;
   s.vae = fs::absolute(args["vae"].as<std::string>()).lexically_normal().string();
@@ -293,9 +295,9 @@ int run(int argc, char** argv) {
                          " (noise-free peak " + num(peak) + " counts/s)";
         const fs::path sim_cfg = level / "sim-configs" / (name + ".json");
         write_text_atomically(sim_cfg.string(), sim.dump(2) + "\n");
-        if (run_command("simulate",
-                        {sim_cfg.string(), "--out", sim_dir.string(), "--device", device, "--dtype",
-                         "float64", "--threads", threads, "--log-level", "warn"}) != 0) {
+        if (run_command("simulate", {sim_cfg.string(), "--out", sim_dir.string(), "--device",
+                                     device, "--dtype", "float64", "--threads", threads,
+                                     "--log-level", "warn", "--cuda-kernels", cuda_kernels}) != 0) {
           throw Error("mock-study: simulating " + sim_cfg.string() + " failed");
         }
       }
@@ -318,7 +320,9 @@ int run(int argc, char** argv) {
                                            "--log-level",
                                            log_level,
                                            "--max-batch",
-                                           std::to_string(max_batch)};
+                                           std::to_string(max_batch),
+                                           "--cuda-kernels",
+                                           cuda_kernels};
       if (fs::exists(fit_dir)) fit_args.push_back("--resume");
       std::cout << "mock-study: fitting " << s.mocks << " mocks at SNR " << num(snr) << " ("
                 << max_batch << " per batch) into " << fit_dir.string() << "\n"
