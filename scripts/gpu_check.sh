@@ -59,8 +59,13 @@ step() {
   return $rc
 }
 
+# nvcc for the fused CUDA kernels (CMake's check_language(CUDA) looks on the PATH).
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
 echo "=== machine"
 nproc
+nvcc --version | tail -1 || echo "no nvcc: the fused CUDA kernels are not built"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 g++ --version | head -1
 cmake --version | head -1
