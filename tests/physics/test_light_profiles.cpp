@@ -17,6 +17,8 @@
 #include "dslens/core/errors.h"
 #include "dslens/physics/light_profiles.h"
 #include "dslens/physics/profile.h"
+#include "physics/src/light/interpol_cuda_pack.h"
+#include "physics/src/light/interpol_cuda_point.h"
 #include "tests/test_support.h"
 
 namespace dslens::physics::test_light_detail {
@@ -416,6 +418,101 @@ TEST(Interpol, ProfileMatchesLenstronomyFormulaWithTensorOps) {
     EXPECT_GT(max_abs(vals[1]), 0.1);
     for (size_t i = 0; i < grads[0].size(); ++i) {
       EXPECT_LT(max_abs(grads[0][i] - grads[1][i]), 1e-11 * (1 + max_abs(grads[1][i]))) << i;
+    }
+  }
+}
+
+// The CUDA kernels' per-thread bodies (interpol_cuda_point.h) run on the host over every (lens,
+// ray) of arguments packed from CPU tensors by the GPU path's packing (interpol_cuda_pack.h),
+// against the CPU kernel through InterpolLight: values, and the gradients wrt the stamp, the rays
+// and every map parameter (the map's 7 columns chained to scale and phi_G here), bilinear and
+// bicubic, float64 and float32, with a shared and a batched stamp and shared and batched rays.
+TEST(Interpol, CudaKernelBodiesOnTheHostMatchTheCpuKernel) {
+  torch::manual_seed(31);
+  const int64_t B = 3, N = 400;
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    const auto opts = torch::TensorOptions().dtype(dtype);
+    const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
+    for (int64_t image_batch : {int64_t{1}, B}) {
+      for (int64_t point_batch : {int64_t{1}, B}) {
+        for (auto order : {PixelInterpolation::kBilinear, PixelInterpolation::kBicubic}) {
+          const int64_t taps = order == PixelInterpolation::kBicubic ? 4 : 2;
+          SCOPED_TRACE(std::string(dtype == torch::kFloat64 ? "float64" : "float32") + " taps " +
+                       std::to_string(taps) + " image batch " + std::to_string(image_batch) +
+                       " point batch " + std::to_string(point_batch));
+          const auto image = torch::randn({image_batch, 9, 11}, opts);
+          const auto cx = torch::tensor({0.05, -0.1, 0.0}, opts);
+          const auto cy = torch::tensor({-0.02, 0.03, 0.1}, opts);
+          const auto scale = torch::tensor({0.1, 0.08, 0.12}, opts);
+          const auto phi = torch::tensor({0.4, -1.1, 2.0}, opts);
+          const auto amp = torch::tensor({1.5, 0.7, 2.0}, opts);
+          const auto xs = torch::rand({point_batch, N}, opts) * 1.8 - 0.9;
+          const auto ys = torch::rand({point_batch, N}, opts) * 1.8 - 0.9;
+          const auto grad = torch::cos(torch::arange(B * N, opts).reshape({B, N}) * 0.29);
+          // The CPU kernel through the profile, and autograd.
+          ParamMap p = {{"image", image.clone().requires_grad_(true)},
+                        {"center_x", cx.clone().requires_grad_(true)},
+                        {"center_y", cy.clone().requires_grad_(true)},
+                        {"scale", scale.clone().requires_grad_(true)},
+                        {"phi_G", phi.clone().requires_grad_(true)},
+                        {"amp", amp.clone().requires_grad_(true)}};
+          auto x = xs.clone().requires_grad_(true), y = ys.clone().requires_grad_(true);
+          const auto f = InterpolLight(order).surface_brightness(x, y, p);
+          const auto g = torch::autograd::grad(
+              {(f * grad).sum()},
+              {p["image"], x, y, p["center_x"], p["center_y"], p["scale"], p["phi_G"], p["amp"]});
+          // The kernels' bodies, with the map as the profile builds it.
+          const auto c = torch::cos(phi) / scale, s = torch::sin(phi) / scale;
+          const auto aff = torch::stack({c, s, -s, c, cx, cy, amp}, 1).contiguous();
+          const auto args = interpol_cuda::pack(image, xs, ys, aff, B, taps);
+          auto out = torch::empty({B, N}, opts);
+          auto bufs = interpol_cuda::gradient_buffers(image, xs, ys, aff);
+          auto run = [&](auto zero) {
+            using T = decltype(zero);
+            const interpol_cuda::View<T> v(args);
+            const auto add = [](T* address, T value) { *address += value; };
+            auto sums = bufs.affine.accessor<double, 2>();
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t n = 0; n < N; ++n) {
+                double col[interpol_cuda::kAffineColumns];
+                if (taps == 4) {
+                  interpol_cuda::forward_point<T, 4>(v, b, n, out.data_ptr<T>());
+                  interpol_cuda::backward_point<T, 4>(
+                      v, b, n, grad.data_ptr<T>(), bufs.image.data_ptr<T>(), bufs.x.data_ptr<T>(),
+                      bufs.y.data_ptr<T>(), col, add);
+                } else {
+                  interpol_cuda::forward_point<T, 2>(v, b, n, out.data_ptr<T>());
+                  interpol_cuda::backward_point<T, 2>(
+                      v, b, n, grad.data_ptr<T>(), bufs.image.data_ptr<T>(), bufs.x.data_ptr<T>(),
+                      bufs.y.data_ptr<T>(), col, add);
+                }
+                for (int k = 0; k < interpol_cuda::kAffineColumns; ++k)
+                  sums[aff.size(0) > 1 ? b : 0][k] += col[k];
+              }
+          };
+          if (dtype == torch::kFloat64)
+            run(double{0});
+          else
+            run(float{0});
+          EXPECT_LT(max_abs(out - f), tol * max_abs(f));
+          EXPECT_LT(max_abs(bufs.image - g[0]), tol * (1 + max_abs(g[0])));
+          EXPECT_LT(max_abs(bufs.x - g[1]), tol * (1 + max_abs(g[1])));
+          EXPECT_LT(max_abs(bufs.y - g[2]), tol * (1 + max_abs(g[2])));
+          // Map columns -> parameters: centre and amplitude directly; scale and phi_G by the chain
+          // rule through a00 = a11 = cos(phi) / scale, a01 = -a10 = sin(phi) / scale.
+          const auto ga = bufs.affine.to(dtype);
+          const auto col = [&](int k) { return ga.select(1, k); };
+          const auto g_phi = (-s * col(0) + c * col(1) - c * col(2) - s * col(3));
+          const auto g_scale = -(c * col(0) + s * col(1) - s * col(2) + c * col(3)) / scale;
+          const std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs{
+              {col(4), g[3]}, {col(5), g[4]}, {g_scale, g[5]}, {g_phi, g[6]}, {col(6), g[7]}};
+          for (size_t i = 0; i < pairs.size(); ++i) {
+            SCOPED_TRACE("parameter " + std::to_string(i));
+            EXPECT_LT(max_abs(pairs[i].first - pairs[i].second),
+                      10 * tol * (1 + max_abs(pairs[i].second)));
+          }
+        }
+      }
     }
   }
 }

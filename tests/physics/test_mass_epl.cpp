@@ -13,6 +13,8 @@
 #include "dslens/core/errors.h"
 #include "dslens/physics/mass_profiles.h"
 #include "dslens/physics/profile.h"
+#include "physics/src/mass/epl_cuda_pack.h"
+#include "physics/src/mass/epl_cuda_point.h"
 #include "physics/src/mass/epl_point.h"
 
 namespace dslens::physics::test_mass_epl_detail {
@@ -307,6 +309,77 @@ TEST(EPL, CudaPointFunctionMatchesTheCpuKernel) {
     epl_point::evaluate(k, xa[0][5] - lens[4], ya[0][5] - lens[5], /*derivs=*/false, only);
     EXPECT_EQ(only[0], acc[0][5]);
     EXPECT_EQ(only[1], acc[1][5]);
+  }
+}
+
+// The CUDA kernels' per-thread bodies (epl_cuda_point.h) run on the host over every (lens, point)
+// of arguments packed from CPU tensors by the GPU path's own packing (epl_cuda_pack.h), against
+// the CPU kernel: alpha, and the gradients wrt the points and every parameter from the backward
+// body summed over the points (what the kernel's block reduction sums). A slope shared by the
+// lenses (stride 0) and centres read from the columns of one [B, 2] tensor (stride 2) check the
+// packing's strides. Only the launch and the reduction are left to the GPU test below.
+TEST(EPL, CudaKernelBodiesOnTheHostMatchTheCpuKernel) {
+  auto [e1a, e2a] = ellipticity(0.2, -0.7);
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    SCOPED_TRACE(dtype == torch::kFloat64 ? "float64" : "float32");
+    const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-6;
+    auto [x, y] = grid(17, 2.0, dtype);
+    const int64_t B = 3, N = x.size(1);
+    const auto opts = torch::TensorOptions().dtype(dtype);
+    const auto centres = torch::tensor({0.05, -0.02, -0.1, 0.1, 0.2, 0.0}, opts).reshape({B, 2});
+    const std::vector<Tensor> params{torch::tensor({1.1, 0.8, 1.5}, opts),
+                                     torch::tensor({2.05}, opts),
+                                     torch::tensor({0.12, 0.0, e1a}, opts),
+                                     torch::tensor({-0.07, 0.0, e2a}, opts),
+                                     centres.select(1, 0),
+                                     centres.select(1, 1)};
+    ASSERT_EQ(params[4].stride(0), 2);
+    const auto fwd = epl_cuda::pack_forward(x, y, params, B, /*with_derivs=*/true);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = 0; n < N; ++n) {
+        if (dtype == torch::kFloat64)
+          epl_cuda::forward_point<double>(fwd.args, b, n);
+        else
+          epl_cuda::forward_point<float>(fwd.args, b, n);
+      }
+    // The CPU kernel, through autograd.
+    const std::vector<std::string> names{"theta_E", "gamma", "e1", "e2", "center_x", "center_y"};
+    ParamMap p;
+    std::vector<Tensor> leaves;
+    for (size_t i = 0; i < names.size(); ++i) {
+      p[names[i]] = params[i].clone().requires_grad_(true);
+      leaves.push_back(p[names[i]]);
+    }
+    auto xl = x.clone().requires_grad_(true), yl = y.clone().requires_grad_(true);
+    leaves.push_back(xl);
+    leaves.push_back(yl);
+    const auto a = EPLProfile(/*fused=*/true).deflection(xl, yl, p);
+    EXPECT_LT(max_scaled(fwd.ax, a.x), tol);
+    EXPECT_LT(max_scaled(fwd.ay, a.y), tol);
+    const auto gax = torch::cos(torch::arange(B * N, opts).reshape({B, N}) * 0.37);
+    const auto gay = 1 - gax;
+    const auto grads = torch::autograd::grad({(gax * a.x + gay * a.y).sum()}, leaves);
+    const auto bwd = epl_cuda::pack_backward(gax, gay, fwd.derivs);
+    auto sums = bwd.sums.accessor<double, 2>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = 0; n < N; ++n) {
+        double s[6];
+        if (dtype == torch::kFloat64)
+          epl_cuda::backward_point<double>(bwd.args, b, n, s);
+        else
+          epl_cuda::backward_point<float>(bwd.args, b, n, s);
+        for (int k = 0; k < 6; ++k) sums[b][k] += s[k];
+      }
+    EXPECT_LT(max_scaled(bwd.gx.sum(0, /*keepdim=*/true), grads[6]), tol);
+    EXPECT_LT(max_scaled(bwd.gy.sum(0, /*keepdim=*/true), grads[7]), tol);
+    for (int k = 0; k < 6; ++k) {
+      SCOPED_TRACE(names[static_cast<size_t>(k)]);
+      Tensor g = bwd.sums.select(1, k);
+      if (params[static_cast<size_t>(k)].numel() == 1) g = g.sum().reshape({1});
+      // The round lens's e1, e2 derivatives scale like 1 / floor (see the point function's test).
+      const double tol_k = k == 2 || k == 3 ? std::max(tol, 1e-6) : tol;
+      EXPECT_LT(max_scaled(g, grads[static_cast<size_t>(k)]), tol_k);
+    }
   }
 }
 

@@ -17,6 +17,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/physics/light_profiles.h"
 #include "interpol_cuda.h"
+#include "interpol_cuda_pack.h"
 #include "interpol_taps.h"
 
 #ifdef DSLENS_WITH_CUDA_KERNELS
@@ -260,31 +261,12 @@ bool kernel_applies(const Tensor& xs) {
 }
 
 #ifdef DSLENS_WITH_CUDA_KERNELS
-interpol_cuda::Args cuda_args(const Tensor& image, const Tensor& xs, const Tensor& ys,
-                              const Tensor& aff, int64_t b, int64_t taps) {
-  interpol_cuda::Args a;
-  a.float64 = xs.scalar_type() == torch::kFloat64;
-  a.taps = static_cast<int>(taps);
-  a.B = b;
-  a.N = xs.size(1);
-  a.h = image.size(1);
-  a.w = image.size(2);
-  a.image = image.data_ptr();
-  a.image_batched = image.size(0) > 1;
-  a.x = xs.data_ptr();
-  a.y = ys.data_ptr();
-  a.points_batched = xs.size(0) > 1;
-  a.affine = aff.data_ptr();
-  a.affine_batched = aff.size(0) > 1;
-  return a;
-}
-
 Tensor forward_cuda(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& aff,
                     int64_t b, int64_t taps) {
   const c10::cuda::CUDAGuard guard(xs.device());
   Tensor out = torch::empty({b, xs.size(1)}, xs.options());
   const std::string err =
-      interpol_cuda::forward(cuda_args(image, xs, ys, aff, b, taps), out.data_ptr(),
+      interpol_cuda::forward(interpol_cuda::pack(image, xs, ys, aff, b, taps), out.data_ptr(),
                              c10::cuda::getCurrentCUDAStream().stream());
   if (!err.empty()) throw DeviceError("INTERPOL: the CUDA sampling kernel failed: " + err);
   return out;
@@ -295,16 +277,13 @@ Tensor forward_cuda(const Tensor& image, const Tensor& xs, const Tensor& ys, con
 torch::autograd::variable_list backward_cuda(const Tensor& g, const Tensor& image, const Tensor& xs,
                                              const Tensor& ys, const Tensor& aff, int64_t taps) {
   const c10::cuda::CUDAGuard guard(xs.device());
-  const int64_t b = g.size(0);
-  Tensor g_img = torch::zeros_like(image);
-  Tensor g_x = xs.size(0) > 1 ? torch::empty_like(xs) : torch::zeros_like(xs);
-  Tensor g_y = xs.size(0) > 1 ? torch::empty_like(ys) : torch::zeros_like(ys);
-  Tensor g_aff = torch::zeros(aff.sizes(), aff.options().dtype(torch::kFloat64));
+  const auto out = interpol_cuda::gradient_buffers(image, xs, ys, aff);
   const std::string err = interpol_cuda::backward(
-      cuda_args(image, xs, ys, aff, b, taps), g.data_ptr(), g_img.data_ptr(), g_x.data_ptr(),
-      g_y.data_ptr(), g_aff.data_ptr<double>(), c10::cuda::getCurrentCUDAStream().stream());
+      interpol_cuda::pack(image, xs, ys, aff, g.size(0), taps), g.data_ptr(), out.image.data_ptr(),
+      out.x.data_ptr(), out.y.data_ptr(), out.affine.data_ptr<double>(),
+      c10::cuda::getCurrentCUDAStream().stream());
   if (!err.empty()) throw DeviceError("INTERPOL: the CUDA backward kernel failed: " + err);
-  return {g_img, g_x, g_y, g_aff.to(aff.scalar_type()), Tensor()};
+  return {out.image, out.x, out.y, out.affine.to(aff.scalar_type()), Tensor()};
 }
 #endif
 
@@ -434,6 +413,37 @@ Tensor sample(const Tensor& image_in, const Tensor& xs, const Tensor& ys, const 
 }
 
 }  // namespace interpol_light_detail
+
+namespace interpol_cuda {
+
+Args pack(const Tensor& image, const Tensor& xs, const Tensor& ys, const Tensor& affine, int64_t b,
+          int64_t taps) {
+  Args a;
+  a.float64 = xs.scalar_type() == torch::kFloat64;
+  a.taps = static_cast<int>(taps);
+  a.B = b;
+  a.N = xs.size(1);
+  a.h = image.size(1);
+  a.w = image.size(2);
+  a.image = image.data_ptr();
+  a.image_batched = image.size(0) > 1;
+  a.x = xs.data_ptr();
+  a.y = ys.data_ptr();
+  a.points_batched = xs.size(0) > 1;
+  a.affine = affine.data_ptr();
+  a.affine_batched = affine.size(0) > 1;
+  return a;
+}
+
+Gradients gradient_buffers(const Tensor& image, const Tensor& xs, const Tensor& ys,
+                           const Tensor& affine) {
+  const bool batched = xs.size(0) > 1;
+  return {torch::zeros_like(image), batched ? torch::empty_like(xs) : torch::zeros_like(xs),
+          batched ? torch::empty_like(ys) : torch::zeros_like(ys),
+          torch::zeros(affine.sizes(), affine.options().dtype(torch::kFloat64))};
+}
+
+}  // namespace interpol_cuda
 
 Tensor interpolate_source_image(const Tensor& image, const Tensor& x_pix, const Tensor& y_pix,
                                 bool tensor_ops, PixelInterpolation order) {

@@ -23,6 +23,7 @@
 #include "dslens/core/simd.h"
 #include "dslens/physics/mass_profiles.h"
 #include "epl_cuda.h"
+#include "epl_cuda_pack.h"
 #include "epl_point.h"
 
 #ifdef DSLENS_WITH_CUDA_KERNELS
@@ -313,68 +314,20 @@ std::vector<Tensor> backward_cpu(const Tensor& gax, const Tensor& gay,
 std::vector<Tensor> forward_cuda(const Tensor& x, const Tensor& y,
                                  const std::vector<Tensor>& params, int64_t B, bool with_derivs) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = std::max(x.size(1), y.size(1));
-  const auto dtype = x.scalar_type();
-  std::vector<Tensor> p;  // [1] or [B], on x's device and of its dtype (no copy when they are)
-  for (const auto& t : params) p.push_back(t.reshape({-1}).to(x.device(), dtype));
-  auto strided = [](const Tensor& t) {
-    return epl_cuda::Strided{t.data_ptr(), t.numel() == 1 ? 0 : t.stride(0)};
-  };
-  auto coords = [](const Tensor& t) {
-    return epl_cuda::Coords{t.data_ptr(), t.size(0) == 1 ? 0 : t.stride(0),
-                            t.size(1) == 1 ? 0 : t.stride(1)};
-  };
-  auto yc = y.to(dtype);
-  epl_cuda::ForwardArgs a;
-  a.float64 = dtype == torch::kFloat64;
-  a.B = B;
-  a.N = N;
-  a.x = coords(x);
-  a.y = coords(yc);
-  a.theta_E = strided(p[0]);
-  a.gamma = strided(p[1]);
-  a.e1 = strided(p[2]);
-  a.e2 = strided(p[3]);
-  a.center_x = strided(p[4]);
-  a.center_y = strided(p[5]);
-  a.floor = mass::kEllipticityFloor;
-  a.eps = mass::epl_series_eps(dtype);
-  auto ax = torch::empty({B, N}, x.options());
-  auto ay = torch::empty({B, N}, x.options());
-  Tensor derivs;
-  a.ax = ax.data_ptr();
-  a.ay = ay.data_ptr();
-  if (with_derivs) {
-    derivs = torch::empty({kNumDerivs, B, N}, x.options());
-    a.derivs = derivs.data_ptr();
-  }
-  const std::string err = epl_cuda::forward(a, c10::cuda::getCurrentCUDAStream().stream());
+  const auto pack = epl_cuda::pack_forward(x, y, params, B, with_derivs);
+  const std::string err = epl_cuda::forward(pack.args, c10::cuda::getCurrentCUDAStream().stream());
   if (!err.empty()) throw DeviceError("EPL: the CUDA deflection kernel failed: " + err);
-  if (!with_derivs) return {ax, ay};
-  return {ax, ay, derivs};
+  if (!with_derivs) return {pack.ax, pack.ay};
+  return {pack.ax, pack.ay, pack.derivs};
 }
 
 // Backward of forward_cuda: as backward_cpu, with the derivatives as one [11, B, N] tensor.
 std::vector<Tensor> backward_cuda(const Tensor& gax, const Tensor& gay, const Tensor& derivs) {
   const c10::cuda::CUDAGuard guard(derivs.device());
-  const int64_t B = derivs.size(1), N = derivs.size(2);
-  auto opts = derivs.options();
-  auto gaxc = gax.expand({B, N}).contiguous(), gayc = gay.expand({B, N}).contiguous();
-  auto gx = torch::empty({B, N}, opts), gy = torch::empty({B, N}, opts);
-  auto sums = torch::zeros({B, 6}, opts.dtype(torch::kFloat64));
-  epl_cuda::BackwardArgs a;
-  a.float64 = derivs.scalar_type() == torch::kFloat64;
-  a.B = B;
-  a.N = N;
-  a.gax = gaxc.data_ptr();
-  a.gay = gayc.data_ptr();
-  a.derivs = derivs.data_ptr();
-  a.gx = gx.data_ptr();
-  a.gy = gy.data_ptr();
-  a.sums = sums.data_ptr<double>();
-  const std::string err = epl_cuda::backward(a, c10::cuda::getCurrentCUDAStream().stream());
+  const auto pack = epl_cuda::pack_backward(gax, gay, derivs);
+  const std::string err = epl_cuda::backward(pack.args, c10::cuda::getCurrentCUDAStream().stream());
   if (!err.empty()) throw DeviceError("EPL: the CUDA backward kernel failed: " + err);
-  return {gx, gy, sums.to(opts)};
+  return {pack.gx, pack.gy, pack.sums.to(derivs.options())};
 }
 #endif
 
@@ -459,6 +412,72 @@ class EPLFusedFunction : public torch::autograd::Function<EPLFusedFunction> {
 };
 
 }  // namespace epl_fused_detail
+
+namespace epl_cuda {
+
+ForwardPack pack_forward(const Tensor& x, const Tensor& y, const std::vector<Tensor>& params,
+                         int64_t B, bool with_derivs) {
+  ForwardPack pack;
+  const int64_t N = std::max(x.size(1), y.size(1));
+  const auto dtype = x.scalar_type();
+  // [1] or [B], on x's device and of its dtype (no copy when they are)
+  for (const auto& t : params) pack.inputs.push_back(t.reshape({-1}).to(x.device(), dtype));
+  pack.inputs.push_back(x);
+  pack.inputs.push_back(y.to(x.device(), dtype));
+  const auto strided = [](const Tensor& t) {
+    return Strided{t.data_ptr(), t.numel() == 1 ? 0 : t.stride(0)};
+  };
+  const auto coords = [](const Tensor& t) {
+    return Coords{t.data_ptr(), t.size(0) == 1 ? 0 : t.stride(0), t.size(1) == 1 ? 0 : t.stride(1)};
+  };
+  ForwardArgs& a = pack.args;
+  a.float64 = dtype == torch::kFloat64;
+  a.B = B;
+  a.N = N;
+  a.theta_E = strided(pack.inputs[0]);
+  a.gamma = strided(pack.inputs[1]);
+  a.e1 = strided(pack.inputs[2]);
+  a.e2 = strided(pack.inputs[3]);
+  a.center_x = strided(pack.inputs[4]);
+  a.center_y = strided(pack.inputs[5]);
+  a.x = coords(pack.inputs[6]);
+  a.y = coords(pack.inputs[7]);
+  a.floor = mass::kEllipticityFloor;
+  a.eps = mass::epl_series_eps(dtype);
+  pack.ax = torch::empty({B, N}, x.options());
+  pack.ay = torch::empty({B, N}, x.options());
+  a.ax = pack.ax.data_ptr();
+  a.ay = pack.ay.data_ptr();
+  if (with_derivs) {
+    pack.derivs = torch::empty({epl_point::kNumDerivs, B, N}, x.options());
+    a.derivs = pack.derivs.data_ptr();
+  }
+  return pack;
+}
+
+BackwardPack pack_backward(const Tensor& gax, const Tensor& gay, const Tensor& derivs) {
+  BackwardPack pack;
+  const int64_t B = derivs.size(1), N = derivs.size(2);
+  const auto opts = derivs.options();
+  pack.inputs = {gax.to(opts).expand({B, N}).contiguous(), gay.to(opts).expand({B, N}).contiguous(),
+                 derivs.contiguous()};
+  pack.gx = torch::empty({B, N}, opts);
+  pack.gy = torch::empty({B, N}, opts);
+  pack.sums = torch::zeros({B, 6}, opts.dtype(torch::kFloat64));
+  BackwardArgs& a = pack.args;
+  a.float64 = derivs.scalar_type() == torch::kFloat64;
+  a.B = B;
+  a.N = N;
+  a.gax = pack.inputs[0].data_ptr();
+  a.gay = pack.inputs[1].data_ptr();
+  a.derivs = pack.inputs[2].data_ptr();
+  a.gx = pack.gx.data_ptr();
+  a.gy = pack.gy.data_ptr();
+  a.sums = pack.sums.data_ptr<double>();
+  return pack;
+}
+
+}  // namespace epl_cuda
 
 namespace mass {
 
