@@ -36,8 +36,8 @@ namespace dslens::physics {
 namespace epl_fused_detail {
 
 constexpr double kTinyR2 = epl_point::kTinyR2;
-constexpr int kNumDerivs =
-    epl_point::kNumDerivs;  // jxx, jxy, jyy, then (x, y) for theta_E, gamma, e1, e2
+// jxx, jxy, jyy, then (x, y) for theta_E, gamma, e1, e2
+constexpr int kNumDerivs = epl_point::kNumDerivs;
 constexpr int64_t kBlock = 2048;
 
 // The per-lens constants (epl_point.h, shared with the CUDA kernels) and the series' ratio and
