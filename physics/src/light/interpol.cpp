@@ -118,7 +118,14 @@ Tensor sample_gather(const Tensor& image, const Tensor& x_pix, const Tensor& y_p
 // The per-batch map from source-plane (x, y) to centred source-pixel coordinates, and the
 // amplitude, as [B, 7] (or [1, 7]) rows:
 //   x_pix = a00 (x - cx) + a01 (y - cy),   y_pix = a10 (x - cx) + a11 (y - cy),   value * amp.
-enum AffineColumn : int64_t { kA00, kA01, kA10, kA11, kCx, kCy, kAmp, kAffineColumns };
+using interpol_cuda::kA00;
+using interpol_cuda::kA01;
+using interpol_cuda::kA10;
+using interpol_cuda::kA11;
+using interpol_cuda::kAffineColumns;
+using interpol_cuda::kAmp;
+using interpol_cuda::kCx;
+using interpol_cuda::kCy;
 
 // The same map with tensor ops (other devices, higher-order derivatives).
 std::pair<Tensor, Tensor> pixel_coords(const Tensor& xs, const Tensor& ys, const Tensor& aff) {

@@ -11,9 +11,9 @@
 
 namespace dslens::physics::interpol_cuda {
 
-// The affine map's columns (interpol.cpp's AffineColumn): x_pix = a00 (x - cx) + a01 (y - cy),
-// y_pix = a10 (x - cx) + a11 (y - cy), value * amp.
-constexpr int kAffineColumns = 7;
+// The affine map's columns, for interpol.cpp and the kernels alike:
+//   x_pix = a00 (x - cx) + a01 (y - cy),   y_pix = a10 (x - cx) + a11 (y - cy),   value * amp.
+enum Column : int64_t { kA00, kA01, kA10, kA11, kCx, kCy, kAmp, kAffineColumns };
 
 struct Args {
   bool float64 = true;

@@ -14,8 +14,6 @@
 
 namespace dslens::physics::interpol_cuda {
 
-enum Column { kA00, kA01, kA10, kA11, kCx, kCy, kAmp };
-
 // Typed pointers and shapes of Args.
 template <typename T>
 struct View {
