@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
+#include "lbfgs_direction.h"
 #include "optimize_common.h"
 
 namespace dslens::samplers {
@@ -131,7 +132,7 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   const torch::Tensor shrink =
       torch::pow(s.backtrack, torch::arange(s.line_search_batch, opt)).unsqueeze(0);
   torch::Tensor next = torch::zeros({n}, opt.dtype(torch::kInt64));
-  std::vector<torch::Tensor> slot_of(mh);  // slot of each start's j-th newest pair
+  const torch::Tensor slots = torch::arange(mh, opt.dtype(torch::kInt64)).unsqueeze(0);  // [1, m]
   // f at the last stall_window iterations, a ring indexed by iteration modulo the window.
   torch::Tensor f_lag;
   if (s.stall_window > 0) f_lag = f.unsqueeze(0).repeat({s.stall_window, 1});
@@ -139,26 +140,13 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   for (int64_t it = 0; it < s.max_iterations; ++it) {
     if (it > 0) report(s.on_progress, "lbfgs", it, s.max_iterations, -f, active);
     if (!active.any().item<bool>()) break;
-    // Two-loop recursion, newest pair first; invalid slots contribute nothing.
-    torch::Tensor q = g.clone();
-    std::vector<torch::Tensor> alphas(mh);
-    for (int64_t j = 0; j < mh; ++j) {
-      slot_of[j] = (next - (1 + j)).remainder(mh);
-      const torch::Tensor& i = slot_of[j];
-      torch::Tensor si = s_hist.index({rows, i}), yi = y_hist.index({rows, i});
-      torch::Tensor a = torch::where(valid.index({rows, i}), rho.index({rows, i}) * (si * q).sum(1),
-                                     torch::zeros({n}, opt));
-      q = q - a.unsqueeze(1) * yi;
-      alphas[j] = a;
-    }
-    torch::Tensor rr = gamma.unsqueeze(1) * q;
-    for (int64_t j = mh - 1; j >= 0; --j) {
-      const torch::Tensor& i = slot_of[j];
-      torch::Tensor si = s_hist.index({rows, i}), yi = y_hist.index({rows, i});
-      torch::Tensor b = torch::where(
-          valid.index({rows, i}), rho.index({rows, i}) * (yi * rr).sum(1), torch::zeros({n}, opt));
-      rr = rr + (alphas[j] - b).unsqueeze(1) * si;
-    }
+    // The quasi-Newton direction from each start's pairs, gathered newest first (a slot without
+    // a pair has rho 0 and contributes nothing).
+    const torch::Tensor order = (next.unsqueeze(1) - 1 - slots).remainder(mh);  // [n, m]
+    const torch::Tensor order3 = order.unsqueeze(2).expand({n, mh, dim});
+    const torch::Tensor rr = lbfgs_inverse_hessian_product(
+        g, s_hist.gather(1, order3), y_hist.gather(1, order3),
+        torch::where(valid, rho, torch::zeros_like(rho)).gather(1, order), gamma);
     torch::Tensor d = -rr;
     torch::Tensor gd = (g * d).sum(1);
     // Fall back to steepest descent where the quasi-Newton direction is not a descent direction.
@@ -174,33 +162,42 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     for (int64_t ls = 0; ls < s.max_line_search; ls += s.line_search_batch) {
       // k step lengths per evaluated start, [ns, k]; trial rows start-major [ns * k, D].
       const int64_t k = std::min(s.line_search_batch, s.max_line_search - ls);
-      const PendingRows e =
-          s.compact_line_search ? pending_rows(~accepted, s.row_groups) : PendingRows{rows, rows};
-      const int64_t ns = e.sel.size(0);
-      const torch::Tensor steps = t.index_select(0, e.sel).unsqueeze(1) * shrink.narrow(1, 0, k);
-      const torch::Tensor x_try = (x.index_select(0, e.sel).unsqueeze(1) +
-                                   steps.unsqueeze(2) * d.index_select(0, e.sel).unsqueeze(1))
-                                      .reshape({ns * k, dim});
+      // Without compaction every start is evaluated, in place: no row selections to make.
+      const bool compact = s.compact_line_search;
+      const PendingRows e = compact ? pending_rows(~accepted, s.row_groups) : PendingRows{};
+      auto take = [&](const torch::Tensor& v) { return compact ? v.index_select(0, e.sel) : v; };
+      const int64_t ns = compact ? e.sel.size(0) : n;
+      const torch::Tensor steps = take(t).unsqueeze(1) * shrink.narrow(1, 0, k);
+      const torch::Tensor x_try =
+          (take(x).unsqueeze(1) + steps.unsqueeze(2) * take(d).unsqueeze(1)).reshape({ns * k, dim});
       LogDensityValue vt = evaluate_checked(log_density, x_try);
       ++r.log_density_calls;
       r.rows_evaluated += ns * k;
       const torch::Tensor f_try = -vt.log_p, g_try = -vt.grad;
-      const torch::Tensor good =
-          finite_rows(f_try, g_try).reshape({ns, k}) &
-          (f_try.reshape({ns, k}) <= f.index_select(0, e.sel).unsqueeze(1) +
-                                         s.armijo * steps * gd.index_select(0, e.sel).unsqueeze(1));
+      const torch::Tensor good = finite_rows(f_try, g_try).reshape({ns, k}) &
+                                 (f_try.reshape({ns, k}) <=
+                                  take(f).unsqueeze(1) + s.armijo * steps * take(gd).unsqueeze(1));
       // The longest step that passes (argmax returns the first maximum), for the evaluated starts
       // that are not padding (e.real: their places among the evaluated rows), put back in place.
-      const torch::Tensor first = good.to(torch::kInt32).argmax(1).index_select(0, e.real);
-      const torch::Tensor pick = e.real * k + first;
-      const torch::Tensor to = e.sel.index_select(0, e.real);
-      torch::Tensor fresh =
-          torch::zeros_like(accepted).index_copy(0, to, good.any(1).index_select(0, e.real));
+      torch::Tensor fresh, to, pick;
+      if (compact) {
+        pick = e.real * k + good.to(torch::kInt32).argmax(1).index_select(0, e.real);
+        to = e.sel.index_select(0, e.real);
+        fresh = torch::zeros_like(accepted).index_copy(0, to, good.any(1).index_select(0, e.real));
+      } else {
+        pick = k == 1 ? torch::Tensor() : rows * k + good.to(torch::kInt32).argmax(1);
+        fresh = k == 1 ? good.squeeze(1) : good.any(1);
+      }
+      // Each start's picked trial row, in its place.
+      auto picked = [&](const torch::Tensor& base, const torch::Tensor& trial) {
+        if (compact) return base.index_copy(0, to, trial.index_select(0, pick));
+        return k == 1 ? trial : trial.index_select(0, pick);
+      };
       fresh = fresh & ~accepted;
       const torch::Tensor fm = fresh.unsqueeze(1);
-      x_new = torch::where(fm, x_new.index_copy(0, to, x_try.index_select(0, pick)), x_new);
-      f_new = torch::where(fresh, f_new.index_copy(0, to, f_try.index_select(0, pick)), f_new);
-      g_new = torch::where(fm, g_new.index_copy(0, to, g_try.index_select(0, pick)), g_new);
+      x_new = torch::where(fm, picked(x_new, x_try), x_new);
+      f_new = torch::where(fresh, picked(f_new, f_try), f_new);
+      g_new = torch::where(fm, picked(g_new, g_try), g_new);
       accepted = accepted | fresh;
       if (accepted.all().item<bool>()) break;
       if (s.interpolate) {
@@ -209,8 +206,8 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
         // rejected quasi-Newton step it usually lands on an acceptable step at once, where halving
         // needs several calls (4.6 rows per start and iteration in the bench mock's MAP's source
         // stage, 2.0 with interpolation).
-        const torch::Tensor te = t.index_select(0, e.sel), ft = f_try.reshape({ns});
-        const torch::Tensor f0 = f.index_select(0, e.sel), gd0 = gd.index_select(0, e.sel);
+        const torch::Tensor te = take(t), ft = f_try.reshape({ns});
+        const torch::Tensor f0 = take(f), gd0 = take(gd);
         // Only a step that raised f by more than rounding is interpolated: near a mode f(t) - f(0)
         // is rounding, the quadratic is noise, and its steps (down to 0.1 t each) would go on
         // being accepted without progress where halving stalls the start after max_line_search
@@ -223,7 +220,8 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
         const torch::Tensor hi = s.backtrack * te, lo = std::min(0.1, s.backtrack) * te;
         const torch::Tensor fit = torch::isfinite(tq) & (curv > 0) & (rise > 64.0 * eps * f0.abs());
         const torch::Tensor tn = torch::where(fit, torch::min(torch::max(tq, lo), hi), hi);
-        t = torch::where(accepted, t, t.index_copy(0, to, tn.index_select(0, e.real)));
+        t = torch::where(accepted, t,
+                         compact ? t.index_copy(0, to, tn.index_select(0, e.real)) : tn);
       } else {
         t = torch::where(accepted, t, t * std::pow(s.backtrack, static_cast<double>(k)));
       }
@@ -233,10 +231,13 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     torch::Tensor sy = (sv * yv).sum(1);
     torch::Tensor curvature = moved & (sy > 1e-10 * sv.norm(2, 1) * yv.norm(2, 1)) & (sy > 0);
     torch::Tensor cm = curvature.unsqueeze(1);
-    s_hist.index_put_({rows, next}, torch::where(cm, sv, s_hist.index({rows, next})));
-    y_hist.index_put_({rows, next}, torch::where(cm, yv, y_hist.index({rows, next})));
-    rho.index_put_({rows, next}, torch::where(curvature, 1.0 / sy, rho.index({rows, next})));
-    valid.index_put_({rows, next}, valid.index({rows, next}) | curvature);
+    // The accepted pairs go to each start's slot `next`: a one-hot mask over the slots, so the
+    // update is elementwise (no indexing).
+    const torch::Tensor put = curvature.unsqueeze(1) & (slots == next.unsqueeze(1));  // [n, m]
+    s_hist = torch::where(put.unsqueeze(2), sv.unsqueeze(1), s_hist);
+    y_hist = torch::where(put.unsqueeze(2), yv.unsqueeze(1), y_hist);
+    rho = torch::where(put, (1.0 / sy).unsqueeze(1), rho);
+    valid = valid | put;
     gamma = torch::where(curvature, sy / (yv * yv).sum(1), gamma);
     has_history = has_history | curvature;
     next = torch::where(curvature, (next + 1).remainder(mh), next);

@@ -8,9 +8,11 @@
 #include <deque>
 #include <vector>
 
+#include "app/op_census.h"
 #include "dslens/core/errors.h"
 #include "dslens/samplers/optimize.h"
 #include "grouped_gaussian.h"
+#include "samplers/src/lbfgs_direction.h"
 
 namespace optimize_test {
 
@@ -485,6 +487,95 @@ TEST(Optimize, BestRowsPerGroupKeepsEachGroupsBestInOrder) {
   EXPECT_EQ(all[4][0].item<double>(), 6.0);
   EXPECT_THROW(best_rows_per_group(x, log_p, 3, 2), dslens::InvalidArgument);
   EXPECT_THROW(best_rows_per_group(x, log_p, 2, 0), dslens::InvalidArgument);
+}
+
+}  // namespace optimize_test
+
+namespace optimize_test {
+
+// Nocedal & Wright's two-loop recursion (Algorithm 7.4) for one start, in scalars; pairs newest
+// first, rho 0 marking an empty slot.
+std::vector<double> two_loop(std::vector<double> q, const torch::Tensor& s, const torch::Tensor& y,
+                             const torch::Tensor& rho, double gamma) {
+  const int64_t m = s.size(0), D = s.size(1);
+  auto dot = [&](const torch::Tensor& v, const std::vector<double>& w) {
+    double acc = 0;
+    for (int64_t i = 0; i < D; ++i) acc += v[i].item<double>() * w[i];
+    return acc;
+  };
+  std::vector<double> alpha(m);
+  for (int64_t j = 0; j < m; ++j) {
+    alpha[j] = rho[j].item<double>() * dot(s[j], q);
+    for (int64_t i = 0; i < D; ++i) q[i] -= alpha[j] * y[j][i].item<double>();
+  }
+  for (double& v : q) v *= gamma;
+  for (int64_t j = m - 1; j >= 0; --j) {
+    const double b = rho[j].item<double>() * dot(y[j], q);
+    for (int64_t i = 0; i < D; ++i) q[i] += (alpha[j] - b) * s[j][i].item<double>();
+  }
+  return q;
+}
+
+TEST(Lbfgs, InverseHessianProductMatchesTheTwoLoopRecursion) {
+  const int64_t n = 5, m = 6, D = 7;
+  torch::Generator gen(at::detail::createCPUGenerator(8));
+  const torch::Tensor g = torch::randn({n, D}, gen, f64());
+  const torch::Tensor s = torch::randn({n, m, D}, gen, f64());
+  // y = B s + noise with B positive definite, so s . y > 0 as in a stored pair.
+  const torch::Tensor b = torch::randn({D, D}, gen, f64());
+  const torch::Tensor y =
+      s.matmul(b.mm(b.t()) + torch::eye(D, f64())) + 0.1 * torch::randn({n, m, D}, gen, f64());
+  torch::Tensor rho = 1.0 / (s * y).sum(2);
+  ASSERT_TRUE((rho > 0).all().item<bool>());
+  // Empty slots: start 1 has none, start 2 its two oldest, start 3 one in the middle.
+  rho[1].zero_();
+  rho[2].narrow(0, m - 2, 2).zero_();
+  rho[3][2] = 0.0;
+  const torch::Tensor gamma = torch::rand({n}, gen, f64()) + 0.5;
+  const torch::Tensor r = lbfgs_inverse_hessian_product(g, s, y, rho, gamma);
+  ASSERT_EQ(r.sizes(), g.sizes());
+  for (int64_t k = 0; k < n; ++k) {
+    std::vector<double> q(D);
+    for (int64_t i = 0; i < D; ++i) q[i] = g[k][i].item<double>();
+    const std::vector<double> want = two_loop(q, s[k], y[k], rho[k], gamma[k].item<double>());
+    for (int64_t i = 0; i < D; ++i) {
+      EXPECT_NEAR(r[k][i].item<double>(), want[i], 1e-10 * (1 + std::abs(want[i])))
+          << "start " << k << ", coordinate " << i;
+    }
+  }
+  // With no pairs the product is gamma g.
+  EXPECT_TRUE(torch::allclose(r[1], gamma[1] * g[1], 1e-14, 0));
+}
+
+// The optimiser's own operators per iteration (the target's subtracted) do not grow with the
+// history's length: on a GPU each is a launch (docs/benchmarks.md, session 41). The slot-by-slot
+// two-loop recursion took about 60 more per stored pair.
+TEST(Lbfgs, OperatorsPerIterationDoNotGrowWithTheHistory) {
+  Quadratic quad = make_quadratic(15);
+  torch::manual_seed(3);
+  const torch::Tensor starts = torch::randn({64, 15}, f64()) * 3;
+  int64_t target_ops = 0;
+  {
+    dslens::app::OpCensus census;
+    (void)quad.fn()(starts);
+    target_ops = census.operators();
+  }
+  std::vector<double> per_iteration;
+  for (int64_t history : {2, 20}) {
+    LbfgsSettings s;
+    s.history = history;
+    s.max_iterations = 25;
+    s.grad_tol = 0;
+    s.line_search_batch = 4;
+    dslens::app::OpCensus census;
+    const OptimizeResult r = maximize_lbfgs(quad.fn(), starts, s);
+    const int64_t iterations = r.iterations.max().item<int64_t>();
+    ASSERT_EQ(iterations, 25);
+    per_iteration.push_back(
+        static_cast<double>(census.operators() - r.log_density_calls * target_ops) / iterations);
+  }
+  EXPECT_LT(per_iteration[1], per_iteration[0] + 20)
+      << "history 2: " << per_iteration[0] << ", history 20: " << per_iteration[1];
 }
 
 }  // namespace optimize_test
