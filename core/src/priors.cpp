@@ -57,17 +57,28 @@ torch::Tensor softplus40(const torch::Tensor& x) {
   return F::softplus(x, F::SoftplusFuncOptions().threshold(40));
 }
 
-torch::Tensor soft_clip_unit(const torch::Tensor& u) {
-  const auto t = u * 0.25 + 0.5;
-  return kSoftClipHinge * (softplus40(t / kSoftClipHinge) - softplus40((t - 1) / kSoftClipHinge));
+// g(t) and log dg/du from one pair of softplus: with s = t / h, g = h [softplus(s) -
+// softplus(s - 1/h)], and g'(t) = sigmoid(s) - sigmoid(s - 1/h) = sigmoid(s) sigmoid(-(s - 1/h))
+// (1 - e^(-1/h)), whose log is s - softplus(s) - softplus(s - 1/h) + log(1 - e^(-1/h)) (as
+// log sigmoid(s) = s - softplus(s)), times dt/du = 1/4. Sharing the two softplus halves the
+// operators of the separate forms (a fit's log density evaluates both at every call).
+struct SoftClip {
+  torch::Tensor unit, log_slope;
+};
+
+SoftClip soft_clip(const torch::Tensor& u) {
+  const auto s = u * (0.25 / kSoftClipHinge) + 0.5 / kSoftClipHinge;
+  const auto a = softplus40(s), b = softplus40(s - 1 / kSoftClipHinge);
+  return {kSoftClipHinge * (a - b),
+          s - (a + b) + (std::log(0.25) + std::log1p(-std::exp(-1 / kSoftClipHinge)))};
 }
 
-// log dg/du: g'(t) = sigmoid(t / h) - sigmoid((t - 1) / h) = sigmoid(t / h) sigmoid(-(t - 1) / h)
-// (1 - e^(-1/h)), in log form (stable far outside the interval), times dt/du = 1/4.
+torch::Tensor soft_clip_unit(const torch::Tensor& u) {
+  return soft_clip(u).unit;
+}
+
 torch::Tensor log_soft_clip_slope(const torch::Tensor& u) {
-  const auto t = u * 0.25 + 0.5;
-  return -softplus40(-t / kSoftClipHinge) - softplus40((t - 1) / kSoftClipHinge) +
-         (std::log(0.25) + std::log1p(-std::exp(-1 / kSoftClipHinge)));
+  return soft_clip(u).log_slope;
 }
 
 // u for g in (0, 1): with Y = g / h, softplus(p) - softplus(p - 1/h) = Y solves to p = t / h =
@@ -370,8 +381,9 @@ PriorGroup::Result PriorGroup::forward(const torch::Tensor& u) const {
       // Interval bijection (the soft clip): x = lower + (upper - lower) g(u), log|J| =
       // log(upper - lower) + log g'(u); log(upper - lower) is folded into log_norm_ (uniform: it
       // cancels the density -log(upper - lower)).
-      x = c.lower + (c.upper - c.lower) * soft_clip_unit(u);
-      ld = log_soft_clip_slope(u);
+      const SoftClip clip = soft_clip(u);
+      x = c.lower + (c.upper - c.lower) * clip.unit;
+      ld = clip.log_slope;
       if (kind_ == Prior::Kind::kTruncatedNormal) {
         const auto z = (x - c.loc) / c.scale;
         ld = ld - 0.5 * z * z;
