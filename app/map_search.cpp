@@ -70,7 +70,8 @@ Objective objective_of(const model::LensPosterior& posterior) {
 // starts tried 2 step lengths per call and L-BFGS made 8.6 calls per iteration, waiting for the
 // start that backtracks longest (H200, docs/benchmarks.md "On a GPU, second run"); at 1024 they
 // try 8. The ladder accepts the longest passing step, as one-at-a-time backtracking does, so the
-// path is the same with fewer calls.
+// path is the same with fewer calls. 64 lenses' 2,048 placements, which leave 1 step length per
+// call, are why later calls take only the starts still backtracking.
 constexpr int64_t kGpuLineSearchRows = 1024;
 
 // Adam stages (coarse to fine when blur_pixels is set: residuals blurred by each sigma in turn,
@@ -116,7 +117,16 @@ samplers::OptimizeResult optimise(const Objective& objective, torch::Tensor x, i
     // simulate: forward + gradient 14 ms at 16 images, 22 ms at 256), so the line search tries
     // up to 8 step lengths per call there; on a CPU the cost grows with the rows, so 1.
     if (!x.device().is_cpu()) {
-      lbfgs.line_search_batch = std::clamp<int64_t>(kGpuLineSearchRows / x.size(0), 1, 8);
+      // The first call of an iteration tries min(8, 1024 / starts) step lengths for every start;
+      // later ones only the starts still backtracking (per lens, padded to a power of two: a few
+      // shapes, one CUDA graph each), 8 step lengths each within the 1,024 rows. Without the
+      // compaction every backtrack of any start re-evaluated all 2,048 placements of 64 lenses:
+      // 2.3 s per iteration there (session 39).
+      lbfgs.line_search_batch = 8;
+      lbfgs.line_search_rows = kGpuLineSearchRows;
+      lbfgs.compact_line_search = true;
+      lbfgs.compact_pow2 = true;
+      lbfgs.row_groups = row_groups;
     } else {
       // Backtracks evaluate only the starts still searching (a CPU's cost is per row; a GPU's
       // CUDA graphs want one shape), the lenses' rows kept lens-major and equal in number. They

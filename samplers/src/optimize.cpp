@@ -39,6 +39,8 @@ void LbfgsSettings::validate() const {
   require(line_search_batch >= 1,
           "lbfgs line_search_batch must be >= 1, got " + str(line_search_batch));
   require(row_groups >= 1, "lbfgs row_groups must be >= 1, got " + str(row_groups));
+  require(line_search_rows >= 0,
+          "lbfgs line_search_rows must be >= 0, got " + str(line_search_rows));
   require(stall_window >= 0, "lbfgs stall_window must be >= 0, got " + str(stall_window));
   require(stall_gain >= 0 && std::isfinite(stall_gain),
           "lbfgs stall_gain must be finite and >= 0, got " + str(stall_gain));
@@ -159,14 +161,16 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
 
     torch::Tensor accepted = ~active;
     torch::Tensor x_new = x, f_new = f, g_new = g;
-    for (int64_t ls = 0; ls < s.max_line_search; ls += s.line_search_batch) {
-      // k step lengths per evaluated start, [ns, k]; trial rows start-major [ns * k, D].
-      const int64_t k = std::min(s.line_search_batch, s.max_line_search - ls);
+    for (int64_t ls = 0, k = 0; ls < s.max_line_search; ls += k) {
       // Without compaction every start is evaluated, in place: no row selections to make.
       const bool compact = s.compact_line_search;
-      const PendingRows e = compact ? pending_rows(~accepted, s.row_groups) : PendingRows{};
+      const PendingRows e =
+          compact ? pending_rows(~accepted, s.row_groups, s.compact_pow2) : PendingRows{};
       auto take = [&](const torch::Tensor& v) { return compact ? v.index_select(0, e.sel) : v; };
       const int64_t ns = compact ? e.sel.size(0) : n;
+      // k step lengths per evaluated start, [ns, k]; trial rows start-major [ns * k, D].
+      k = std::min(s.line_search_batch, s.max_line_search - ls);
+      if (s.line_search_rows > 0) k = std::clamp<int64_t>(s.line_search_rows / ns, 1, k);
       const torch::Tensor steps = take(t).unsqueeze(1) * shrink.narrow(1, 0, k);
       const torch::Tensor x_try =
           (take(x).unsqueeze(1) + steps.unsqueeze(2) * take(d).unsqueeze(1)).reshape({ns * k, dim});

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -49,12 +50,19 @@ struct PendingRows {
   torch::Tensor sel, real;
 };
 
-inline PendingRows pending_rows(const torch::Tensor& pending, int64_t groups) {
+// With pow2, m is rounded up to a power of two (at most the group size), so the calls take a few
+// shapes only, as CUDA graphs want (one graph per shape).
+inline PendingRows pending_rows(const torch::Tensor& pending, int64_t groups, bool pow2 = false) {
   const int64_t per = pending.size(0) / groups;  // divisible: checked by the callers
   const auto lopt = pending.options().dtype(torch::kInt64);
   const torch::Tensor pg = pending.view({groups, per});
   const torch::Tensor count = pg.sum(1);
-  const int64_t m = count.max().item<int64_t>();
+  int64_t m = count.max().item<int64_t>();
+  if (pow2) {
+    int64_t p = 1;
+    while (p < m) p *= 2;
+    m = std::min(p, per);
+  }
   // Pending rows first, each part in its original order: sort keys (not pending) * per + column.
   const torch::Tensor col = torch::arange(per, lopt).unsqueeze(0);
   const torch::Tensor order = ((~pg).to(torch::kInt64) * per + col)

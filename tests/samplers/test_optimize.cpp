@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <deque>
+#include <set>
 #include <vector>
 
 #include "app/op_census.h"
@@ -187,6 +188,44 @@ TEST(Lbfgs, CompactLineSearchTakesTheSamePathFromFewerRows) {
   }
 }
 
+// The GPU's line search: the first call of an iteration evaluates every active start, later ones
+// only the starts still backtracking, padded to a power of two and each given as many step lengths
+// as a row budget allows. The iterates are those of one step length per call, in fewer calls than
+// without compaction, from calls of a few shapes only (one CUDA graph each).
+TEST(Lbfgs, PowerOfTwoCompactionWithARowBudgetTakesTheSequentialPath) {
+  const torch::Tensor starts = rosenbrock_starts();  // 32
+  LbfgsSettings s;
+  s.max_iterations = 1000;
+  const OptimizeResult seq = maximize_lbfgs(rosenbrock(), starts, s);
+  s.line_search_batch = 8;
+  const OptimizeResult ladder = maximize_lbfgs(rosenbrock(), starts, s);
+  std::set<int64_t> shapes;
+  const LogDensityFn f = rosenbrock();
+  const LogDensityFn recorded = [&](const torch::Tensor& q) {
+    shapes.insert(q.size(0));
+    return f(q);
+  };
+  s.compact_line_search = true;
+  s.compact_pow2 = true;
+  s.line_search_rows = 64;
+  const OptimizeResult r = maximize_lbfgs(recorded, starts, s);
+  EXPECT_TRUE(torch::allclose(r.x, seq.x, 1e-9, 1e-12)) << (r.x - seq.x).abs().max();
+  EXPECT_TRUE(torch::equal(r.iterations, seq.iterations));
+  EXPECT_LT(r.log_density_calls, seq.log_density_calls);
+  EXPECT_LT(r.rows_evaluated, ladder.rows_evaluated / 2)
+      << r.rows_evaluated << " against " << ladder.rows_evaluated << " without compaction";
+  // m pending starts (a power of two) with min(8, 64 / m) step lengths each, or the first call's
+  // 32 starts x 2 and the inactive starts' compaction down to fewer.
+  for (const int64_t rows : shapes) {
+    bool allowed = false;
+    for (int64_t m = 1; m <= 32; m *= 2) {
+      allowed = allowed || rows == m * std::clamp<int64_t>(64 / m, 1, 8);
+    }
+    EXPECT_TRUE(allowed) << rows << " rows";
+  }
+  EXPECT_LE(shapes.size(), 6u);
+}
+
 // With row groups (lenses), a compacted call pads each group to the same count, so a density that
 // reads a row's group from its place still sees every start under its own group's Gaussian.
 TEST(Lbfgs, CompactLineSearchKeepsEachStartInItsGroup) {
@@ -210,6 +249,16 @@ TEST(Lbfgs, CompactLineSearchKeepsEachStartInItsGroup) {
   OptimizeResult full = maximize_lbfgs(target, starts, s);
   EXPECT_TRUE(torch::allclose(r.x, full.x, 1e-10, 1e-12));
   EXPECT_LT(r.rows_evaluated, full.rows_evaluated);
+  // Padded to a power of two (capped at the group's 5 starts), with a ladder of step lengths.
+  s.compact_line_search = true;
+  s.compact_pow2 = true;
+  s.line_search_batch = 4;
+  s.line_search_rows = 24;
+  OptimizeResult pow2 = maximize_lbfgs(target, starts, s);
+  EXPECT_TRUE(torch::allclose(pow2.x, full.x, 1e-10, 1e-12)) << (pow2.x - full.x).abs().max();
+  s.line_search_batch = 1;
+  s.line_search_rows = 0;
+  s.compact_pow2 = false;
   // Starts that do not split into the groups are refused.
   s.compact_line_search = true;
   s.row_groups = 4;

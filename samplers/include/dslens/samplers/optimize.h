@@ -62,6 +62,13 @@ struct LbfgsSettings {
   // log density reads a row's lens from its place); a compacted call keeps that shape by padding
   // each group's pending starts to the largest group's count with copies whose results are unused.
   int64_t row_groups = 1;
+  // Compacted calls pad each group's pending starts to a power of two (at most the group's size):
+  // a few call shapes, each replayed from its own CUDA graph, instead of one per pending count.
+  bool compact_pow2 = false;
+  // When > 0, a call tries as many step lengths per evaluated start as keep it within this many
+  // rows (at least 1, at most line_search_batch): after the first call of an iteration only the
+  // few starts still backtracking are evaluated (compact_line_search), each with a longer ladder.
+  int64_t line_search_rows = 0;
   // A start stops (stalled, not converged) when its log p rose by less than stall_gain over its
   // last stall_window iterations; 0 = never. In float32 a start's gradient never meets grad_tol,
   // and near its optimum most of its calls are backtracks that gain rounding.
