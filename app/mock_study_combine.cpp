@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "dslens/core/errors.h"
 #include "mock_population.h"
 #include "mock_study_table.h"
@@ -79,6 +81,18 @@ void combine_studies(const std::vector<std::string>& inputs, const fs::path& out
             throw InputError("--combine: " + name + " at SNR " + num(snr) + " is in both '" +
                              earlier.at("file").get<std::string>() + "' and '" + file.string() +
                              "' (--replace takes the later part's)");
+          }
+          // The part listed last wins, whatever its date: an older fit listed after a refit
+          // silently undoes the refit (session 40 did so once by hand), so say so.
+          const std::string earlier_date = earlier.value("date", std::string());
+          const std::string date = part.value("date", std::string());
+          if (!earlier_date.empty() && !date.empty() && date < earlier_date) {
+            spdlog::warn(
+                "--combine --replace: {} at SNR {} is taken from '{}' ({}), listed after '{}' "
+                "({}), a later fit of it; --replace takes the part listed last, so list refits "
+                "after the parts they refit",
+                name, num(snr), file.string(), date, earlier.at("file").get<std::string>(),
+                earlier_date);
           }
           earlier["replaced"].push_back(name + " at SNR " + num(snr));
           it->second = parts.size() - 1;

@@ -212,6 +212,16 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
         << f.output;
     return read_json(dir + out + "/mock_study.json");
   };
+  // Listed last but dated before the part it replaces: taken, with a warning naming both.
+  marked["date"] = "2000-01-01 00:00 UTC";
+  write_json(dir + "/marked_old.json", marked);
+  r = run_dslens("mock-study --combine " + quote(dir + "/only1") + "," +
+                 quote(dir + "/marked_old.json") + " --replace --out " + quote(dir + "/replace0"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("mock001 at SNR 10 is taken from '" + dir +
+                          "/marked_old.json' (2000-01-01 00:00 UTC), listed after"),
+            std::string::npos)
+      << r.output;
   json j = replaced(quote(dir + "/only1") + "," + quote(dir + "/marked.json"), "/replace1");
   ASSERT_EQ(level_of(j).at("lenses").size(), 1u);
   EXPECT_EQ(level_of(j).at("lenses")[0].at("map_log_posterior"), -12345.0);
