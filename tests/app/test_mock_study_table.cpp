@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "app/mock_study_table.h"
 
@@ -38,6 +39,57 @@ TEST(MockStudyTable, ZScoresAndTailsFromHandMadeRecords) {
   EXPECT_DOUBLE_EQ(a.at("rms_z").get<double>(), std::sqrt((1.0 + 9.0 + 1.0 + 0.0) / 4.0));
   EXPECT_EQ(a.at("lenses_ranked"), 4);  // the record without a rank is not counted
   EXPECT_EQ(a.at("outside_99"), 2);     // 0.001 and 0.999; 0.5 and 0.3 are inside
+}
+
+// The error a calibrated fit makes with the posteriors' widths: the median over lenses of 0.674 sd
+// (|N(0, sd^2)| has median Phi^-1(0.75) sd) and of 0.674 sd / |truth| where the record has a
+// relative error; the error targets carry it. Checked against a simulation of calibrated errors.
+TEST(MockStudyTable, ErrorTargetsCarryTheErrorTheWidthsAllow) {
+  std::mt19937_64 rng(41);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  json lenses = json::array();
+  std::vector<double> rel_sim;
+  const int64_t n = 2001;
+  for (int64_t i = 0; i < n; ++i) {
+    json lens = lens_record(0.0, 1.0, 0.5);
+    const double truth = 1.0 + 0.001 * static_cast<double>(i), sd = 0.02 * truth;
+    const double error = sd * normal(rng);
+    for (auto& [key, r] : lens["parameters"].items()) {
+      r["truth"] = truth;
+      r["sd"] = sd;
+      r["error"] = error;
+      r["relative_error"] = error / truth;
+    }
+    lens["divergences"] = 0;
+    lens["seconds"] = {{"map", 1.0}, {"warmup", 1.0}, {"sampling", 1.0}};
+    lenses.push_back(lens);
+  }
+  // The shear's truth at 0: no relative error, so no relative width either.
+  lenses[0]["parameters"]["gamma_ext"]["relative_error"] = nullptr;
+  const json level = dslens::app::mock_study::level_entry(100.0, "f", lenses, 1.0);
+  const json& a = level.at("aggregate").at("theta_E");
+  // sd / truth is 0.02 for every lens: the typical relative error is 0.674 x 0.02 exactly, and the
+  // simulated errors' median agrees within its sampling sd (about 1.6 % of it at n = 2001).
+  EXPECT_NEAR(a.at("median_typical_relative_error").get<double>(), 0.6744897501960817 * 0.02,
+              1e-12);
+  EXPECT_NEAR(a.at("median_abs_relative_error").get<double>(),
+              a.at("median_typical_relative_error").get<double>(), 0.08 * 0.0135);
+  // Absolute: the median of 0.674 sd over sd = 0.02 (1 + 0.001 i), i.e. at i = 1000.
+  EXPECT_NEAR(a.at("median_typical_error").get<double>(), 0.6744897501960817 * 0.02 * 2.0, 1e-12);
+  const json targets = dslens::app::mock_study::check_targets(json::array({level}));
+  int carried = 0;
+  for (const auto& t : targets) {
+    const std::string name = t.at("target");
+    if (name.rfind("median abs. relative error of theta_E", 0) == 0) {
+      EXPECT_NEAR(t.at("calibrated_typical").get<double>(), 0.6744897501960817 * 0.02, 1e-12);
+      ++carried;
+    }
+    if (name.rfind("median abs. error of gamma_ext", 0) == 0) {
+      EXPECT_NEAR(t.at("calibrated_typical").get<double>(), 0.6744897501960817 * 0.04, 1e-12);
+      ++carried;
+    }
+  }
+  EXPECT_EQ(carried, 2);
 }
 
 // level_entry's aggregates over the lenses whose MAP reached the truth's mode: a lens whose MAP is
