@@ -639,7 +639,8 @@ std::string render_markdown(const json& study) {
         "fits. Each error row gives the median error a calibrated fit would make with the "
         "posterior widths these fits found (|N(0, sd^2)| has median 0.674 sd): an error target "
         "below it asks for more than the data hold.\n\n"
-     << "| target | value | result | a calibrated fit (95 % of studies) |\n"
+     << "| target | value | result | a calibrated fit (coverage: 95 % of studies; errors: its "
+        "median) |\n"
      << "| --- | ---: | --- | --- |\n";
   for (const auto& t : study.at("targets")) {
     const std::string target = t.at("target");
