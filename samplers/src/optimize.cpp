@@ -121,8 +121,8 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
   g = torch::where(ok.unsqueeze(1), g, torch::zeros_like(g));
   torch::Tensor active = ok & (max_abs(g) >= s.grad_tol);
   torch::Tensor s_hist = torch::zeros({n, mh, dim}, opt), y_hist = torch::zeros({n, mh, dim}, opt);
+  // rho = 1 / (s . y) of a stored pair; 0 marks a slot without one (a stored pair has s . y > 0).
   torch::Tensor rho = torch::zeros({n, mh}, opt);
-  torch::Tensor valid = torch::zeros({n, mh}, opt.dtype(torch::kBool));
   torch::Tensor gamma = torch::ones({n}, opt);
   torch::Tensor has_history = torch::zeros({n}, opt.dtype(torch::kBool));
   torch::Tensor iters = torch::zeros({n}, opt.dtype(torch::kInt64));
@@ -147,8 +147,7 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     const torch::Tensor order = (next.unsqueeze(1) - 1 - slots).remainder(mh);  // [n, m]
     const torch::Tensor order3 = order.unsqueeze(2).expand({n, mh, dim});
     const torch::Tensor rr = lbfgs_inverse_hessian_product(
-        g, s_hist.gather(1, order3), y_hist.gather(1, order3),
-        torch::where(valid, rho, torch::zeros_like(rho)).gather(1, order), gamma);
+        g, s_hist.gather(1, order3), y_hist.gather(1, order3), rho.gather(1, order), gamma);
     torch::Tensor d = -rr;
     torch::Tensor gd = (g * d).sum(1);
     // Fall back to steepest descent where the quasi-Newton direction is not a descent direction.
@@ -234,14 +233,12 @@ OptimizeResult maximize_lbfgs(const LogDensityFn& log_density, const torch::Tens
     torch::Tensor sv = x_new - x, yv = g_new - g;
     torch::Tensor sy = (sv * yv).sum(1);
     torch::Tensor curvature = moved & (sy > 1e-10 * sv.norm(2, 1) * yv.norm(2, 1)) & (sy > 0);
-    torch::Tensor cm = curvature.unsqueeze(1);
     // The accepted pairs go to each start's slot `next`: a one-hot mask over the slots, so the
     // update is elementwise (no indexing).
     const torch::Tensor put = curvature.unsqueeze(1) & (slots == next.unsqueeze(1));  // [n, m]
     s_hist = torch::where(put.unsqueeze(2), sv.unsqueeze(1), s_hist);
     y_hist = torch::where(put.unsqueeze(2), yv.unsqueeze(1), y_hist);
     rho = torch::where(put, (1.0 / sy).unsqueeze(1), rho);
-    valid = valid | put;
     gamma = torch::where(curvature, sy / (yv * yv).sum(1), gamma);
     has_history = has_history | curvature;
     next = torch::where(curvature, (next + 1).remainder(mh), next);
