@@ -62,6 +62,10 @@ int run(int argc, char** argv) {
       "bicubic|bilinear: how the VAE source's stamp is read, in the mock and in the fit "
       "(docs/fit.md, \"Source interpolation\")",
       cxxopts::value<std::string>()->default_value("bicubic"))(
+      "out-of-step",
+      "on|off|auto: NUTS's sampling iterations with the chains out of step (sampler.out_of_step; "
+      "auto: the fit's default, on for more than one lens on the CPU)",
+      cxxopts::value<std::string>()->default_value("auto"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -88,6 +92,9 @@ int run(int argc, char** argv) {
   const std::string cuda_kernels = args["cuda-kernels"].as<std::string>();
   const std::string adaptation = either("adaptation", "per_lens", "per_chain");
   const std::string interpolation = either("interpolation", "bicubic", "bilinear");
+  const std::string out_of_step = args["out-of-step"].as<std::string>();
+  if (out_of_step != "on" && out_of_step != "off" && out_of_step != "auto")
+    throw InvalidArgument("--out-of-step: expected on, off or auto, got '" + out_of_step + "'");
 
   const fs::path dir =
       fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
@@ -136,6 +143,9 @@ int run(int argc, char** argv) {
                    {"interpolation", interpolation}}}},
                 {"noise", {{"background_rms", 0.01}, {"exposure_time", 2000.0}}},
                 {"seed", 1000 + l}};
+    // Untrained decoders' stamps have no positive total flux to rescale to (docs/fit.md, "The
+    // VAE source's flux"): they are used as decoded, at the same cost.
+    if (!args.count("vae")) sim["source"][0]["normalise_flux"] = false;
     if (snr > 0) sim["noise"] = noise_at_snr(noise_free_peak(sim, "bench fit"), snr);
     const std::string name = "mock" + std::to_string(l);
     std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
@@ -174,6 +184,8 @@ int run(int argc, char** argv) {
           {"metric", metric},
           {"adaptation", adaptation},
           {"cuda_graphs", graphs == "on"}}}};
+    if (out_of_step != "auto") fit["sampler"]["out_of_step"] = out_of_step == "on";
+    if (!args.count("vae")) fit["model"]["source"][0]["normalise_flux"] = false;
     std::ofstream(dir / "configs" / (name + ".json")) << fit.dump(2);
   }
 
@@ -219,33 +231,37 @@ int run(int argc, char** argv) {
   const double chain_iterations =
       static_cast<double>(lenses * args["chains"].as<int64_t>() *
                           (args["warmup"].as<int64_t>() + args["draws"].as<int64_t>()));
-  json out = {{"device", dev},
-              {"dtype", dtype},
-              {"lenses", lenses},
-              {"pixels", pixels},
-              {"chains_per_lens", args["chains"].as<int64_t>()},
-              {"warmup", args["warmup"].as<int64_t>()},
-              {"draws", args["draws"].as<int64_t>()},
-              {"total_seconds", total},
-              {"seconds_per_lens", per_lens},
-              {"map_seconds", map_s},
-              {"warmup_seconds", warm_s},
-              {"sampling_seconds", samp_s},
-              {"max_depth", args["max-depth"].as<int64_t>()},
-              {"metric", metric},
-              {"adaptation", adaptation},
-              {"interpolation", interpolation},
-              {"map_starts", starts},
-              {"cuda_graphs", graphs},
-              {"cuda_kernels", cuda_kernels},
-              {"cuda_graphs_log", graph_lines},
-              {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
-              {"leapfrog_steps_per_iteration", grads / chain_iterations},
-              {"min_bulk_ess_lens_params", min_ess},
-              {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)},
-              {"max_rhat_lens_params", max_rhat},
-              {"max_theta_e_relative_error", max_theta_e_error},
-              {"snr", snr > 0 ? json(snr) : json("fixed noise: background rms 0.01")}};
+  json out = {
+      {"device", dev},
+      {"dtype", dtype},
+      {"lenses", lenses},
+      {"pixels", pixels},
+      {"chains_per_lens", args["chains"].as<int64_t>()},
+      {"warmup", args["warmup"].as<int64_t>()},
+      {"draws", args["draws"].as<int64_t>()},
+      {"total_seconds", total},
+      {"seconds_per_lens", per_lens},
+      {"map_seconds", map_s},
+      {"warmup_seconds", warm_s},
+      {"sampling_seconds", samp_s},
+      {"max_depth", args["max-depth"].as<int64_t>()},
+      {"metric", metric},
+      {"adaptation", adaptation},
+      {"interpolation", interpolation},
+      {"map_starts", starts},
+      {"cuda_graphs", graphs},
+      {"out_of_step", out_of_step == "auto"
+                          ? (lenses > 1 && compute.device.is_cpu() ? "auto (on)" : "auto (off)")
+                          : out_of_step},
+      {"cuda_kernels", cuda_kernels},
+      {"cuda_graphs_log", graph_lines},
+      {"gradient_evaluations_per_second", grads / (warm_s + samp_s)},
+      {"leapfrog_steps_per_iteration", grads / chain_iterations},
+      {"min_bulk_ess_lens_params", min_ess},
+      {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)},
+      {"max_rhat_lens_params", max_rhat},
+      {"max_theta_e_relative_error", max_theta_e_error},
+      {"snr", snr > 0 ? json(snr) : json("fixed noise: background rms 0.01")}};
   if (args.count("json")) {
     std::cout << out.dump(2) << "\n";
   } else {

@@ -108,27 +108,38 @@ samplers::WindowSettings windows_for(int64_t warmup) {
 }
 
 // The ATen operators NUTS dispatches per batched log-density call besides the target's own: a short
-// run (20 + 20) under an OpCensus, less the calls times one call's count. Untimed: the census's
-// callbacks slow every operator.
-double sampler_ops_per_call(const Target& target, const torch::Tensor& init,
-                            samplers::NutsSettings settings) {
+// run (20 + 20) under an OpCensus, less the calls times one call's count; and the same for the
+// sampling phase alone, from the difference with a run of 20 + 1 (the same warmup). Untimed: the
+// census's callbacks slow every operator.
+struct SamplerOps {
+  double per_call = 0, per_sampling_call = 0;
+};
+
+SamplerOps sampler_ops_per_call(const Target& target, const torch::Tensor& init,
+                                samplers::NutsSettings settings) {
   settings.num_warmup = 20;
-  settings.num_draws = 20;
   settings.adapt.windows = windows_for(settings.num_warmup);
-  settings.refresh = settings.num_warmup + settings.num_draws;
   int64_t target_ops = 0;
   {
     OpCensus census;
     (void)target.fn(init);
     target_ops = census.operators();
   }
-  OpCensus census;
-  const samplers::SamplerResult r = samplers::sample_nuts(target.fn, init, settings);
-  const int64_t all = census.operators();
-  census.log_most_frequent(
-      "bench sampler:   " + target.name + " x" + std::to_string(init.size(0)) + ": ", 12);
-  const double calls = static_cast<double>(r.gradient_evaluations / init.size(0));
-  return (static_cast<double>(all) - calls * static_cast<double>(target_ops)) / calls;
+  auto count = [&](int64_t draws, bool log) {
+    settings.num_draws = draws;
+    settings.refresh = settings.num_warmup + settings.num_draws;
+    OpCensus census;
+    const samplers::SamplerResult r = samplers::sample_nuts(target.fn, init, settings);
+    if (log)
+      census.log_most_frequent(
+          "bench sampler:   " + target.name + " x" + std::to_string(init.size(0)) + ": ", 12);
+    return std::make_pair(static_cast<double>(census.operators()),
+                          static_cast<double>(r.gradient_evaluations / init.size(0)));
+  };
+  const auto [all, calls] = count(20, true);
+  const auto [warm_all, warm_calls] = count(1, false);
+  const double t = static_cast<double>(target_ops);
+  return {(all - calls * t) / calls, (all - warm_all) / (calls - warm_calls) - t};
 }
 
 int bench_sampler(int argc, char** argv) {
@@ -154,6 +165,9 @@ int bench_sampler(int argc, char** argv) {
       "after each timed run, a short untimed one (20 warmup + 20 draws) counts the ATen operators "
       "the sampler itself dispatches per batched gradient, the target's own subtracted: on a GPU "
       "each is a kernel launch and 5-10 us of CPU (docs/benchmarks.md, \"On a GPU\")")(
+      "out-of-step",
+      "sampling iterations with the chains out of step (each batched leapfrog step advances "
+      "every chain by one leaf of its own tree) instead of in lock-step; the same draws")(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"));
   add_compute_options(options);
   cxxopts::ParseResult args;
@@ -185,6 +199,7 @@ int bench_sampler(int argc, char** argv) {
     throw InvalidArgument("--metric: expected diag or dense, got '" + metric + "'");
   base.metric = metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
   base.seed = args["seed"].as<uint64_t>();
+  base.out_of_step = args.count("out-of-step") > 0;
 
   nlohmann::json results = nlohmann::json::array();
   for (const Target& target : targets) {
@@ -225,6 +240,9 @@ int bench_sampler(int argc, char** argv) {
           {"draws_per_s", chains * settings.num_draws / secs},
           {"leapfrog_steps", leapfrogs},
           {"gradient_evaluations", computed_grads},
+          {"batched_steps", sampling_calls},
+          // The share of the rows computed in the sampling phase that were some chain's leaf.
+          {"live_row_share", leapfrogs / computed_grads},
           {"gradient_evaluations_per_s", computed_grads / secs},
           {"ms_per_batched_gradient", 1e3 * secs / static_cast<double>(sampling_calls)},
           {"us_per_gradient_evaluation", 1e6 * secs / computed_grads},
@@ -244,11 +262,13 @@ int bench_sampler(int argc, char** argv) {
           j["gradient_evaluations_per_s"].get<double>(), min_ess, min_ess / secs,
           min_ess / computed_grads, r.warmup_seconds, secs);
       if (args.count("count-ops")) {
-        j["sampler_ops_per_batched_gradient"] = sampler_ops_per_call(target, init, settings);
+        const SamplerOps ops = sampler_ops_per_call(target, init, settings);
+        j["sampler_ops_per_batched_gradient"] = ops.per_call;
+        j["sampler_ops_per_batched_gradient_sampling"] = ops.per_sampling_call;
         spdlog::info(
             "bench sampler: {} x{}: {:.0f} ATen operators of the sampler's own per batched "
-            "gradient",
-            target.name, chains, j["sampler_ops_per_batched_gradient"].get<double>());
+            "gradient ({:.0f} in the sampling phase)",
+            target.name, chains, ops.per_call, ops.per_sampling_call);
       }
       results.push_back(j);
     }
@@ -256,7 +276,8 @@ int bench_sampler(int argc, char** argv) {
 
   nlohmann::json report = {
       {"benchmark", "sampler"},
-      {"sampler", "NUTS, Stan warmup, " + metric + " metric, per-chain step sizes"},
+      {"sampler", "NUTS, Stan warmup, " + metric + " metric, per-chain step sizes" +
+                      (base.out_of_step ? ", chains out of step while sampling" : "")},
       {"device", compute.device.str()},
       {"dtype", dtype_name(compute.dtype)},
       {"threads", torch::get_num_threads()},
@@ -276,6 +297,7 @@ int bench_sampler(int argc, char** argv) {
             << std::setw(8) << "samp s" << std::setw(10) << "draws/s" << std::setw(10) << "grad/s"
             << std::setw(10) << "ms/batch" << std::setw(9) << "min ESS" << std::setw(9) << "ESS/s"
             << std::setw(9) << "ESS/grad" << std::setw(6) << "depth" << std::setw(5) << "div"
+            << std::setw(9) << "batched" << std::setw(6) << "live"
             << "\n";
   for (const auto& r : results) {
     std::cout << std::left << std::setw(12) << r["target"].get<std::string>() << std::right
@@ -290,7 +312,9 @@ int bench_sampler(int argc, char** argv) {
               << r["min_ess_bulk_per_s"].get<double>() << std::setprecision(3) << std::setw(9)
               << r["min_ess_bulk_per_gradient_evaluation"].get<double>() << std::setprecision(2)
               << std::setw(6) << r["mean_tree_depth"].get<double>() << std::setw(5)
-              << r["divergences"].get<int64_t>() << "\n";
+              << r["divergences"].get<int64_t>() << std::setw(9)
+              << r["batched_steps"].get<int64_t>() << std::setw(6)
+              << r["live_row_share"].get<double>() << "\n";
   }
   return 0;
 }

@@ -295,12 +295,14 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
     if (stop_after_warmup && snap.iteration == snap.num_warmup) throw StopAfterWarmup{};
   };
   nuts.max_depth = sc.max_depth;
+  nuts.out_of_step = sc.out_of_step.value_or(n_lenses > 1 && compute.device.is_cpu());
   hmc.num_steps = sc.num_steps;
   run.settings = {{"algorithm", sc.algorithm},
                   {"chains", chains},
                   {"num_warmup", sc.warmup},
                   {"num_draws", sc.draws},
                   {"max_depth", sc.max_depth},
+                  {"out_of_step", sc.algorithm == "nuts" && nuts.out_of_step},
                   {"num_steps", sc.algorithm == "hmc" ? nlohmann::json(sc.num_steps) : nullptr},
                   {"target_accept", sc.target_accept},
                   {"metric", sc.metric},
@@ -348,6 +350,19 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   if (const auto& g = *graph_stats; g.captured + g.eager_shapes > 0) {
     spdlog::info("{}: cuda graphs: {} shape(s) captured, {} replayed calls, {} eager", label,
                  g.captured, g.replays, g.eager_calls);
+  }
+  // What the batch paid for the sampling phase's trees: its batched leapfrog steps, and the share
+  // of their rows that were some chain's leaf (lock-step chains wait for the deepest tree;
+  // sampler.out_of_step, docs/benchmarks.md, session 42).
+  if (const int64_t rows = sampled.draws.size(0),
+      steps = (sampled.gradient_evaluations - sampled.warmup_gradient_evaluations) / rows;
+      steps > 0) {
+    const double leaves = sampled.n_leapfrog.sum().item<double>();
+    spdlog::info(
+        "{}: sampling took {} batched leapfrog steps of {} chains; {:.1f} % of the rows "
+        "were leaves of a chain's tree{}",
+        label, steps, rows, 100.0 * leaves / static_cast<double>(steps * rows),
+        nuts.out_of_step && sc.algorithm == "nuts" ? " (chains out of step)" : "");
   }
   save_tensors(files.chains,
                {sampled.draws, sampled.log_density, sampled.step_size, sampled.tree_depth,

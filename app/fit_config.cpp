@@ -85,7 +85,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     const ConfigNode s = root.at("sampler");
     s.allow_only({"algorithm", "chains", "warmup", "draws", "max_depth", "target_accept", "metric",
                   "metric_prior_count", "seed", "num_steps", "cuda_graphs", "adaptation",
-                  "curvature_metric", "stray_nats", "retry_rounds"});
+                  "curvature_metric", "stray_nats", "retry_rounds", "out_of_step"});
     sampler.algorithm = s.choice_or("algorithm", sampler.algorithm, {"nuts", "hmc"});
     sampler.chains = s.integer_or("chains", sampler.chains, Range::closed(1, 100000));
     sampler.warmup = s.integer_or("warmup", sampler.warmup, Range::closed(0, 1e7));
@@ -105,6 +105,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     sampler.stray_nats = s.number_or("stray_nats", sampler.stray_nats, Range::closed(0.0, 1e9));
     sampler.retry_rounds =
         s.integer_or("retry_rounds", sampler.retry_rounds, Range::closed(0, kMaxRetryRounds));
+    if (s.has("out_of_step")) sampler.out_of_step = s.boolean("out_of_step");
   }
 }
 

@@ -2,6 +2,7 @@
 // and how configs are grouped into batches that share one model and one image size.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,13 @@ struct SamplerChoice {
   // Chain rounds (app/fit_chains.h): a lens whose chains end with mean log posteriors more than
   // stray_nats apart is run again from its best optimum so far, at most this many more times.
   int64_t retry_rounds = 1;
+  // NUTS's sampling iterations with the chains out of step (samplers::NutsSettings::out_of_step):
+  // the same draws in fewer batched leapfrog steps where the chains' trees differ. Unset: on the
+  // CPU when a batch holds more than one lens (one lens's chains share a step size and build trees
+  // of the same depth; on a GPU each out-of-step leapfrog step dispatches several times the
+  // lock-step operators, which is not measured against the steps saved: docs/benchmarks.md,
+  // session 42).
+  std::optional<bool> out_of_step;
 };
 
 struct FitConfig {

@@ -21,6 +21,11 @@ namespace hmc_detail {
 
 constexpr int64_t kMask32 = 0xFFFFFFFFLL;
 
+// The second counter word of the hash: the stream and its sub-stream.
+int64_t stream_word(int64_t stream, int64_t sub) {
+  return ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & kMask32;
+}
+
 // x * c mod 2^32 for x in [0, 2^32) and c in [0, 2^32) (a scalar or a tensor): the int64 product
 // wraps modulo 2^64 on overflow, as PyTorch's integer kernels do on CPU and CUDA, and its low 32
 // bits are those of the exact product. One multiply instead of four on 16-bit halves: the hash is
@@ -233,7 +238,7 @@ torch::Tensor ChainRandom::bits(int64_t iteration, int64_t stream, int64_t sub, 
                                 int64_t n) const {
   if (key_ab_.device().is_cpu()) {
     const int64_t c0 = iteration & hmc_detail::kMask32;
-    const int64_t c1 = ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & hmc_detail::kMask32;
+    const int64_t c1 = hmc_detail::stream_word(stream, sub);
     return hmc_detail::bits_cpu(key_ab_, static_cast<uint32_t>(c0), static_cast<uint32_t>(c1),
                                 offset, n);
   }
@@ -244,7 +249,7 @@ torch::Tensor ChainRandom::bits_tensor_ops(int64_t iteration, int64_t stream, in
                                            int64_t offset, int64_t n) const {
   using namespace hmc_detail;
   const int64_t c0 = iteration & kMask32;
-  const int64_t c1 = ((stream & 0xFF) << 24 | (sub & 0xFFFFFF)) & kMask32;
+  const int64_t c1 = stream_word(stream, sub);
   // Per chain a = fmix_a(fmix_a(key_a ^ c0) ^ c1) and b = fmix_b(fmix_b(key_b ^ c1) ^ c0), both
   // columns at once: column 1 gets c0 ^ (c0 ^ c1) = c1, then c1 ^ (c0 ^ c1) = c0.
   const torch::Tensor swap = second_column_.bitwise_and(c0 ^ c1);
@@ -259,6 +264,64 @@ torch::Tensor ChainRandom::bits_tensor_ops(int64_t iteration, int64_t stream, in
   }
   return fmix_b(
       fmix_a(ab.narrow(1, 0, 1).bitwise_xor(element_hash_)).bitwise_xor(ab.narrow(1, 1, 1)));
+}
+
+namespace hmc_detail {
+// The checks of bits_per_chain's arguments; returns the number of chains.
+int64_t check_per_chain(const ChainRandom& random, const torch::Tensor& iteration,
+                        const torch::Tensor& offset) {
+  const int64_t chains = random.chains();
+  for (const torch::Tensor* t : {&iteration, &offset})
+    if (!t->defined() || t->dim() != 1 || t->size(0) != chains || t->scalar_type() != torch::kInt64)
+      throw InvalidArgument(
+          "ChainRandom::bits_per_chain: iteration and offset must be int64 [chains] tensors");
+  return chains;
+}
+
+}  // namespace hmc_detail
+
+torch::Tensor ChainRandom::bits_per_chain(const torch::Tensor& iteration, int64_t stream,
+                                          int64_t sub, const torch::Tensor& offset,
+                                          int64_t n) const {
+  using namespace hmc_detail;
+  const int64_t chains = check_per_chain(*this, iteration, offset);
+  if (!key_ab_.device().is_cpu() || !iteration.device().is_cpu() || !offset.device().is_cpu())
+    return bits_per_chain_tensor_ops(iteration, stream, sub, offset, n);
+  const auto c1 = static_cast<uint32_t>(stream_word(stream, sub));
+  torch::Tensor out = torch::empty({chains, n}, key_ab_.options());
+  const int64_t* key = key_ab_.data_ptr<int64_t>();
+  const torch::Tensor it = iteration.contiguous(), first = offset.contiguous();
+  const int64_t* itp = it.data_ptr<int64_t>();
+  const int64_t* firstp = first.data_ptr<int64_t>();
+  int64_t* words = out.data_ptr<int64_t>();
+  for (int64_t c = 0; c < chains; ++c) {
+    const auto c0 = static_cast<uint32_t>(itp[c] & kMask32);
+    const uint32_t a = fmix_a32(fmix_a32(static_cast<uint32_t>(key[2 * c]) ^ c0) ^ c1);
+    const uint32_t b = fmix_b32(fmix_b32(static_cast<uint32_t>(key[2 * c + 1]) ^ c1) ^ c0);
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t e = fmix_b32(static_cast<uint32_t>(firstp[c] + j) + 0x632BE5ABU);
+      words[c * n + j] = fmix_b32(fmix_a32(a ^ e) ^ b);
+    }
+  }
+  return out;
+}
+
+torch::Tensor ChainRandom::bits_per_chain_tensor_ops(const torch::Tensor& iteration, int64_t stream,
+                                                     int64_t sub, const torch::Tensor& offset,
+                                                     int64_t n) const {
+  using namespace hmc_detail;
+  const int64_t chains = check_per_chain(*this, iteration, offset);
+  const int64_t c1 = stream_word(stream, sub);
+  // bits_tensor_ops with a column of iterations and offsets.
+  const auto opt = key_ab_.options();
+  const torch::Tensor c0 = iteration.to(key_ab_.device()).bitwise_and(kMask32).view({chains, 1});
+  const torch::Tensor swap = second_column_.bitwise_and(c0.bitwise_xor(c1));
+  torch::Tensor ab = fmix_ab(key_ab_.bitwise_xor(c0).bitwise_xor(swap), mix1_, shift2_, mix2_);
+  ab = fmix_ab(ab.bitwise_xor(c1).bitwise_xor(swap), mix1_, shift2_, mix2_);
+  const torch::Tensor e = fmix_b((offset.to(key_ab_.device()).view({chains, 1}) +
+                                  torch::arange(n, opt).view({1, n}) + int64_t{0x632BE5AB})
+                                     .bitwise_and(kMask32));
+  return fmix_b(fmix_a(ab.narrow(1, 0, 1).bitwise_xor(e)).bitwise_xor(ab.narrow(1, 1, 1)));
 }
 
 torch::Tensor ChainRandom::uniform_from_bits(const torch::Tensor& words, torch::Dtype dtype) {
@@ -430,7 +493,8 @@ torch::Tensor curvature_inverse_metric(HamiltonianSystem& system, const ChainSta
 
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
-                                   const std::string& name) {
+                                   const std::string& name,
+                                   const SamplingSegmentFn& sampling_segment) {
   using hmc_detail::device_copy;
   settings.validate();
   if (!init.defined() || init.dim() != 2 || init.size(0) < 1 || init.size(1) < 1)
@@ -519,13 +583,15 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   torch::Tensor leapfrogs = torch::zeros({}, opt.dtype(torch::kLong));
   const int64_t start = resume ? resume->iteration : 0;
   int64_t reported_at = start;
+  int64_t refresh_block = start / refresh;  // reports when (i + 1) / refresh moves on
   const auto started = std::chrono::steady_clock::now();
   auto progress = [&](int64_t i, const TransitionStats& st, const torch::Tensor& eps) {
     if (settings.on_progress) {
       divergences += st.divergent.sum();
       leapfrogs += st.n_leapfrog.sum();
     }
-    if (!((i + 1) % refresh == 0 || i + 1 == total)) return;
+    if (!((i + 1) / refresh != refresh_block || i + 1 == total)) return;
+    refresh_block = (i + 1) / refresh;
     if (!settings.on_progress) {
       spdlog::info("{}: iteration {:>6} / {} ({})", name, i + 1, total,
                    i < num_warmup ? "warmup" : "sampling");
@@ -681,7 +747,39 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
           source[c].item<int64_t>(), stray_nats);
     }
   };
+  // The end of the sampling segment that starts at iteration i: the next checkpoint, or at most
+  // max(refresh, kMinSegment) iterations on. Chains out of step wait for each other at the end of
+  // a segment, so segments are not cut at every progress report.
+  constexpr int64_t kMinSegment = 50;
+  auto segment_end = [&](int64_t i) {
+    int64_t end = std::min(total, i + std::max(refresh, kMinSegment));
+    if (settings.on_checkpoint && settings.checkpoint_every > 0)
+      end = std::min(end, (i / settings.checkpoint_every + 1) * settings.checkpoint_every);
+    return end;
+  };
   for (int64_t i = start; i < total; ++i) {
+    if (i >= num_warmup && sampling_segment) {
+      const int64_t end = segment_end(i);
+      const Draws seg = sampling_segment(system, state, eps, i, end - i);
+      const int64_t at = i - num_warmup, n = end - i;
+      result.draws.narrow(1, at, n).copy_(seg.draws);
+      result.log_density.narrow(1, at, n).copy_(seg.log_density);
+      result.step_size.narrow(1, at, n).copy_(seg.step_size);
+      result.tree_depth.narrow(1, at, n).copy_(seg.tree_depth);
+      result.n_leapfrog.narrow(1, at, n).copy_(seg.n_leapfrog);
+      result.accept_stat.narrow(1, at, n).copy_(seg.accept_stat);
+      result.energy.narrow(1, at, n).copy_(seg.energy);
+      result.divergent.narrow(1, at, n).copy_(seg.divergent);
+      TransitionStats sum;  // the segment's totals, as progress() adds them up
+      sum.n_leapfrog = seg.n_leapfrog.sum(1);
+      sum.divergent = seg.divergent.sum(1);
+      i = end - 1;
+      progress(i, sum, eps);
+      if (settings.on_checkpoint && i + 1 < total && settings.checkpoint_every > 0 &&
+          (i + 1) % settings.checkpoint_every == 0)
+        settings.on_checkpoint(snapshot_after(i + 1));
+      continue;
+    }
     TransitionStats st = transition(system, state, eps, i);
     if (i < num_warmup) {
       if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);

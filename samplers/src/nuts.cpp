@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "dslens/core/errors.h"
+#include "nuts_tree.h"
 
 namespace dslens::samplers {
 namespace nuts_detail {
@@ -11,27 +12,9 @@ namespace nuts_detail {
 // Subtrees with at least 2^kSyncDepth leaves check on the host whether any chain is still valid
 // before building their second half.
 constexpr int kSyncDepth = 3;
-// Random words for tree depths below kPregenDepth are drawn with the momentum, once per
-// transition; deeper levels draw theirs when they start, in blocks of at most 2^kBlockDepth.
-constexpr int kPregenDepth = 6;
+// Deeper levels than kPregenDepth draw their random words when they start, in blocks of at most
+// 2^kBlockDepth.
 constexpr int kBlockDepth = 12;
-
-// First element of tree depth d's block in the kStreamNuts stream (after 3D momentum words).
-int64_t depth_base(int64_t dim, int d) {
-  return 3 * dim + ((int64_t{1} << d) - 1) + d;
-}
-
-// What a subtree proposes: position, gradient, log density and Hamiltonian (the energy reported
-// when it is selected; the momentum itself is not needed).
-struct Proposal {
-  torch::Tensor q, grad, log_p, h;
-};
-
-Proposal select_proposal(const torch::Tensor& mask, const Proposal& a, const Proposal& b) {
-  torch::Tensor m = mask.unsqueeze(-1);
-  return Proposal{torch::where(m, a.q, b.q), torch::where(m, a.grad, b.grad),
-                  torch::where(mask, a.log_p, b.log_p), torch::where(mask, a.h, b.h)};
-}
 
 struct Subtree {
   Proposal propose;
@@ -47,9 +30,8 @@ struct Subtree {
 // the choice, which depends on the number of chains, does not change any chain's result.
 constexpr int64_t kStackedUturnElements = 8192;
 
-// Stan's generalised criterion for joining `first` and `second` (adjacent along the trajectory)
-// given rho = first.rho + second.rho: the merged tree, first extended by second's first point,
-// second extended by first's last point (base_nuts.hpp, build_tree and transition).
+// Stan's generalised criterion: the merged tree, first extended by second's first point, second
+// extended by first's last point (base_nuts.hpp, build_tree and transition).
 torch::Tensor merged_no_uturn(const SubtreeEnds& first, const SubtreeEnds& second,
                               const torch::Tensor& rho) {
   torch::Tensor rho_first = first.rho + second.p_beg;
@@ -66,17 +48,6 @@ torch::Tensor merged_no_uturn(const SubtreeEnds& first, const SubtreeEnds& secon
                     dot(first.p_sharp_beg, rho_first), dot(second.p_sharp_beg, rho_first),
                     dot(first.p_sharp_end, rho_second), dot(second.p_sharp_end, rho_second)});
   return (dots > 0).all(0);
-}
-
-// A trajectory end packed into one [C, 4D + 1] tensor, q | grad | log_p | p | sharp, so that
-// choosing the end to extend and replacing it are one select each instead of five.
-torch::Tensor pack_end(const PhasePoint& z, const torch::Tensor& sharp) {
-  return torch::cat({z.q, z.grad, z.log_p.unsqueeze(1), z.p, sharp}, 1);
-}
-
-PhasePoint unpack_state(const torch::Tensor& end, int64_t dim) {
-  return PhasePoint{end.narrow(1, 0, dim), end.narrow(1, 2 * dim + 1, dim), end.select(1, 2 * dim),
-                    end.narrow(1, dim, dim)};
 }
 
 struct TreeContext {
@@ -259,15 +230,7 @@ TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
     PhasePoint z = unpack_state(start, dim);
     Subtree sub = build_tree(ctx, d, z, building, 0);
 
-    // The old trajectory oriented along the integration direction: it begins at the end opposite
-    // to the direction (p and sharp of that end) and ends where the new subtree starts. The six
-    // checks of merged_no_uturn are unchanged when both trajectories and their order are
-    // reversed, so (old, new) in integration order is Stan's (backward, forward) check of the
-    // merged trajectory.
-    torch::Tensor far = torch::where(fwd_col, end_bck.narrow(1, 2 * dim + 1, 2 * dim),
-                                     end_fwd.narrow(1, 2 * dim + 1, 2 * dim));
-    SubtreeEnds old{far.narrow(1, 0, dim), start.narrow(1, 2 * dim + 1, dim),
-                    far.narrow(1, dim, dim), start.narrow(1, 3 * dim + 1, dim), rho};
+    const SubtreeEnds old = old_trajectory(fwd_col, end_fwd, end_bck, start, rho, dim);
     torch::Tensor rho_merged = rho + sub.ends.rho;
     torch::Tensor persist = merged_no_uturn(old, sub.ends, rho_merged);
 
@@ -313,13 +276,19 @@ SamplerResult sample_nuts(const LogDensityFn& log_density, const torch::Tensor& 
                           const NutsSettings& settings) {
   settings.validate();
   const int max_depth = settings.max_depth;
+  SamplingSegmentFn segment;
+  if (settings.out_of_step)
+    segment = [max_depth](HamiltonianSystem& system, ChainState& state,
+                          const torch::Tensor& step_size, int64_t first, int64_t count) {
+      return nuts_transitions_out_of_step(system, state, step_size, first, count, max_depth);
+    };
   return run_adaptive_sampler(
       log_density, init, settings,
       [max_depth](HamiltonianSystem& system, ChainState& state, const torch::Tensor& step_size,
                   int64_t iteration) {
         return nuts_transition(system, state, step_size, iteration, max_depth);
       },
-      "nuts");
+      "nuts", segment);
 }
 
 }  // namespace dslens::samplers

@@ -90,6 +90,23 @@ TEST(BenchFit, BadStartsExitsTwoNamingTheOption) {
   EXPECT_NE(r.output.find("--starts must be >= 1, got 0"), std::string::npos) << r.output;
 }
 
+// Without --vae the bench builds the demo architecture with random weights, whose decoded stamps
+// have no positive total flux: the bench must not ask for flux normalisation then (sessions 21 to
+// 41 it did, and `dslens bench fit` without --vae stopped with a config error). A tiny mock, a
+// few iterations: the figures are read back from the JSON.
+TEST(BenchFit, RandomWeightsVaeRunsEndToEnd) {
+  const auto r = dslens::testing::run_dslens(
+      "bench fit --pixels 12 --starts 1 --chains 2 --warmup 2 --draws 3 --json --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("{\n");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(at));
+  EXPECT_EQ(j.at("lenses").get<int64_t>(), 1);
+  EXPECT_EQ(j.at("pixels").get<int64_t>(), 12);
+  EXPECT_GT(j.at("map_seconds").get<double>(), 0.0);
+  EXPECT_GT(j.at("gradient_evaluations_per_second").get<double>(), 0.0);
+}
+
 TEST(BenchFit, BadInterpolationExitsTwoNamingTheOption) {
   const auto r = dslens::testing::run_dslens("bench fit --interpolation cubic");
   EXPECT_EQ(r.code, 2) << r.output;

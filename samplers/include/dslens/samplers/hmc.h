@@ -36,6 +36,16 @@ class ChainRandom {
   // one fused loop instead); public so that tests can compare the two.
   torch::Tensor bits_tensor_ops(int64_t iteration, int64_t stream, int64_t sub, int64_t offset,
                                 int64_t n) const;
+  // Words [C, n] for chain c's elements offset[c], ..., offset[c] + n - 1 of its own
+  // iteration[c]: row c of bits(iteration[c], stream, sub, offset[c], n). For chains that are not
+  // at the same iteration (out-of-step NUTS); iteration and offset are int64 [C] on the chains'
+  // device.
+  torch::Tensor bits_per_chain(const torch::Tensor& iteration, int64_t stream, int64_t sub,
+                               const torch::Tensor& offset, int64_t n) const;
+  // The same words with tensor operations (what bits_per_chain does off the CPU).
+  torch::Tensor bits_per_chain_tensor_ops(const torch::Tensor& iteration, int64_t stream,
+                                          int64_t sub, const torch::Tensor& offset,
+                                          int64_t n) const;
   // Uniforms in (0, 1) with 32-bit resolution, [C, n].
   torch::Tensor uniform(int64_t iteration, int64_t stream, int64_t sub, int64_t offset, int64_t n,
                         torch::Dtype dtype) const;
@@ -188,11 +198,21 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
                                         const torch::Tensor& step_size, int64_t iteration,
                                         int64_t stream = kStreamStepSearch);
 
+// `count` transitions of every chain, iterations first_iteration, ... of their random streams,
+// with the step sizes and metric fixed; updates state to the last draws and returns the draws and
+// statistics [C, count]. For a sampler whose chains need not be in step between draws.
+using SamplingSegmentFn =
+    std::function<Draws(HamiltonianSystem& system, ChainState& state,
+                        const torch::Tensor& step_size, int64_t first_iteration, int64_t count)>;
+
 // The warmup (Stan's adaptive sampler: step-size search, dual averaging, windowed metric
 // adaptation) and sampling loop shared by HMC and NUTS. init [C, D] on the run's device/dtype.
+// With sampling_segment, the sampling iterations run through it in segments that end at every
+// progress report and checkpoint; the warmup takes `transition` one iteration at a time.
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
-                                   const std::string& name);
+                                   const std::string& name,
+                                   const SamplingSegmentFn& sampling_segment = {});
 
 // Static HMC transition: num_steps leapfrog steps (per-chain random lengths with jitter > 0) and a
 // Metropolis correction.

@@ -36,6 +36,18 @@ torch::Tensor trajectory_no_uturn(const torch::Tensor& momenta,
 TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
                                 const torch::Tensor& step_size, int64_t iteration, int max_depth);
 
+// `count` NUTS transitions of every chain with fixed step sizes [C] and metric, the chains out of
+// step: each batched leapfrog step advances every chain that has transitions left by one leaf of
+// its own tree, and a chain whose tree has ended begins its next transition at the next step.
+// Chain c's transitions are iterations first_iteration, ..., first_iteration + count - 1 of its
+// random streams and are nuts_transition's (the same random numbers and the same arithmetic,
+// leaf by leaf), but the batch pays for the largest sum of one chain's leaves instead of the
+// deepest tree of every iteration. One host read-back per leapfrog step (which trees go on).
+// Returns the draws and statistics [C, count]; state ends at each chain's last draw.
+Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
+                                   const torch::Tensor& step_size, int64_t first_iteration,
+                                   int64_t count, int max_depth);
+
 // NUTS with Stan's warmup. init [C, D] on the device and dtype to run on.
 SamplerResult sample_nuts(const LogDensityFn& log_density, const torch::Tensor& init,
                           const NutsSettings& settings);

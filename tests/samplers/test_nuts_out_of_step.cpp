@@ -1,0 +1,156 @@
+// NUTS with the chains out of step: the same transitions as the lock-step sampler, chain by chain
+// (random numbers, trees, draws and statistics bitwise equal on targets whose rows are computed
+// independently), in fewer batched leapfrog steps.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "dslens/core/errors.h"
+#include "dslens/samplers/nuts.h"
+
+namespace nuts_out_of_step_test {
+
+using namespace dslens::samplers;
+
+// Independent N(0, sigma^2) coordinates; NaN beyond q0 = wall (a region every trajectory that
+// reaches it diverges in), none when wall is infinite.
+LogDensityFn walled_gaussian(const torch::Tensor& sigma, double wall) {
+  torch::Tensor neg_precision = -1.0 / (sigma * sigma);
+  return [neg_precision, wall](const torch::Tensor& q) {
+    torch::Tensor g = q * neg_precision.to(q.scalar_type());
+    torch::Tensor lp = 0.5 * (q * g).sum(1);
+    if (std::isfinite(wall)) {
+      torch::Tensor bad = q.select(1, 0) > wall;
+      lp = torch::where(bad, torch::full_like(lp, NAN), lp);
+      g = torch::where(bad.unsqueeze(1), torch::full_like(q, NAN), g);
+    }
+    return LogDensityValue{lp, g};
+  };
+}
+
+void expect_same_draws(const SamplerResult& a, const SamplerResult& b, const std::string& what) {
+  EXPECT_TRUE(torch::equal(a.draws, b.draws)) << what;
+  EXPECT_TRUE(torch::equal(a.log_density, b.log_density)) << what;
+  EXPECT_TRUE(torch::equal(a.step_size, b.step_size)) << what;
+  EXPECT_TRUE(torch::equal(a.tree_depth, b.tree_depth)) << what;
+  EXPECT_TRUE(torch::equal(a.n_leapfrog, b.n_leapfrog)) << what;
+  EXPECT_TRUE(torch::equal(a.divergent, b.divergent)) << what;
+  EXPECT_TRUE(torch::equal(a.accept_stat, b.accept_stat)) << what;
+  EXPECT_TRUE(torch::equal(a.energy, b.energy)) << what;
+}
+
+struct Case {
+  const char* name;
+  torch::Dtype dtype;
+  MetricKind metric;
+  int max_depth;
+  double wall;
+};
+
+TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
+  const int64_t C = 6, D = 5;
+  const torch::Tensor sigma = torch::tensor({0.05, 0.3, 1.0, 2.0, 6.0}, torch::kFloat64);
+  for (const Case& k : {Case{"float64, diagonal", torch::kFloat64, MetricKind::diag, 10, INFINITY},
+                        Case{"float32, dense", torch::kFloat32, MetricKind::dense, 10, INFINITY},
+                        Case{"max depth 3", torch::kFloat64, MetricKind::diag, 3, INFINITY},
+                        Case{"divergences", torch::kFloat64, MetricKind::diag, 10, 0.05}}) {
+    const auto opt = torch::TensorOptions().dtype(k.dtype);
+    torch::Tensor init =
+        0.3 *
+        torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(11)), torch::kFloat64);
+    init = (init * sigma).to(opt);
+    NutsSettings s;
+    s.num_warmup = 100;
+    s.num_draws = 60;
+    s.adapt.windows = WindowSettings{20, 15, 25};
+    s.metric = k.metric;
+    s.max_depth = k.max_depth;
+    s.seed = 41;
+    // Segments end at checkpoints: 25, 25 and 10 draws.
+    s.checkpoint_every = 25;
+    s.on_checkpoint = [](const SamplerSnapshot&) {};
+    const auto f = walled_gaussian(sigma.to(opt), k.wall);
+    const SamplerResult lock = sample_nuts(f, init, s);
+    s.out_of_step = true;
+    const SamplerResult free = sample_nuts(f, init, s);
+    expect_same_draws(lock, free, k.name);
+    EXPECT_TRUE(torch::equal(lock.step_size_adapted, free.step_size_adapted)) << k.name;
+    EXPECT_EQ(lock.warmup_gradient_evaluations, free.warmup_gradient_evaluations) << k.name;
+    // Batched steps of the sampling phase: lock-step pays at least each iteration's deepest tree
+    // (more where a chain's tree stops inside a doubling that another chain completes); out of
+    // step exactly the largest sum of one chain's leaves per segment.
+    const int64_t lock_calls = lock.log_density_calls - lock.warmup_gradient_evaluations / C;
+    const int64_t free_calls = free.log_density_calls - free.warmup_gradient_evaluations / C;
+    const int64_t deepest = std::get<0>(lock.n_leapfrog.max(0)).sum().item<int64_t>();
+    int64_t busiest = 0;
+    for (int64_t a : {0, 25, 50}) {
+      const int64_t len = std::min<int64_t>(25, 60 - a);
+      busiest += lock.n_leapfrog.narrow(1, a, len).sum(1).max().item<int64_t>();
+    }
+    EXPECT_GE(lock_calls, deepest) << k.name;
+    EXPECT_EQ(free_calls, busiest) << k.name;
+    if (k.max_depth > 3) {
+      EXPECT_LT(free_calls, lock_calls) << k.name;
+    }
+    if (std::isfinite(k.wall)) {
+      EXPECT_GT(lock.divergent.sum().item<int64_t>(), 0) << k.name;
+    }
+    if (k.max_depth == 3) {
+      EXPECT_TRUE((lock.tree_depth == 3).any().item<bool>()) << k.name;
+    }
+  }
+}
+
+TEST(NutsOutOfStep, ResumedFromASamplingCheckpointGivesTheUninterruptedRun) {
+  const int64_t C = 3, D = 4;
+  const torch::Tensor sigma = torch::tensor({0.3, 1.0, 2.0, 4.0}, torch::kFloat64);
+  const torch::Tensor init =
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(3)), torch::kFloat64);
+  NutsSettings s;
+  s.num_warmup = 60;
+  s.num_draws = 50;
+  s.adapt.windows = WindowSettings{15, 10, 20};
+  s.seed = 5;
+  s.out_of_step = true;
+  s.checkpoint_every = 35;
+  std::vector<std::shared_ptr<SamplerSnapshot>> saved;
+  s.on_checkpoint = [&saved](const SamplerSnapshot& snap) {
+    saved.push_back(std::make_shared<SamplerSnapshot>(snap));
+  };
+  const auto f = walled_gaussian(sigma, INFINITY);
+  const SamplerResult full = sample_nuts(f, init, s);
+  std::vector<int64_t> at;
+  for (const auto& snap : saved) at.push_back(snap->iteration);
+  EXPECT_EQ(at, (std::vector<int64_t>{35, 60, 70, 105}));
+  for (const auto& snap : saved) {
+    NutsSettings r = s;
+    r.on_checkpoint = nullptr;
+    r.resume_from = snap;
+    const SamplerResult res = sample_nuts(f, init, r);
+    expect_same_draws(res, full, "resumed at " + std::to_string(snap->iteration));
+  }
+}
+
+TEST(ChainRandom, WordsPerChainAreEachChainsRowOfItsIteration) {
+  ChainRandom random(99, std::vector<uint64_t>{4, 8, 15, 16}, torch::kCPU);
+  const std::vector<int64_t> it{0, 7, 7, 123456}, offset{0, 3, 300, 9};
+  const torch::Tensor its = torch::tensor(it), offsets = torch::tensor(offset);
+  const torch::Tensor host = random.bits_per_chain(its, 6, 0, offsets, 5);
+  const torch::Tensor ops = random.bits_per_chain_tensor_ops(its, 6, 0, offsets, 5);
+  for (int64_t c = 0; c < 4; ++c) {
+    const torch::Tensor expected = random.bits(it[c], 6, 0, offset[c], 5)[c];
+    EXPECT_TRUE(torch::equal(host[c], expected)) << "CPU path, chain " << c;
+    EXPECT_TRUE(torch::equal(ops[c], expected)) << "tensor operations, chain " << c;
+  }
+  ChainRandom two(1, 0, 2, torch::kCPU);
+  EXPECT_THROW(two.bits_per_chain(torch::zeros({1}, torch::kInt64), 6, 0,
+                                  torch::zeros({2}, torch::kInt64), 3),
+               dslens::InvalidArgument);
+  EXPECT_THROW(two.bits_per_chain(torch::zeros({2}), 6, 0, torch::zeros({2}, torch::kInt64), 3),
+               dslens::InvalidArgument);
+}
+
+}  // namespace nuts_out_of_step_test
