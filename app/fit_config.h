@@ -107,10 +107,10 @@ struct SamplerChoice {
   int64_t retry_rounds = 1;
   // NUTS's sampling iterations with the chains out of step (samplers::NutsSettings::out_of_step):
   // the same draws in fewer batched leapfrog steps where the chains' trees differ. Unset: on the
-  // CPU when a batch holds more than one lens (one lens's chains share a step size and build trees
-  // of the same depth; on a GPU each out-of-step leapfrog step dispatches several times the
-  // lock-step operators, which is not measured against the steps saved: docs/benchmarks.md,
-  // session 42).
+  // CPU when a batch holds more than one lens (the CPU skips a single lens's waiting rows anyway,
+  // but pads every lens of a batch to the same count; on a GPU each out-of-step leapfrog step
+  // dispatches more operators than a lock-step one, which is not measured against the steps
+  // saved: docs/benchmarks.md, session 42).
   std::optional<bool> out_of_step;
 };
 
