@@ -186,6 +186,8 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
   for (const std::string lens : {"a", "b"}) {
     const json s = read_json(dir + "/fit/" + lens + "/summary.json");
     EXPECT_EQ(s["lenses_in_batch"].get<int64_t>(), 2);
+    // Several lenses in a batch on the CPU sample with their chains out of step (fit_config.h).
+    EXPECT_TRUE(read_json(dir + "/fit/" + lens + "/stats.json")["settings"]["out_of_step"]);
     for (const auto& row : s["parameters"]) {
       if (row["variable"] == "theta_E_lens0") {
         EXPECT_NEAR(row["mean"].get<double>(), lens == "a" ? 0.9 : 1.1,
@@ -193,10 +195,11 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       }
     }
   }
-  // --shard 1/2 fits only the second config. Alone it samples the posterior it sampled beside
-  // "a": every mean within 4 standard errors of the batch's (Monte Carlo errors of the two runs
-  // added). The draws themselves agree only until a rounding difference flips one of NUTS's
-  // discrete choices: ATen's reductions are not bitwise independent of the batch's size.
+  // --shard 1/2 fits only the second config. Alone (in lock-step) it samples the posterior it
+  // sampled beside "a" (out of step): every mean within 4 standard errors of the batch's (Monte
+  // Carlo errors of the two runs added). The draws themselves agree only until a rounding
+  // difference flips one of NUTS's discrete choices: ATen's reductions are not bitwise independent
+  // of the batch's size.
   const RunResult sh =
       run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/shard") +
                  " --shard 1/2 --warmup 40 --draws 60 --starts 3");
@@ -205,6 +208,7 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
   const json alone = read_json(dir + "/shard/summary.json");
   const json batched = read_json(dir + "/fit/b/summary.json");
   EXPECT_EQ(alone["lens"], "b");
+  EXPECT_FALSE(read_json(dir + "/shard/stats.json")["settings"]["out_of_step"]);
   ASSERT_EQ(alone["parameters"].size(), batched["parameters"].size());
   for (size_t i = 0; i < alone["parameters"].size(); ++i) {
     const json& x = alone["parameters"][i];
