@@ -213,6 +213,7 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   const auto opts = compute.options();
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t dim = best_x.size(2), chains = sc.chains;
+  const bool dense = sc.metric == "dense" || (sc.metric == "auto" && dim <= kHessianMaxDimension);
   ChainRun run;
   const bool have_chains = options.resume && fs::exists(files.chains);
   std::shared_ptr<samplers::SamplerSnapshot> snapshot;
@@ -237,7 +238,7 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
     s.resume_from = snapshot;
   } else if (!have_chains) {
     const ChainStarts starts_of_chains =
-        chain_starts(log_density, lenses, best_x, best_lp, sc.metric == "dense", round, opts);
+        chain_starts(log_density, lenses, best_x, best_lp, dense, round, opts);
     init = starts_of_chains.init;
     s.inv_metric = starts_of_chains.inv_metric;
   }
@@ -260,14 +261,13 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
       s.chain_ids.push_back(id);
     }
   }
-  s.metric = sc.metric == "dense" ? samplers::MetricKind::dense : samplers::MetricKind::diag;
+  s.metric = dense ? samplers::MetricKind::dense : samplers::MetricKind::diag;
   s.adapt.dual_averaging.delta = sc.target_accept;
   s.adapt.windows = windows_for(sc.warmup);
   // The Laplace metric is worth D draws in the dense windows' estimates: a 25-draw first
   // window cannot estimate a D x D covariance for D ~ 75 alone (samplers/sampler_settings.h).
-  const double prior_count = sc.metric_prior_count >= 0
-                                 ? sc.metric_prior_count
-                                 : (sc.metric == "dense" ? static_cast<double>(dim) : 0.0);
+  const double prior_count =
+      sc.metric_prior_count >= 0 ? sc.metric_prior_count : (dense ? static_cast<double>(dim) : 0.0);
   s.adapt.metric_prior_count = prior_count;
   s.adapt.curvature_metric = sc.curvature_metric && dim <= kHessianMaxDimension;
   if (sc.curvature_metric && !s.adapt.curvature_metric && round == 1)
@@ -305,7 +305,7 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
                   {"out_of_step", sc.algorithm == "nuts" && nuts.out_of_step},
                   {"num_steps", sc.algorithm == "hmc" ? nlohmann::json(sc.num_steps) : nullptr},
                   {"target_accept", sc.target_accept},
-                  {"metric", sc.metric},
+                  {"metric", dense ? "dense" : "diag"},
                   {"metric_prior_count", prior_count},
                   {"curvature_metric", s.adapt.curvature_metric},
                   {"stray_nats", sc.stray_nats},

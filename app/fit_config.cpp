@@ -94,7 +94,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
         static_cast<int>(s.integer_or("max_depth", sampler.max_depth, Range::closed(1, 30)));
     sampler.target_accept =
         s.number_or("target_accept", sampler.target_accept, Range::open(0.0, 1.0));
-    sampler.metric = s.choice_or("metric", sampler.metric, {"diag", "dense"});
+    sampler.metric = s.choice_or("metric", sampler.metric, {"auto", "diag", "dense"});
     sampler.metric_prior_count =
         s.number_or("metric_prior_count", sampler.metric_prior_count, Range::closed(0.0, 1e9));
     sampler.seed = static_cast<uint64_t>(s.integer_or("seed", 0, Range::closed(0, 9.0e15)));
