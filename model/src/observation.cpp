@@ -260,6 +260,25 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     const torch::Tensor radius = torch::sqrt(x * x + y * y);
     obs.mask = obs.mask.logical_and(radius >= inner).logical_and(radius <= outer);
   }
+  if (data.has("mask_circles")) {
+    // Discs left out of the fit (a neighbouring galaxy, a star, a cosmic ray): centre and radius in
+    // arcsec on the fit's grid, as mask_radius.
+    const ConfigNode circles = data.at("mask_circles");
+    circles.require_array();
+    const auto [x, y] = obs.grid.coordinates(Compute{torch::kCPU, torch::kFloat64});
+    for (const ConfigNode& c : circles.elements()) {
+      c.require_object();
+      c.allow_only({"center", "radius"});
+      const std::vector<double> centre = c.numbers("center");
+      if (centre.size() != 2) {
+        c.fail_at("center",
+                  "value " + json_excerpt(c.at("center").value()) + ": allowed: [x, y] in arcsec");
+      }
+      const double r = c.number("radius", Range::positive());
+      const torch::Tensor dx = x - centre[0], dy = y - centre[1];
+      obs.mask = obs.mask.logical_and(dx * dx + dy * dy > r * r);
+    }
+  }
   mask_bad(obs, torch::isfinite(image).logical_not(), in.image.label,
            "are not finite (NaN or inf)");
 
@@ -309,7 +328,7 @@ double truth_grid_value(const json& truth, const ConfigNode& sim, const std::str
 }
 
 Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
-  data.allow_only({"simulation", "mask", "mask_radius", "cutout"});
+  data.allow_only({"simulation", "mask", "mask_radius", "mask_circles", "cutout"});
   const ConfigNode sim = data.at("simulation");
   const std::string given = sim.as_string();
   if (given.empty()) sim.fail("empty folder name; expected a `dslens simulate` output folder");
@@ -371,7 +390,7 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
 
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time", "psf",
-                   "mask", "mask_radius", "pixel_scale", "cutout"});
+                   "mask", "mask_radius", "mask_circles", "pixel_scale", "cutout"});
   if (!data.has("image")) {
     data.fail(
         "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "

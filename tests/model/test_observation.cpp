@@ -291,6 +291,43 @@ TEST(Observation, MaskRadiusKeepsAnAnnulus) {
   EXPECT_EQ(path, "/data/mask_radius") << msg;
 }
 
+TEST(Observation, MaskCirclesLeaveDiscsOut) {
+  const auto dir = dslens::testing::temp_dir("obs_circles");
+  dslens::write_fits_image(dir + "/image.fits", ramp(9, 9));
+  const double scale = 0.5;
+  const json circles = json::array(
+      {{{"center", {1.0, -0.5}}, {"radius", 0.6}}, {{"center", {-1.5, 1.5}}, {"radius", 0.3}}});
+  const Observation obs = load({{"image", "image.fits"},
+                                {"noise_map", "image.fits"},
+                                {"pixel_scale", scale},
+                                {"mask_circles", circles}},
+                               dir);
+  // Pixel (row i, column j) sits at x = 0.5 (j - 4), y = 0.5 (i - 4).
+  int64_t left_out = 0;
+  for (int i = 0; i < 9; ++i) {
+    for (int j = 0; j < 9; ++j) {
+      const double x = scale * (j - 4.0), y = scale * (i - 4.0);
+      const bool out = std::hypot(x - 1.0, y + 0.5) <= 0.6 || std::hypot(x + 1.5, y - 1.5) <= 0.3;
+      left_out += out;
+      EXPECT_EQ(obs.mask[i][j].item<bool>(), !out) << i << "," << j;
+    }
+  }
+  EXPECT_EQ(left_out, 6);  // (1, -0.5) and its 4 neighbours at 0.5", and (-1.5, 1.5)
+  EXPECT_EQ(obs.n_fitted(), 81 - left_out);
+  // A centre that is not [x, y] and a radius <= 0 are errors naming the path and the value.
+  for (const auto& [bad, where] :
+       {std::pair<json, std::string>{{{"center", {1.0, 2.0, 3.0}}, {"radius", 0.5}}, "center"},
+        std::pair<json, std::string>{{{"center", {1.0, 2.0}}, {"radius", -0.5}}, "radius"}}) {
+    std::string path;
+    const auto msg = config_error({{"image", "image.fits"},
+                                   {"noise_map", "image.fits"},
+                                   {"pixel_scale", scale},
+                                   {"mask_circles", json::array({bad})}},
+                                  dir, &path);
+    EXPECT_EQ(path, "/data/mask_circles/0/" + where) << msg;
+  }
+}
+
 TEST(Observation, SelectsHdusByNumberAndExtname) {
   const auto dir = dslens::testing::temp_dir("obs_hdu");
   const auto sci = ramp(3, 4);
