@@ -5,12 +5,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <sstream>
 
+#include "draws_buffer.h"
 #include "dslens/core/errors.h"
 #include "dslens/samplers/adaptation.h"
 #include "dslens/samplers/laplace.h"
@@ -166,17 +168,22 @@ torch::Tensor cpu_copy(const torch::Tensor& t) {
   return device_copy(t, torch::kCPU);
 }
 
+// Every tensor of a Draws, in one order, so that copies touch them all.
+std::array<torch::Tensor*, 8> fields(Draws& d) {
+  return {&d.draws,      &d.log_density, &d.step_size, &d.tree_depth,
+          &d.n_leapfrog, &d.accept_stat, &d.energy,    &d.divergent};
+}
+
 Draws draws_copy(const Draws& d, torch::Device device) {
-  Draws c;
-  c.draws = device_copy(d.draws, device);
-  c.log_density = device_copy(d.log_density, device);
-  c.step_size = device_copy(d.step_size, device);
-  c.tree_depth = device_copy(d.tree_depth, device);
-  c.n_leapfrog = device_copy(d.n_leapfrog, device);
-  c.accept_stat = device_copy(d.accept_stat, device);
-  c.energy = device_copy(d.energy, device);
-  c.divergent = device_copy(d.divergent, device);
+  Draws c = d;
+  for (torch::Tensor* t : fields(c)) *t = device_copy(*t, device);
   return c;
+}
+
+// Writes src's iterations [C, n] into dst at iterations at, ..., at + n - 1.
+void put_draws(Draws& dst, int64_t at, Draws src) {
+  const auto to = fields(dst), from = fields(src);
+  for (size_t k = 0; k < to.size(); ++k) to[k]->narrow(1, at, from[k]->size(1)).copy_(*from[k]);
 }
 
 // A snapshot fits a run when it came from the same number of iterations, chains and dimensions,
@@ -761,15 +768,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     if (i >= num_warmup && sampling_segment) {
       const int64_t end = segment_end(i);
       const Draws seg = sampling_segment(system, state, eps, i, end - i);
-      const int64_t at = i - num_warmup, n = end - i;
-      result.draws.narrow(1, at, n).copy_(seg.draws);
-      result.log_density.narrow(1, at, n).copy_(seg.log_density);
-      result.step_size.narrow(1, at, n).copy_(seg.step_size);
-      result.tree_depth.narrow(1, at, n).copy_(seg.tree_depth);
-      result.n_leapfrog.narrow(1, at, n).copy_(seg.n_leapfrog);
-      result.accept_stat.narrow(1, at, n).copy_(seg.accept_stat);
-      result.energy.narrow(1, at, n).copy_(seg.energy);
-      result.divergent.narrow(1, at, n).copy_(seg.divergent);
+      hmc_detail::put_draws(result, i - num_warmup, seg);
       TransitionStats sum;  // the segment's totals, as progress() adds them up
       sum.n_leapfrog = seg.n_leapfrog.sum(1);
       sum.divergent = seg.divergent.sum(1);

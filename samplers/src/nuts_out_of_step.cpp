@@ -20,6 +20,7 @@
 #include <cmath>
 #include <vector>
 
+#include "draws_buffer.h"
 #include "dslens/core/errors.h"
 #include "dslens/samplers/nuts.h"
 #include "nuts_tree.h"
@@ -102,15 +103,7 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
   const double log_half = std::log(0.5);
   const Packed pk{dim};
 
-  Draws out;
-  out.draws = torch::empty({chains, count, dim}, opt);
-  out.log_density = torch::empty({chains, count}, opt);
-  out.step_size = torch::empty({chains, count}, opt);
-  out.tree_depth = torch::empty({chains, count}, long_opt);
-  out.n_leapfrog = torch::empty({chains, count}, long_opt);
-  out.accept_stat = torch::empty({chains, count}, opt);
-  out.energy = torch::empty({chains, count}, opt);
-  out.divergent = torch::empty({chains, count}, opt.dtype(torch::kBool));
+  Draws out = hmc_detail::allocate_draws(chains, count, dim, opt);
   if (count == 0) return out;
 
   // Per chain on the host: transitions done, the doubling in progress (depth) and the leaves of it
