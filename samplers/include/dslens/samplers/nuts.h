@@ -3,7 +3,8 @@
 // with the extra checks across subtree boundaries, a maximum tree depth and divergences when the
 // energy error exceeds max_energy_error. All chains build their trees in lock-step with masks;
 // the only host synchronisation in a transition is "is any chain still building" (once per tree
-// doubling, and before the second half of subtrees of 8 or more leaves).
+// doubling, and before the second half of subtrees of 8 or more leaves). The sampling phase can
+// instead run the chains out of step (NutsSettings::out_of_step, nuts_transitions_out_of_step).
 #pragma once
 #include <torch/torch.h>
 
