@@ -100,6 +100,22 @@ inline uint32_t fmix_b32(uint32_t x) {
   return x ^ (x >> 16);
 }
 
+// The host side of the hash, shared by bits_cpu and bits_per_chain: a chain's two keys for a
+// counter (c0, c1), an element's hash, and the word of an element.
+struct ChainKeys {
+  uint32_t a, b;
+};
+inline ChainKeys chain_keys(const int64_t* key_ab, int64_t chain, uint32_t c0, uint32_t c1) {
+  return {fmix_a32(fmix_a32(static_cast<uint32_t>(key_ab[2 * chain]) ^ c0) ^ c1),
+          fmix_b32(fmix_b32(static_cast<uint32_t>(key_ab[2 * chain + 1]) ^ c1) ^ c0)};
+}
+inline uint32_t element_hash(int64_t element) {
+  return fmix_b32(static_cast<uint32_t>(element) + 0x632BE5ABU);
+}
+inline uint32_t word(const ChainKeys& k, uint32_t element_hash) {
+  return fmix_b32(fmix_a32(k.a ^ element_hash) ^ k.b);
+}
+
 // ChainRandom::bits on CPU tensors in one pass: the same words as the tensor-operation version
 // (about 50 passes over [C, n] int64 tensors, which at 1024 chains cost more than the leapfrog
 // steps of a short NUTS tree). key_ab [C, 2] int64, contiguous.
@@ -112,13 +128,11 @@ torch::Tensor bits_cpu(const torch::Tensor& key_ab, uint32_t c0, uint32_t c1, in
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
   at::parallel_for(0, chains, grain, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> e(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j)
-      e[j] = fmix_b32(static_cast<uint32_t>(offset + j) + 0x632BE5ABU);
+    for (int64_t j = 0; j < n; ++j) e[j] = element_hash(offset + j);
     for (int64_t c = begin; c < end; ++c) {
-      const uint32_t a = fmix_a32(fmix_a32(static_cast<uint32_t>(key[2 * c]) ^ c0) ^ c1);
-      const uint32_t b = fmix_b32(fmix_b32(static_cast<uint32_t>(key[2 * c + 1]) ^ c1) ^ c0);
+      const ChainKeys k = chain_keys(key, c, c0, c1);
       int64_t* row = words + c * n;
-      for (int64_t j = 0; j < n; ++j) row[j] = fmix_b32(fmix_a32(a ^ e[j]) ^ b);
+      for (int64_t j = 0; j < n; ++j) row[j] = word(k, e[j]);
     }
   });
   return out;
@@ -302,13 +316,8 @@ torch::Tensor ChainRandom::bits_per_chain(const torch::Tensor& iteration, int64_
   const int64_t* firstp = first.data_ptr<int64_t>();
   int64_t* words = out.data_ptr<int64_t>();
   for (int64_t c = 0; c < chains; ++c) {
-    const auto c0 = static_cast<uint32_t>(itp[c] & kMask32);
-    const uint32_t a = fmix_a32(fmix_a32(static_cast<uint32_t>(key[2 * c]) ^ c0) ^ c1);
-    const uint32_t b = fmix_b32(fmix_b32(static_cast<uint32_t>(key[2 * c + 1]) ^ c1) ^ c0);
-    for (int64_t j = 0; j < n; ++j) {
-      const uint32_t e = fmix_b32(static_cast<uint32_t>(firstp[c] + j) + 0x632BE5ABU);
-      words[c * n + j] = fmix_b32(fmix_a32(a ^ e) ^ b);
-    }
+    const ChainKeys k = chain_keys(key, c, static_cast<uint32_t>(itp[c] & kMask32), c1);
+    for (int64_t j = 0; j < n; ++j) words[c * n + j] = word(k, element_hash(firstp[c] + j));
   }
   return out;
 }
