@@ -6,8 +6,11 @@
 #include <spdlog/fmt/fmt.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -96,9 +99,13 @@ int run(int argc, char** argv) {
   if (out_of_step != "on" && out_of_step != "off" && out_of_step != "auto")
     throw InvalidArgument("--out-of-step: expected on, off or auto, got '" + out_of_step + "'");
 
-  const fs::path dir =
-      fs::temp_directory_path() / ("dslens-bench-fit-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  // A new folder of its own (mkdtemp): a --keep folder of an earlier run, whose process id may
+  // come round again, is never reused or removed.
+  std::string dir_template = (fs::temp_directory_path() / "dslens-bench-fit-XXXXXX").string();
+  if (::mkdtemp(dir_template.data()) == nullptr)
+    throw FileError("bench fit: cannot create a folder like " + dir_template +
+                    " for the mocks: " + std::strerror(errno));
+  const fs::path dir = dir_template;
   fs::create_directories(dir / "configs");
   std::string vae_dir;
   if (args.count("vae")) {

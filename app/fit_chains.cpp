@@ -354,15 +354,38 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   // What the batch paid for the sampling phase's trees: its batched leapfrog steps, and the share
   // of their rows that were some chain's leaf (lock-step chains wait for the deepest tree;
   // sampler.out_of_step, docs/benchmarks.md, session 42).
+  if (const int64_t rows = sampled.draws.size(0); sampled.warmup_gradient_evaluations > 0)
+    spdlog::info(
+        "{}: warmup took {} batched log-density calls of {} chains (leapfrog steps, step-size "
+        "searches and curvature metrics){}",
+        label, sampled.warmup_gradient_evaluations / rows, rows,
+        nuts.out_of_step && sc.algorithm == "nuts" ? " (out of step)" : "");
   if (const int64_t rows = sampled.draws.size(0),
       steps = (sampled.gradient_evaluations - sampled.warmup_gradient_evaluations) / rows;
       steps > 0) {
     const double leaves = sampled.n_leapfrog.sum().item<double>();
+    const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
+    std::string would;
+    if (!out_of_step && sc.algorithm == "nuts") {
+      // Out of step the batch would pay the busiest chain's leaves between two meeting points
+      // (run_adaptive_sampler's segments: checkpoints, and at least every max(refresh, 50) draws).
+      const int64_t total = sc.warmup + sc.draws;
+      int64_t free_steps = 0;
+      for (int64_t i = sc.warmup; i < total;) {
+        const int64_t last = std::min(total, i + std::max<int64_t>(s.refresh, 50));
+        int64_t end = i + 1;
+        while (end < last && end % s.checkpoint_every != 0) ++end;
+        free_steps +=
+            sampled.n_leapfrog.narrow(1, i - sc.warmup, end - i).sum(1).max().item<int64_t>();
+        i = end;
+      }
+      would = fmt::format("; out of step the same trees would take {} steps", free_steps);
+    }
     spdlog::info(
         "{}: sampling took {} batched leapfrog steps of {} chains; {:.1f} % of the rows "
-        "were leaves of a chain's tree{}",
+        "were leaves of a chain's tree{}{}",
         label, steps, rows, 100.0 * leaves / static_cast<double>(steps * rows),
-        nuts.out_of_step && sc.algorithm == "nuts" ? " (chains out of step)" : "");
+        out_of_step ? " (chains out of step)" : "", would);
   }
   save_tensors(files.chains,
                {sampled.draws, sampled.log_density, sampled.step_size, sampled.tree_depth,

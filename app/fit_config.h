@@ -108,12 +108,12 @@ struct SamplerChoice {
   // Chain rounds (app/fit_chains.h): a lens whose chains end with mean log posteriors more than
   // stray_nats apart is run again from its best optimum so far, at most this many more times.
   int64_t retry_rounds = 1;
-  // NUTS's sampling iterations with the chains out of step (samplers::NutsSettings::out_of_step):
-  // the same draws in fewer batched leapfrog steps where the chains' trees differ. Unset: on the
-  // CPU when a batch holds more than one lens (the CPU skips a single lens's waiting rows anyway,
-  // but pads every lens of a batch to the same count; on a GPU each out-of-step leapfrog step
-  // dispatches more operators than a lock-step one, which is not measured against the steps
-  // saved: docs/benchmarks.md, session 42).
+  // NUTS with the chains out of step (samplers::NutsSettings::out_of_step; in warmup the lenses,
+  // whose chains pool their adaptation): the same draws in fewer batched leapfrog steps where the
+  // chains' trees differ. Unset: on the CPU when a batch holds more than one lens (the CPU skips a
+  // single lens's waiting rows anyway, but pads every lens of a batch to the same count; on a GPU
+  // each out-of-step leapfrog step dispatches more operators than a lock-step one, which is not
+  // measured against the steps saved: docs/benchmarks.md, sessions 42 and 43).
   std::optional<bool> out_of_step;
 };
 

@@ -177,7 +177,7 @@ bench_fit() {
   log=$(ls "$tmp"/dslens-bench-fit-*/fit/fit.log 2>/dev/null | head -1)
   [[ -n $log ]] && cp "$log" "$OUT/fit_$lenses.log"
   # The MAP's L-BFGS calls per stage (session 41's compacted backtracks) and the CUDA graphs' lines.
-  [[ -n $log ]] && grep -E "L-BFGS made|cuda graphs:|sampling took" "$log" | cut -c1-220 || true
+  [[ -n $log ]] && grep -E "L-BFGS made|cuda graphs:|warmup took|sampling took" "$log" | cut -c1-300 || true
 }
 # shellcheck disable=SC2086
 bench_fit 1 "$FIT_CAP" $FIT_ARGS

@@ -29,15 +29,32 @@ void DualAveraging::restore(int64_t counter, const torch::Tensor& mu, const torc
   x_bar_ = x_bar.to(mu_.options());
 }
 
-torch::Tensor DualAveraging::learn(const torch::Tensor& adapt_stat) {
-  ++counter_;
-  const double n = static_cast<double>(counter_);
+torch::Tensor DualAveraging::update(const torch::Tensor& adapt_stat, int64_t counter,
+                                    torch::Tensor& s_bar, torch::Tensor& x_bar) const {
+  const double n = static_cast<double>(counter);
   torch::Tensor stat = torch::clamp_max(adapt_stat.to(mu_.options()), 1.0);
   const double eta = 1.0 / (n + settings_.t0);
-  s_bar_ = (1.0 - eta) * s_bar_ + eta * (settings_.delta - stat);
-  torch::Tensor x = mu_ - s_bar_ * (std::sqrt(n) / settings_.gamma);
+  s_bar = (1.0 - eta) * s_bar + eta * (settings_.delta - stat);
+  torch::Tensor x = mu_ - s_bar * (std::sqrt(n) / settings_.gamma);
   const double x_eta = std::pow(n, -settings_.kappa);
-  x_bar_ = (1.0 - x_eta) * x_bar_ + x_eta * x;
+  x_bar = (1.0 - x_eta) * x_bar + x_eta * x;
+  return x;
+}
+
+torch::Tensor DualAveraging::learn(const torch::Tensor& adapt_stat) {
+  ++counter_;
+  return torch::exp(update(adapt_stat, counter_, s_bar_, x_bar_));
+}
+
+torch::Tensor DualAveraging::learn_rows(const torch::Tensor& adapt_stat, const torch::Tensor& rows,
+                                        int64_t counter) {
+  if (counter < 1) throw InvalidArgument("DualAveraging::learn_rows: counter must be >= 1");
+  // Every row is computed as learn computes it (elementwise), and only `rows` keep the result.
+  torch::Tensor s_bar = s_bar_, x_bar = x_bar_;
+  torch::Tensor x = update(adapt_stat, counter, s_bar, x_bar);
+  const torch::Tensor m = rows.to(mu_.device());
+  s_bar_ = torch::where(m, s_bar, s_bar_);
+  x_bar_ = torch::where(m, x_bar, x_bar_);
   return torch::exp(x);
 }
 

@@ -509,8 +509,7 @@ torch::Tensor curvature_inverse_metric(HamiltonianSystem& system, const ChainSta
 
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
-                                   const std::string& name,
-                                   const SamplingSegmentFn& sampling_segment) {
+                                   const std::string& name, const SegmentFn& segment) {
   using hmc_detail::device_copy;
   settings.validate();
   if (!init.defined() || init.dim() != 2 || init.size(0) < 1 || init.size(1) < 1)
@@ -719,10 +718,16 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     dual.set_mu(torch::log(10.0 * eps));
     dual.restart();
   };
+  // The curvature metric's updates in the initial buffer (after n iterations, 1-based).
+  const auto& wins = settings.adapt.windows;
+  auto curvature_event = [&](int64_t n) {
+    return adapt_metric && settings.adapt.curvature_metric && n <= wins.init_buffer &&
+           (n % wins.base_window == 0 || n == wins.init_buffer ||
+            n == settings.adapt.curvature_first);
+  };
   // Stray chains (AdaptSettings::stray_nats) are compared after these iterations (1-based): in the
   // initial buffer every base_window iterations and at its end, before the curvature metric is
   // taken there, and at the end of each slow window, before its metric.
-  const auto& wins = settings.adapt.windows;
   std::vector<int64_t> stray_checks;
   if (stray_sum.defined()) {
     for (int64_t k = wins.base_window; k < wins.init_buffer; k += wins.base_window)
@@ -763,80 +768,134 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
           source[c].item<int64_t>(), stray_nats);
     }
   };
-  // The end of the sampling segment that starts at iteration i: the next checkpoint, or at most
+  // After warmup iteration i's transition (and its step-size update): the stray-chain check, the
+  // window's (co)variance estimate and the metric updates, all at the chains' state.
+  auto adapt_after = [&](int64_t i) {
+    if (stray_sum.defined()) regroup_stray_chains(i);
+    if (adapt_metric) {
+      WindowedAdaptation::Step w = windows.step();
+      if (w.add_sample) estimator.add(state.q);
+      if (w.end_window) {
+        const int64_t n = estimator.effective_count_of_groups(group);
+        torch::Tensor cov =
+            regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
+        const double k = settings.adapt.metric_prior_count;
+        if (k > 0) {
+          // With curvature_metric the window's estimate is blended with the local curvature at
+          // the chains' positions, not with the metric in use.
+          torch::Tensor prior;
+          if (settings.adapt.curvature_metric)
+            prior =
+                curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
+          if (!prior.defined()) prior = system.metric().inverse();
+          const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
+          cov = w * cov + (1.0 - w) * prior;
+        }
+        system.metric().update(cov, all_chains);
+        estimator.restart();
+        spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
+        restart_step_size(i);
+      }
+    }
+    // In the initial buffer the chains travel from their starts to the typical set: the
+    // curvature metric follows them after curvature_first iterations, every base_window
+    // iterations and at the buffer's end.
+    if (curvature_event(i + 1)) {
+      const torch::Tensor inv =
+          curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
+      if (inv.defined()) {
+        system.metric().update(inv, all_chains);
+        restart_step_size(i);
+      }
+    }
+  };
+  // What adapt_after does after an iteration i (0-based) that is not the last of its segment,
+  // from the segment's draw q [C, D] and log density [C]: no event falls there.
+  auto adapt_inside_segment = [&](int64_t i, const torch::Tensor& q, const torch::Tensor& log_p) {
+    if (stray_sum.defined() && !stray_checks.empty() && i + 1 <= stray_checks.back())
+      stray_sum += log_p.to(torch::kFloat64);
+    if (adapt_metric) {
+      const WindowedAdaptation::Step w = windows.step();
+      if (w.end_window)
+        throw NumericalError(name + ": internal error: a metric window ends inside a segment");
+      if (w.add_sample) estimator.add(q);
+    }
+  };
+  // Iterations (1-based counts) after which every chain must be at the same iteration: warmup's
+  // adaptation events, the end of warmup and checkpoints.
+  std::vector<int64_t> window_ends;
+  if (adapt_metric)
+    for (const auto& w : WindowedAdaptation::slow_windows(num_warmup, wins))
+      window_ends.push_back(w.second);
+  auto is_meeting_point = [&](int64_t n) {
+    if (n == num_warmup || n == total) return true;
+    if (settings.on_checkpoint && settings.checkpoint_every > 0 &&
+        n % settings.checkpoint_every == 0)
+      return true;
+    if (n > num_warmup) return false;
+    return curvature_event(n) || std::binary_search(stray_checks.begin(), stray_checks.end(), n) ||
+           std::binary_search(window_ends.begin(), window_ends.end(), n);
+  };
+  // The end of the segment that starts at iteration i: the next meeting point, or at most
   // max(refresh, kMinSegment) iterations on. Chains out of step wait for each other at the end of
   // a segment, so segments are not cut at every progress report.
   constexpr int64_t kMinSegment = 50;
   auto segment_end = [&](int64_t i) {
-    int64_t end = std::min(total, i + std::max(refresh, kMinSegment));
-    if (settings.on_checkpoint && settings.checkpoint_every > 0)
-      end = std::min(end, (i / settings.checkpoint_every + 1) * settings.checkpoint_every);
+    const int64_t last = std::min(total, i + std::max(refresh, kMinSegment));
+    int64_t end = i + 1;
+    while (end < last && !is_meeting_point(end)) ++end;
     return end;
   };
+  SegmentStepSizeLearning learning;
+  learning.group = group;
+  int64_t dual_counter_at = 0;  // the dual averaging's counter at the segment's start
+  learning.learn = [&](const torch::Tensor& accept_stat, const torch::Tensor& rows, int64_t k) {
+    return dual.learn_rows(group_mean(accept_stat), rows, dual_counter_at + k + 1);
+  };
+  // Progress inside a segment: the transitions that every chain has ended are reported as
+  // lock-step iterations, with their step sizes as recorded.
+  int64_t seg_first = 0, seg_counted = 0;
+  auto segment_progress = [&](const Draws& so_far, int64_t done) {
+    TransitionStats st;
+    st.n_leapfrog = so_far.n_leapfrog.narrow(1, seg_counted, done - seg_counted).sum(1);
+    st.divergent = so_far.divergent.narrow(1, seg_counted, done - seg_counted).sum(1);
+    seg_counted = done;
+    progress(seg_first + done - 1, st, so_far.step_size.select(1, done - 1));
+  };
   for (int64_t i = start; i < total; ++i) {
-    if (i >= num_warmup && sampling_segment) {
-      const int64_t end = segment_end(i);
-      const Draws seg = sampling_segment(system, state, eps, i, end - i);
-      hmc_detail::put_draws(result, i - num_warmup, seg);
-      TransitionStats sum;  // the segment's totals, as progress() adds them up
-      sum.n_leapfrog = seg.n_leapfrog.sum(1);
-      sum.divergent = seg.divergent.sum(1);
+    if (segment) {
+      const int64_t first = i, end = segment_end(i);
+      const bool warmup = first < num_warmup;
+      const bool learn = warmup && adapt_step;
+      dual_counter_at = dual.counter();
+      seg_first = first;
+      seg_counted = 0;
+      const Draws seg = segment(system, state, eps, first, end - first, learn ? &learning : nullptr,
+                                segment_progress);
+      if (learn) dual.set_counter(dual_counter_at + (end - first));
+      if (warmup) {
+        if (settings.save_warmup) hmc_detail::put_draws(result.warmup, first, seg);
+        for (int64_t k = 0; k + 1 < end - first; ++k)
+          adapt_inside_segment(first + k, seg.draws.select(1, k), seg.log_density.select(1, k));
+        adapt_after(end - 1);
+      } else {
+        hmc_detail::put_draws(result, first - num_warmup, seg);
+      }
       i = end - 1;
-      progress(i, sum, eps);
-      if (settings.on_checkpoint && i + 1 < total && settings.checkpoint_every > 0 &&
-          (i + 1) % settings.checkpoint_every == 0)
-        settings.on_checkpoint(snapshot_after(i + 1));
-      continue;
-    }
-    TransitionStats st = transition(system, state, eps, i);
-    if (i < num_warmup) {
-      if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
-      if (adapt_step) {
-        eps = dual.learn(group_mean(st.accept_stat));
-      }
-      if (stray_sum.defined()) regroup_stray_chains(i);
-      if (adapt_metric) {
-        WindowedAdaptation::Step w = windows.step();
-        if (w.add_sample) estimator.add(state.q);
-        if (w.end_window) {
-          const int64_t n = estimator.effective_count_of_groups(group);
-          torch::Tensor cov =
-              regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
-          const double k = settings.adapt.metric_prior_count;
-          if (k > 0) {
-            // With curvature_metric the window's estimate is blended with the local curvature at
-            // the chains' positions, not with the metric in use.
-            torch::Tensor prior;
-            if (settings.adapt.curvature_metric)
-              prior = curvature_inverse_metric(system, state, log_density, settings, group, name,
-                                               i + 1);
-            if (!prior.defined()) prior = system.metric().inverse();
-            const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
-            cov = w * cov + (1.0 - w) * prior;
-          }
-          system.metric().update(cov, all_chains);
-          estimator.restart();
-          spdlog::debug("{}: metric updated at warmup iteration {}", name, i + 1);
-          restart_step_size(i);
-        }
-      }
-      // In the initial buffer the chains travel from their starts to the typical set: the
-      // curvature metric follows them after curvature_first iterations, every base_window
-      // iterations and at the buffer's end.
-      if (adapt_metric && settings.adapt.curvature_metric && i + 1 <= wins.init_buffer &&
-          ((i + 1) % wins.base_window == 0 || i + 1 == wins.init_buffer ||
-           i + 1 == settings.adapt.curvature_first)) {
-        const torch::Tensor inv =
-            curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
-        if (inv.defined()) {
-          system.metric().update(inv, all_chains);
-          restart_step_size(i);
-        }
-      }
+      // segment_progress has reported every transition of the segment
+      if (seg_counted != end - first)
+        throw NumericalError(name + ": internal error: a segment ended with chains behind");
     } else {
-      hmc_detail::record(result, i - num_warmup, state, eps, st);
+      const TransitionStats st = transition(system, state, eps, i);
+      if (i < num_warmup) {
+        if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
+        if (adapt_step) eps = dual.learn(group_mean(st.accept_stat));
+        adapt_after(i);
+      } else {
+        hmc_detail::record(result, i - num_warmup, state, eps, st);
+      }
+      progress(i, st, eps);
     }
-    progress(i, st, eps);
     if (i + 1 == num_warmup) {
       if (adapt_step) eps = pool_step(dual.final_step_size());
       state.log_p.sum().item<double>();  // waits for the device before reading the clock

@@ -276,11 +276,13 @@ SamplerResult sample_nuts(const LogDensityFn& log_density, const torch::Tensor& 
                           const NutsSettings& settings) {
   settings.validate();
   const int max_depth = settings.max_depth;
-  SamplingSegmentFn segment;
+  SegmentFn segment;
   if (settings.out_of_step)
-    segment = [max_depth](HamiltonianSystem& system, ChainState& state,
-                          const torch::Tensor& step_size, int64_t first, int64_t count) {
-      return nuts_transitions_out_of_step(system, state, step_size, first, count, max_depth);
+    segment = [max_depth](HamiltonianSystem& system, ChainState& state, torch::Tensor& step_size,
+                          int64_t first, int64_t count, const SegmentStepSizeLearning* learning,
+                          const SegmentProgressFn& on_progress) {
+      return nuts_transitions_out_of_step(system, state, step_size, first, count, max_depth,
+                                          learning, on_progress);
     };
   return run_adaptive_sampler(
       log_density, init, settings,

@@ -16,6 +16,11 @@
 // is merge number n - popcount(n) + k - 1 of the doubling, so it draws the same uniform as the
 // recursive build. A subtree that diverges or makes a U-turn ends the transition at once: the
 // recursion integrates no further leaf of that doubling either (its later halves run inactive).
+//
+// In warmup (with SegmentStepSizeLearning) the chains that pool their step-size adaptation wait for
+// each other at the end of each transition, learn their group's next step size, and begin the
+// next transition together: groups, not chains, are out of step, and every group's step sizes are
+// the ones the lock-step warmup learns, iteration by iteration.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -88,13 +93,19 @@ int64_t popcount(int64_t n) {
 }  // namespace
 
 Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
-                                   const torch::Tensor& step_size, int64_t first_iteration,
-                                   int64_t count, int max_depth) {
+                                   torch::Tensor& step_size, int64_t first_iteration, int64_t count,
+                                   int max_depth, const SegmentStepSizeLearning* learning,
+                                   const SegmentProgressFn& on_progress) {
   using namespace nuts_detail;
   if (count < 0) throw InvalidArgument("nuts_transitions_out_of_step: count must be >= 0");
   if (max_depth < 1 || max_depth > 30)
     throw InvalidArgument("nuts_transitions_out_of_step: max_depth must be in [1, 30]");
   const int64_t chains = state.q.size(0), dim = state.q.size(1);
+  const int64_t group = learning ? learning->group : 1;
+  if (learning && (group < 1 || chains % group != 0 || !learning->learn))
+    throw InvalidArgument(
+        "nuts_transitions_out_of_step: learning needs a function and a group size that divides "
+        "the chains");
   const auto opt = state.q.options();
   const auto dtype = state.q.scalar_type();
   const auto device = state.q.device();
@@ -110,6 +121,11 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
   // already integrated, leapfrog steps and divergence of the transition in progress.
   std::vector<int64_t> done(chains, 0), depth(chains, 0), leaf(chains, 0), leaps(chains, 0);
   std::vector<char> diverged(chains, 0), fresh(chains, 1), begins(chains, 0);
+  // With learning: the transitions of each group whose step sizes have been learnt. A chain waits
+  // (is not live) between transitions until its group's have.
+  std::vector<int64_t> learnt(static_cast<size_t>(chains / group), 0);
+  std::vector<char> live(chains, 0);
+  int64_t reported = 0;  // transitions every chain has ended, as last told to on_progress
 
   // On the device: the chains' current draws, the transition's start energy h0, the trajectory's
   // packed ends, summed momenta, log weight and proposal, its valid doublings and summed
@@ -120,7 +136,9 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
   Proposal sample;
   PhasePoint z;
   torch::Tensor slots = torch::zeros({std::max(max_depth - 1, 1), chains, pk.width()}, opt);
-  const torch::Tensor eps_pos = step_size.unsqueeze(-1), eps_neg = -eps_pos;
+  torch::Tensor eps_now = step_size, eps_pos = eps_now.unsqueeze(-1), eps_neg = -eps_pos;
+  torch::Tensor accept_now;  // with learning: each chain's last acceptance statistic
+  if (learning) accept_now = torch::zeros({chains}, opt);
   const torch::Tensor zeros = torch::zeros({chains}, long_opt);
 
   // Each step's host decisions travel to the device in one copy, rows of `plan`:
@@ -136,14 +154,17 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
   };
   for (;;) {
     bool any_live = false;
-    for (int64_t c = 0; c < chains; ++c) any_live |= done[c] < count;
+    for (int64_t c = 0; c < chains; ++c) {
+      live[c] = done[c] < count && (!learning || !fresh[c] || learnt[c / group] == done[c]);
+      any_live |= live[c];
+    }
     if (!any_live) break;
     bool any_start = false, any_begin = false, any_complete = false;
     int max_t = 0;
     std::vector<int> t(chains, 0);
     std::vector<char> completing(chains, 0);
     for (int64_t c = 0; c < chains; ++c) {
-      if (done[c] >= count) continue;
+      if (!live[c]) continue;
       if (fresh[c]) {  // a transition begins: its first doubling is of one leaf
         any_start = true;
         depth[c] = leaf[c] = 0;
@@ -155,25 +176,25 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
     // Levels whose slot takes this leaf's subtree (chains whose doubling goes on).
     std::vector<int> store_levels;
     for (int64_t c = 0; c < chains; ++c)
-      if (done[c] < count && !completing[c] &&
+      if (live[c] && !completing[c] &&
           std::find(store_levels.begin(), store_levels.end(), t[c]) == store_levels.end())
         store_levels.push_back(t[c]);
     const int64_t rows = kRows + max_t + static_cast<int64_t>(store_levels.size());
     torch::Tensor plan_host = torch::zeros({rows, chains}, torch::kInt64);
     auto p = plan_host.accessor<int64_t, 2>();
     for (int64_t c = 0; c < chains; ++c) {
-      const bool live = done[c] < count;
-      p[kLive][c] = live;
-      p[kStarting][c] = live && fresh[c];
-      p[kBeginning][c] = live && (fresh[c] || begins[c]);
-      p[kCompleting][c] = live && completing[c];
+      const bool on = live[c];
+      p[kLive][c] = on;
+      p[kStarting][c] = on && fresh[c];
+      p[kBeginning][c] = on && (fresh[c] || begins[c]);
+      p[kCompleting][c] = on && completing[c];
       p[kIteration][c] = first_iteration + done[c];
       p[kBase][c] = depth_base(dim, static_cast<int>(depth[c]));
       p[kMerge][c] = p[kBase][c] + 2 + leaf[c] - popcount(leaf[c]);
-      for (int k = 1; k <= max_t; ++k) p[kRows + k - 1][c] = live && t[c] >= k;
+      for (int k = 1; k <= max_t; ++k) p[kRows + k - 1][c] = on && t[c] >= k;
       for (size_t j = 0; j < store_levels.size(); ++j)
         p[kRows + max_t + static_cast<int64_t>(j)][c] =
-            live && !completing[c] && t[c] == store_levels[j];
+            on && !completing[c] && t[c] == store_levels[j];
     }
     const torch::Tensor plan = plan_host.to(device);
     const torch::Tensor masks = plan.to(torch::kBool);
@@ -212,7 +233,7 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
         sample = select_proposal(m, at_start, sample);
       }
       for (int64_t c = 0; c < chains; ++c) {
-        if (done[c] >= count || !fresh[c]) continue;
+        if (!live[c] || !fresh[c]) continue;
         fresh[c] = 0;
         leaps[c] = 0;
         diverged[c] = 0;
@@ -291,7 +312,7 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
     const auto f = flags.accessor<bool, 2>();
     std::vector<int64_t> ended;
     for (int64_t c = 0; c < chains; ++c) {
-      if (done[c] >= count) continue;
+      if (!live[c]) continue;
       ++leaps[c];
       if (!f[0][c]) diverged[c] = 1;
       bool ends_here = !f[1][c];
@@ -331,10 +352,12 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
     };
     put(out.draws, sample.q);
     put(out.log_density, sample.log_p);
-    put(out.step_size, step_size);
+    put(out.step_size, eps_now);
     put(out.tree_depth, tree_depth);
     out.n_leapfrog.index_put_({ci, ii}, n_leap);
-    out.accept_stat.index_put_({ci, ii}, sum_metro.index_select(0, ci) / n_leap.to(dtype));
+    const torch::Tensor accept = sum_metro.index_select(0, ci) / n_leap.to(dtype);
+    out.accept_stat.index_put_({ci, ii}, accept);
+    if (learning) accept_now.index_put_({ci}, accept);
     put(out.energy, sample.h);
     out.divergent.index_put_({ci, ii}, rec.select(0, 3).to(torch::kBool));
     const torch::Tensor m =
@@ -343,7 +366,39 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
     q = torch::where(m_col, sample.q, q);
     log_p = torch::where(m, sample.log_p, log_p);
     grad = torch::where(m_col, sample.grad, grad);
+    if (on_progress) {
+      const int64_t slowest = *std::min_element(done.begin(), done.end());
+      if (slowest > reported) on_progress(out, reported = slowest);
+    }
+
+    // Groups whose chains have all ended transition k learn their next step sizes, one call per k.
+    if (!learning) continue;
+    std::vector<std::pair<int64_t, int64_t>> ready;  // (k, group)
+    for (int64_t g = 0; g < chains / group; ++g) {
+      bool all = true;
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) all &= done[c] == learnt[g] + 1;
+      if (all) ready.emplace_back(learnt[g], g);
+    }
+    std::sort(ready.begin(), ready.end());
+    for (size_t a = 0; a < ready.size();) {
+      const int64_t k = ready[a].first;
+      torch::Tensor rows_host = torch::zeros({chains}, torch::kBool);
+      auto rows_acc = rows_host.accessor<bool, 1>();
+      for (; a < ready.size() && ready[a].first == k; ++a) {
+        const int64_t g = ready[a].second;
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) rows_acc[c] = true;
+        learnt[g] = k + 1;
+      }
+      const torch::Tensor rows = rows_host.to(device);
+      eps_now =
+          torch::where(rows, learning->learn(accept_now, rows, k).to(eps_now.dtype()), eps_now);
+    }
+    if (!ready.empty()) {
+      eps_pos = eps_now.unsqueeze(-1);
+      eps_neg = -eps_pos;
+    }
   }
+  step_size = eps_now;
   state.q = q;
   state.log_p = log_p;
   state.grad = grad;

@@ -1,6 +1,6 @@
 // NUTS with the chains out of step: the same transitions as the lock-step sampler, chain by chain
 // (random numbers, trees, draws and statistics bitwise equal on targets whose rows are computed
-// independently), in fewer batched leapfrog steps.
+// independently), in fewer batched leapfrog steps; in warmup the same step sizes and metrics.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -31,7 +31,7 @@ LogDensityFn walled_gaussian(const torch::Tensor& sigma, double wall) {
   };
 }
 
-void expect_same_draws(const SamplerResult& a, const SamplerResult& b, const std::string& what) {
+void expect_same_draws(const Draws& a, const Draws& b, const std::string& what) {
   EXPECT_TRUE(torch::equal(a.draws, b.draws)) << what;
   EXPECT_TRUE(torch::equal(a.log_density, b.log_density)) << what;
   EXPECT_TRUE(torch::equal(a.step_size, b.step_size)) << what;
@@ -48,15 +48,21 @@ struct Case {
   MetricKind metric;
   int max_depth;
   double wall;
+  int64_t pool_group = 0;  // 0: each chain adapts alone
+  bool curvature = false;  // the curvature metric and stray-chain checks in warmup
 };
 
 TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
   const int64_t C = 6, D = 5;
   const torch::Tensor sigma = torch::tensor({0.05, 0.3, 1.0, 2.0, 6.0}, torch::kFloat64);
-  for (const Case& k : {Case{"float64, diagonal", torch::kFloat64, MetricKind::diag, 10, INFINITY},
-                        Case{"float32, dense", torch::kFloat32, MetricKind::dense, 10, INFINITY},
-                        Case{"max depth 3", torch::kFloat64, MetricKind::diag, 3, INFINITY},
-                        Case{"divergences", torch::kFloat64, MetricKind::diag, 10, 0.05}}) {
+  for (const Case& k :
+       {Case{"float64, diagonal", torch::kFloat64, MetricKind::diag, 10, INFINITY},
+        Case{"float32, dense", torch::kFloat32, MetricKind::dense, 10, INFINITY},
+        Case{"max depth 3", torch::kFloat64, MetricKind::diag, 3, INFINITY},
+        Case{"divergences", torch::kFloat64, MetricKind::diag, 10, 0.05},
+        Case{"groups of 3, curvature metric, stray checks", torch::kFloat64, MetricKind::dense, 10,
+             INFINITY, 3, true},
+        Case{"groups of 2, float32", torch::kFloat32, MetricKind::diag, 10, INFINITY, 2, false}}) {
     const auto opt = torch::TensorOptions().dtype(k.dtype);
     torch::Tensor init =
         0.3 *
@@ -69,6 +75,14 @@ TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
     s.metric = k.metric;
     s.max_depth = k.max_depth;
     s.seed = 41;
+    s.save_warmup = true;
+    s.adapt.pool_group = k.pool_group;
+    if (k.curvature) {
+      s.adapt.curvature_metric = true;
+      s.adapt.curvature_first = 7;
+      s.adapt.metric_prior_count = D;
+      s.adapt.stray_nats = 1e6;  // checked (and so a meeting point), never stray
+    }
     // Segments end at checkpoints: 25, 25 and 10 draws.
     s.checkpoint_every = 25;
     s.on_checkpoint = [](const SamplerSnapshot&) {};
@@ -77,8 +91,13 @@ TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
     s.out_of_step = true;
     const SamplerResult free = sample_nuts(f, init, s);
     expect_same_draws(lock, free, k.name);
+    expect_same_draws(lock.warmup, free.warmup, std::string(k.name) + ", warmup");
     EXPECT_TRUE(torch::equal(lock.step_size_adapted, free.step_size_adapted)) << k.name;
-    EXPECT_EQ(lock.warmup_gradient_evaluations, free.warmup_gradient_evaluations) << k.name;
+    EXPECT_TRUE(torch::equal(lock.inv_metric, free.inv_metric)) << k.name;
+    // In warmup the groups go out of step between the adaptation's meeting points.
+    if (k.max_depth > 3) {
+      EXPECT_LT(free.warmup_gradient_evaluations, lock.warmup_gradient_evaluations) << k.name;
+    }
     // Batched steps of the sampling phase: lock-step pays at least each iteration's deepest tree
     // (more where a chain's tree stops inside a doubling that another chain completes); out of
     // step exactly the largest sum of one chain's leaves per segment.
@@ -132,6 +151,44 @@ TEST(NutsOutOfStep, ResumedFromASamplingCheckpointGivesTheUninterruptedRun) {
     const SamplerResult res = sample_nuts(f, init, r);
     expect_same_draws(res, full, "resumed at " + std::to_string(snap->iteration));
   }
+}
+
+// Progress inside the segments: reports at the iterations the lock-step sampler reports, with the
+// same divergences and leapfrog steps so far (the step size in sampling; in warmup lock-step
+// reports the one learnt for the next iteration, out of step the one the iteration used).
+TEST(NutsOutOfStep, ReportsProgressAtTheLockStepIterations) {
+  const int64_t C = 4, D = 3;
+  const torch::Tensor sigma = torch::tensor({0.1, 1.0, 5.0}, torch::kFloat64);
+  const torch::Tensor init =  // below the wall at q0 = 0.2
+      -0.5 * sigma *
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(8)), torch::kFloat64)
+          .abs();
+  NutsSettings s;
+  s.num_warmup = 60;
+  s.num_draws = 40;
+  s.adapt.windows = WindowSettings{15, 10, 20};
+  s.adapt.pool_group = 2;
+  s.seed = 17;
+  s.refresh = 7;
+  std::vector<SamplerProgress> lock, free;
+  const auto f = walled_gaussian(sigma, 0.2);
+  s.on_progress = [&lock](const SamplerProgress& p) { lock.push_back(p); };
+  sample_nuts(f, init, s);
+  s.out_of_step = true;
+  s.on_progress = [&free](const SamplerProgress& p) { free.push_back(p); };
+  sample_nuts(f, init, s);
+  ASSERT_EQ(lock.size(), free.size());
+  ASSERT_EQ(lock.size(), 15u);  // every 7 iterations, and the last
+  for (size_t k = 0; k < lock.size(); ++k) {
+    EXPECT_EQ(lock[k].iteration, free[k].iteration) << k;
+    EXPECT_EQ(lock[k].warmup, free[k].warmup) << k;
+    EXPECT_EQ(lock[k].divergences, free[k].divergences) << k;
+    EXPECT_DOUBLE_EQ(lock[k].mean_leapfrog, free[k].mean_leapfrog) << k;
+    if (!lock[k].warmup) {
+      EXPECT_DOUBLE_EQ(lock[k].mean_step_size, free[k].mean_step_size) << k;
+    }
+  }
+  EXPECT_GT(lock.back().divergences, 0);
 }
 
 TEST(ChainRandom, WordsPerChainAreEachChainsRowOfItsIteration) {

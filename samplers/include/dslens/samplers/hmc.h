@@ -198,21 +198,43 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
                                         const torch::Tensor& step_size, int64_t iteration,
                                         int64_t stream = kStreamStepSearch);
 
+// Step-size adaptation inside a segment of warmup iterations. The chains adapt in consecutive
+// groups of `group`, and a group's chains begin each transition together. When the chains `rows`
+// [C] (bool; whole groups) have all ended transition k of the segment (0-based), learn(accept_stat
+// [C], rows, k) returns the step sizes [C] those rows take from their next transition on
+// (accept_stat is current on rows only).
+struct SegmentStepSizeLearning {
+  int64_t group = 1;
+  std::function<torch::Tensor(const torch::Tensor& accept_stat, const torch::Tensor& rows,
+                              int64_t k)>
+      learn;
+};
+
+// Progress inside a segment: called whenever every chain has ended at least `done` of the
+// segment's transitions (done grows by one or more), with the segment's draws so far (columns
+// below `done` are final).
+using SegmentProgressFn = std::function<void(const Draws& so_far, int64_t done)>;
+
 // `count` transitions of every chain, iterations first_iteration, ... of their random streams,
-// with the step sizes and metric fixed; updates state to the last draws and returns the draws and
-// statistics [C, count]. For a sampler whose chains need not be in step between draws.
-using SamplingSegmentFn =
-    std::function<Draws(HamiltonianSystem& system, ChainState& state,
-                        const torch::Tensor& step_size, int64_t first_iteration, int64_t count)>;
+// with the metric fixed; updates state to the last draws and returns the draws and statistics
+// [C, count]. The step sizes [C] are fixed when `learning` is null; otherwise they are learnt as
+// it says and step_size ends as the last ones learnt. For a sampler whose chains need not be in
+// step between draws (or, while learning, between the groups' draws).
+using SegmentFn = std::function<Draws(
+    HamiltonianSystem& system, ChainState& state, torch::Tensor& step_size, int64_t first_iteration,
+    int64_t count, const SegmentStepSizeLearning* learning, const SegmentProgressFn& on_progress)>;
 
 // The warmup (Stan's adaptive sampler: step-size search, dual averaging, windowed metric
 // adaptation) and sampling loop shared by HMC and NUTS. init [C, D] on the run's device/dtype.
-// With sampling_segment, the sampling iterations run through it in segments that end at every
-// progress report and checkpoint; the warmup takes `transition` one iteration at a time.
+// Without `segment` every iteration is one call of `transition`, all chains in step. With it the
+// iterations run through it in segments: in sampling they end at checkpoints and at least every
+// max(refresh, 50) iterations; in warmup also at every adaptation event that reads all chains
+// (metric updates, step-size searches, stray-chain checks), with dual averaging learnt per group
+// inside the segment. The result is the same as with `transition` alone when `segment` makes
+// transition's transitions.
 SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch::Tensor& init,
                                    const SamplerSettings& settings, const TransitionFn& transition,
-                                   const std::string& name,
-                                   const SamplingSegmentFn& sampling_segment = {});
+                                   const std::string& name, const SegmentFn& segment = {});
 
 // Static HMC transition: num_steps leapfrog steps (per-chain random lengths with jitter > 0) and a
 // Metropolis correction.

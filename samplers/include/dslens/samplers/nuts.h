@@ -3,8 +3,8 @@
 // with the extra checks across subtree boundaries, a maximum tree depth and divergences when the
 // energy error exceeds max_energy_error. All chains build their trees in lock-step with masks;
 // the only host synchronisation in a transition is "is any chain still building" (once per tree
-// doubling, and before the second half of subtrees of 8 or more leaves). The sampling phase can
-// instead run the chains out of step (NutsSettings::out_of_step, nuts_transitions_out_of_step).
+// doubling, and before the second half of subtrees of 8 or more leaves). The chains can instead
+// run out of step (NutsSettings::out_of_step, nuts_transitions_out_of_step).
 #pragma once
 #include <torch/torch.h>
 
@@ -37,17 +37,20 @@ torch::Tensor trajectory_no_uturn(const torch::Tensor& momenta,
 TransitionStats nuts_transition(HamiltonianSystem& system, ChainState& state,
                                 const torch::Tensor& step_size, int64_t iteration, int max_depth);
 
-// `count` NUTS transitions of every chain with fixed step sizes [C] and metric, the chains out of
-// step: each batched leapfrog step advances every chain that has transitions left by one leaf of
-// its own tree, and a chain whose tree has ended begins its next transition at the next step.
+// `count` NUTS transitions of every chain, the chains out of step: each batched leapfrog step
+// advances every chain that has a transition under way by one leaf of its own tree, and a chain
+// whose tree has ended begins its next transition at the next step. Step sizes [C] are fixed
+// without `learning`; with it (warmup) each group's chains begin a transition together, once the
+// group's step sizes have been learnt from its last one, and step_size ends as the last learnt.
 // Chain c's transitions are iterations first_iteration, ..., first_iteration + count - 1 of its
 // random streams and are nuts_transition's (the same random numbers and the same arithmetic,
-// leaf by leaf), but the batch pays for the largest sum of one chain's leaves instead of the
-// deepest tree of every iteration. One host read-back per leapfrog step (which trees go on).
-// Returns the draws and statistics [C, count]; state ends at each chain's last draw.
+// leaf by leaf), but the batch pays for the largest sum of one chain's (one group's) leaves
+// instead of the deepest tree of every iteration. One host read-back per leapfrog step (which
+// trees go on). Returns the draws and statistics [C, count]; state ends at each chain's last draw.
 Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
-                                   const torch::Tensor& step_size, int64_t first_iteration,
-                                   int64_t count, int max_depth);
+                                   torch::Tensor& step_size, int64_t first_iteration, int64_t count,
+                                   int max_depth, const SegmentStepSizeLearning* learning = nullptr,
+                                   const SegmentProgressFn& on_progress = {});
 
 // NUTS with Stan's warmup. init [C, D] on the device and dtype to run on.
 SamplerResult sample_nuts(const LogDensityFn& log_density, const torch::Tensor& init,

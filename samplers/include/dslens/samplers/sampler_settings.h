@@ -149,9 +149,10 @@ struct SamplerSettings {
 
 struct NutsSettings : SamplerSettings {
   int max_depth = 10;  // in [1, 30]
-  // Sampling iterations with the chains out of step (nuts_transitions_out_of_step): the same
-  // draws, fewer batched leapfrog steps when the chains' trees differ. The warmup, whose
-  // adaptation pools the chains every iteration, stays in lock-step.
+  // Chains out of step (nuts_transitions_out_of_step): the same draws, fewer batched leapfrog
+  // steps when the chains' trees differ. In warmup the chains that pool their adaptation
+  // (AdaptSettings::group_size) stay in step with each other, and all chains meet at each metric
+  // update, step-size search and stray-chain check.
   bool out_of_step = false;
   void validate() const;
 };
