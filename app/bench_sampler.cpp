@@ -236,6 +236,8 @@ int bench_sampler(int argc, char** argv) {
           {"warmup", settings.num_warmup},
           {"draws", settings.num_draws},
           {"warmup_s", r.warmup_seconds},
+          // Warmup's batched log-density calls: leapfrog steps and step-size searches.
+          {"warmup_batched_calls", r.warmup_gradient_evaluations / chains},
           {"sampling_s", secs},
           {"draws_per_s", chains * settings.num_draws / secs},
           {"leapfrog_steps", leapfrogs},

@@ -29,33 +29,52 @@ void DualAveraging::restore(int64_t counter, const torch::Tensor& mu, const torc
   x_bar_ = x_bar.to(mu_.options());
 }
 
-torch::Tensor DualAveraging::update(const torch::Tensor& adapt_stat, int64_t counter,
-                                    torch::Tensor& s_bar, torch::Tensor& x_bar) const {
-  const double n = static_cast<double>(counter);
-  torch::Tensor stat = torch::clamp_max(adapt_stat.to(mu_.options()), 1.0);
-  const double eta = 1.0 / (n + settings_.t0);
-  s_bar = (1.0 - eta) * s_bar + eta * (settings_.delta - stat);
-  torch::Tensor x = mu_ - s_bar * (std::sqrt(n) / settings_.gamma);
-  const double x_eta = std::pow(n, -settings_.kappa);
-  x_bar = (1.0 - x_eta) * x_bar + x_eta * x;
-  return x;
-}
-
 torch::Tensor DualAveraging::learn(const torch::Tensor& adapt_stat) {
   ++counter_;
-  return torch::exp(update(adapt_stat, counter_, s_bar_, x_bar_));
+  const double n = static_cast<double>(counter_);
+  torch::Tensor stat = torch::clamp_max(adapt_stat.to(mu_.options()), 1.0);
+  const double eta = 1.0 / (n + settings_.t0);
+  s_bar_ = (1.0 - eta) * s_bar_ + eta * (settings_.delta - stat);
+  torch::Tensor x = mu_ - s_bar_ * (std::sqrt(n) / settings_.gamma);
+  const double x_eta = std::pow(n, -settings_.kappa);
+  x_bar_ = (1.0 - x_eta) * x_bar_ + x_eta * x;
+  return torch::exp(x);
 }
 
-torch::Tensor DualAveraging::learn_rows(const torch::Tensor& adapt_stat, const torch::Tensor& rows,
-                                        int64_t counter) {
-  if (counter < 1) throw InvalidArgument("DualAveraging::learn_rows: counter must be >= 1");
-  // Every row is computed as learn computes it (elementwise), and only `rows` keep the result.
-  torch::Tensor s_bar = s_bar_, x_bar = x_bar_;
-  torch::Tensor x = update(adapt_stat, counter, s_bar, x_bar);
-  const torch::Tensor m = rows.to(mu_.device());
+torch::Tensor DualAveraging::learn_rows(const torch::Tensor& adapt_stat,
+                                        const std::vector<int64_t>& counter,
+                                        const torch::Tensor& keep) {
+  const int64_t rows = mu_.size(0);
+  if (static_cast<int64_t>(counter.size()) != rows)
+    throw InvalidArgument("DualAveraging::learn_rows: one counter per row expected");
+  // learn's scalars, per row, computed in double on the host as learn computes them; cast to the
+  // state's dtype on the device as learn's scalars are cast by the kernels, so every row's
+  // arithmetic is learn's to the bit.
+  torch::Tensor coef_host = torch::zeros({6, rows}, torch::kFloat64);
+  auto a = coef_host.accessor<double, 2>();
+  for (int64_t c = 0; c < rows; ++c) {
+    if (counter[static_cast<size_t>(c)] < 0)
+      throw InvalidArgument("DualAveraging::learn_rows: counters must be >= 0");
+    if (counter[static_cast<size_t>(c)] == 0) continue;
+    const double n = static_cast<double>(counter[static_cast<size_t>(c)]);
+    const double eta = 1.0 / (n + settings_.t0), x_eta = std::pow(n, -settings_.kappa);
+    a[0][c] = 1.0;
+    a[1][c] = 1.0 - eta;
+    a[2][c] = eta;
+    a[3][c] = std::sqrt(n) / settings_.gamma;
+    a[4][c] = 1.0 - x_eta;
+    a[5][c] = x_eta;
+  }
+  const torch::Tensor coef_dev = coef_host.to(mu_.device());
+  const torch::Tensor m = coef_dev.select(0, 0) > 0.5;
+  const torch::Tensor coef = coef_dev.to(mu_.scalar_type());
+  torch::Tensor stat = torch::clamp_max(adapt_stat.to(mu_.options()), 1.0);
+  torch::Tensor s_bar = coef[1] * s_bar_ + coef[2] * (settings_.delta - stat);
+  torch::Tensor x = mu_ - s_bar * coef[3];
+  torch::Tensor x_bar = coef[4] * x_bar_ + coef[5] * x;
   s_bar_ = torch::where(m, s_bar, s_bar_);
   x_bar_ = torch::where(m, x_bar, x_bar_);
-  return torch::exp(x);
+  return torch::where(m, torch::exp(x), keep.to(mu_.options()));
 }
 
 WindowedAdaptation::WindowedAdaptation(int64_t num_warmup, const WindowSettings& settings)

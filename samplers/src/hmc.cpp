@@ -849,8 +849,12 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   SegmentStepSizeLearning learning;
   learning.group = group;
   int64_t dual_counter_at = 0;  // the dual averaging's counter at the segment's start
-  learning.learn = [&](const torch::Tensor& accept_stat, const torch::Tensor& rows, int64_t k) {
-    return dual.learn_rows(group_mean(accept_stat), rows, dual_counter_at + k + 1);
+  learning.learn = [&](const torch::Tensor& accept_stat, const std::vector<int64_t>& ended,
+                       const torch::Tensor& step_size) {
+    std::vector<int64_t> counter(ended.size(), 0);
+    for (size_t c = 0; c < ended.size(); ++c)
+      if (ended[c] > 0) counter[c] = dual_counter_at + ended[c];
+    return dual.learn_rows(group_mean(accept_stat), counter, step_size);
   };
   // Progress inside a segment: the transitions that every chain has ended are reported as
   // lock-step iterations, with their step sizes as recorded.

@@ -371,29 +371,21 @@ Draws nuts_transitions_out_of_step(HamiltonianSystem& system, ChainState& state,
       if (slowest > reported) on_progress(out, reported = slowest);
     }
 
-    // Groups whose chains have all ended transition k learn their next step sizes, one call per k.
+    // Groups whose chains have all ended their next transition learn their step sizes, all in
+    // one call.
     if (!learning) continue;
-    std::vector<std::pair<int64_t, int64_t>> ready;  // (k, group)
+    std::vector<int64_t> learns(static_cast<size_t>(chains), 0);
+    bool any_learns = false;
     for (int64_t g = 0; g < chains / group; ++g) {
       bool all = true;
       for (int64_t c = g * group; c < (g + 1) * group; ++c) all &= done[c] == learnt[g] + 1;
-      if (all) ready.emplace_back(learnt[g], g);
+      if (!all) continue;
+      any_learns = true;
+      learnt[g] += 1;
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) learns[c] = learnt[g];
     }
-    std::sort(ready.begin(), ready.end());
-    for (size_t a = 0; a < ready.size();) {
-      const int64_t k = ready[a].first;
-      torch::Tensor rows_host = torch::zeros({chains}, torch::kBool);
-      auto rows_acc = rows_host.accessor<bool, 1>();
-      for (; a < ready.size() && ready[a].first == k; ++a) {
-        const int64_t g = ready[a].second;
-        for (int64_t c = g * group; c < (g + 1) * group; ++c) rows_acc[c] = true;
-        learnt[g] = k + 1;
-      }
-      const torch::Tensor rows = rows_host.to(device);
-      eps_now =
-          torch::where(rows, learning->learn(accept_now, rows, k).to(eps_now.dtype()), eps_now);
-    }
-    if (!ready.empty()) {
+    if (any_learns) {
+      eps_now = learning->learn(accept_now, learns, eps_now).to(eps_now.dtype());
       eps_pos = eps_now.unsqueeze(-1);
       eps_neg = -eps_pos;
     }

@@ -50,6 +50,41 @@ TEST(DualAveraging, MatchesStanRecurrencePerChain) {
   }
 }
 
+// Rows out of step: each row's updates, made whenever that row learns, are learn's to the bit
+// (float32, where learn's scalars are cast by the kernels), and rows that do not learn keep their
+// state and the step size given.
+TEST(DualAveraging, RowsLearningAtTheirOwnCountersMatchLearn) {
+  const auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+  const torch::Tensor mu = torch::tensor({0.3f, 1.2f, -0.4f}, opt);
+  auto stat_at = [](int64_t row, int64_t n) {
+    return 0.5 + 0.45 * std::sin(0.7 * static_cast<double>(n) + static_cast<double>(row));
+  };
+  std::vector<DualAveraging> alone;
+  for (int64_t r = 0; r < 3; ++r) alone.emplace_back(StepSizeAdaptSettings{}, mu.narrow(0, r, 1));
+  DualAveraging rows(StepSizeAdaptSettings{}, mu);
+  // Row r learns at calls where (call + r) % (r + 1) == 0: row 0 every call, row 2 every third.
+  std::vector<int64_t> counter(3, 0);
+  torch::Tensor eps = torch::full({3}, -1.0f, opt);
+  for (int64_t call = 0; call < 40; ++call) {
+    std::vector<int64_t> learns(3, 0);
+    std::vector<float> stat(3, 0.0f);
+    torch::Tensor expected = eps.clone();
+    for (int64_t r = 0; r < 3; ++r) {
+      if ((call + r) % (r + 1) != 0) continue;
+      learns[r] = ++counter[r];
+      stat[r] = static_cast<float>(stat_at(r, counter[r]));
+      expected[r] = alone[r].learn(torch::tensor({stat[r]}, opt))[0];
+    }
+    eps = rows.learn_rows(torch::tensor(stat, opt), learns, eps);
+    ASSERT_TRUE(torch::equal(eps, expected)) << "call " << call;
+    for (int64_t r = 0; r < 3; ++r) {
+      ASSERT_TRUE(torch::equal(rows.x_bar()[r], alone[r].x_bar()[0])) << "call " << call;
+      ASSERT_TRUE(torch::equal(rows.s_bar()[r], alone[r].s_bar()[0])) << "call " << call;
+    }
+  }
+  EXPECT_THROW(rows.learn_rows(torch::zeros({3}, opt), {1, 2}, eps), dslens::InvalidArgument);
+}
+
 TEST(DualAveraging, ConvergesToTheTargetAcceptance) {
   // A synthetic sampler whose acceptance is exp(-eps): the fixed point is eps = -log(delta).
   auto opt = torch::TensorOptions().dtype(torch::kFloat64);

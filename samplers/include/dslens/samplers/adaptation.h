@@ -22,11 +22,12 @@ class DualAveraging {
   // One update with the acceptance statistics [C] (clipped at 1); returns exp(x) [C], the step
   // sizes to use next.
   torch::Tensor learn(const torch::Tensor& adapt_stat);
-  // The update `counter` (1-based) of the chains `rows` [C] (bool) alone, as learn makes it; the
-  // other rows keep their state, and the counter is not moved (set_counter, when every row has
-  // caught up). Returns exp(x) [C], read on rows. For chains out of step.
-  torch::Tensor learn_rows(const torch::Tensor& adapt_stat, const torch::Tensor& rows,
-                           int64_t counter);
+  // Each row's own update: row c makes update counter[c] (1-based) as learn makes it, rows with
+  // counter 0 keep their state; the counter is not moved (set_counter, when every row has caught
+  // up). Returns exp(x) [C] on the rows that learn and `keep` on the others. For chains out of
+  // step; the per-row coefficients reach the device in one copy.
+  torch::Tensor learn_rows(const torch::Tensor& adapt_stat, const std::vector<int64_t>& counter,
+                           const torch::Tensor& keep);
   void set_counter(int64_t counter) { counter_ = counter; }
   // exp(x_bar) [C]: the step sizes after warmup.
   torch::Tensor final_step_size() const { return torch::exp(x_bar_); }
@@ -39,9 +40,6 @@ class DualAveraging {
                const torch::Tensor& x_bar);
 
  private:
-  // One update at counter n from state (s_bar, x_bar): x, with s_bar and x_bar updated in place.
-  torch::Tensor update(const torch::Tensor& adapt_stat, int64_t n, torch::Tensor& s_bar,
-                       torch::Tensor& x_bar) const;
   StepSizeAdaptSettings settings_;
   int64_t counter_ = 0;
   torch::Tensor mu_, s_bar_, x_bar_;

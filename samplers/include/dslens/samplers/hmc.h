@@ -199,14 +199,15 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
                                         int64_t stream = kStreamStepSearch);
 
 // Step-size adaptation inside a segment of warmup iterations. The chains adapt in consecutive
-// groups of `group`, and a group's chains begin each transition together. When the chains `rows`
-// [C] (bool; whole groups) have all ended transition k of the segment (0-based), learn(accept_stat
-// [C], rows, k) returns the step sizes [C] those rows take from their next transition on
-// (accept_stat is current on rows only).
+// groups of `group`, and a group's chains begin each transition together. When some groups' chains
+// have all ended a transition, learn(accept_stat [C], ended [C], step_size [C]) returns the step
+// sizes [C] of every chain's next transition: ended[c] is how many of the segment's transitions
+// chain c's group has ended if it learns now, and 0 if not (those rows keep step_size);
+// accept_stat is current on the rows that learn.
 struct SegmentStepSizeLearning {
   int64_t group = 1;
-  std::function<torch::Tensor(const torch::Tensor& accept_stat, const torch::Tensor& rows,
-                              int64_t k)>
+  std::function<torch::Tensor(const torch::Tensor& accept_stat, const std::vector<int64_t>& ended,
+                              const torch::Tensor& step_size)>
       learn;
 };
 
