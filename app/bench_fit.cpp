@@ -66,9 +66,14 @@ int run(int argc, char** argv) {
       "(docs/fit.md, \"Source interpolation\")",
       cxxopts::value<std::string>()->default_value("bicubic"))(
       "out-of-step",
-      "on|off|auto: NUTS's sampling iterations with the chains out of step (sampler.out_of_step; "
+      "on|off|auto: NUTS with the chains out of step (sampler.out_of_step; in warmup the lenses; "
       "auto: the fit's default, on for more than one lens on the CPU)",
       cxxopts::value<std::string>()->default_value("auto"))(
+      "map-start",
+      "search|truth: the MAP searches from prior draws (the fit's way), or starts at each mock's "
+      "truth (dslens fit --init truth), which times the optimiser's polish and NUTS without the "
+      "search",
+      cxxopts::value<std::string>()->default_value("search"))(
       "keep", "keep the temporary folder and print its path")("json", "print the results as JSON");
   add_compute_options(options, "float32");
   cxxopts::ParseResult args;
@@ -96,6 +101,7 @@ int run(int argc, char** argv) {
   const std::string adaptation = either("adaptation", "per_lens", "per_chain");
   const std::string interpolation = either("interpolation", "bicubic", "bilinear");
   const std::string out_of_step = args["out-of-step"].as<std::string>();
+  const std::string map_start = either("map-start", "search", "truth");
   if (out_of_step != "on" && out_of_step != "off" && out_of_step != "auto")
     throw InvalidArgument("--out-of-step: expected on, off or auto, got '" + out_of_step + "'");
 
@@ -197,9 +203,22 @@ int run(int argc, char** argv) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int rc = run_command(
-      "fit", {(dir / "configs").string(), "--out", (dir / "fit").string(), "--device", dev,
-              "--dtype", dtype, "--log-level", "warn", "--cuda-kernels", cuda_kernels});
+  std::vector<std::string> fit_args = {(dir / "configs").string(),
+                                       "--out",
+                                       (dir / "fit").string(),
+                                       "--device",
+                                       dev,
+                                       "--dtype",
+                                       dtype,
+                                       "--log-level",
+                                       "warn",
+                                       "--cuda-kernels",
+                                       cuda_kernels};
+  if (map_start == "truth") {
+    fit_args.push_back("--init");
+    fit_args.push_back("truth");
+  }
+  const int rc = run_command("fit", fit_args);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) throw Error("bench fit: the fit failed");
 
@@ -256,6 +275,7 @@ int run(int argc, char** argv) {
       {"adaptation", adaptation},
       {"interpolation", interpolation},
       {"map_starts", starts},
+      {"map_start", map_start},
       {"cuda_graphs", graphs},
       {"out_of_step", out_of_step == "auto"
                           ? (lenses > 1 && compute.device.is_cpu() ? "auto (on)" : "auto (off)")
@@ -276,8 +296,9 @@ int run(int argc, char** argv) {
               << ": " << lenses << " lens(es) of " << pixels << "x" << pixels << " px at "
               << (snr > 0 ? fmt::format("peak SNR {:g}", snr) : "fixed noise") << ", "
               << out["chains_per_lens"] << " chains x (" << out["warmup"] << " warmup + "
-              << out["draws"] << " draws)\n"
-              << "  total " << total << " s, " << per_lens << " s per lens (MAP " << map_s
+              << out["draws"] << " draws)"
+              << (map_start == "truth" ? ", the MAP started at the truths (no search)" : "")
+              << "\n  total " << total << " s, " << per_lens << " s per lens (MAP " << map_s
               << " s, warmup " << warm_s << " s, sampling " << samp_s << " s, summed over lenses)\n"
               << "  gradient evaluations per second (chain-steps): "
               << out["gradient_evaluations_per_second"].get<double>() << " ("

@@ -1,9 +1,11 @@
 // The operator census of the benches (app/op_census.h), `bench simulate --cpu-kernels`, which
-// sends CPU tensors down the tensor-op paths that CUDA tensors take, and `bench sampler
-// --count-ops`.
+// sends CPU tensors down the tensor-op paths that CUDA tensors take, `bench sampler --count-ops`,
+// and `bench fit`'s options.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -105,6 +107,30 @@ TEST(BenchFit, RandomWeightsVaeRunsEndToEnd) {
   EXPECT_EQ(j.at("pixels").get<int64_t>(), 12);
   EXPECT_GT(j.at("map_seconds").get<double>(), 0.0);
   EXPECT_GT(j.at("gradient_evaluations_per_second").get<double>(), 0.0);
+}
+
+// --map-start truth: the fit starts its MAP at the mock's truth (fit --init truth) and runs no
+// search, so a GPU run can time NUTS on many lenses within its minutes.
+TEST(BenchFit, MapStartTruthSkipsTheSearch) {
+  const auto r = dslens::testing::run_dslens(
+      "bench fit --pixels 12 --starts 1 --chains 2 --warmup 2 --draws 3 --map-start truth --keep "
+      "--json --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("{\n");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const auto end = r.output.find("\n}\n", at);
+  ASSERT_NE(end, std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(at, end + 2 - at));
+  EXPECT_EQ(j.at("map_start").get<std::string>(), "truth");
+  const auto kept = r.output.find("kept ");
+  ASSERT_NE(kept, std::string::npos) << r.output;
+  std::string dir = r.output.substr(kept + 5);
+  dir = dir.substr(0, dir.find('\n'));
+  const auto map = nlohmann::json::parse(std::ifstream(dir + "/fit/map.json"));
+  EXPECT_EQ(map.at("origin").get<std::string>(), "optimised from --init truth");
+  EXPECT_EQ(map.at("search_rounds").get<int64_t>(), 0);
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(dslens::testing::run_dslens("bench fit --map-start prior").code, 2);
 }
 
 TEST(BenchFit, BadInterpolationExitsTwoNamingTheOption) {
