@@ -166,9 +166,10 @@ int bench_sampler(int argc, char** argv) {
       "the sampler itself dispatches per batched gradient, the target's own subtracted: on a GPU "
       "each is a kernel launch and 5-10 us of CPU (docs/benchmarks.md, \"On a GPU\")")(
       "out-of-step",
-      "sampling iterations with the chains out of step (each batched leapfrog step advances "
-      "every chain by one leaf of its own tree) instead of in lock-step; the same draws")(
-      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"));
+      "the chains out of step (each batched leapfrog step advances every chain by one leaf of "
+      "its own tree; in warmup between the adaptation's meeting points) instead of in "
+      "lock-step; the same draws")("seed", "random seed",
+                                   cxxopts::value<uint64_t>()->default_value("1"));
   add_compute_options(options);
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
@@ -279,7 +280,7 @@ int bench_sampler(int argc, char** argv) {
   nlohmann::json report = {
       {"benchmark", "sampler"},
       {"sampler", "NUTS, Stan warmup, " + metric + " metric, per-chain step sizes" +
-                      (base.out_of_step ? ", chains out of step while sampling" : "")},
+                      (base.out_of_step ? ", chains out of step" : "")},
       {"device", compute.device.str()},
       {"dtype", dtype_name(compute.dtype)},
       {"threads", torch::get_num_threads()},
