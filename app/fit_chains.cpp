@@ -354,12 +354,20 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   // What the batch paid for the sampling phase's trees: its batched leapfrog steps, and the share
   // of their rows that were some chain's leaf (lock-step chains wait for the deepest tree;
   // sampler.out_of_step, docs/benchmarks.md, session 42).
-  if (const int64_t rows = sampled.draws.size(0); sampled.warmup_gradient_evaluations > 0)
+  if (const int64_t rows = sampled.draws.size(0); sampled.warmup_gradient_evaluations > 0) {
+    const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
+    std::string steps;  // NUTS: what the chains out of step took or would take
+    if (sc.algorithm == "nuts" && out_of_step)
+      steps = fmt::format("; chains out of step: {} of them leapfrog steps",
+                          sampled.warmup_steps_out_of_step);
+    else if (sc.algorithm == "nuts")
+      steps = fmt::format("; out of step the same trees would take {} leapfrog steps",
+                          sampled.warmup_steps_out_of_step);
     spdlog::info(
         "{}: warmup took {} batched log-density calls of {} chains (leapfrog steps, step-size "
         "searches and curvature metrics){}",
-        label, sampled.warmup_gradient_evaluations / rows, rows,
-        nuts.out_of_step && sc.algorithm == "nuts" ? " (out of step)" : "");
+        label, sampled.warmup_gradient_evaluations / rows, rows, steps);
+  }
   if (const int64_t rows = sampled.draws.size(0),
       steps = (sampled.gradient_evaluations - sampled.warmup_gradient_evaluations) / rows;
       steps > 0) {

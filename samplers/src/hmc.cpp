@@ -866,6 +866,12 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     seg_counted = done;
     progress(seg_first + done - 1, st, so_far.step_size.select(1, done - 1));
   };
+  // SamplerResult::warmup_steps_out_of_step: in lock-step each group's deepest tree per iteration
+  // summed over the segment, and the largest of those sums added up on the device.
+  const auto long_opt = opt.dtype(torch::kLong);
+  torch::Tensor free_group_leaves = torch::zeros({chains / group}, long_opt);
+  torch::Tensor free_steps = torch::zeros({}, long_opt);
+  int64_t free_steps_counted = 0, free_segment_start = start;
   for (int64_t i = start; i < total; ++i) {
     if (segment) {
       const int64_t first = i, end = segment_end(i);
@@ -874,8 +880,10 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       dual_counter_at = dual.counter();
       seg_first = first;
       seg_counted = 0;
+      const int64_t calls_at = system.calls();
       const Draws seg = segment(system, state, eps, first, end - first, learn ? &learning : nullptr,
                                 segment_progress);
+      if (warmup) free_steps_counted += system.calls() - calls_at;
       if (learn) dual.set_counter(dual_counter_at + (end - first));
       if (warmup) {
         if (settings.save_warmup) hmc_detail::put_draws(result.warmup, first, seg);
@@ -894,6 +902,12 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       if (i < num_warmup) {
         if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
         if (adapt_step) eps = dual.learn(group_mean(st.accept_stat));
+        free_group_leaves += std::get<0>(st.n_leapfrog.view({chains / group, group}).max(1));
+        if (i + 1 == segment_end(free_segment_start)) {
+          free_steps += free_group_leaves.max();
+          free_group_leaves.zero_();
+          free_segment_start = i + 1;
+        }
         adapt_after(i);
       } else {
         hmc_detail::record(result, i - num_warmup, state, eps, st);
@@ -921,6 +935,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   result.log_density_calls = calls_before + system.calls();
   result.gradient_evaluations = result.log_density_calls * chains;
   result.warmup_gradient_evaluations = warmup_calls * chains;
+  result.warmup_steps_out_of_step = free_steps_counted + free_steps.item<int64_t>();
   result.warmup_seconds = warmup_seconds;
   result.sampling_seconds = sampling_seconds;
   return result;

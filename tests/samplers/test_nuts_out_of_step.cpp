@@ -94,10 +94,14 @@ TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
     expect_same_draws(lock.warmup, free.warmup, std::string(k.name) + ", warmup");
     EXPECT_TRUE(torch::equal(lock.step_size_adapted, free.step_size_adapted)) << k.name;
     EXPECT_TRUE(torch::equal(lock.inv_metric, free.inv_metric)) << k.name;
-    // In warmup the groups go out of step between the adaptation's meeting points.
+    // In warmup the groups go out of step between the adaptation's meeting points, and the
+    // lock-step run says from its trees how many steps that takes.
     if (k.max_depth > 3) {
       EXPECT_LT(free.warmup_gradient_evaluations, lock.warmup_gradient_evaluations) << k.name;
     }
+    EXPECT_EQ(lock.warmup_steps_out_of_step, free.warmup_steps_out_of_step) << k.name;
+    EXPECT_LT(free.warmup_steps_out_of_step, free.warmup_gradient_evaluations / C) << k.name;
+    EXPECT_GT(free.warmup_steps_out_of_step, 0) << k.name;
     // Batched steps of the sampling phase: lock-step pays at least each iteration's deepest tree
     // (more where a chain's tree stops inside a doubling that another chain completes); out of
     // step exactly the largest sum of one chain's leaves per segment.

@@ -157,6 +157,11 @@ struct SamplerResult : Draws {
   int64_t log_density_calls = 0;     // batched calls
   int64_t gradient_evaluations = 0;  // calls x chains (masked chains included)
   int64_t warmup_gradient_evaluations = 0;
+  // The batched leapfrog steps of the warmup's transitions with the chains out of step: counted
+  // when run out of step, and in lock-step what the same trees would have taken (per segment
+  // between two meeting points, the largest sum over one adaptation group's iterations of its
+  // deepest tree). Over this run's iterations (a resumed run counts from its snapshot).
+  int64_t warmup_steps_out_of_step = 0;
   double warmup_seconds = 0;
   double sampling_seconds = 0;
 };
