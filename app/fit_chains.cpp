@@ -374,21 +374,9 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
     const double leaves = sampled.n_leapfrog.sum().item<double>();
     const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
     std::string would;
-    if (!out_of_step && sc.algorithm == "nuts") {
-      // Out of step the batch would pay the busiest chain's leaves between two meeting points
-      // (run_adaptive_sampler's segments: checkpoints, and at least every max(refresh, 50) draws).
-      const int64_t total = sc.warmup + sc.draws;
-      int64_t free_steps = 0;
-      for (int64_t i = sc.warmup; i < total;) {
-        const int64_t last = std::min(total, i + std::max<int64_t>(s.refresh, 50));
-        int64_t end = i + 1;
-        while (end < last && end % s.checkpoint_every != 0) ++end;
-        free_steps +=
-            sampled.n_leapfrog.narrow(1, i - sc.warmup, end - i).sum(1).max().item<int64_t>();
-        i = end;
-      }
-      would = fmt::format("; out of step the same trees would take {} steps", free_steps);
-    }
+    if (!out_of_step && sc.algorithm == "nuts")
+      would = fmt::format("; out of step the same trees would take {} steps",
+                          sampled.sampling_steps_out_of_step);
     spdlog::info(
         "{}: sampling took {} batched leapfrog steps of {} chains; {:.1f} % of the rows "
         "were leaves of a chain's tree{}{}",

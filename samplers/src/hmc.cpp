@@ -866,12 +866,23 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     seg_counted = done;
     progress(seg_first + done - 1, st, so_far.step_size.select(1, done - 1));
   };
-  // SamplerResult::warmup_steps_out_of_step: in lock-step each group's deepest tree per iteration
-  // summed over the segment, and the largest of those sums added up on the device.
+  // SamplerResult::*_steps_out_of_step. In lock-step: each group's deepest tree per iteration
+  // (warmup: a group's chains begin each transition together; sampling: every chain alone) summed
+  // over the segment, and the largest of those sums added up on the device. Out of step: the
+  // segments' log-density calls. [0]: warmup, [1]: sampling.
   const auto long_opt = opt.dtype(torch::kLong);
-  torch::Tensor free_group_leaves = torch::zeros({chains / group}, long_opt);
-  torch::Tensor free_steps = torch::zeros({}, long_opt);
-  int64_t free_steps_counted = 0, free_segment_start = start;
+  torch::Tensor free_leaves;  // the current segment's sums
+  torch::Tensor free_steps = torch::zeros({2}, long_opt);
+  int64_t free_calls[2] = {0, 0};
+  int64_t free_segment_start = start;
+  auto count_free_leaves = [&](int64_t i, const torch::Tensor& n_leapfrog) {
+    const int64_t g = i < num_warmup ? group : 1;
+    const torch::Tensor deepest = std::get<0>(n_leapfrog.view({chains / g, g}).max(1));
+    free_leaves = i == free_segment_start ? deepest : free_leaves + deepest;
+    if (i + 1 != segment_end(free_segment_start)) return;
+    free_steps.select(0, i < num_warmup ? 0 : 1).add_(free_leaves.max());
+    free_segment_start = i + 1;
+  };
   for (int64_t i = start; i < total; ++i) {
     if (segment) {
       const int64_t first = i, end = segment_end(i);
@@ -883,7 +894,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       const int64_t calls_at = system.calls();
       const Draws seg = segment(system, state, eps, first, end - first, learn ? &learning : nullptr,
                                 segment_progress);
-      if (warmup) free_steps_counted += system.calls() - calls_at;
+      free_calls[warmup ? 0 : 1] += system.calls() - calls_at;
       if (learn) dual.set_counter(dual_counter_at + (end - first));
       if (warmup) {
         if (settings.save_warmup) hmc_detail::put_draws(result.warmup, first, seg);
@@ -899,15 +910,10 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
         throw NumericalError(name + ": internal error: a segment ended with chains behind");
     } else {
       const TransitionStats st = transition(system, state, eps, i);
+      count_free_leaves(i, st.n_leapfrog);
       if (i < num_warmup) {
         if (settings.save_warmup) hmc_detail::record(result.warmup, i, state, eps, st);
         if (adapt_step) eps = dual.learn(group_mean(st.accept_stat));
-        free_group_leaves += std::get<0>(st.n_leapfrog.view({chains / group, group}).max(1));
-        if (i + 1 == segment_end(free_segment_start)) {
-          free_steps += free_group_leaves.max();
-          free_group_leaves.zero_();
-          free_segment_start = i + 1;
-        }
         adapt_after(i);
       } else {
         hmc_detail::record(result, i - num_warmup, state, eps, st);
@@ -935,7 +941,9 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   result.log_density_calls = calls_before + system.calls();
   result.gradient_evaluations = result.log_density_calls * chains;
   result.warmup_gradient_evaluations = warmup_calls * chains;
-  result.warmup_steps_out_of_step = free_steps_counted + free_steps.item<int64_t>();
+  const torch::Tensor free_host = free_steps.cpu();
+  result.warmup_steps_out_of_step = free_calls[0] + free_host[0].item<int64_t>();
+  result.sampling_steps_out_of_step = free_calls[1] + free_host[1].item<int64_t>();
   result.warmup_seconds = warmup_seconds;
   result.sampling_seconds = sampling_seconds;
   return result;

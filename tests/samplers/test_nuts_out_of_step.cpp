@@ -100,6 +100,7 @@ TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
       EXPECT_LT(free.warmup_gradient_evaluations, lock.warmup_gradient_evaluations) << k.name;
     }
     EXPECT_EQ(lock.warmup_steps_out_of_step, free.warmup_steps_out_of_step) << k.name;
+    EXPECT_EQ(lock.sampling_steps_out_of_step, free.sampling_steps_out_of_step) << k.name;
     EXPECT_LT(free.warmup_steps_out_of_step, free.warmup_gradient_evaluations / C) << k.name;
     EXPECT_GT(free.warmup_steps_out_of_step, 0) << k.name;
     // Batched steps of the sampling phase: lock-step pays at least each iteration's deepest tree
@@ -115,6 +116,7 @@ TEST(NutsOutOfStep, SameTransitionsAsLockStepInFewerBatchedSteps) {
     }
     EXPECT_GE(lock_calls, deepest) << k.name;
     EXPECT_EQ(free_calls, busiest) << k.name;
+    EXPECT_EQ(free.sampling_steps_out_of_step, free_calls) << k.name;
     if (k.max_depth > 3) {
       EXPECT_LT(free_calls, lock_calls) << k.name;
     }

@@ -162,6 +162,7 @@ struct SamplerResult : Draws {
   // between two meeting points, the largest sum over one adaptation group's iterations of its
   // deepest tree). Over this run's iterations (a resumed run counts from its snapshot).
   int64_t warmup_steps_out_of_step = 0;
+  int64_t sampling_steps_out_of_step = 0;  // the same for sampling (every chain on its own)
   double warmup_seconds = 0;
   double sampling_seconds = 0;
 };
