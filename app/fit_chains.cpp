@@ -354,8 +354,8 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   // What the batch paid for the sampling phase's trees: its batched leapfrog steps, and the share
   // of their rows that were some chain's leaf (lock-step chains wait for the deepest tree;
   // sampler.out_of_step, docs/benchmarks.md, session 42).
+  const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
   if (const int64_t rows = sampled.draws.size(0); sampled.warmup_gradient_evaluations > 0) {
-    const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
     std::string steps;  // NUTS: what the chains out of step took or would take
     if (sc.algorithm == "nuts" && out_of_step)
       steps = fmt::format("; chains out of step: {} of them leapfrog steps",
@@ -372,7 +372,6 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
       steps = (sampled.gradient_evaluations - sampled.warmup_gradient_evaluations) / rows;
       steps > 0) {
     const double leaves = sampled.n_leapfrog.sum().item<double>();
-    const bool out_of_step = nuts.out_of_step && sc.algorithm == "nuts";
     std::string would;
     if (!out_of_step && sc.algorithm == "nuts")
       would = fmt::format("; out of step the same trees would take {} steps",

@@ -874,14 +874,15 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   torch::Tensor free_leaves;  // the current segment's sums
   torch::Tensor free_steps = torch::zeros({2}, long_opt);
   int64_t free_calls[2] = {0, 0};
-  int64_t free_segment_start = start;
+  int64_t free_segment_start = start, free_segment_end = start < total ? segment_end(start) : total;
   auto count_free_leaves = [&](int64_t i, const torch::Tensor& n_leapfrog) {
     const int64_t g = i < num_warmup ? group : 1;
     const torch::Tensor deepest = std::get<0>(n_leapfrog.view({chains / g, g}).max(1));
     free_leaves = i == free_segment_start ? deepest : free_leaves + deepest;
-    if (i + 1 != segment_end(free_segment_start)) return;
+    if (i + 1 != free_segment_end) return;
     free_steps.select(0, i < num_warmup ? 0 : 1).add_(free_leaves.max());
     free_segment_start = i + 1;
+    if (free_segment_start < total) free_segment_end = segment_end(free_segment_start);
   };
   for (int64_t i = start; i < total; ++i) {
     if (segment) {
