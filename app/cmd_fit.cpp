@@ -14,6 +14,7 @@
 #include "fit_config.h"
 #include "fit_run.h"
 #include "map_init.h"
+#include "stop_signal.h"
 
 namespace fs = std::filesystem;
 
@@ -142,6 +143,9 @@ int run_fit(int argc, char** argv) {
   OutputDir out = OutputDir::live(out_path, overwrite, resume);
   const std::string dir = out.working_dir();
   const ScopedLogFile log_file(dir + "/fit.log");
+  // SIGINT/SIGTERM: the MAP stops after its last saved round, NUTS after a snapshot
+  // (stop_signal.h).
+  const StopOnSignal stop_on_signal;
   const std::string checkpoint_dir = dir + "/checkpoint";
   fs::create_directories(checkpoint_dir);
   spdlog::info("dslens {} fit: {} lens(es) (shard {}/{} of {}) on {} {}", version(), configs.size(),
@@ -172,7 +176,15 @@ int run_fit(int argc, char** argv) {
       continue;
     }
     spdlog::info("batch {} of {}: {} lens(es)", b + 1, batches.size(), batches[b].size());
-    const auto results = fit_batch(batches[b], static_cast<int64_t>(b), run);
+    std::vector<LensFitResult> results;
+    try {
+      throw_if_stop_requested("fit: batch " + std::to_string(b));
+      results = fit_batch(batches[b], static_cast<int64_t>(b), run);
+    } catch (const Interrupted& e) {
+      spdlog::warn("{}", e.what());
+      throw Interrupted(std::string(e.what()) + "; continue with: dslens fit ... --out " +
+                        out_path + " --resume");
+    }
     if (stopping) continue;
     nlohmann::json lines = nlohmann::json::array();
     for (const auto& r : results) {

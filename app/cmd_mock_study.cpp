@@ -39,6 +39,7 @@
 #include "mock_noise.h"
 #include "mock_population.h"
 #include "mock_study_table.h"
+#include "stop_signal.h"
 
 namespace fs = std::filesystem;
 
@@ -255,6 +256,8 @@ int run(int argc, char** argv) {
   std::vector<double> peaks;
   for (const int64_t k : ks) truths.push_back(draw_truth(s.seed, k));
 
+  // SIGINT/SIGTERM: the running fit stops with its checkpoint; --resume continues the study.
+  const StopOnSignal stop_on_signal;
   json levels = json::array();
   const auto study_t0 = std::chrono::steady_clock::now();
   for (size_t li = 0; li < s.snr.size(); ++li) {
@@ -328,7 +331,14 @@ int run(int argc, char** argv) {
                 << max_batch << " per batch) into " << fit_dir.string() << "\n"
                 << std::flush;
       const auto t0 = std::chrono::steady_clock::now();
-      const int rc = run_command("fit", fit_args);
+      int rc = 0;
+      try {
+        rc = run_command("fit", fit_args);
+      } catch (const Interrupted&) {
+        throw Interrupted("the fits at SNR " + num(snr) + " stopped on request (" +
+                          fit_dir.string() + " keeps their checkpoints); continue with: " +
+                          (resume ? command : command + " --resume"));
+      }
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");
     }

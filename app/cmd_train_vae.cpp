@@ -31,6 +31,7 @@
 #include "dslens/nn/distributed.h"
 #include "dslens/nn/trainer.h"
 #include "duration_text.h"
+#include "stop_signal.h"
 
 namespace fs = std::filesystem;
 
@@ -275,7 +276,16 @@ int run(int argc, char** argv) {
   topts.comm = comm.get();
   ProgressBar bar;
   if (rank0) topts.on_progress = [&](const nn::Progress& p) { bar.update(p); };
-  auto result = nn::train_vae(train_cfg, arch, train, val, topts);
+  // SIGINT/SIGTERM: a checkpoint after the current step, then exit 128 + N (stop_signal.h).
+  const StopOnSignal stop_on_signal;
+  topts.stop_requested = stop_requested;
+  nn::TrainResult result;
+  try {
+    result = nn::train_vae(train_cfg, arch, train, val, topts);
+  } catch (const Interrupted& e) {
+    throw Interrupted(std::string(e.what()) + "; continue with: dslens train-vae " + config_path +
+                      " --out " + out_arg + " --resume");
+  }
   if (!rank0) return 0;
 
   // ---- report ----

@@ -1,5 +1,6 @@
 // dslens: differentiable strong-lens modelling. Dispatches to the registered subcommands and turns
-// library exceptions into messages and exit codes (2: bad input, 1: other failures).
+// library exceptions into messages and exit codes (2: bad input, 128 + N: stopped by signal N with
+// a checkpoint, 1: other failures).
 #include <c10/util/Exception.h>
 
 #if defined(__GLIBC__)
@@ -18,6 +19,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/logging.h"
 #include "dslens/core/version.h"
+#include "stop_signal.h"
 
 namespace {
 
@@ -76,6 +78,12 @@ int main(int argc, char** argv) {
     if (command.name != argv[1]) continue;
     try {
       return run_command(command, argc, argv);
+    } catch (const dslens::Interrupted& e) {
+      // Stopped by a signal where --resume continues (stop_signal.h): the shell's convention for
+      // a process ended by signal N, 128 + N, so that scripts and SLURM see it as stopped.
+      std::cerr << "dslens " << command.name << ": " << e.what() << "\n";
+      const int sig = dslens::app::stop_signal();
+      return sig > 0 ? 128 + sig : 1;
     } catch (const dslens::InputError& e) {
       std::cerr << "dslens " << command.name << ": error: " << e.what() << "\n";
       return 2;

@@ -16,6 +16,7 @@
 #include "dslens/samplers/newton.h"
 #include "duration_text.h"
 #include "lens_streams.h"
+#include "stop_signal.h"
 
 namespace fs = std::filesystem;
 
@@ -28,7 +29,9 @@ class MapBar {
  public:
   MapBar() : tty_(isatty(2)), t0_(std::chrono::steady_clock::now()) {}
   void set_stage(std::string stage) { stage_ = std::move(stage); }
+  // A stop signal ends the search here; --resume continues after its last saved round.
   void update(const samplers::OptimizeProgress& p) {
+    throw_if_stop_requested("MAP search (" + stage_ + ")");
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     const bool done = p.iteration >= p.max_iterations || p.active == 0;
     // Off a terminal: every 10 % and at the end of each optimiser.

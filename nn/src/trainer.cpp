@@ -355,9 +355,11 @@ TrainResult train_vae(const TrainConfig& config, const VaeArch& arch, const torc
     auto terms = elbo_terms(out, x, vae->pixel_norm(), config.pixel_sigma, config.beta);
     optimizer.zero_grad();
     terms.loss.backward();
-    auto stats =
-        torch::stack({terms.loss.detach(), terms.recon.detach(), terms.kl.detach(), terms.mse})
-            .to(torch::kFloat64);
+    // [4]: this rank's stop request, so that the all-reduce tells every rank whether any asked.
+    const bool asked = options.stop_requested && options.stop_requested();
+    auto stats = torch::stack({terms.loss.detach(), terms.recon.detach(), terms.kl.detach(),
+                               terms.mse, torch::full_like(terms.mse, asked ? 1.0 : 0.0)})
+                     .to(torch::kFloat64);
     if (world > 1) {
       std::vector<torch::Tensor> flat;
       flat.reserve(params.size());
@@ -398,9 +400,19 @@ TrainResult train_vae(const TrainConfig& config, const VaeArch& arch, const torc
       res.val_history.push_back({step, -m.elbo, m.recon, m.kl, m.mse});
       spdlog::debug("step {}: validation -ELBO {:.6g} mse {:.4g}", step, -m.elbo, m.mse);
     }
-    if (write && (step % config.checkpoint_every == 0 || step == stop)) {
+    const bool stopping = s[4] > 0 && step < stop;
+    if (write && (step % config.checkpoint_every == 0 || step == stop || stopping)) {
       save_checkpoint(options.checkpoint_dir, *vae, &optimizer, step, options.data_description,
                       training_json(step));
+    }
+    if (stopping) {
+      // The other ranks wait for rank 0's checkpoint: a launcher that ends every rank when one
+      // exits (srun --kill-on-bad-exit) would otherwise cut the write short.
+      if (world > 1) options.comm->barrier();
+      throw Interrupted("VAE training stopped on request after step " + std::to_string(step) +
+                        " of " + std::to_string(end) +
+                        (write ? "; checkpoint saved in " + options.checkpoint_dir
+                               : std::string("; no checkpoint (no checkpoint folder)")));
     }
     if (options.on_progress) {
       Progress p;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "draws_buffer.h"
@@ -466,6 +467,9 @@ torch::Tensor find_reasonable_step_size(HamiltonianSystem& system, const ChainSt
 }
 
 namespace {
+// Thrown out of an out-of-step segment when a stop is requested inside it (run_adaptive_sampler).
+struct SegmentAbandoned {};
+
 // AdaptSettings::curvature_metric: the inverse metric [C, D] or [C, D, D] (the metric's kind) from
 // the local curvature at the chains' positions (laplace.h's curvature_covariance, difference
 // steps a tenth of the current metric's marginal sd). Undefined when the Hessian failed (a
@@ -678,7 +682,9 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   }
 
   // Everything needed to continue after `done` iterations (CPU copies).
-  auto snapshot_after = [&](int64_t done) {
+  // with_draws false: without the draws so far (a segment's start, kept in case it is abandoned;
+  // the draws are added if it is, as the segment has not touched them).
+  auto snapshot_after = [&](int64_t done, bool with_draws = true) {
     using hmc_detail::cpu_copy;
     SamplerSnapshot s;
     s.iteration = done;
@@ -701,8 +707,10 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       s.welford_m2 = cpu_copy(estimator.m2());
     }
     if (stray_sum.defined()) s.stray_log_p_sum = cpu_copy(stray_sum);
-    if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
-    s.draws = hmc_detail::draws_copy(result, torch::kCPU);
+    if (with_draws) {
+      if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
+      s.draws = hmc_detail::draws_copy(result, torch::kCPU);
+    }
     s.calls = calls_before + system.calls();
     s.warmup_calls = done <= num_warmup ? s.calls : warmup_calls;
     s.divergences = divergences.item<int64_t>();
@@ -858,13 +866,16 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   };
   // Progress inside a segment: the transitions that every chain has ended are reported as
   // lock-step iterations, with their step sizes as recorded.
-  int64_t seg_first = 0, seg_counted = 0;
+  int64_t seg_first = 0, seg_counted = 0, seg_count = 0;
   auto segment_progress = [&](const Draws& so_far, int64_t done) {
     TransitionStats st;
     st.n_leapfrog = so_far.n_leapfrog.narrow(1, seg_counted, done - seg_counted).sum(1);
     st.divergent = so_far.divergent.narrow(1, seg_counted, done - seg_counted).sum(1);
     seg_counted = done;
     progress(seg_first + done - 1, st, so_far.step_size.select(1, done - 1));
+    // (at the segment's last transition the stop is taken after it, as in lock-step)
+    if (done < seg_count && settings.stop_requested && settings.stop_requested())
+      throw SegmentAbandoned{};
   };
   // SamplerResult::*_steps_out_of_step. In lock-step: each group's deepest tree per iteration
   // (warmup: a group's chains begin each transition together; sampling: every chain alone) summed
@@ -884,6 +895,30 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     free_segment_start = i + 1;
     if (free_segment_start < total) free_segment_end = segment_end(free_segment_start);
   };
+  // A stop request (settings.stop_requested): a snapshot after `done` iterations (`at_start`: the
+  // one taken at the abandoned segment's start), then Interrupted.
+  auto interrupt = [&](int64_t done, std::optional<SamplerSnapshot> at_start) {
+    std::string saved = "; no snapshot (no checkpoint callback)";
+    if (settings.on_checkpoint) {
+      SamplerSnapshot snap = at_start ? std::move(*at_start) : snapshot_after(done);
+      if (at_start) {
+        if (settings.save_warmup) snap.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
+        snap.draws = hmc_detail::draws_copy(result, torch::kCPU);
+      }
+      settings.on_checkpoint(snap);
+      saved = "; the snapshot after it was saved";
+    }
+    std::ostringstream os;
+    os << name << ": stopped on request after iteration " << done << " of " << total << " ("
+       << (done <= num_warmup ? "warmup" : "sampling") << ")" << saved;
+    throw Interrupted(os.str());
+  };
+  auto last_snapshot = std::chrono::steady_clock::now();
+  auto snapshot_due = [&] {
+    return settings.checkpoint_seconds > 0 &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - last_snapshot)
+                   .count() >= settings.checkpoint_seconds;
+  };
   for (int64_t i = start; i < total; ++i) {
     if (segment) {
       const int64_t first = i, end = segment_end(i);
@@ -892,9 +927,20 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       dual_counter_at = dual.counter();
       seg_first = first;
       seg_counted = 0;
+      seg_count = end - first;
       const int64_t calls_at = system.calls();
-      const Draws seg = segment(system, state, eps, first, end - first, learn ? &learning : nullptr,
-                                segment_progress);
+      // A stop requested inside the segment abandons it: its chains are at different iterations,
+      // and the last state they all share is the segment's start.
+      std::optional<SamplerSnapshot> at_start;
+      if (settings.stop_requested && settings.on_checkpoint)
+        at_start = snapshot_after(first, false);
+      Draws seg;
+      try {
+        seg = segment(system, state, eps, first, end - first, learn ? &learning : nullptr,
+                      segment_progress);
+      } catch (const SegmentAbandoned&) {
+        interrupt(first, std::move(at_start));
+      }
       free_calls[warmup ? 0 : 1] += system.calls() - calls_at;
       if (learn) dual.set_counter(dual_counter_at + (end - first));
       if (warmup) {
@@ -928,11 +974,16 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       warmup_calls = calls_before + system.calls();
       mark = std::chrono::steady_clock::now();
     }
+    if (i + 1 == total) continue;
+    if (settings.stop_requested && settings.stop_requested()) interrupt(i + 1, std::nullopt);
     const bool checkpoint =
-        settings.on_checkpoint && i + 1 < total &&
+        settings.on_checkpoint &&
         ((settings.checkpoint_every > 0 && (i + 1) % settings.checkpoint_every == 0) ||
-         i + 1 == num_warmup);
-    if (checkpoint) settings.on_checkpoint(snapshot_after(i + 1));
+         i + 1 == num_warmup || snapshot_due());
+    if (checkpoint) {
+      settings.on_checkpoint(snapshot_after(i + 1));
+      last_snapshot = std::chrono::steady_clock::now();
+    }
   }
   state.log_p.sum().item<double>();
   if (total > num_warmup) sampling_seconds += since_mark();

@@ -84,6 +84,8 @@ void SamplerSettings::validate() const {
   require(chain_id_offset >= 0, "chain_id_offset must be >= 0, got " + str(chain_id_offset));
   require(refresh >= 0, "refresh must be >= 0, got " + str(refresh));
   require(checkpoint_every >= 0, "checkpoint_every must be >= 0, got " + str(checkpoint_every));
+  require(checkpoint_seconds >= 0 && std::isfinite(checkpoint_seconds),
+          "checkpoint_seconds must be a finite number >= 0, got " + str(checkpoint_seconds));
   require(compact_rows >= 0, "compact_rows must be >= 0, got " + str(compact_rows));
   if (inv_metric.defined()) {
     const int64_t want = metric == MetricKind::dense ? 2 : 1;

@@ -1,12 +1,15 @@
 // The app tests' way of running the dslens executable (DSLENS_EXECUTABLE, set by CMake) and of
 // reading and writing the JSON files they exchange with it.
 #pragma once
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace dslens::testing {
 
@@ -33,6 +36,24 @@ inline RunResult run_dslens(const std::string& args, const std::string& log_leve
   const int status = pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// Starts `dslens ARGS...` in the background with stdout and stderr in log_path; returns its pid
+// (for kill and waitpid), or -1.
+inline pid_t spawn_dslens(const std::vector<std::string>& args, const std::string& log_path) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) _exit(127);
+  dup2(fd, 1);
+  dup2(fd, 2);
+  std::vector<std::string> all = {DSLENS_EXECUTABLE};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execv(DSLENS_EXECUTABLE, argv.data());
+  _exit(127);
 }
 
 inline void write_json(const std::string& path, const nlohmann::json& j) {

@@ -1,19 +1,26 @@
 // `dslens fit` end to end on a small mock (SIE lens, elliptical Sersic source, 7 free parameters,
 // 32x32 pixels): the truth must lie inside the 95 % intervals, an interrupted fit resumed with
-// --resume (after MAP, then after warmup) must give the same draws as an uninterrupted one, two
-// lenses are fitted as one batch and each gets the draws it gets alone, a decoded (pixelated)
-// source's three-stage MAP lands on the true lens, and bad input exits 2 without writing anything.
+// --resume (after MAP, then after warmup, then after a SIGTERM) must give the same draws as an
+// uninterrupted one, two lenses are fitted as one batch and each gets the draws it gets alone, a
+// decoded (pixelated) source's three-stage MAP lands on the true lens, and bad input exits 2
+// without writing anything.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -173,6 +180,39 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
       << resumed.output;
   const auto draws2 = dslens::read_npy(dir + "/fit2/draws.npy");
   EXPECT_TRUE(torch::allclose(draws, draws2, 1e-9, 1e-12));
+
+  // SIGTERM (as SLURM sends at a time limit) while NUTS runs: exit 128 + 15 after a snapshot,
+  // and --resume ends with the uninterrupted draws. The signal comes once the first progress line
+  // is out (20 of 200 iterations; the rest take seconds), at whatever iteration it lands.
+  const std::string log = dir + "/fit3.log";
+  const pid_t pid = dslens::testing::spawn_dslens({"fit", cfg, "--out", dir + "/fit3"}, log);
+  ASSERT_GT(pid, 0);
+  const auto read_log = [&log] {
+    std::ifstream in(log);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  std::string seen;
+  for (int k = 0; k < 6000 && seen.find("NUTS [") == std::string::npos; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    seen = read_log();
+  }
+  ASSERT_NE(seen.find("NUTS ["), std::string::npos) << seen;
+  kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  seen = read_log();
+  ASSERT_TRUE(WIFEXITED(status)) << seen;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << seen;
+  EXPECT_NE(seen.find("stopped on request after iteration"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("--resume"), std::string::npos) << seen;
+  EXPECT_TRUE(fs::exists(dir + "/fit3/checkpoint/batch0-sampler.pt"));
+  EXPECT_FALSE(fs::exists(dir + "/fit3/summary.json"));
+  const RunResult after_signal =
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit3") + " --resume", "info");
+  ASSERT_EQ(after_signal.code, 0) << after_signal.output;
+  EXPECT_NE(after_signal.output.find("sampling resumes at iteration"), std::string::npos)
+      << after_signal.output;
+  EXPECT_TRUE(torch::allclose(draws, dslens::read_npy(dir + "/fit3/draws.npy"), 1e-9, 1e-12));
   fs::remove_all(dir);
 }
 

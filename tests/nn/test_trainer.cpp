@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -98,6 +99,37 @@ int free_port() {
   return port;
 }
 
+// Runs body(rank, opts with that rank's communicator) on two Gloo ranks, one thread each; returns
+// each rank's exception message ("" when none; an Interrupted one prefixed "Interrupted: ").
+std::vector<std::string> on_two_ranks(
+    const dslens::nn::TrainOptions& opts,
+    const std::function<void(int, dslens::nn::TrainOptions&)>& body) {
+  const int port = free_port();
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        dslens::nn::DistributedEnv env;
+        env.rank = r;
+        env.world_size = 2;
+        env.master_addr = "127.0.0.1";
+        env.master_port = port;
+        auto comm = dslens::nn::make_communicator(env, torch::kCPU);
+        auto o = opts;
+        o.comm = comm.get();
+        body(r, o);
+      } catch (const dslens::Interrupted& e) {
+        errors[static_cast<size_t>(r)] = std::string("Interrupted: ") + e.what();
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
 }  // namespace test_trainer_detail
 
 using namespace test_trainer_detail;
@@ -172,6 +204,23 @@ TEST(Trainer, ResumeEqualsUninterruptedRun) {
   expect_same_weights(*a.vae, *b.vae, 0.0);
   ASSERT_EQ(full.train_history.size(), rest.train_history.size());
   EXPECT_DOUBLE_EQ(full.train_history.back().loss, rest.train_history.back().loss);
+
+  // A stop request (a signal, through TrainOptions::stop_requested) after step 3: a checkpoint
+  // there (not a multiple of checkpoint_every) and Interrupted; resumed, the uninterrupted weights.
+  const auto dir_c = dslens::testing::temp_dir("train_c");
+  dslens::nn::TrainOptions stop = opts;
+  stop.checkpoint_dir = dir_c;
+  stop.resume = false;
+  int polls = 0;
+  stop.stop_requested = [&polls] { return ++polls == 3; };
+  EXPECT_THROW(dslens::nn::train_vae(cfg, tiny_arch(), train, val, stop), dslens::Interrupted);
+  EXPECT_EQ(polls, 3);
+  EXPECT_EQ(dslens::nn::read_checkpoint_meta(dir_c).step, 3);
+  stop.stop_requested = nullptr;
+  stop.resume = true;
+  auto after_stop = dslens::nn::train_vae(cfg, tiny_arch(), train, val, stop);
+  EXPECT_EQ(after_stop.start_step, 3);
+  expect_same_weights(*full.vae, *after_stop.vae, 0.0);
 
   // Resuming with another seed is refused.
   cfg.seed = 12;
@@ -248,31 +297,23 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   opts.augment = flip_augment;
   auto single = dslens::nn::train_vae(cfg, tiny_arch(), train, val, opts);
 
-  const int port = free_port();
   std::vector<dslens::nn::TrainResult> results(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        dslens::nn::DistributedEnv env;
-        env.rank = r;
-        env.world_size = 2;
-        env.master_addr = "127.0.0.1";
-        env.master_port = port;
-        auto comm = dslens::nn::make_communicator(env, torch::kCPU);
-        auto o = opts;
-        o.comm = comm.get();
-        results[static_cast<size_t>(r)] = dslens::nn::train_vae(cfg, tiny_arch(), train, val, o);
-      } catch (const std::exception& e) {
-        errors[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto errors = on_two_ranks(opts, [&](int r, dslens::nn::TrainOptions& o) {
+    results[static_cast<size_t>(r)] = dslens::nn::train_vae(cfg, tiny_arch(), train, val, o);
+  });
   ASSERT_EQ(errors[0], "");
   ASSERT_EQ(errors[1], "");
   expect_same_weights(*results[0].vae, *results[1].vae, 0.0);
+  // A stop asked of rank 1 alone (its own signal) stops both ranks after the same step.
+  const auto stopped = on_two_ranks(opts, [&](int r, dslens::nn::TrainOptions& o) {
+    int polls = 0;
+    if (r == 1) o.stop_requested = [&polls] { return ++polls == 2; };
+    dslens::nn::train_vae(cfg, tiny_arch(), train, val, o);
+  });
+  for (const auto& m : stopped)
+    EXPECT_NE(m.find("Interrupted: VAE training stopped on request after step 2 of 4"),
+              std::string::npos)
+        << m;
   expect_same_weights(*results[0].vae, *single.vae, 1e-9);
   // And they moved away from the initial weights by much more than that.
   torch::manual_seed(cfg.seed);

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -40,6 +41,14 @@ void expect_same_draws(const Draws& a, const Draws& b, const std::string& what) 
   EXPECT_TRUE(torch::equal(a.divergent, b.divergent)) << what;
   EXPECT_TRUE(torch::equal(a.accept_stat, b.accept_stat)) << what;
   EXPECT_TRUE(torch::equal(a.energy, b.energy)) << what;
+}
+
+// An on_checkpoint that keeps every snapshot it is given.
+std::function<void(const SamplerSnapshot&)> keep_snapshots(
+    std::vector<std::shared_ptr<SamplerSnapshot>>& saved) {
+  return [&saved](const SamplerSnapshot& snap) {
+    saved.push_back(std::make_shared<SamplerSnapshot>(snap));
+  };
 }
 
 struct Case {
@@ -142,9 +151,7 @@ TEST(NutsOutOfStep, ResumedFromASamplingCheckpointGivesTheUninterruptedRun) {
   s.out_of_step = true;
   s.checkpoint_every = 35;
   std::vector<std::shared_ptr<SamplerSnapshot>> saved;
-  s.on_checkpoint = [&saved](const SamplerSnapshot& snap) {
-    saved.push_back(std::make_shared<SamplerSnapshot>(snap));
-  };
+  s.on_checkpoint = keep_snapshots(saved);
   const auto f = walled_gaussian(sigma, INFINITY);
   const SamplerResult full = sample_nuts(f, init, s);
   std::vector<int64_t> at;
@@ -156,6 +163,97 @@ TEST(NutsOutOfStep, ResumedFromASamplingCheckpointGivesTheUninterruptedRun) {
     r.resume_from = snap;
     const SamplerResult res = sample_nuts(f, init, r);
     expect_same_draws(res, full, "resumed at " + std::to_string(snap->iteration));
+  }
+}
+
+// A stop request (NutsSettings::stop_requested, e.g. from SIGTERM): Interrupted, after a snapshot
+// of the last iteration every chain has ended (lock-step: the iteration just ended; out of step:
+// the start of the segment it abandons), from which a resumed run gives the uninterrupted draws.
+TEST(NutsOutOfStep, AStopRequestLeavesASnapshotThatResumesExactly) {
+  const int64_t C = 4, D = 3;
+  const torch::Tensor sigma = torch::tensor({0.2, 1.0, 3.0}, torch::kFloat64);
+  const torch::Tensor init =
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(4)), torch::kFloat64);
+  NutsSettings s;
+  s.num_warmup = 60;
+  s.num_draws = 50;
+  s.adapt.windows = WindowSettings{15, 10, 20};
+  s.adapt.pool_group = 2;
+  s.seed = 23;
+  s.save_warmup = true;
+  const auto f = walled_gaussian(sigma, INFINITY);
+  const SamplerResult full = sample_nuts(f, init, s);
+  for (const bool out_of_step : {false, true}) {
+    for (const int64_t stop_at_poll : {20, 70}) {
+      const std::string what = std::string(out_of_step ? "out of step" : "lock-step") +
+                               ", stop at poll " + std::to_string(stop_at_poll);
+      NutsSettings r = s;
+      r.out_of_step = out_of_step;
+      int64_t polls = 0;
+      r.stop_requested = [&polls, stop_at_poll] { return ++polls == stop_at_poll; };
+      std::vector<std::shared_ptr<SamplerSnapshot>> saved;
+      r.on_checkpoint = keep_snapshots(saved);
+      EXPECT_THROW(sample_nuts(f, init, r), dslens::Interrupted) << what;
+      ASSERT_FALSE(saved.empty()) << what;
+      const auto last = saved.back();
+      if (out_of_step) {
+        // polled at every transition the slowest chain ends: at most one poll per iteration
+        EXPECT_LE(last->iteration, stop_at_poll) << what;
+      } else {
+        EXPECT_EQ(last->iteration, stop_at_poll) << what;  // polled after every iteration
+      }
+      EXPECT_EQ(polls, stop_at_poll) << what;
+      NutsSettings resumed = s;
+      resumed.out_of_step = out_of_step;
+      resumed.resume_from = last;
+      const SamplerResult res = sample_nuts(f, init, resumed);
+      expect_same_draws(res, full, what);
+      expect_same_draws(res.warmup, full.warmup, what + ", warmup");
+      EXPECT_TRUE(torch::equal(res.inv_metric, full.inv_metric)) << what;
+    }
+  }
+}
+
+// checkpoint_seconds: snapshots where the chains meet, without cutting segments (the same batched
+// calls as without them); lock-step meets after every iteration.
+TEST(NutsOutOfStep, TimedSnapshotsDoNotEndSegments) {
+  const int64_t C = 4, D = 3;
+  const torch::Tensor sigma = torch::tensor({0.2, 1.0, 3.0}, torch::kFloat64);
+  const torch::Tensor init =
+      torch::randn({C, D}, torch::Generator(at::detail::createCPUGenerator(6)), torch::kFloat64);
+  NutsSettings s;
+  s.num_warmup = 40;
+  s.num_draws = 160;
+  s.adapt.windows = WindowSettings{15, 10, 15};
+  s.seed = 29;
+  s.refresh = 5;
+  const auto f = walled_gaussian(sigma, INFINITY);
+  for (const bool out_of_step : {false, true}) {
+    s.out_of_step = out_of_step;
+    s.checkpoint_seconds = 0;
+    s.on_checkpoint = nullptr;
+    const SamplerResult plain = sample_nuts(f, init, s);
+    std::vector<std::shared_ptr<SamplerSnapshot>> saved;
+    s.checkpoint_seconds = 1e-9;  // due at every meeting point
+    s.on_checkpoint = keep_snapshots(saved);
+    const SamplerResult timed = sample_nuts(f, init, s);
+    expect_same_draws(plain, timed, out_of_step ? "out of step" : "lock-step");
+    EXPECT_EQ(plain.log_density_calls, timed.log_density_calls);
+    std::vector<int64_t> at;
+    for (const auto& snap : saved) at.push_back(snap->iteration);
+    if (out_of_step) {
+      // Segments of at most max(refresh, 50) iterations that end at warmup's meeting points: its
+      // one metric window ends at 15 + 10 = 25, warmup at 40 (the last 15 are its end buffer).
+      EXPECT_EQ(at, (std::vector<int64_t>{25, 40, 90, 140, 190})) << ::testing::PrintToString(at);
+    } else {
+      ASSERT_EQ(at.size(), 199u);
+      EXPECT_EQ(at.front(), 1);
+      EXPECT_EQ(at.back(), 199);
+    }
+    NutsSettings r = s;
+    r.on_checkpoint = nullptr;
+    r.resume_from = saved[saved.size() / 2];
+    expect_same_draws(sample_nuts(f, init, r), plain, "resumed from a timed snapshot");
   }
 }
 

@@ -1,5 +1,6 @@
 // Typed exceptions thrown by dslens libraries. Only app/ catches them and maps them to exit codes:
-// InputError and its children (bad config, bad file, bad setting) -> exit 2; anything else -> 1.
+// InputError and its children (bad config, bad file, bad setting) -> exit 2; Interrupted -> 128 +
+// the signal that asked for the stop; anything else -> 1.
 #pragma once
 #include <stdexcept>
 #include <string>
@@ -50,6 +51,13 @@ class NumericalError : public Error {
 
 // A device (CUDA) operation failed; the message carries the runtime's error string.
 class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A long run was asked to stop (e.g. by a signal, through a stop_requested callback) and stopped
+// where it can be continued: the message says what was saved and where the run stopped.
+class Interrupted : public Error {
  public:
   using Error::Error;
 };

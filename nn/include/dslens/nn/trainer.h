@@ -81,6 +81,10 @@ struct TrainOptions {
   AugmentFn augment;                              // used when TrainConfig::augment
   std::function<void(const Progress&)> on_progress;
   int64_t stop_after_step = -1;  // stop (with a checkpoint) after this step; < 0: run to the end
+  // Polled after every step; when it returns true on any rank the run writes a checkpoint after
+  // that step and throws Interrupted (e.g. a flag set by a SIGTERM handler). Every rank stops at
+  // the same step: the flag travels with the step's all-reduced loss statistics.
+  std::function<bool()> stop_requested;
   Communicator* comm = nullptr;  // null: single process
 };
 

@@ -140,7 +140,16 @@ struct SamplerSettings {
   // Checkpoints: on_checkpoint gets a snapshot every `checkpoint_every` iterations (0: never) and
   // at the end of warmup. It may throw to stop the run; the exception propagates unchanged.
   int64_t checkpoint_every = 0;
+  // > 0: also a snapshot where the chains meet (after every iteration in lock-step, at a segment's
+  // end out of step) once this many seconds have passed since the last one or the start. Unlike
+  // checkpoint_every it does not end segments early, so out-of-step runs keep their long segments.
+  double checkpoint_seconds = 0.0;
   std::function<void(const SamplerSnapshot&)> on_checkpoint;
+  // Polled after every iteration (lock-step) or every transition the slowest chain ends (out of
+  // step); when it returns true the run gives on_checkpoint a snapshot of the last iteration that
+  // every chain has ended (out of step: the current segment's start; the segment is done again
+  // on resume, with the same result) and throws Interrupted. E.g. a flag set by a SIGTERM handler.
+  std::function<bool()> stop_requested;
   // Continue a run from a snapshot taken with the same settings and initial positions' shape: the
   // counter-based random streams make the result that of the uninterrupted run.
   std::shared_ptr<const SamplerSnapshot> resume_from;
