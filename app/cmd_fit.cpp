@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 
+#include "catalogue.h"
 #include "command.h"
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/errors.h"
@@ -206,6 +207,7 @@ int run_fit(int argc, char** argv) {
                           {"shard", {shard_index, shard_count}}, {"device", compute.device.str()},
                           {"dtype", dtype_name(compute.dtype)},  {"seconds", seconds}};
   write_text_atomically(dir + "/index.json", run_json.dump(2) + "\n");
+  write_text_atomically(dir + "/catalogue.csv", catalogue_csv(fit_lens_folders(dir)).csv);
   fs::remove_all(checkpoint_dir);
   out.commit();
 

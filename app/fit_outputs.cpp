@@ -1,8 +1,11 @@
 // What `dslens fit` writes for one lens (docs/fit.md, "Output").
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/fits.h"
@@ -174,6 +177,77 @@ std::vector<FitsCard> grid_cards(const physics::PixelGrid& g, const std::string&
           {"ORIGIN", std::string("dslens ") + version(), ""}};
 }
 
+// Adds to each summary row its central 68 % and 95 % intervals from flat [draws, K] (columns
+// named by `cols`) and, where `truth` has the row's variable, the truth, error, z-score, relative
+// error and whether the intervals hold it.
+void annotate_summary(nlohmann::json& rows, const torch::Tensor& flat,
+                      const std::vector<std::string>& cols,
+                      const std::map<std::string, double>& truth) {
+  const auto q =
+      flat.quantile(torch::tensor({0.025, 0.16, 0.84, 0.975}, torch::kFloat64), 0).contiguous();
+  for (auto& row : rows) {
+    const std::string name = row["variable"].get<std::string>();
+    const auto col = std::find(cols.begin(), cols.end(), name) - cols.begin();
+    const double lo95 = q[0][col].item<double>(), lo68 = q[1][col].item<double>(),
+                 hi68 = q[2][col].item<double>(), hi95 = q[3][col].item<double>();
+    row["q2.5"] = number_or_null(lo95);
+    row["q16"] = number_or_null(lo68);
+    row["q84"] = number_or_null(hi68);
+    row["q97.5"] = number_or_null(hi95);
+    const auto it = truth.find(name);
+    if (it == truth.end()) continue;
+    row["truth"] = it->second;
+    if (row["mean"].is_number() && row["sd"].is_number()) {
+      const double err = row["mean"].get<double>() - it->second;
+      row["error"] = err;
+      row["z_score"] = number_or_null(err / row["sd"].get<double>());
+      row["relative_error"] = number_or_null(err / std::abs(it->second));
+      row["in_68"] = it->second >= lo68 && it->second <= hi68;
+      row["in_95"] = it->second >= lo95 && it->second <= hi95;
+    }
+  }
+}
+
+struct DerivedDraws {
+  std::vector<std::string> names;
+  torch::Tensor values;  // [draws, K]
+  std::map<std::string, double> truth;
+};
+
+// q_X from e1_X, e2_X and gamma_ext_X from gamma1_X, gamma2_X, where both are free parameters
+// (columns of flat [draws, D]); their truth where both components have one.
+DerivedDraws derived_draws(const torch::Tensor& flat, const std::vector<std::string>& names,
+                           const std::map<std::string, double>& truth) {
+  DerivedDraws out;
+  std::vector<torch::Tensor> cols;
+  const auto column = [&names](const std::string& n) -> int64_t {
+    const auto it = std::find(names.begin(), names.end(), n);
+    return it == names.end() ? -1 : it - names.begin();
+  };
+  const auto q_of = [](double e) { return (1.0 - e) / (1.0 + e); };
+  for (const auto& [first, second, derived] :
+       {std::tuple{std::string("e1_"), std::string("e2_"), std::string("q_")},
+        std::tuple{std::string("gamma1_"), std::string("gamma2_"), std::string("gamma_ext_")}}) {
+    for (const auto& n : names) {
+      if (n.rfind(first, 0) != 0) continue;
+      const std::string suffix = n.substr(first.size());
+      const int64_t a = column(n), b = column(second + suffix);
+      if (b < 0) continue;
+      const auto modulus = torch::sqrt(flat.select(1, a).square() + flat.select(1, b).square());
+      const bool is_q = derived == "q_";
+      cols.push_back(is_q ? (1.0 - modulus) / (1.0 + modulus) : modulus);
+      out.names.push_back(derived + suffix);
+      const auto ta = truth.find(n), tb = truth.find(second + suffix);
+      if (ta != truth.end() && tb != truth.end()) {
+        const double m = std::hypot(ta->second, tb->second);
+        out.truth[out.names.back()] = is_q ? q_of(m) : m;
+      }
+    }
+  }
+  if (!cols.empty()) out.values = torch::stack(cols, 1);
+  return out;
+}
+
 }  // namespace fit_outputs_detail
 
 using namespace fit_outputs_detail;
@@ -277,28 +351,21 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   }
   write_text_atomically(dir + "/map.json", map_json.dump(2) + "\n");
 
-  // Summary (with truth, error and z-score for mocks) and warnings.
+  // Summary (with truth, error and z-score for mocks) and warnings. Every row gets the central
+  // 68 % and 95 % intervals (q16, q84, q2.5, q97.5), mocks' rows whether they hold the truth.
   const auto rows = samplers::summarize(draws, names);
   nlohmann::json summary = samplers::summary_json(rows);
-  for (auto& row : summary) {
-    const auto it = truth.find(row["variable"].get<std::string>());
-    if (it == truth.end()) continue;
-    row["truth"] = it->second;
-    if (row["mean"].is_number() && row["sd"].is_number()) {
-      const double err = row["mean"].get<double>() - it->second;
-      row["error"] = err;
-      row["z_score"] = number_or_null(err / row["sd"].get<double>());
-      row["relative_error"] = number_or_null(err / std::abs(it->second));
-      const auto col = std::find(names.begin(), names.end(), it->first) - names.begin();
-      const auto q =
-          x_all.select(1, col).quantile(torch::tensor({0.025, 0.16, 0.84, 0.975}, torch::kFloat64));
-      row["q2.5"] = q[0].item<double>();
-      row["q16"] = q[1].item<double>();
-      row["q84"] = q[2].item<double>();
-      row["q97.5"] = q[3].item<double>();
-      row["in_68"] = it->second >= q[1].item<double>() && it->second <= q[2].item<double>();
-      row["in_95"] = it->second >= q[0].item<double>() && it->second <= q[3].item<double>();
-    }
+  annotate_summary(summary, x_all, names, truth);
+  // Derived quantities, summarised like the parameters (summary.json's "derived"): the axis ratio
+  // q_X = (1 - |e|) / (1 + |e|) of each free (e1_X, e2_X) pair and the shear strength
+  // gamma_ext_X = |(gamma1_X, gamma2_X)| (lenstronomy's param_util.ellipticity2phi_q and
+  // shear_cartesian2polar). Angles are left out: near q = 1 or gamma_ext = 0 they wrap around.
+  const DerivedDraws derived = derived_draws(x_all, names, truth);
+  nlohmann::json derived_summary = nlohmann::json::array();
+  if (!derived.names.empty()) {
+    derived_summary = samplers::summary_json(
+        samplers::summarize(derived.values.reshape({C, N, -1}), derived.names));
+    annotate_summary(derived_summary, derived.values, derived.names, derived.truth);
   }
   const double round_threshold =
       search_round_thresholds(torch::full({1}, static_cast<double>(dof), torch::kFloat64), cfg.map)
@@ -324,6 +391,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["config"] = cfg.path;
   summary_file["data"] = obs.description;
   summary_file["parameters"] = summary;
+  summary_file["derived"] = derived_summary;
   summary_file["reduced_chi_square_map"] = reduced_chi2;
   summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
   summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);

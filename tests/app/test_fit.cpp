@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -40,6 +41,22 @@ using dslens::testing::read_json;
 using dslens::testing::run_dslens;
 using dslens::testing::RunResult;
 using dslens::testing::write_json;
+
+// A CSV file without quoted fields, as rows of fields.
+std::vector<std::vector<std::string>> read_csv(const std::string& path) {
+  std::vector<std::vector<std::string>> rows;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> fields;
+    std::stringstream ss(line);
+    std::string f;
+    while (std::getline(ss, f, ',')) fields.push_back(f);
+    if (!line.empty() && line.back() == ',') fields.push_back("");
+    rows.push_back(fields);
+  }
+  return rows;
+}
 
 json mock_config(int seed, double theta_e) {
   return {{"grid", {{"nx", 32}, {"ny", 32}, {"pixel_scale", 0.1}}},
@@ -258,6 +275,59 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     EXPECT_LT(std::abs(x["mean"].get<double>() - y["mean"].get<double>()), 4 * se)
         << x["variable"] << ": alone " << x.dump() << "\nbatched " << y.dump();
   }
+
+  // The run's catalogue.csv: a row per lens with summary.json's medians and intervals, and the
+  // derived axis ratio q = (1 - |e|) / (1 + |e|) computed here from the draws' e1, e2.
+  const auto table = read_csv(dir + "/fit/catalogue.csv");
+  ASSERT_EQ(table.size(), 3u);  // header and two lenses
+  const auto col = [&table](const std::string& name) {
+    const auto it = std::find(table[0].begin(), table[0].end(), name);
+    EXPECT_NE(it, table[0].end()) << name;
+    return static_cast<size_t>(it - table[0].begin());
+  };
+  for (size_t k = 1; k < table.size(); ++k) {
+    const std::string lens = table[k][col("lens")];
+    const json s = read_json(dir + "/fit/" + lens + "/summary.json");
+    for (const auto& row : s["parameters"]) {
+      if (row["variable"] != "theta_E_lens0") continue;
+      EXPECT_NEAR(std::stod(table[k][col("theta_E_lens0_q50")]), row["q50"].get<double>(), 1e-9);
+      EXPECT_NEAR(std::stod(table[k][col("theta_E_lens0_q16")]), row["q16"].get<double>(), 1e-9);
+    }
+    const auto draws = dslens::read_npy(dir + "/fit/" + lens + "/draws.npy");
+    const json names = read_json(dir + "/fit/" + lens + "/draws.json")["names"];
+    const auto index = [&names](const std::string& n) {
+      for (size_t i = 0; i < names.size(); ++i)
+        if (names[i] == n) return static_cast<int64_t>(i);
+      ADD_FAILURE() << n << " not in " << names.dump();
+      return int64_t{0};
+    };
+    const auto e =
+        torch::hypot(draws.select(2, index("e1_lens0")), draws.select(2, index("e2_lens0")))
+            .reshape({-1});
+    const auto q = ((1 - e) / (1 + e)).quantile(torch::tensor({0.16, 0.84}, torch::kFloat64));
+    EXPECT_NEAR(std::stod(table[k][col("q_lens0_q16")]), q[0].item<double>(), 1e-9);
+    EXPECT_NEAR(std::stod(table[k][col("q_lens0_q84")]), q[1].item<double>(), 1e-9);
+    const double e_true = std::hypot(0.08, -0.05);  // mock_config's e1, e2
+    EXPECT_NEAR(std::stod(table[k][col("q_lens0_truth")]), (1 - e_true) / (1 + e_true), 1e-9);
+  }
+
+  // `dslens catalogue` joins the runs under a folder (the batch and the shard: b twice) and names
+  // the ones that have not finished.
+  const RunResult cut =
+      run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/unfinished") +
+                 " --shard 0/2 --starts 3 " + "--stop-after map");
+  ASSERT_EQ(cut.code, 0) << cut.output;
+  const RunResult joined =
+      run_dslens("catalogue " + quote(dir) + " --out " + quote(dir + "/all.csv"), "");
+  ASSERT_EQ(joined.code, 0) << joined.output;
+  EXPECT_NE(joined.output.find("3 lens(es) from 2 finished fit output(s)"), std::string::npos)
+      << joined.output;
+  EXPECT_NE(joined.output.find("lens 'b' has 2 rows"), std::string::npos) << joined.output;
+  EXPECT_NE(joined.output.find(dir + "/unfinished"), std::string::npos) << joined.output;
+  EXPECT_EQ(read_csv(dir + "/all.csv").size(), 4u);
+  const RunResult again =
+      run_dslens("catalogue " + quote(dir) + " --out " + quote(dir + "/all.csv"), "");
+  EXPECT_EQ(again.code, 2) << again.output;  // an existing file is not replaced without --overwrite
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,138 @@
+#include "catalogue.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "dslens/core/config.h"
+#include "dslens/core/errors.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace dslens::app {
+namespace catalogue_detail {
+
+json read_json(const fs::path& path) {
+  try {
+    return load_json_file(path.string());
+  } catch (const InputError& e) {
+    throw FileError(e.what());
+  } catch (const json::exception& e) {
+    throw FileError("'" + path.string() + "' is not valid JSON: " + e.what());
+  }
+}
+
+// RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+std::string cell(const json& v) {
+  if (v.is_number()) {
+    const double x = v.get<double>();
+    if (!std::isfinite(x)) return "";
+    if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.10g", x);
+    return buf;
+  }
+  if (v.is_string()) return csv_field(v.get<std::string>());
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  return "";
+}
+
+}  // namespace catalogue_detail
+
+using namespace catalogue_detail;
+
+std::vector<fs::path> fit_lens_folders(const fs::path& run) {
+  const fs::path index_path = run / "index.json";
+  if (!fs::exists(index_path))
+    throw FileError("'" + run.string() + "' holds no finished fit (no index.json)");
+  const json index = read_json(index_path);
+  if (!index.contains("lenses") || !index.at("lenses").is_array())
+    throw FileError("'" + index_path.string() + "' has no \"lenses\" list");
+  std::vector<fs::path> out;
+  for (const auto& line : index.at("lenses")) {
+    const std::string lens = line.value("lens", std::string());
+    const fs::path recorded = line.value("folder", std::string());
+    if (!recorded.empty() && fs::exists(recorded / "summary.json")) {
+      out.push_back(recorded);
+    } else if (!lens.empty() && fs::exists(run / lens / "summary.json")) {
+      out.push_back(run / lens);
+    } else if (fs::exists(run / "summary.json")) {
+      out.push_back(run);
+    } else {
+      throw FileError("'" + index_path.string() + "' lists lens '" + lens +
+                      "', whose summary.json is neither in '" + recorded.string() + "' nor in '" +
+                      (run / lens).string() + "'");
+    }
+  }
+  return out;
+}
+
+Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
+  const std::vector<std::string> fixed = {"lens",        "folder",   "reduced_chi_square_map",
+                                          "divergences", "max_rhat", "min_ess_bulk",
+                                          "warnings"};
+  std::vector<std::string> columns = fixed;
+  std::set<std::string> known(columns.begin(), columns.end());
+  std::vector<std::map<std::string, json>> rows;
+  const auto add = [&](std::map<std::string, json>& row, const std::string& key, const json& v) {
+    if (known.insert(key).second) columns.push_back(key);
+    row[key] = v;
+  };
+  for (const auto& dir : lens_dirs) {
+    const fs::path path = dir / "summary.json";
+    const json s = read_json(path);
+    if (!s.contains("parameters") || !s.at("parameters").is_array())
+      throw FileError("'" + path.string() + "' has no \"parameters\" list");
+    std::map<std::string, json> row;
+    row["lens"] = s.value("lens", dir.filename().string());
+    row["folder"] = dir.string();
+    row["reduced_chi_square_map"] = s.value("reduced_chi_square_map", json());
+    row["divergences"] = s.value("divergences", json());
+    row["warnings"] = s.contains("warnings") ? json(s.at("warnings").size()) : json();
+    double max_rhat = -INFINITY, min_ess = INFINITY;
+    for (const auto& p : s.at("parameters")) {
+      if (p.value("rhat", json()).is_number())
+        max_rhat = std::max(max_rhat, p["rhat"].get<double>());
+      if (p.value("ess_bulk", json()).is_number())
+        min_ess = std::min(min_ess, p["ess_bulk"].get<double>());
+    }
+    row["max_rhat"] = std::isfinite(max_rhat) ? json(max_rhat) : json();
+    row["min_ess_bulk"] = std::isfinite(min_ess) ? json(min_ess) : json();
+    for (const char* list : {"parameters", "derived"}) {
+      if (!s.contains(list)) continue;
+      for (const auto& p : s.at(list)) {
+        const std::string v = p.value("variable", std::string());
+        if (v.empty() || v.find('[') != std::string::npos) continue;  // latents, source pixels
+        for (const char* k : {"q50", "q16", "q84", "rhat"})
+          add(row, v + "_" + k, p.value(k, json()));
+        if (p.contains("truth")) add(row, v + "_truth", p.at("truth"));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  Catalogue result;
+  std::string& out = result.csv;
+  for (size_t c = 0; c < columns.size(); ++c) out += (c ? "," : "") + csv_field(columns[c]);
+  out += "\n";
+  for (const auto& row : rows) {
+    result.lenses.push_back(row.at("lens").get<std::string>());
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const auto it = row.find(columns[c]);
+      out += (c ? "," : "") + (it == row.end() ? std::string() : cell(it->second));
+    }
+    out += "\n";
+  }
+  return result;
+}
+
+}  // namespace dslens::app

@@ -1,0 +1,30 @@
+// A fit run's results as one table: a row per lens, read from its summary.json. `dslens fit`
+// writes DIR/catalogue.csv; `dslens catalogue` joins the outputs of many runs (the shards of a
+// SLURM array) into one. Columns: lens, folder, the reduced chi-square at the MAP, divergences,
+// the largest R-hat and smallest bulk ESS over all parameters, the number of warnings, then per
+// scalar parameter and derived quantity (q_*, gamma_ext_*; not the VAE latents or source pixels):
+// its median and central 68 % interval (V_q50, V_q16, V_q84), its R-hat (V_rhat) and, for mocks,
+// its truth (V_truth).
+#pragma once
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace dslens::app {
+
+// A finished fit output's lens folders, from its index.json. A folder recorded there that no
+// longer exists (the run was moved) is looked for as RUN/LENS, then as RUN (one-lens runs).
+// FileError when index.json is missing or malformed.
+std::vector<std::filesystem::path> fit_lens_folders(const std::filesystem::path& run);
+
+// The CSV of the lenses in `lens_dirs` (FileError naming a summary.json that is missing or
+// malformed). Columns are the union over the lenses, in the order first seen; a lens without a
+// column has an empty cell.
+struct Catalogue {
+  std::string csv;
+  std::vector<std::string> lenses;  // the rows' lens names (summary.json's "lens")
+};
+Catalogue catalogue_csv(const std::vector<std::filesystem::path>& lens_dirs);
+
+}  // namespace dslens::app
