@@ -1,9 +1,12 @@
 // `dslens fit CONFIG... --out DIR`: MAP then NUTS on one or many lenses (docs/fit.md).
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include "catalogue.h"
 #include "command.h"
@@ -12,6 +15,7 @@
 #include "dslens/core/logging.h"
 #include "dslens/core/output_dir.h"
 #include "dslens/core/version.h"
+#include "dslens/model/lens_posterior.h"
 #include "fit_config.h"
 #include "fit_run.h"
 #include "map_init.h"
@@ -54,12 +58,60 @@ std::pair<int64_t, int64_t> shard_from(const cxxopts::ParseResult& args) {
   return parse_shard(std::string(id) + "/" + count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT");
 }
 
+// --check: one line per config (its data, model and the log posterior at its initial point, or
+// what is wrong), then how the good ones would be batched. Exit 2 if any config has a problem.
+int check_configs(const std::vector<FitConfig>& configs,
+                  std::vector<std::pair<std::string, std::string>> bad, int64_t max_batch,
+                  const Compute& compute) {
+  std::map<std::string, int64_t> batch_sizes;
+  int64_t batches = 0, ready = 0;
+  for (const auto& c : configs) {
+    // The model's components, as the config names them.
+    std::string model;
+    for (const char* part : {"mass", "lens_light", "source"}) {
+      const auto& m = c.config.at("model");
+      if (!m.contains(part)) continue;
+      std::string types;
+      for (const auto& comp : m.at(part)) {
+        types += (types.empty() ? "" : " + ") + comp.value("type", std::string("?"));
+      }
+      model += (model.empty() ? "" : "; ") + std::string(part) + " " + types;
+    }
+    const model::LensPosterior post(c.model.spec(c.data.grid, c.data.psf), c.model.space,
+                                    c.data.imaging(), compute);
+    torch::NoGradGuard no_grad;
+    const double lp = post.log_prob(c.model.space.initial(1, compute.options())).item<double>();
+    if (!std::isfinite(lp)) {
+      bad.emplace_back(c.path,
+                       "the log posterior at the initial point (each parameter's init or "
+                       "prior median) is " +
+                           std::to_string(lp) + "; check the priors against the data");
+      continue;
+    }
+    std::cout << "ok   " << c.path << ": " << c.data.image.size(0) << "x" << c.data.image.size(1)
+              << " px (rows x columns) of " << c.data.grid.pixel_scale << "\" ("
+              << c.data.n_fitted() << " fitted), " << model << ", " << c.model.space.dim()
+              << " free parameters; log posterior " << lp << " at the initial point\n";
+    for (const auto& w : c.data.warnings) std::cout << "     warning: " << w << "\n";
+    if (batch_sizes[batch_key(c)]++ % max_batch == 0) ++batches;
+    ++ready;
+  }
+  for (const auto& [path, what] : bad) std::cout << "BAD  " << path << ": " << what << "\n";
+  std::cout << ready + static_cast<int64_t>(bad.size()) << " config(s): " << ready
+            << " ready to fit (" << batches << " batch(es) of at most " << max_batch << " lenses), "
+            << bad.size() << " with problems\n";
+  return bad.empty() ? 0 : 2;
+}
+
 int run_fit(int argc, char** argv) {
   cxxopts::Options options(argv[0], "Fit lenses: MAP from many prior draws, then NUTS chains");
   options.positional_help("CONFIG... (files or folders of *.json)").show_positional_help();
   options.add_options()("configs", "fit configs", cxxopts::value<std::vector<std::string>>())(
       "o,out", "output folder to create (refused if it exists)", cxxopts::value<std::string>())(
       "overwrite", "replace an existing output folder")(
+      "check",
+      "check the configs and their data and report every problem, without fitting (no --out "
+      "needed; exit 2 if any config has one)")(
       "resume", "continue an interrupted fit in --out from its last finished stage")(
       "shard", "fit only slice i of n of the configs (default: SLURM_ARRAY_TASK_ID/COUNT)",
       cxxopts::value<std::string>())("chains", "override sampler.chains",
@@ -79,12 +131,13 @@ int run_fit(int argc, char** argv) {
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
   if (!args.count("configs")) throw InputError("missing CONFIG (see dslens fit --help)");
-  if (!args.count("out")) throw InputError("missing --out DIR (see dslens fit --help)");
+  const bool check = args.count("check") > 0;
+  if (!check && !args.count("out")) throw InputError("missing --out DIR (see dslens fit --help)");
   if (!args.unmatched().empty()) {
     throw InputError("unexpected argument '" + args.unmatched().front() + "' (see --help)");
   }
   const Compute compute = compute_from(args);
-  const std::string out_path = args["out"].as<std::string>();
+  const std::string out_path = args.count("out") ? args["out"].as<std::string>() : "";
   const bool resume = args.count("resume") > 0, overwrite = args.count("overwrite") > 0;
   if (resume && overwrite) throw InputError("--resume and --overwrite exclude each other");
   const auto [shard_index, shard_count] = shard_from(args);
@@ -96,7 +149,7 @@ int run_fit(int argc, char** argv) {
   if (!stop_after.empty() && stop_after != "map" && stop_after != "warmup")
     throw InputError("--stop-after '" + stop_after + "' is not a stage; allowed: map, warmup");
   const bool stopping = !stop_after.empty();
-  if (resume && fs::exists(fs::path(out_path) / "index.json")) {
+  if (resume && !check && fs::exists(fs::path(out_path) / "index.json")) {
     std::cout << "'" << out_path << "' holds a finished fit (index.json); nothing to resume\n";
     return 0;
   }
@@ -112,7 +165,16 @@ int run_fit(int argc, char** argv) {
 
   // Parse everything before creating the output folder: a config error leaves nothing behind.
   std::vector<FitConfig> configs;
+  std::vector<std::pair<std::string, std::string>> bad;  // --check: config, what is wrong
   for (const auto& p : paths) {
+    if (check) {
+      try {
+        configs.push_back(load_fit_config(p, compute));
+      } catch (const InputError& e) {
+        bad.emplace_back(p, e.what());
+      }
+      continue;
+    }
     FitConfig c = load_fit_config(p, compute);
     if (args.count("chains")) c.sampler.chains = args["chains"].as<int64_t>();
     if (args.count("warmup")) c.sampler.warmup = args["warmup"].as<int64_t>();
@@ -123,6 +185,7 @@ int run_fit(int argc, char** argv) {
     }
     configs.push_back(std::move(c));
   }
+  if (check) return check_configs(configs, bad, max_batch, compute);
   std::map<std::string, int> names;
   for (auto& c : configs) {
     if (names[c.name]++) c.name += "-" + std::to_string(names[c.name]);

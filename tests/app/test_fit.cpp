@@ -922,6 +922,31 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
 
   r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --shard 2/2");
   EXPECT_EQ(r.code, 2) << r.output;
+
+  // --check reads the whole folder and names every problem, with the good config's data, model and
+  // log posterior at its initial point; nothing is fitted or written, and no --out is needed.
+  r = run_dslens("fit " + quote(dir + "/configs") + " --check");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("ok   " + cfg +
+                          ": 32x32 px (rows x columns) of 0.1\" (1024 fitted), "
+                          "mass SIE; source SERSIC_ELLIPSE, 7 free parameters; log posterior "),
+            std::string::npos)
+      << r.output;
+  for (size_t k = 0; k < bad.size(); ++k) {
+    const std::string line = "BAD  " + dir + "/configs/bad" + std::to_string(k) + ".json: ";
+    const auto at = r.output.find(line);
+    ASSERT_NE(at, std::string::npos) << line << "\n" << r.output;
+    const std::string rest = r.output.substr(at, r.output.find('\n', at) - at);
+    for (const auto& words : bad[k].second)
+      EXPECT_NE(rest.find(words), std::string::npos) << words << "\n" << rest;
+  }
+  EXPECT_NE(r.output.find(std::to_string(bad.size() + 1) + " config(s): 1 ready to fit (1 " +
+                          "batch(es) of at most 64 lenses), " + std::to_string(bad.size()) +
+                          " with problems"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
+  EXPECT_EQ(run_dslens("fit " + quote(cfg) + " --check").code, 0);
   fs::remove_all(dir);
 }
 
