@@ -16,6 +16,7 @@
 #include "dslens/core/output_dir.h"
 #include "dslens/core/version.h"
 #include "dslens/model/lens_posterior.h"
+#include "duration_text.h"
 #include "fit_config.h"
 #include "fit_run.h"
 #include "map_init.h"
@@ -232,6 +233,7 @@ int run_fit(int argc, char** argv) {
   nlohmann::json index = nlohmann::json::array();
   const auto t0 = std::chrono::steady_clock::now();
   FitRunOptions run{compute, checkpoint_dir, resume, stop_after, init, init_source};
+  int64_t lenses_done = 0;  // by this run (not read back from an earlier one's markers)
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::string done_marker = checkpoint_dir + "/batch" + std::to_string(b) + ".done.json";
     if (resume && fs::exists(done_marker)) {
@@ -258,6 +260,19 @@ int run_fit(int argc, char** argv) {
     }
     write_text_atomically(done_marker, lines.dump(2) + "\n");
     for (const auto& l : lines) index.push_back(l);
+    // A catalogue's progress: lenses done and, from this run's lenses per second, the rest.
+    lenses_done += static_cast<int64_t>(batches[b].size());
+    int64_t lenses_left = 0;
+    for (size_t k = b + 1; k < batches.size(); ++k)
+      lenses_left += static_cast<int64_t>(batches[k].size());
+    if (lenses_left > 0) {
+      const double spent =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      spdlog::info("fit: {} of {} lens(es) done in {}; about {} to go", index.size(),
+                   index.size() + static_cast<size_t>(lenses_left), duration_text(spent),
+                   duration_text(spent / static_cast<double>(lenses_done) *
+                                 static_cast<double>(lenses_left)));
+    }
   }
   if (stopping) {
     std::cout << "stopped after " << stop_after << "; continue with: dslens fit ... --out "
