@@ -142,9 +142,14 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                                                     best_per_lens.data_ptr<double>() + n_lenses))
                      .dump());
     if (!torch::isfinite(best_lp.select(1, 0)).all().item<bool>()) {
-      throw NumericalError(
-          "MAP found no start with a finite log posterior for some lens; check "
-          "the priors against the data (e.g. ellipticity priors allowing |e| >= 1)");
+      std::string which;
+      for (int64_t l = 0; l < n_lenses; ++l) {
+        if (std::isfinite(best_per_lens[l].item<double>())) continue;
+        which += (which.empty() ? "" : ", ") + lenses[static_cast<size_t>(l)]->path;
+      }
+      throw NumericalError("MAP found no start with a finite log posterior for " + which +
+                           "; check the priors against the data (e.g. ellipticity priors allowing "
+                           "|e| >= 1; `dslens fit CONFIG --check` evaluates the initial point)");
     }
     save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64),
                             torch::tensor(search_rounds, torch::kLong)});
