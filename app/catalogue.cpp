@@ -59,15 +59,18 @@ std::vector<fs::path> fit_lens_folders(const fs::path& run) {
   if (!index.contains("lenses") || !index.at("lenses").is_array())
     throw FileError("'" + index_path.string() + "' has no \"lenses\" list");
   std::vector<fs::path> out;
+  const bool one_lens = index.at("lenses").size() == 1;
   for (const auto& line : index.at("lenses")) {
     const std::string lens = line.value("lens", std::string());
     const fs::path recorded = line.value("folder", std::string());
-    if (!recorded.empty() && fs::exists(recorded / "summary.json")) {
-      out.push_back(recorded);
-    } else if (!lens.empty() && fs::exists(run / lens / "summary.json")) {
+    // Where `dslens fit` puts a lens (DIR/LENS, or DIR itself for one lens) before the recorded
+    // path, which is relative to where the fit ran when --out was.
+    if (!lens.empty() && !one_lens && fs::exists(run / lens / "summary.json")) {
       out.push_back(run / lens);
-    } else if (fs::exists(run / "summary.json")) {
+    } else if (one_lens && fs::exists(run / "summary.json")) {
       out.push_back(run);
+    } else if (!recorded.empty() && fs::exists(recorded / "summary.json")) {
+      out.push_back(recorded);
     } else {
       throw FileError("'" + index_path.string() + "' lists lens '" + lens +
                       "', whose summary.json is neither in '" + recorded.string() + "' nor in '" +

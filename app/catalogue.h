@@ -13,8 +13,8 @@
 
 namespace dslens::app {
 
-// A finished fit output's lens folders, from its index.json. A folder recorded there that no
-// longer exists (the run was moved) is looked for as RUN/LENS, then as RUN (one-lens runs).
+// A finished fit output's lens folders, from its index.json: RUN/LENS, or RUN itself for a
+// one-lens run, else the folder recorded there (the run may have been moved since).
 // FileError when index.json is missing or malformed.
 std::vector<std::filesystem::path> fit_lens_folders(const std::filesystem::path& run);
 
