@@ -248,8 +248,7 @@ int run_fit(int argc, char** argv) {
       results = fit_batch(batches[b], static_cast<int64_t>(b), run);
     } catch (const Interrupted& e) {
       spdlog::warn("{}", e.what());
-      throw Interrupted(std::string(e.what()) + "; continue with: dslens fit ... --out " +
-                        out_path + " --resume");
+      throw Interrupted(std::string(e.what()) + "; continue with: " + resume_command(argc, argv));
     }
     if (stopping) continue;
     nlohmann::json lines = nlohmann::json::array();
@@ -275,8 +274,8 @@ int run_fit(int argc, char** argv) {
     }
   }
   if (stopping) {
-    std::cout << "stopped after " << stop_after << "; continue with: dslens fit ... --out "
-              << out_path << " --resume\n";
+    std::cout << "stopped after " << stop_after << "; continue with: " << resume_command(argc, argv)
+              << "\n";
     return 0;
   }
   const double seconds =

@@ -56,16 +56,6 @@ json vae_digest(const std::string& vae) {
   return nullptr;
 }
 
-std::string shell_quote(const std::string& a) {
-  if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                        "0123456789-_=./,:+@%") == std::string::npos) {
-    return a;
-  }
-  std::string q = "'";
-  for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -335,9 +325,9 @@ int run(int argc, char** argv) {
       try {
         rc = run_command("fit", fit_args);
       } catch (const Interrupted&) {
-        throw Interrupted("the fits at SNR " + num(snr) + " stopped on request (" +
-                          fit_dir.string() + " keeps their checkpoints); continue with: " +
-                          (resume ? command : command + " --resume"));
+        throw Interrupted(
+            "the fits at SNR " + num(snr) + " stopped on request (" + fit_dir.string() +
+            " keeps their checkpoints); continue with: " + resume_command(argc, argv));
       }
       fit_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (rc != 0) throw Error("mock-study: fitting " + fit_dir.string() + " failed");

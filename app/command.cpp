@@ -31,6 +31,32 @@ int run_command(const std::string& name, std::vector<std::string> args) {
   throw InvalidArgument("no command '" + name + "'");
 }
 
+std::string shell_quote(const std::string& a) {
+  if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789-_=./,:+@%") == std::string::npos) {
+    return a;
+  }
+  std::string q = "'";
+  for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string resume_command(int argc, char** argv) {
+  std::string out = argc > 0 ? argv[0] : "dslens";
+  bool resume = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--overwrite" || a.rfind("--stop-after=", 0) == 0) continue;
+    if (a == "--stop-after") {
+      ++i;  // and its value
+      continue;
+    }
+    resume |= a == "--resume";
+    out += " " + shell_quote(a);
+  }
+  return resume ? out : out + " --resume";
+}
+
 void add_compute_options(cxxopts::Options& options, const std::string& default_dtype) {
   options.add_options("compute")("device", "cpu, cuda, cuda:N or auto",
                                  cxxopts::value<std::string>()->default_value("auto"))(

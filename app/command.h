@@ -42,6 +42,11 @@ struct CommandRegistrar {
 void add_compute_options(cxxopts::Options& options, const std::string& default_dtype = "float64");
 // Applies --threads and --log-level and returns the Compute from --device/--dtype.
 Compute compute_from(const cxxopts::ParseResult& result);
+// `a` quoted for a POSIX shell where it needs to be ('it'\''s'), as is otherwise.
+std::string shell_quote(const std::string& a);
+// The command line that continues an interrupted run: argv ("dslens NAME" first) quoted for a
+// shell, without --overwrite and --stop-after (and its value), with --resume.
+std::string resume_command(int argc, char** argv);
 // Parses argv; on --help prints the help and returns false (the caller returns 0).
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 

@@ -221,7 +221,10 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   ASSERT_TRUE(WIFEXITED(status)) << seen;
   EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << seen;
   EXPECT_NE(seen.find("stopped on request after iteration"), std::string::npos) << seen;
-  EXPECT_NE(seen.find("--resume"), std::string::npos) << seen;
+  // The command that continues it: the same arguments with --resume.
+  EXPECT_NE(seen.find("continue with: dslens fit " + cfg + " --out " + dir + "/fit3 --resume"),
+            std::string::npos)
+      << seen;
   EXPECT_TRUE(fs::exists(dir + "/fit3/checkpoint/batch0-sampler.pt"));
   EXPECT_FALSE(fs::exists(dir + "/fit3/summary.json"));
   const RunResult after_signal =
