@@ -167,15 +167,7 @@ int run_fit(int argc, char** argv) {
   // Parse everything before creating the output folder: a config error leaves nothing behind.
   std::vector<FitConfig> configs;
   std::vector<std::pair<std::string, std::string>> bad;  // --check: config, what is wrong
-  for (const auto& p : paths) {
-    if (check) {
-      try {
-        configs.push_back(load_fit_config(p, compute));
-      } catch (const InputError& e) {
-        bad.emplace_back(p, e.what());
-      }
-      continue;
-    }
+  const auto load = [&](const std::string& p) {
     FitConfig c = load_fit_config(p, compute);
     if (args.count("chains")) c.sampler.chains = args["chains"].as<int64_t>();
     if (args.count("warmup")) c.sampler.warmup = args["warmup"].as<int64_t>();
@@ -184,7 +176,18 @@ int run_fit(int argc, char** argv) {
     if (c.sampler.chains < 1 || c.sampler.draws < 1 || c.sampler.warmup < 0 || c.map.starts < 1) {
       throw InputError("--chains, --draws and --starts must be >= 1 and --warmup >= 0");
     }
-    configs.push_back(std::move(c));
+    return c;
+  };
+  for (const auto& p : paths) {
+    if (!check) {
+      configs.push_back(load(p));
+      continue;
+    }
+    try {
+      configs.push_back(load(p));
+    } catch (const InputError& e) {
+      bad.emplace_back(p, e.what());
+    }
   }
   if (check) return check_configs(configs, bad, max_batch, compute);
   std::map<std::string, int> names;
