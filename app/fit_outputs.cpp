@@ -362,9 +362,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // shear_cartesian2polar). Angles are left out: near q = 1 or gamma_ext = 0 they wrap around.
   const DerivedDraws derived = derived_draws(x_all, names, truth);
   nlohmann::json derived_summary = nlohmann::json::array();
+  std::vector<samplers::SummaryRow> derived_rows;
   if (!derived.names.empty()) {
-    derived_summary = samplers::summary_json(
-        samplers::summarize(derived.values.reshape({C, N, -1}), derived.names));
+    derived_rows = samplers::summarize(derived.values.reshape({C, N, -1}), derived.names);
+    derived_summary = samplers::summary_json(derived_rows);
     annotate_summary(derived_summary, derived.values, derived.names, derived.truth);
   }
   const double round_threshold =
@@ -403,7 +404,16 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["data_warnings"] = obs.warnings;
   write_text_atomically(dir + "/summary.json", summary_file.dump(2) + "\n");
   std::string text = cfg.name + " (" + obs.description + ")\n\n" + samplers::summary_text(rows);
-  if (!truth.empty()) text += "\nAgainst the truth of the simulation:\n" + truth_table(rows, truth);
+  if (!derived_rows.empty())
+    text += "\nDerived (q = (1 - |e|) / (1 + |e|), gamma_ext = |(gamma1, gamma2)|):\n" +
+            samplers::summary_text(derived_rows);
+  if (!truth.empty()) {
+    std::vector<samplers::SummaryRow> all = rows;
+    all.insert(all.end(), derived_rows.begin(), derived_rows.end());
+    std::map<std::string, double> all_truth = truth;
+    all_truth.insert(derived.truth.begin(), derived.truth.end());
+    text += "\nAgainst the truth of the simulation:\n" + truth_table(all, all_truth);
+  }
   text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2) + "\n";
   for (const auto& w : warnings) text += "WARNING: " + w + "\n";
   write_text_atomically(dir + "/summary.txt", text);

@@ -312,6 +312,13 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     EXPECT_NEAR(std::stod(table[k][col("q_lens0_q84")]), q[1].item<double>(), 1e-9);
     const double e_true = std::hypot(0.08, -0.05);  // mock_config's e1, e2
     EXPECT_NEAR(std::stod(table[k][col("q_lens0_truth")]), (1 - e_true) / (1 + e_true), 1e-9);
+    // summary.txt lists q in its derived table and against the truth.
+    std::ifstream txt(dir + "/fit/" + lens + "/summary.txt");
+    const std::string text((std::istreambuf_iterator<char>(txt)), std::istreambuf_iterator<char>());
+    const auto derived_at = text.find("\nDerived (q = ");
+    EXPECT_NE(derived_at, std::string::npos) << text;
+    EXPECT_NE(text.find("\nq_lens0 ", derived_at), std::string::npos) << text;
+    EXPECT_NE(text.find("q_lens0                      0.827586"), std::string::npos) << text;
   }
 
   // `dslens catalogue` joins the runs under a folder (the batch and the shard: b twice) and names
