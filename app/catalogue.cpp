@@ -111,6 +111,13 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
     }
     row["max_rhat"] = std::isfinite(max_rhat) ? json(max_rhat) : json();
     row["min_ess_bulk"] = std::isfinite(min_ess) ? json(min_ess) : json();
+    // The MAP's parameter values (map.json, when present).
+    json map_values = json::object();
+    if (fs::exists(dir / "map.json")) {
+      const json map = read_json(dir / "map.json");
+      if (map.contains("parameters") && map.at("parameters").is_object())
+        map_values = map.at("parameters");
+    }
     for (const char* list : {"parameters", "derived"}) {
       if (!s.contains(list)) continue;
       for (const auto& p : s.at(list)) {
@@ -118,6 +125,7 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
         if (v.empty() || v.find('[') != std::string::npos) continue;  // latents, source pixels
         for (const char* k : {"q50", "q16", "q84", "rhat"})
           add(row, v + "_" + k, p.value(k, json()));
+        if (map_values.contains(v)) add(row, v + "_map", map_values.at(v));
         if (p.contains("truth")) add(row, v + "_truth", p.at("truth"));
       }
     }

@@ -296,6 +296,9 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       EXPECT_NEAR(std::stod(table[k][col("theta_E_lens0_q50")]), row["q50"].get<double>(), 1e-9);
       EXPECT_NEAR(std::stod(table[k][col("theta_E_lens0_q16")]), row["q16"].get<double>(), 1e-9);
     }
+    const json map = read_json(dir + "/fit/" + lens + "/map.json");
+    EXPECT_NEAR(std::stod(table[k][col("theta_E_lens0_map")]),
+                map["parameters"]["theta_E_lens0"].get<double>(), 1e-9);
     const auto draws = dslens::read_npy(dir + "/fit/" + lens + "/draws.npy");
     const json names = read_json(dir + "/fit/" + lens + "/draws.json")["names"];
     const auto index = [&names](const std::string& n) {
