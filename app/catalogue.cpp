@@ -15,16 +15,6 @@ using nlohmann::json;
 namespace dslens::app {
 namespace catalogue_detail {
 
-json read_json(const fs::path& path) {
-  try {
-    return load_json_file(path.string());
-  } catch (const InputError& e) {
-    throw FileError(e.what());
-  } catch (const json::exception& e) {
-    throw FileError("'" + path.string() + "' is not valid JSON: " + e.what());
-  }
-}
-
 // RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
@@ -55,7 +45,7 @@ std::vector<fs::path> fit_lens_folders(const fs::path& run) {
   const fs::path index_path = run / "index.json";
   if (!fs::exists(index_path))
     throw FileError("'" + run.string() + "' holds no finished fit (no index.json)");
-  const json index = read_json(index_path);
+  const json index = load_json_file(index_path.string());
   if (!index.contains("lenses") || !index.at("lenses").is_array())
     throw FileError("'" + index_path.string() + "' has no \"lenses\" list");
   std::vector<fs::path> out;
@@ -81,10 +71,9 @@ std::vector<fs::path> fit_lens_folders(const fs::path& run) {
 }
 
 Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
-  const std::vector<std::string> fixed = {"lens",        "folder",   "reduced_chi_square_map",
-                                          "divergences", "max_rhat", "min_ess_bulk",
-                                          "warnings"};
-  std::vector<std::string> columns = fixed;
+  std::vector<std::string> columns = {"lens",        "folder",   "reduced_chi_square_map",
+                                      "divergences", "max_rhat", "min_ess_bulk",
+                                      "warnings"};
   std::set<std::string> known(columns.begin(), columns.end());
   std::vector<std::map<std::string, json>> rows;
   const auto add = [&](std::map<std::string, json>& row, const std::string& key, const json& v) {
@@ -93,7 +82,7 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
   };
   for (const auto& dir : lens_dirs) {
     const fs::path path = dir / "summary.json";
-    const json s = read_json(path);
+    const json s = load_json_file(path.string());
     if (!s.contains("parameters") || !s.at("parameters").is_array())
       throw FileError("'" + path.string() + "' has no \"parameters\" list");
     std::map<std::string, json> row;
@@ -114,7 +103,7 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
     // The MAP's parameter values (map.json, when present).
     json map_values = json::object();
     if (fs::exists(dir / "map.json")) {
-      const json map = read_json(dir / "map.json");
+      const json map = load_json_file((dir / "map.json").string());
       if (map.contains("parameters") && map.at("parameters").is_object())
         map_values = map.at("parameters");
     }

@@ -283,8 +283,7 @@ int run(int argc, char** argv) {
   try {
     result = nn::train_vae(train_cfg, arch, train, val, topts);
   } catch (const Interrupted& e) {
-    throw Interrupted(std::string(e.what()) + "; continue with: dslens train-vae " + config_path +
-                      " --out " + out_arg + " --resume");
+    throw Interrupted(std::string(e.what()) + "; continue with: " + resume_command(argc, argv));
   }
   if (!rank0) return 0;
 
