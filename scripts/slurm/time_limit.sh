@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the sbatch templates: runs one command so that a job stopped by its time limit puts
 # itself back in the queue and continues from its checkpoint there.
 #
