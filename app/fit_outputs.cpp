@@ -19,6 +19,7 @@
 #include "fit_run.h"
 #include "lens_config.h"
 #include "map_rounds.h"
+#include "model_export.h"
 
 namespace fs = std::filesystem;
 
@@ -426,6 +427,18 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   write_fits_image(dir + "/model.fits", model_img, grid_cards(obs.grid, "model image at MAP"));
   write_fits_image(dir + "/residuals.fits", resid,
                    grid_cards(obs.grid, "(data - model) / sigma at MAP, NaN where masked"));
+  // The MAP model as a `dslens simulate` config and as lenstronomy's kwargs (app/model_export.h).
+  // Its noise block: a simulation's own, else the data's median noise sigma as a background.
+  double background_rms = NAN, exposure_time = 0.0;
+  if (obs.truth.contains("noise")) {
+    const auto& n = obs.truth["noise"];
+    background_rms = n.value("background_rms", nlohmann::json::object()).value("value", NAN);
+    exposure_time = n.value("exposure_time", nlohmann::json::object()).value("value", 0.0);
+  }
+  if (!std::isfinite(background_rms)) {
+    background_rms = obs.sigma.masked_select(obs.mask).median().item<double>();
+  }
+  write_exported_model(export_model(m, 0, background_rms, exposure_time), dir + "/map_model");
   write_fits_image(dir + "/source.fits", source.image,
                    {{"CONTENT", std::string("source-plane surface brightness at MAP"), ""},
                     {"PIXSCALE", source.pixel, "arcsec per pixel"},

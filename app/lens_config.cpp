@@ -243,12 +243,23 @@ LensConfig parse_lens_config(const json& config, const std::string& base_dir,
   out.config = config;
 
   const ConfigNode grid = root.at("grid");
-  grid.allow_only({"nx", "ny", "pixel_scale", "supersampling"});
+  grid.allow_only({"nx", "ny", "pixel_scale", "supersampling", "ra_at_xy_0", "dec_at_xy_0"});
   const auto nx = grid.integer("nx", Range::closed(1, 10000));
   const auto ny = grid.integer("ny", Range::closed(1, 10000));
   const double pixel_scale = grid.number("pixel_scale", Range::positive());
   out.model.supersampling = grid.integer_or("supersampling", 1, Range::closed(1, 32));
   out.model.grid = physics::PixelGrid::centered(ny, nx, pixel_scale);
+  // A grid off-centre (a cut-out of real data, as a fit's exported model has): the position of
+  // pixel (0, 0), lenstronomy's ra_at_xy_0 / dec_at_xy_0; both or neither.
+  if (grid.has("ra_at_xy_0") != grid.has("dec_at_xy_0")) {
+    grid.fail_at(grid.has("ra_at_xy_0") ? "dec_at_xy_0" : "ra_at_xy_0",
+                 "missing required key (give ra_at_xy_0 and dec_at_xy_0 together, or neither "
+                 "for a grid centred on (0, 0))");
+  }
+  if (grid.has("ra_at_xy_0")) {
+    out.model.grid.ra_at_xy_0 = grid.number("ra_at_xy_0");
+    out.model.grid.dec_at_xy_0 = grid.number("dec_at_xy_0");
+  }
 
   const ConfigNode psf = root.at("psf");
   psf.allow_only({"fwhm", "size", "fits"});

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "dslens/core/fits.h"
 #include "dslens/core/npy.h"
 #include "run_dslens.h"
 #include "test_support.h"
@@ -810,6 +811,59 @@ TEST(FitCommand, VaeMockFromSimulateIsTheFitsModelAtTheTruth) {
   // 1024 pixels: the reduced chi-square of pure noise has sd sqrt(2 / 1024) = 0.044.
   EXPECT_NEAR(truth_chi2("bicubic", json()), 1.0, 0.2);
   EXPECT_GT(truth_chi2("bilinear", "bilinear"), 10.0);
+
+  // The MAP model exported (app/model_export.h): `dslens simulate` of map_model/simulate.json
+  // makes the fit's model image again (the decoded stamp, its placement, the PSF kernel and every
+  // lens parameter travel through the files), and lenstronomy.json holds the same model in
+  // lenstronomy's kwargs.
+  for (const std::string name : {"bicubic", "bilinear"}) {
+    const std::string exported = dir + "/" + name + "/map_model";
+    const RunResult sim = run_dslens("simulate " + quote(exported + "/simulate.json") + " --out " +
+                                     quote(dir + "/remodel-" + name));
+    ASSERT_EQ(sim.code, 0) << sim.output;
+    const auto fitted = dslens::read_fits_image(dir + "/" + name + "/model.fits");
+    const auto again = dslens::read_fits_image(dir + "/remodel-" + name + "/model.fits");
+    ASSERT_EQ(fitted.sizes(), again.sizes());
+    const double peak = fitted.abs().max().item<double>();
+    EXPECT_GT(peak, 0.0);
+    // The fit computes in float32, simulate in float64.
+    EXPECT_LT((fitted - again).abs().max().item<double>(), 1e-4 * peak) << name;
+
+    const json lt = read_json(exported + "/lenstronomy.json");
+    const json params = read_json(dir + "/" + name + "/map.json")["parameters"];
+    EXPECT_EQ(lt["lens_model_list"], json({"EPL", "SHEAR"}));
+    const json& epl = lt["kwargs_lens"][0];
+    EXPECT_EQ(epl.size(), 6u) << epl.dump();
+    for (const std::string p : {"theta_E", "gamma", "e1", "e2", "center_x", "center_y"}) {
+      EXPECT_NEAR(epl.at(p).get<double>(), params.at(p + "_lens0").get<double>(), 1e-12) << p;
+    }
+    EXPECT_NEAR(lt["kwargs_lens"][1].at("gamma1").get<double>(),
+                params.at("gamma1_lens1").get<double>(), 1e-12);
+    // lenstronomy interpolates stamps bilinearly only: a bicubic fit says its image differs.
+    EXPECT_EQ(lt["source_light_model_list"], json({"INTERPOL"}));
+    EXPECT_EQ(lt["notes"].size(), name == "bicubic" ? 1u : 0u) << lt["notes"].dump();
+    const json& src = lt["kwargs_source"][0];
+    for (const std::string p : {"center_x", "center_y", "scale", "amp"}) {
+      EXPECT_NEAR(src.at(p).get<double>(), params.at(p + "_source_light0").get<double>(), 1e-12)
+          << p;
+    }
+    // The stamp: lenstronomy's array[row][col] with row = y, as the FITS file beside it.
+    const auto stamp = dslens::read_fits_image(exported + "/source0.fits");
+    ASSERT_EQ(src["image"].size(), static_cast<size_t>(stamp.size(0)));
+    for (int64_t i = 0; i < stamp.size(0); i += 5) {
+      for (int64_t j = 0; j < stamp.size(1); j += 3) {
+        EXPECT_EQ(src["image"][i][j].get<double>(), stamp[i][j].item<double>()) << i << "," << j;
+      }
+    }
+    EXPECT_GT(stamp.sum().item<double>(), 0.0);
+    // The grid: 32 pixels of 0.08" centred on (0, 0), pixel (0, 0) at -15.5 pixels.
+    EXPECT_NEAR(lt["kwargs_data"]["ra_at_xy_0"].get<double>(), -1.24, 1e-12);
+    EXPECT_NEAR(lt["kwargs_data"]["dec_at_xy_0"].get<double>(), -1.24, 1e-12);
+    EXPECT_EQ(lt["kwargs_data"]["transform_pix2angle"], json({{0.08, 0.0}, {0.0, 0.08}}));
+    const auto psf = dslens::read_fits_image(exported + "/psf.fits");
+    EXPECT_NEAR(psf.sum().item<double>(), 1.0, 1e-12);
+    EXPECT_EQ(lt["kwargs_psf"]["kernel_point_source"].size(), static_cast<size_t>(psf.size(0)));
+  }
   fs::remove_all(dir);
 }
 

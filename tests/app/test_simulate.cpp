@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -303,6 +304,56 @@ TEST(SimulatePhysics, EllipticityFormsAndFitsPsfAgree) {
   const auto psf = dslens::read_fits_image(dir + "/oa/psf.fits");
   EXPECT_DOUBLE_EQ(psf[1][1].item<double>(), 1.0);
   EXPECT_DOUBLE_EQ(psf.sum().item<double>(), 1.0);
+  fs::remove_all(dir);
+}
+
+// grid.ra_at_xy_0 / dec_at_xy_0 place pixel (0, 0) (a fit's exported model on a cut-out has
+// them): the grid moved by (+2, -1) pixels with every centre moved by the same offset images the
+// same lens, pixel for pixel, as the centred grid; the centres moved alone give another image.
+TEST(SimulateGrid, PixelZerosPositionMovesTheGrid) {
+  const auto dir = dslens::testing::temp_dir("sim_grid_origin");
+  const json centred = base_config(dir);
+  const double s = 0.1, dx = 2 * s, dy = -s;
+  json moved = centred;
+  moved["grid"]["ra_at_xy_0"] = -0.5 * (24 - 1) * s + dx;
+  moved["grid"]["dec_at_xy_0"] = -0.5 * (20 - 1) * s + dy;
+  for (const std::string list : {"mass", "lens_light", "source"}) {
+    for (auto& c : moved[list]) {
+      if (!c.contains("center_x")) continue;
+      c["center_x"] = c["center_x"].get<double>() + dx;
+      c["center_y"] = c["center_y"].get<double>() + dy;
+    }
+  }
+  // The shear's origin moves too (lenstronomy's ra_0, dec_0).
+  moved["mass"][1]["ra_0"] = dx;
+  moved["mass"][1]["dec_0"] = dy;
+  json centres_only = moved;
+  centres_only["grid"].erase("ra_at_xy_0");
+  centres_only["grid"].erase("dec_at_xy_0");
+  std::map<std::string, torch::Tensor> model;
+  for (const auto& [name, cfg] : std::map<std::string, json>{
+           {"centred", centred}, {"moved", moved}, {"centres_only", centres_only}}) {
+    write_json(dir + "/" + name + ".json", cfg);
+    const auto r = run_dslens("simulate " + quote(dir + "/" + name + ".json") + " --out " +
+                              quote(dir + "/" + name));
+    ASSERT_EQ(r.code, 0) << name << "\n" << r.output;
+    model[name] = dslens::read_fits_image(dir + "/" + name + "/model.fits");
+  }
+  const double peak = model["centred"].abs().max().item<double>();
+  EXPECT_LT((model["moved"] - model["centred"]).abs().max().item<double>(), 1e-9 * peak);
+  EXPECT_GT((model["centres_only"] - model["centred"]).abs().max().item<double>(), 0.1 * peak);
+  EXPECT_NEAR(read_json(dir + "/moved/truth.json")["grid"]["ra_at_xy_0"]["value"].get<double>(),
+              -1.15 + dx, 1e-12);
+
+  json half = centred;
+  half["grid"]["ra_at_xy_0"] = 0.0;
+  write_json(dir + "/half.json", half);
+  const auto r =
+      run_dslens("simulate " + quote(dir + "/half.json") + " --out " + quote(dir + "/half"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/grid/dec_at_xy_0: missing required key"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/half"));
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,173 @@
+#include "model_export.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "dslens/core/atomic_file.h"
+#include "dslens/core/errors.h"
+#include "dslens/core/fits.h"
+
+namespace fs = std::filesystem;
+
+namespace dslens::app {
+namespace {
+
+// Row `row` of a parameter [1] or [B] (a scalar broadcast to every row has one element).
+double row_value(const torch::Tensor& t, int64_t row, const std::string& name) {
+  const auto flat = t.detach().reshape({-1});
+  if (flat.numel() == 1) return flat[0].item<double>();
+  if (row < 0 || row >= flat.numel()) {
+    throw InvalidArgument("export_model: parameter '" + name + "' has " +
+                          std::to_string(flat.numel()) + " rows, no row " + std::to_string(row));
+  }
+  return flat[row].item<double>();
+}
+
+// Row `row` of an image batch [1 or B, h, w] (or one image [h, w]) as a CPU float64 [h, w].
+torch::Tensor row_image(const torch::Tensor& t, int64_t row, const std::string& name) {
+  torch::Tensor img = t.detach();
+  if (img.dim() == 3) {
+    if (img.size(0) != 1 && (row < 0 || row >= img.size(0))) {
+      throw InvalidArgument("export_model: '" + name + "' has " + std::to_string(img.size(0)) +
+                            " images, no row " + std::to_string(row));
+    }
+    img = img[img.size(0) == 1 ? 0 : row];
+  }
+  if (img.dim() != 2) throw InvalidArgument("export_model: '" + name + "' is not an image");
+  return img.to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+// Rows of a 2-d image as nested lists, row 0 first (lenstronomy's array[row][col], row = y).
+nlohmann::json image_rows(const torch::Tensor& img) {
+  nlohmann::json rows = nlohmann::json::array();
+  const auto a = img.accessor<double, 2>();
+  for (int64_t i = 0; i < img.size(0); ++i) {
+    nlohmann::json row = nlohmann::json::array();
+    for (int64_t j = 0; j < img.size(1); ++j) row.push_back(a[i][j]);
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// lenstronomy interpolates a stamp bilinearly only (its INTERPOL).
+std::string lenstronomy_light_type(const std::string& type) {
+  return type == "INTERPOL_BICUBIC" ? "INTERPOL" : type;
+}
+
+}  // namespace
+
+ExportedModel export_model(const physics::ImageModel& m, int64_t row, double background_rms,
+                           double exposure_time) {
+  ExportedModel out;
+  nlohmann::json notes = nlohmann::json::array();
+  const auto& g = m.grid;
+
+  nlohmann::json sim;
+  sim["comment"] =
+      "dslens simulate config of a fitted model (written by dslens fit): `dslens simulate` of it "
+      "reproduces the fit's model image; the noise block is for a new noisy image only";
+  sim["grid"] = {{"nx", g.nx},
+                 {"ny", g.ny},
+                 {"pixel_scale", g.pixel_scale},
+                 {"supersampling", m.supersampling},
+                 {"ra_at_xy_0", g.ra_at_xy_0},
+                 {"dec_at_xy_0", g.dec_at_xy_0}};
+  // No PSF is the identity kernel.
+  const torch::Tensor psf = m.psf_kernel ? row_image(*m.psf_kernel, row, "psf_kernel")
+                                         : torch::ones({1, 1}, torch::kFloat64);
+  out.fits_files.emplace_back("psf.fits", psf);
+  sim["psf"] = {{"fits", "psf.fits"}};
+
+  nlohmann::json lt;
+  lt["conventions"] =
+      "lenstronomy keyword arguments of the fitted model (written by dslens fit). Angles in "
+      "arcsec; pixel (row i, col j) at ra = ra_at_xy_0 + j * pixel_scale, dec = dec_at_xy_0 + i * "
+      "pixel_scale (transform_pix2angle); INTERPOL images are array[row][col] with row = y; pixel "
+      "values are counts/s (surface brightness times pixel area); the PSF convolves the "
+      "supersampled image after binning (supersampling_convolution false). Add image_data (the "
+      "fit's data.fits) and a noise map to kwargs_data for an ImageModel with data.";
+
+  nlohmann::json mass_sim = nlohmann::json::array(), lens_list = nlohmann::json::array(),
+                 kwargs_lens = nlohmann::json::array();
+  for (const auto& c : m.lens.components()) {
+    nlohmann::json kw = nlohmann::json::object();
+    for (const auto& [name, t] : c.params) {
+      const double v = row_value(t, row, name);
+      // MULTIPOLE's order m is an integer in both codes.
+      kw[name] =
+          name == "m" ? nlohmann::json(static_cast<int64_t>(std::lround(v))) : nlohmann::json(v);
+    }
+    nlohmann::json s = kw;
+    s["type"] = c.profile->type();
+    mass_sim.push_back(s);
+    lens_list.push_back(c.profile->type());
+    kwargs_lens.push_back(kw);
+  }
+  sim["mass"] = mass_sim;
+  lt["lens_model_list"] = lens_list;
+  lt["kwargs_lens"] = kwargs_lens;
+
+  const auto lights = [&](const std::vector<physics::LightComponent>& list,
+                          const std::string& list_name, const std::string& lt_list,
+                          const std::string& lt_kwargs) {
+    nlohmann::json sims = nlohmann::json::array(), types = nlohmann::json::array(),
+                   kwargs = nlohmann::json::array();
+    for (size_t i = 0; i < list.size(); ++i) {
+      const auto& c = list[i];
+      const std::string type = c.profile->type();
+      nlohmann::json kw = nlohmann::json::object(), s = nlohmann::json::object();
+      for (const auto& [name, t] : c.params) {
+        if (name == "image") {
+          const std::string file = list_name + std::to_string(i) + ".fits";
+          const torch::Tensor img = row_image(t, row, list_name + " image");
+          out.fits_files.emplace_back(file, img);
+          s["fits"] = file;
+          kw["image"] = image_rows(img);
+        } else {
+          kw[name] = row_value(t, row, name);
+          s[name] = kw[name];
+        }
+      }
+      s["type"] = type;
+      sims.push_back(s);
+      types.push_back(lenstronomy_light_type(type));
+      kwargs.push_back(kw);
+      if (type != lenstronomy_light_type(type)) {
+        notes.push_back(list_name + " " + std::to_string(i) +
+                        " was fitted with bicubic interpolation of its stamp "
+                        "(INTERPOL_BICUBIC); lenstronomy's INTERPOL is bilinear, so its image "
+                        "differs slightly from the fit's model image");
+      }
+    }
+    if (!sims.empty() || list_name == "source") sim[list_name] = sims;
+    lt[lt_list] = types;
+    lt[lt_kwargs] = kwargs;
+  };
+  lights(m.lens_light, "lens_light", "lens_light_model_list", "kwargs_lens_light");
+  lights(m.source_light, "source", "source_light_model_list", "kwargs_source");
+
+  sim["noise"] = {{"background_rms", background_rms}, {"exposure_time", exposure_time}};
+  lt["kwargs_data"] = {{"ra_at_xy_0", g.ra_at_xy_0},
+                       {"dec_at_xy_0", g.dec_at_xy_0},
+                       {"transform_pix2angle", {{g.pixel_scale, 0.0}, {0.0, g.pixel_scale}}},
+                       {"background_rms", background_rms},
+                       {"exposure_time", exposure_time}};
+  lt["kwargs_psf"] =
+      m.psf_kernel ? nlohmann::json{{"psf_type", "PIXEL"}, {"kernel_point_source", image_rows(psf)}}
+                   : nlohmann::json{{"psf_type", "NONE"}};
+  lt["kwargs_numerics"] = {{"supersampling_factor", m.supersampling},
+                           {"supersampling_convolution", false}};
+  lt["notes"] = notes;
+  out.simulate = std::move(sim);
+  out.lenstronomy = std::move(lt);
+  return out;
+}
+
+void write_exported_model(const ExportedModel& e, const std::string& dir) {
+  fs::create_directories(dir);
+  for (const auto& [file, img] : e.fits_files) write_fits_image(dir + "/" + file, img);
+  write_text_atomically(dir + "/simulate.json", e.simulate.dump(2) + "\n");
+  write_text_atomically(dir + "/lenstronomy.json", e.lenstronomy.dump(1) + "\n");
+}
+
+}  // namespace dslens::app
