@@ -106,6 +106,9 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
       const json map = load_json_file((dir / "map.json").string());
       if (map.contains("parameters") && map.at("parameters").is_object())
         map_values = map.at("parameters");
+      // The derived quantities at the MAP (map.json's `derived`, from session 45).
+      if (map.contains("derived") && map.at("derived").is_object())
+        map_values.update(map.at("derived"));
     }
     for (const char* list : {"parameters", "derived"}) {
       if (!s.contains(list)) continue;

@@ -249,6 +249,20 @@ DerivedDraws derived_draws(const torch::Tensor& flat, const std::vector<std::str
   return out;
 }
 
+// The source's total magnification (physics::source_magnification) at unconstrained points
+// [n, D], in batches of at most 256 rows (one model image each, without the PSF): [n] CPU float64.
+torch::Tensor magnification_at(const model::LensPosterior& post, const torch::Tensor& u,
+                               const Compute& compute) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t at = 0; at < u.size(0); at += 256) {
+    const int64_t rows = std::min<int64_t>(256, u.size(0) - at);
+    const auto un = post.space().unpack(u.narrow(0, at, rows).to(compute.options()));
+    parts.push_back(physics::source_magnification(post.build(un, rows), rows, compute)
+                        .to(torch::kCPU, torch::kFloat64));
+  }
+  return torch::cat(parts);
+}
+
 }  // namespace fit_outputs_detail
 
 using namespace fit_outputs_detail;
@@ -299,6 +313,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       torch::where(obs.mask, (obs.image - model_img) / obs.sigma, torch::full_like(model_img, NAN));
 
   const physics::ImageModel m = post.build(un, 1);
+  const double magnification_map = physics::source_magnification(m, 1, compute).item<double>();
   const CriticalCurves cc = critical_curves(m.lens, obs.grid, 2, compute);
   const SourceImage source = evaluate_source(m, cfg.model, un.values, cc, compute);
 
@@ -318,6 +333,14 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     if (space.is_fixed(n)) best[n] = v.reshape({-1})[0].item<double>();
   }
   map_json["parameters"] = best;
+  // The derived quantities of the summary's `derived` list at the MAP.
+  nlohmann::json derived_map = nlohmann::json::object();
+  const DerivedDraws at_map = derived_draws(x_map.unsqueeze(0), names, {});
+  for (size_t k = 0; k < at_map.names.size(); ++k) {
+    derived_map[at_map.names[k]] = at_map.values[0][static_cast<int64_t>(k)].item<double>();
+  }
+  if (std::isfinite(magnification_map)) derived_map["magnification"] = magnification_map;
+  map_json["derived"] = derived_map;
   const auto x_starts = space.constrained(r.starts_u.to(opts)).to(torch::kCPU, torch::kFloat64);
   for (int64_t k = 0; k < x_starts.size(0); ++k) {
     nlohmann::json s{{"log_posterior", number_or_null(r.starts_log_p[k].item<double>())}};
@@ -337,11 +360,13 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // (a search failure), a MAP above it found a mode the data prefer (a degeneracy), and the truth's
   // reduced chi-square checks that the simulated noise is the noise the fit assumes.
   std::optional<double> lp_truth;
+  double magnification_truth = NAN;
   if (const auto point = model::truth_point(cfg.model, obs.truth)) {
     std::map<std::string, torch::Tensor> on_device;
     for (const auto& [n, v] : *point) on_device[n] = v.to(opts);
     const auto u_truth = space.pack(on_device);
     lp_truth = post.log_prob(u_truth).item<double>();
+    magnification_truth = magnification_at(post, u_truth, compute)[0].item<double>();
     const double chi2_truth = post.chi_square(u_truth).item<double>() / static_cast<double>(dof);
     map_json["truth"] = {{"log_posterior", number_or_null(*lp_truth)},
                          {"reduced_chi_square", number_or_null(chi2_truth)}};
@@ -361,7 +386,17 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // q_X = (1 - |e|) / (1 + |e|) of each free (e1_X, e2_X) pair and the shear strength
   // gamma_ext_X = |(gamma1_X, gamma2_X)| (lenstronomy's param_util.ellipticity2phi_q and
   // shear_cartesian2polar). Angles are left out: near q = 1 or gamma_ext = 0 they wrap around.
-  const DerivedDraws derived = derived_draws(x_all, names, truth);
+  DerivedDraws derived = derived_draws(x_all, names, truth);
+  // The source's total magnification per draw: the lensed source's flux in the model image over
+  // its own (physics::source_magnification), left out where a free pixel grid has no positive flux.
+  const auto magnification = magnification_at(post, u_all, compute);
+  if (torch::isfinite(magnification).all().item<bool>()) {
+    derived.values = derived.values.defined()
+                         ? torch::cat({derived.values, magnification.unsqueeze(1)}, 1)
+                         : magnification.unsqueeze(1);
+    derived.names.push_back("magnification");
+    if (std::isfinite(magnification_truth)) derived.truth["magnification"] = magnification_truth;
+  }
   nlohmann::json derived_summary = nlohmann::json::array();
   std::vector<samplers::SummaryRow> derived_rows;
   if (!derived.names.empty()) {
@@ -406,8 +441,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   write_text_atomically(dir + "/summary.json", summary_file.dump(2) + "\n");
   std::string text = cfg.name + " (" + obs.description + ")\n\n" + samplers::summary_text(rows);
   if (!derived_rows.empty())
-    text += "\nDerived (q = (1 - |e|) / (1 + |e|), gamma_ext = |(gamma1, gamma2)|):\n" +
-            samplers::summary_text(derived_rows);
+    text +=
+        "\nDerived (q = (1 - |e|) / (1 + |e|), gamma_ext = |(gamma1, gamma2)|, magnification = "
+        "the lensed source's flux in the model image over the source's own):\n" +
+        samplers::summary_text(derived_rows);
   if (!truth.empty()) {
     std::vector<samplers::SummaryRow> all = rows;
     all.insert(all.end(), derived_rows.begin(), derived_rows.end());

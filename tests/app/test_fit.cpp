@@ -323,6 +323,28 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     EXPECT_NE(derived_at, std::string::npos) << text;
     EXPECT_NE(text.find("\nq_lens0 ", derived_at), std::string::npos) << text;
     EXPECT_NE(text.find("q_lens0                      0.827586"), std::string::npos) << text;
+
+    // The source's magnification (lensed flux over intrinsic flux): its MAP value in the catalogue
+    // as in map.json (with q's), and its truth against the simulation's own image: the mock has
+    // no lens light, so model.fits sums to the lensed source's flux (less what the PSF spreads
+    // over the edges), and the circular exponential source's flux is 2 pi R^2 amp e^b / b^2.
+    EXPECT_NEAR(std::stod(table[k][col("magnification_map")]),
+                map["derived"]["magnification"].get<double>(), 1e-8);  // the CSV's 10 digits
+    EXPECT_NEAR(std::stod(table[k][col("q_lens0_map")]), map["derived"]["q_lens0"].get<double>(),
+                1e-9);
+    json mu;
+    for (const auto& d : s["derived"])
+      if (d["variable"] == "magnification") mu = d;
+    ASSERT_TRUE(mu.is_object()) << s["derived"].dump();
+    const double b = 1.9992 - 0.3271;
+    const double intrinsic = 2 * M_PI * 0.15 * 0.15 * 20.0 * std::exp(b) / (b * b);
+    const double lensed =
+        dslens::read_fits_image(dir + "/" + lens + "-data/model.fits").sum().item<double>();
+    EXPECT_NEAR(mu["truth"].get<double>() / (lensed / intrinsic), 1.0, 0.01) << mu.dump();
+    EXPECT_GT(mu["truth"].get<double>(), 2.0);  // a source inside the caustic: four images
+    EXPECT_LT(std::abs(mu["mean"].get<double>() - mu["truth"].get<double>()),
+              4 * mu["sd"].get<double>())
+        << mu.dump();
   }
 
   // `dslens catalogue` joins the runs under a folder (the batch and the shard: b twice) and names

@@ -22,4 +22,8 @@ Tensor GaussianLight::surface_brightness(const Tensor& x, const Tensor& y,
   return get("amp") / (2.0 * M_PI * var) * torch::exp(-(dx * dx + dy * dy) / (2.0 * var));
 }
 
+Tensor GaussianLight::total_flux(const ParamMap& p) const {
+  return light_param(p, "amp", type(), param_names()).reshape({-1});
+}
+
 }  // namespace dslens::physics

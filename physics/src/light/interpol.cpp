@@ -489,4 +489,17 @@ Tensor InterpolLight::surface_brightness(const Tensor& x, const Tensor& y,
                                        order_);
 }
 
+// amp scale^2 sum(image): see light_profiles.h.
+Tensor InterpolLight::total_flux(const ParamMap& p) const {
+  const auto names = param_names();
+  const Tensor& image = light_param(p, "image", type(), names);
+  const Tensor pixels = image.dim() == 2 ? image.sum().reshape({1}) : image.sum({-2, -1});
+  const Tensor scale = light_param(p, "scale", type(), names).reshape({-1});
+  auto amp_it = p.find("amp");
+  const Tensor amp = amp_it != p.end() && amp_it->second.defined()
+                         ? amp_it->second.reshape({-1})
+                         : torch::ones({1}, scale.options());
+  return amp * scale * scale * pixels.to(scale.dtype());
+}
+
 }  // namespace dslens::physics

@@ -24,6 +24,20 @@ Tensor sersic_from_r2(const Tensor& r2, const Tensor& amp, const Tensor& r_sersi
   return torch::where(r_frac <= kMaxRFrac, value, torch::zeros_like(value));
 }
 
+// 2 pi n R^2 amp e^b b^(-2n) Gamma(2n), with the floors of sersic_from_r2.
+Tensor sersic_total_flux(const Tensor& amp, const Tensor& r_sersic, const Tensor& n_sersic) {
+  Tensor r = torch::clamp_min(r_sersic, kSmoothing);
+  Tensor b_n = torch::clamp_min(1.9992 * n_sersic - 0.3271, 1e-5);
+  return 2.0 * M_PI * n_sersic * r * r * amp *
+         torch::exp(b_n - 2.0 * n_sersic * torch::log(b_n) + torch::lgamma(2.0 * n_sersic));
+}
+
+// A parameter as [B] (or [1]).
+Tensor flat_param(const ParamMap& p, const char* name, const std::string& profile,
+                  const std::vector<std::string>& names) {
+  return light_param(p, name, profile, names).reshape({-1});
+}
+
 }  // namespace sersic_light_detail
 
 std::vector<std::string> SersicLight::param_names() const {
@@ -37,6 +51,14 @@ Tensor SersicLight::surface_brightness(const Tensor& x, const Tensor& y, const P
   Tensor dy = y - get("center_y");
   return sersic_light_detail::sersic_from_r2(dx * dx + dy * dy, get("amp"), get("R_sersic"),
                                              get("n_sersic"));
+}
+
+Tensor SersicLight::total_flux(const ParamMap& p) const {
+  using sersic_light_detail::flat_param;
+  const auto names = param_names();
+  return sersic_light_detail::sersic_total_flux(flat_param(p, "amp", type(), names),
+                                                flat_param(p, "R_sersic", type(), names),
+                                                flat_param(p, "n_sersic", type(), names));
 }
 
 std::vector<std::string> SersicEllipseLight::param_names() const {
@@ -69,6 +91,16 @@ Tensor SersicEllipseLight::surface_brightness(const Tensor& x, const Tensor& y,
       ((1.0 + c2) * (dx * dx + dy * dy) - 2.0 * (e1 * (dx * dx - dy * dy) + 2.0 * e2 * dx * dy)) /
       (1.0 - c2);
   return sersic_from_r2(r2, get("amp"), get("R_sersic"), get("n_sersic"));
+}
+
+// The ellipse's R^2 above has area element dx dy = R dR dtheta (its axes are sqrt(q), 1/sqrt(q)):
+// the circle's total flux.
+Tensor SersicEllipseLight::total_flux(const ParamMap& p) const {
+  using sersic_light_detail::flat_param;
+  const auto names = param_names();
+  return sersic_light_detail::sersic_total_flux(flat_param(p, "amp", type(), names),
+                                                flat_param(p, "R_sersic", type(), names),
+                                                flat_param(p, "n_sersic", type(), names));
 }
 
 }  // namespace dslens::physics

@@ -73,6 +73,16 @@ Tensor simulate_image(const ImageModel& model, int64_t batch, const Compute& com
 // The same without PSF convolution.
 Tensor simulate_unconvolved(const ImageModel& model, int64_t batch, const Compute& compute);
 
+// The total magnification of the source light as the model images it, [batch]: the flux of the
+// lensed source in the image (the sum of the unconvolved image of the source components alone,
+// over the grid at the model's supersampling; pixel values are surface brightness times pixel
+// area) over the source's own total flux (LightProfile::total_flux, summed over the source
+// components). The PSF is left out: it keeps flux, except for what it spreads over the edges.
+// Images of the source that fall outside the grid are not counted, as in the data. NaN in a row
+// whose source has no positive total flux (a free pixel grid can sum to 0 or less);
+// InvalidArgument without source light.
+Tensor source_magnification(const ImageModel& model, int64_t batch, const Compute& compute);
+
 struct NoiseModel {
   double background_rms = 0.0;  // Gaussian background per pixel, in image units
   double exposure_time = 0.0;   // seconds; 0 = no Poisson noise. Image units are counts / s.

@@ -12,6 +12,12 @@
 //
 // Sersic: I = amp exp(-b_n ((R / R_sersic)^(1/n) - 1)), b_n = max(1.9992 n - 0.3271, 1e-5), R and
 // R_sersic floored at 1e-5 and I = 0 beyond 1000 R_sersic, as lenstronomy does.
+//
+// total_flux: Sersic 2 pi n R_sersic^2 amp e^(b_n) b_n^(-2n) Gamma(2n) (Graham & Driver 2005, eq.
+// 4, the same for the product-average ellipse, whose area element is the circle's; the cut-off at
+// 1000 R_sersic is left out); GAUSSIAN amp; INTERPOL amp scale^2 times the sum of the image's
+// pixels (the bilinear tent and Keys's cubic kernel each integrate to 1 per pixel, and the
+// rotation by phi_G keeps areas).
 #pragma once
 #include <string>
 #include <vector>
@@ -30,6 +36,7 @@ class SersicLight : public LightProfile {
   std::string type() const override { return "SERSIC"; }
   std::vector<std::string> param_names() const override;
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+  Tensor total_flux(const ParamMap& p) const override;
 };
 
 class SersicEllipseLight : public LightProfile {
@@ -37,6 +44,7 @@ class SersicEllipseLight : public LightProfile {
   std::string type() const override { return "SERSIC_ELLIPSE"; }
   std::vector<std::string> param_names() const override;
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+  Tensor total_flux(const ParamMap& p) const override;
 };
 
 class GaussianLight : public LightProfile {
@@ -44,6 +52,7 @@ class GaussianLight : public LightProfile {
   std::string type() const override { return "GAUSSIAN"; }
   std::vector<std::string> param_names() const override;
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+  Tensor total_flux(const ParamMap& p) const override;
 };
 
 // How a pixelated image is sampled between its pixel centres.
@@ -67,6 +76,7 @@ class InterpolLight : public LightProfile {
   // "image", "center_x", "center_y", "scale", "phi_G", "amp" (the last two optional).
   std::vector<std::string> param_names() const override;
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+  Tensor total_flux(const ParamMap& p) const override;
 
  private:
   PixelInterpolation order_;

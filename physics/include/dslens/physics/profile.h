@@ -48,6 +48,9 @@ class LightProfile {
   virtual std::vector<std::string> param_names() const = 0;
   // Surface brightness at (x, y), [B, N].
   virtual Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const = 0;
+  // The integral of the surface brightness over the whole plane, [B] (or [1] when every
+  // parameter has one row), in closed form (light_profiles.h gives each profile's).
+  virtual Tensor total_flux(const ParamMap& p) const = 0;
 };
 
 // Registries: lenstronomy name -> profile. Throw InvalidArgument naming the allowed types.
