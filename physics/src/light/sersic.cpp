@@ -24,18 +24,16 @@ Tensor sersic_from_r2(const Tensor& r2, const Tensor& amp, const Tensor& r_sersi
   return torch::where(r_frac <= kMaxRFrac, value, torch::zeros_like(value));
 }
 
-// 2 pi n R^2 amp e^b b^(-2n) Gamma(2n), with the floors of sersic_from_r2.
-Tensor sersic_total_flux(const Tensor& amp, const Tensor& r_sersic, const Tensor& n_sersic) {
-  Tensor r = torch::clamp_min(r_sersic, kSmoothing);
+// 2 pi n R^2 amp e^b b^(-2n) Gamma(2n) of a profile's amp, R_sersic, n_sersic ([B] or [1]), with
+// the floors of sersic_from_r2; `profile` and `names` name them in errors.
+Tensor sersic_total_flux(const ParamMap& p, const std::string& profile,
+                         const std::vector<std::string>& names) {
+  auto get = [&](const char* n) { return light_param(p, n, profile, names).reshape({-1}); };
+  Tensor n_sersic = get("n_sersic");
+  Tensor r = torch::clamp_min(get("R_sersic"), kSmoothing);
   Tensor b_n = torch::clamp_min(1.9992 * n_sersic - 0.3271, 1e-5);
-  return 2.0 * M_PI * n_sersic * r * r * amp *
+  return 2.0 * M_PI * n_sersic * r * r * get("amp") *
          torch::exp(b_n - 2.0 * n_sersic * torch::log(b_n) + torch::lgamma(2.0 * n_sersic));
-}
-
-// A parameter as [B] (or [1]).
-Tensor flat_param(const ParamMap& p, const char* name, const std::string& profile,
-                  const std::vector<std::string>& names) {
-  return light_param(p, name, profile, names).reshape({-1});
 }
 
 }  // namespace sersic_light_detail
@@ -54,11 +52,7 @@ Tensor SersicLight::surface_brightness(const Tensor& x, const Tensor& y, const P
 }
 
 Tensor SersicLight::total_flux(const ParamMap& p) const {
-  using sersic_light_detail::flat_param;
-  const auto names = param_names();
-  return sersic_light_detail::sersic_total_flux(flat_param(p, "amp", type(), names),
-                                                flat_param(p, "R_sersic", type(), names),
-                                                flat_param(p, "n_sersic", type(), names));
+  return sersic_light_detail::sersic_total_flux(p, type(), param_names());
 }
 
 std::vector<std::string> SersicEllipseLight::param_names() const {
@@ -96,11 +90,7 @@ Tensor SersicEllipseLight::surface_brightness(const Tensor& x, const Tensor& y,
 // The ellipse's R^2 above has area element dx dy = R dR dtheta (its axes are sqrt(q), 1/sqrt(q)):
 // the circle's total flux.
 Tensor SersicEllipseLight::total_flux(const ParamMap& p) const {
-  using sersic_light_detail::flat_param;
-  const auto names = param_names();
-  return sersic_light_detail::sersic_total_flux(flat_param(p, "amp", type(), names),
-                                                flat_param(p, "R_sersic", type(), names),
-                                                flat_param(p, "n_sersic", type(), names));
+  return sersic_light_detail::sersic_total_flux(p, type(), param_names());
 }
 
 }  // namespace dslens::physics
