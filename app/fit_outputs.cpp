@@ -7,6 +7,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "chain_summary.h"
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/fits.h"
 #include "dslens/core/output_dir.h"
@@ -422,6 +423,23 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                        " above the MAP's: the chains sit in another mode than the truth's, which "
                        "the MAP search missed (raise map.starts or map.placement_starts)");
   }
+  // Each chain on its own (app/chain_summary.h): the scalar parameters (not latents or a grid's
+  // pixels) and the derived quantities, and a warning when a chain sits in a lower mode.
+  std::vector<std::string> scalar_names;
+  std::vector<int64_t> scalar_columns;
+  for (int64_t d = 0; d < D; ++d) {
+    if (names[static_cast<size_t>(d)].find('[') != std::string::npos) continue;
+    scalar_names.push_back(names[static_cast<size_t>(d)]);
+    scalar_columns.push_back(d);
+  }
+  torch::Tensor scalar_draws = draws.index_select(2, torch::tensor(scalar_columns, torch::kLong));
+  if (!derived.names.empty()) {
+    scalar_draws = torch::cat({scalar_draws, derived.values.reshape({C, N, -1})}, 2);
+    scalar_names.insert(scalar_names.end(), derived.names.begin(), derived.names.end());
+  }
+  const ChainSummary per_chain = summarize_chains(scalar_draws, scalar_names, r.chains.log_density,
+                                                  r.chains.divergent, r.chains.step_size);
+  if (const auto split = split_chains_warning(per_chain)) warnings.push_back(*split);
   for (const auto& w : warnings) spdlog::warn("{}: {}", cfg.name, w);
   nlohmann::json summary_file;
   summary_file["lens"] = cfg.name;
@@ -429,6 +447,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["data"] = obs.description;
   summary_file["parameters"] = summary;
   summary_file["derived"] = derived_summary;
+  summary_file["chains"] = chains_json(per_chain);
   summary_file["reduced_chi_square_map"] = reduced_chi2;
   summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
   summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);
@@ -452,6 +471,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     all_truth.insert(derived.truth.begin(), derived.truth.end());
     text += "\nAgainst the truth of the simulation:\n" + truth_table(all, all_truth);
   }
+  const std::string chains_table = chains_text(per_chain);
+  if (!chains_table.empty()) text += "\nPer chain (means over its draws):\n" + chains_table;
   text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2) + "\n";
   for (const auto& w : warnings) text += "WARNING: " + w + "\n";
   write_text_atomically(dir + "/summary.txt", text);

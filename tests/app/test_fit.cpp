@@ -345,6 +345,21 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     EXPECT_LT(std::abs(mu["mean"].get<double>() - mu["truth"].get<double>()),
               4 * mu["sd"].get<double>())
         << mu.dump();
+
+    // Each chain on its own (summary.json's "chains"): its mean log posterior as stats.npy's
+    // lp__, its theta_E as draws.npy's, and the table in summary.txt.
+    const auto stats = dslens::read_npy(dir + "/fit/" + lens + "/stats.npy");
+    const json chains = s["chains"];
+    ASSERT_EQ(chains.size(), static_cast<size_t>(draws.size(0)));
+    for (int64_t c = 0; c < draws.size(0); ++c) {
+      const json& row = chains[static_cast<size_t>(c)];
+      EXPECT_NEAR(row["mean_log_density"].get<double>(),
+                  stats[c].select(1, 0).mean().item<double>(), 1e-6);
+      EXPECT_NEAR(row["mean"]["theta_E_lens0"].get<double>(),
+                  draws[c].select(1, index("theta_E_lens0")).mean().item<double>(), 1e-12);
+      EXPECT_TRUE(row["mean"].contains("magnification")) << row.dump();
+    }
+    EXPECT_NE(text.find("\nPer chain (means over its draws):\n"), std::string::npos) << text;
   }
 
   // `dslens catalogue` joins the runs under a folder (the batch and the shard: b twice) and names
