@@ -8,6 +8,7 @@
 
 #include "dslens/core/config.h"
 #include "dslens/core/errors.h"
+#include "dslens/core/fits_table.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -127,15 +128,40 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
   std::string& out = result.csv;
   for (size_t c = 0; c < columns.size(); ++c) out += (c ? "," : "") + csv_field(columns[c]);
   out += "\n";
+  result.columns = columns;
   for (const auto& row : rows) {
     result.lenses.push_back(row.at("lens").get<std::string>());
+    std::vector<json> cells;
     for (size_t c = 0; c < columns.size(); ++c) {
       const auto it = row.find(columns[c]);
       out += (c ? "," : "") + (it == row.end() ? std::string() : cell(it->second));
+      cells.push_back(it == row.end() ? json() : it->second);
     }
+    result.cells.push_back(std::move(cells));
     out += "\n";
   }
   return result;
+}
+
+void write_catalogue_fits(const std::string& path, const Catalogue& table) {
+  std::vector<FitsTableColumn> columns;
+  for (size_t c = 0; c < table.columns.size(); ++c) {
+    FitsTableColumn col;
+    col.name = table.columns[c];
+    for (const auto& row : table.cells) col.is_text = col.is_text || row[c].is_string();
+    for (const auto& row : table.cells) {
+      const json& v = row[c];
+      if (col.is_text) {
+        col.text.push_back(v.is_string() ? v.get<std::string>() : v.is_null() ? "" : v.dump());
+      } else {
+        col.numbers.push_back(v.is_number()    ? v.get<double>()
+                              : v.is_boolean() ? double(v.get<bool>())
+                                               : NAN);
+      }
+    }
+    columns.push_back(std::move(col));
+  }
+  write_fits_table(path, columns, "CATALOGUE");
 }
 
 }  // namespace dslens::app

@@ -23,8 +23,15 @@ std::vector<std::filesystem::path> fit_lens_folders(const std::filesystem::path&
 // column has an empty cell.
 struct Catalogue {
   std::string csv;
-  std::vector<std::string> lenses;  // the rows' lens names (summary.json's "lens")
+  std::vector<std::string> lenses;                 // the rows' lens names (summary.json's "lens")
+  std::vector<std::string> columns;                // the CSV's header
+  std::vector<std::vector<nlohmann::json>> cells;  // [row][column]: number, string or null
 };
 Catalogue catalogue_csv(const std::vector<std::filesystem::path>& lens_dirs);
+
+// The same table as a FITS binary table (HDU 1, EXTNAME CATALOGUE), for TOPCAT or astropy: a
+// column holding any string is a character column, every other a float64 one with NaN for an
+// empty cell. Written atomically.
+void write_catalogue_fits(const std::string& path, const Catalogue& table);
 
 }  // namespace dslens::app

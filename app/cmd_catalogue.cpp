@@ -1,4 +1,4 @@
-// `dslens catalogue RUN... [--out FILE.csv]`: one CSV row per lens of finished `dslens fit`
+// `dslens catalogue RUN... [--out FILE.csv|FILE.fits]`: one row per lens of finished `dslens fit`
 // outputs (catalogue.h), e.g. the shards of a SLURM array (runs/catalogue-123/shard-*). Each RUN
 // is a fit output folder or a folder searched for them; fit outputs there that have not finished
 // (a checkpoint folder, no index.json) are listed on stderr, with how to continue them.
@@ -54,7 +54,9 @@ int run(int argc, char** argv) {
       "One CSV row per lens of finished dslens fit outputs (medians, 68 % intervals, R-hat of the\n"
       "  scalar parameters and of q_*, gamma_ext_*; fit quality), e.g. the shards of a SLURM "
       "array");
-  options.add_options()("o,out", "CSV file to write (default: standard output)",
+  options.add_options()("o,out",
+                        "file to write: a FITS binary table when it ends in .fits or .fit, CSV "
+                        "otherwise (default: CSV on standard output)",
                         cxxopts::value<std::string>())("overwrite",
                                                        "replace an existing --out file")(
       "runs", "fit output folders, or folders searched for them",
@@ -82,8 +84,14 @@ int run(int argc, char** argv) {
   if (lens_dirs.empty() && found.unfinished.empty())
     throw InputError("no dslens fit output (a folder with index.json) under the given folders");
   const Catalogue table = catalogue_csv(lens_dirs);
+  const auto ends_with = [&out](const std::string& suffix) {
+    return out.size() >= suffix.size() &&
+           out.compare(out.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
   if (out.empty()) {
     std::cout << table.csv << std::flush;
+  } else if (ends_with(".fits") || ends_with(".fit")) {
+    write_catalogue_fits(out, table);
   } else {
     write_text_atomically(out, table.csv);
   }

@@ -2,11 +2,14 @@
 
 #include <fitsio.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <set>
 
+#include "dslens/core/atomic_file.h"
 #include "dslens/core/errors.h"
 #include "fits_file.h"
 
@@ -223,6 +226,68 @@ std::vector<torch::Tensor> read_fits_image_hdus(const std::string& path,
     out.push_back(fits_io::read_current_image(f, at));
   }
   return out;
+}
+
+void write_fits_table(const std::string& path, const std::vector<FitsTableColumn>& columns,
+                      const std::string& extname) {
+  if (columns.empty()) throw InvalidArgument("write_fits_table: no columns for '" + path + "'");
+  const auto length = [](const FitsTableColumn& c) {
+    return c.is_text ? c.text.size() : c.numbers.size();
+  };
+  const size_t rows = length(columns.front());
+  std::set<std::string> seen;
+  std::vector<std::string> forms;
+  for (const auto& c : columns) {
+    std::string upper = c.name;
+    for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    if (c.name.empty() || !seen.insert(upper).second) {
+      throw InvalidArgument("write_fits_table: column name '" + c.name + "' of '" + path +
+                            "' is empty or repeated");
+    }
+    if (length(c) != rows) {
+      throw InvalidArgument("write_fits_table: column '" + c.name + "' of '" + path + "' has " +
+                            std::to_string(length(c)) + " rows, the first " + std::to_string(rows));
+    }
+    size_t width = 1;
+    for (const auto& t : c.text) width = std::max(width, t.size());
+    forms.push_back(c.is_text ? std::to_string(width) + "A" : "1D");
+  }
+  write_file_atomically(path, [&](const std::string& tmp) {
+    fits_io::FitsFile f;
+    int status = 0;
+    const std::string target = "!" + tmp;  // tmp is a fresh name; '!' lets CFITSIO create it
+    if (fits_create_file(&f.ptr, target.c_str(), &status)) {
+      f.ptr = nullptr;
+      throw FileError("cannot create FITS file '" + path + "': " + fits_io::status_text(status));
+    }
+    std::vector<char*> ttype, tform;
+    for (size_t i = 0; i < columns.size(); ++i) {
+      ttype.push_back(const_cast<char*>(columns[i].name.c_str()));
+      tform.push_back(const_cast<char*>(forms[i].c_str()));
+    }
+    fits_create_tbl(f.ptr, BINARY_TBL, static_cast<LONGLONG>(rows),
+                    static_cast<int>(columns.size()), ttype.data(), tform.data(), nullptr,
+                    const_cast<char*>(extname.c_str()), &status);
+    for (size_t i = 0; i < columns.size() && rows > 0 && !status; ++i) {
+      const auto& c = columns[i];
+      if (c.is_text) {
+        std::vector<char*> cells;
+        for (const auto& t : c.text) cells.push_back(const_cast<char*>(t.c_str()));
+        fits_write_col(f.ptr, TSTRING, static_cast<int>(i) + 1, 1, 1, static_cast<LONGLONG>(rows),
+                       cells.data(), &status);
+      } else {
+        std::vector<double> v = c.numbers;
+        fits_write_col(f.ptr, TDOUBLE, static_cast<int>(i) + 1, 1, 1, static_cast<LONGLONG>(rows),
+                       v.data(), &status);
+      }
+    }
+    if (status)
+      throw FileError("cannot write FITS table '" + path + "': " + fits_io::status_text(status));
+    fits_close_file(f.ptr, &status);
+    f.ptr = nullptr;
+    if (status)
+      throw FileError("cannot write FITS table '" + path + "': " + fits_io::status_text(status));
+  });
 }
 
 }  // namespace dslens

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "dslens/core/fits.h"
+#include "dslens/core/fits_table.h"
 #include "dslens/core/npy.h"
 #include "run_dslens.h"
 #include "test_support.h"
@@ -375,7 +376,34 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       << joined.output;
   EXPECT_NE(joined.output.find("lens 'b' has 2 rows"), std::string::npos) << joined.output;
   EXPECT_NE(joined.output.find(dir + "/unfinished"), std::string::npos) << joined.output;
-  EXPECT_EQ(read_csv(dir + "/all.csv").size(), 4u);
+  const auto all = read_csv(dir + "/all.csv");
+  EXPECT_EQ(all.size(), 4u);
+  // The same table as a FITS binary table (--out *.fits), read back through CFITSIO: the same
+  // columns in the same order, text columns as text, numbers as float64 with NaN for empty cells.
+  const RunResult fits =
+      run_dslens("catalogue " + quote(dir) + " --out " + quote(dir + "/all.fits"), "");
+  ASSERT_EQ(fits.code, 0) << fits.output;
+  const auto info = dslens::read_fits_table_info(dir + "/all.fits");
+  EXPECT_EQ(info.rows, 3);
+  ASSERT_EQ(info.columns, all[0]);
+  EXPECT_EQ(dslens::read_fits_string_column(dir + "/all.fits", "lens"),
+            (std::vector<std::string>{all[1][0], all[2][0], all[3][0]}));
+  size_t numeric_columns = 0;
+  for (size_t c = 2; c < all[0].size(); ++c) {
+    const auto values = dslens::read_fits_numeric_column(dir + "/all.fits", all[0][c]);
+    ASSERT_EQ(values.size(), 3u);
+    for (size_t r = 0; r < 3; ++r) {
+      const std::string& csv = all[r + 1][c];
+      if (csv.empty()) {
+        EXPECT_TRUE(std::isnan(values[r])) << all[0][c];
+      } else {
+        EXPECT_NEAR(values[r], std::stod(csv), 1e-9 * std::max(1.0, std::abs(values[r])))
+            << all[0][c];
+      }
+    }
+    ++numeric_columns;
+  }
+  EXPECT_GT(numeric_columns, 20u);
   const RunResult again =
       run_dslens("catalogue " + quote(dir) + " --out " + quote(dir + "/all.csv"), "");
   EXPECT_EQ(again.code, 2) << again.output;  // an existing file is not replaced without --overwrite

@@ -35,6 +35,21 @@ std::vector<double> read_fits_numeric_column(const std::string& path, const std:
 std::vector<long long> read_fits_integer_column(const std::string& path, const std::string& column,
                                                 const FitsHdu& hdu = FitsHdu::number(1));
 
+// One column of a table to write: text (one string per row) or numbers (NaN for an empty cell).
+struct FitsTableColumn {
+  std::string name;
+  bool is_text = false;
+  std::vector<std::string> text;
+  std::vector<double> numbers;
+};
+
+// Writes a binary table as HDU 1 (EXTNAME `extname`) after an empty primary HDU, atomically:
+// text columns as character columns as wide as their longest string, numbers as float64 (TFORM
+// 1D). InvalidArgument when the columns' lengths differ or a name is empty or repeated (FITS column
+// names match case-insensitively); FileError naming the file when CFITSIO fails.
+void write_fits_table(const std::string& path, const std::vector<FitsTableColumn>& columns,
+                      const std::string& extname);
+
 // Reads the 2-d (or N-d) images in HDUs `hdus` (0 = primary) of one file, opening it once, as
 // float64 CPU tensors in the order asked. Cheaper than read_fits_image per HDU for files with
 // many HDUs (GalSim's RealGalaxyCatalog image files hold ~1000).
