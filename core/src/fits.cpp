@@ -89,13 +89,8 @@ void write_fits_image(const std::string& path, const torch::Tensor& image,
   torch::Tensor data = image.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   write_file_atomically(path, [&](const std::string& tmp) {
     fits_io::FitsFile f;
+    fits_io::create_for_write(f, tmp, path);
     int status = 0;
-    // A leading '!' tells CFITSIO to overwrite; tmp is a fresh temporary name anyway.
-    const std::string target = "!" + tmp;
-    if (fits_create_file(&f.ptr, target.c_str(), &status)) {
-      f.ptr = nullptr;
-      throw FileError("cannot create FITS file '" + path + "': " + fits_io::status_text(status));
-    }
     std::vector<long> naxes;
     for (int64_t i = data.dim() - 1; i >= 0; --i) naxes.push_back(data.size(i));
     fits_create_img(f.ptr, as_float32 ? FLOAT_IMG : DOUBLE_IMG, static_cast<int>(naxes.size()),
@@ -118,12 +113,7 @@ void write_fits_image(const std::string& path, const torch::Tensor& image,
     }
     std::vector<long> first(naxes.size(), 1);
     fits_write_pix(f.ptr, TDOUBLE, first.data(), data.numel(), data.data_ptr<double>(), &status);
-    if (status)
-      throw FileError("cannot write FITS file '" + path + "': " + fits_io::status_text(status));
-    fits_close_file(f.ptr, &status);
-    f.ptr = nullptr;
-    if (status)
-      throw FileError("cannot write FITS file '" + path + "': " + fits_io::status_text(status));
+    fits_io::finish_write(f, status, path);
   });
 }
 

@@ -32,6 +32,26 @@ struct FitsFile {
   }
 };
 
+// Creates the file `tmp` (a fresh temporary name; '!' lets CFITSIO create it) for writing what
+// will become `path`, the name errors give.
+inline void create_for_write(FitsFile& f, const std::string& tmp, const std::string& path) {
+  int status = 0;
+  const std::string target = "!" + tmp;
+  if (fits_create_file(&f.ptr, target.c_str(), &status)) {
+    f.ptr = nullptr;
+    throw FileError("cannot create FITS file '" + path + "': " + status_text(status));
+  }
+}
+
+// Ends a write: FileError naming `path` when `status` says a step failed, else closes the file
+// and checks that too.
+inline void finish_write(FitsFile& f, int status, const std::string& path) {
+  if (status) throw FileError("cannot write FITS file '" + path + "': " + status_text(status));
+  fits_close_file(f.ptr, &status);
+  f.ptr = nullptr;
+  if (status) throw FileError("cannot write FITS file '" + path + "': " + status_text(status));
+}
+
 inline void open_for_read(FitsFile& f, const std::string& path) {
   f.path = path;
   if (!std::filesystem::exists(path)) throw FileError("FITS file '" + path + "' does not exist");

@@ -254,12 +254,8 @@ void write_fits_table(const std::string& path, const std::vector<FitsTableColumn
   }
   write_file_atomically(path, [&](const std::string& tmp) {
     fits_io::FitsFile f;
+    fits_io::create_for_write(f, tmp, path);
     int status = 0;
-    const std::string target = "!" + tmp;  // tmp is a fresh name; '!' lets CFITSIO create it
-    if (fits_create_file(&f.ptr, target.c_str(), &status)) {
-      f.ptr = nullptr;
-      throw FileError("cannot create FITS file '" + path + "': " + fits_io::status_text(status));
-    }
     std::vector<char*> ttype, tform;
     for (size_t i = 0; i < columns.size(); ++i) {
       ttype.push_back(const_cast<char*>(columns[i].name.c_str()));
@@ -281,12 +277,7 @@ void write_fits_table(const std::string& path, const std::vector<FitsTableColumn
                        v.data(), &status);
       }
     }
-    if (status)
-      throw FileError("cannot write FITS table '" + path + "': " + fits_io::status_text(status));
-    fits_close_file(f.ptr, &status);
-    f.ptr = nullptr;
-    if (status)
-      throw FileError("cannot write FITS table '" + path + "': " + fits_io::status_text(status));
+    fits_io::finish_write(f, status, path);
   });
 }
 
