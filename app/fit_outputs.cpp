@@ -43,7 +43,23 @@ struct SourceImage {
   torch::Tensor image;  // [n, n] CPU float64, row 0 at the bottom (y increasing)
   std::array<double, 4> extent{};
   double pixel = 0.0;
+  int64_t n = 128;
 };
+
+// The source components' summed surface brightness at the pixel centres of `window` (its extent,
+// pixel and n), [rows, n * n] on the compute device.
+torch::Tensor source_light_on(const std::vector<physics::LightComponent>& source,
+                              const SourceImage& window, int64_t rows, const Compute& compute) {
+  const auto axis = [&](double low) {
+    return torch::arange(window.n, torch::kFloat64) * window.pixel + (low + 0.5 * window.pixel);
+  };
+  const auto grid = torch::meshgrid({axis(window.extent[2]), axis(window.extent[0])}, "ij");
+  const auto y = grid[0].reshape({1, -1}).to(compute.options());
+  const auto x = grid[1].reshape({1, -1}).to(compute.options());
+  torch::Tensor total = torch::zeros({rows, window.n * window.n}, compute.options());
+  for (const auto& c : source) total = total + c.profile->surface_brightness(x, y, c.params);
+  return total.detach();
+}
 
 SourceImage evaluate_source(const physics::ImageModel& m, const model::FitModel& fm,
                             const std::map<std::string, torch::Tensor>& values,
@@ -65,19 +81,12 @@ SourceImage evaluate_source(const physics::ImageModel& m, const model::FitModel&
   }
   if (!(half > 0)) half = 0.25 * m.grid.pixel_scale * static_cast<double>(m.grid.nx);
   half = std::min(half, 0.5 * m.grid.pixel_scale * static_cast<double>(m.grid.nx));
-  const int64_t n = 128;
-  const double step = 2.0 * half / static_cast<double>(n);
-  auto ax = torch::arange(n, torch::kFloat64) * step + (-half + 0.5 * step);
-  auto grid = torch::meshgrid({ax + cy, ax + cx}, "ij");
-  const auto y = grid[0].reshape({1, -1}).to(compute.options());
-  const auto x = grid[1].reshape({1, -1}).to(compute.options());
-  torch::Tensor total = torch::zeros({1, n * n}, compute.options());
-  for (const auto& c : m.source_light)
-    total = total + c.profile->surface_brightness(x, y, c.params);
   SourceImage out;
-  out.image = total.detach().reshape({n, n}).to(torch::kCPU, torch::kFloat64);
   out.extent = {cx - half, cx + half, cy - half, cy + half};
-  out.pixel = step;
+  out.pixel = 2.0 * half / static_cast<double>(out.n);
+  out.image = source_light_on(m.source_light, out, 1, compute)[0]
+                  .reshape({out.n, out.n})
+                  .to(torch::kCPU, torch::kFloat64);
   return out;
 }
 
@@ -262,6 +271,32 @@ torch::Tensor magnification_at(const model::LensPosterior& post, const torch::Te
                         .to(torch::kCPU, torch::kFloat64));
   }
   return torch::cat(parts);
+}
+
+// The source plane's posterior mean and standard deviation over the draws u [n, D] on the grid of
+// `window` (source.fits's), in batches of at most 256 draws: two [n, n] CPU float64 images.
+std::pair<torch::Tensor, torch::Tensor> source_posterior(const model::LensPosterior& post,
+                                                         const torch::Tensor& u,
+                                                         const SourceImage& window,
+                                                         const Compute& compute) {
+  torch::Tensor sum, sum_sq;
+  for (int64_t at = 0; at < u.size(0); at += 256) {
+    const int64_t rows = std::min<int64_t>(256, u.size(0) - at);
+    const auto un = post.space().unpack(u.narrow(0, at, rows).to(compute.options()));
+    const auto light = source_light_on(post.build(un, rows).source_light, window, rows, compute)
+                           .to(torch::kFloat64);
+    const auto s = light.sum(0), q = light.square().sum(0);
+    sum = sum.defined() ? sum + s : s;
+    sum_sq = sum_sq.defined() ? sum_sq + q : q;
+  }
+  const double n = static_cast<double>(u.size(0));
+  const auto mean = sum / n;
+  // Population variance of the draws, clamped at 0 against rounding.
+  const auto sd = (sum_sq / n - mean.square()).clamp_min(0.0).sqrt();
+  const auto image = [&](const torch::Tensor& t) {
+    return t.reshape({window.n, window.n}).to(torch::kCPU, torch::kFloat64);
+  };
+  return {image(mean), image(sd)};
 }
 
 }  // namespace fit_outputs_detail
@@ -497,11 +532,21 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     background_rms = obs.sigma.masked_select(obs.mask).median().item<double>();
   }
   write_exported_model(export_model(m, 0, background_rms, exposure_time), dir + "/map_model");
+  const auto source_cards = [&source](const std::string& content) {
+    return std::vector<FitsCard>{{"CONTENT", content, ""},
+                                 {"PIXSCALE", source.pixel, "arcsec per pixel"},
+                                 {"X_MIN", source.extent[0], "left edge, arcsec"},
+                                 {"Y_MIN", source.extent[2], "bottom edge, arcsec"}};
+  };
   write_fits_image(dir + "/source.fits", source.image,
-                   {{"CONTENT", std::string("source-plane surface brightness at MAP"), ""},
-                    {"PIXSCALE", source.pixel, "arcsec per pixel"},
-                    {"X_MIN", source.extent[0], "left edge, arcsec"},
-                    {"Y_MIN", source.extent[2], "bottom edge, arcsec"}});
+                   source_cards("source-plane surface brightness at MAP"));
+  // The source's posterior: its mean and sd over the draws, on the same grid (a VAE source's
+  // morphology with its uncertainty).
+  const auto [source_mean, source_sd] = source_posterior(post, u_all, source, compute);
+  write_fits_image(dir + "/source_mean.fits", source_mean,
+                   source_cards("source-plane surface brightness, posterior mean over the draws"));
+  write_fits_image(dir + "/source_sd.fits", source_sd,
+                   source_cards("source-plane surface brightness, posterior sd over the draws"));
 
   // The report figure.
   FitReportInputs rep;

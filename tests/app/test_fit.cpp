@@ -361,6 +361,31 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
       EXPECT_TRUE(row["mean"].contains("magnification")) << row.dump();
     }
     EXPECT_NE(text.find("\nPer chain (means over its draws):\n"), std::string::npos) << text;
+
+    // The source's posterior mean and sd (source_mean.fits, source_sd.fits, on source.fits's
+    // grid) against the circular exponential's brightness amp exp(-b (r / R - 1)) evaluated here
+    // for every draw at three pixels.
+    const std::string base = dir + "/fit/" + lens + "/";
+    const auto mean_img = dslens::read_fits_image(base + "source_mean.fits");
+    const auto sd_img = dslens::read_fits_image(base + "source_sd.fits");
+    ASSERT_EQ(mean_img.sizes(), dslens::read_fits_image(base + "source.fits").sizes());
+    const auto header = dslens::read_fits_numeric_header(base + "source_mean.fits");
+    const double pix = header.at("PIXSCALE"), x0 = header.at("X_MIN"), y0 = header.at("Y_MIN");
+    const auto col_of = [&](const std::string& n) {
+      return draws.select(2, index(n)).reshape({-1});
+    };
+    for (const auto& [i, j] : {std::pair{64, 64}, std::pair{70, 50}, std::pair{20, 100}}) {
+      const double x = x0 + (j + 0.5) * pix, y = y0 + (i + 0.5) * pix;
+      const auto r =
+          torch::hypot(x - col_of("center_x_source_light0"), y - col_of("center_y_source_light0"))
+              .clamp_min(1e-5);
+      const auto sb = col_of("amp_source_light0") *
+                      torch::exp(-b * (r / col_of("R_sersic_source_light0") - 1.0));
+      const double m = sb.mean().item<double>(), sd = sb.std(/*unbiased=*/false).item<double>();
+      EXPECT_NEAR(mean_img[i][j].item<double>(), m, 1e-4 * std::abs(m) + 1e-9) << i << "," << j;
+      EXPECT_NEAR(sd_img[i][j].item<double>(), sd, 1e-3 * sd + 1e-7) << i << "," << j;
+    }
+    EXPECT_GT(sd_img.max().item<double>(), 0.0);
   }
 
   // `dslens catalogue` joins the runs under a folder (the batch and the shard: b twice) and names
