@@ -72,9 +72,9 @@ std::vector<fs::path> fit_lens_folders(const fs::path& run) {
 }
 
 Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
-  std::vector<std::string> columns = {"lens",        "folder",   "reduced_chi_square_map",
-                                      "divergences", "max_rhat", "min_ess_bulk",
-                                      "warnings"};
+  std::vector<std::string> columns = {
+      "lens",        "folder",   "reduced_chi_square_map", "reduced_chi_square_arcs",
+      "divergences", "max_rhat", "min_ess_bulk",           "warnings"};
   std::set<std::string> known(columns.begin(), columns.end());
   std::vector<std::map<std::string, json>> rows;
   const auto add = [&](std::map<std::string, json>& row, const std::string& key, const json& v) {
@@ -90,6 +90,7 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
     row["lens"] = s.value("lens", dir.filename().string());
     row["folder"] = dir.string();
     row["reduced_chi_square_map"] = s.value("reduced_chi_square_map", json());
+    row["reduced_chi_square_arcs"] = s.value("reduced_chi_square_arcs", json());
     row["divergences"] = s.value("divergences", json());
     row["warnings"] = s.contains("warnings") ? json(s.at("warnings").size()) : json();
     double max_rhat = -INFINITY, min_ess = INFINITY;

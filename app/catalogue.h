@@ -1,10 +1,11 @@
 // A fit run's results as one table: a row per lens, read from its summary.json. `dslens fit`
 // writes DIR/catalogue.csv; `dslens catalogue` joins the outputs of many runs (the shards of a
-// SLURM array) into one. Columns: lens, folder, the reduced chi-square at the MAP, divergences,
-// the largest R-hat and smallest bulk ESS over all parameters, the number of warnings, then per
-// scalar parameter and derived quantity (q_*, gamma_ext_*; not the VAE latents or source pixels):
-// its median and central 68 % interval (V_q50, V_q16, V_q84), its R-hat (V_rhat), its value at
-// the MAP (V_map; map.json's, for the fitted parameters) and, for mocks, its truth (V_truth).
+// SLURM array) into one. Columns: lens, folder, the reduced chi-square at the MAP (the image's and
+// the arcs'), divergences, the largest R-hat and smallest bulk ESS over all parameters, the number
+// of warnings, then per scalar parameter and derived quantity (q_*, gamma_ext_*, magnification;
+// not the VAE latents or source pixels): its median and central 68 % interval (V_q50, V_q16,
+// V_q84), its R-hat (V_rhat), its value at the MAP (V_map; map.json's) and, for mocks, its truth
+// (V_truth).
 #pragma once
 #include <filesystem>
 #include <nlohmann/json.hpp>

@@ -352,6 +352,19 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const double magnification_map = physics::source_magnification(m, 1, compute).item<double>();
   const CriticalCurves cc = critical_curves(m.lens, obs.grid, 2, compute);
   const SourceImage source = evaluate_source(m, cfg.model, un.values, cc, compute);
+  // The fit on the arcs alone: the unmasked pixels where the MAP's lensed source (with the PSF)
+  // is brighter than the noise sigma. Most pixels of a cut-out are background, so the whole
+  // image's reduced chi-square can be near 1 while the arcs' structure is missed.
+  physics::ImageModel lensed_source = m;
+  lensed_source.lens_light.clear();
+  const auto arc_light =
+      physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
+  const auto arcs = obs.mask & (arc_light > obs.sigma);
+  const int64_t arc_pixels = arcs.sum().item<int64_t>();
+  const double arc_chi2 = arc_pixels >= 10
+                              ? resid.masked_select(arcs).square().sum().item<double>() /
+                                    static_cast<double>(arc_pixels)
+                              : NAN;
 
   const auto truth = model::truth_values(cfg.model, obs.truth);
   nlohmann::json map_json;
@@ -362,6 +375,12 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   map_json["pixels"] = post.n_pixels();
   map_json["free_parameters"] = D;
   map_json["reduced_chi_square"] = reduced_chi2;
+  map_json["arcs"] = {
+      {"pixels", arc_pixels},
+      {"reduced_chi_square", number_or_null(arc_chi2)},
+      {"definition",
+       "the unmasked pixels where the MAP's lensed source, convolved with the PSF, exceeds the "
+       "noise sigma (at least 10); chi-square over them divided by their number"}};
   nlohmann::json best, starts = nlohmann::json::array();
   const auto x_map = space.constrained(map_u).to(torch::kCPU, torch::kFloat64)[0];
   for (int64_t d = 0; d < D; ++d) best[names[d]] = x_map[d].item<double>();
@@ -458,6 +477,17 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                        " above the MAP's: the chains sit in another mode than the truth's, which "
                        "the MAP search missed (raise map.starts or map.placement_starts)");
   }
+  // The arcs fitted worse than the noise allows while the whole image may look fine: more than 5
+  // sd (sqrt(2 / n) each) above 1 and above 1.25.
+  if (std::isfinite(arc_chi2) && arc_chi2 > 1.25 &&
+      (arc_chi2 - 1.0) / std::sqrt(2.0 / static_cast<double>(arc_pixels)) > 5.0) {
+    warnings.push_back("the arcs are fitted worse than the noise: reduced chi-square at MAP " +
+                       fmt("%.3f", arc_chi2) + " over the " + std::to_string(arc_pixels) +
+                       " pixels where the lensed source exceeds the noise (the whole image: " +
+                       fmt("%.3f", reduced_chi2) +
+                       "): the source or lens model lacks structure the arcs have, or the noise "
+                       "map leaves out noise on the arcs (the source's Poisson noise)");
+  }
   // Each chain on its own (app/chain_summary.h): the scalar parameters (not latents or a grid's
   // pixels) and the derived quantities, and a warning when a chain sits in a lower mode.
   std::vector<std::string> scalar_names;
@@ -484,6 +514,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["derived"] = derived_summary;
   summary_file["chains"] = chains_json(per_chain);
   summary_file["reduced_chi_square_map"] = reduced_chi2;
+  summary_file["reduced_chi_square_arcs"] = number_or_null(arc_chi2);
   summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
   summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);
   summary_file["gradient_evaluations"] = r.gradient_evaluations;
@@ -509,6 +540,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const std::string chains_table = chains_text(per_chain);
   if (!chains_table.empty()) text += "\nPer chain (means over its draws):\n" + chains_table;
   text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2) + "\n";
+  if (std::isfinite(arc_chi2)) {
+    text += "reduced chi-square on the arcs at MAP: " + fmt("%.4f", arc_chi2) + " (" +
+            std::to_string(arc_pixels) + " pixels where the lensed source exceeds the noise)\n";
+  }
   for (const auto& w : warnings) text += "WARNING: " + w + "\n";
   write_text_atomically(dir + "/summary.txt", text);
   write_text_atomically(dir + "/warnings.json", nlohmann::json(warnings).dump(2) + "\n");

@@ -624,6 +624,53 @@ TEST(FitCommand, SearchRoundsRetryWhereTheChiSquareIsImprobableForItsDegreesOfFr
 // 0.2 leaves a reduced chi-square near 1 / 0.93^2 = 1.16 at any good fit, above the threshold
 // 1 + 1.5 sqrt(2 / 1017) = 1.067 of 32 x 32 pixels less 7 parameters, and the fit must warn; with
 // sigma 5 % above it (near 0.91) it must not.
+// The fit on the arcs alone (map.json's "arcs", summary.json's reduced_chi_square_arcs): the
+// mock's own model fits its arcs to the noise; a source with a bright compact knot that the fit's
+// one Sersic cannot make leaves them far above it, and the fit warns.
+TEST(FitCommand, WarnsWhenTheArcsAreFittedWorseThanTheNoise) {
+  const std::string dir = dslens::testing::temp_dir("fit_arcs");
+  for (const bool knot : {false, true}) {
+    const std::string name = knot ? "knot" : "plain";
+    json sim = mock_config(31, 1.0);
+    if (knot) {
+      sim["source"].push_back({{"type", "GAUSSIAN"},
+                               {"amp", 5.0},
+                               {"sigma", 0.03},
+                               {"center_x", 0.12},
+                               {"center_y", -0.02}});
+    }
+    write_json(dir + "/" + name + "-sim.json", sim);
+    const RunResult s = run_dslens("simulate " + quote(dir + "/" + name + "-sim.json") + " --out " +
+                                   quote(dir + "/" + name + "-data"));
+    ASSERT_EQ(s.code, 0) << s.output;
+    json c = fit_config("../" + name + "-data");
+    c["map"]["retry_rounds"] = 0;
+    fs::create_directories(dir + "/configs");
+    write_json(dir + "/configs/" + name + ".json", c);
+    const RunResult r = run_dslens("fit " + quote(dir + "/configs/" + name + ".json") + " --out " +
+                                   quote(dir + "/" + name) + " --warmup 30 --draws 30 --chains 1");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const json arcs = read_json(dir + "/" + name + "/map.json").at("arcs");
+    const double chi2 = arcs.at("reduced_chi_square").get<double>();
+    EXPECT_GT(arcs.at("pixels").get<int64_t>(), 50) << arcs.dump();
+    EXPECT_EQ(
+        read_json(dir + "/" + name + "/summary.json")["reduced_chi_square_arcs"].get<double>(),
+        chi2);
+    bool warned = false;
+    for (const auto& w : read_json(dir + "/" + name + "/warnings.json"))
+      warned = warned || w.get<std::string>().find("the arcs are fitted worse than the noise") !=
+                             std::string::npos;
+    EXPECT_EQ(warned, knot) << arcs.dump() << "\n" << r.output;
+    if (knot) {
+      EXPECT_GT(chi2, 1.5) << arcs.dump();  // 1.79 when written
+    } else {
+      // n pixels of pure noise: sd sqrt(2 / n), under 0.2 here.
+      EXPECT_NEAR(chi2, 1.0, 0.3) << arcs.dump();
+    }
+  }
+  fs::remove_all(dir);
+}
+
 TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
   const std::string dir = dslens::testing::temp_dir("fit_chi_square");
   const std::string cfg = make_mock(dir, "a", 21, 0.9);
