@@ -259,44 +259,44 @@ DerivedDraws derived_draws(const torch::Tensor& flat, const std::vector<std::str
   return out;
 }
 
-// The source's total magnification (physics::source_magnification) at unconstrained points
-// [n, D], in batches of at most 256 rows (one model image each, without the PSF): [n] CPU float64.
-torch::Tensor magnification_at(const model::LensPosterior& post, const torch::Tensor& u,
-                               const Compute& compute) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t at = 0; at < u.size(0); at += 256) {
-    const int64_t rows = std::min<int64_t>(256, u.size(0) - at);
-    const auto un = post.space().unpack(u.narrow(0, at, rows).to(compute.options()));
-    parts.push_back(physics::source_magnification(post.build(un, rows), rows, compute)
-                        .to(torch::kCPU, torch::kFloat64));
-  }
-  return torch::cat(parts);
-}
+// What every draw's model gives beyond its parameters, from one model per draw (built in batches
+// of at most 256 rows): the source's total magnification (physics::source_magnification) and,
+// with a `window` (source.fits's grid), the source plane's posterior mean and standard deviation
+// over the draws.
+struct DrawProducts {
+  torch::Tensor magnification;           // [n] CPU float64
+  torch::Tensor source_mean, source_sd;  // [window.n, window.n] CPU float64, when asked
+};
 
-// The source plane's posterior mean and standard deviation over the draws u [n, D] on the grid of
-// `window` (source.fits's), in batches of at most 256 draws: two [n, n] CPU float64 images.
-std::pair<torch::Tensor, torch::Tensor> source_posterior(const model::LensPosterior& post,
-                                                         const torch::Tensor& u,
-                                                         const SourceImage& window,
-                                                         const Compute& compute) {
+DrawProducts draw_products(const model::LensPosterior& post, const torch::Tensor& u,
+                           const Compute& compute, const SourceImage* window = nullptr) {
+  std::vector<torch::Tensor> magnification;
   torch::Tensor sum, sum_sq;
   for (int64_t at = 0; at < u.size(0); at += 256) {
     const int64_t rows = std::min<int64_t>(256, u.size(0) - at);
     const auto un = post.space().unpack(u.narrow(0, at, rows).to(compute.options()));
-    const auto light = source_light_on(post.build(un, rows).source_light, window, rows, compute)
-                           .to(torch::kFloat64);
+    const physics::ImageModel m = post.build(un, rows);
+    magnification.push_back(
+        physics::source_magnification(m, rows, compute).to(torch::kCPU, torch::kFloat64));
+    if (!window) continue;
+    const auto light = source_light_on(m.source_light, *window, rows, compute).to(torch::kFloat64);
     const auto s = light.sum(0), q = light.square().sum(0);
     sum = sum.defined() ? sum + s : s;
     sum_sq = sum_sq.defined() ? sum_sq + q : q;
   }
+  DrawProducts out;
+  out.magnification = torch::cat(magnification);
+  if (!window) return out;
   const double n = static_cast<double>(u.size(0));
   const auto mean = sum / n;
   // Population variance of the draws, clamped at 0 against rounding.
   const auto sd = (sum_sq / n - mean.square()).clamp_min(0.0).sqrt();
   const auto image = [&](const torch::Tensor& t) {
-    return t.reshape({window.n, window.n}).to(torch::kCPU, torch::kFloat64);
+    return t.reshape({window->n, window->n}).to(torch::kCPU, torch::kFloat64);
   };
-  return {image(mean), image(sd)};
+  out.source_mean = image(mean);
+  out.source_sd = image(sd);
+  return out;
 }
 
 }  // namespace fit_outputs_detail
@@ -421,7 +421,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     for (const auto& [n, v] : *point) on_device[n] = v.to(opts);
     const auto u_truth = space.pack(on_device);
     lp_truth = post.log_prob(u_truth).item<double>();
-    magnification_truth = magnification_at(post, u_truth, compute)[0].item<double>();
+    magnification_truth = draw_products(post, u_truth, compute).magnification[0].item<double>();
     const double chi2_truth = post.chi_square(u_truth).item<double>() / static_cast<double>(dof);
     map_json["truth"] = {{"log_posterior", number_or_null(*lp_truth)},
                          {"reduced_chi_square", number_or_null(chi2_truth)}};
@@ -444,7 +444,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   DerivedDraws derived = derived_draws(x_all, names, truth);
   // The source's total magnification per draw: the lensed source's flux in the model image over
   // its own (physics::source_magnification), left out where a free pixel grid has no positive flux.
-  const auto magnification = magnification_at(post, u_all, compute);
+  const DrawProducts per_draw = draw_products(post, u_all, compute, &source);
+  const torch::Tensor& magnification = per_draw.magnification;
   if (torch::isfinite(magnification).all().item<bool>()) {
     derived.values = derived.values.defined()
                          ? torch::cat({derived.values, magnification.unsqueeze(1)}, 1)
@@ -577,10 +578,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                    source_cards("source-plane surface brightness at MAP"));
   // The source's posterior: its mean and sd over the draws, on the same grid (a VAE source's
   // morphology with its uncertainty).
-  const auto [source_mean, source_sd] = source_posterior(post, u_all, source, compute);
-  write_fits_image(dir + "/source_mean.fits", source_mean,
+  write_fits_image(dir + "/source_mean.fits", per_draw.source_mean,
                    source_cards("source-plane surface brightness, posterior mean over the draws"));
-  write_fits_image(dir + "/source_sd.fits", source_sd,
+  write_fits_image(dir + "/source_sd.fits", per_draw.source_sd,
                    source_cards("source-plane surface brightness, posterior sd over the draws"));
 
   // The report figure.
