@@ -587,8 +587,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   FitReportInputs rep;
   rep.title = cfg.name + "   reduced chi2 = " + fmt("%.3f", reduced_chi2) +
               (std::isfinite(arc_chi2) ? " (arcs " + fmt("%.3f", arc_chi2) + ")" : "") + "   " +
-              std::to_string(C) + " chains x " + std::to_string(N) + " draws   MAP from " +
-              r.map_origin;
+              std::to_string(C) + " chains x " + std::to_string(N) +
+              " draws   MAP: " + r.map_origin;
   rep.grid = obs.grid;
   rep.data = obs.image;
   rep.model = model_img;
