@@ -30,10 +30,11 @@ run_requeueable_until_time_limit() {
   while kill -0 "${child}" 2>/dev/null; do wait "${child}" || true; done
   wait "${child}" || rc=$?
   trap - USR1 TERM INT
-  if (( time_limit == 1 )); then
+  # A command that finished by itself as the warning came needs nothing more.
+  if (( time_limit == 1 && rc != 0 )); then
     local restarts=${SLURM_RESTART_COUNT:-0} max=${MAX_REQUEUES:-5}
     local codes=${REQUEUE_EXIT_CODES:-143}
-    if (( rc == 0 )) || [[ "${codes}" != any && " ${codes} " != *" ${rc} "* ]]; then
+    if [[ "${codes}" != any && " ${codes} " != *" ${rc} "* ]]; then
       echo "$(date -Is) time limit: the command exited with ${rc}, not as a stop that can be" \
            "resumed (${codes}); not requeued" >&2
     elif (( restarts >= max )); then
