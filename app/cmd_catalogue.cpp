@@ -51,9 +51,9 @@ void search(const fs::path& root, Found& found) {
 int run(int argc, char** argv) {
   cxxopts::Options options(
       argv[0],
-      "One CSV row per lens of finished dslens fit outputs (medians, 68 % intervals, R-hat of the\n"
-      "  scalar parameters and of q_*, gamma_ext_*; fit quality), e.g. the shards of a SLURM "
-      "array");
+      "One row per lens of finished dslens fit outputs, as CSV or a FITS table (medians, 68 %\n"
+      "  intervals, R-hat and MAP values of the scalar parameters and of q_*, gamma_ext_*,\n"
+      "  magnification; fit quality), e.g. the shards of a SLURM array");
   options.add_options()("o,out",
                         "file to write: a FITS binary table when it ends in .fits or .fit, CSV "
                         "otherwise (default: CSV on standard output)",
@@ -84,13 +84,10 @@ int run(int argc, char** argv) {
   if (lens_dirs.empty() && found.unfinished.empty())
     throw InputError("no dslens fit output (a folder with index.json) under the given folders");
   const Catalogue table = catalogue_csv(lens_dirs);
-  const auto ends_with = [&out](const std::string& suffix) {
-    return out.size() >= suffix.size() &&
-           out.compare(out.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
+  const std::string extension = fs::path(out).extension().string();
   if (out.empty()) {
     std::cout << table.csv << std::flush;
-  } else if (ends_with(".fits") || ends_with(".fit")) {
+  } else if (extension == ".fits" || extension == ".fit") {
     write_catalogue_fits(out, table);
   } else {
     write_text_atomically(out, table.csv);
@@ -115,6 +112,7 @@ int run(int argc, char** argv) {
 
 }  // namespace catalogue_command
 
-DSLENS_COMMAND(catalogue, "One CSV row per lens of finished fit outputs", catalogue_command::run);
+DSLENS_COMMAND(catalogue, "One row per lens of finished fit outputs (CSV or FITS)",
+               catalogue_command::run);
 
 }  // namespace dslens::app
