@@ -105,6 +105,9 @@ int run(int argc, char** argv) {
   const std::string interpolation = either("interpolation", "bicubic", "bilinear");
   const std::string out_of_step = args["out-of-step"].as<std::string>();
   const std::string map_start = either("map-start", "search", "truth");
+  // With --json stdout holds the JSON alone: the simulation's and the fit's own lines are dropped
+  // (their warnings still reach stderr) and a --keep folder is named in the JSON ("kept").
+  const bool json_out = args.count("json") > 0;
   if (out_of_step != "on" && out_of_step != "off" && out_of_step != "auto")
     throw InvalidArgument("--out-of-step: expected on, off or auto, got '" + out_of_step + "'");
 
@@ -168,9 +171,11 @@ int run(int argc, char** argv) {
     if (snr > 0) sim["noise"] = noise_at_snr(noise_free_peak(sim, "bench fit"), snr);
     const std::string name = "mock" + std::to_string(l);
     std::ofstream(dir / (name + "-sim.json")) << sim.dump(2);
-    if (run_command("simulate", {(dir / (name + "-sim.json")).string(), "--out",
-                                 (dir / name).string(), "--device", dev, "--dtype", "float64",
-                                 "--log-level", "warn", "--cuda-kernels", cuda_kernels}) != 0) {
+    if (run_command(
+            "simulate",
+            {(dir / (name + "-sim.json")).string(), "--out", (dir / name).string(), "--device", dev,
+             "--dtype", "float64", "--log-level", "warn", "--cuda-kernels", cuda_kernels},
+            json_out) != 0) {
       throw Error("bench fit: simulating the mock failed");
     }
     json fit = {
@@ -224,7 +229,7 @@ int run(int argc, char** argv) {
     fit_args.push_back("--init");
     fit_args.push_back("truth");
   }
-  const int rc = run_command("fit", fit_args);
+  const int rc = run_command("fit", fit_args, json_out);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) throw Error("bench fit: the fit failed");
 
@@ -295,7 +300,8 @@ int run(int argc, char** argv) {
       {"max_rhat_lens_params", max_rhat},
       {"max_theta_e_relative_error", max_theta_e_error},
       {"snr", snr > 0 ? json(snr) : json("fixed noise: background rms 0.01")}};
-  if (args.count("json")) {
+  if (args.count("keep")) out["kept"] = dir.string();
+  if (json_out) {
     std::cout << out.dump(2) << "\n";
   } else {
     std::cout << std::fixed << std::setprecision(2) << "bench fit on " << dev << " " << dtype
@@ -321,7 +327,7 @@ int run(int argc, char** argv) {
     for (const auto& line : graph_lines) std::cout << "  " << line.get<std::string>() << "\n";
   }
   if (args.count("keep")) {
-    std::cout << "kept " << dir.string() << "\n";
+    if (!json_out) std::cout << "kept " << dir.string() << "\n";
   } else {
     fs::remove_all(dir);
   }

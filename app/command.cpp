@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <iostream>
+#include <optional>
+#include <streambuf>
 
 #include "dslens/core/errors.h"
 #include "dslens/core/logging.h"
@@ -20,12 +22,32 @@ std::vector<Command>& benches() {
   return table;
 }
 
-int run_command(const std::string& name, std::vector<std::string> args) {
+namespace {
+// Points std::cout at a buffer that drops everything until destroyed, also when the command throws.
+class StdoutDropped {
+ public:
+  StdoutDropped() : saved_(std::cout.rdbuf(&sink_)) {}
+  ~StdoutDropped() { std::cout.rdbuf(saved_); }
+  StdoutDropped(const StdoutDropped&) = delete;
+  StdoutDropped& operator=(const StdoutDropped&) = delete;
+
+ private:
+  struct Sink : std::streambuf {
+    int overflow(int c) override { return traits_type::not_eof(c); }
+    std::streamsize xsputn(const char*, std::streamsize n) override { return n; }
+  } sink_;
+  std::streambuf* saved_;
+};
+}  // namespace
+
+int run_command(const std::string& name, std::vector<std::string> args, bool quiet_stdout) {
   for (const auto& c : commands()) {
     if (c.name != name) continue;
     args.insert(args.begin(), "dslens " + name);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
+    std::optional<StdoutDropped> quiet;
+    if (quiet_stdout) quiet.emplace();
     return c.run(static_cast<int>(argv.size()), argv.data());
   }
   throw InvalidArgument("no command '" + name + "'");

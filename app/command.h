@@ -28,8 +28,10 @@ struct Command {
 std::vector<Command>& commands();
 std::vector<Command>& benches();
 // Runs a registered command in-process (argv[0] = "dslens NAME"); used by `bench fit` and
-// `mock-study` to drive `simulate` and `fit`. Throws InvalidArgument for an unknown name.
-int run_command(const std::string& name, std::vector<std::string> args);
+// `mock-study` to drive `simulate` and `fit`. Throws InvalidArgument for an unknown name. With
+// quiet_stdout what the command prints on std::cout is dropped (its log still goes to stderr), so
+// that a caller's --json output is the only thing on stdout.
+int run_command(const std::string& name, std::vector<std::string> args, bool quiet_stdout = false);
 
 struct CommandRegistrar {
   CommandRegistrar(std::vector<Command>& table, const char* name, const char* summary,

@@ -38,6 +38,21 @@ inline RunResult run_dslens(const std::string& args, const std::string& log_leve
   return r;
 }
 
+// Runs `dslens ARGS` with stdout alone in `output` (stderr, the log, goes to the test's stderr):
+// for commands whose stdout must be machine-readable by itself, such as --json.
+inline RunResult run_dslens_stdout(const std::string& args) {
+  const std::string cmd = quote(DSLENS_EXECUTABLE) + " " + args + " --log-level warn";
+  RunResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 // Starts `dslens ARGS...` in the background with stdout and stderr in log_path; returns its pid
 // (for kill and waitpid), or -1.
 inline pid_t spawn_dslens(const std::vector<std::string>& args, const std::string& log_path) {
