@@ -1,6 +1,8 @@
 #include "fit_config.h"
 
+#include <spdlog/spdlog.h>
 #include <algorithm>
+
 #include <filesystem>
 
 #include "dslens/core/errors.h"
@@ -109,6 +111,34 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
   }
 }
 
+// A model that samples the pixels unlike the simulation it fits cannot reproduce the data even at
+// the truth: the difference is systematic, larger than the noise near a steep lens light or a
+// compact source (a Sersic n = 4 lens light simulated with supersampling 2 and fitted with 1 puts
+// the truth's reduced chi-square at 1.06 over 6,400 pixels, 3.5 sd above 1). The default of 1 is
+// for real data, so a fit of a simulation made otherwise says so.
+namespace {
+void warn_of_other_supersampling(FitConfig& c) {
+  const json& t = c.data.truth;
+  if (!t.is_object() || !t.contains("grid") || !t["grid"].is_object()) return;
+  const json& g = t["grid"];
+  if (!g.contains("supersampling")) return;
+  const json& v = g["supersampling"].is_object() ? g["supersampling"].value("value", json())
+                                                 : g["supersampling"];
+  if (!v.is_number()) return;
+  const auto simulated = static_cast<int64_t>(v.get<double>());
+  if (simulated == c.model.supersampling) return;
+  const std::string message =
+      "the simulation was made with supersampling " + std::to_string(simulated) +
+      " but /model/supersampling is " + std::to_string(c.model.supersampling) +
+      (c.config.at("model").contains("supersampling") ? "" : " (the default)") +
+      ": the model cannot reproduce the data exactly, even at the truth; set "
+      "/model/supersampling to " +
+      std::to_string(simulated) + " to fit with the simulation's forward model";
+  spdlog::warn("{}: {}", c.path, message);
+  c.data.warnings.push_back(message);
+}
+}  // namespace
+
 FitConfig load_fit_config(const std::string& path, const Compute& compute) {
   FitConfig out;
   out.path = path;
@@ -121,6 +151,7 @@ FitConfig load_fit_config(const std::string& path, const Compute& compute) {
   if (root.has("comment")) root.string("comment");
   out.data = model::load_observation(root.at("data"), base);
   out.model = model::parse_fit_model(root.at("model"), base, compute);
+  warn_of_other_supersampling(out);
   parse_fit_settings(root, out.map, out.sampler);
   return out;
 }

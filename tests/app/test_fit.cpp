@@ -1084,6 +1084,26 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   fs::remove_all(dir);
 }
 
+// A model that samples the pixels unlike the simulation it fits is warned of (--check shows it
+// beside the config; summary.json keeps it in data_warnings); the same supersampling is not.
+TEST(FitCommand, CheckWarnsWhenTheModelSupersamplesUnlikeTheSimulation) {
+  const std::string dir = dslens::testing::temp_dir("fit_supersampling");
+  const std::string cfg = make_mock(dir, "m", 5, 1.0);  // simulated with supersampling 1
+  RunResult r = run_dslens("fit " + quote(cfg) + " --check");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  json c = read_json(cfg);
+  c["model"]["supersampling"] = 3;
+  write_json(cfg, c);
+  r = run_dslens("fit " + quote(cfg) + " --check");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("     warning: the simulation was made with supersampling 1 but "
+                          "/model/supersampling is 3"),
+            std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
   const std::string dir = dslens::testing::temp_dir("fit_bad");
   const std::string cfg = make_mock(dir, "m", 5, 1.0);
