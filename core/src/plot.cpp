@@ -684,24 +684,39 @@ std::string tick_label(double v, double step) {
   return number("%.*f", decimals, v);
 }
 
-// "median +a -b" (and shorter variants) with the precision of the smaller half-width; scientific
-// notation for very small or large values.
-std::vector<std::string> summary_titles(const std::vector<double>& sorted) {
+}  // namespace corner_plot_detail
+
+std::vector<std::string> corner_titles(const std::vector<double>& sorted) {
+  using corner_plot_detail::number;
+  using corner_plot_detail::quantile;
   if (sorted.empty()) return {"no finite draws"};
   const double q16 = quantile(sorted, 0.16), q50 = quantile(sorted, 0.5),
                q84 = quantile(sorted, 0.84);
   const double up = q84 - q50, down = q50 - q16, half = 0.5 * (up + down);
   const double scale = std::min(up, down) > 0 ? std::min(up, down) : std::max(up, down);
-  int decimals = 3;
-  if (scale > 0 && std::isfinite(scale)) {
-    decimals = std::clamp(static_cast<int>(std::ceil(-std::log10(scale) - 1e-9)) + 1, 0, 8);
+  const bool resolved = scale > 0 && std::isfinite(scale);
+  // Two significant digits of the smaller half-width, and the median to the same place.
+  const int decimals =
+      resolved ? std::clamp(static_cast<int>(std::ceil(-std::log10(scale) - 1e-9)) + 1, 0, 12) : 3;
+  // Fixed notation unless it would need more than 6 decimals (a value of order 1e-7) or the value
+  // is 1e6 or more. Scientific notation then gives the median as many digits as reach the
+  // half-width's place: 1.10047 +- 0.00046 printed as "1.10e+00" (sessions up to 45, whenever the
+  // half-width was below 1e-4) hid the very digits the posterior resolves.
+  const bool sci = decimals > 6 || std::fabs(q50) >= 1e6;
+  int mantissa = 2;
+  if (sci && resolved && q50 != 0.0 && std::isfinite(q50)) {
+    mantissa = std::clamp(
+        static_cast<int>(std::floor(std::log10(std::fabs(q50))) - std::floor(std::log10(scale))) +
+            1,
+        1, 10);
   }
-  const bool sci = decimals > 4 || std::fabs(q50) >= 1e6;
-  const std::string m = sci ? number("%.*e", 2, q50) : number("%.*f", decimals, q50);
+  const std::string m = sci ? number("%.*e", mantissa, q50) : number("%.*f", decimals, q50);
   auto err = [&](double e) { return sci ? number("%.*e", 1, e) : number("%.*f", decimals, e); };
   // Longest first; the caller takes the first that fits.
   return {m + " +" + err(up) + " -" + err(down), m + "+/-" + err(half), m};
 }
+
+namespace corner_plot_detail {
 
 // Round ticks whose labels fit side by side in a panel `cell` pixels wide.
 void choose_ticks(Param& p, int cell) {
@@ -947,7 +962,7 @@ CornerLayout corner_plot(Canvas& canvas, Box box, const torch::Tensor& draws,
       if (i == j) {
         diagonal_panel(canvas, b, params[i], bins);
         // Title: the widest summary that fits over the panel and its gaps.
-        const std::vector<std::string> titles = summary_titles(params[i].sorted);
+        const std::vector<std::string> titles = corner_titles(params[i].sorted);
         for (size_t k = 0; k < titles.size(); ++k) {
           const int w = Canvas::text_width(titles[k]);
           if (w > cell + 2 * gap_x && k + 1 < titles.size()) continue;

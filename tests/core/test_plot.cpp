@@ -435,3 +435,39 @@ TEST(CornerPlot, RejectsBadShapes) {
   EXPECT_THROW(corner_plot(canvas, box, ok, {"a", "b"}, {}, 0), InvalidArgument);
   EXPECT_THROW(corner_plot(canvas, {0, 0, 60, 60}, ok, {"a", "b"}), InvalidArgument);
 }
+
+// corner_titles: the median printed in a title must carry the digits the posterior resolves (to a
+// tenth of the smaller half-width), and the half-widths two significant digits, whatever the
+// value's magnitude. Until session 46 a half-width below 1e-4 switched to "%.2e", so theta_E =
+// 1.10047 +- 0.00046 read "1.10e+00".
+TEST(CornerPlot, TitlesResolveTheMedianToItsHalfWidth) {
+  struct Case {
+    double mean, sd;
+  };
+  for (const Case& c : {Case{1.10047, 4.6e-4}, Case{-3.3758e-3, 8.66e-4}, Case{58.5426, 2.34},
+                        Case{3.2e-9, 1.1e-9}, Case{1.23456e6, 3.1e3}, Case{0.7339, 0.0035},
+                        Case{-0.016069, 0.0011}, Case{4.2e-5, 2.5e-7}}) {
+    // Draws at the normal's quantiles: the 16/50/84 % quantiles are mean - sd, mean, mean + sd.
+    const int64_t n = 2001;
+    const torch::Tensor p = (torch::arange(n, torch::kFloat64) + 0.5) / n;
+    const torch::Tensor x = c.mean + c.sd * std::sqrt(2.0) * torch::erfinv(2.0 * p - 1.0);
+    const std::vector<double> sorted(x.data_ptr<double>(), x.data_ptr<double>() + n);
+    const std::vector<std::string> titles = dslens::plot::corner_titles(sorted);
+    ASSERT_EQ(titles.size(), 3u);
+    SCOPED_TRACE(titles[0]);
+    const double median = std::strtod(titles[2].c_str(), nullptr);
+    EXPECT_LE(std::fabs(median - c.mean), 0.1 * c.sd) << titles[2];
+    EXPECT_EQ(titles[0].rfind(titles[2] + " +", 0), 0u);
+    EXPECT_EQ(titles[1].rfind(titles[2] + "+/-", 0), 0u);
+    // "m +a -b": a and b within 5 % of sd (two digits, the quantiles' own error below 1 %).
+    const auto plus = titles[0].find(" +"), minus = titles[0].find(" -", plus + 2);
+    ASSERT_NE(minus, std::string::npos);
+    const double a = std::strtod(titles[0].c_str() + plus + 2, nullptr);
+    const double b = std::strtod(titles[0].c_str() + minus + 2, nullptr);
+    EXPECT_NEAR(a, c.sd, 0.05 * c.sd);
+    EXPECT_NEAR(b, c.sd, 0.05 * c.sd);
+    // No more than a few characters beyond what that precision needs.
+    EXPECT_LE(titles[0].size(), 30u);
+  }
+  EXPECT_EQ(dslens::plot::corner_titles({}), std::vector<std::string>{"no finite draws"});
+}

@@ -113,6 +113,14 @@ CornerLayout corner_plot(Canvas& canvas, Box box, const torch::Tensor& draws,
                          const std::vector<std::string>& names,
                          const std::vector<std::optional<double>>& truths = {}, int bins = 30);
 
+// The titles corner_plot may put over a parameter's histogram, longest first (it takes the first
+// that fits): "median +a -b", "median+/-h" and "median", where a and b are the distances to the 84
+// and 16 % quantiles of the sorted finite draws and h their mean. Two significant digits of the
+// smaller of a and b, and the median to the same decimal place; scientific notation only where
+// that would take more than 6 decimals or the median is 1e6 or more, with the median's mantissa
+// again reaching the half-width's place.
+std::vector<std::string> corner_titles(const std::vector<double>& sorted_draws);
+
 // PNG encoding of 8-bit RGB pixels (row-major, width*height*3 bytes) with zlib.
 std::vector<uint8_t> encode_png(const std::vector<uint8_t>& rgb, int width, int height);
 
