@@ -1,8 +1,8 @@
 #include "fit_config.h"
 
 #include <spdlog/spdlog.h>
-#include <algorithm>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "dslens/core/errors.h"
