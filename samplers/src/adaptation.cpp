@@ -197,13 +197,20 @@ torch::Tensor WelfordEstimator::covariance_of_groups(int64_t group) const {
              : cov.expand({groups, group, dim_, dim_}).reshape({chains_, dim_, dim_});
 }
 
-torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind) {
+torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind,
+                                    const torch::Tensor& reference) {
   const double nd = static_cast<double>(n);
   const double w = nd / (nd + 5.0);
   const double shrink = 1e-3 * (5.0 / (nd + 5.0));
-  if (kind == MetricKind::diag) return w * var + shrink;
-  const int64_t d = var.size(-1);
-  return w * var + shrink * torch::eye(d, var.options());
+  if (!reference.defined()) {
+    if (kind == MetricKind::diag) return w * var + shrink;
+    const int64_t d = var.size(-1);
+    return w * var + shrink * torch::eye(d, var.options());
+  }
+  if (reference.sizes() != var.sizes())
+    throw InvalidArgument("regularize_covariance: reference must have the covariance's shape");
+  if (kind == MetricKind::diag) return w * var + shrink * reference.to(var.dtype());
+  return w * var + torch::diag_embed(shrink * reference.diagonal(0, -2, -1).to(var.dtype()));
 }
 
 StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats) {

@@ -785,17 +785,18 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       if (w.add_sample) estimator.add(state.q);
       if (w.end_window) {
         const int64_t n = estimator.effective_count_of_groups(group);
-        torch::Tensor cov =
-            regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric);
         const double k = settings.adapt.metric_prior_count;
+        // With curvature_metric the window's estimate is blended with the local curvature at the
+        // chains' positions, not with the metric in use. Either gives the scale of Stan's
+        // shrinkage (regularize_covariance).
+        torch::Tensor prior;
+        if (k > 0 && settings.adapt.curvature_metric)
+          prior =
+              curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
+        if (!prior.defined()) prior = system.metric().inverse();
+        torch::Tensor cov =
+            regularize_covariance(estimator.covariance_of_groups(group), n, settings.metric, prior);
         if (k > 0) {
-          // With curvature_metric the window's estimate is blended with the local curvature at
-          // the chains' positions, not with the metric in use.
-          torch::Tensor prior;
-          if (settings.adapt.curvature_metric)
-            prior =
-                curvature_inverse_metric(system, state, log_density, settings, group, name, i + 1);
-          if (!prior.defined()) prior = system.metric().inverse();
           const double w = static_cast<double>(n) / (static_cast<double>(n) + k);
           cov = w * cov + (1.0 - w) * prior;
         }

@@ -227,6 +227,27 @@ TEST(Welford, StanRegularisation) {
   EXPECT_NEAR(rd[0][1][1].item<double>(), 0.8 * 1.0 + 1e-3 * 0.2, 1e-15);
 }
 
+// With a reference inverse metric the shrinkage is 1e-3 of its diagonal instead of 1e-3 I, so that
+// regularising a covariance in other units gives the same covariance in those units.
+TEST(Welford, RegularisationTowardsTheReferencesScale) {
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  const torch::Tensor cov = torch::tensor({{{2.0, 0.3}, {0.3, 1.0}}}, opt);
+  const torch::Tensor ref = torch::tensor({{{4.0, 1.0}, {1.0, 0.5}}}, opt);
+  const torch::Tensor r = regularize_covariance(cov, 20, MetricKind::dense, ref);
+  EXPECT_NEAR(r[0][0][0].item<double>(), 0.8 * 2.0 + 1e-3 * 0.2 * 4.0, 1e-15);
+  EXPECT_NEAR(r[0][0][1].item<double>(), 0.8 * 0.3, 1e-15);
+  EXPECT_NEAR(r[0][1][1].item<double>(), 0.8 * 1.0 + 1e-3 * 0.2 * 0.5, 1e-15);
+  // Equivariance under a change of units x -> s x.
+  const double s2 = 1e-8;
+  EXPECT_TRUE(torch::allclose(regularize_covariance(cov * s2, 20, MetricKind::dense, ref * s2),
+                              r * s2, 1e-12, 0.0));
+  const torch::Tensor var = torch::tensor({{2.0, 0.5}}, opt),
+                      vref = torch::tensor({{3.0, 1e-6}}, opt);
+  const torch::Tensor d = regularize_covariance(var * s2, 10, MetricKind::diag, vref * s2);
+  EXPECT_NEAR(d[0][1].item<double>() / s2, 10.0 / 15.0 * 0.5 + 1e-3 * 5.0 / 15.0 * 1e-6, 1e-12);
+  EXPECT_THROW(regularize_covariance(cov, 20, MetricKind::dense, vref), dslens::InvalidArgument);
+}
+
 TEST(StepSizeSearch, FindsTheAcceptanceCrossingPerChain) {
   // Standard normal in 1-d with unit metric: one leapfrog step of size e from (q, p) changes H by
   // a known amount; the search must stop at a step size whose acceptance brackets 0.8.

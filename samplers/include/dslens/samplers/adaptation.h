@@ -114,8 +114,14 @@ struct StrayChains {
 };
 StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats);
 
-// Stan's shrinkage of an estimated (co)variance from n draws towards 1e-3 I:
-// (n / (n + 5)) var + 1e-3 (5 / (n + 5)) I.
-torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind);
+// Stan's shrinkage of an estimated (co)variance from n draws, (n / (n + 5)) var + 1e-3 (5 /
+// (n + 5)) S, with S = I as in Stan when `reference` is undefined. Otherwise S is the diagonal of
+// `reference`, an inverse metric of var's shape ([C, D] diag, [C, D, D] dense; the metric in use
+// or the curvature the window is blended with), so that the shrinkage is 1e-3 of each parameter's
+// own scale: Stan's 1e-3 I assumes unit-scale parameters, and a lens parameter whose posterior sd
+// is 4e-4 (variance 1.7e-7) got a metric variance of 5e-5 from it after a 100-draw window, 280
+// times its own, which cut the step size by 17 (docs/benchmarks.md, session 46).
+torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricKind kind,
+                                    const torch::Tensor& reference = {});
 
 }  // namespace dslens::samplers
