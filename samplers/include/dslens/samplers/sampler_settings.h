@@ -55,7 +55,8 @@ struct AdaptSettings {
   // is (n C + k M^-1) / (n + k) for n draws with (Stan-regularised) covariance C and k this count,
   // i.e. the posterior mean under an inverse-Wishart prior centred on the current metric. 0 is
   // Stan's rule. A dense metric in D dimensions estimated from n < D draws alone is singular
-  // (Stan then shrinks it to 1e-3 I in the missing directions); a good starting metric (a Laplace
+  // (Stan then shrinks it to 1e-3 I in the missing directions; here 1e-3 of the metric's own
+  // diagonal, regularize_covariance); a good starting metric (a Laplace
   // approximation) with k ~ D keeps what it knows until the windows have the draws to replace it.
   double metric_prior_count = 0.0;
   // Metric from the local curvature (samplers::curvature_covariance: |-H|^-1 by central
