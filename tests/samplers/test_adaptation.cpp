@@ -154,9 +154,10 @@ TEST(Welford, DenseCovarianceIsExactlySymmetricInFloat32) {
     EXPECT_TRUE(torch::equal(cov, cov.transpose(-1, -2))) << "pooled " << pooled;
     // and still the covariance, to float32 round-off
     const torch::Tensor xc = (x[0] - x[0].mean(0)).to(torch::kFloat64);
-    if (!pooled)
+    if (!pooled) {
       EXPECT_TRUE(
           torch::allclose(cov[0].to(torch::kFloat64), xc.t().mm(xc) / double(N - 1), 1e-4, 1e-4));
+    }
   }
 }
 
