@@ -111,12 +111,18 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
   }
 }
 
+namespace {
+
+void warn_of(FitConfig& c, const std::string& message) {
+  spdlog::warn("{}: {}", c.path, message);
+  c.data.warnings.push_back(message);
+}
+
 // A model that samples the pixels unlike the simulation it fits cannot reproduce the data even at
 // the truth: the difference is systematic, larger than the noise near a steep lens light or a
 // compact source (a Sersic n = 4 lens light simulated with supersampling 2 and fitted with 1 puts
-// the truth's reduced chi-square at 1.06 over 6,400 pixels, 3.5 sd above 1). The default of 1 is
-// for real data, so a fit of a simulation made otherwise says so.
-namespace {
+// the truth's reduced chi-square at 1.06 over 6,400 pixels, 3.5 sd above 1, and z-scores up to 5).
+// The default of 1 is for real data, so a fit of a simulation made otherwise says so.
 void warn_of_other_supersampling(FitConfig& c) {
   const json& t = c.data.truth;
   if (!t.is_object() || !t.contains("grid") || !t["grid"].is_object()) return;
@@ -127,16 +133,47 @@ void warn_of_other_supersampling(FitConfig& c) {
   if (!v.is_number()) return;
   const auto simulated = static_cast<int64_t>(v.get<double>());
   if (simulated == c.model.supersampling) return;
-  const std::string message =
-      "the simulation was made with supersampling " + std::to_string(simulated) +
-      " but /model/supersampling is " + std::to_string(c.model.supersampling) +
-      (c.config.at("model").contains("supersampling") ? "" : " (the default)") +
-      ": the model cannot reproduce the data exactly, even at the truth; set "
-      "/model/supersampling to " +
-      std::to_string(simulated) + " to fit with the simulation's forward model";
-  spdlog::warn("{}: {}", c.path, message);
-  c.data.warnings.push_back(message);
+  warn_of(c, "the simulation was made with supersampling " + std::to_string(simulated) +
+                 " but /model/supersampling is " + std::to_string(c.model.supersampling) +
+                 (c.config.at("model").contains("supersampling") ? "" : " (the default)") +
+                 ": the model cannot reproduce the data exactly, even at the truth; set "
+                 "/model/supersampling to " +
+                 std::to_string(simulated) + " to fit with the simulation's forward model");
 }
+
+// The same for a VAE source read with another interpolation or flux normalisation than the
+// simulation's (a bicubic stamp read bilinearly differs by up to 0.22 of its peak, session 45's
+// export test). Both configs take the same defaults (model::decoded_source_light_type), so only
+// a setting given in one of them can differ.
+void warn_of_other_vae_reading(FitConfig& c) {
+  const json& t = c.data.truth;
+  if (!t.is_object() || !t.contains("config") || !t["config"].is_object()) return;
+  const json& simulated = t["config"].value("source", json::array());
+  const json& fitted = c.config.at("model").value("source", json::array());
+  if (!simulated.is_array() || !fitted.is_array()) return;
+  for (size_t i = 0; i < std::min(simulated.size(), fitted.size()); ++i) {
+    const json &a = simulated[i], &b = fitted[i];
+    if (!a.is_object() || !b.is_object() || a.value("type", "") != "VAE" ||
+        b.value("type", "") != "VAE")
+      continue;
+    const std::string path = "/model/source/" + std::to_string(i);
+    const auto text = [](const json& o, const char* key, const json& fallback) {
+      const json v = o.value(key, fallback);
+      return v.is_string() ? v.get<std::string>() : v.dump();
+    };
+    for (const auto& [key, fallback] :
+         {std::pair<const char*, json>{"interpolation", "bicubic"}, {"normalise_flux", true}}) {
+      const std::string sim = text(a, key, fallback), fit = text(b, key, fallback);
+      if (sim == fit) continue;
+      warn_of(c, "the simulation read its VAE source " + std::to_string(i) + " with " + key + " " +
+                     sim + " but " + path + "/" + key + " is " + fit +
+                     ": the model cannot reproduce the data exactly, even at the truth; set it "
+                     "to " +
+                     sim + " to fit with the simulation's forward model");
+    }
+  }
+}
+
 }  // namespace
 
 FitConfig load_fit_config(const std::string& path, const Compute& compute) {
@@ -152,6 +189,7 @@ FitConfig load_fit_config(const std::string& path, const Compute& compute) {
   out.data = model::load_observation(root.at("data"), base);
   out.model = model::parse_fit_model(root.at("model"), base, compute);
   warn_of_other_supersampling(out);
+  warn_of_other_vae_reading(out);
   parse_fit_settings(root, out.map, out.sampler);
   return out;
 }

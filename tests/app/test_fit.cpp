@@ -948,6 +948,16 @@ TEST(FitCommand, VaeMockFromSimulateIsTheFitsModelAtTheTruth) {
   // 1024 pixels: the reduced chi-square of pure noise has sd sqrt(2 / 1024) = 0.044.
   EXPECT_NEAR(truth_chi2("bicubic", json()), 1.0, 0.2);
   EXPECT_GT(truth_chi2("bilinear", "bilinear"), 10.0);
+  // The fit says why (summary.json's data_warnings): the simulation read its stamp bicubically.
+  const auto data_warnings = [&](const std::string& name) {
+    return read_json(dir + "/" + name + "/summary.json").at("data_warnings").dump();
+  };
+  EXPECT_EQ(data_warnings("bicubic"), "[]");
+  EXPECT_NE(data_warnings("bilinear")
+                .find("the simulation read its VAE source 0 with interpolation bicubic but "
+                      "/model/source/0/interpolation is bilinear"),
+            std::string::npos)
+      << data_warnings("bilinear");
 
   // The MAP model exported (app/model_export.h): `dslens simulate` of map_model/simulate.json
   // makes the fit's model image again (the decoded stamp, its placement, the PSF kernel and every
