@@ -211,6 +211,8 @@ class Builder {
     const int64_t n = node.integer("size", Range::closed(2, 256));
     const double sigma = node.number_or("sigma", 1.0, Range::positive());
     out_.decoded_kind = "PIXELATED";
+    out_.pixel_sigma = sigma;
+    out_.decoded_path = node.path();
     out_.latent_block = "pixels" + sfx;
     out_.decoded_size = n;
     out_.space.add_standard_normal_block(out_.latent_block, n * n);

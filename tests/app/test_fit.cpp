@@ -819,6 +819,52 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   // The best 4 optima are polished by Newton steps (152 free parameters, under the 400 limit).
   EXPECT_NE(r.output.find("Newton polishing of the best 4 optima per lens"), std::string::npos)
       << r.output;
+  // sigma 30 is of the order of the source's peak (about 110): the data prefer the MAP's source
+  // about as bright as it is, and no prior is said to hold it down.
+  const double scale = map.at("source_flux_scale_preferred_by_data").get<double>();
+  EXPECT_GT(scale, 0.9) << map.dump();
+  EXPECT_LT(scale, 1.2) << map.dump();
+  EXPECT_EQ(r.output.find("a prior holds the source down"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// A free pixel grid whose prior sd per pixel is far below the source's surface brightness cannot
+// reach the data. The prior then dominates every pixel (the MAP's pixels sit near 2 sd whatever
+// sigma is, 0.02 to 2 here), so the pixels' own values cannot tell; the likelihood along the MAP's
+// lensed source can: it peaks at a source many times brighter. The fit names the cause and the
+// sigma to try, besides the chi-square.
+TEST(FitCommand, WarnsWhenAPriorHoldsTheSourceDown) {
+  const std::string dir = dslens::testing::temp_dir("fit_pixel_prior");
+  const std::string cfg = make_mock(dir, "pix", 31, 1.0);
+  json c = read_json(cfg);
+  c["model"]["source"] = {{{"type", "PIXELATED"}, {"size", 12}, {"scale", 0.05}, {"sigma", 0.2}}};
+  c["map"] = {{"starts", 2},
+              {"placement", "none"},
+              {"adam_iterations", 100},
+              {"lbfgs_iterations", 20},
+              {"newton_iterations", 0},
+              {"retry_rounds", 0}};
+  write_json(cfg, c);
+  const RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit") +
+                                 " --chains 2 --warmup 2 --draws 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json map = read_json(dir + "/fit/map.json");
+  const double scale = map.at("source_flux_scale_preferred_by_data").get<double>();
+  EXPECT_GT(scale, 10.0) << map.dump();
+  std::string found;
+  for (const auto& w : read_json(dir + "/fit/warnings.json"))
+    if (w.get<std::string>().find("holds the source down") != std::string::npos)
+      found = w.get<std::string>();
+  EXPECT_NE(found.find("the PIXELATED source's prior (sigma 0.2 per pixel, in surface "
+                       "brightness) is too narrow; set /model/source/0/sigma to about "),
+            std::string::npos)
+      << found;
+  // The suggested sigma: the source's peak surface brightness is about 110.
+  const auto at = found.find("to about ");
+  ASSERT_NE(at, std::string::npos);
+  const double suggested = std::stod(found.substr(at + 9));
+  EXPECT_GT(suggested, 20.0) << found;
+  EXPECT_LT(suggested, 1000.0) << found;
   fs::remove_all(dir);
 }
 

@@ -45,6 +45,8 @@ struct FitModel {
   };
   std::function<EncodedSource(const torch::Tensor& images)> encoder;
   int64_t decoded_size = 0;        // stamp side in source pixels
+  double pixel_sigma = 0.0;        // PIXELATED: each pixel's prior sd (surface brightness)
+  std::string decoded_path;        // the decoded source's JSON path, e.g. "/model/source/0"
   std::string vae_checkpoint;      // resolved path, VAE only
   nlohmann::json vae_description;  // the checkpoint's architecture and data, VAE only
   // Where each named parameter sits: list ("mass", "lens_light", "source"), index, profile
