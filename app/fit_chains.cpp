@@ -219,7 +219,8 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
   const auto opts = compute.options();
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t dim = best_x.size(2), chains = sc.chains;
-  const bool dense = sc.metric == "dense" || (sc.metric == "auto" && dim <= kHessianMaxDimension);
+  const bool dense =
+      sc.metric == "dense" || (sc.metric == "auto" && dim <= kDenseMetricMaxDimension);
   ChainRun run;
   const bool have_chains = options.resume && fs::exists(files.chains);
   std::shared_ptr<samplers::SamplerSnapshot> snapshot;

@@ -74,6 +74,13 @@ struct MapSettings {
 // Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient
 // rows per point, a D x D eigensolve); models with more free parameters than this skip both.
 inline constexpr int64_t kHessianMaxDimension = 400;
+// The sampler's "auto" metric is dense up to this many free parameters, diagonal above. A dense
+// metric costs D^2 per chain and leapfrog step and D^3 per window, small beside the image model up
+// to a few thousand parameters; a pixel grid's neighbouring pixels are correlated through the PSF
+// and the interpolation, which a diagonal metric pays for in step size (a 32 x 32 PIXELATED source,
+// 1,037 parameters: 382 leapfrog steps per iteration diagonal, 33 to 132 dense, in the same early
+// warmup; docs/benchmarks.md, session 46).
+inline constexpr int64_t kDenseMetricMaxDimension = 2048;
 
 struct SamplerChoice {
   std::string algorithm = "nuts";  // "nuts" or "hmc"
@@ -82,9 +89,9 @@ struct SamplerChoice {
   int64_t draws = 500;
   int max_depth = 10;
   double target_accept = 0.8;
-  // "dense", "diag", or "auto": dense up to kHessianMaxDimension free parameters, diagonal above
-  // (SLACS J1430+4105's 20 parameters: 7 times fewer gradients with the dense metric than with the
-  // diagonal one, docs/slacs.md).
+  // "dense", "diag", or "auto": dense up to kDenseMetricMaxDimension free parameters, diagonal
+  // above (SLACS J1430+4105's 20 parameters: 7 times fewer gradients with the dense metric than
+  // with the diagonal one, docs/slacs.md).
   std::string metric = "auto";
   // Draws' worth of weight the current metric keeps in each warmup window's estimate
   // (samplers::AdaptSettings::metric_prior_count); < 0: the number of free parameters for a dense

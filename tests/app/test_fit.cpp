@@ -868,6 +868,32 @@ TEST(FitCommand, WarnsWhenAPriorHoldsTheSourceDown) {
   fs::remove_all(dir);
 }
 
+// "metric": "auto" is dense up to 2,048 free parameters (kDenseMetricMaxDimension), diagonal
+// above: a 21 x 21 PIXELATED grid (441 pixels and the lens's 3, above the Hessian limit of 400
+// that was also the metric's until session 46) gets the dense one, a 46 x 46 grid (2,119) the
+// diagonal one. stats.json says which ran; the fits themselves are a few iterations.
+TEST(FitCommand, AutoMetricIsDenseUpTo2048FreeParameters) {
+  const std::string dir = dslens::testing::temp_dir("fit_auto_metric");
+  const std::string cfg = make_mock(dir, "pix", 31, 1.0);
+  for (const auto& [size, expected] : {std::pair<int, std::string>{21, "dense"}, {46, "diag"}}) {
+    json c = read_json(cfg);
+    c["model"]["source"] = {
+        {{"type", "PIXELATED"}, {"size", size}, {"scale", 0.05}, {"sigma", 30.0}}};
+    c["map"] = {{"starts", 1},           {"placement", "none"},    {"adam_iterations", 5},
+                {"lbfgs_iterations", 0}, {"newton_iterations", 0}, {"retry_rounds", 0}};
+    c["sampler"] = {
+        {"chains", 2}, {"warmup", 2}, {"draws", 2}, {"max_depth", 3}, {"retry_rounds", 0}};
+    write_json(cfg, c);
+    const std::string out = dir + "/fit" + std::to_string(size);
+    const RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const json stats = read_json(out + "/stats.json");
+    EXPECT_EQ(stats.dump().find("\"metric\":\"" + expected + "\"") != std::string::npos, true)
+        << size << ": " << stats.dump().substr(0, 2000);
+  }
+  fs::remove_all(dir);
+}
+
 // The same mock through both MAP options: 2 starts for the source and joint stages, taken from 16
 // placements, and the likelihood annealed (noise x2 for the first stages, then x1), and one search
 // round forced by a threshold no fit meets, which places the lens from twice as many draws
