@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "dslens/core/errors.h"
+#include "dslens/samplers/diagnostics.h"
 
 namespace dslens::app {
 namespace {
@@ -35,8 +36,11 @@ ChainSummary summarize_chains(const torch::Tensor& values, const std::vector<std
   const auto lp = log_density.to(torch::kCPU, torch::kFloat64).mean(1);
   const auto div = divergent.to(torch::kCPU, torch::kInt64).sum(1);
   const auto eps = step_size.to(torch::kCPU, torch::kFloat64).mean(1);
+  const auto lp_draws = log_density.to(torch::kCPU, torch::kFloat64);
   for (int64_t c = 0; c < values.size(0); ++c) {
     s.mean_log_density.push_back(lp[c].item<double>());
+    s.mean_log_density_mcse.push_back(
+        lp_draws.size(1) >= 4 ? samplers::mcse_mean(lp_draws.narrow(0, c, 1)) : 0.0);
     s.divergences.push_back(div[c].item<int64_t>());
     s.step_size.push_back(eps[c].item<double>());
   }
@@ -103,6 +107,12 @@ std::optional<std::string> split_chains_warning(const ChainSummary& s, double na
   for (size_t c = 0; c < lp.size(); ++c) {
     const double gap = lp[best] - lp[c];
     if (!(gap > nats)) continue;
+    // In D dimensions a chain's log posterior has sd about sqrt(D / 2) in the typical set (23 nats
+    // for a 32 x 32 pixel grid's 1,037 parameters), so two chains of one mode can differ by more
+    // than `nats` in their means over a few hundred correlated draws: the gap must also stand 4
+    // Monte Carlo errors clear.
+    const double mcse = std::hypot(s.mean_log_density_mcse[c], s.mean_log_density_mcse[best]);
+    if (!(gap > 4.0 * mcse)) continue;
     // The quantities furthest from the best chain's means, in pooled within-chain sd.
     std::vector<std::pair<double, size_t>> apart;
     for (size_t k = 0; k < s.names.size(); ++k) {

@@ -13,12 +13,13 @@
 namespace dslens::app {
 
 struct ChainSummary {
-  std::vector<double> mean_log_density;  // [C]
-  std::vector<int64_t> divergences;      // [C], after warmup
-  std::vector<double> step_size;         // [C], the sampling step size
-  std::vector<std::string> names;        // [K]
-  torch::Tensor means;                   // [C, K] float64
-  torch::Tensor within_sd;               // [K]: sqrt of the mean of the chains' variances
+  std::vector<double> mean_log_density;       // [C]
+  std::vector<double> mean_log_density_mcse;  // [C]: its Monte Carlo error (sd / sqrt(ESS))
+  std::vector<int64_t> divergences;           // [C], after warmup
+  std::vector<double> step_size;              // [C], the sampling step size
+  std::vector<std::string> names;             // [K]
+  torch::Tensor means;                        // [C, K] float64
+  torch::Tensor within_sd;                    // [K]: sqrt of the mean of the chains' variances
 };
 
 // values [C, N, K], log_density [C, N], divergent [C, N] (bool), step_size [C, N].
