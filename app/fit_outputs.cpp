@@ -301,7 +301,7 @@ DrawProducts draw_products(const model::LensPosterior& post, const torch::Tensor
 
 // The most the data may prefer to scale the MAP's lensed source by before the fit warns that a
 // prior holds the source down. A prior that fits its source shrinks only the pixels the data
-// barely constrain, whose share of the arcs is small (the test mocks: 1.0 to 1.1).
+// barely constrain, whose share of the arcs is small (the test mocks: 1.0 to 1.15).
 constexpr double kSourceFluxScaleWarn = 1.5;
 
 }  // namespace fit_outputs_detail
