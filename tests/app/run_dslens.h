@@ -22,11 +22,8 @@ inline std::string quote(const std::string& s) {
   return "'" + s + "'";
 }
 
-// Runs `dslens ARGS`, appending `--log-level LEVEL` unless log_level is empty (the top-level
-// --help and --version take no options).
-inline RunResult run_dslens(const std::string& args, const std::string& log_level = "warn") {
-  const std::string cmd = quote(DSLENS_EXECUTABLE) + " " + args +
-                          (log_level.empty() ? "" : " --log-level " + log_level) + " 2>&1";
+// Runs a shell command line and returns its exit code and what it wrote on stdout.
+inline RunResult run_shell(const std::string& cmd) {
   RunResult r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -38,19 +35,17 @@ inline RunResult run_dslens(const std::string& args, const std::string& log_leve
   return r;
 }
 
+// Runs `dslens ARGS`, appending `--log-level LEVEL` unless log_level is empty (the top-level
+// --help and --version take no options).
+inline RunResult run_dslens(const std::string& args, const std::string& log_level = "warn") {
+  return run_shell(quote(DSLENS_EXECUTABLE) + " " + args +
+                   (log_level.empty() ? "" : " --log-level " + log_level) + " 2>&1");
+}
+
 // Runs `dslens ARGS` with stdout alone in `output` (stderr, the log, goes to the test's stderr):
 // for commands whose stdout must be machine-readable by itself, such as --json.
 inline RunResult run_dslens_stdout(const std::string& args) {
-  const std::string cmd = quote(DSLENS_EXECUTABLE) + " " + args + " --log-level warn";
-  RunResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_shell(quote(DSLENS_EXECUTABLE) + " " + args + " --log-level warn");
 }
 
 // Starts `dslens ARGS...` in the background with stdout and stderr in log_path; returns its pid
