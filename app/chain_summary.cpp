@@ -33,10 +33,10 @@ ChainSummary summarize_chains(const torch::Tensor& values, const std::vector<std
   const auto v = values.to(torch::kCPU, torch::kFloat64);
   s.means = v.mean(1);
   s.within_sd = v.var(1, /*unbiased=*/true).mean(0).sqrt();
-  const auto lp = log_density.to(torch::kCPU, torch::kFloat64).mean(1);
+  const auto lp_draws = log_density.to(torch::kCPU, torch::kFloat64);
+  const auto lp = lp_draws.mean(1);
   const auto div = divergent.to(torch::kCPU, torch::kInt64).sum(1);
   const auto eps = step_size.to(torch::kCPU, torch::kFloat64).mean(1);
-  const auto lp_draws = log_density.to(torch::kCPU, torch::kFloat64);
   for (int64_t c = 0; c < values.size(0); ++c) {
     s.mean_log_density.push_back(lp[c].item<double>());
     s.mean_log_density_mcse.push_back(
