@@ -63,7 +63,7 @@ void parse_fit_settings(const ConfigNode& root, MapSettings& map, SamplerChoice&
     map.placement_lbfgs_iterations = m.integer_or(
         "placement_lbfgs_iterations", map.placement_lbfgs_iterations, Range::closed(0, 1e7));
     map.inversion_pixels =
-        m.integer_or("inversion_pixels", map.inversion_pixels, Range::closed(2, 64));
+        m.integer_or("inversion_pixels", map.inversion_pixels, Range::closed(3, 64));
     map.inversion_half_width =
         m.number_or("inversion_half_width", map.inversion_half_width, Range::positive());
     map.placement_blur_pixels =

@@ -514,14 +514,23 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       (source_flux_scale - 1.0) * std::sqrt(arc_norm) > 5.0) {
     std::string advice = "widen the prior of the source's amp";
     if (cfg.model.decoded_kind == "PIXELATED") {
-      const auto it = un.values.find(cfg.model.latent_block);
-      const double brightest = it == un.values.end()
-                                   ? NAN
-                                   : it->second.abs().max().item<double>() * cfg.model.pixel_sigma;
-      advice = "the PIXELATED source's prior (sigma " + fmt("%g", cfg.model.pixel_sigma) +
-               " per pixel, in surface brightness) is too narrow; set " + cfg.model.decoded_path +
-               "/sigma to about " + fmt("%.3g", source_flux_scale * brightest) +
-               " (the brightest pixel's value at MAP times that factor)";
+      const auto& m = cfg.model;
+      const auto z = un.values.find(m.latent_block), sigma = un.values.find(m.pixel_sigma_name);
+      const bool known = z != un.values.end() && sigma != un.values.end();
+      const double sigma_map = known ? sigma->second.max().item<double>() : NAN;
+      const double brightest =
+          known ? m.decoder(z->second).abs().max().item<double>() * sigma_map : NAN;
+      const std::string suggestion = fmt("%.3g", source_flux_scale * brightest);
+      if (cfg.model.space.is_fixed(m.pixel_sigma_name)) {
+        advice = "the PIXELATED source's prior (sigma " + fmt("%g", sigma_map) +
+                 (m.pixel_regularisation == "identity" ? " per pixel" : "") +
+                 ", in surface brightness) is too narrow; set " + m.decoded_path +
+                 "/sigma to about " + suggestion +
+                 " (the brightest pixel's value at MAP times that factor), or give it a prior";
+      } else {
+        advice = "the prior of " + m.pixel_sigma_name + " (" + fmt("%g", sigma_map) +
+                 " at MAP) holds it down; widen it to reach about " + suggestion;
+      }
     }
     warnings.push_back("the data prefer a lensed source " + fmt("%.2f", source_flux_scale) +
                        " times as bright as the MAP's: a prior holds the source down; " + advice);

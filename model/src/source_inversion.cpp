@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "dslens/core/errors.h"
+#include "dslens/model/pixel_regulariser.h"
 
 namespace dslens::model {
 
@@ -14,30 +15,8 @@ SourceInversion::SourceInversion(const LensPosterior& lens_only, InversionSettin
         "source inversion: pixels >= 2, half_width > 0 and at least one regularisation "
         "strength are needed");
   }
-  // Gradient regularisation (Suyu et al. 2006, Sec. 2.2.2): sum of squared differences of
-  // neighbouring pixels, C = D^T D, plus 1e-2 I so that C is invertible and its determinant (which
-  // the evidence needs) finite: a weak zeroth-order term that keeps the flat direction bounded.
-  const int64_t k = n * n;
-  std::vector<torch::Tensor> rows;
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      if (j + 1 < n) {
-        auto d = torch::zeros({k}, f64);
-        d[i * n + j + 1] = 1.0;
-        d[i * n + j] = -1.0;
-        rows.push_back(d);
-      }
-      if (i + 1 < n) {
-        auto d = torch::zeros({k}, f64);
-        d[(i + 1) * n + j] = 1.0;
-        d[i * n + j] = -1.0;
-        rows.push_back(d);
-      }
-    }
-  }
-  const auto d = torch::stack(rows);
-  regulariser_ = d.t().matmul(d) + 1e-2 * torch::eye(k, f64);
+  regulariser_ =
+      pixel_regulariser(settings_.regularisation, n, torch::TensorOptions().dtype(torch::kFloat64));
   logdet_regulariser_ = std::get<1>(torch::linalg_slogdet(regulariser_)).item<double>();
   regulariser_ = regulariser_.to(posterior_.compute().device);
 }

@@ -155,6 +155,78 @@ TEST(SourceEncoder, PixelatedPixelsReproduceTheImage) {
   const auto images = torch::randn({2, 6, 6}, gen, torch::kFloat64);
   const auto e = fit.encoder(images);
   EXPECT_FALSE(e.amp.defined());
-  EXPECT_TRUE(torch::allclose(fit.decoder(e.latents), images));
+  // sigma is the INTERPOL profile's amp: the decoder gives the pixels in units of sigma.
+  EXPECT_TRUE(torch::allclose(fit.decoder(e.latents) * 0.5, images));
   EXPECT_TRUE(torch::allclose(e.latents, images.reshape({2, 36}) / 0.5));
+}
+
+// A regularised grid (model/pixel_regulariser.h): the decoded pixels of z ~ N(0, I), times sigma,
+// must have the prior N(0, sigma^2 C^-1) (checked as the decoder's linear map M: M M^T = C^-1); the
+// encoder inverts the decoder and gives a free sigma its most probable value for an image,
+// sqrt(s^T C s / n^2).
+TEST(SourceEncoder, RegularisedPixelsHaveCovarianceSigmaSquaredTimesCInverse) {
+  const Compute compute{torch::kCPU, torch::kFloat64};
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t n = 5, k = n * n;
+  auto gen = at::detail::createCPUGenerator(4);
+  const auto z = torch::randn({3, k}, gen, torch::kFloat64);
+  for (const std::string kind : {"identity", "gradient", "curvature"}) {
+    const auto c = model::pixel_regulariser(kind, n, f64);
+    for (const bool free : {false, true}) {
+      nlohmann::json source = {
+          {"type", "PIXELATED"}, {"size", n}, {"scale", 0.05}, {"regularisation", kind}};
+      source["sigma"] = free ? nlohmann::json{{"prior", "lognormal"}, {"mu", 0.0}, {"sigma", 3.0}}
+                             : nlohmann::json(2.0);
+      const auto fit =
+          model::parse_fit_model(ConfigNode(sis_with_source(source), "/model"), ".", compute);
+      EXPECT_EQ(fit.pixel_regularisation, kind);
+      EXPECT_EQ(fit.space.is_fixed("sigma_source_light0"), !free);
+      // Column j of M: the decoded image of the unit latent e_j.
+      const auto m = fit.decoder(torch::eye(k, f64)).reshape({k, k}).t();
+      EXPECT_TRUE(torch::allclose(m.matmul(m.t()), torch::inverse(c), 1e-9, 1e-11))
+          << kind << " free " << free;
+      const auto images = fit.decoder(z) * 2.0;  // sigma 2
+      const auto e = fit.encoder(images);
+      EXPECT_EQ(e.amp.defined(), free);
+      if (!free) {
+        EXPECT_TRUE(torch::allclose(e.latents, z, 1e-9, 1e-10)) << kind;
+        continue;
+      }
+      const auto s = images.reshape({3, k});
+      const auto expected = ((s.matmul(c) * s).sum(1) / static_cast<double>(k)).sqrt();
+      EXPECT_TRUE(torch::allclose(e.amp, expected, 1e-9, 1e-12)) << kind;
+      EXPECT_TRUE(
+          torch::allclose(fit.decoder(e.latents) * e.amp.view({3, 1, 1}), images, 1e-9, 1e-10))
+          << kind;
+    }
+  }
+}
+
+TEST(SourceEncoder, RegularisedPixelConfigErrorsNameTheKey) {
+  const Compute compute{torch::kCPU, torch::kFloat64};
+  const auto error = [&](const nlohmann::json& source) {
+    try {
+      model::parse_fit_model(ConfigNode(sis_with_source(source), "/model"), ".", compute);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const nlohmann::json base = {{"type", "PIXELATED"}, {"size", 8}, {"scale", 0.05}};
+  auto bad_kind = base, signed_prior = base, tied = base, zero = base, tiny = base;
+  bad_kind["regularisation"] = "smooth";
+  EXPECT_NE(error(bad_kind).find("/model/source/0/regularisation"), std::string::npos)
+      << error(bad_kind);
+  EXPECT_NE(error(bad_kind).find("curvature"), std::string::npos) << error(bad_kind);
+  signed_prior["sigma"] = {{"prior", "normal"}, {"mean", 1.0}, {"sigma", 1.0}};
+  EXPECT_NE(error(signed_prior).find("/model/source/0/sigma"), std::string::npos)
+      << error(signed_prior);
+  EXPECT_NE(error(signed_prior).find("lognormal"), std::string::npos) << error(signed_prior);
+  tied["sigma"] = {{"same_as", "theta_E_lens0"}};
+  EXPECT_NE(error(tied).find("/model/source/0/sigma"), std::string::npos) << error(tied);
+  zero["sigma"] = 0.0;
+  EXPECT_NE(error(zero).find("/model/source/0/sigma"), std::string::npos) << error(zero);
+  tiny["size"] = 2;
+  tiny["regularisation"] = "gradient";
+  EXPECT_NE(error(tiny).find("/model/source/0/size"), std::string::npos) << error(tiny);
 }

@@ -9,8 +9,12 @@
 //              latent block "z_source_light<i>" ~ N(0, I) to the source stamp (Chianese et al.
 //              2020, Sec. 3), rescaled to the checkpoint's reference total (nn::VaeImpl::
 //              decode_with_total) unless "normalise_flux" is false: amp alone sets the flux.
-//   PIXELATED: {"type": "PIXELATED", "size": n, "scale": s, "sigma": s_pix, center_x, center_y}:
-//              n x n free pixels "pixels_source_light<i>", each N(0, s_pix^2) (a ridge prior).
+//   PIXELATED: {"type": "PIXELATED", "size": n, "scale": s, "sigma": s_pix, center_x, center_y,
+//              "regularisation": "identity"}: n x n free pixels with the prior N(0, s_pix^2 C^-1),
+//              C the regulariser (model/pixel_regulariser.h; identity: independent pixels of sd
+//              s_pix), sampled as the standard normal block "pixels_source_light<i>" in C's
+//              eigenbasis. "sigma" (default 1) is fixed or, with a prior, the free
+//              "sigma_source_light<i>".
 #pragma once
 #include <torch/torch.h>
 
@@ -38,17 +42,20 @@ struct FitModel {
   // The decoded source's parameters for given source images [B, S, S] in surface brightness (a
   // back-projection, model/source_backprojection.h): VAE: latents = the encoder's mean for the
   // peak-normalised stamp (the training data's normalisation), amp = the amplitude that gives the
-  // decoded stamp the same peak; PIXELATED: pixels = image / sigma, no amp (undefined).
+  // decoded stamp the same peak; PIXELATED: the block whose decoded image times sigma is the
+  // image, and amp = sigma: a free one as sqrt(s^T C s / n^2), its most probable value for the
+  // image; a fixed one undefined.
   struct EncodedSource {
     torch::Tensor latents;  // [B, k]
     torch::Tensor amp;      // [B] or undefined
   };
   std::function<EncodedSource(const torch::Tensor& images)> encoder;
-  int64_t decoded_size = 0;        // stamp side in source pixels
-  double pixel_sigma = 0.0;        // PIXELATED: each pixel's prior sd (surface brightness)
-  std::string decoded_path;        // the decoded source's JSON path, e.g. "/model/source/0"
-  std::string vae_checkpoint;      // resolved path, VAE only
-  nlohmann::json vae_description;  // the checkpoint's architecture and data, VAE only
+  int64_t decoded_size = 0;          // stamp side in source pixels
+  std::string pixel_regularisation;  // PIXELATED: "identity", "gradient" or "curvature"
+  std::string pixel_sigma_name;      // PIXELATED: the prior's scale sigma (the INTERPOL amp)
+  std::string decoded_path;          // the decoded source's JSON path, e.g. "/model/source/0"
+  std::string vae_checkpoint;        // resolved path, VAE only
+  nlohmann::json vae_description;    // the checkpoint's architecture and data, VAE only
   // Where each named parameter sits: list ("mass", "lens_light", "source"), index, profile
   // parameter — how a simulation's truth.json is matched to fitted names.
   struct Origin {

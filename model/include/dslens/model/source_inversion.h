@@ -2,7 +2,8 @@
 // (bilinear interpolation, surface brightness per pixel) that enters the image linearly, so for
 // given lens and lens-light parameters it is solved by regularised least squares (the semi-linear
 // inversion of Warren & Dye 2003), and the Bayesian evidence of that linear model (Suyu et al.
-// 2006, eq. 19; gradient regularisation, its strength marginalised over a grid of values) is the
+// 2006, eq. 19; gradient or curvature regularisation, its strength marginalised over a grid of
+// values) is the
 // objective. Lens parameters found this way do not depend on a parametric guess of the source's
 // shape; the MAP's placement stage uses it (app/map_search.h).
 #pragma once
@@ -19,6 +20,9 @@ struct InversionSettings {
   int64_t pixels = 16;       // source grid side
   double half_width = 0.75;  // arcsec, half the grid's side
   double center_x = 0.0, center_y = 0.0;
+  // The regulariser C (Suyu et al. 2006, Sec. 2.2.2): "gradient" (squared differences of
+  // neighbouring pixels), "curvature" (squared second differences) or "identity" (zeroth order).
+  std::string regularisation = "gradient";
   // Regularisation strengths: 10^o x tr(F) / tr(C) for each offset o (F = the data's curvature
   // matrix, C = the regulariser's); the evidence is averaged over them (a uniform prior).
   std::vector<double> log10_lambda_offsets = {-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0};
