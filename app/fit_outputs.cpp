@@ -641,6 +641,14 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   rep.normalized_residuals = resid;
   rep.mask = obs.mask;
   rep.source = source.image;
+  // A free pixel-grid strength has no finite joint mode: the MAP's sigma runs up and its source is
+  // barely regularised (docs/fit.md, "Pixel grids"); the report shows the posterior mean instead.
+  const auto& fm = cfg.model;
+  if (fm.decoded_kind == "PIXELATED" && !fm.space.is_fixed(fm.pixel_sigma_name) &&
+      per_draw.source_mean.defined()) {
+    rep.source = per_draw.source_mean;
+    rep.source_title = "source (posterior mean) + caustics";
+  }
   rep.source_extent = source.extent;
   rep.caustics = cc.caustic;
   rep.critical = cc.critical;

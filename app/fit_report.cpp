@@ -238,7 +238,7 @@ void render(const std::string& png_path, const FitReportInputs& in) {
       centred_text(canvas, src_box, "no source image", plot::kWhite);
     }
     plot_panels::draw_segments(canvas, src_box, src, in.caustics, kCaustic);
-    plot_panels::panel_title(canvas, src_box, "source + caustics");
+    plot_panels::panel_title(canvas, src_box, in.source_title);
     plot_panels::scale_bar(canvas, src_box, src, plot::kWhite);
   }
 

@@ -18,6 +18,8 @@ struct FitReportInputs {
   torch::Tensor mask;                     // [ny, nx] bool, true = fitted; may be undefined
   torch::Tensor source;                   // [h, w] reconstructed source; may be undefined
   std::array<double, 4> source_extent{};  // xmin, xmax, ymin, ymax (arcsec)
+  // The source panel's title (the posterior mean's, where report.png shows it).
+  std::string source_title = "source + caustics";
   std::vector<std::array<double, 4>> caustics, critical;  // segments (x0, y0, x1, y1), arcsec
   torch::Tensor convergence;  // [H, W] covering the data grid's extent; may be undefined
   torch::Tensor
