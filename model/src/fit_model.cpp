@@ -218,7 +218,8 @@ class Builder {
   // E-BFMI 0.21-0.27, 377 leapfrog steps per iteration early in warmup and R-hat 1.031 for
   // sigma, against no warning and 44 s for the whole fit non-centred. The price: a free sigma has
   // no finite joint mode here (sigma up and Z down keep the image), so the MAP's sigma is wherever
-  // its prior stops it (docs/fit.md, "Pixel grids").
+  // its prior stops it, and the chains start at the evidence's maximum instead
+  // (pixel_strength_at_evidence_maximum in app/fit_chains.cpp; docs/fit.md, "Pixel grids").
   void decoded_pixels(const ConfigNode& node, const std::string& sfx, ProfileBinding& binding,
                       const std::string& list, int64_t index) {
     if (!out_.decoded_kind.empty()) node.fail("only one VAE or PIXELATED source is supported");
