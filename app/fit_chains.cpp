@@ -150,7 +150,7 @@ torch::Tensor pixel_strength_at_evidence_maximum(const model::FitModel& m,
                                                  const torch::Tensor& hessian,
                                                  const torch::TensorOptions& opts) {
   const auto& space = m.space;
-  if (m.decoded_kind != "PIXELATED" || space.is_fixed(m.pixel_sigma_name)) return x;
+  if (!m.has_free_pixel_strength()) return x;
   const auto names = space.coordinate_names();
   std::vector<int64_t> z_cols;
   int64_t sigma_col = -1;
@@ -267,7 +267,7 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   torch::Tensor all_x = best_x.reshape({n_lenses * keep, dim});
   LaplaceMetric at_start = laplace;
   const auto& model = lenses.front()->model;
-  if (model.decoded_kind == "PIXELATED" && !model.space.is_fixed(model.pixel_sigma_name)) {
+  if (model.has_free_pixel_strength()) {
     all_x = pixel_strength_at_evidence_maximum(
                 model, log_density, all_x.to(torch::kCPU, torch::kFloat64), laplace.hessian, opts)
                 .to(best_x.options());

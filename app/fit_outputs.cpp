@@ -521,7 +521,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       const double brightest =
           known ? m.decoder(z->second).abs().max().item<double>() * sigma_map : NAN;
       const std::string suggestion = fmt("%.3g", source_flux_scale * brightest);
-      if (cfg.model.space.is_fixed(m.pixel_sigma_name)) {
+      if (!m.has_free_pixel_strength()) {
         advice = "the PIXELATED source's prior (sigma " + fmt("%g", sigma_map) +
                  (m.pixel_regularisation == "identity" ? " per pixel" : "") +
                  ", in surface brightness) is too narrow; set " + m.decoded_path +
@@ -643,9 +643,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   rep.source = source.image;
   // A free pixel-grid strength has no finite joint mode: the MAP's sigma runs up and its source is
   // barely regularised (docs/fit.md, "Pixel grids"); the report shows the posterior mean instead.
-  const auto& fm = cfg.model;
-  if (fm.decoded_kind == "PIXELATED" && !fm.space.is_fixed(fm.pixel_sigma_name) &&
-      per_draw.source_mean.defined()) {
+  if (cfg.model.has_free_pixel_strength() && per_draw.source_mean.defined()) {
     rep.source = per_draw.source_mean;
     rep.source_title = "source (posterior mean) + caustics";
   }

@@ -65,6 +65,10 @@ struct FitModel {
   };
   std::map<std::string, Origin> origins;
 
+  // A PIXELATED source whose strength sigma is free (docs/fit.md, "Pixel grids").
+  bool has_free_pixel_strength() const {
+    return decoded_kind == "PIXELATED" && !space.is_fixed(pixel_sigma_name);
+  }
   // Free scalar parameters of the mass profiles, in config order (the corner plot's choice).
   std::vector<std::string> free_mass_parameters() const;
   // The posterior's model for a given grid and PSF ([h, w] or [L, h, w]).
