@@ -142,15 +142,14 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
 // and the source at sigma is z = sigma (I + sigma^2 G)^-1 b. At the MAP (sigma0, z0) the Hessian's
 // pixel block is -(I + sigma0^2 G) and the gradient g_z = sigma0 b - (I + sigma0^2 G) z0, which
 // give G and b. Each row x [R, D] (CPU float64) moves to the maximum of that evidence times
-// sigma's prior (in the sampler's coordinates), with z the source there; rows are returned
-// unchanged when the model has no free pixel-grid strength.
+// sigma's prior (in the sampler's coordinates), with z the source there. For a model with
+// has_free_pixel_strength().
 torch::Tensor pixel_strength_at_evidence_maximum(const model::FitModel& m,
                                                  const samplers::LogDensityFn& log_density,
                                                  const torch::Tensor& x,
                                                  const torch::Tensor& hessian,
                                                  const torch::TensorOptions& opts) {
   const auto& space = m.space;
-  if (!m.has_free_pixel_strength()) return x;
   const auto names = space.coordinate_names();
   std::vector<int64_t> z_cols;
   int64_t sigma_col = -1;

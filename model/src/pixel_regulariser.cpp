@@ -1,5 +1,7 @@
 #include "dslens/model/pixel_regulariser.h"
 
+#include <algorithm>
+
 #include "dslens/core/errors.h"
 
 namespace dslens::model {
@@ -8,7 +10,8 @@ namespace {
 constexpr double kEps = 1e-2;
 
 void check(const std::string& kind, int64_t n) {
-  if (kind != "identity" && kind != "gradient" && kind != "curvature") {
+  const auto kinds = pixel_regulariser_kinds();
+  if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
     throw InvalidArgument("unknown source regularisation '" + kind +
                           "'; allowed: identity, gradient, curvature");
   }

@@ -14,7 +14,7 @@ namespace dslens::model {
 // s[j-1] - 2 s[j] + s[j+1] along rows and columns. eps = 1e-2 makes C positive definite (a flat or
 // linear source has E = 0 otherwise, and the prior no normalisation): the weak zeroth-order term
 // Suyu et al. add for the same reason. Dense [n^2, n^2] with `options` (float64 recommended).
-// InvalidArgument for another kind or n < 3.
+// InvalidArgument for another kind, or n < 3 with gradient or curvature.
 torch::Tensor pixel_regulariser(const std::string& kind, int64_t n,
                                 const torch::TensorOptions& options);
 

@@ -3,9 +3,8 @@
 // given lens and lens-light parameters it is solved by regularised least squares (the semi-linear
 // inversion of Warren & Dye 2003), and the Bayesian evidence of that linear model (Suyu et al.
 // 2006, eq. 19; gradient or curvature regularisation, its strength marginalised over a grid of
-// values) is the
-// objective. Lens parameters found this way do not depend on a parametric guess of the source's
-// shape; the MAP's placement stage uses it (app/map_search.h).
+// values) is the objective. Lens parameters found this way do not depend on a parametric guess of
+// the source's shape; the MAP's placement stage uses it (app/map_search.h).
 #pragma once
 #include <torch/torch.h>
 
