@@ -104,7 +104,6 @@ samplers::WindowSettings windows_for(int64_t warmup) {
 // so a direction the data and prior leave flat cannot send a chain far away.
 struct LaplaceMetric {
   torch::Tensor inv_metric, cholesky, sd;
-  torch::Tensor hessian;  // [B, D, D] of log p, float64 on the CPU
 };
 
 LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const torch::Tensor& modes,
@@ -121,7 +120,6 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
   const auto& cov = lap.covariance;
   const auto var = lap.variance;
   LaplaceMetric m;
-  m.hessian = lap.hessian;
   m.sd = var.sqrt();
   m.inv_metric = dense ? cov : var;
   try {
@@ -130,73 +128,6 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
     m.cholesky = torch::diag_embed(m.sd);
   }
   return m;
-}
-
-// A free pixel-grid strength (docs/fit.md, "Pixel grids") has no finite joint mode: the MAP's
-// sigma runs up until its prior stops it, and on a 32 x 32 grid NUTS's warmup collapsed from
-// there (step 0.010, 594 leapfrog steps per iteration at iteration 80; docs/benchmarks.md,
-// session 47). For the MAP's lens the model is linear in the source s = sigma A z and the
-// likelihood Gaussian, so the evidence p(d | sigma) is exact (Suyu et al. 2006; MacKay 1992):
-// with G = A^T F A (F the data's curvature on the pixels) and b = A^T F s_hat,
-//   log p(d | sigma) = sigma^2 b^T (I + sigma^2 G)^-1 b / 2 - log det(I + sigma^2 G) / 2 + const,
-// and the source at sigma is z = sigma (I + sigma^2 G)^-1 b. At the MAP (sigma0, z0) the Hessian's
-// pixel block is -(I + sigma0^2 G) and the gradient g_z = sigma0 b - (I + sigma0^2 G) z0, which
-// give G and b. Each row x [R, D] (CPU float64) moves to the maximum of that evidence times
-// sigma's prior (in the sampler's coordinates), with z the source there. For a model with
-// has_free_pixel_strength().
-torch::Tensor pixel_strength_at_evidence_maximum(const model::FitModel& m,
-                                                 const samplers::LogDensityFn& log_density,
-                                                 const torch::Tensor& x,
-                                                 const torch::Tensor& hessian,
-                                                 const torch::TensorOptions& opts) {
-  const auto& space = m.space;
-  const auto names = space.coordinate_names();
-  std::vector<int64_t> z_cols;
-  int64_t sigma_col = -1;
-  for (int64_t j = 0; j < static_cast<int64_t>(names.size()); ++j) {
-    if (names[j] == m.pixel_sigma_name) sigma_col = j;
-    if (names[j].rfind(m.latent_block + "[", 0) == 0) z_cols.push_back(j);
-  }
-  if (sigma_col < 0 || z_cols.empty()) return x;
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  const auto zi = torch::tensor(z_cols, torch::kLong);
-  const auto grad = log_density(x.to(opts)).grad.to(torch::kCPU, torch::kFloat64);
-  const auto sigma0 =
-      space.unpack(x).values.at(m.pixel_sigma_name).to(torch::kCPU, torch::kFloat64);
-  torch::Tensor out = x.clone();
-  // Candidate strengths: sigma's coordinate from 25 below to 5 above the MAP's (sigma e^-25 to
-  // e^5 times the MAP's for a log-normal prior), 0.01 apart.
-  const auto steps = torch::arange(-2500, 501, f64) * 0.01;
-  const int64_t k = static_cast<int64_t>(z_cols.size());
-  for (int64_t r = 0; r < x.size(0); ++r) {
-    const double s0 = sigma0[r].item<double>();
-    const auto h_zz = hessian[r].index_select(0, zi).index_select(1, zi);
-    const auto a = -0.5 * (h_zz + h_zz.t());  // I + sigma0^2 G
-    const auto g = (a - torch::eye(k, f64)) / (s0 * s0);
-    const auto z0 = x[r].index_select(0, zi);
-    const auto b = (grad[r].index_select(0, zi) + a.matmul(z0)) / s0;
-    const auto [lam_raw, q] = torch::linalg_eigh(g);
-    const auto lam = lam_raw.clamp_min(0.0);
-    const auto c2 = q.t().matmul(b).square();
-    auto rows = x[r].unsqueeze(0).repeat({steps.size(0), 1});
-    rows.select(1, sigma_col).add_(steps);
-    const auto un = space.unpack(rows);
-    const auto s2 = un.values.at(m.pixel_sigma_name).to(torch::kFloat64).square().unsqueeze(1);
-    const auto one_plus = 1.0 + s2 * lam.unsqueeze(0);
-    // The log prior of the rows differs only in sigma's term (z is the same in every row).
-    const auto objective = 0.5 * (s2.squeeze(1) * (c2.unsqueeze(0) / one_plus).sum(1)) -
-                           0.5 * one_plus.log().sum(1) + un.log_prior.to(torch::kFloat64);
-    const int64_t best = objective.argmax().item<int64_t>();
-    const double s = std::sqrt(s2[best].item<double>());
-    const auto z = s * q.matmul(q.t().matmul(b) / (1.0 + s * s * lam));
-    out[r].index_put_({zi}, z);
-    out[r][sigma_col] = rows[best][sigma_col];
-    spdlog::info(
-        "free pixel-grid strength: chains from optimum {} start at {} = {:.4g}, the evidence's "
-        "maximum for the MAP's lens (the MAP's {:.4g} is no mode: docs/fit.md, \"Pixel grids\")",
-        r, m.pixel_sigma_name, s, s0);
-  }
-  return out;
 }
 
 // A kept optimum seeds chains when its Laplace mass, log p + log det(Sigma) / 2, is within this
@@ -261,18 +192,10 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
       nlohmann::json(seeds_used).dump(), kSeedMassNats, height_nats,
       nlohmann::json(relative_mass).dump());
   const auto rows_cpu = torch::tensor(seed_rows);
-  // A free pixel-grid strength: every kept optimum moves to its evidence maximum, and the Laplace
-  // approximation is taken again there (the pixels' curvature scales with sigma^2).
-  torch::Tensor all_x = best_x.reshape({n_lenses * keep, dim});
-  LaplaceMetric at_start = laplace;
-  const auto& model = lenses.front()->model;
-  if (model.has_free_pixel_strength()) {
-    all_x = pixel_strength_at_evidence_maximum(
-                model, log_density, all_x.to(torch::kCPU, torch::kFloat64), laplace.hessian, opts)
-                .to(best_x.options());
-    at_start = laplace_metric(log_density, all_x, dense);
-  }
-  const torch::Tensor seeds = all_x.index_select(0, rows_cpu.to(best_x.device()));
+  // (A free pixel-grid strength's optima are already at its evidence's maximum, where its chains
+  // start: app/map_search.h, with_exact_pixel_source.)
+  const torch::Tensor seeds =
+      best_x.reshape({n_lenses * keep, dim}).index_select(0, rows_cpu.to(best_x.device()));
   std::vector<torch::Tensor> eps;
   for (const auto* c : lenses) {
     // Round 1's streams are those of the fits before chain rounds existed.
@@ -280,9 +203,9 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
     auto gen = lens_generator(c->sampler.seed + 7919 + salt, *c);
     eps.push_back(torch::randn({chains, dim}, gen, torch::kFloat64));
   }
-  const torch::Tensor cholesky = at_start.cholesky.index_select(0, rows_cpu);
+  const torch::Tensor cholesky = laplace.cholesky.index_select(0, rows_cpu);
   const torch::Tensor jitter = 0.3 * cholesky.matmul(torch::cat(eps).unsqueeze(2)).squeeze(2);
-  return {seeds + jitter.to(opts), at_start.inv_metric.index_select(0, rows_cpu).to(opts)};
+  return {seeds + jitter.to(opts), laplace.inv_metric.index_select(0, rows_cpu).to(opts)};
 }
 
 }  // namespace

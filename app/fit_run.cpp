@@ -172,9 +172,20 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // Each lens's share of a run of `subset` (indices into `lenses`): its chains, and the optimised
   // best draw as the MAP where it is higher than the MAP so far.
   const auto adopt = [&](const std::vector<int64_t>& subset, const ChainRun& run,
-                         const samplers::LogDensityFn& density) {
+                         const samplers::LogDensityFn& density,
+                         const model::LensPosterior& run_posterior) {
     const int64_t n = static_cast<int64_t>(subset.size());
-    const ChainsMode mode = chains_mode(density, run.sampled, n);
+    ChainsMode mode = chains_mode(density, run.sampled, n);
+    if (first.model.decoded_kind == "PIXELATED") {
+      // As the MAP's optima (a free sigma at its evidence's maximum, where the MAP is reported).
+      samplers::OptimizeResult o;
+      o.x = mode.x;
+      o.log_p = mode.log_p.to(mode.x.device());
+      o = with_exact_pixel_source(first.model, run_posterior, o,
+                                  "the chains' best draws, optimised");
+      mode.x = o.x;
+      mode.log_p = o.log_p.to(torch::kCPU, torch::kFloat64);
+    }
     for (int64_t j = 0; j < n; ++j) {
       LensFitResult& r = results[static_cast<size_t>(subset[static_cast<size_t>(j)])];
       const double chains_lp = mode.log_p[j].item<double>();
@@ -222,7 +233,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     if (!options.init.empty()) r.map_origin = "optimised from --init " + options.init_source;
     r.batch_size = n_lenses;
   }
-  adopt(all, *first_run, log_density);
+  adopt(all, *first_run, log_density, posterior);
 
   // 3. Chain rounds: a lens whose chains ended apart, some in a mode tens of nats below another's
   // (lenses_with_chains_apart), is run again with all its chains started from its best optimum so
@@ -256,16 +267,14 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     const std::string suffix = "-round" + std::to_string(round) + ".pt";
     // The retried lenses run as a batch of their own (when all are retried, the batch itself).
     std::optional<BatchPosterior> sub;
-    samplers::LogDensityFn density = log_density;
-    if (apart.size() < lenses.size()) {
-      sub.emplace(batch_posterior(subset, compute));
-      density = sub->first.log_density();
-    }
+    if (apart.size() < lenses.size()) sub.emplace(batch_posterior(subset, compute));
+    const model::LensPosterior& run_posterior = sub ? sub->first : posterior;
+    const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
     const std::optional<ChainRun> run =
         run_chains(subset, density, torch::stack(seed_x), torch::stack(seed_lp), round,
                    {tag + "-chains" + suffix, tag + "-sampler" + suffix}, options, label);
     if (!run) return {};
-    adopt(apart, *run, density);
+    adopt(apart, *run, density, run_posterior);
   }
   return results;
 }

@@ -43,6 +43,16 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
                                         const model::LensPosterior& posterior,
                                         const torch::Tensor& x0);
 
+// Optima of a model with a PIXELATED source, the grid solved exactly for each row's lens and lens
+// light (model/pixel_source_solve.h): the pixels of a fixed sigma at their conditional maximum (no
+// row's log posterior falls); a free sigma at the maximum of its evidence times its prior, with the
+// pixels at their maximum there (the joint posterior has no mode in sigma: docs/fit.md, "Pixel
+// grids"). Log posteriors recomputed; `what` names the optima in the log. Other models: `result`.
+samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
+                                                 const model::LensPosterior& posterior,
+                                                 samplers::OptimizeResult result,
+                                                 const std::string& what);
+
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
 // (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for

@@ -217,9 +217,9 @@ class Builder {
   // coordinates, their prior depending on sigma) NUTS met a funnel on the 12 x 12 test mock:
   // E-BFMI 0.21-0.27, 377 leapfrog steps per iteration early in warmup and R-hat 1.031 for
   // sigma, against no warning and 44 s for the whole fit non-centred. The price: a free sigma has
-  // no finite joint mode here (sigma up and Z down keep the image), so the MAP's sigma is wherever
-  // its prior stops it, and the chains start at the evidence's maximum instead
-  // (pixel_strength_at_evidence_maximum in app/fit_chains.cpp; docs/fit.md, "Pixel grids").
+  // no finite joint mode here (sigma up and Z down keep the image), so the MAP reports, and the
+  // chains start from, the evidence's maximum instead (model/pixel_source_solve.h; docs/fit.md,
+  // "Pixel grids").
   void decoded_pixels(const ConfigNode& node, const std::string& sfx, ProfileBinding& binding,
                       const std::string& list, int64_t index) {
     if (!out_.decoded_kind.empty()) node.fail("only one VAE or PIXELATED source is supported");

@@ -879,10 +879,10 @@ TEST(FitCommand, WarnsWhenAPriorHoldsTheSourceDown) {
 }
 
 // The same mock with the grid's strength free (curvature regularisation, sigma's prior median the
-// 0.2 that held the source down above): the source reaches the data's brightness, the MAP's sigma
-// runs up until its prior stops it (no finite joint mode in non-centred coordinates, docs/fit.md
-// "Pixel grids"), and the chains start at the evidence's maximum and find sigma's posterior
-// (13.8 +- 2.4 in 4 x 300 draws).
+// 0.2 that held the source down above): the source reaches the data's brightness, and the MAP's
+// sigma, at the evidence's maximum for its lens (there is no finite joint mode in non-centred
+// coordinates, docs/fit.md "Pixel grids"), lies in sigma's posterior (13.8 +- 2.4 in 4 x 300
+// draws), which the chains find.
 TEST(FitCommand, FreePixelSigmaReachesTheDataAndNutsFindsItsPosterior) {
   const std::string dir = dslens::testing::temp_dir("fit_pixel_strength");
   ASSERT_NO_FATAL_FAILURE(fit_pixel_grid_mock(
@@ -902,17 +902,16 @@ TEST(FitCommand, FreePixelSigmaReachesTheDataAndNutsFindsItsPosterior) {
     if (p.at("variable") == "sigma_source_light0") median = p.at("q50").get<double>();
   EXPECT_GT(median, 5.0);
   EXPECT_LT(median, 40.0);
-  EXPECT_GT(map.at("parameters").at("sigma_source_light0").get<double>(), 5.0 * median)
-      << map.dump();
-  // The chains start at the evidence's maximum for the MAP's lens (13.5 on this mock, where the
-  // posterior is 13.8 +- 2.4), not at the MAP's sigma.
+  // The MAP reports sigma at its evidence's maximum for the MAP's lens, where the chains start
+  // (the joint mode's sigma runs up until its prior stops it: 3,018 in session 47, against a
+  // posterior of 13.8 +- 2.4).
+  const double at_map = map.at("parameters").at("sigma_source_light0").get<double>();
+  EXPECT_LT(std::abs(std::log(at_map / median)), 0.4) << at_map << " against " << median;
   std::ifstream log_file(dir + "/fit/fit.log");
   const std::string log((std::istreambuf_iterator<char>(log_file)), {});
-  const std::string key = "start at sigma_source_light0 = ";
-  const auto at = log.find(key);
-  ASSERT_NE(at, std::string::npos) << log;
-  const double start = std::stod(log.substr(at + key.size()));
-  EXPECT_LT(std::abs(std::log(start / median)), 0.4) << start << " against " << median;
+  EXPECT_NE(log.find("sigma_source_light0 at the maximum of its evidence times its prior"),
+            std::string::npos)
+      << log;
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,221 @@
+// The exact solve of a PIXELATED source (model/pixel_source_solve.h), against autograd: the
+// normal equations' G and b against the model image's Jacobian in the pixel block, the solved
+// block against the log posterior's gradient, and the free strength's choice against the
+// marginal likelihood computed densely in pixel space.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dslens/core/config.h"
+#include "dslens/model/fit_model.h"
+#include "dslens/model/lens_posterior.h"
+#include "dslens/model/pixel_source_solve.h"
+#include "dslens/physics/image_model.h"
+
+using namespace dslens;
+using namespace dslens::model;
+
+namespace {
+
+// An SIE (free theta_E and e1) with Sersic lens light (free amp) and a 6 x 6 curvature-regularised
+// pixel grid (pixels of `scale`") on 20 x 20 pixels of 0.1", supersampled 2 x, Gaussian PSF; two
+// lenses with their own data and a masked corner, three rows each. `sigma` is the grid's "sigma"
+// node.
+struct PixelProblem {
+  Compute compute{torch::kCPU, torch::kFloat64};
+  FitModel fit;
+  std::optional<LensPosterior> posterior;
+  torch::Tensor u;  // [6, D]
+  static constexpr int64_t kSide = 20, kLenses = 2, kPer = 3;
+
+  explicit PixelProblem(const nlohmann::json& sigma, double scale = 0.1) {
+    const nlohmann::json model = {
+        {"supersampling", 2},
+        {"mass",
+         {{{"type", "SIE"},
+           {"theta_E", {{"prior", "uniform"}, {"lower", 0.6}, {"upper", 0.9}}},
+           {"e1", {{"prior", "uniform"}, {"lower", -0.15}, {"upper", 0.15}}},
+           {"e2", 0.05},
+           {"center_x", 0.0},
+           {"center_y", 0.0}}}},
+        {"lens_light",
+         {{{"type", "SERSIC_ELLIPSE"},
+           {"amp", {{"prior", "lognormal"}, {"mu", 0.0}, {"sigma", 0.5}}},
+           {"R_sersic", 0.4},
+           {"n_sersic", 2.0},
+           {"e1", 0.0},
+           {"e2", 0.0},
+           {"center_x", 0.0},
+           {"center_y", 0.0}}}},
+        {"source",
+         {{{"type", "PIXELATED"},
+           {"size", 6},
+           {"scale", scale},
+           {"sigma", sigma},
+           {"regularisation", "curvature"}}}}};
+    fit = parse_fit_model(ConfigNode(model, "/model"), ".", compute);
+    const auto grid = physics::PixelGrid::centered(kSide, kSide, 0.1);
+    const auto psf = physics::gaussian_psf_kernel(0.15, 0.1, compute);
+    auto gen = at::detail::createCPUGenerator(11);
+    u = fit.space.initial(kLenses * kPer, compute.options()) +
+        0.3 * torch::randn({kLenses * kPer, fit.space.dim()}, gen, torch::kFloat64);
+    // Data: the model at rows 0 and 3, plus noise of sd 0.02; the top-left 4 x 4 corner masked.
+    const auto noise = torch::full({kLenses, kSide, kSide}, 0.02, torch::kFloat64);
+    auto mask = torch::ones({kLenses, kSide, kSide}, torch::kBool);
+    mask.narrow(1, 0, 4).narrow(2, 0, 4).fill_(false);
+    ImagingData blank{torch::zeros({kLenses, kSide, kSide}, torch::kFloat64), noise, mask};
+    const LensPosterior maker(fit.spec(grid, psf), fit.space, blank, compute);
+    const auto truth = u.index_select(0, torch::tensor({0, 3}));
+    auto image = maker.model_image(fit.space.unpack(truth)).detach() +
+                 0.02 * torch::randn({kLenses, kSide, kSide}, gen, torch::kFloat64);
+    posterior.emplace(fit.spec(grid, psf), fit.space, ImagingData{image, noise, mask}, compute);
+  }
+
+  int64_t block_first() const {
+    const auto names = fit.space.coordinate_names();
+    for (size_t j = 0; j < names.size(); ++j)
+      if (names[j].rfind(fit.latent_block + "[", 0) == 0) return static_cast<int64_t>(j);
+    return -1;
+  }
+  int64_t k() const { return fit.decoded_size * fit.decoded_size; }
+
+  // The model image's Jacobian in the pixel block, [R, P, K], by autograd (one backward pass per
+  // pixel), and the image with the block at 0, [R, P].
+  std::pair<torch::Tensor, torch::Tensor> jacobian(const torch::Tensor& at) const {
+    auto x = at.detach().clone().requires_grad_(true);
+    const auto image = posterior->model_image(fit.space.unpack(x)).reshape({at.size(0), -1});
+    const int64_t p = image.size(1);
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < p; ++i) {
+      const auto g = torch::autograd::grad({image.select(1, i).sum()}, {x}, {}, true)[0];
+      rows.push_back(g.narrow(1, block_first(), k()));
+    }
+    auto zero = at.detach().clone();
+    zero.narrow(1, block_first(), k()).zero_();
+    torch::NoGradGuard no_grad;
+    const auto m0 = posterior->model_image(fit.space.unpack(zero)).reshape({at.size(0), -1});
+    return {torch::stack(rows, 1), m0};
+  }
+  torch::Tensor weight_rows() const {  // [R, P]: mask / noise^2, each lens's rows
+    const auto& d = posterior->data();
+    return (d.mask.to(torch::kFloat64) / d.sigma.square())
+        .repeat_interleave(kPer, 0)
+        .reshape({kLenses * kPer, -1});
+  }
+  torch::Tensor data_rows() const {
+    return posterior->data().image.repeat_interleave(kPer, 0).reshape({kLenses * kPer, -1});
+  }
+  torch::Tensor block_gradient(const torch::Tensor& at) const {
+    auto x = at.detach().clone().requires_grad_(true);
+    const auto g = torch::autograd::grad({posterior->log_prob(x).sum()}, {x})[0];
+    return g.narrow(1, block_first(), k());
+  }
+};
+
+const nlohmann::json kFreeSigma = {{"prior", "lognormal"}, {"mu", 0.0}, {"sigma", 2.0}};
+
+void free_strength_against_dense_marginal_likelihood(double scale);
+
+}  // namespace
+
+TEST(PixelSourceSolve, NormalEquationsMatchAutogradsJacobian) {
+  PixelProblem p(kFreeSigma);
+  const auto system = pixel_source_system(p.fit, *p.posterior, p.u);
+  const auto [j, m0] = p.jacobian(p.u);
+  const auto sigma = p.fit.space.unpack(p.u).values.at(p.fit.pixel_sigma_name);
+  // J per unit sigma.
+  const auto j1 = j / sigma.view({-1, 1, 1});
+  const auto jw = j1.transpose(1, 2) * p.weight_rows().unsqueeze(1);
+  const auto gram = torch::bmm(jw, j1);
+  const auto rhs = torch::bmm(jw, (p.data_rows() - m0).unsqueeze(2)).squeeze(2);
+  EXPECT_EQ(system.first_column, p.block_first());
+  EXPECT_TRUE(torch::allclose(system.sigma, sigma, 1e-12, 0.0));
+  EXPECT_LT((system.gram - gram).abs().max().item<double>(),
+            1e-9 * gram.abs().max().item<double>());
+  EXPECT_LT((system.rhs - rhs).abs().max().item<double>(), 1e-9 * rhs.abs().max().item<double>());
+  // The masked corner carries no weight: G is not what the unmasked J would give.
+  const auto unmasked = torch::bmm(j1.transpose(1, 2), j1) / (0.02 * 0.02);
+  EXPECT_GT((unmasked - gram).abs().max().item<double>(), 1e-3 * gram.abs().max().item<double>());
+}
+
+TEST(PixelSourceSolve, SolvedPixelsZeroTheBlocksGradientAndRaiseTheLogPosterior) {
+  for (const nlohmann::json& sigma : {nlohmann::json(0.5), kFreeSigma}) {
+    PixelProblem p(sigma);
+    const auto solved = with_pixel_source_solved(p.fit, *p.posterior, p.u);
+    const auto before = p.block_gradient(p.u).abs().max().item<double>();
+    const auto after = p.block_gradient(solved).abs().max().item<double>();
+    EXPECT_GT(before, 1.0) << sigma.dump();
+    EXPECT_LT(after, 1e-8 * before) << sigma.dump();
+    // Only the block moved; every row's log posterior rose.
+    const int64_t first = p.block_first(), k = p.k();
+    const auto others = (solved - p.u).abs();
+    EXPECT_EQ(others.narrow(1, 0, first).max().item<double>(), 0.0);
+    EXPECT_EQ(others.narrow(1, first + k, p.fit.space.dim() - first - k).numel() == 0
+                  ? 0.0
+                  : others.narrow(1, first + k, p.fit.space.dim() - first - k).max().item<double>(),
+              0.0);
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE((p.posterior->log_prob(solved) > p.posterior->log_prob(p.u)).all().item<bool>());
+  }
+}
+
+// Also with a grid of 3.6" on the 2" image, whose outer pixels no image pixel sees: G is singular
+// there, and the rounding of b in its null space once sent sigma to the candidates' edge.
+TEST(PixelSourceSolve, FreeStrengthGoesToTheDenseMarginalLikelihoodsMaximum) {
+  for (const double scale : {0.1, 0.6}) {
+    SCOPED_TRACE("pixel scale " + std::to_string(scale));
+    free_strength_against_dense_marginal_likelihood(scale);
+  }
+}
+
+namespace {
+
+void free_strength_against_dense_marginal_likelihood(double scale) {
+  PixelProblem p(kFreeSigma, scale);
+  torch::Tensor chosen;
+  const auto moved = with_pixel_source_at_evidence_maximum(p.fit, *p.posterior, p.u, &chosen);
+  const auto [j, m0] = p.jacobian(p.u);
+  const auto sigma = p.fit.space.unpack(p.u).values.at(p.fit.pixel_sigma_name);
+  const auto j1 = j / sigma.view({-1, 1, 1});
+  const auto w = p.weight_rows();
+  const auto r = p.data_rows() - m0;
+  const auto names = p.fit.space.coordinate_names();
+  const int64_t col = std::find(names.begin(), names.end(), p.fit.pixel_sigma_name) - names.begin();
+  for (int64_t row = 0; row < p.u.size(0); ++row) {
+    // log N(r; 0, N + sigma^2 J J^T) over the unmasked pixels, plus sigma's log prior in the
+    // sampler's coordinate, on a grid of that coordinate around the chosen one.
+    const auto keep = torch::nonzero(w[row] > 0).squeeze(1);
+    const auto jk = j1[row].index_select(0, keep);
+    const auto rk = r[row].index_select(0, keep);
+    const auto nk = torch::diag(1.0 / w[row].index_select(0, keep));
+    const double at = moved[row][col].item<double>();
+    double best_t = 0.0, best = -INFINITY;
+    for (int i = -10; i <= 10; ++i) {
+      auto x = p.u[row].unsqueeze(0).clone();
+      x[0][col] = at + 0.005 * i;
+      const auto un = p.fit.space.unpack(x);
+      const double s = un.values.at(p.fit.pixel_sigma_name).item<double>();
+      const auto cov = nk + s * s * jk.matmul(jk.t());
+      const auto chol = torch::linalg_cholesky(cov);
+      const auto y = torch::linalg_solve_triangular(chol, rk.unsqueeze(1), false).squeeze(1);
+      const double log_ev = -0.5 * y.square().sum().item<double>() -
+                            chol.diagonal().log().sum().item<double>() +
+                            un.log_prior.item<double>();
+      if (log_ev > best) best = log_ev, best_t = x[0][col].item<double>();
+    }
+    // The chosen coordinate is on a 0.01 grid: the dense maximum lies within one step of it, and
+    // not at the scan's edges.
+    EXPECT_LE(std::abs(best_t - at), 0.0101) << "row " << row;
+    EXPECT_NEAR(chosen[row].item<double>(),
+                p.fit.space.unpack(moved).values.at(p.fit.pixel_sigma_name)[row].item<double>(),
+                1e-12);
+  }
+  // And the pixels are at their maximum for the chosen sigma.
+  EXPECT_LT(p.block_gradient(moved).abs().max().item<double>(),
+            1e-6 * p.block_gradient(p.u).abs().max().item<double>());
+}
+
+}  // namespace
