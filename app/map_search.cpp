@@ -609,22 +609,33 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   }
   // A value that rounded onto a bound of its support packs to +-inf; keep it finite.
   torch::Tensor x = torch::nan_to_num(space.pack(values), 0.0, 30.0, -30.0);
+  // 2. The decoded source with the lens held. A pixel grid is linear in its pixels: solved
+  // exactly for every placement (model/pixel_source_solve.h; a free sigma at its evidence's
+  // maximum) before the placements are ranked, then its other free coordinates (centre, scale),
+  // if any, by the optimiser, and the pixels solved again. On the 20 x 20 grid of
+  // docs/benchmarks.md (session 48) Adam (300) and L-BFGS (200) ended this stage 576 and 256 nats
+  // below the exact solve (search rounds 1 and 2), in 20 s against 2 s; ranked with the pixels
+  // solved rather than at the traced-back start, the first round's placements found the lens.
+  const bool pixelated = first.model.decoded_kind == "PIXELATED";
+  if (pixelated) {
+    samplers::OptimizeResult start;
+    start.x = x;
+    {
+      torch::NoGradGuard no_grad;
+      start.log_p = early.log_prob(x).detach();
+    }
+    x = with_exact_pixel_source(first.model, early, start, "MAP source stage").x;
+  }
   if (rank_decoded) {
     const torch::Tensor log_p = [&] {
       torch::NoGradGuard no_grad;
       return early.log_prob(x);
     }();
     x = samplers::best_rows_per_group(x, log_p, n_lenses, ms.starts);
-    spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model",
-                 ms.starts, n_place);
+    spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
+                 ms.starts, n_place, pixelated ? " with the pixels solved" : "");
   }
-
-  // 2. The decoded source with the lens held. A pixel grid is linear in its pixels: solved
-  // exactly (model/pixel_source_solve.h; a free sigma at its evidence's maximum), then its other
-  // free coordinates (centre, scale), if any, by the optimiser, and the pixels solved again. On
-  // the 20 x 20 grid of docs/benchmarks.md (session 48) Adam (300) and L-BFGS (200) ended this
-  // stage 576 and 256 nats below the exact solve (search rounds 1 and 2), in 20 s against 2 s.
-  if (first.model.decoded_kind == "PIXELATED") {
+  if (pixelated) {
     const auto names = space.coordinate_names();
     bool other_source_coordinates = false;
     for (size_t j = 0; j < names.size(); ++j) {
@@ -632,13 +643,6 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                   names[j].rfind(first.model.latent_block + "[", 0) != 0 &&
                                   names[j] != first.model.pixel_sigma_name;
     }
-    samplers::OptimizeResult solved;
-    solved.x = x;
-    {
-      torch::NoGradGuard no_grad;
-      solved.log_p = early.log_prob(x).detach();
-    }
-    x = with_exact_pixel_source(first.model, early, solved, "MAP source stage").x;
     if (other_source_coordinates) {
       x = optimise(objective_of(early), x, n_lenses, ms.source_adam_iterations, ms.learning_rate,
                    {}, ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)

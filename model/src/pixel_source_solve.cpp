@@ -13,10 +13,10 @@
 namespace dslens::model {
 namespace {
 
-// Working-memory budgets, in float64 values: the responses J of a group of rows, and one slice
-// of source-light evaluations on the supersampled grid.
-constexpr int64_t kResponseValues = int64_t{1} << 26;  // 512 MB
-constexpr int64_t kSliceValues = int64_t{1} << 24;     // 128 MB
+// Working-memory budgets, in float64 values: a group of rows' J, G and G's eigenvectors, and one
+// slice of source-light evaluations on the supersampled grid.
+constexpr int64_t kWorkValues = int64_t{1} << 26;   // 512 MB
+constexpr int64_t kSliceValues = int64_t{1} << 24;  // 128 MB
 
 // A parameter of batch 1 (or a scalar) broadcasts over the rows; otherwise it is per row.
 torch::Tensor rows_of(const torch::Tensor& t, int64_t rows) {
@@ -43,99 +43,141 @@ int64_t first_block_column(const FitModel& model) {
                         "' has no coordinates");
 }
 
-}  // namespace
+// The responses of one set of rows u: everything but J is made once for all rows; J, G and b a
+// group of rows at a time (`group_rows`), so that the working memory stays within kWorkValues
+// whatever the number of rows.
+class ResponseMaker {
+ public:
+  ResponseMaker(const FitModel& model, const LensPosterior& posterior, const torch::Tensor& u,
+                int64_t max_group_rows)
+      : model_(model), compute_(posterior.compute()), rows_(u.size(0)), max_group_(max_group_rows) {
+    const size_t index = pixelated_component(model, posterior);
+    const auto opts = compute_.options();
+    const int64_t lenses = posterior.n_lenses();
+    if (rows_ % lenses != 0) {
+      throw InvalidArgument("pixel source solve: " + std::to_string(rows_) +
+                            " rows cannot be split over " + std::to_string(lenses) + " lenses");
+    }
+    const int64_t per = rows_ / lenses;
+    const auto un = posterior.space().unpack(u.to(opts));
+    physics::ImageModel m = posterior.build(un, rows_);
+    pixels_ = m.source_light.at(index);
+    const auto& binding = posterior.spec().source.at(index);
+    sigma_ = rows_of(un.values.at(binding.params.at("amp")), rows_).to(torch::kFloat64).clone();
+    k_ = un.values.at(model.latent_block).size(1);
 
-PixelSourceSystem pixel_source_system(const FitModel& model, const LensPosterior& posterior,
-                                      const torch::Tensor& u) {
-  torch::NoGradGuard no_grad;
-  const size_t index = pixelated_component(model, posterior);
-  const Compute& compute = posterior.compute();
-  const auto opts = compute.options();
-  const auto f64 = opts.dtype(torch::kFloat64);
-  const int64_t rows = u.size(0), lenses = posterior.n_lenses();
-  if (rows % lenses != 0) {
-    throw InvalidArgument("pixel source solve: " + std::to_string(rows) +
-                          " rows cannot be split over " + std::to_string(lenses) + " lenses");
+    // d - m0: the data less everything but the pixel grid (lens light, other sources).
+    m.source_light.erase(m.source_light.begin() + static_cast<std::ptrdiff_t>(index));
+    const auto& data = posterior.data();
+    grid_ = m.grid;
+    f_ = m.supersampling;
+    px_ = grid_.ny * grid_.nx;
+    const auto m0 = physics::simulate_image(m, rows_, compute_).expand({rows_, grid_.ny, grid_.nx});
+    residual_ =
+        (data.image.repeat_interleave(per, 0) - m0).reshape({rows_, px_}).to(torch::kFloat64);
+    const auto noise = torch::where(data.mask, data.sigma, torch::ones_like(data.sigma));
+    weight_ = (data.mask.to(torch::kFloat64) / noise.square().to(torch::kFloat64))
+                  .repeat_interleave(per, 0)
+                  .reshape({rows_, px_});
+
+    // The ray-shot sub-pixel positions, once for all of J's columns.
+    const auto [xs, ys] =
+        m.coordinates ? *m.coordinates : grid_.supersampled_coordinates(f_, compute_);
+    bx_ = xs.reshape({1, -1});
+    by_ = ys.reshape({1, -1});
+    if (!m.lens.empty()) std::tie(bx_, by_) = m.lens.ray_shoot(bx_, by_);
+    sub_ = xs.numel();
+    bx_ = bx_.expand({rows_, sub_});
+    by_ = by_.expand({rows_, sub_});
+    kernel_ = m.psf_kernel;
   }
-  const int64_t per = rows / lenses;
-  const auto un = posterior.space().unpack(u.to(opts));
-  physics::ImageModel m = posterior.build(un, rows);
-  physics::LightComponent pixels = m.source_light.at(index);
-  const auto& binding = posterior.spec().source.at(index);
 
-  PixelSourceSystem out;
-  out.first_column = first_block_column(model);
-  out.sigma = rows_of(un.values.at(binding.params.at("amp")), rows).to(torch::kFloat64).clone();
+  int64_t rows() const { return rows_; }
+  int64_t k() const { return k_; }
+  // Rows per group: J [g, K, P], then G and its eigenvectors [g, K, K] each.
+  int64_t group_rows() const {
+    const int64_t fit = kWorkValues / std::max<int64_t>(1, k_ * (px_ + 2 * k_));
+    return std::clamp<int64_t>(max_group_ > 0 ? std::min(fit, max_group_) : fit, 1, rows_);
+  }
 
-  // d - m0: the data less everything but the pixel grid (lens light, other sources).
-  m.source_light.erase(m.source_light.begin() + static_cast<std::ptrdiff_t>(index));
-  const auto& data = posterior.data();
-  const auto& g = m.grid;
-  const int64_t f = m.supersampling, px = g.ny * g.nx;
-  const auto m0 = physics::simulate_image(m, rows, compute).expand({rows, g.ny, g.nx});
-  const auto residual =
-      (data.image.repeat_interleave(per, 0) - m0).reshape({rows, px}).to(torch::kFloat64);
-  const auto noise = torch::where(data.mask, data.sigma, torch::ones_like(data.sigma));
-  const auto weight = (data.mask.to(torch::kFloat64) / noise.square().to(torch::kFloat64))
-                          .repeat_interleave(per, 0)
-                          .reshape({rows, px});
-
-  // The ray-shot sub-pixel positions, once for all of J's columns.
-  const auto [xs, ys] = m.coordinates ? *m.coordinates : g.supersampled_coordinates(f, compute);
-  torch::Tensor bx = xs.reshape({1, -1}), by = ys.reshape({1, -1});
-  if (!m.lens.empty()) std::tie(bx, by) = m.lens.ray_shoot(bx, by);
-  const int64_t sub = xs.numel();
-  bx = bx.expand({rows, sub});
-  by = by.expand({rows, sub});
-
-  const int64_t k = un.values.at(model.latent_block).size(1);
-  std::optional<torch::Tensor> kernel = m.psf_kernel;
-  const int64_t group =
-      std::clamp<int64_t>(kResponseValues / std::max<int64_t>(1, k * px), 1, rows);
-  const int64_t slice = std::max<int64_t>(1, kSliceValues / std::max<int64_t>(1, group * sub));
-  std::vector<torch::Tensor> grams, rhss;
-  for (int64_t r0 = 0; r0 < rows; r0 += group) {
-    const int64_t rg = std::min(group, rows - r0);
-    auto response = torch::empty({rg, k, px}, f64);
-    for (int64_t k0 = 0; k0 < k; k0 += slice) {
-      const int64_t kc = std::min(slice, k - k0);
+  // G, b, sigma and the finite rows for rows r0 .. r0 + rg - 1.
+  PixelSourceSystem system(int64_t r0, int64_t rg) const {
+    const auto opts = compute_.options();
+    const int64_t slice = std::max<int64_t>(1, kSliceValues / std::max<int64_t>(1, rg * sub_));
+    auto response = torch::empty({rg, k_, px_}, opts.dtype(torch::kFloat64));
+    for (int64_t k0 = 0; k0 < k_; k0 += slice) {
+      const int64_t kc = std::min(slice, k_ - k0);
       // The decoder's columns k0 .. k0 + kc - 1 as source images, for each row of the group.
       const auto columns =
-          torch::zeros({kc, k}, opts)
+          torch::zeros({kc, k_}, opts)
               .scatter_(1, torch::arange(k0, k0 + kc, opts.dtype(torch::kLong)).unsqueeze(1), 1.0);
-      const auto images = model.decoder(columns).repeat({rg, 1, 1});
       physics::ParamMap p;
-      for (const auto& [name, t] : pixels.params) {
+      for (const auto& [name, t] : pixels_.params) {
         if (name == "image") continue;
-        p[name] = rows_of(t, rows).narrow(0, r0, rg).repeat_interleave(kc, 0);
+        p[name] = rows_of(t, rows_).narrow(0, r0, rg).repeat_interleave(kc, 0);
       }
-      p["image"] = images;
+      p["image"] = model_.decoder(columns).repeat({rg, 1, 1});
       p["amp"] = torch::ones({rg * kc}, opts);
       const auto sb =
-          pixels.profile->surface_brightness(bx.narrow(0, r0, rg).repeat_interleave(kc, 0),
-                                             by.narrow(0, r0, rg).repeat_interleave(kc, 0), p);
-      auto img = physics::bin_supersampled(sb.reshape({rg * kc, g.ny * f, g.nx * f}), f) *
-                 (g.pixel_scale * g.pixel_scale);
-      if (kernel && kernel->defined()) {
-        torch::Tensor kk = *kernel;
+          pixels_.profile->surface_brightness(bx_.narrow(0, r0, rg).repeat_interleave(kc, 0),
+                                              by_.narrow(0, r0, rg).repeat_interleave(kc, 0), p);
+      auto img =
+          physics::bin_supersampled(sb.reshape({rg * kc, grid_.ny * f_, grid_.nx * f_}), f_) *
+          (grid_.pixel_scale * grid_.pixel_scale);
+      if (kernel_ && kernel_->defined()) {
+        torch::Tensor kk = *kernel_;
         if (kk.dim() == 3) kk = kk.narrow(0, r0, rg).repeat_interleave(kc, 0);
         img = physics::convolve_psf(img, kk);
       }
-      response.narrow(1, k0, kc).copy_(img.reshape({rg, kc, px}));
+      response.narrow(1, k0, kc).copy_(img.reshape({rg, kc, px_}));
     }
-    const auto weighted = response * weight.narrow(0, r0, rg).unsqueeze(1);
-    grams.push_back(torch::bmm(weighted, response.transpose(1, 2)));
-    rhss.push_back(torch::bmm(weighted, residual.narrow(0, r0, rg).unsqueeze(2)).squeeze(2));
+    const auto weighted = response * weight_.narrow(0, r0, rg).unsqueeze(1);
+    PixelSourceSystem out;
+    out.gram = torch::bmm(weighted, response.transpose(1, 2));
+    out.rhs = torch::bmm(weighted, residual_.narrow(0, r0, rg).unsqueeze(2)).squeeze(2);
+    out.sigma = sigma_.narrow(0, r0, rg).clone();
+    // A row whose model is not finite (a lens that ray-shoots to NaN) is left as it is.
+    out.finite = torch::isfinite(out.gram).all(2).all(1) & torch::isfinite(out.rhs).all(1) &
+                 torch::isfinite(out.sigma);
+    const auto ok = out.finite.view({-1, 1});
+    out.gram = torch::where(ok.unsqueeze(2), out.gram, torch::zeros_like(out.gram));
+    out.rhs = torch::where(ok, out.rhs, torch::zeros_like(out.rhs));
+    out.sigma = torch::where(out.finite, out.sigma, torch::ones_like(out.sigma));
+    out.first_column = first_block_column(model_);
+    return out;
   }
-  out.gram = torch::cat(grams);
-  out.rhs = torch::cat(rhss);
-  // A row whose model is not finite (a lens that ray-shoots to NaN) is left as it is.
-  out.finite = torch::isfinite(out.gram).all(2).all(1) & torch::isfinite(out.rhs).all(1) &
-               torch::isfinite(out.sigma);
-  const auto ok = out.finite.view({-1, 1});
-  out.gram = torch::where(ok.unsqueeze(2), out.gram, torch::zeros_like(out.gram));
-  out.rhs = torch::where(ok, out.rhs, torch::zeros_like(out.rhs));
-  out.sigma = torch::where(out.finite, out.sigma, torch::ones_like(out.sigma));
+
+ private:
+  const FitModel& model_;
+  Compute compute_;
+  int64_t rows_ = 0, max_group_ = 0, k_ = 0, f_ = 1, px_ = 0, sub_ = 0;
+  physics::LightComponent pixels_;
+  physics::PixelGrid grid_;
+  torch::Tensor sigma_, residual_, weight_, bx_, by_;
+  std::optional<torch::Tensor> kernel_;
+};
+
+}  // namespace
+
+PixelSourceSystem pixel_source_system(const FitModel& model, const LensPosterior& posterior,
+                                      const torch::Tensor& u, int64_t max_group_rows) {
+  torch::NoGradGuard no_grad;
+  const ResponseMaker maker(model, posterior, u, max_group_rows);
+  std::vector<PixelSourceSystem> parts;
+  for (int64_t r0 = 0; r0 < maker.rows(); r0 += maker.group_rows())
+    parts.push_back(maker.system(r0, std::min(maker.group_rows(), maker.rows() - r0)));
+  PixelSourceSystem out = parts.front();
+  std::vector<torch::Tensor> gram, rhs, sigma, finite;
+  for (const auto& p : parts) {
+    gram.push_back(p.gram);
+    rhs.push_back(p.rhs);
+    sigma.push_back(p.sigma);
+    finite.push_back(p.finite);
+  }
+  out.gram = torch::cat(gram);
+  out.rhs = torch::cat(rhs);
+  out.sigma = torch::cat(sigma);
+  out.finite = torch::cat(finite);
   return out;
 }
 
@@ -182,55 +224,70 @@ torch::Tensor with_block(const torch::Tensor& u, const PixelSourceSystem& s,
 }  // namespace
 
 torch::Tensor with_pixel_source_solved(const FitModel& model, const LensPosterior& posterior,
-                                       const torch::Tensor& u) {
+                                       const torch::Tensor& u, int64_t max_group_rows) {
   torch::NoGradGuard no_grad;
-  const auto system = pixel_source_system(model, posterior, u);
-  return with_block(u.detach(), system, conditional_source(system, GramEigen(system.gram)));
+  const ResponseMaker maker(model, posterior, u, max_group_rows);
+  auto x = u.detach().clone();
+  for (int64_t r0 = 0; r0 < maker.rows(); r0 += maker.group_rows()) {
+    const int64_t rg = std::min(maker.group_rows(), maker.rows() - r0);
+    const auto system = maker.system(r0, rg);
+    x.narrow(0, r0, rg).copy_(with_block(x.narrow(0, r0, rg), system,
+                                         conditional_source(system, GramEigen(system.gram))));
+  }
+  return x;
 }
 
 torch::Tensor with_pixel_source_at_evidence_maximum(const FitModel& model,
                                                     const LensPosterior& posterior,
-                                                    const torch::Tensor& u, torch::Tensor* chosen) {
+                                                    const torch::Tensor& u, torch::Tensor* chosen,
+                                                    int64_t max_group_rows) {
   torch::NoGradGuard no_grad;
-  PixelSourceSystem system = pixel_source_system(model, posterior, u);
-  const GramEigen eigen(system.gram);
-  if (!model.has_free_pixel_strength()) {
-    if (chosen) *chosen = system.sigma.clone();
-    return with_block(u.detach(), system, conditional_source(system, eigen));
-  }
+  const ResponseMaker maker(model, posterior, u, max_group_rows);
   const auto& space = model.space;
   const auto names = space.coordinate_names();
   const auto col = std::find(names.begin(), names.end(), model.pixel_sigma_name) - names.begin();
+  const bool free = model.has_free_pixel_strength();
   // log p(d | sigma) up to a constant: 1/2 sigma^2 b^T (I + sigma^2 G)^-1 b
   // - 1/2 log det(I + sigma^2 G), in G's eigenbasis (G = Q diag(lambda) Q^T, c = Q^T b). The
   // candidates: sigma's coordinate from 25 below to 25 above the row's, 0.01 apart (a log-normal
   // prior's sigma from e^-25 to e^25 times the row's).
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(u.device());
-  const auto steps = torch::arange(-2500, 2501, f64) * 0.01;
-  const auto& lam = eigen.lambda;
-  const auto c2 = eigen.rotated(system.rhs).square();
+  const auto steps = torch::arange(-2500, 2501, torch::kFloat64) * 0.01;
   auto x = u.detach().clone();
-  for (int64_t r = 0; r < u.size(0); ++r) {
-    auto cand = u[r].detach().unsqueeze(0).repeat({steps.size(0), 1});
-    cand.select(1, col).add_(steps.to(cand.options()));
-    const auto un = space.unpack(cand);
-    const auto s2 =
-        un.values.at(model.pixel_sigma_name).to(torch::kFloat64).square().reshape({-1, 1});
-    const auto one_plus = 1.0 + s2 * lam[r].unsqueeze(0);
-    // The candidates' log priors differ only in sigma's term (nothing else moves).
-    const auto objective = 0.5 * (s2.squeeze(1) * (c2[r].unsqueeze(0) / one_plus).sum(1)) -
-                           0.5 * one_plus.log().sum(1) + un.log_prior.to(torch::kFloat64);
-    if (!system.finite[r].item<bool>() || !torch::isfinite(objective).any().item<bool>()) continue;
-    const int64_t best =
-        torch::nan_to_num(objective, -INFINITY, INFINITY, -INFINITY).argmax().item<int64_t>();
-    x[r][col] = cand[best][col];
-    system.sigma[r] = std::sqrt(s2[best].item<double>());
-    spdlog::debug("pixel source solve: row {}: sigma {:.4g} -> {:.4g} (candidate {} of {})", r,
-                  un.values.at(model.pixel_sigma_name)[2500].item<double>(),
-                  system.sigma[r].item<double>(), best, steps.size(0));
+  std::vector<torch::Tensor> sigmas;
+  for (int64_t r0 = 0; r0 < maker.rows(); r0 += maker.group_rows()) {
+    const int64_t rg = std::min(maker.group_rows(), maker.rows() - r0);
+    PixelSourceSystem system = maker.system(r0, rg);
+    const GramEigen eigen(system.gram);
+    const auto lam = eigen.lambda.to(torch::kCPU);
+    const auto c2 = eigen.rotated(system.rhs).square().to(torch::kCPU);
+    for (int64_t i = 0; i < rg && free; ++i) {
+      const int64_t r = r0 + i;
+      if (!system.finite[i].item<bool>()) continue;
+      auto cand =
+          u[r].detach().to(torch::kCPU, torch::kFloat64).unsqueeze(0).repeat({steps.size(0), 1});
+      cand.select(1, col).add_(steps);
+      const auto un = space.unpack(cand);
+      const auto s2 =
+          un.values.at(model.pixel_sigma_name).to(torch::kFloat64).square().reshape({-1, 1});
+      const auto one_plus = 1.0 + s2 * lam[i].unsqueeze(0);
+      // The candidates' log priors differ only in sigma's term (nothing else moves).
+      const auto objective = 0.5 * (s2.squeeze(1) * (c2[i].unsqueeze(0) / one_plus).sum(1)) -
+                             0.5 * one_plus.log().sum(1) + un.log_prior.to(torch::kFloat64);
+      if (!torch::isfinite(objective).any().item<bool>()) continue;
+      const int64_t best =
+          torch::nan_to_num(objective, -INFINITY, INFINITY, -INFINITY).argmax().item<int64_t>();
+      x[r][col] = cand[best][col].item<double>();
+      system.sigma[i] = std::sqrt(s2[best].item<double>());
+      spdlog::debug("pixel source solve: row {}: sigma {:.4g} -> {:.4g} (candidate {} of {})", r,
+                    un.values.at(model.pixel_sigma_name)[2500].item<double>(),
+                    system.sigma[i].item<double>(), best, steps.size(0));
+    }
+    x.narrow(0, r0, rg).copy_(
+        with_block(x.narrow(0, r0, rg), system, conditional_source(system, eigen)));
+    sigmas.push_back(system.sigma);
   }
-  if (chosen) *chosen = system.sigma.clone();
-  return with_block(x, system, conditional_source(system, eigen));
+  if (chosen) *chosen = torch::cat(sigmas);
+  return x;
 }
 
 }  // namespace dslens::model

@@ -946,7 +946,7 @@ TEST(FitCommand, AutoMetricIsDenseUpTo2048FreeParameters) {
 // round forced by a threshold no fit meets, which places the lens from twice as many draws
 // (app/map_search.h). It must still end on the true lens with the data's reduced chi-square. (This
 // mock is easy enough that even the 2 worst placements get there, checked by hand; the choice of
-// the best (by the full model, the pixels started from the traced-back data) is tested in
+// the best (by the full model, the pixels solved exactly for each placement) is tested in
 // Optimize.BestRowsPerGroupKeepsEachGroupsBestInOrder, the tempering in
 // LensPosterior.NoiseScaledPosteriorTempersTheLikelihood.)
 TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
@@ -958,7 +958,8 @@ TEST(FitCommand, DecodedSourceMapKeepsTheBestPlacementsAndEndsOnTheDataNoise) {
                                                  {"retry_reduced_chi_square", 0.01}});
   EXPECT_NE(r.output.find("from 16 prior draws"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the best 2 go on"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("the best 2 of 16 placements per lens go on, ranked by the full model"),
+  EXPECT_NE(r.output.find("the best 2 of 16 placements per lens go on, ranked by the full model "
+                          "with the pixels solved"),
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("round 2 of 2: 1 of 1 lens(es)"), std::string::npos) << r.output;

@@ -28,16 +28,17 @@ struct PixelSourceSystem {
 };
 
 // G and b at the rows u [R, D] of `posterior` (built from `model`, possibly with its noise
-// scaled). J is made from K source-light evaluations per row at the rows' ray-shot positions,
-// in slices that keep the working memory to a few hundred MB; the lens is ray-shot once.
-// InvalidArgument unless model.decoded_kind is "PIXELATED".
+// scaled). J is made from K source-light evaluations per row at the rows' ray-shot positions
+// (the lens is ray-shot once), a group of rows at a time: J, G and G's eigenvectors of a group
+// take at most 512 MB, and `max_group_rows` > 0 caps a group's rows further. InvalidArgument
+// unless model.decoded_kind is "PIXELATED".
 PixelSourceSystem pixel_source_system(const FitModel& model, const LensPosterior& posterior,
-                                      const torch::Tensor& u);
+                                      const torch::Tensor& u, int64_t max_group_rows = 0);
 
 // u with each row's pixel block at its maximum given the row's other coordinates (sigma
 // included). The log posterior of no row decreases.
 torch::Tensor with_pixel_source_solved(const FitModel& model, const LensPosterior& posterior,
-                                       const torch::Tensor& u);
+                                       const torch::Tensor& u, int64_t max_group_rows = 0);
 
 // For a free sigma (FitModel::has_free_pixel_strength): each row's sigma at the maximum of the
 // evidence p(d | sigma) times sigma's prior for the row's lens and lens light, and its pixels at
@@ -48,6 +49,7 @@ torch::Tensor with_pixel_source_solved(const FitModel& model, const LensPosterio
 torch::Tensor with_pixel_source_at_evidence_maximum(const FitModel& model,
                                                     const LensPosterior& posterior,
                                                     const torch::Tensor& u,
-                                                    torch::Tensor* chosen = nullptr);
+                                                    torch::Tensor* chosen = nullptr,
+                                                    int64_t max_group_rows = 0);
 
 }  // namespace dslens::model
