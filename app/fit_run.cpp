@@ -176,16 +176,14 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                          const model::LensPosterior& run_posterior) {
     const int64_t n = static_cast<int64_t>(subset.size());
     ChainsMode mode = chains_mode(density, run.sampled, n);
-    if (first.model.decoded_kind == "PIXELATED") {
-      // As the MAP's optima (a free sigma at its evidence's maximum, where the MAP is reported).
-      samplers::OptimizeResult o;
-      o.x = mode.x;
-      o.log_p = mode.log_p.to(mode.x.device());
-      o = with_exact_pixel_source(first.model, run_posterior, o,
-                                  "the chains' best draws, optimised");
-      mode.x = o.x;
-      mode.log_p = o.log_p.to(torch::kCPU, torch::kFloat64);
-    }
+    // A pixel grid's pixels solved, as at the MAP's optima (a free sigma at its evidence's
+    // maximum, where the MAP is reported); other models unchanged.
+    samplers::OptimizeResult o;
+    o.x = mode.x;
+    o.log_p = mode.log_p.to(mode.x.device());
+    o = with_exact_pixel_source(first.model, run_posterior, o, "the chains' best draws, optimised");
+    mode.x = o.x;
+    mode.log_p = o.log_p.to(torch::kCPU, torch::kFloat64);
     for (int64_t j = 0; j < n; ++j) {
       LensFitResult& r = results[static_cast<size_t>(subset[static_cast<size_t>(j)])];
       const double chains_lp = mode.log_p[j].item<double>();

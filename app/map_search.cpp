@@ -247,6 +247,14 @@ int64_t decoded_source_from_data(const model::LensPosterior& posterior, const mo
   return ok.sum().item<int64_t>();
 }
 
+// Each lens's best log posterior over its rows (lens-major, `n_lenses` lenses), for the log.
+std::vector<double> best_per_lens(const torch::Tensor& log_p, int64_t n_lenses) {
+  const auto lp = torch::nan_to_num(log_p.detach().to(torch::kCPU, torch::kFloat64), -INFINITY)
+                      .reshape({n_lenses, -1});
+  const auto best = std::get<0>(lp.max(1)).contiguous();
+  return std::vector<double>(best.data_ptr<double>(), best.data_ptr<double>() + n_lenses);
+}
+
 // The last stage's optima polished by damped Newton steps (samplers/newton.h): each lens's best
 // `newton_starts` rows (lens-major, `per_lens` rows per lens) move, the others stay.
 samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
@@ -274,13 +282,7 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
   newton.row_groups = n_lenses;
   newton.on_progress = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
   bar.set_stage("polish");
-  const auto best_per_lens = [n_lenses, per_lens](const torch::Tensor& log_p) {
-    const auto lp = torch::nan_to_num(log_p.detach().to(torch::kCPU, torch::kFloat64), -INFINITY)
-                        .reshape({n_lenses, per_lens});
-    const auto best = std::get<0>(lp.max(1)).contiguous();
-    return std::vector<double>(best.data_ptr<double>(), best.data_ptr<double>() + n_lenses);
-  };
-  const auto before = best_per_lens(result.log_p);
+  const auto before = best_per_lens(result.log_p, n_lenses);
   const auto t0 = std::chrono::steady_clock::now();
   const auto r =
       samplers::maximize_newton(log_density, result.x.detach().index_select(0, rows), newton);
@@ -304,7 +306,7 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
       "of {} converged): best log posterior per lens {} -> {}",
       k, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
       r.iterations.max().item<int64_t>(), r.converged.sum().item<int64_t>(), r.x.size(0),
-      nlohmann::json(before).dump(), nlohmann::json(best_per_lens(result.log_p)).dump());
+      nlohmann::json(before).dump(), nlohmann::json(best_per_lens(result.log_p, n_lenses)).dump());
   return result;
 }
 
@@ -319,13 +321,7 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
   if (model.decoded_kind != "PIXELATED") return result;
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n_lenses = posterior.n_lenses(), rows = result.x.size(0);
-  const auto best_per_lens = [&](const torch::Tensor& log_p) {
-    const auto lp = torch::nan_to_num(log_p.detach().to(torch::kCPU, torch::kFloat64), -INFINITY)
-                        .reshape({n_lenses, rows / n_lenses});
-    const auto best = std::get<0>(lp.max(1)).contiguous();
-    return std::vector<double>(best.data_ptr<double>(), best.data_ptr<double>() + n_lenses);
-  };
-  const auto before = best_per_lens(result.log_p);
+  const auto before = best_per_lens(result.log_p, n_lenses);
   torch::Tensor sigma;
   result.x =
       model::with_pixel_source_at_evidence_maximum(model, posterior, result.x.detach(), &sigma);
@@ -345,7 +341,8 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
         "{}: the {} pixels of the grid solved exactly for each optimum's lens in {:.1f} s: best "
         "log posterior per lens {} -> {}",
         what.empty() ? "MAP joint" : what, model.decoded_size * model.decoded_size, seconds,
-        nlohmann::json(before).dump(), nlohmann::json(best_per_lens(result.log_p)).dump());
+        nlohmann::json(before).dump(),
+        nlohmann::json(best_per_lens(result.log_p, n_lenses)).dump());
     return result;
   }
   // Each lens's best row's sigma, for the log.
@@ -364,7 +361,7 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
       what.empty() ? "MAP joint" : what, model.pixel_sigma_name,
       model.decoded_size * model.decoded_size, seconds, model.pixel_sigma_name,
       nlohmann::json(chosen).dump(), nlohmann::json(before).dump(),
-      nlohmann::json(best_per_lens(result.log_p)).dump());
+      nlohmann::json(best_per_lens(result.log_p, n_lenses)).dump());
   return result;
 }
 
