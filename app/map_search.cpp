@@ -614,21 +614,17 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // below the exact solve (search rounds 1 and 2), in 20 s against 2 s; ranked with the pixels
   // solved rather than at the traced-back start, the first round's placements found the lens.
   const bool pixelated = first.model.decoded_kind == "PIXELATED";
-  if (pixelated) {
-    samplers::OptimizeResult start;
-    start.x = x;
-    {
-      torch::NoGradGuard no_grad;
-      start.log_p = early.log_prob(x).detach();
-    }
-    x = with_exact_pixel_source(first.model, early, start, "MAP source stage").x;
+  samplers::OptimizeResult start;
+  start.x = x;
+  if (pixelated || rank_decoded) {
+    torch::NoGradGuard no_grad;
+    start.log_p = early.log_prob(x).detach();
   }
+  // The solve leaves the solved rows' log posteriors in start.log_p, which the ranking reads.
+  if (pixelated) start = with_exact_pixel_source(first.model, early, start, "MAP source stage");
+  x = start.x;
   if (rank_decoded) {
-    const torch::Tensor log_p = [&] {
-      torch::NoGradGuard no_grad;
-      return early.log_prob(x);
-    }();
-    x = samplers::best_rows_per_group(x, log_p, n_lenses, ms.starts);
+    x = samplers::best_rows_per_group(x, start.log_p, n_lenses, ms.starts);
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
                  ms.starts, n_place, pixelated ? " with the pixels solved" : "");
   }

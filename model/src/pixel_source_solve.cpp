@@ -65,6 +65,7 @@ class ResponseMaker {
     const auto& binding = posterior.spec().source.at(index);
     sigma_ = rows_of(un.values.at(binding.params.at("amp")), rows_).to(torch::kFloat64).clone();
     k_ = un.values.at(model.latent_block).size(1);
+    first_column_ = first_block_column(model);
 
     // d - m0: the data less everything but the pixel grid (lens light, other sources).
     m.source_light.erase(m.source_light.begin() + static_cast<std::ptrdiff_t>(index));
@@ -143,14 +144,14 @@ class ResponseMaker {
     out.gram = torch::where(ok.unsqueeze(2), out.gram, torch::zeros_like(out.gram));
     out.rhs = torch::where(ok, out.rhs, torch::zeros_like(out.rhs));
     out.sigma = torch::where(out.finite, out.sigma, torch::ones_like(out.sigma));
-    out.first_column = first_block_column(model_);
+    out.first_column = first_column_;
     return out;
   }
 
  private:
   const FitModel& model_;
   Compute compute_;
-  int64_t rows_ = 0, max_group_ = 0, k_ = 0, f_ = 1, px_ = 0, sub_ = 0;
+  int64_t rows_ = 0, max_group_ = 0, k_ = 0, first_column_ = 0, f_ = 1, px_ = 0, sub_ = 0;
   physics::LightComponent pixels_;
   physics::PixelGrid grid_;
   torch::Tensor sigma_, residual_, weight_, bx_, by_;
