@@ -13,6 +13,7 @@
 #include "cuda_graphs.h"
 #include "dslens/core/errors.h"
 #include "dslens/samplers/adaptation.h"
+#include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/laplace.h"
 #include "dslens/samplers/nuts.h"
 #include "dslens/samplers/optimize.h"
@@ -106,8 +107,21 @@ struct LaplaceMetric {
   torch::Tensor inv_metric, cholesky, sd;
 };
 
+// "name (share %)" for the first 8 non-concave directions, for the warning.
+std::vector<std::string> along(const std::vector<samplers::NonConcaveDirection>& directions,
+                               const std::vector<std::string>& names) {
+  std::vector<std::string> out;
+  for (const auto& d : directions) {
+    if (out.size() == 8) break;
+    const auto j = static_cast<size_t>(d.coordinate);
+    out.push_back(fmt::format("{} ({:.0f} %)", j < names.size() ? names[j] : std::to_string(j),
+                              100.0 * d.share));
+  }
+  return out;
+}
+
 LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const torch::Tensor& modes,
-                             bool dense) {
+                             bool dense, const std::vector<std::string>& names) {
   samplers::LaplaceSettings settings;
   settings.max_variance = 1.0;
   const auto lap = samplers::laplace_approximation(log_density, modes, settings);
@@ -115,8 +129,9 @@ LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const to
   if (flat > 0)
     spdlog::warn(
         "Laplace approximation: {} direction(s) are not concave at the optima (a saddle "
-        "or a parameter the data do not constrain); the starting metric uses |curvature|",
-        flat);
+        "or a parameter the data do not constrain), each mostly along {}; the starting metric "
+        "uses |curvature|",
+        flat, nlohmann::json(along(samplers::non_concave_directions(lap.hessian), names)).dump());
   const auto& cov = lap.covariance;
   const auto var = lap.variance;
   LaplaceMetric m;
@@ -154,7 +169,8 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   const int64_t chains = lenses.front()->sampler.chains;
   const auto t_laplace = std::chrono::steady_clock::now();
   // The Laplace approximation at every kept optimum (lens-major rows, as the log density wants).
-  const auto laplace = laplace_metric(log_density, best_x.reshape({n_lenses * keep, dim}), dense);
+  const auto laplace = laplace_metric(log_density, best_x.reshape({n_lenses * keep, dim}), dense,
+                                      lenses.front()->model.space.coordinate_names());
   spdlog::info(
       "Laplace approximation at the {} optima in {:.1f} s: marginal sd from {:.3g} to {:.3g} "
       "(unconstrained)",
@@ -423,8 +439,13 @@ ChainsMode chains_mode(const samplers::LogDensityFn& log_density,
 
 std::vector<int64_t> lenses_with_chains_apart(const torch::Tensor& log_density, int64_t chains,
                                               double nats) {
-  const auto mean = log_density.to(torch::kCPU, torch::kFloat64).mean(1);
-  const auto stray = samplers::find_stray_chains(mean, chains, nats).stray.reshape({-1, chains});
+  const auto lp = log_density.to(torch::kCPU, torch::kFloat64);
+  const auto mean = lp.mean(1);
+  auto error = torch::zeros_like(mean);  // mcse_mean needs 4 draws
+  if (lp.size(1) >= 4)
+    for (int64_t c = 0; c < lp.size(0); ++c) error[c] = samplers::mcse_mean(lp.narrow(0, c, 1));
+  const auto stray =
+      samplers::find_stray_chains(mean, chains, nats, error).stray.reshape({-1, chains});
   const auto any = stray.any(1).contiguous();
   std::vector<int64_t> out;
   for (int64_t l = 0; l < any.size(0); ++l) {

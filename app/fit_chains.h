@@ -56,7 +56,8 @@ ChainsMode chains_mode(const samplers::LogDensityFn& log_density,
 // (samplers::find_stray_chains on log_density [L * chains, N]). Between two modes of one shape
 // the chains' mean log densities differ by the log of their mass ratio, so with the stray rule's
 // 20 nats such a chain sits in a mode holding less than e^-20 of the best one's mass: its draws
-// are not the posterior's, and R-hat says so.
+// are not the posterior's, and R-hat says so. As in warmup, the gap must also exceed 4 Monte
+// Carlo errors of the two chains' means (samplers::mcse_mean of each chain's draws).
 std::vector<int64_t> lenses_with_chains_apart(const torch::Tensor& log_density, int64_t chains,
                                               double nats);
 

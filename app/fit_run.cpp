@@ -259,8 +259,9 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       seed_lp.push_back(torch::tensor({r.map_log_p}, torch::kFloat64));
     }
     spdlog::warn(
-        "{}: chain round {} of {}: the chains of {} ended more than {:g} nats apart in mean log "
-        "posterior; they run again, all from the lens's best optimum so far",
+        "{}: chain round {} of {}: the chains of {} ended more than {:g} nats, and more than 4 "
+        "Monte Carlo errors, apart in mean log posterior; they run again, all from the lens's "
+        "best optimum so far",
         label, round, 1 + sc.retry_rounds, nlohmann::json(names).dump(), sc.stray_nats);
     const std::string suffix = "-round" + std::to_string(round) + ".pt";
     // The retried lenses run as a batch of their own (when all are retried, the batch itself).

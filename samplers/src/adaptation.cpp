@@ -1,5 +1,6 @@
 #include "dslens/samplers/adaptation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -213,11 +214,14 @@ torch::Tensor regularize_covariance(const torch::Tensor& var, int64_t n, MetricK
   return w * var + torch::diag_embed(shrink * reference.diagonal(0, -2, -1).to(var.dtype()));
 }
 
-StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats) {
+StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats,
+                              const torch::Tensor& mean_se) {
   const int64_t chains = mean_log_p.size(0);
-  if (mean_log_p.dim() != 1 || group < 1 || chains % group != 0 || !(nats >= 0))
-    throw InvalidArgument("find_stray_chains: mean_log_p must be [C] with C a multiple of group " +
-                          std::to_string(group) + " >= 1, and nats >= 0");
+  if (mean_log_p.dim() != 1 || group < 1 || chains % group != 0 || !(nats >= 0) ||
+      (mean_se.defined() && mean_se.sizes() != mean_log_p.sizes()))
+    throw InvalidArgument("find_stray_chains: mean_log_p (and mean_se) must be [C] with C a " +
+                          std::string("multiple of group ") + std::to_string(group) +
+                          " >= 1, and nats >= 0");
   const auto opt = mean_log_p.options();
   // NaN ranks below everything, as a chain that left the support would.
   const auto m = torch::nan_to_num(mean_log_p.to(torch::kFloat64), -INFINITY, INFINITY, -INFINITY)
@@ -226,14 +230,64 @@ StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, do
   const auto& best_value = std::get<0>(best);
   auto gap = best_value - m;  // >= 0; +inf for a -inf chain beside a finite best, NaN if both
   gap = torch::where(torch::isfinite(best_value).expand_as(m), gap, torch::zeros_like(gap));
+  auto needed = torch::full_like(gap, nats);
+  if (mean_se.defined()) {
+    // Chains of one mode share their log density's distribution, so the group's errors are pooled
+    // (root mean square): one chain's error from 25 draws is itself uncertain by tens of percent.
+    const auto se = torch::nan_to_num(mean_se.to(m.device(), torch::kFloat64), 0.0, 0.0, 0.0)
+                        .view({chains / group, group});
+    const auto pooled = se.square().mean(1, /*keepdim=*/true).sqrt();
+    needed = torch::maximum(needed, kStrayMonteCarloErrors * std::sqrt(2.0) * pooled);
+  }
   StrayChains out;
-  out.stray = (gap > nats).reshape({chains});
+  out.stray = (gap > needed).reshape({chains});
+  out.needed = needed.reshape({chains});
   const auto first = torch::arange(chains / group, opt.dtype(torch::kLong)).unsqueeze(1) * group;
   const auto best_row =
       (std::get<1>(best) + first).expand({chains / group, group}).reshape({chains});
   out.source = torch::where(out.stray, best_row, torch::arange(chains, opt.dtype(torch::kLong)));
   out.gap = gap.reshape({chains});
   return out;
+}
+
+StrayWindow::StrayWindow(int64_t chains, const torch::TensorOptions& options)
+    : sums_(torch::zeros({5, chains}, options.dtype(torch::kFloat64))) {}
+
+StrayWindow::StrayWindow(const torch::Tensor& saved) {
+  if (saved.dim() == 2 && saved.size(0) == 5) {
+    sums_ = saved.to(torch::kFloat64).clone();
+  } else if (saved.dim() == 1) {
+    // x_1 = 0, y = x: the sum carries on; sum y^2 NaN marks the error as unknown.
+    sums_ = torch::zeros({5, saved.size(0)}, saved.options().dtype(torch::kFloat64));
+    sums_[0].copy_(saved);
+    sums_[1].fill_(std::nan(""));
+  } else {
+    throw InvalidArgument("StrayWindow: a saved window must be [5, C] or [C]");
+  }
+}
+
+void StrayWindow::add(const torch::Tensor& log_p, bool first) {
+  const auto x = log_p.detach().to(torch::kFloat64);
+  if (first) {  // a new window: the sums start again from x_1
+    sums_.zero_();
+    sums_[3].copy_(x);
+  }
+  const auto y = x - sums_[3];  // 0 at the first value, so no lag product crosses windows
+  sums_[0] += y;
+  sums_[1] += y * y;
+  sums_[2] += y * sums_[4];
+  sums_[4].copy_(y);
+}
+
+std::pair<torch::Tensor, torch::Tensor> StrayWindow::mean_and_error(int64_t n) const {
+  const double nd = static_cast<double>(std::max<int64_t>(n, 1));
+  const auto y_bar = sums_[0] / nd;
+  const auto c0 = (sums_[1] / nd - y_bar * y_bar).clamp_min(0.0);
+  // Lag-1 autocovariance over the n - 1 pairs, about the window's mean.
+  const auto c1 = sums_[2] / std::max(nd - 1.0, 1.0) - y_bar * y_bar;
+  const auto rho = torch::nan_to_num(c1 / c0, 0.0, 0.0, 0.0).clamp(0.0, 0.95);
+  const auto tau = (1.0 + rho) / (1.0 - rho);
+  return {sums_[3] + y_bar, (c0 * tau / nd).sqrt()};
 }
 
 }  // namespace dslens::samplers

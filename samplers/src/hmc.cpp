@@ -663,18 +663,17 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     for (int64_t i = 0; i < std::min(start, num_warmup); ++i) windows.step();  // host-side replay
   }
   torch::Tensor all_chains = torch::ones({chains}, opt.dtype(torch::kBool));
-  // AdaptSettings::stray_nats: each chain's log density summed since the last check (float64, on
-  // the device; read only at the checks).
+  // AdaptSettings::stray_nats: each chain's log density since the last check (StrayWindow).
   const double stray_nats = settings.adapt.stray_nats;
   const int64_t stray_group = settings.adapt.stray_group > 0 ? settings.adapt.stray_group : chains;
   if (stray_nats > 0 && chains % stray_group != 0)
     throw InvalidArgument(name + ": adapt.stray_group = " + std::to_string(stray_group) +
                           " does not divide the " + std::to_string(chains) + " chains");
-  torch::Tensor stray_sum;
+  StrayWindow stray_window;
   if (stray_nats > 0 && num_warmup > 0)
-    stray_sum = resume && resume->stray_log_p_sum.defined()
-                    ? device_copy(resume->stray_log_p_sum, init.device())
-                    : torch::zeros({chains}, opt.dtype(torch::kFloat64));
+    stray_window = resume && resume->stray_window.defined()
+                       ? StrayWindow(device_copy(resume->stray_window, init.device()))
+                       : StrayWindow(chains, opt);
   if (num_warmup == 0 && !resume) {
     warmup_seconds = since_mark();
     warmup_calls = system.calls();
@@ -706,7 +705,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
       s.welford_mean = cpu_copy(estimator.mean());
       s.welford_m2 = cpu_copy(estimator.m2());
     }
-    if (stray_sum.defined()) s.stray_log_p_sum = cpu_copy(stray_sum);
+    if (stray_window.defined()) s.stray_window = cpu_copy(stray_window.sums());
     if (with_draws) {
       if (settings.save_warmup) s.warmup = hmc_detail::draws_copy(result.warmup, torch::kCPU);
       s.draws = hmc_detail::draws_copy(result, torch::kCPU);
@@ -737,7 +736,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   // initial buffer every base_window iterations and at its end, before the curvature metric is
   // taken there, and at the end of each slow window, before its metric.
   std::vector<int64_t> stray_checks;
-  if (stray_sum.defined()) {
+  if (stray_window.defined()) {
     for (int64_t k = wins.base_window; k < wins.init_buffer; k += wins.base_window)
       stray_checks.push_back(k);
     if (wins.init_buffer > 0 && wins.init_buffer <= num_warmup)
@@ -747,16 +746,26 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     std::sort(stray_checks.begin(), stray_checks.end());
     stray_checks.erase(std::unique(stray_checks.begin(), stray_checks.end()), stray_checks.end());
   }
-  auto regroup_stray_chains = [&](int64_t i) {
-    if (stray_checks.empty() || i + 1 > stray_checks.back()) return;
-    stray_sum += state.log_p.to(torch::kFloat64);
+  // The check at or after iteration i (0-based; 1-based counts in stray_checks) and the one
+  // before it (0: none), the window's start; `at` is end() past the last check.
+  auto stray_window_of = [&](int64_t i) {
     const auto at = std::lower_bound(stray_checks.begin(), stray_checks.end(), i + 1);
+    const int64_t since = at == stray_checks.begin() ? 0 : *(at - 1);
+    return std::make_pair(at, since);
+  };
+  auto add_to_stray_window = [&](int64_t i, const torch::Tensor& log_p) {
+    const auto [at, since] = stray_window_of(i);
+    if (at != stray_checks.end()) stray_window.add(log_p, i == since);
+  };
+  auto regroup_stray_chains = [&](int64_t i) {
+    const auto [at, since] = stray_window_of(i);
+    if (at == stray_checks.end()) return;
+    stray_window.add(state.log_p, i == since);
     if (*at != i + 1) return;
-    const int64_t since = at == stray_checks.begin() ? 0 : *(at - 1);  // the previous check
-    const StrayChains sc =
-        find_stray_chains(stray_sum / static_cast<double>(i + 1 - since), stray_group, stray_nats);
-    stray_sum.zero_();
+    const auto [mean, error] = stray_window.mean_and_error(i + 1 - since);
+    const StrayChains sc = find_stray_chains(mean, stray_group, stray_nats, error);
     if (!sc.stray.any().item<bool>()) return;
+    result.stray_moves += sc.stray.sum().item<int64_t>();
     const auto src = sc.source.to(init.device());
     state.q = state.q.index_select(0, src);
     state.log_p = state.log_p.index_select(0, src);
@@ -765,21 +774,22 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     system.metric().update(system.metric().inverse().index_select(0, src),
                            sc.stray.to(init.device()));
     const auto stray = sc.stray.to(torch::kCPU), source = sc.source.to(torch::kCPU);
-    const auto gap = sc.gap.to(torch::kCPU);
+    const auto gap = sc.gap.to(torch::kCPU), needed = sc.needed.to(torch::kCPU);
     for (int64_t c = 0; c < chains; ++c) {
       if (!stray[c].item<bool>()) continue;
       spdlog::warn(
           "{}: warmup iteration {}: chain {} averaged {:.1f} nats below chain {} over "
-          "iterations {}-{} (a mode holding a negligible share of the mass); it continues from "
-          "chain {}'s position (stray_nats {:g})",
+          "iterations {}-{}, more than the {:.1f} that stray_nats ({:g}) and 4 Monte Carlo errors "
+          "allow (a mode holding a negligible share of the mass); it continues from chain {}'s "
+          "position",
           name, i + 1, c, gap[c].item<double>(), source[c].item<int64_t>(), since + 1, i + 1,
-          source[c].item<int64_t>(), stray_nats);
+          needed[c].item<double>(), stray_nats, source[c].item<int64_t>());
     }
   };
   // After warmup iteration i's transition (and its step-size update): the stray-chain check, the
   // window's (co)variance estimate and the metric updates, all at the chains' state.
   auto adapt_after = [&](int64_t i) {
-    if (stray_sum.defined()) regroup_stray_chains(i);
+    if (stray_window.defined()) regroup_stray_chains(i);
     if (adapt_metric) {
       WindowedAdaptation::Step w = windows.step();
       if (w.add_sample) estimator.add(state.q);
@@ -821,8 +831,7 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
   // What adapt_after does after an iteration i (0-based) that is not the last of its segment,
   // from the segment's draw q [C, D] and log density [C]: no event falls there.
   auto adapt_inside_segment = [&](int64_t i, const torch::Tensor& q, const torch::Tensor& log_p) {
-    if (stray_sum.defined() && !stray_checks.empty() && i + 1 <= stray_checks.back())
-      stray_sum += log_p.to(torch::kFloat64);
+    if (stray_window.defined()) add_to_stray_window(i, log_p);
     if (adapt_metric) {
       const WindowedAdaptation::Step w = windows.step();
       if (w.end_window)

@@ -51,6 +51,23 @@ torch::Tensor soft_abs_covariance(const torch::Tensor& H, const LaplaceSettings&
 }
 }  // namespace
 
+std::vector<NonConcaveDirection> non_concave_directions(const torch::Tensor& hessian) {
+  if (!hessian.defined() || hessian.dim() != 3 || hessian.size(1) != hessian.size(2))
+    throw InvalidArgument("non_concave_directions: the Hessians must be [B, D, D]");
+  const auto eig = torch::linalg_eigh(-hessian.to(torch::kCPU, torch::kFloat64), "L");
+  const auto lambda = std::get<0>(eig).contiguous();  // ascending
+  const auto share = std::get<1>(eig).square();
+  std::vector<NonConcaveDirection> out;
+  for (int64_t b = 0; b < lambda.size(0); ++b) {
+    for (int64_t k = 0; k < lambda.size(1) && lambda[b][k].item<double>() <= 0; ++k) {
+      const auto top = share[b].select(1, k).max(0);
+      out.push_back({b, std::get<1>(top).item<int64_t>(), std::get<0>(top).item<double>(),
+                     -lambda[b][k].item<double>()});
+    }
+  }
+  return out;
+}
+
 torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, double max_step) {
   const auto width = 1.0 / H.diagonal(0, 1, 2).abs().clamp_min(1e-300).sqrt();
   return (relative_step * width).clamp(1e-7, max_step);

@@ -11,16 +11,16 @@ namespace dslens::samplers {
 namespace sampler_snapshot_detail {
 
 constexpr int64_t kMagic = 0x534E4150;  // "SNAP"
-constexpr int64_t kVersion = 2;         // 2: stray_log_p_sum
+constexpr int64_t kVersion = 2;         // 2: stray_window ([C] before session 49)
 constexpr int64_t kHeaderSize = 11;
 
 // Pointers to every tensor field, in file order; const for a const snapshot.
 template <class Snapshot, class T = std::conditional_t<std::is_const_v<Snapshot>,
                                                        const torch::Tensor, torch::Tensor>>
 std::vector<T*> fields(Snapshot& s) {
-  std::vector<T*> f = {
-      &s.q,          &s.log_p,      &s.grad,         &s.step_size,  &s.inv_metric,     &s.dual_mu,
-      &s.dual_s_bar, &s.dual_x_bar, &s.welford_mean, &s.welford_m2, &s.stray_log_p_sum};
+  std::vector<T*> f = {&s.q,           &s.log_p,      &s.grad,       &s.step_size,    &s.inv_metric,
+                       &s.dual_mu,     &s.dual_s_bar, &s.dual_x_bar, &s.welford_mean, &s.welford_m2,
+                       &s.stray_window};
   for (auto* d : {&s.warmup, &s.draws}) {
     for (T* t : {&d->draws, &d->log_density, &d->step_size, &d->tree_depth, &d->n_leapfrog,
                  &d->accept_stat, &d->energy, &d->divergent}) {

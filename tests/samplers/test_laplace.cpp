@@ -17,6 +17,7 @@ using dslens::samplers::laplace_approximation;
 using dslens::samplers::LaplaceSettings;
 using dslens::samplers::LogDensityFn;
 using dslens::samplers::LogDensityValue;
+using dslens::samplers::non_concave_directions;
 using dslens::samplers::seed_modes;
 
 torch::TensorOptions f64() {
@@ -95,6 +96,24 @@ TEST(Laplace, NonConcaveDirectionIsReflectedAndFlatOneCapped) {
   EXPECT_NEAR(lap.variance[0][1].item<double>(), 0.25, 1e-8);
   EXPECT_NEAR(lap.variance[0][2].item<double>(), 9.0, 1e-8);
   EXPECT_LT(lap.covariance[0].triu(1).abs().max().item<double>(), 1e-12);
+}
+
+// The non-concave directions name their coordinates: a saddle rotated 0.3 rad between
+// coordinates 1 and 2 is 91 % coordinate 2 (cos^2 0.3) and curves up by 3; the second optimum is
+// concave; and a Hessian of the wrong shape is an error.
+TEST(Laplace, NonConcaveDirectionsNameTheCoordinateThatCarriesThem) {
+  const double c = std::cos(0.3), s = std::sin(0.3);
+  const auto R = torch::tensor({1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c}, f64()).reshape({3, 3});
+  const auto saddle = R.matmul(torch::diag(torch::tensor({-1.0, -2.0, 3.0}, f64()))).matmul(R.t());
+  const auto H = torch::stack({saddle, -torch::eye(3, f64())});
+  const auto d = non_concave_directions(H);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].optimum, 0);
+  EXPECT_EQ(d[0].coordinate, 2);
+  EXPECT_NEAR(d[0].share, c * c, 1e-12);
+  EXPECT_NEAR(d[0].curvature, 3.0, 1e-12);
+  EXPECT_TRUE(non_concave_directions(H.narrow(0, 1, 1)).empty());
+  EXPECT_THROW(non_concave_directions(saddle), dslens::InvalidArgument);
 }
 
 TEST(Laplace, BadInputsAreClearErrors) {

@@ -867,7 +867,7 @@ TEST(Nuts, StrayChainsInANegligibleModeJoinTheBestChainOfTheirGroup) {
   const SamplerResult full = sample_nuts(two_modes(-40.0), init, ck);
   ASSERT_GE(saved.size(), 4u);
   ASSERT_EQ(saved[2].iteration, 30);
-  ASSERT_TRUE(saved[2].stray_log_p_sum.defined());
+  ASSERT_TRUE(saved[2].stray_window.defined());
   NutsSettings resumed = ck;
   resumed.resume_from =
       std::make_shared<SamplerSnapshot>(SamplerSnapshot::from_tensors(saved[2].to_tensors()));
@@ -876,7 +876,7 @@ TEST(Nuts, StrayChainsInANegligibleModeJoinTheBestChainOfTheirGroup) {
   const SamplerResult rest = sample_nuts(two_modes(-40.0), init, resumed);
   ASSERT_FALSE(again.empty());
   EXPECT_EQ(again.front().iteration, 40);
-  EXPECT_TRUE(torch::equal(again.front().stray_log_p_sum, saved[3].stray_log_p_sum));
+  EXPECT_TRUE(torch::equal(again.front().stray_window, saved[3].stray_window));
   EXPECT_TRUE(torch::equal(rest.draws, full.draws));
 
   NutsSettings bad = s;
@@ -905,6 +905,102 @@ TEST(Adaptation, FindStrayChainsComparesEachChainWithItsGroupsBest) {
   const StrayChains g2 = find_stray_chains(mean, 2, 20.0);
   EXPECT_TRUE(torch::equal(g2.source, torch::tensor({0, 0, 2, 2, 4, 5, 6, 7}, torch::kLong)));
   EXPECT_THROW(find_stray_chains(mean, 3, 20.0), dslens::InvalidArgument);
+}
+
+// With Monte Carlo errors the gap must also clear 4 errors of the difference of two means, sqrt(2)
+// times the group's pooled error; an error that is not finite counts as 0.
+TEST(Adaptation, FindStrayChainsNeedsTheGapToClearFourMonteCarloErrors) {
+  const auto mean = torch::tensor({0.0, -25.0, 0.0, -25.0, 0.0, -25.0}, f64());
+  // Pairs: errors (3, 3): 4 sqrt(2) 3 = 17.0 < 25, strays; (6, 6): 33.9 > 25, stays; (NaN, NaN):
+  // 0.
+  const auto se = torch::tensor({3.0, 3.0, 6.0, 6.0, std::nan(""), std::nan("")}, f64());
+  const StrayChains sc = find_stray_chains(mean, 2, 20.0, se);
+  EXPECT_TRUE(torch::equal(sc.stray, torch::tensor({false, true, false, false, false, true})));
+  // Pooled over the group: errors (1, 1, 1, 9) pool to 4.58, and 25.9 > 25 keeps chain 1, whose
+  // own and the best's errors alone would give 5.7.
+  const auto m2 = torch::tensor({0.0, -25.0, 0.0, 0.0}, f64());
+  EXPECT_FALSE(find_stray_chains(m2, 4, 20.0, torch::tensor({1.0, 1.0, 1.0, 9.0}, f64()))
+                   .stray.any()
+                   .item<bool>());
+  EXPECT_TRUE(find_stray_chains(m2, 4, 20.0, torch::tensor({1.0, 1.0, 1.0, 8.0}, f64()))
+                  .stray[1]
+                  .item<bool>());
+  EXPECT_THROW(find_stray_chains(mean, 2, 20.0, se.narrow(0, 0, 4)), dslens::InvalidArgument);
+}
+
+// StrayWindow against its definition: on AR(1) series (rho 0.6) around 20,000 nats, the window's
+// mean is the plain mean, and its Monte Carlo error is, on average over 4,000 chains, within 25 %
+// of the spread of the 25-draw means across chains (the lag-1 estimate from 25 draws is biased low
+// by about 15 %; without the autocorrelation the error would be 50 % of the spread). A window
+// begun again (`first`) forgets the last one, the lag product included.
+TEST(Adaptation, StrayWindowGivesTheMeanAndAnAr1MonteCarloError) {
+  torch::manual_seed(3);
+  const int64_t C = 4000, n = 25;
+  const double rho = 0.6;
+  auto ar1 = [&](int64_t length) {
+    std::vector<torch::Tensor> x = {torch::randn({C}, f64())};  // stationary: unit variance
+    for (int64_t t = 1; t < length; ++t)
+      x.push_back(rho * x.back() + std::sqrt(1.0 - rho * rho) * torch::randn({C}, f64()));
+    return torch::stack(x, 1);  // [C, length]
+  };
+  const auto before = 3.0 * ar1(n) - 20000.0, x = 5.0 * ar1(n) + 20000.0;
+  StrayWindow fresh(C, f64()), reused(C, f64());
+  for (int64_t t = 0; t < n; ++t) reused.add(before.select(1, t), t == 0);
+  for (int64_t t = 0; t < n; ++t) {
+    fresh.add(x.select(1, t), t == 0);
+    reused.add(x.select(1, t), t == 0);
+  }
+  const auto [mean, error] = fresh.mean_and_error(n);
+  EXPECT_LT((mean - x.mean(1)).abs().max().item<double>(), 1e-9);
+  const double spread = x.mean(1).std().item<double>();
+  EXPECT_NEAR(error.mean().item<double>() / spread, 1.0, 0.25) << "spread " << spread;
+  const auto [mean2, error2] = reused.mean_and_error(n);
+  EXPECT_TRUE(torch::allclose(mean2, mean, 0.0, 1e-9));
+  EXPECT_TRUE(torch::allclose(error2, error, 1e-12, 1e-12));
+  // A snapshot's [C] sum from before: the mean carries on, the error is unknown.
+  StrayWindow old(x.sum(1));
+  const auto [mean3, error3] = old.mean_and_error(n);
+  EXPECT_TRUE(torch::allclose(mean3, mean, 0.0, 1e-9));
+  EXPECT_TRUE(torch::isnan(error3).all().item<bool>());
+}
+
+// In 1,000 dimensions one mode's log density has sd 22 nats, and 25-draw windows' means differ by
+// more than the rule's 20 nats without a second mode. With the Monte Carlo errors no chain moves,
+// whether the 4 chains start in the typical set or at the mode itself (log density 0, where the
+// typical set's is -500), while the rule without them would have moved chains in both runs (the
+// premise, checked on the runs' own windows: the trajectories are the same up to its first move;
+// over seeds 0-11 it would have in all 24 runs, the new rule in none). A mode 60 nats down, as
+// far below as 2.7 of those windows' sds, is still left.
+TEST(Nuts, StrayRuleLeavesTheChainsOfOneModeInAThousandDimensions) {
+  const int64_t D = 1000, C = 4;
+  NutsSettings s;
+  s.num_warmup = 150;
+  s.num_draws = 10;
+  s.seed = 5;
+  s.save_warmup = true;
+  s.adapt.stray_nats = 20;
+  s.adapt.stray_group = C;
+  s.adapt.pool_group = C;
+  const auto target = gaussian(torch::ones({D}, f64()));
+  torch::manual_seed(11);
+  for (const bool from_mode : {false, true}) {
+    const torch::Tensor init =
+        from_mode ? torch::zeros({C, D}, f64()) : torch::randn({C, D}, f64());
+    const SamplerResult r = sample_nuts(target, init, s);
+    EXPECT_EQ(r.stray_moves, 0) << (from_mode ? "from the mode" : "from the typical set");
+    // The checks of a 150-iteration warmup: iterations 25, 50 and 75 (initial buffer), 100.
+    int64_t flagged = 0;
+    for (int64_t w = 0; w < 4; ++w)
+      flagged += find_stray_chains(r.warmup.log_density.narrow(1, 25 * w, 25).mean(1), C, 20.0)
+                     .stray.sum()
+                     .item<int64_t>();
+    EXPECT_GT(flagged, 0) << "premise: the rule without errors would move a chain";
+  }
+  // Chain 0 in mode A, chains 1-3 in B, which holds e^-60 of A's mass: all end in A.
+  torch::Tensor init = torch::randn({C, D}, f64());
+  init.select(1, 0).copy_(torch::tensor({-8.0, 8.0, 8.0, 8.0}, f64()));
+  EXPECT_EQ(modes_of_chains(sample_nuts(two_modes(-60.0), init, s).draws),
+            (std::vector<int>{-1, -1, -1, -1}));
 }
 
 }  // namespace nuts_test

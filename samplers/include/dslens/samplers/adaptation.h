@@ -106,13 +106,49 @@ class WelfordEstimator {
 // AdaptSettings::stray_nats: which chains continue from another's position. mean_log_p [C] is each
 // chain's mean log density since the last check; chains are compared in consecutive groups of
 // `group` (which must divide C). A chain more than `nats` below its group's best (or with a mean
-// that is not finite while the best's is) strays.
+// that is not finite while the best's is) strays, provided the gap also exceeds
+// kStrayMonteCarloErrors times the Monte Carlo error of the difference of two means, sqrt(2) times
+// the group's pooled (root mean square) error, when mean_se [C], each mean's Monte Carlo error, is
+// given (non-finite entries count as 0).
+// Within one mode a chain's log density has sd sqrt(D / 2) in D dimensions (a Gaussian's), so the
+// means of short windows differ by tens of nats at D ~ 1,000 without any second mode: at 414 and
+// 1,038 parameters the rule without this condition moved chains of one mode 6 and 8 times, at gaps
+// of 21 to 51 nats (docs/benchmarks.md, sessions 47 and 48).
 struct StrayChains {
   torch::Tensor source;  // [C] int64: the chain whose state each chain takes (itself if kept)
   torch::Tensor stray;   // [C] bool
   torch::Tensor gap;     // [C] float64: nats below its group's best mean (+inf if not finite)
+  torch::Tensor needed;  // [C] float64: the gap that strays, nats or the Monte Carlo bound
 };
-StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats);
+// As app/chain_summary's test of chains in different modes: 4 Monte Carlo errors.
+constexpr double kStrayMonteCarloErrors = 4.0;
+StrayChains find_stray_chains(const torch::Tensor& mean_log_p, int64_t group, double nats,
+                              const torch::Tensor& mean_se = {});
+
+// The stray check's window: each chain's log density x_t over the iterations since the last check,
+// summed on the device (read only at the checks, so no host sync per iteration). With
+// y_t = x_t - x_1 (x_1 the window's first value, for float64 sums without cancellation) it holds
+// [5, C]: sum y, sum y^2, sum y_t y_(t-1), x_1, and the last y. The Monte Carlo error of the mean
+// assumes an AR(1) autocorrelation (integrated time (1 + rho) / (1 - rho), rho the lag-1
+// autocorrelation clamped to [0, 0.95]): 25 draws cannot estimate more, and a chain still drifting
+// has rho near 1, so its error is large and it is not judged on its trend.
+class StrayWindow {
+ public:
+  StrayWindow() = default;
+  StrayWindow(int64_t chains, const torch::TensorOptions& options);
+  // A window restored from a snapshot: [5, C]; or [C], the plain sum of log densities that
+  // snapshots held before (its mean is exact, its Monte Carlo error unknown: NaN, counted as 0).
+  explicit StrayWindow(const torch::Tensor& saved);
+  bool defined() const { return sums_.defined(); }
+  // One iteration's log densities [C]; `first`: the window's first iteration.
+  void add(const torch::Tensor& log_p, bool first);
+  // The mean of the window's n values and its Monte Carlo error, [C] float64 each.
+  std::pair<torch::Tensor, torch::Tensor> mean_and_error(int64_t n) const;
+  const torch::Tensor& sums() const { return sums_; }
+
+ private:
+  torch::Tensor sums_;
+};
 
 // Stan's shrinkage of an estimated (co)variance from n draws, (n / (n + 5)) var + 1e-3 (5 /
 // (n + 5)) S, with S = I as in Stan when `reference` is undefined. Otherwise S is the diagonal of

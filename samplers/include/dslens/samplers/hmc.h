@@ -163,6 +163,8 @@ struct SamplerResult : Draws {
   // deepest tree). Over this run's iterations (a resumed run counts from its snapshot).
   int64_t warmup_steps_out_of_step = 0;
   int64_t sampling_steps_out_of_step = 0;  // the same for sampling (every chain on its own)
+  // Chains the warmup's stray rule moved (AdaptSettings::stray_nats), over this run's iterations.
+  int64_t stray_moves = 0;
   double warmup_seconds = 0;
   double sampling_seconds = 0;
 };
@@ -180,8 +182,10 @@ struct SamplerSnapshot {
   torch::Tensor dual_mu, dual_s_bar, dual_x_bar;
   int64_t welford_count = 0;  // the (co)variance window in progress
   torch::Tensor welford_mean, welford_m2;
-  torch::Tensor stray_log_p_sum;  // [C] float64, AdaptSettings::stray_nats (undefined when off)
-  Draws warmup, draws;            // the result's buffers; rows before `iteration` are filled
+  // AdaptSettings::stray_nats's window since the last check: StrayWindow::sums() [5, C] float64
+  // (from earlier versions [C], the sum alone); undefined when off.
+  torch::Tensor stray_window;
+  Draws warmup, draws;  // the result's buffers; rows before `iteration` are filled
   int64_t calls = 0, warmup_calls = 0, divergences = 0;
   double warmup_seconds = 0, sampling_seconds = 0;
 

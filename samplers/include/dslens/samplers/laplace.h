@@ -60,6 +60,16 @@ torch::Tensor difference_steps(const torch::Tensor& H, double relative_step, dou
 LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::Tensor& x,
                                            const LaplaceSettings& settings = {});
 
+// Each non-concave direction of the Hessians [B, D, D] of log p (an eigenvector v of -H whose
+// eigenvalue is <= 0, so log p does not fall along it), the optima in turn: the coordinate that
+// carries most of it and its share v_j^2 of the unit vector, so a warning can name the parameter.
+struct NonConcaveDirection {
+  int64_t optimum = 0, coordinate = 0;
+  double share = 0.0;
+  double curvature = 0.0;  // v^T H v >= 0
+};
+std::vector<NonConcaveDirection> non_concave_directions(const torch::Tensor& hessian);
+
 // The local curvature metric at arbitrary points q [C, D] (chains, not modes): the Hessian by
 // central differences with steps `relative_step` x widths [C, D] (e.g. the square roots of the
 // metric in use's diagonal, so one pass suffices), |-H|^-1 with `eigenvalue_floor` and

@@ -87,7 +87,10 @@ struct AdaptSettings {
   // one whose draws sit tens of nats lower, where NUTS stays for the whole run (docs/fit.md,
   // "Stray chains"). Between two modes of one shape the mean log densities differ by the log of
   // their mass ratio, so with 20 nats only modes holding less than e^-20 of the best one's mass
-  // are left. Warmup only: the draws are still those of an unchanged Markov chain.
+  // are left. The gap must also exceed 4 Monte Carlo errors of the two means (find_stray_chains,
+  // StrayWindow): in one mode of D dimensions the log density's sd is about sqrt(D / 2), and
+  // short windows' means differ by more than 20 nats at D ~ 1,000. Warmup only: the draws are
+  // still those of an unchanged Markov chain.
   double stray_nats = 0.0;
   // Chains are compared in consecutive groups of this many (it must divide the number of chains;
   // e.g. the chains of one lens when rows are lens-major). 0: all chains form one group.
