@@ -141,4 +141,32 @@ std::optional<std::string> split_chains_warning(const ChainSummary& s, double na
          "longer warmup";
 }
 
+std::string divergence_region(const torch::Tensor& draws, const torch::Tensor& divergent,
+                              const std::vector<std::string>& names) {
+  constexpr int64_t kMinDivergences = 5;
+  constexpr double kMinOffset = 0.15;
+  if (!draws.defined() || draws.dim() != 3 || draws.size(2) != static_cast<int64_t>(names.size()) ||
+      samplers::count_divergences(divergent) < kMinDivergences)
+    return "";
+  const auto pct = samplers::divergence_percentiles(draws, divergent).contiguous();
+  std::vector<std::pair<double, size_t>> offset;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const double p = pct[static_cast<int64_t>(k)].item<double>();
+    if (std::isfinite(p) && std::abs(p - 0.5) > kMinOffset)
+      offset.push_back({std::abs(p - 0.5), k});
+  }
+  if (offset.empty()) return "";
+  std::sort(offset.begin(), offset.end(), [](const auto& x, const auto& y) {
+    return x.first > y.first || (x.first == y.first && x.second < y.second);  // ties: in order
+  });
+  std::string text = "; they lie towards";
+  for (size_t i = 0; i < offset.size() && i < 3; ++i) {
+    const size_t k = offset[i].second;
+    const double p = pct[static_cast<int64_t>(k)].item<double>();
+    text += (i ? ", " : " ") + std::string(p < 0.5 ? "low " : "high ") + names[k] +
+            " (mean percentile " + number(100.0 * p, "%.0f") + " %)";
+  }
+  return text + " (docs/fit.md, \"Divergences\")";
+}
+
 }  // namespace dslens::app

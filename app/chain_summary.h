@@ -42,4 +42,13 @@ std::string chains_text(const ChainSummary& s, size_t max_chains = 8);
 // fit with an ESS of 100), so a gap of 5 nats is a different mode.
 std::optional<std::string> split_chains_warning(const ChainSummary& s, double nats = 5.0);
 
+// Where a fit's divergent transitions lie, for their warning: "; they lie towards low X (mean
+// percentile 12 %), ..." for the (up to three) parameters whose divergent draws' mean rank
+// percentile among all draws (samplers::divergence_percentiles) is furthest from 50 %, beyond 15
+// points; "" with fewer than 5 divergences (a chain's draws come in runs, and a few say little),
+// or when none is that far. draws [C, N, K] (any monotone transform of each parameter), divergent
+// [C, N], names [K]. docs/fit.md, "Divergences".
+std::string divergence_region(const torch::Tensor& draws, const torch::Tensor& divergent,
+                              const std::vector<std::string>& names);
+
 }  // namespace dslens::app

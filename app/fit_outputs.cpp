@@ -98,7 +98,8 @@ std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& r
                                       const samplers::Draws& chains, double reduced_chi2,
                                       int64_t dof, double round_threshold, int64_t n_draws_total) {
   std::vector<std::string> w;
-  std::vector<std::string> high_rhat, low_ess, at_bound;
+  std::vector<std::string> high_rhat, low_ess, at_bound, row_names;
+  for (const auto& r : rows) row_names.push_back(r.name);
   const double ess_floor = std::min(100.0, 0.1 * static_cast<double>(n_draws_total));
   for (const auto& r : rows) {
     if (std::isfinite(r.rhat) && r.rhat > 1.01)
@@ -130,7 +131,8 @@ std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& r
   if (div > 0) {
     w.push_back(std::to_string(div) +
                 " divergent transitions after warmup: the posterior may be "
-                "biased; raise target_accept or reparameterise");
+                "biased; raise target_accept or reparameterise" +
+                divergence_region(chains.draws, chains.divergent, row_names));
   }
   const auto bfmi = samplers::ebfmi(chains.energy);
   for (size_t c = 0; c < bfmi.size(); ++c) {
@@ -347,7 +349,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const auto un = space.unpack(map_u);
   const auto model_img = post.model_image(un)[0].to(torch::kCPU, torch::kFloat64);
   const double chi2 = post.chi_square(map_u).item<double>();
-  const int64_t dof = std::max<int64_t>(1, post.n_pixels() - D);
+  // Degrees of freedom: a pixel grid's pixels by their effective number (app/map_rounds.h).
+  const int64_t dof = std::llround(degrees_of_freedom(cfg.model, post, map_u)[0].item<double>());
   const double reduced_chi2 = chi2 / static_cast<double>(dof);
   const auto& obs = cfg.data;
   const auto resid =
@@ -390,6 +393,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   map_json["chi_square"] = chi2;
   map_json["pixels"] = post.n_pixels();
   map_json["free_parameters"] = D;
+  map_json["degrees_of_freedom"] = dof;  // pixels less parameters; a pixel grid's effective ones
   map_json["reduced_chi_square"] = reduced_chi2;
   map_json["source_flux_scale_preferred_by_data"] = number_or_null(source_flux_scale);
   map_json["arcs"] = {

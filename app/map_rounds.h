@@ -42,6 +42,16 @@ struct MapRoundState {
 };
 using MapRoundFn = std::function<void(const MapRoundState&)>;
 
+// Each lens's degrees of freedom at its row of `rows` ([L, D], one per lens, lens-major), for the
+// reduced chi-square a fit reports and warns of: its fitted pixels less its free parameters, at
+// least 1, a PIXELATED source's pixels counted by their effective number, the trace of the hat
+// matrix (model::pixel_source_effective_parameters), not one each: the chi-square of a correct fit
+// at its maximum has that expectation. On the 20 x 20 grid of docs/fit.md ("Pixel grids") 400
+// pixels counted as 400 gave 1.037 and a warning of a missed mode; their 222 effective ones give
+// 1.018. The search rounds still count every pixel (map_rounds.cpp says why).
+torch::Tensor degrees_of_freedom(const model::FitModel& model,
+                                 const model::LensPosterior& posterior, const torch::Tensor& rows);
+
 // The reduced chi-square above which a lens is searched again, per lens from its degrees of
 // freedom ([L]): the smaller of `retry_reduced_chi_square` and, when `retry_chi_square_sigma` > 0,
 // 1 + retry_chi_square_sigma sqrt(2 / dof), the value a correct optimum exceeds only by chance

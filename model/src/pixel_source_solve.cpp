@@ -291,4 +291,23 @@ torch::Tensor with_pixel_source_at_evidence_maximum(const FitModel& model,
   return x;
 }
 
+torch::Tensor pixel_source_effective_parameters(const FitModel& model,
+                                                const LensPosterior& posterior,
+                                                const torch::Tensor& u, int64_t max_group_rows) {
+  torch::NoGradGuard no_grad;
+  const ResponseMaker maker(model, posterior, u, max_group_rows);
+  std::vector<torch::Tensor> out;
+  for (int64_t r0 = 0; r0 < maker.rows(); r0 += maker.group_rows()) {
+    const int64_t rg = std::min(maker.group_rows(), maker.rows() - r0);
+    const PixelSourceSystem system = maker.system(r0, rg);
+    const auto g = torch::linalg_eigvalsh(system.gram).clamp_min(0.0);
+    const auto s2g = system.sigma.square().unsqueeze(1) * g;
+    const auto n_eff = (s2g / (1.0 + s2g)).sum(1);
+    // A row whose model is not finite counts every pixel, as a parameter count would.
+    out.push_back(torch::where(system.finite, n_eff,
+                               torch::full_like(n_eff, static_cast<double>(g.size(1)))));
+  }
+  return torch::cat(out).to(torch::kCPU);
+}
+
 }  // namespace dslens::model

@@ -632,4 +632,19 @@ std::vector<int64_t> divergences_per_chain(const torch::Tensor& divergent) {
   return diagnostics_detail::count_per_chain(divergent);
 }
 
+torch::Tensor divergence_percentiles(const torch::Tensor& draws, const torch::Tensor& divergent) {
+  if (!draws.defined() || draws.dim() != 3 || !divergent.defined() ||
+      divergent.sizes() != draws.sizes().slice(0, 2))
+    throw InvalidArgument("divergence_percentiles: draws must be [C, N, D] and divergent [C, N]");
+  const int64_t D = draws.size(2);
+  const auto x = draws.detach().to(torch::kCPU, torch::kFloat64).reshape({-1, D});
+  const auto flag = divergent.detach().to(torch::kCPU).reshape({-1}) != 0;
+  if (!flag.any().item<bool>()) return torch::full({D}, NAN, torch::kFloat64);
+  // Each draw's rank within its column (0 to M - 1), as a fraction of M - 1 draws below the top.
+  const int64_t M = x.size(0);
+  const auto rank = x.argsort(/*dim=*/int64_t{0}).argsort(/*dim=*/int64_t{0}).to(torch::kFloat64) /
+                    static_cast<double>(std::max<int64_t>(M - 1, 1));
+  return rank.index({flag}).mean(0);
+}
+
 }  // namespace dslens::samplers

@@ -130,4 +130,31 @@ TEST(ChainSummary, AGapWithinTheChainsMonteCarloErrorIsNotALowerMode) {
   EXPECT_NE(w->find("chain 1's is 60.0 nats below"), std::string::npos) << *w;
 }
 
+// The divergences' warning names where they lie: 40 divergent draws among the lowest 10 % of
+// parameter "a" (and so the highest of "b" = -a), none of "c"'s pattern: "low a", "high b", not c.
+// Four divergences, or divergences spread evenly, add nothing.
+TEST(ChainSummary, DivergenceRegionNamesTheParametersTheDivergencesLeanTowards) {
+  torch::manual_seed(5);
+  const int64_t C = 4, N = 500;
+  const auto a = torch::randn({C, N}, torch::kFloat64);
+  const auto draws = torch::stack({a, -2.0 * a + 1.0, torch::randn({C, N}, torch::kFloat64)}, 2);
+  const std::vector<std::string> names = {"a", "b", "c"};
+  const auto low = a <= std::get<0>(a.flatten().kthvalue(C * N / 10));  // the lowest 10 %
+  auto divergent = torch::zeros({C, N}, torch::kBool);
+  const auto idx = low.flatten().nonzero().flatten().narrow(0, 0, 40);
+  divergent.view({-1}).index_fill_(0, idx, true);
+  const std::string text = dslens::app::divergence_region(draws, divergent, names);
+  EXPECT_EQ(text.find("; they lie towards low a (mean percentile "), 0u) << text;
+  EXPECT_NE(text.find(", high b (mean percentile 9"), std::string::npos) << text;
+  EXPECT_EQ(text.find(" c "), std::string::npos) << text;
+  // Only 4 divergences: nothing said.
+  auto few = torch::zeros({C, N}, torch::kBool);
+  few.view({-1}).index_fill_(0, idx.narrow(0, 0, 4), true);
+  EXPECT_EQ(dslens::app::divergence_region(draws, few, names), "");
+  // Every 10th draw divergent: spread like the posterior, nothing said.
+  auto even = torch::zeros({C, N}, torch::kBool);
+  even.view({-1}).index_fill_(0, torch::arange(0, C * N, 10), true);
+  EXPECT_EQ(dslens::app::divergence_region(draws, even, names), "");
+}
+
 }  // namespace chain_summary_test

@@ -98,6 +98,23 @@ TEST(Diagnostics, ReproducesPosteriorOnStanBernoulli) {
   }
 }
 
+// divergence_percentiles against ranks counted by hand: divergent draws at the 1st, 2nd and 4th
+// smallest of 5 values of x (ranks 0, 1, 3 of 4: mean 1/3) and, for y = -x, at ranks 4, 3, 1
+// (2/3); no divergences give NaN, and shapes are checked.
+TEST(Diagnostics, DivergencePercentilesAreTheDivergentDrawsMeanRanks) {
+  const auto x = torch::tensor({3.0, 1.0, 5.0, 2.0, 4.0}, torch::kFloat64);
+  const auto draws = torch::stack({x, -x}, 1).reshape({1, 5, 2});
+  const auto divergent = torch::tensor({false, true, false, true, true}).reshape({1, 5});
+  const auto p = ds::divergence_percentiles(draws, divergent);
+  // Divergent x values 1, 2, 4 have ranks 0, 1, 3.
+  EXPECT_NEAR(p[0].item<double>(), (0.0 + 1.0 + 3.0) / 3.0 / 4.0, 1e-12);
+  EXPECT_NEAR(p[1].item<double>(), (4.0 + 3.0 + 1.0) / 3.0 / 4.0, 1e-12);
+  EXPECT_TRUE(std::isnan(
+      ds::divergence_percentiles(draws, torch::zeros({1, 5}, torch::kBool))[0].item<double>()));
+  EXPECT_THROW(ds::divergence_percentiles(draws, divergent.reshape({5, 1})),
+               dslens::InvalidArgument);
+}
+
 TEST(Diagnostics, UndefinedCasesAreNaN) {
   auto x = ar1(4, 100, 0.3, 1);
   ASSERT_TRUE(std::isfinite(ds::rhat(x)));

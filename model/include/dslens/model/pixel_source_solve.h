@@ -52,4 +52,15 @@ torch::Tensor with_pixel_source_at_evidence_maximum(const FitModel& model,
                                                     torch::Tensor* chosen = nullptr,
                                                     int64_t max_group_rows = 0);
 
+// The pixel block's effective number of parameters at each row u [R, D]: the trace of the hat
+// matrix, sum_k sigma^2 g_k / (1 + sigma^2 g_k) over G's eigenvalues g_k (MacKay 1992's gamma, the
+// number of directions the data constrain more than the prior does). For data drawn from the
+// model, the chi-square at the block's maximum has expectation N - this (N fitted pixels), where
+// counting each of the K pixels as a parameter expects N - K: a 20 x 20 grid's 400 pixels would
+// count where fewer are constrained (docs/fit.md, "Pixel grids"). [R] float64 on the CPU; K for a
+// row whose model is not finite. InvalidArgument unless model.decoded_kind is "PIXELATED".
+torch::Tensor pixel_source_effective_parameters(const FitModel& model,
+                                                const LensPosterior& posterior,
+                                                const torch::Tensor& u, int64_t max_group_rows = 0);
+
 }  // namespace dslens::model

@@ -81,6 +81,13 @@ std::vector<double> ebfmi(const torch::Tensor& energy);
 // [chains, draws] (1-d: one chain), any dtype.
 int64_t count_divergences(const torch::Tensor& divergent);
 std::vector<int64_t> divergences_per_chain(const torch::Tensor& divergent);
+// Where the divergent transitions lie, per parameter: the mean, over the draws of divergent
+// transitions, of each one's rank percentile among all draws of that parameter (in [0, 1]; about
+// 0.5 when they are spread like the posterior), [D] float64; NaN without divergences. draws
+// [C, N, D] (any monotone transform of the parameters gives the same), divergent [C, N]. The text
+// form of Stan's pairs plot with divergences marked: a region the sampler cannot integrate, such
+// as a funnel's neck, shows as percentiles far from 0.5 in the parameters that lead into it.
+torch::Tensor divergence_percentiles(const torch::Tensor& draws, const torch::Tensor& divergent);
 
 // How far (in nats) a reference point's log density, e.g. a simulation's truth, lies above the
 // highest of the draws' log densities (any shape), beyond a margin of D / 2: the height of a
