@@ -758,10 +758,9 @@ SamplerResult run_adaptive_sampler(const LogDensityFn& log_density, const torch:
     if (at != stray_checks.end()) stray_window.add(log_p, i == since);
   };
   auto regroup_stray_chains = [&](int64_t i) {
+    add_to_stray_window(i, state.log_p);
     const auto [at, since] = stray_window_of(i);
-    if (at == stray_checks.end()) return;
-    stray_window.add(state.log_p, i == since);
-    if (*at != i + 1) return;
+    if (at == stray_checks.end() || *at != i + 1) return;
     const auto [mean, error] = stray_window.mean_and_error(i + 1 - since);
     const StrayChains sc = find_stray_chains(mean, stray_group, stray_nats, error);
     if (!sc.stray.any().item<bool>()) return;
