@@ -44,9 +44,9 @@ std::vector<double> host_values(const torch::Tensor& t) {
 // With the effective number the 20 x 20 grid of docs/fit.md ("Pixel grids") passed its first
 // round (reduced chi-square 1.018 against a threshold of 1.021, where the full count gave 1.037),
 // but the later rounds, from other prior draws, had been finding other optima 31 to 41 nats higher
-// (L-BFGS on the profile log posterior does not climb out of the first one): from the first
-// round's, NUTS took 127 leapfrog steps per draw where it had taken 17 (docs/benchmarks.md,
-// session 49). The full count keeps those rounds.
+// (the first round's had the slope at its prior's bound, and L-BFGS on the profile log posterior
+// does not climb out): from the first round's, NUTS took 127 leapfrog steps per draw where it had
+// taken 17 (docs/benchmarks.md, session 49). The full count keeps those rounds.
 torch::Tensor round_degrees_of_freedom(const model::LensPosterior& posterior) {
   const auto pixels = posterior.data().mask.reshape({posterior.n_lenses(), -1}).sum(1);
   return (pixels - posterior.space().dim()).clamp_min(1).to(torch::kCPU, torch::kFloat64);
