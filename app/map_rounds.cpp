@@ -39,23 +39,11 @@ std::vector<double> host_values(const torch::Tensor& t) {
   return {h.data_ptr<double>(), h.data_ptr<double>() + h.numel()};
 }
 
-// Each lens's (fitted pixels - free parameters) degrees of freedom, at least 1: every pixel of a
-// pixel grid counts as a parameter here, not its effective number (degrees_of_freedom below).
-// With the effective number the 20 x 20 grid of docs/fit.md ("Pixel grids") passed its first
-// round (reduced chi-square 1.018 against a threshold of 1.021, where the full count gave 1.037),
-// but the later rounds, from other prior draws, had been finding other optima 31 to 41 nats higher
-// (the first round's had the slope at its prior's bound, and L-BFGS on the profile log posterior
-// does not climb out): from the first round's, NUTS took 127 leapfrog steps per draw where it had
-// taken 17 (docs/benchmarks.md, session 49). The full count keeps those rounds.
-torch::Tensor round_degrees_of_freedom(const model::LensPosterior& posterior) {
-  const auto pixels = posterior.data().mask.reshape({posterior.n_lenses(), -1}).sum(1);
-  return (pixels - posterior.space().dim()).clamp_min(1).to(torch::kCPU, torch::kFloat64);
-}
-
 // Each lens's reduced chi-square at its best row of `x` ([L * per_lens, D], lens-major), and the
 // degrees of freedom it was reduced by ([L] each, float64 on the CPU).
 std::pair<torch::Tensor, torch::Tensor> best_reduced_chi_square(
-    const model::LensPosterior& posterior, const torch::Tensor& x, const torch::Tensor& log_p) {
+    const model::FitModel& model, const model::LensPosterior& posterior, const torch::Tensor& x,
+    const torch::Tensor& log_p) {
   torch::NoGradGuard no_grad;
   const int64_t lenses = posterior.n_lenses();
   const int64_t per = x.size(0) / lenses;
@@ -64,7 +52,7 @@ std::pair<torch::Tensor, torch::Tensor> best_reduced_chi_square(
       std::get<1>(lp.max(1)) + torch::arange(lenses, lp.options().dtype(torch::kLong)) * per;
   const auto best = x.detach().index_select(0, rows.to(x.device()));
   const auto chi2 = posterior.chi_square(best).to(torch::kCPU, torch::kFloat64);
-  const auto dof = round_degrees_of_freedom(posterior);
+  const auto dof = degrees_of_freedom(model, posterior, best);
   return {chi2 / dof, dof};
 }
 
@@ -182,7 +170,8 @@ samplers::OptimizeResult map_search_in_rounds(
   };
   if (!resume) report(1);
   for (int64_t round = first_round; round <= ms.retry_rounds; ++round) {
-    const auto [reduced, dof] = best_reduced_chi_square(posterior, result.x, result.log_p);
+    const auto [reduced, dof] =
+        best_reduced_chi_square(lenses.front()->model, posterior, result.x, result.log_p);
     const auto chi = host_values(reduced);
     const auto thresholds = host_values(search_round_thresholds(dof, ms));
     std::vector<int64_t> retry;

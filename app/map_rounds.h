@@ -48,7 +48,7 @@ using MapRoundFn = std::function<void(const MapRoundState&)>;
 // matrix (model::pixel_source_effective_parameters), not one each: the chi-square of a correct fit
 // at its maximum has that expectation. On the 20 x 20 grid of docs/fit.md ("Pixel grids") 400
 // pixels counted as 400 gave 1.037 and a warning of a missed mode; their 222 effective ones give
-// 1.018. The search rounds still count every pixel (map_rounds.cpp says why).
+// 1.018. The search rounds use it too.
 torch::Tensor degrees_of_freedom(const model::FitModel& model,
                                  const model::LensPosterior& posterior, const torch::Tensor& rows);
 
