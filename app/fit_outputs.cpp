@@ -21,6 +21,7 @@
 #include "lens_config.h"
 #include "map_rounds.h"
 #include "model_export.h"
+#include "pixel_grid_extent.h"
 
 namespace fs = std::filesystem;
 
@@ -402,6 +403,16 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       {"definition",
        "the unmasked pixels where the MAP's lensed source, convolved with the PSF, exceeds the "
        "noise sigma (at least 10); chi-square over them divided by their number"}};
+  const auto grid_extent = pixel_grid_extent(cfg.model, post, un);
+  if (grid_extent) {
+    map_json["pixel_grid"] = {
+        {"side", grid_extent->side},
+        {"arcs_side", number_or_null(grid_extent->arcs_side)},
+        {"definition",
+         "side: the PIXELATED grid's side at the MAP (size x scale, arcsec); arcs_side: the side "
+         "that holds 99 % of the image flux traced back through the MAP's lens (pixels above 3 "
+         "sigma after the lens light), with a tenth to spare each side"}};
+  }
   nlohmann::json best, starts = nlohmann::json::array();
   const auto x_map = space.constrained(map_u).to(torch::kCPU, torch::kFloat64)[0];
   for (int64_t d = 0; d < D; ++d) best[names[d]] = x_map[d].item<double>();
@@ -510,6 +521,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                        "): the source or lens model lacks structure the arcs have, or the noise "
                        "map leaves out noise on the arcs (the source's Poisson noise)");
   }
+  if (grid_extent && grid_extent->warning) warnings.push_back(*grid_extent->warning);
   // A prior that holds the source down: the fit cannot reach the data, and the chi-square warning
   // alone does not say why (a PIXELATED source of peak 394 counts/s/arcsec^2 under sigma 1 ended
   // at reduced chi-square 10.4; docs/fit.md, "A prior that holds the source down").

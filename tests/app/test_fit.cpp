@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -828,14 +829,22 @@ TEST(FitCommand, DecodedSourceMapPlacesTheLensWithASersicStandIn) {
   fs::remove_all(dir);
 }
 
-// The test mock fitted with a 12 x 12 PIXELATED source of extra keys `source` (sigma, ...) and a
-// short MAP from prior draws (no placement stage), `sampler` the fit's options; fitted into
-// dir/fit.
-void fit_pixel_grid_mock(const std::string& dir, const json& source, const std::string& sampler) {
+// The test mock fitted with a 12 x 12 PIXELATED source of extra keys `source` (sigma, ...; a null
+// removes a key) and a short MAP from prior draws (no placement stage unless `map` says so),
+// `sampler` the fit's options; fitted into dir/fit.
+void fit_pixel_grid_mock(const std::string& dir, const json& source, const std::string& sampler,
+                         const json& map = json::object()) {
+  fs::create_directories(dir);
   const std::string cfg = make_mock(dir, "pix", 31, 1.0);
   json c = read_json(cfg);
   json grid = {{"type", "PIXELATED"}, {"size", 12}, {"scale", 0.05}};
-  grid.update(source);
+  for (const auto& [key, value] : source.items()) {
+    if (value.is_null()) {
+      grid.erase(key);
+    } else {
+      grid[key] = value;
+    }
+  }
   c["model"]["source"] = {grid};
   c["map"] = {{"starts", 2},
               {"placement", "none"},
@@ -843,10 +852,55 @@ void fit_pixel_grid_mock(const std::string& dir, const json& source, const std::
               {"lbfgs_iterations", 20},
               {"newton_iterations", 0},
               {"retry_rounds", 0}};
+  c["map"].update(map);
   write_json(cfg, c);
   const RunResult r =
       run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " " + sampler);
   ASSERT_EQ(r.code, 0) << r.output;
+}
+
+// A PIXELATED grid without "scale" has its placement free (docs/fit.md, "A pixel grid's extent"):
+// the MAP starts its size where the grid holds the arcs traced back through each placed lens, and
+// ends with a side near the one that holds them (map.json's pixel_grid). A fixed grid 1.6 times
+// as wide is warned of, with the scale that fits the arcs; the free one is not.
+TEST(FitCommand, APixelGridsExtentFollowsTheArcsAndAFixedWideOneIsWarnedOf) {
+  const std::string dir = dslens::testing::temp_dir("fit_pixel_extent");
+  const json placed = {{"placement", "sersic"}, {"placement_starts", 4}};
+  ASSERT_NO_FATAL_FAILURE(fit_pixel_grid_mock(dir, {{"scale", nullptr}, {"sigma", 30.0}},
+                                              "--chains 2 --warmup 2 --draws 2", placed));
+  const json free_map = read_json(dir + "/fit/map.json");
+  const double side = free_map.at("pixel_grid").at("side").get<double>();
+  const double arcs = free_map.at("pixel_grid").at("arcs_side").get<double>();
+  EXPECT_GT(side / arcs, 0.8) << free_map.at("pixel_grid").dump();
+  EXPECT_LT(side / arcs, 1.25) << free_map.at("pixel_grid").dump();
+  for (const auto& w : read_json(dir + "/fit/warnings.json"))
+    EXPECT_EQ(w.get<std::string>().find("PIXELATED grid's side"), std::string::npos) << w;
+  // The scale and the centre are sampled.
+  std::set<std::string> sampled;
+  const json summary = read_json(dir + "/fit/summary.json");
+  for (const auto& p : summary.at("parameters"))
+    sampled.insert(p.at("variable").get<std::string>());
+  for (const std::string name :
+       {"scale_source_light0", "center_x_source_light0", "center_y_source_light0"})
+    EXPECT_TRUE(sampled.count(name)) << name << " not in " << json(sampled).dump();
+
+  const double wide = 1.6 * arcs / 12.0;
+  ASSERT_NO_FATAL_FAILURE(fit_pixel_grid_mock(dir + "/wide", {{"scale", wide}, {"sigma", 30.0}},
+                                              "--chains 2 --warmup 2 --draws 2", placed));
+  std::string found;
+  for (const auto& w : read_json(dir + "/wide/fit/warnings.json"))
+    if (w.get<std::string>().find("PIXELATED grid's side") != std::string::npos)
+      found = w.get<std::string>();
+  EXPECT_NE(found.find("its coarse pixels favour lenses that enlarge the source"),
+            std::string::npos)
+      << found;
+  const auto at = found.find("set it to about ");
+  ASSERT_NE(at, std::string::npos) << found;
+  const double suggested = std::stod(found.substr(at + 16));
+  const double arcs_wide = read_json(dir + "/wide/fit/map.json").at("pixel_grid").at("arcs_side");
+  EXPECT_NEAR(suggested, arcs_wide / 12.0, 0.01 * arcs_wide / 12.0) << found;
+  EXPECT_NEAR(arcs_wide, arcs, 0.15 * arcs);
+  fs::remove_all(dir);
 }
 
 // A free pixel grid whose prior sd per pixel is far below the source's surface brightness cannot

@@ -1,6 +1,7 @@
 // The data traced back to the source plane (model/source_backprojection.h): at the true lens the
 // traced signal lands on the true source (centre, orientation and shape of its stamp), the lens
-// light is subtracted first, rows are independent, and nothing traced is reported as such.
+// light is subtracted first, rows are independent, the footprint a pixel grid must hold is the
+// traced flux's quantile, and nothing traced is reported as such.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -33,9 +34,10 @@ struct BackProjectionProblem {
                            {"center_x", torch::tensor({0.08}, torch::kFloat64)},
                            {"center_y", torch::tensor({-0.05}, torch::kFloat64)}};
 
-  explicit BackProjectionProblem(bool lens_light) {
+  // psf_fwhm 0: no PSF; noise: the noise realisation's sd (the sigma stays 0.005).
+  explicit BackProjectionProblem(bool lens_light, double psf_fwhm = 0.1, double noise = 0.005) {
     spec.grid = physics::PixelGrid::centered(48, 48, 0.06);
-    spec.psf_kernel = physics::gaussian_psf_kernel(0.1, 0.06, compute);
+    if (psf_fwhm > 0) spec.psf_kernel = physics::gaussian_psf_kernel(psf_fwhm, 0.06, compute);
     spec.mass.push_back(dslens::testing::centred_sie());
     if (lens_light) {
       spec.lens_light.push_back(
@@ -54,7 +56,7 @@ struct BackProjectionProblem {
     const auto clean = physics::simulate_image(m, 1, compute)[0].contiguous();
     auto gen = at::detail::createCPUGenerator(5);
     data = blank();
-    data.image = clean + 0.005 * torch::randn(clean.sizes(), gen, torch::kFloat64);
+    data.image = clean + noise * torch::randn(clean.sizes(), gen, torch::kFloat64);
   }
   ImagingData blank() const {
     return {torch::zeros({48, 48}, torch::kFloat64), torch::full({48, 48}, 0.005, torch::kFloat64),
@@ -76,6 +78,14 @@ BackProjection project(const BackProjectionProblem& p, const torch::Tensor& u) {
   s.stamp_size = 40;
   return back_project(post, p.space.unpack(u), u.size(0), torch::full({1}, kScale, torch::kFloat64),
                       torch::full({1}, kPhi, torch::kFloat64), s);
+}
+
+// One row at the true lens (theta_E 0.9), unrotated stamp pixels of kScale, the given settings.
+BackProjection project_true_lens(const BackProjectionProblem& p, const LensPosterior& post,
+                                 const BackProjectionSettings& s) {
+  return back_project(post, p.space.unpack(p.lens_u(0.9)), 1,
+                      torch::full({1}, kScale, torch::kFloat64), torch::zeros({1}, torch::kFloat64),
+                      s);
 }
 
 // Correlation of a row's stamp with the true source's surface brightness at the stamp's pixel
@@ -115,6 +125,44 @@ TEST(SourceBackProjection, TheTrueLensTracesTheArcsOntoTheSource) {
   EXPECT_LT(peak, 1.2 * true_peak) << peak;
 }
 
+// The footprint a pixel grid must cover (half_width) at the true lens, against the same quantile
+// computed independently: the image plane sampled 8 x 8 times per pixel, each point ray-shot and
+// read on the true source, the points whose surface brightness times a data pixel's area clears 3
+// sigma weighted by it (image-plane flux; a data pixel here is its centre's value times its area).
+// No PSF and no noise, which the reference cannot follow: noise lifts faint outskirts over the
+// threshold. A lens 0.3" too large scatters the images and the footprint grows.
+TEST(SourceBackProjection, TheFootprintIsTheTracedImageFluxQuantile) {
+  BackProjectionProblem p(false, 0.0, 0.0);
+  const auto bp = project(p, torch::cat({p.lens_u(0.9), p.lens_u(1.2)}));
+  const double got = bp.half_width[0].item<double>();
+  const int64_t n = 48 * 8;
+  const double h = 0.06 / 8, cx = bp.center_x[0].item<double>(), cy = bp.center_y[0].item<double>();
+  const auto t = (torch::arange(n, torch::kFloat64) - 0.5 * (n - 1)) * h;
+  const auto y = t.view({-1, 1}).expand({n, n}).reshape({1, -1});
+  const auto x = t.view({1, -1}).expand({n, n}).reshape({1, -1});
+  const auto post = p.posterior();
+  const auto lens = post.build(p.space.unpack(p.lens_u(0.9)), 1, false).lens;
+  const auto [bx, by] = lens.ray_shoot(x, y);
+  const auto sb = physics::make_light_profile("SERSIC_ELLIPSE")
+                      ->surface_brightness(bx, by, p.source)
+                      .reshape({-1});
+  const auto flux = torch::where(sb * 0.06 * 0.06 > 3.0 * 0.005, sb, torch::zeros_like(sb));
+  const auto dist =
+      torch::where(flux > 0, torch::max((bx - cx).abs(), (by - cy).abs()).reshape({-1}),
+                   torch::zeros_like(flux));
+  const auto [sorted, order] = dist.sort();
+  const auto cum = flux.index_select(0, order).cumsum(0);
+  const double expected = sorted[(cum < 0.99 * cum[-1]).sum().item<int64_t>()].item<double>();
+  EXPECT_NEAR(got, expected, 0.05 * expected) << got << " vs " << expected;
+  EXPECT_GT(bp.half_width[1].item<double>(), 1.3 * got) << bp.half_width;
+  // A lower fraction holds a smaller square.
+  BackProjectionSettings half;
+  half.stamp_size = 4;
+  half.footprint_flux_fraction = 0.5;
+  const auto inner = project_true_lens(p, post, half);
+  EXPECT_LT(inner.half_width[0].item<double>(), 0.7 * got);
+}
+
 TEST(SourceBackProjection, AWrongLensScattersTheImagesAndRowsAreIndependent) {
   BackProjectionProblem p(false);
   const auto both = project(p, torch::cat({p.lens_u(0.9), p.lens_u(1.2)}));
@@ -143,15 +191,11 @@ TEST(SourceBackProjection, NothingAboveTheThresholdIsReported) {
   BackProjectionSettings s;
   s.snr_threshold = 1e6;
   s.stamp_size = 8;
-  const auto u = p.lens_u(0.9);
-  const auto bp =
-      back_project(post, p.space.unpack(u), 1, torch::full({1}, kScale, torch::kFloat64),
-                   torch::zeros({1}, torch::kFloat64), s);
+  const auto bp = project_true_lens(p, post, s);
   EXPECT_EQ(bp.traced[0].item<int64_t>(), 0);
   EXPECT_TRUE(std::isnan(bp.center_x[0].item<double>()));
+  EXPECT_TRUE(std::isnan(bp.half_width[0].item<double>()));
   EXPECT_EQ(bp.stamp.abs().sum().item<double>(), 0.0);
   s.cell = 3;  // does not divide 8
-  EXPECT_THROW(back_project(post, p.space.unpack(u), 1, torch::full({1}, kScale, torch::kFloat64),
-                            torch::zeros({1}, torch::kFloat64), s),
-               InvalidArgument);
+  EXPECT_THROW(project_true_lens(p, post, s), InvalidArgument);
 }

@@ -24,12 +24,18 @@ struct BackProjectionSettings {
   // cell x cell stamp pixels (a divisor of stamp_size), then interpolated bilinearly to the
   // stamp. 0: the divisor of stamp_size nearest to pixel_scale / stamp pixel size.
   int64_t cell = 0;
+  // The footprint's half width holds this fraction of the traced flux (below).
+  double footprint_flux_fraction = 0.99;
 };
 
 struct BackProjection {
   torch::Tensor center_x, center_y;  // [B]: flux-weighted centre; NaN where nothing was traced
   torch::Tensor stamp;               // [B, S, S]: surface brightness on the stamp grid
   torch::Tensor traced;              // [B]: number of pixels traced back (int64)
+  // [B]: the half side of the smallest square about the centre that holds footprint_flux_fraction
+  // of the traced flux (each pixel at its ray-shot position, weighted as the centre), arcsec; NaN
+  // where nothing was traced. How large a pixel grid must be to hold the source for that lens.
+  torch::Tensor half_width;
 };
 
 // For `rows` rows of constrained parameters (lens-major, as LensPosterior::build): the lens light

@@ -1,0 +1,55 @@
+#include "pixel_grid_extent.h"
+
+#include <cmath>
+
+#include "dslens/model/source_backprojection.h"
+
+namespace dslens::app {
+
+std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,
+                                                 const model::LensPosterior& posterior,
+                                                 const model::ParameterSpace::Unpacked& values) {
+  if (model.decoded_kind != "PIXELATED") return std::nullopt;
+  const model::ProfileBinding* grid = nullptr;
+  for (const auto& b : posterior.spec().source)
+    if (b.params.count("scale") && values.values.count(b.params.at("scale"))) grid = &b;
+  if (grid == nullptr) return std::nullopt;
+  const std::string scale_name = grid->params.at("scale");
+  const auto opts = posterior.compute().options();
+  model::BackProjectionSettings settings;
+  settings.stamp_size = 1;
+  settings.cell = 1;
+  const auto bp = model::back_project(posterior, values, 1, torch::ones({1}, opts),
+                                      torch::zeros({1}, opts), settings);
+  PixelGridExtent out;
+  const double scale = values.values.at(scale_name).reshape({-1})[0].item<double>();
+  out.side = double(model.decoded_size) * scale;
+  out.arcs_side = kPixelGridSidePerHalfWidth * bp.half_width[0].item<double>();
+  if (!posterior.space().is_fixed(scale_name) || !std::isfinite(out.arcs_side)) return out;
+  const double ratio = out.side / out.arcs_side;
+  const double suggested = out.arcs_side / double(model.decoded_size);
+  char numbers[256];
+  std::snprintf(numbers, sizeof numbers, "side %.3g\" (%lld x %.3g\") is %.2f times the %.3g\"",
+                out.side, static_cast<long long>(model.decoded_size), scale, ratio, out.arcs_side);
+  char advice[160];
+  std::snprintf(
+      advice, sizeof advice,
+      "; leave out %s/scale to let the grid's extent follow the lens, or set it to about %.3g",
+      model.decoded_path.c_str(), suggested);
+  if (ratio > kPixelGridTooWide) {
+    out.warning =
+        std::string("the PIXELATED grid's ") + numbers +
+        " that holds the arcs traced back through the MAP's lens: its coarse pixels favour "
+        "lenses that enlarge the source in the source plane (steeper slopes; docs/fit.md, "
+        "\"A pixel grid's extent\")" +
+        advice;
+  } else if (ratio < kPixelGridTooNarrow) {
+    out.warning = std::string("the PIXELATED grid's ") + numbers +
+                  " that holds the arcs traced back through the MAP's lens: arcs fall off the "
+                  "grid" +
+                  advice;
+  }
+  return out;
+}
+
+}  // namespace dslens::app
