@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "dslens/model/source_backprojection.h"
+#include "dslens/physics/profile.h"
 
 namespace dslens::app {
 
@@ -11,8 +12,11 @@ std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,
                                                  const model::ParameterSpace::Unpacked& values) {
   if (model.decoded_kind != "PIXELATED") return std::nullopt;
   const model::ProfileBinding* grid = nullptr;
-  for (const auto& b : posterior.spec().source)
-    if (b.params.count("scale") && values.values.count(b.params.at("scale"))) grid = &b;
+  for (const auto& b : posterior.spec().source) {
+    if (physics::is_pixelated_light(b.type) && b.params.count("scale") &&
+        values.values.count(b.params.at("scale")))
+      grid = &b;
+  }
   if (grid == nullptr) return std::nullopt;
   const std::string scale_name = grid->params.at("scale");
   const auto opts = posterior.compute().options();
