@@ -219,10 +219,9 @@ torch::Tensor centred_on_data(const model::LensPosterior& posterior, torch::Tens
   return torch::nan_to_num(space.pack(un.values), 0.0, 30.0, -30.0);
 }
 
-// Each row's pixel grid placed on the arcs traced back through its lens: a free centre at their
-// flux-weighted centre, a free size where the grid, about its centre, holds them with a tenth to
-// spare each side (the traced half width plus the centre's offset; rows with nothing traced keep
-// theirs). `values`: constrained.
+// Each row's pixel grid placed on the arcs traced back through its lens: the size where the grid
+// holds them with a tenth to spare each side, the centre at their flux-weighted centre (free
+// placement coordinates only; rows with nothing traced keep theirs). `values`: constrained.
 void grid_on_arcs(const model::LensPosterior& posterior, const model::FitModel& fit,
                   size_t source_index, std::map<std::string, torch::Tensor>& values, int64_t rows,
                   double snr_threshold) {
@@ -236,14 +235,11 @@ void grid_on_arcs(const model::LensPosterior& posterior, const model::FitModel& 
   const auto fp = model::back_project(posterior, {values, torch::zeros({rows}, opts)}, rows,
                                       torch::ones({1}, opts), torch::zeros({1}, opts), footprint);
   const auto ok = (fp.traced > 0) & torch::isfinite(fp.half_width) & (fp.half_width > 0);
-  const auto cx = torch::nan_to_num(fp.center_x, 0.0), cy = torch::nan_to_num(fp.center_y, 0.0);
-  replace_free(values, space, binding, "center_x", ok, cx);
-  replace_free(values, space, binding, "center_y", ok, cy);
-  const auto offset = torch::max((cx - bound_value(binding, "center_x", values, 0.0, opts)).abs(),
-                                 (cy - bound_value(binding, "center_y", values, 0.0, opts)).abs());
   replace_free(values, space, binding, "scale", ok,
-               kPixelGridSidePerHalfWidth * (torch::nan_to_num(fp.half_width, 1.0) + offset) /
+               kPixelGridSidePerHalfWidth * torch::nan_to_num(fp.half_width, 1.0) /
                    double(fit.decoded_size));
+  replace_free(values, space, binding, "center_x", ok, torch::nan_to_num(fp.center_x, 0.0));
+  replace_free(values, space, binding, "center_y", ok, torch::nan_to_num(fp.center_y, 0.0));
 }
 
 // Rows of `r` (their pixels solved) with the grid placed on the arcs traced back through their

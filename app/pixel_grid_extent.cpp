@@ -1,6 +1,5 @@
 #include "pixel_grid_extent.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "dslens/model/source_backprojection.h"
@@ -29,16 +28,7 @@ std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,
   PixelGridExtent out;
   const double scale = values.values.at(scale_name).reshape({-1})[0].item<double>();
   out.side = double(model.decoded_size) * scale;
-  // About the grid's own centre: the traced half width plus the centre's offset from theirs.
-  const auto centre = [&](const std::string& param) {
-    const auto it = grid->params.find(param);
-    return it == grid->params.end() || !values.values.count(it->second)
-               ? 0.0
-               : values.values.at(it->second).reshape({-1})[0].item<double>();
-  };
-  const double offset = std::max(std::abs(bp.center_x[0].item<double>() - centre("center_x")),
-                                 std::abs(bp.center_y[0].item<double>() - centre("center_y")));
-  out.arcs_side = kPixelGridSidePerHalfWidth * (bp.half_width[0].item<double>() + offset);
+  out.arcs_side = kPixelGridSidePerHalfWidth * bp.half_width[0].item<double>();
   if (!posterior.space().is_fixed(scale_name) || !std::isfinite(out.arcs_side)) return out;
   const double ratio = out.side / out.arcs_side;
   const double suggested = out.arcs_side / double(model.decoded_size);

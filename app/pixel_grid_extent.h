@@ -8,10 +8,9 @@
 
 namespace dslens::app {
 
-// The grid's side at the MAP, n x scale (arcsec), and the side of the square about the grid's
-// centre that holds the arcs traced back through the MAP's lens: 2.2 x (the half width holding 99
-// % of the traced image flux, model::BackProjection::half_width, plus the offset of their centre
-// from the grid's; a tenth to spare each side). NaN where nothing is traced.
+// The grid's side at the MAP, n x scale (arcsec), and the side that holds the arcs traced back
+// through the MAP's lens: 2.2 x the half width holding 99 % of the traced image flux
+// (model::BackProjection::half_width; a tenth to spare each side). NaN where nothing is traced.
 // For a fixed scale, a warning when the side is more than kPixelGridTooWide times that or below
 // kPixelGridTooNarrow times it: a grid wider than the arcs' footprint has coarse pixels, which
 // favour lenses that enlarge the source in the source plane (the slope of docs/fit.md's 20 x 20

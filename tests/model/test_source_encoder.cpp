@@ -144,9 +144,10 @@ TEST(SourceEncoder, DecodedSourcesAreBicubicUnlessToldOtherwise) {
                ConfigError);
 }
 
-// A PIXELATED grid without "scale" has its size free (model/fit_model.h): the side n x scale
-// log-normal about kPixelGridSide; the centre stays fixed at 0, 0 unless given.
-TEST(SourceEncoder, APixelGridWithoutAScaleHasItsSizeFree) {
+// A PIXELATED grid without "scale" has its placement free (model/fit_model.h): the side n x scale
+// log-normal about kPixelGridSide, the centre normal about 0 unless given; with a fixed scale the
+// centre stays fixed at 0, 0 as before.
+TEST(SourceEncoder, APixelGridWithoutAScaleHasItsPlacementFree) {
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto parse = [&](nlohmann::json s) {
     return model::parse_fit_model(ConfigNode(sis_with_source(std::move(s)), "/model"), ".",
@@ -158,17 +159,20 @@ TEST(SourceEncoder, APixelGridWithoutAScaleHasItsSizeFree) {
   EXPECT_EQ(scale->kind(), Prior::Kind::kLogNormal);
   EXPECT_NEAR(scale->median() * 20, model::kPixelGridSide, 1e-12);
   for (const std::string c : {"center_x_source_light0", "center_y_source_light0"}) {
-    EXPECT_TRUE(free.space.is_fixed(c)) << c;
-    EXPECT_EQ(free.space.range(c).first, 0.0) << c;
+    const auto centre = free.space.prior(c);
+    ASSERT_TRUE(centre.has_value()) << c;
+    EXPECT_EQ(centre->kind(), Prior::Kind::kNormal);
+    EXPECT_EQ(centre->median(), 0.0);
   }
-  // A centre given a prior is free; a fixed scale stays fixed.
-  const auto given = parse({{"type", "PIXELATED"},
-                            {"size", 20},
-                            {"center_x", {{"prior", "normal"}, {"mean", 0.0}, {"sigma", 0.3}}}});
-  EXPECT_FALSE(given.space.is_fixed("center_x_source_light0"));
-  EXPECT_TRUE(given.space.is_fixed("center_y_source_light0"));
+  // A centre given stays as given.
+  const auto given = parse({{"type", "PIXELATED"}, {"size", 20}, {"center_x", 0.1}});
+  EXPECT_TRUE(given.space.is_fixed("center_x_source_light0"));
+  EXPECT_FALSE(given.space.is_fixed("center_y_source_light0"));
+  // A fixed scale keeps the fixed centre.
   const auto fixed = parse({{"type", "PIXELATED"}, {"size", 20}, {"scale", 0.05}});
   EXPECT_TRUE(fixed.space.is_fixed("scale_source_light0"));
+  EXPECT_TRUE(fixed.space.is_fixed("center_x_source_light0"));
+  EXPECT_EQ(fixed.space.range("center_x_source_light0").first, 0.0);
 }
 
 TEST(SourceEncoder, PixelatedPixelsReproduceTheImage) {

@@ -14,8 +14,9 @@
 //              C the regulariser (model/pixel_regulariser.h; identity: independent pixels of sd
 //              s_pix), sampled as the standard normal block "pixels_source_light<i>" in C's
 //              eigenbasis. "sigma" (default 1) is fixed or, with a prior, the free
-//              "sigma_source_light<i>". Without "scale" the grid's size is free: scale ~
-//              lognormal(ln(kPixelGridSide / n), 1); center_x, center_y default to 0 (fixed).
+//              "sigma_source_light<i>". Without "scale" the grid's placement is free: scale ~
+//              lognormal(ln(kPixelGridSide / n), 1) and, unless given, center_x, center_y ~
+//              normal(0, kPixelGridCentreSigma); with a fixed scale the centre defaults to 0, 0.
 #pragma once
 #include <torch/torch.h>
 
@@ -32,8 +33,10 @@
 
 namespace dslens::model {
 
-// A PIXELATED grid's default size prior (above): its side's median, arcsec.
+// A PIXELATED grid's default placement prior (above): its side's median, arcsec, and its centre's
+// sd, arcsec.
 inline constexpr double kPixelGridSide = 1.5;
+inline constexpr double kPixelGridCentreSigma = 0.5;
 
 struct FitModel {
   ParameterSpace space;
