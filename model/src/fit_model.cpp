@@ -273,6 +273,13 @@ class Builder {
     }
     scalar(node, "sigma", sigma_name, binding, "amp", list, index, 1.0);
     out_.origins[sigma_name].param = "sigma";  // not a simulation's INTERPOL amp
+    // Nor is the grid's placement a simulation's INTERPOL stamp's: its pixel size and centre are
+    // the grid's, not the source's (the 20 x 20 grid's 0.042" pixels read as 17 sd from the
+    // mock's 0.02" stamp in the summary's truth table).
+    for (const std::string p : {"scale", "center_x", "center_y"}) {
+      const auto it = out_.origins.find(p + sfx);
+      if (it != out_.origins.end()) it->second.param = "pixel_grid_" + p;
+    }
     const auto prior = out_.space.prior(sigma_name);
     if (prior && prior->lower() < 0) {
       node.at("sigma").fail(

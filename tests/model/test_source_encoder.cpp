@@ -164,6 +164,22 @@ TEST(SourceEncoder, APixelGridWithoutAScaleHasItsPlacementFree) {
     EXPECT_EQ(centre->kind(), Prior::Kind::kNormal);
     EXPECT_EQ(centre->median(), 0.0);
   }
+  // A simulation's INTERPOL stamp is not the grid: its scale and centre are no truth for the
+  // grid's, where a parametric source's centre is.
+  const nlohmann::json truth = {{"source",
+                                 {{{"scale", {{"value", 0.02}}},
+                                   {"center_x", {{"value", 0.06}}},
+                                   {"center_y", {{"value", 0.04}}}}}}};
+  const auto grid_truth = model::truth_values(free, truth);
+  for (const std::string p : {"scale", "center_x", "center_y"})
+    EXPECT_FALSE(grid_truth.count(p + "_source_light0")) << p;
+  const auto sersic = parse({{"type", "SERSIC"},
+                             {"amp", 1.0},
+                             {"R_sersic", 0.2},
+                             {"n_sersic", 1.0},
+                             {"center_x", {{"prior", "normal"}, {"mean", 0.0}, {"sigma", 0.3}}},
+                             {"center_y", 0.0}});
+  EXPECT_EQ(model::truth_values(sersic, truth).count("center_x_source_light0"), 1u);
   // A centre given stays as given.
   const auto given = parse({{"type", "PIXELATED"}, {"size", 20}, {"center_x", 0.1}});
   EXPECT_TRUE(given.space.is_fixed("center_x_source_light0"));
