@@ -15,14 +15,15 @@ namespace dslens::app {
 // kPixelGridTooNarrow times it: a grid wider than the arcs' footprint has coarse pixels, which
 // favour lenses that enlarge the source in the source plane (the slope of docs/fit.md's 20 x 20
 // mock at 2.497 +- 0.020 against a truth of 2.1 with the side 1.55 times the arcs'; with the
-// scale free, 2.113 +- 0.033); one narrower leaves arcs off the grid.
+// scale free, 2.114 +- 0.033); one narrower leaves arcs off the grid.
 struct PixelGridExtent {
   double side = 0.0, arcs_side = 0.0;
   std::optional<std::string> warning;
 };
 inline constexpr double kPixelGridTooWide = 1.25, kPixelGridTooNarrow = 0.9;
 // The side that holds the arcs, in half widths of their traced flux (a tenth to spare each side).
-// At the 20 x 20 mock's posterior mode the free grid's side was 1.02 times that.
+// At the 20 x 20 and 32 x 32 mocks' posterior modes the free grid's side was 1.01 and 1.03 times
+// that.
 inline constexpr double kPixelGridSidePerHalfWidth = 2.2;
 // `values`: the MAP's constrained parameters, one row. Models without a PIXELATED source: nullopt.
 std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,

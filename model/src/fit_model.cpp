@@ -170,7 +170,7 @@ class Builder {
   // (a fixed `scale` keeps the fixed centre 0, 0 of before). A grid of fixed extent wider than
   // the arcs' footprint biased the slope of docs/fit.md's 20 x 20 mock to 2.497 +- 0.020 (truth
   // 2.1): coarse pixels favour lenses that enlarge the source in the source plane. With the
-  // placement free the posterior gave 2.113 +- 0.033 (docs/fit.md, "A pixel grid's extent").
+  // placement free the posterior gave 2.114 +- 0.033 (docs/fit.md, "A pixel grid's extent").
   // The prior: the grid's side n * scale log-normal about 1.5" (a factor e either way at 1 sd);
   // the centre normal(0, 0.5") about the coordinates' origin. The centre is free too: held at 0,
   // 0 it biased the same mock's slope to 2.026 +- 0.032 (z -2.3), and a 32 x 32 grid's MAP needed

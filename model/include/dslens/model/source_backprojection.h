@@ -33,8 +33,9 @@ struct BackProjection {
   torch::Tensor stamp;               // [B, S, S]: surface brightness on the stamp grid
   torch::Tensor traced;              // [B]: number of pixels traced back (int64)
   // [B]: the half side of the smallest square about the centre that holds footprint_flux_fraction
-  // of the traced flux (each pixel at its ray-shot position, weighted as the centre), arcsec; NaN
-  // where nothing was traced. How large a pixel grid must be to hold the source for that lens.
+  // of the traced flux (each pixel at its ray-shot position, weighted by its flux in the image, not
+  // by its source-plane area as the centre is), arcsec; NaN where nothing was traced. How large a
+  // pixel grid must be to hold the source for that lens.
   torch::Tensor half_width;
 };
 
