@@ -205,13 +205,7 @@ torch::Tensor centred_on_data(const model::LensPosterior& posterior, torch::Tens
   const auto& space = posterior.space();
   auto un = space.unpack(x);
   const int64_t rows = x.size(0);
-  const auto opts = posterior.compute().options();
-  model::BackProjectionSettings bs;
-  bs.snr_threshold = snr_threshold;
-  bs.stamp_size = 1;
-  bs.cell = 1;
-  const auto bp =
-      model::back_project(posterior, un, rows, torch::ones({1}, opts), torch::zeros({1}, opts), bs);
+  const auto bp = model::trace_back(posterior, un, rows, snr_threshold);
   const auto& binding = posterior.spec().source.at(source_index);
   for (const auto& [param, c] :
        {std::pair{"center_x", bp.center_x}, std::pair{"center_y", bp.center_y}})
@@ -228,12 +222,8 @@ void grid_on_arcs(const model::LensPosterior& posterior, const model::FitModel& 
   const auto& space = posterior.space();
   const auto opts = posterior.compute().options();
   const model::ProfileBinding& binding = posterior.spec().source.at(source_index);
-  model::BackProjectionSettings footprint;
-  footprint.snr_threshold = snr_threshold;
-  footprint.stamp_size = 1;
-  footprint.cell = 1;
-  const auto fp = model::back_project(posterior, {values, torch::zeros({rows}, opts)}, rows,
-                                      torch::ones({1}, opts), torch::zeros({1}, opts), footprint);
+  const auto fp =
+      model::trace_back(posterior, {values, torch::zeros({rows}, opts)}, rows, snr_threshold);
   const auto ok = (fp.traced > 0) & torch::isfinite(fp.half_width) & (fp.half_width > 0);
   replace_free(values, space, binding, "scale", ok,
                kPixelGridSidePerHalfWidth * torch::nan_to_num(fp.half_width, 1.0) /

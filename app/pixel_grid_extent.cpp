@@ -19,12 +19,7 @@ std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,
   }
   if (grid == nullptr) return std::nullopt;
   const std::string scale_name = grid->params.at("scale");
-  const auto opts = posterior.compute().options();
-  model::BackProjectionSettings settings;
-  settings.stamp_size = 1;
-  settings.cell = 1;
-  const auto bp = model::back_project(posterior, values, 1, torch::ones({1}, opts),
-                                      torch::zeros({1}, opts), settings);
+  const auto bp = model::trace_back(posterior, values, 1);
   PixelGridExtent out;
   const double scale = values.values.at(scale_name).reshape({-1})[0].item<double>();
   out.side = double(model.decoded_size) * scale;

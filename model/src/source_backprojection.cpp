@@ -116,4 +116,15 @@ BackProjection back_project(const LensPosterior& posterior, const ParameterSpace
   return out;
 }
 
+BackProjection trace_back(const LensPosterior& posterior, const ParameterSpace::Unpacked& values,
+                          int64_t rows, double snr_threshold) {
+  BackProjectionSettings settings;
+  settings.snr_threshold = snr_threshold;
+  settings.stamp_size = 1;
+  settings.cell = 1;
+  const auto opts = posterior.compute().options();
+  return back_project(posterior, values, rows, torch::ones({1}, opts), torch::zeros({1}, opts),
+                      settings);
+}
+
 }  // namespace dslens::model

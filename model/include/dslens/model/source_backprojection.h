@@ -48,4 +48,9 @@ BackProjection back_project(const LensPosterior& posterior, const ParameterSpace
                             int64_t rows, const torch::Tensor& scale, const torch::Tensor& phi,
                             const BackProjectionSettings& settings);
 
+// The same without a stamp (a 1 x 1 one): the traced pixels' centre, count and footprint
+// (half_width) only, pixels above `snr_threshold` sigma.
+BackProjection trace_back(const LensPosterior& posterior, const ParameterSpace::Unpacked& values,
+                          int64_t rows, double snr_threshold = 3.0);
+
 }  // namespace dslens::model
