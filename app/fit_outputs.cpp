@@ -322,6 +322,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const model::LensPosterior post(cfg.model.spec(cfg.data.grid, cfg.data.psf), space,
                                   cfg.data.imaging(), compute);
   const auto opts = compute.options();
+  // A grid on the arcs traced from the lens light of the search's best optimum, as in the fit.
+  post.fix_arcs_lens_light(space.unpack(r.starts_u.narrow(0, 0, 1).to(opts)));
   torch::NoGradGuard no_grad;
 
   // Draws in the constrained space, [C, N, D].

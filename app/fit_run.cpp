@@ -155,6 +155,23 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                             torch::tensor(search_rounds, torch::kLong)});
   }
   if (options.stop_after == "map") return {};
+  // A grid placed on the arcs: the lens light it is traced from fixed at each lens's best optimum
+  // for the chains and the outputs (model/arcs_placement.h), and the kept optima's pixels solved
+  // for the grids that gives (on a fresh search they are already; on --resume the posterior is
+  // new).
+  if (posterior.spec().arcs_placement) {
+    posterior.fix_arcs_lens_light(space.unpack(best_x.select(1, 0)));
+    samplers::OptimizeResult kept;
+    kept.x = best_x.reshape({-1, dim});
+    kept.log_p = best_lp.reshape({-1}).to(opts);
+    kept = with_exact_pixel_source(first.model, posterior, kept, "");
+    auto lp = kept.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, -1});
+    lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
+    const auto order = std::get<1>(lp.sort(1, /*descending=*/true));
+    best_lp = lp.gather(1, order);
+    best_x = kept.x.reshape({n_lenses, -1, dim})
+                 .gather(1, order.to(compute.device).unsqueeze(2).expand({-1, -1, dim}));
+  }
 
   // 2. Chains: the best few optima of a lens seed its chains (round-robin over the kept optima
   // whose Laplace mass is within ln 100 of the largest, so that a second mode of similar mass gets
@@ -268,6 +285,13 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     std::optional<BatchPosterior> sub;
     if (apart.size() < lenses.size()) sub.emplace(batch_posterior(subset, compute));
     const model::LensPosterior& run_posterior = sub ? sub->first : posterior;
+    if (sub && run_posterior.spec().arcs_placement) {
+      // The same lens light as the first round's (each lens's best optimum of the search).
+      std::vector<torch::Tensor> best;
+      for (const int64_t l : apart)
+        best.push_back(results[static_cast<size_t>(l)].starts_u.narrow(0, 0, 1).to(opts));
+      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(best)));
+    }
     const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
     const std::optional<ChainRun> run =
         run_chains(subset, density, torch::stack(seed_x), torch::stack(seed_lp), round,

@@ -258,9 +258,12 @@ int64_t decoded_source_from_data(const model::LensPosterior& posterior, const mo
   if (fit.decoded_kind == "PIXELATED")
     grid_on_arcs(posterior, fit, source_index, values, rows, snr_threshold);
   const model::ParameterSpace::Unpacked un{values, torch::zeros({rows}, opts)};
-  const auto bp =
-      model::back_project(posterior, un, rows, bound_value(*binding, "scale", values, 1.0, opts),
-                          bound_value(*binding, "phi_G", values, 0.0, opts), bs);
+  // A grid placed on the arcs by the model itself: the stamp is that grid.
+  const auto arcs = posterior.arcs_grid(un, rows);
+  const auto bp = model::back_project(
+      posterior, un, rows, arcs ? arcs->scale : bound_value(*binding, "scale", values, 1.0, opts),
+      bound_value(*binding, "phi_G", values, 0.0, opts), bs,
+      arcs ? std::optional{std::pair{arcs->center_x, arcs->center_y}} : std::nullopt);
   const auto ok = bp.traced > 0;
   const auto encoded = fit.encoder(bp.stamp);
   if (space.has(fit.latent_block) && !space.is_fixed(fit.latent_block)) {
@@ -401,13 +404,26 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
       "MAP: {} lens(es) from the given start (--init): L-BFGS ({} iterations), then Newton",
       n_lenses, ms.lbfgs_iterations);
   MapBar bar;
-  return with_exact_pixel_source(
+  posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
+  return with_arcs_lens_light_of_best(
       lenses.front()->model, posterior,
       polished(posterior.log_density(),
                optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
                         ms.lbfgs_iterations, {}, "init", bar),
                n_lenses, ms, posterior.space().dim(), bar),
       "MAP");
+}
+
+samplers::OptimizeResult with_arcs_lens_light_of_best(const model::FitModel& model,
+                                                      const model::LensPosterior& posterior,
+                                                      samplers::OptimizeResult result,
+                                                      const std::string& what) {
+  if (!posterior.spec().arcs_placement) return result;
+  const int64_t n_lenses = posterior.n_lenses();
+  const auto best =
+      samplers::best_rows_per_group(result.x.detach(), result.log_p.detach(), n_lenses, 1);
+  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
+  return with_exact_pixel_source(model, posterior, std::move(result), what);
 }
 
 PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {
@@ -655,6 +671,16 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
                  ms.starts, n_place, pixelated ? " with the pixels solved" : "");
   }
+  // A grid on the arcs: the lens light traced from fixed at each lens's best row from here on.
+  if (early.spec().arcs_placement) {
+    samplers::OptimizeResult ranked;
+    ranked.x = x;
+    {
+      torch::NoGradGuard no_grad;
+      ranked.log_p = early.log_prob(x).detach();
+    }
+    x = with_arcs_lens_light_of_best(first.model, early, std::move(ranked), "").x;
+  }
   if (pixelated) {
     const auto names = space.coordinate_names();
     bool other_source_coordinates = false;
@@ -701,6 +727,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                    ms.joint_learning_rate, {}, iterations, {}, stage, bar);
       if (k + 1 < kPixelSegments) {
         auto solved = with_exact_pixel_source(first.model, post, r, "");
+        // A grid on the arcs: the lens light it is traced from follows the best row.
+        solved = with_arcs_lens_light_of_best(first.model, post, std::move(solved), "");
         if (grid_placement_free) {
           solved =
               with_grid_on_arcs(first.model, post, decoded_index, std::move(solved), snr_threshold);
@@ -743,7 +771,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       joined.log_p = torch::where(better, again.log_p, joined.log_p);
     }
   }
-  return with_exact_pixel_source(
+  return with_arcs_lens_light_of_best(
       first.model, posterior,
       polished(posterior.log_density(), joined, n_lenses, ms, space.dim(), bar), "MAP");
 }

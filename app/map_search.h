@@ -53,6 +53,14 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
                                                  samplers::OptimizeResult result,
                                                  const std::string& what);
 
+// A PIXELATED grid placed on the arcs (model/arcs_placement.h): the lens light subtracted before
+// the arcs are traced fixed at each lens's best row of `result`, then with_exact_pixel_source for
+// the grids that gives. Other models: `result`.
+samplers::OptimizeResult with_arcs_lens_light_of_best(const model::FitModel& model,
+                                                      const model::LensPosterior& posterior,
+                                                      samplers::OptimizeResult result,
+                                                      const std::string& what);
+
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
 // (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for

@@ -17,14 +17,18 @@ std::optional<PixelGridExtent> pixel_grid_extent(const model::FitModel& model,
         values.values.count(b.params.at("scale")))
       grid = &b;
   }
-  if (grid == nullptr) return std::nullopt;
-  const std::string scale_name = grid->params.at("scale");
+  const auto arcs = posterior.arcs_grid(values, 1);
+  if (grid == nullptr && !arcs) return std::nullopt;
   const auto bp = model::trace_back(posterior, values, 1);
   PixelGridExtent out;
-  const double scale = values.values.at(scale_name).reshape({-1})[0].item<double>();
+  const double scale =
+      arcs ? arcs->scale[0].item<double>()
+           : values.values.at(grid->params.at("scale")).reshape({-1})[0].item<double>();
   out.side = double(model.decoded_size) * scale;
   out.arcs_side = kPixelGridSidePerHalfWidth * bp.half_width[0].item<double>();
-  if (!posterior.space().is_fixed(scale_name) || !std::isfinite(out.arcs_side)) return out;
+  if (arcs || !posterior.space().is_fixed(grid->params.at("scale")) ||
+      !std::isfinite(out.arcs_side))
+    return out;
   const double ratio = out.side / out.arcs_side;
   const double suggested = out.arcs_side / double(model.decoded_size);
   char numbers[256];

@@ -8,7 +8,8 @@
 
 namespace dslens::app {
 
-// The grid's side at the MAP, n x scale (arcsec), and the side that holds the arcs traced back
+// The grid's side at the MAP, n x scale (arcsec; a grid placed on the arcs: the scale its
+// placement gives, model/arcs_placement.h), and the side that holds the arcs traced back
 // through the MAP's lens: 2.2 x the half width holding 99 % of the traced image flux
 // (model::BackProjection::half_width; a tenth to spare each side). NaN where nothing is traced.
 // For a fixed scale, a warning when the side is more than kPixelGridTooWide times that or below

@@ -108,9 +108,11 @@ class Builder {
       names = {"center_x", "center_y", "scale", "phi_G", "amp"};
       defaults = {{"phi_G", 0.0}};
     } else if (type == "PIXELATED") {
-      names = {"center_x", "center_y", "scale"};
-      default_priors = pixel_grid_placement_priors(node);
-      if (!default_priors.count("center_x")) defaults = {{"center_x", 0.0}, {"center_y", 0.0}};
+      if (!on_arcs(node)) {
+        names = {"center_x", "center_y", "scale"};
+        default_priors = pixel_grid_placement_priors(node);
+        if (!default_priors.count("center_x")) defaults = {{"center_x", 0.0}, {"center_y", 0.0}};
+      }
     } else {
       names = is_mass ? physics::make_mass_profile(type)->param_names()
                       : physics::make_light_profile(type)->param_names();
@@ -131,6 +133,9 @@ class Builder {
       allowed.push_back("size");
       allowed.push_back("sigma");
       allowed.push_back("regularisation");
+      allowed.push_back("placement");
+      for (const std::string k : {"center_x", "center_y", "scale"})
+        if (!contains(allowed, k)) allowed.push_back(k);  // named in on_arcs's error
     }
     if (type == "VAE" || type == "PIXELATED") allowed.push_back("interpolation");
     node.allow_only(allowed);
@@ -163,6 +168,25 @@ class Builder {
       out_.origins[out_.latent_block] = {list, index, "z"};
     }
     if (type == "PIXELATED") decoded_pixels(node, sfx, b, list, index);
+  }
+
+  // Whether a PIXELATED node's grid is placed on the traced arcs (model/arcs_placement.h):
+  // "placement": "arcs", or by default when none of scale, center_x, center_y is given; "free"
+  // makes them parameters (below). ConfigError for "arcs" with any of them given.
+  bool on_arcs(const ConfigNode& node) const {
+    const bool given = node.has("scale") || node.has("center_x") || node.has("center_y");
+    const std::string placement =
+        node.choice_or("placement", given ? "free" : kDefaultPixelGridPlacement, {"arcs", "free"});
+    if (placement != "arcs") return false;
+    for (const std::string k : {"scale", "center_x", "center_y"}) {
+      if (node.has(k)) {
+        node.fail_at(k,
+                     "not allowed with \"placement\": \"arcs\" (the grid's centre and size "
+                     "follow the arcs traced back through the lens); remove it, or set "
+                     "\"placement\": \"free\" to make the placement parameters");
+      }
+    }
+    return true;
   }
 
   // A pixel grid's placement when the config leaves it out: its pixel size free, so that its
@@ -288,6 +312,7 @@ class Builder {
     }
     const bool sigma_free = prior.has_value();
     const double sigma_fixed = out_.space.range(sigma_name).first;
+    if (on_arcs(node)) out_.arcs_placement = ArcsPlacementSpec{size_t(index), n};
     out_.decoded_kind = "PIXELATED";
     out_.pixel_regularisation = kind;
     out_.pixel_sigma_name = sigma_name;
@@ -357,6 +382,7 @@ LensModelSpec FitModel::spec(const physics::PixelGrid& grid,
   s.source = source;
   s.latent_block = latent_block;
   s.decoder = decoder;
+  s.arcs_placement = arcs_placement;
   return s;
 }
 

@@ -21,9 +21,10 @@ int64_t nearest_divisor(int64_t size, double target) {
 
 using namespace source_backprojection_detail;
 
-BackProjection back_project(const LensPosterior& posterior, const ParameterSpace::Unpacked& values,
-                            int64_t rows, const torch::Tensor& scale, const torch::Tensor& phi,
-                            const BackProjectionSettings& settings) {
+BackProjection back_project(
+    const LensPosterior& posterior, const ParameterSpace::Unpacked& values, int64_t rows,
+    const torch::Tensor& scale, const torch::Tensor& phi, const BackProjectionSettings& settings,
+    const std::optional<std::pair<torch::Tensor, torch::Tensor>>& stamp_centre) {
   torch::NoGradGuard no_grad;
   const int64_t S = settings.stamp_size;
   if (S < 1) throw InvalidArgument("back-projection stamp size must be >= 1");
@@ -88,8 +89,12 @@ BackProjection back_project(const LensPosterior& posterior, const ParameterSpace
   // pixel (r, c) at c - (S - 1) / 2, r - (S - 1) / 2), then cells of `cell` stamp pixels.
   const auto s = scale.to(opts).reshape({-1, 1});
   const auto a = phi.to(opts).reshape({-1, 1});
-  const auto dx = (bx - torch::nan_to_num(out.center_x, 0.0).unsqueeze(1)) / s;
-  const auto dy = (by - torch::nan_to_num(out.center_y, 0.0).unsqueeze(1)) / s;
+  const auto [sx, sy] = stamp_centre ? std::pair{stamp_centre->first.to(opts).reshape({-1, 1}),
+                                                 stamp_centre->second.to(opts).reshape({-1, 1})}
+                                     : std::pair{torch::nan_to_num(out.center_x, 0.0).unsqueeze(1),
+                                                 torch::nan_to_num(out.center_y, 0.0).unsqueeze(1)};
+  const auto dx = (bx - sx) / s;
+  const auto dy = (by - sy) / s;
   const auto u = dx * torch::cos(a) + dy * torch::sin(a) + 0.5 * S;  // from the stamp's edge
   const auto v = -dx * torch::sin(a) + dy * torch::cos(a) + 0.5 * S;
   const int64_t cell =

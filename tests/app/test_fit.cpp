@@ -859,30 +859,39 @@ void fit_pixel_grid_mock(const std::string& dir, const json& source, const std::
   ASSERT_EQ(r.code, 0) << r.output;
 }
 
-// A PIXELATED grid without "scale" has its placement free (docs/fit.md, "A pixel grid's extent"):
-// the MAP starts its size where the grid holds the arcs traced back through each placed lens, and
-// ends with a side near the one that holds them (map.json's pixel_grid). A fixed grid 1.6 times
-// as wide is warned of, with the scale that fits the arcs; the free one is not.
+// A PIXELATED grid's extent follows the arcs (docs/fit.md, "A pixel grid's extent"). Placed on
+// them (the default without scale or centre) it has no placement parameters and its side at the
+// MAP is near the one that holds the arcs traced back through the MAP's lens (map.json's
+// pixel_grid); so is a free one's, which the MAP starts there and the chains sample. A fixed grid
+// 1.6 times as wide is warned of, with the scale that fits the arcs; the others are not.
 TEST(FitCommand, APixelGridsExtentFollowsTheArcsAndAFixedWideOneIsWarnedOf) {
   const std::string dir = dslens::testing::temp_dir("fit_pixel_extent");
   const json placed = {{"placement", "sersic"}, {"placement_starts", 4}};
-  ASSERT_NO_FATAL_FAILURE(fit_pixel_grid_mock(dir, {{"scale", nullptr}, {"sigma", 30.0}},
-                                              "--chains 2 --warmup 2 --draws 2", placed));
-  const json free_map = read_json(dir + "/fit/map.json");
-  const double side = free_map.at("pixel_grid").at("side").get<double>();
-  const double arcs = free_map.at("pixel_grid").at("arcs_side").get<double>();
-  EXPECT_GT(side / arcs, 0.8) << free_map.at("pixel_grid").dump();
-  EXPECT_LT(side / arcs, 1.25) << free_map.at("pixel_grid").dump();
-  for (const auto& w : read_json(dir + "/fit/warnings.json"))
-    EXPECT_EQ(w.get<std::string>().find("PIXELATED grid's side"), std::string::npos) << w;
-  // The scale and the centre are sampled.
-  std::set<std::string> sampled;
-  const json summary = read_json(dir + "/fit/summary.json");
-  for (const auto& p : summary.at("parameters"))
-    sampled.insert(p.at("variable").get<std::string>());
-  for (const std::string name :
-       {"scale_source_light0", "center_x_source_light0", "center_y_source_light0"})
-    EXPECT_TRUE(sampled.count(name)) << name << " not in " << json(sampled).dump();
+  double arcs = 0.0;
+  for (const std::string placement : {"arcs", "free"}) {
+    const std::string run = dir + "/" + placement;
+    json source = {{"scale", nullptr}, {"sigma", 30.0}};
+    if (placement == "free") source["placement"] = "free";
+    ASSERT_NO_FATAL_FAILURE(
+        fit_pixel_grid_mock(run, source, "--chains 2 --warmup 2 --draws 2", placed));
+    const json map = read_json(run + "/fit/map.json");
+    const double side = map.at("pixel_grid").at("side").get<double>();
+    arcs = map.at("pixel_grid").at("arcs_side").get<double>();
+    EXPECT_GT(side / arcs, 0.8) << placement << " " << map.at("pixel_grid").dump();
+    EXPECT_LT(side / arcs, 1.25) << placement << " " << map.at("pixel_grid").dump();
+    for (const auto& w : read_json(run + "/fit/warnings.json"))
+      EXPECT_EQ(w.get<std::string>().find("PIXELATED grid's side"), std::string::npos) << w;
+    // A free grid's scale and centre are sampled; one on the arcs has none.
+    std::set<std::string> sampled;
+    const json summary = read_json(run + "/fit/summary.json");
+    for (const auto& p : summary.at("parameters"))
+      sampled.insert(p.at("variable").get<std::string>());
+    for (const std::string name :
+         {"scale_source_light0", "center_x_source_light0", "center_y_source_light0"}) {
+      EXPECT_EQ(sampled.count(name), placement == "free" ? 1u : 0u)
+          << placement << ": " << name << " in " << json(sampled).dump();
+    }
+  }
 
   const double wide = 1.6 * arcs / 12.0;
   ASSERT_NO_FATAL_FAILURE(fit_pixel_grid_mock(dir + "/wide", {{"scale", wide}, {"sigma", 30.0}},

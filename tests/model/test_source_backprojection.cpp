@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "dslens/model/arcs_placement.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/model/source_backprojection.h"
 #include "dslens/physics/image_model.h"
@@ -34,8 +35,12 @@ struct BackProjectionProblem {
                            {"center_x", torch::tensor({0.08}, torch::kFloat64)},
                            {"center_y", torch::tensor({-0.05}, torch::kFloat64)}};
 
-  // psf_fwhm 0: no PSF; noise: the noise realisation's sd (the sigma stays 0.005).
-  explicit BackProjectionProblem(bool lens_light, double psf_fwhm = 0.1, double noise = 0.005) {
+  bool free_light = false;
+  // psf_fwhm 0: no PSF; noise: the noise realisation's sd (the sigma stays 0.005); free_light:
+  // the lens light's amplitude a parameter (uniform 20 to 60, 40 in lens_u).
+  explicit BackProjectionProblem(bool lens_light, double psf_fwhm = 0.1, double noise = 0.005,
+                                 bool free_light_amp = false)
+      : free_light(free_light_amp) {
     spec.grid = physics::PixelGrid::centered(48, 48, 0.06);
     if (psf_fwhm > 0) spec.psf_kernel = physics::gaussian_psf_kernel(psf_fwhm, 0.06, compute);
     spec.mass.push_back(dslens::testing::centred_sie());
@@ -48,7 +53,11 @@ struct BackProjectionProblem {
     space.add_free("phi", Prior::uniform(-1.5, 1.5));
     space.add_fixed("zero", 0.0);
     space.add_fixed("one", 1.0);
-    space.add_fixed("light_amp", 40.0);
+    if (free_light) {
+      space.add_free("light_amp", Prior::uniform(20.0, 60.0));
+    } else {
+      space.add_fixed("light_amp", 40.0);
+    }
     space.add_fixed("light_r", 0.5);
     LensPosterior lens_only(spec, space, blank(), compute);
     physics::ImageModel m = lens_only.build(space.unpack(lens_u(0.9)), 1);
@@ -62,10 +71,12 @@ struct BackProjectionProblem {
     return {torch::zeros({48, 48}, torch::kFloat64), torch::full({48, 48}, 0.005, torch::kFloat64),
             torch::ones({48, 48}, torch::kBool)};
   }
-  torch::Tensor lens_u(double theta_e) const {
-    return space.pack({{"theta_E", torch::tensor({theta_e}, torch::kFloat64)},
-                       {"q", torch::tensor({0.75}, torch::kFloat64)},
-                       {"phi", torch::tensor({0.3}, torch::kFloat64)}});
+  torch::Tensor lens_u(double theta_e, double light_amp = 40.0) const {
+    std::map<std::string, torch::Tensor> v{{"theta_E", torch::tensor({theta_e}, torch::kFloat64)},
+                                           {"q", torch::tensor({0.75}, torch::kFloat64)},
+                                           {"phi", torch::tensor({0.3}, torch::kFloat64)}};
+    if (free_light) v["light_amp"] = torch::tensor({light_amp}, torch::kFloat64);
+    return space.pack(v);
   }
   LensPosterior posterior() const { return LensPosterior(spec, space, data, compute); }
 };
@@ -198,4 +209,182 @@ TEST(SourceBackProjection, NothingAboveTheThresholdIsReported) {
   EXPECT_EQ(bp.stamp.abs().sum().item<double>(), 0.0);
   s.cell = 3;  // does not divide 8
   EXPECT_THROW(project_true_lens(p, post, s), InvalidArgument);
+}
+
+// The smoothed weighted quantiles (model/arcs_placement.h) against a closed form: values on a fine
+// lattice of [0, 1] weighted by the density 2v have the quantiles sqrt(f). Shuffled, with points
+// of weight 0 far out, they are the same; the root is the kernel distribution's; the gradient is
+// the implicit function's, checked against finite differences.
+TEST(ArcsPlacement, SmoothedQuantilesAreTheKernelDistributionsRoots) {
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t n = 4000;
+  auto v = (torch::arange(n, f64) + 0.5) / double(n);
+  auto w = 2.0 * v;
+  auto gen = at::detail::createCPUGenerator(3);
+  const auto perm = torch::randperm(n, gen, torch::TensorOptions().dtype(torch::kLong));
+  v = torch::cat({v.index_select(0, perm), torch::full({50}, 100.0, f64)}).unsqueeze(0);
+  w = torch::cat({w.index_select(0, perm), torch::zeros({50}, f64)}).unsqueeze(0);
+  const std::vector<double> fractions = {0.005, 0.25, 0.995};
+  const double width = 1e-3;
+  const auto q = smoothed_weighted_quantiles(v, w, fractions, width);
+  for (size_t i = 0; i < fractions.size(); ++i) {
+    EXPECT_NEAR(q[0][i].item<double>(), std::sqrt(fractions[i]), 2e-3) << fractions[i];
+    // F(q) = f for the kernel distribution.
+    const auto z = (q[0][i] - v[0]) / width;
+    const double cdf =
+        ((w[0] * 0.5 * torch::erfc(-z / std::sqrt(2.0))).sum() / w.sum()).item<double>();
+    EXPECT_NEAR(cdf, fractions[i], 1e-10);
+  }
+  // The interpolated quantiles give the same to the lattice's spacing.
+  const auto plain = weighted_quantiles(v, w, fractions);
+  EXPECT_TRUE(torch::allclose(plain, q, 0.0, 2e-3)) << plain << q;
+
+  // d q / d (values, weights) of a small irregular set, a wide kernel.
+  const auto vs = torch::rand({1, 30}, gen, torch::kFloat64);
+  const auto ws = torch::rand({1, 30}, gen, torch::kFloat64);
+  const auto vg = vs.clone().requires_grad_(true), wg = ws.clone().requires_grad_(true);
+  const auto picked = smoothed_weighted_quantiles(vg, wg, {0.1, 0.9}, 0.05);
+  const auto [gv, gw] = [&] {
+    const auto g = torch::autograd::grad({picked.sum()}, {vg, wg});
+    return std::pair{g[0], g[1]};
+  }();
+  const double h = 1e-6;
+  for (const int64_t j : {0, 7, 19}) {
+    for (const bool weight : {false, true}) {
+      auto plus_v = vs.clone(), minus_v = vs.clone(), plus_w = ws.clone(), minus_w = ws.clone();
+      (weight ? plus_w : plus_v)[0][j] += h;
+      (weight ? minus_w : minus_v)[0][j] -= h;
+      const double fd = ((smoothed_weighted_quantiles(plus_v, plus_w, {0.1, 0.9}, 0.05).sum() -
+                          smoothed_weighted_quantiles(minus_v, minus_w, {0.1, 0.9}, 0.05).sum()) /
+                         (2 * h))
+                            .item<double>();
+      const double ad = (weight ? gw : gv)[0][j].item<double>();
+      EXPECT_NEAR(ad, fd, 1e-6 * std::max(1.0, std::abs(fd))) << j << " weight " << weight;
+    }
+  }
+  EXPECT_THROW(smoothed_weighted_quantiles(vs, ws, {0.5}, 0.0), InvalidArgument);
+}
+
+namespace {
+
+// The problem's model with an n x n pixel grid (identity decoder, sigma 1) placed on the arcs.
+LensPosterior arcs_placed_posterior(BackProjectionProblem p, int64_t n) {
+  p.spec.source.push_back({"INTERPOL_BICUBIC", {{"amp", "one"}}});
+  p.spec.latent_block = "pixels";
+  p.spec.decoder = [n](const torch::Tensor& z) { return z.reshape({-1, n, n}); };
+  p.spec.arcs_placement = ArcsPlacementSpec{0, n};
+  p.space.add_standard_normal_block("pixels", n * n);
+  return LensPosterior(p.spec, p.space, p.data, p.compute);
+}
+
+}  // namespace
+
+// The grid placed on the arcs traced through the true lens against an independent computation
+// (no noise, no PSF): each pixel centre ray-shot and read on the true source, weighted by that flux
+// times its ramp clamp(snr - 3, 0, 1), and the box's edges found by bisection on the distribution
+// smoothed by a pixel-wide kernel. A lens 0.3" too large
+// scatters the images and the grid grows; the lens light is subtracted as the model images it (PSF
+// included), so a lit lens places the grid where a dark one does.
+TEST(ArcsPlacement, TheGridHoldsTheTracedArcsAndFollowsTheLens) {
+  BackProjectionProblem p(false, 0.0, 0.0);
+  const int64_t n = 16;
+  const auto post = arcs_placed_posterior(p, n);
+  const auto rows = torch::cat({p.lens_u(0.9), p.lens_u(1.2)});
+  const auto g = *post.arcs_grid(p.space.unpack(rows), 2);
+  const auto [x, y] = p.spec.grid.coordinates(p.compute);
+  const auto lens = post.build(p.space.unpack(p.lens_u(0.9)), 1, false).lens;
+  const auto [bx, by] = lens.ray_shoot(x.reshape({1, -1}), y.reshape({1, -1}));
+  const auto flux = physics::make_light_profile("SERSIC_ELLIPSE")
+                        ->surface_brightness(bx, by, p.source)
+                        .reshape({-1}) *
+                    (0.06 * 0.06);
+  const auto wt = flux * (flux / 0.005 - 3.0).clamp(0.0, 1.0);
+  const auto edge = [&](const torch::Tensor& v, double frac) {
+    double lo = -3.0, hi = 3.0;
+    for (int i = 0; i < 60; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      const double cdf =
+          ((wt * 0.5 * torch::erfc(-(mid - v.reshape({-1})) / (0.06 * std::sqrt(2.0)))).sum() /
+           wt.sum())
+              .item<double>();
+      (cdf < frac ? lo : hi) = mid;
+    }
+    return 0.5 * (lo + hi);
+  };
+  const double x0 = edge(bx, 0.005), x1 = edge(bx, 0.995), y0 = edge(by, 0.005),
+               y1 = edge(by, 0.995);
+  const double side = 2.2 * 0.5 * std::max(x1 - x0, y1 - y0);
+  EXPECT_NEAR(g.scale[0].item<double>() * n, side, 1e-3 * side) << side;
+  EXPECT_NEAR(g.center_x[0].item<double>(), 0.5 * (x0 + x1), 1e-3 * side);
+  EXPECT_NEAR(g.center_y[0].item<double>(), 0.5 * (y0 + y1), 1e-3 * side);
+  EXPECT_GT(g.scale[1].item<double>(), 1.3 * g.scale[0].item<double>()) << g.scale;
+  // The model's source component is drawn on that grid.
+  const auto with_pixels =
+      post.space().pack({{"theta_E", torch::tensor({0.9, 1.2}, torch::kFloat64)},
+                         {"q", torch::full({2}, 0.75, torch::kFloat64)},
+                         {"phi", torch::full({2}, 0.3, torch::kFloat64)},
+                         {"pixels", torch::zeros({2, n * n}, torch::kFloat64)}});
+  const auto built = post.build(post.space().unpack(with_pixels), 2);
+  EXPECT_TRUE(torch::allclose(built.source_light.at(0).params.at("scale"), g.scale));
+
+  BackProjectionProblem lit(true), dark(false);
+  const auto lit_grid = *arcs_placed_posterior(lit, n).arcs_grid(lit.space.unpack(rows), 2);
+  const auto dark_grid = *arcs_placed_posterior(dark, n).arcs_grid(dark.space.unpack(rows), 2);
+  EXPECT_TRUE(torch::allclose(lit_grid.scale, dark_grid.scale, 1e-6, 1e-9))
+      << lit_grid.scale << dark_grid.scale;
+  EXPECT_TRUE(torch::allclose(lit_grid.center_x, dark_grid.center_x, 1e-6, 1e-9));
+}
+
+// The log posterior's gradient through the grid's placement (the lens moves the grid) against
+// central differences, for the lens's coordinates.
+TEST(ArcsPlacement, TheLogPosteriorsGradientFollowsThePlacement) {
+  BackProjectionProblem p(true);
+  const int64_t n = 8;
+  const auto post = arcs_placed_posterior(p, n);
+  auto gen = at::detail::createCPUGenerator(11);
+  auto u = post.space().pack({{"theta_E", torch::tensor({0.93}, torch::kFloat64)},
+                              {"q", torch::tensor({0.75}, torch::kFloat64)},
+                              {"phi", torch::tensor({0.3}, torch::kFloat64)},
+                              {"pixels", 0.3 * torch::rand({1, n * n}, gen, torch::kFloat64)}});
+  const auto fn = post.log_density();
+  const auto grad = fn(u).grad;
+  const double h = 1e-6;
+  for (int64_t j = 0; j < 3; ++j) {  // theta_E, q, phi: the lens
+    auto up = u.clone(), down = u.clone();
+    up[0][j] += h;
+    down[0][j] -= h;
+    const double fd = ((post.log_prob(up) - post.log_prob(down)) / (2 * h)).item<double>();
+    EXPECT_NEAR(grad[0][j].item<double>(), fd, 1e-5 * std::max(1.0, std::abs(fd))) << j;
+  }
+  // The grid does move with the lens (a gradient that left the placement out would differ).
+  auto wider = u.clone();
+  wider[0][0] += 0.05;
+  const auto a = *post.arcs_grid(post.space().unpack(u), 1);
+  const auto b = *post.arcs_grid(post.space().unpack(wider), 1);
+  EXPECT_GT(std::abs((b.scale - a.scale).item<double>()), 1e-3 * a.scale.item<double>());
+}
+
+// The lens light the arcs are traced from, fixed (LensPosterior::fix_arcs_lens_light): rows whose
+// lens light is 5 % too faint or too bright get the grid of the true lens light, where with each
+// row's own the too-faint one's core residuals, traced far out, widen it; the tempered copies of
+// the posterior share it.
+TEST(ArcsPlacement, AFixedLensLightHoldsTheGridWhateverTheRowsLensLight) {
+  BackProjectionProblem p(true, 0.1, 0.005, /*free_light_amp=*/true);
+  const int64_t n = 16;
+  const auto post = arcs_placed_posterior(p, n);
+  const auto rows = torch::cat({p.lens_u(0.9, 40.0), p.lens_u(0.9, 38.0), p.lens_u(0.9, 42.0)});
+  const auto own = *post.arcs_grid(p.space.unpack(rows), 3);
+  EXPECT_GT(own.scale[1].item<double>(), 1.5 * own.scale[0].item<double>()) << own.scale;
+  const auto tempered = post.with_noise_scaled(2.0);
+  post.fix_arcs_lens_light(p.space.unpack(p.lens_u(0.9, 40.0)));
+  const auto fixed = *post.arcs_grid(p.space.unpack(rows), 3);
+  EXPECT_NEAR(fixed.scale[0].item<double>(), own.scale[0].item<double>(),
+              1e-9 * own.scale[0].item<double>());
+  for (int64_t r = 1; r < 3; ++r) {
+    EXPECT_NEAR(fixed.scale[r].item<double>(), fixed.scale[0].item<double>(), 1e-12) << r;
+    EXPECT_NEAR(fixed.center_x[r].item<double>(), fixed.center_x[0].item<double>(), 1e-12) << r;
+  }
+  // Tempered: the same lens light, and the weights read the data's own noise.
+  const auto hot = *tempered.arcs_grid(p.space.unpack(rows), 3);
+  EXPECT_TRUE(torch::allclose(hot.scale, fixed.scale, 1e-12, 1e-14)) << hot.scale << fixed.scale;
 }

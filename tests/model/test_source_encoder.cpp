@@ -10,6 +10,7 @@
 #include "dslens/core/config.h"
 #include "dslens/core/errors.h"
 #include "dslens/model/fit_model.h"
+#include "dslens/model/pixel_regulariser.h"
 #include "dslens/nn/checkpoint.h"
 #include "test_support.h"
 #include "tiny_vae.h"
@@ -144,16 +145,35 @@ TEST(SourceEncoder, DecodedSourcesAreBicubicUnlessToldOtherwise) {
                ConfigError);
 }
 
-// A PIXELATED grid without "scale" has its placement free (model/fit_model.h): the side n x scale
-// log-normal about kPixelGridSide, the centre normal about 0 unless given; with a fixed scale the
-// centre stays fixed at 0, 0 as before.
-TEST(SourceEncoder, APixelGridWithoutAScaleHasItsPlacementFree) {
+// A PIXELATED grid's placement (model/fit_model.h). Without scale or centre it is placed on the
+// arcs: no placement parameters, the model's arcs placement set for the component. "free": the
+// side n x scale log-normal about kPixelGridSide, the centre normal about 0 unless given; with a
+// fixed scale the centre stays fixed at 0, 0 as before. "arcs" with a scale is an error naming it.
+TEST(SourceEncoder, APixelGridIsPlacedOnTheArcsOrFreely) {
   const Compute compute{torch::kCPU, torch::kFloat64};
   const auto parse = [&](nlohmann::json s) {
     return model::parse_fit_model(ConfigNode(sis_with_source(std::move(s)), "/model"), ".",
                                   compute);
   };
-  const auto free = parse({{"type", "PIXELATED"}, {"size", 20}});
+  const auto arcs = parse({{"type", "PIXELATED"}, {"size", 20}});
+  ASSERT_TRUE(arcs.arcs_placement.has_value());
+  EXPECT_EQ(arcs.arcs_placement->size, 20);
+  EXPECT_EQ(arcs.arcs_placement->source_index, 0u);
+  for (const std::string p : {"scale", "center_x", "center_y"})
+    EXPECT_FALSE(arcs.space.has(p + "_source_light0")) << p;
+  const auto spec = arcs.spec(physics::PixelGrid::centered(8, 8, 0.1), std::nullopt);
+  EXPECT_TRUE(spec.arcs_placement.has_value());
+  try {
+    parse({{"type", "PIXELATED"}, {"size", 20}, {"placement", "arcs"}, {"scale", 0.05}});
+    ADD_FAILURE() << "no error for a scale with placement arcs";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/model/source/0/scale"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("\"placement\": \"free\""), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse({{"type", "PIXELATED"}, {"size", 20}, {"placement", "here"}}), ConfigError);
+
+  const auto free = parse({{"type", "PIXELATED"}, {"size", 20}, {"placement", "free"}});
+  EXPECT_FALSE(free.arcs_placement.has_value());
   const auto scale = free.space.prior("scale_source_light0");
   ASSERT_TRUE(scale.has_value());
   EXPECT_EQ(scale->kind(), Prior::Kind::kLogNormal);
@@ -180,8 +200,9 @@ TEST(SourceEncoder, APixelGridWithoutAScaleHasItsPlacementFree) {
                              {"center_x", {{"prior", "normal"}, {"mean", 0.0}, {"sigma", 0.3}}},
                              {"center_y", 0.0}});
   EXPECT_EQ(model::truth_values(sersic, truth).count("center_x_source_light0"), 1u);
-  // A centre given stays as given.
+  // A centre given stays as given, the placement free.
   const auto given = parse({{"type", "PIXELATED"}, {"size", 20}, {"center_x", 0.1}});
+  EXPECT_FALSE(given.arcs_placement.has_value());
   EXPECT_TRUE(given.space.is_fixed("center_x_source_light0"));
   EXPECT_FALSE(given.space.is_fixed("center_y_source_light0"));
   // A fixed scale keeps the fixed centre.

@@ -14,9 +14,13 @@
 //              C the regulariser (model/pixel_regulariser.h; identity: independent pixels of sd
 //              s_pix), sampled as the standard normal block "pixels_source_light<i>" in C's
 //              eigenbasis. "sigma" (default 1) is fixed or, with a prior, the free
-//              "sigma_source_light<i>". Without "scale" the grid's placement is free: scale ~
+//              "sigma_source_light<i>". "placement": "arcs" (model/arcs_placement.h): the grid's
+//              centre and pixel size are functions of the lens, the square about the data's arcs
+//              traced back through it, and no parameters; "free": scale ~
 //              lognormal(ln(kPixelGridSide / n), 1) and, unless given, center_x, center_y ~
-//              normal(0, kPixelGridCentreSigma); with a fixed scale the centre defaults to 0, 0.
+//              normal(0, kPixelGridCentreSigma), or the given values (a fixed scale's centre
+//              defaults to 0, 0). Without "placement": "free" when any of scale, center_x,
+//              center_y is given, else kDefaultPixelGridPlacement.
 #pragma once
 #include <torch/torch.h>
 
@@ -37,6 +41,8 @@ namespace dslens::model {
 // sd, arcsec.
 inline constexpr double kPixelGridSide = 1.5;
 inline constexpr double kPixelGridCentreSigma = 0.5;
+// A PIXELATED grid's placement when the config gives none of scale, center_x, center_y.
+inline constexpr const char* kDefaultPixelGridPlacement = "arcs";
 
 struct FitModel {
   ParameterSpace space;
@@ -61,8 +67,10 @@ struct FitModel {
   std::string pixel_regularisation;  // PIXELATED: "identity", "gradient" or "curvature"
   std::string pixel_sigma_name;      // PIXELATED: the prior's scale sigma (the INTERPOL amp)
   std::string decoded_path;          // the decoded source's JSON path, e.g. "/model/source/0"
-  std::string vae_checkpoint;        // resolved path, VAE only
-  nlohmann::json vae_description;    // the checkpoint's architecture and data, VAE only
+  // PIXELATED with "placement": "arcs": the grid's centre and size follow the lens.
+  std::optional<ArcsPlacementSpec> arcs_placement;
+  std::string vae_checkpoint;      // resolved path, VAE only
+  nlohmann::json vae_description;  // the checkpoint's architecture and data, VAE only
   // Where each named parameter sits: list ("mass", "lens_light", "source"), index, profile
   // parameter — how a simulation's truth.json is matched to fitted names.
   struct Origin {

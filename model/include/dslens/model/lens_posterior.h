@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dslens/core/device.h"
+#include "dslens/model/arcs_placement.h"
 #include "dslens/model/parameter_space.h"
 #include "dslens/physics/image_model.h"
 #include "dslens/samplers/log_density.h"
@@ -38,6 +39,9 @@ struct LensModelSpec {
   // For a decoded source: the INTERPOL binding's "image" is decoder(values[latent_block]).
   std::string latent_block;
   SourceDecoder decoder;
+  // A PIXELATED source whose centre and pixel size follow the traced arcs (model/arcs_placement.h):
+  // build() sets its component's center_x, center_y and scale.
+  std::optional<ArcsPlacementSpec> arcs_placement;
 };
 
 // One lens's data [ny, nx], or L lenses of the same model and grid [L, ny, nx] fitted as one
@@ -63,6 +67,12 @@ class LensPosterior {
   // `with_sources` the source light is left out (no decoder pass): the lens and lens light only.
   physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows,
                             bool with_sources = true) const;
+  // An arcs-placed grid's lens light (ArcsPlacementSpec::lens_light) fixed at that of `values`,
+  // one row per lens: for this posterior and every copy made from it. No-op for other models.
+  void fix_arcs_lens_light(const ParameterSpace::Unpacked& values) const;
+  // The arcs-placed grid (spec().arcs_placement) of `rows` rows; nullopt for any other model.
+  std::optional<GridPlacement> arcs_grid(const ParameterSpace::Unpacked& values,
+                                         int64_t rows) const;
   const ImagingData& data() const { return data_; }  // [L, ny, nx] on the compute device
   // The same model with every pixel's noise sigma multiplied by `factor` (> 0): its likelihood is
   // this one's raised to the power 1 / factor^2 (up to its normalisation), the tempered posterior
@@ -94,6 +104,8 @@ class LensPosterior {
   // Chi-square per row, of the residuals blurred by a Gaussian of blur_pixels when > 0.
   torch::Tensor chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows,
                               double blur_pixels) const;
+  // The arcs-placed grid for a built lens and lens light (spec_.arcs_placement set).
+  GridPlacement place_grid(const physics::ImageModel& m, int64_t rows) const;
   LensModelSpec spec_;
   ParameterSpace space_;
   ImagingData data_;
@@ -104,6 +116,7 @@ class LensPosterior {
   int64_t n_lenses_ = 1;
   torch::Tensor pixels_per_lens_;
   std::pair<torch::Tensor, torch::Tensor> coordinates_;  // the grid's sub-pixel centres, made once
+  std::pair<torch::Tensor, torch::Tensor> pixel_centres_;  // [1, ny * nx], for arcs_placement
 };
 
 }  // namespace dslens::model

@@ -11,6 +11,9 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
+#include <utility>
+
 #include "dslens/model/lens_posterior.h"
 #include "dslens/model/parameter_space.h"
 
@@ -41,12 +44,14 @@ struct BackProjection {
 
 // For `rows` rows of constrained parameters (lens-major, as LensPosterior::build): the lens light
 // of those parameters is subtracted from the data, then the signal pixels are traced through their
-// lens. The stamp of row b is centred on its centre, with pixels of scale[b] arcsec rotated by
-// phi[b] (lenstronomy's INTERPOL convention, physics/light_profiles.h); scale and phi are [B] or
-// [1]. No gradient. InvalidArgument for a stamp size < 1 or a cell that does not divide it.
-BackProjection back_project(const LensPosterior& posterior, const ParameterSpace::Unpacked& values,
-                            int64_t rows, const torch::Tensor& scale, const torch::Tensor& phi,
-                            const BackProjectionSettings& settings);
+// lens. The stamp of row b is centred on its centre (or on stamp_centre's, [B] or [1] each, when
+// given: a grid placed elsewhere), with pixels of scale[b] arcsec rotated by phi[b] (lenstronomy's
+// INTERPOL convention, physics/light_profiles.h); scale and phi are [B] or [1]. No gradient.
+// InvalidArgument for a stamp size < 1 or a cell that does not divide it.
+BackProjection back_project(
+    const LensPosterior& posterior, const ParameterSpace::Unpacked& values, int64_t rows,
+    const torch::Tensor& scale, const torch::Tensor& phi, const BackProjectionSettings& settings,
+    const std::optional<std::pair<torch::Tensor, torch::Tensor>>& stamp_centre = std::nullopt);
 
 // The same without a stamp (a 1 x 1 one): the traced pixels' centre, count and footprint
 // (half_width) only, pixels above `snr_threshold` sigma.
