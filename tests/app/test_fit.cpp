@@ -912,6 +912,58 @@ TEST(FitCommand, APixelGridsExtentFollowsTheArcsAndAFixedWideOneIsWarnedOf) {
   fs::remove_all(dir);
 }
 
+// A grid on the arcs traces the data less a lens light fixed at the MAP search's best optimum
+// (model/arcs_placement.h), which --resume after the MAP must fix again the same way: the test
+// mock with a lens-light Sersic of free amplitude, fitted whole and in two (--stop-after map, then
+// --resume), gives the same draws. With each draw's own lens light the resumed chains would differ.
+TEST(FitCommand, APixelGridOnTheArcsResumesWithTheSameLensLight) {
+  const std::string dir = dslens::testing::temp_dir("fit_pixel_arcs_resume");
+  fs::create_directories(dir + "/configs");
+  json sim = mock_config(41, 1.0);
+  sim["lens_light"] = {{{"type", "SERSIC"},
+                        {"amp", 8.0},
+                        {"R_sersic", 0.5},
+                        {"n_sersic", 2.0},
+                        {"center_x", 0.0},
+                        {"center_y", 0.0}}};
+  write_json(dir + "/lit-sim.json", sim);
+  const RunResult simulated =
+      run_dslens("simulate " + quote(dir + "/lit-sim.json") + " --out " + quote(dir + "/lit-data"));
+  ASSERT_EQ(simulated.code, 0) << simulated.output;
+  json c = fit_config("../lit-data");
+  c["model"]["lens_light"] = {{{"type", "SERSIC"},
+                               {"amp", prior("lognormal", std::log(8.0), 0.5)},
+                               {"R_sersic", 0.5},
+                               {"n_sersic", 2.0},
+                               {"center_x", 0.0},
+                               {"center_y", 0.0}}};
+  c["model"]["source"] = {{{"type", "PIXELATED"}, {"size", 10}, {"sigma", 30.0}}};
+  c["map"] = {{"starts", 2},           {"placement", "sersic"},  {"placement_starts", 4},
+              {"adam_iterations", 60}, {"lbfgs_iterations", 20}, {"newton_iterations", 0},
+              {"retry_rounds", 0}};
+  c["sampler"] = {{"chains", 2}, {"warmup", 20}, {"draws", 20}, {"max_depth", 5}, {"seed", 5}};
+  const std::string cfg = dir + "/configs/lit.json";
+  write_json(cfg, c);
+  const RunResult whole = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/whole"));
+  ASSERT_EQ(whole.code, 0) << whole.output;
+  const json map = read_json(dir + "/whole/map.json");
+  ASSERT_TRUE(map.contains("pixel_grid")) << map.dump();
+  EXPECT_FALSE(map.at("parameters").contains("scale_source_light0")) << map.dump();
+  const RunResult stop =
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/split") + " --stop-after map");
+  ASSERT_EQ(stop.code, 0) << stop.output;
+  const RunResult resumed =
+      run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/split") + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  const auto a = dslens::read_npy(dir + "/whole/draws.npy");
+  const auto b = dslens::read_npy(dir + "/split/draws.npy");
+  ASSERT_EQ(a.sizes(), b.sizes());
+  EXPECT_TRUE(torch::allclose(a, b, 1e-9, 1e-12));
+  EXPECT_EQ(read_json(dir + "/split/map.json").at("log_posterior").get<double>(),
+            map.at("log_posterior").get<double>());
+  fs::remove_all(dir);
+}
+
 // A free pixel grid whose prior sd per pixel is far below the source's surface brightness cannot
 // reach the data. The prior then dominates every pixel (the MAP's pixels sit near 2 sd whatever
 // sigma is, 0.02 to 2 here), so the pixels' own values cannot tell; the likelihood along the MAP's
