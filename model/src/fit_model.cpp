@@ -100,6 +100,7 @@ class Builder {
     }
     ProfileBinding& b = bindings.back();
     current_list_ = &bindings;
+    const bool arcs = type == "PIXELATED" && on_arcs(node);
 
     std::vector<std::string> names;
     std::map<std::string, double> defaults;
@@ -108,7 +109,7 @@ class Builder {
       names = {"center_x", "center_y", "scale", "phi_G", "amp"};
       defaults = {{"phi_G", 0.0}};
     } else if (type == "PIXELATED") {
-      if (!on_arcs(node)) {
+      if (!arcs) {
         names = {"center_x", "center_y", "scale"};
         default_priors = pixel_grid_placement_priors(node);
         if (!default_priors.count("center_x")) defaults = {{"center_x", 0.0}, {"center_y", 0.0}};
@@ -134,8 +135,6 @@ class Builder {
       allowed.push_back("sigma");
       allowed.push_back("regularisation");
       allowed.push_back("placement");
-      for (const std::string k : {"center_x", "center_y", "scale"})
-        if (!contains(allowed, k)) allowed.push_back(k);  // named in on_arcs's error
     }
     if (type == "VAE" || type == "PIXELATED") allowed.push_back("interpolation");
     node.allow_only(allowed);
@@ -167,7 +166,7 @@ class Builder {
       // A simulation's truth.json gives the latents as the component's "z" (truth_point).
       out_.origins[out_.latent_block] = {list, index, "z"};
     }
-    if (type == "PIXELATED") decoded_pixels(node, sfx, b, list, index);
+    if (type == "PIXELATED") decoded_pixels(node, sfx, b, list, index, arcs);
   }
 
   // Whether a PIXELATED node's grid is placed on the traced arcs (model/arcs_placement.h):
@@ -278,7 +277,7 @@ class Builder {
   // chains start from, the evidence's maximum instead (model/pixel_source_solve.h; docs/fit.md,
   // "Pixel grids").
   void decoded_pixels(const ConfigNode& node, const std::string& sfx, ProfileBinding& binding,
-                      const std::string& list, int64_t index) {
+                      const std::string& list, int64_t index, bool placed_on_arcs) {
     if (!out_.decoded_kind.empty()) node.fail("only one VAE or PIXELATED source is supported");
     const int64_t n = node.integer("size", Range::closed(2, 256));
     const std::string kind =
@@ -312,7 +311,7 @@ class Builder {
     }
     const bool sigma_free = prior.has_value();
     const double sigma_fixed = out_.space.range(sigma_name).first;
-    if (on_arcs(node)) out_.arcs_placement = ArcsPlacementSpec{size_t(index), n};
+    if (placed_on_arcs) out_.arcs_placement = ArcsPlacementSpec{size_t(index), n};
     out_.decoded_kind = "PIXELATED";
     out_.pixel_regularisation = kind;
     out_.pixel_sigma_name = sigma_name;
