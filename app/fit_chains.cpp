@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 
+#include "chain_seeds.h"
 #include "cuda_graphs.h"
 #include "dslens/core/errors.h"
 #include "dslens/samplers/adaptation.h"
@@ -120,11 +121,12 @@ std::vector<std::string> along(const std::vector<samplers::NonConcaveDirection>&
   return out;
 }
 
-LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density, const torch::Tensor& modes,
+LaplaceMetric laplace_metric(const samplers::LogDensityFn& log_density,
+                             const samplers::HessianBlockFn& block, const torch::Tensor& modes,
                              bool dense, const std::vector<std::string>& names) {
   samplers::LaplaceSettings settings;
   settings.max_variance = 1.0;
-  const auto lap = samplers::laplace_approximation(log_density, modes, settings);
+  const auto lap = samplers::laplace_approximation(log_density, modes, settings, block);
   const int64_t flat = lap.non_concave.sum().item<int64_t>();
   if (flat > 0)
     spdlog::warn(
@@ -162,6 +164,7 @@ struct ChainStarts {
 };
 
 ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
+                         const samplers::HessianBlockFn& block,
                          const std::vector<const FitConfig*>& lenses, const torch::Tensor& best_x,
                          const torch::Tensor& best_lp, bool dense, int64_t round,
                          const torch::TensorOptions& opts) {
@@ -169,8 +172,8 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   const int64_t chains = lenses.front()->sampler.chains;
   const auto t_laplace = std::chrono::steady_clock::now();
   // The Laplace approximation at every kept optimum (lens-major rows, as the log density wants).
-  const auto laplace = laplace_metric(log_density, best_x.reshape({n_lenses * keep, dim}), dense,
-                                      lenses.front()->model.space.coordinate_names());
+  const auto laplace = laplace_metric(log_density, block, best_x.reshape({n_lenses * keep, dim}),
+                                      dense, lenses.front()->model.space.coordinate_names());
   spdlog::info(
       "Laplace approximation at the {} optima in {:.1f} s: marginal sd from {:.3g} to {:.3g} "
       "(unconstrained)",
@@ -180,10 +183,9 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
   const auto mass = (best_lp.to(torch::kCPU, torch::kFloat64).reshape({-1}) +
                      0.5 * log_det.to(torch::kCPU, torch::kFloat64))
                         .reshape({n_lenses, keep});
-  // Also seeded: optima whose log p is within D / 2 nats of the best (a Gaussian mode's height
-  // above its typical set), whatever their Laplace mass; the stray chains of warmup then keep the
-  // one whose draws have the higher log densities.
-  const double height_nats = 0.5 * static_cast<double>(dim);
+  // Also seeded: optima within seed_height_nats of the best log p, whatever their Laplace mass;
+  // the stray chains of warmup then keep the one whose draws have the higher log densities.
+  const double height_nats = seed_height_nats(lenses.front()->model, dim);
   const std::vector<int64_t> seed_rows = samplers::seed_modes(
       mass, chains, kSeedMassNats,
       best_lp.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, keep}), height_nats);
@@ -228,6 +230,7 @@ ChainStarts chain_starts(const samplers::LogDensityFn& log_density,
 
 std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
                                    const samplers::LogDensityFn& log_density,
+                                   const samplers::HessianBlockFn& hessian_block,
                                    const torch::Tensor& best_x, const torch::Tensor& best_lp,
                                    int64_t round, const ChainRunFiles& files,
                                    const FitRunOptions& options, const std::string& label) {
@@ -263,7 +266,7 @@ std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
     s.resume_from = snapshot;
   } else if (!have_chains) {
     const ChainStarts starts_of_chains =
-        chain_starts(log_density, lenses, best_x, best_lp, dense, round, opts);
+        chain_starts(log_density, hessian_block, lenses, best_x, best_lp, dense, round, opts);
     init = starts_of_chains.init;
     s.inv_metric = starts_of_chains.inv_metric;
   }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dslens/samplers/hmc.h"
+#include "dslens/samplers/laplace.h"
 #include "fit_config.h"
 #include "fit_run.h"
 
@@ -30,12 +31,15 @@ struct ChainRun {
 
 // One sampler run of `lenses` (same batch_key; log_density's rows lens-major), the chains of each
 // lens started at its kept optima best_x [L, K, D] (log posteriors best_lp [L, K], best first).
+// `hessian_block`, when set, gives the Laplace approximation at the optima a block of the Hessian
+// in closed form (a pixel grid's: model::pixel_source_hessian).
 // `round` (1, 2, ...) salts the chains' random streams and starting jitter, so that a lens's run
 // of a given round is the same alone or in any batch. With options.resume, finished chains are
 // read from files.chains and an interrupted run continues from files.sampler. std::nullopt: the
 // run stopped after warmup (options.stop_after "warmup").
 std::optional<ChainRun> run_chains(const std::vector<const FitConfig*>& lenses,
                                    const samplers::LogDensityFn& log_density,
+                                   const samplers::HessianBlockFn& hessian_block,
                                    const torch::Tensor& best_x, const torch::Tensor& best_lp,
                                    int64_t round, const ChainRunFiles& files,
                                    const FitRunOptions& options, const std::string& label);

@@ -182,6 +182,15 @@ PixelSourceSystem pixel_source_system(const FitModel& model, const LensPosterior
   return out;
 }
 
+samplers::HessianBlock pixel_source_hessian(const FitModel& model, const LensPosterior& posterior,
+                                            const torch::Tensor& u, int64_t max_group_rows) {
+  const PixelSourceSystem s = pixel_source_system(model, posterior, u, max_group_rows);
+  const auto gram = s.gram.to(torch::kCPU, torch::kFloat64);
+  const auto s2 = s.sigma.to(torch::kCPU, torch::kFloat64).square().view({-1, 1, 1});
+  const auto eye = torch::eye(gram.size(1), gram.options()).expand_as(gram);
+  return {s.first_column, -(eye + s2 * 0.5 * (gram + gram.transpose(1, 2)))};
+}
+
 namespace {
 
 // G's eigenbasis, G = Q diag(lambda) Q^T, in which the solves below are exact for any sigma. G is

@@ -8,17 +8,42 @@
 #include "dslens/core/errors.h"
 
 namespace dslens::samplers {
+namespace {
+constexpr int64_t kCpuRowsPerCall = 64;
+}  // namespace
+
 torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor& x,
-                                     const torch::Tensor& h, int64_t max_rows, int64_t& calls) {
+                                     const torch::Tensor& h, int64_t max_rows, int64_t& calls,
+                                     const HessianBlock& known) {
   const int64_t B = x.size(0), D = x.size(1);
-  const int64_t k = std::max<int64_t>(1, std::min<int64_t>(D, max_rows / (2 * B)));
-  auto H = torch::empty({B, D, D}, x.options().dtype(torch::kFloat64).device(torch::kCPU));
-  for (int64_t j0 = 0; j0 < D; j0 += k) {
-    const int64_t n = std::min(k, D - j0);
+  const int64_t first = known.known() ? known.first : 0;
+  const int64_t K = known.known() ? known.value.size(-1) : 0;
+  if (known.known() && (known.value.dim() != 3 || known.value.size(0) != B ||
+                        known.value.size(1) != K || first < 0 || first + K > D))
+    throw InvalidArgument("Hessian by differences: the known block must be [" + std::to_string(B) +
+                          ", K, K] within the " + std::to_string(D) + " coordinates");
+  // The coordinates stepped: all but the known block's.
+  std::vector<int64_t> stepped;
+  for (int64_t j = 0; j < D; ++j)
+    if (j < first || j >= first + K) stepped.push_back(j);
+  const int64_t S = static_cast<int64_t>(stepped.size());
+  const auto cpu64 = x.options().dtype(torch::kFloat64).device(torch::kCPU);
+  auto H = torch::zeros({B, D, D}, cpu64);
+  // On the CPU, calls of more than kCpuRowsPerCall rows cost several times more per row: for a
+  // 100 x 100 image supersampled 2 x, 16 to 17 ms per row in calls of 4 to 64 rows, 73 to 86 ms in
+  // calls of 256 to 512, and a Laplace approximation at 8 points took 19.9 s in calls of 512
+  // rows, 4.3 s in calls of 64 (docs/benchmarks.md, session 52).
+  const int64_t rows = x.is_cpu() ? std::min(max_rows, kCpuRowsPerCall) : max_rows;
+  const int64_t k = std::max<int64_t>(1, std::min<int64_t>(S, rows / (2 * B)));
+  for (int64_t s0 = 0; s0 < S; s0 += k) {
+    const int64_t n = std::min(k, S - s0);
+    const auto cols = torch::tensor(
+        std::vector<int64_t>(stepped.begin() + s0, stepped.begin() + s0 + n), torch::kLong);
+    const auto cols_x = cols.to(x.device());
     // Displacements [B, 2n, D]: +h_j e_j for j in the block, then -h_j e_j.
     auto eye = torch::zeros({n, D}, x.options());
-    eye.narrow(1, j0, n).copy_(torch::eye(n, x.options()));
-    auto step = h.narrow(1, j0, n);                    // [B, n]
+    eye.index_copy_(1, cols_x, torch::eye(n, x.options()));
+    auto step = h.index_select(1, cols_x);             // [B, n]
     auto plus = eye.unsqueeze(0) * step.unsqueeze(2);  // [B, n, D]
     auto q = torch::cat({x.unsqueeze(1) + plus, x.unsqueeze(1) - plus}, 1).reshape({-1, D});
     auto v = evaluate_checked(f, q);
@@ -27,10 +52,21 @@ torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor&
     if (!torch::isfinite(g).all().item<bool>())
       throw NumericalError(
           "Laplace approximation: the gradient is not finite near a mode (coordinates " +
-          std::to_string(j0) + " to " + std::to_string(j0 + n - 1) + ")");
+          std::to_string(stepped[static_cast<size_t>(s0)]) + " to " +
+          std::to_string(stepped[static_cast<size_t>(s0 + n - 1)]) + ")");
     auto diff = (g.narrow(1, 0, n) - g.narrow(1, n, n)) /
                 (2.0 * step.to(torch::kCPU, torch::kFloat64).unsqueeze(2));  // [B, n, D]
-    H.narrow(2, j0, n).copy_(diff.transpose(1, 2));
+    H.index_copy_(2, cols, diff.transpose(1, 2));
+  }
+  if (K > 0) {
+    // The block's rows across the stepped columns are its columns' transposes (H is symmetric);
+    // the block itself is the closed form.
+    const auto all_stepped = torch::tensor(stepped, torch::kLong);
+    if (S > 0) {
+      const auto across = H.narrow(1, first, K).index_select(2, all_stepped);  // [B, K, S]
+      H.narrow(2, first, K).index_copy_(1, all_stepped, across.transpose(1, 2));
+    }
+    H.narrow(1, first, K).narrow(2, first, K).copy_(known.value.to(torch::kCPU, torch::kFloat64));
   }
   return 0.5 * (H + H.transpose(1, 2));
 }
@@ -83,7 +119,8 @@ void LaplaceSettings::validate() const {
 }
 
 LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::Tensor& x,
-                                           const LaplaceSettings& settings) {
+                                           const LaplaceSettings& settings,
+                                           const HessianBlockFn& block) {
   settings.validate();
   if (!x.defined() || x.dim() != 2 || x.size(0) < 1 || x.size(1) < 1 || !x.is_floating_point())
     throw InvalidArgument("Laplace approximation: modes must be a floating-point [B, D] tensor");
@@ -91,12 +128,13 @@ LaplaceApproximation laplace_approximation(const LogDensityFn& f, const torch::T
   const auto xd = x.detach();
   LaplaceApproximation out;
 
+  const HessianBlock known = block ? block(xd) : HessianBlock{};
   // Pass 1: a common small step; its diagonal sets each coordinate's step for pass 2.
   auto h1 = torch::full_like(xd, settings.initial_step);
-  auto H1 = hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls);
+  auto H1 = hessian_by_differences(f, xd, h1, settings.max_rows, out.log_density_calls, known);
   auto h2 = difference_steps(H1, settings.relative_step, settings.max_step);
-  out.hessian =
-      hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows, out.log_density_calls);
+  out.hessian = hessian_by_differences(f, xd, h2.to(xd.options()), settings.max_rows,
+                                       out.log_density_calls, known);
 
   out.covariance = soft_abs_covariance(out.hessian, settings, out.non_concave);
   out.variance = out.covariance.diagonal(0, 1, 2).clone();

@@ -14,6 +14,7 @@
 
 #include "dslens/model/fit_model.h"
 #include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/laplace.h"
 
 namespace dslens::model {
 
@@ -34,6 +35,15 @@ struct PixelSourceSystem {
 // unless model.decoded_kind is "PIXELATED".
 PixelSourceSystem pixel_source_system(const FitModel& model, const LensPosterior& posterior,
                                       const torch::Tensor& u, int64_t max_group_rows = 0);
+
+// The pixel block's Hessian of the log posterior at the rows u [R, D]: -(I + sigma^2 G), [R, K, K]
+// float64 on the CPU, at the block's first column. Exact, and the same for any z: the image is
+// linear in z and z's prior standard normal. What samplers::laplace_approximation would otherwise
+// difference column by column (2 K gradients per row and pass: 1,524 s at the 4 optima of a
+// 32 x 32 grid on 2 cores, 11 s with this; docs/benchmarks.md, session 52). A row whose model is
+// not finite gets -I.
+samplers::HessianBlock pixel_source_hessian(const FitModel& model, const LensPosterior& posterior,
+                                            const torch::Tensor& u, int64_t max_group_rows = 0);
 
 // u with each row's pixel block at its maximum given the row's other coordinates (sigma
 // included). The log posterior of no row decreases.
