@@ -311,7 +311,8 @@ TEST(PixelSourceSolve, ThePixelBlocksHessianIsExactAndSparesTheLaplaceItsColumns
           .narrow(2, first, k);
   const double scale = differenced.abs().max().item<double>();
   EXPECT_LT((block.value - differenced).abs().max().item<double>(), 1e-7 * scale);
-  // sigma matters: the prior's identity alone, or G without sigma^2, is far off.
+  // Premise: sigma is far enough from 1 that G without its sigma^2, (sigma^2 - 1) G away, would
+  // fail the comparison above.
   const auto sigma = p.fit.space.unpack(p.u).values.at(p.fit.pixel_sigma_name).view({-1, 1, 1});
   const auto eye = torch::eye(k, torch::kFloat64);
   EXPECT_GT(((block.value + eye) / sigma.square() - (block.value + eye)).abs().max().item<double>(),
