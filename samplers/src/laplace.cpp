@@ -40,7 +40,7 @@ torch::Tensor hessian_by_differences(const LogDensityFn& f, const torch::Tensor&
     const auto cols = torch::tensor(
         std::vector<int64_t>(stepped.begin() + s0, stepped.begin() + s0 + n), torch::kLong);
     const auto cols_x = cols.to(x.device());
-    // Displacements [B, 2n, D]: +h_j e_j for j in the block, then -h_j e_j.
+    // Displacements [B, 2n, D]: +h_j e_j for this call's coordinates j, then -h_j e_j.
     auto eye = torch::zeros({n, D}, x.options());
     eye.index_copy_(1, cols_x, torch::eye(n, x.options()));
     auto step = h.index_select(1, cols_x);             // [B, n]
