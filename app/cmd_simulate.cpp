@@ -14,6 +14,7 @@
 #include "dslens/core/output_dir.h"
 #include "dslens/core/plot.h"
 #include "dslens/core/version.h"
+#include "dslens/physics/lens_equation.h"
 #include "lens_config.h"
 #include "plot_panels.h"
 
@@ -177,6 +178,33 @@ json source_plane_summary(const SourcePlane& sp) {
            {{"value", weighted_mean > 0 ? peak / weighted_mean : 0.0}, {"unit", "dimensionless"}}}};
 }
 
+// The images of each source component's centre through the true lens, on the grid
+// (physics::solve_lens_equation): positions a fit's data may take as "image_positions"
+// (model/image_positions.h) where the centre is a compact feature, and the truth to compare
+// measured ones with. Brightest first; magnifications signed (negative: saddle points).
+json source_centre_images(const LensConfig& cfg, const Compute& compute) {
+  json out = json::array();
+  if (cfg.model.lens.empty()) return out;
+  for (size_t i = 0; i < cfg.model.source_light.size(); ++i) {
+    const auto& p = cfg.model.source_light[i].params;
+    if (!p.count("center_x") || !p.count("center_y")) continue;
+    const double bx = p.at("center_x").reshape({-1})[0].item<double>();
+    const double by = p.at("center_y").reshape({-1})[0].item<double>();
+    json images = json::array(), magnifications = json::array();
+    for (const auto& im :
+         physics::solve_lens_equation(cfg.model.lens, bx, by, cfg.model.grid, compute)) {
+      images.push_back({im.x, im.y});
+      magnifications.push_back(im.magnification);
+    }
+    out.push_back({{"source", i},
+                   {"center", {bx, by}},
+                   {"images", images},
+                   {"magnifications", magnifications},
+                   {"unit", "arcsec"}});
+  }
+  return out;
+}
+
 std::vector<FitsCard> image_cards(const LensConfig& cfg, const std::string& content) {
   const auto& g = cfg.model.grid;
   return {{"CONTENT", content, "what this image holds"},
@@ -261,6 +289,7 @@ int run_simulate(int argc, char** argv) {
   truth["model_total_flux"] = {{"value", model.sum().item<double>()}, {"unit", "counts/s"}};
   const SourcePlane sp = write_preview(out.file("preview.png"), cfg, image, model, compute);
   truth["source_plane"] = source_plane_summary(sp);
+  truth["image_positions"] = source_centre_images(cfg, compute);
   write_text_atomically(out.file("truth.json"), truth.dump(2) + "\n");
   // As the fit's source.fits (app/fit_outputs.cpp), so the two can be compared pixel by pixel.
   write_fits_image(out.file("source.fits"), sp.brightness,

@@ -415,6 +415,34 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
          "that holds 99 % of the image flux traced back through the MAP's lens (pixels above 3 "
          "sigma after the lens light), with a tenth to spare each side"}};
   }
+  // The measured image positions (model/image_positions.h) at the MAP's lens: each feature's
+  // chi-square about its fitted source position, against its 2 (n - 1) degrees of freedom.
+  std::vector<std::string> position_warnings;
+  if (post.data().positions.defined()) {
+    const auto chi = model::image_positions_chi_square(m.lens, post.data().positions, 1)[0].to(
+        torch::kCPU, torch::kFloat64);
+    nlohmann::json features = nlohmann::json::array();
+    for (size_t g = 0; g < cfg.data.image_positions.size(); ++g) {
+      const auto n = static_cast<int64_t>(cfg.data.image_positions[g].images.size());
+      const double c = chi[static_cast<int64_t>(g)].item<double>();
+      const double dof = 2.0 * static_cast<double>(n - 1);
+      features.push_back({{"images", n}, {"chi_square", number_or_null(c)}, {"dof", dof}});
+      if (!(c <= dof + 5.0 * std::sqrt(2.0 * dof))) {
+        position_warnings.push_back(
+            "the MAP's lens does not bring the images of data/image_positions/" +
+            std::to_string(g) + " back to one source position: chi-square " + fmt("%.1f", c) +
+            " for " + fmt("%.0f", dof) +
+            " degrees of freedom; check that they are images of one feature, in arcsec on the "
+            "fit's grid, and their sigma");
+      }
+    }
+    map_json["image_positions"] = {
+        {"features", features},
+        {"definition",
+         "per feature of data/image_positions: chi-square of its images about the source position "
+         "that fits them best, through the MAP's lens, each image's error mapped to the source "
+         "plane (model/image_positions.h); expected about dof = 2 (images - 1)"}};
+  }
   nlohmann::json best, starts = nlohmann::json::array();
   const auto x_map = space.constrained(map_u).to(torch::kCPU, torch::kFloat64)[0];
   for (int64_t d = 0; d < D; ++d) best[names[d]] = x_map[d].item<double>();
@@ -524,6 +552,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                        "map leaves out noise on the arcs (the source's Poisson noise)");
   }
   if (grid_extent && grid_extent->warning) warnings.push_back(*grid_extent->warning);
+  warnings.insert(warnings.end(), position_warnings.begin(), position_warnings.end());
   // A prior that holds the source down: the fit cannot reach the data, and the chi-square warning
   // alone does not say why (a PIXELATED source of peak 394 counts/s/arcsec^2 under sigma 1 ended
   // at reduced chi-square 10.4; docs/fit.md, "A prior that holds the source down").

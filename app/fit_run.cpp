@@ -26,8 +26,10 @@ namespace fit_run_detail {
 BatchPosterior batch_posterior(const std::vector<const FitConfig*>& lenses,
                                const Compute& compute) {
   std::vector<torch::Tensor> images, sigmas, masks, psfs;
+  std::vector<std::vector<model::ImagePositionGroup>> positions;
   bool same_psf = true;
   for (const auto* c : lenses) {
+    positions.push_back(c->data.image_positions);
     images.push_back(c->data.image);
     sigmas.push_back(c->data.sigma);
     masks.push_back(c->data.mask);
@@ -38,7 +40,8 @@ BatchPosterior batch_posterior(const std::vector<const FitConfig*>& lenses,
   }
   std::optional<torch::Tensor> psf;
   if (!psfs.empty()) psf = same_psf ? psfs.front() : torch::stack(psfs);
-  model::ImagingData data{torch::stack(images), torch::stack(sigmas), torch::stack(masks)};
+  model::ImagingData data{torch::stack(images), torch::stack(sigmas), torch::stack(masks),
+                          model::batch_image_positions(positions)};
   const FitConfig& first = *lenses.front();
   return {model::LensPosterior(first.model.spec(first.data.grid, psf), first.model.space, data,
                                compute),

@@ -135,6 +135,7 @@ class Builder {
       allowed.push_back("sigma");
       allowed.push_back("regularisation");
       allowed.push_back("placement");
+      allowed.push_back("arcs_extent");
     }
     if (type == "VAE" || type == "PIXELATED") allowed.push_back("interpolation");
     node.allow_only(allowed);
@@ -176,7 +177,13 @@ class Builder {
     const bool given = node.has("scale") || node.has("center_x") || node.has("center_y");
     const std::string placement =
         node.choice_or("placement", given ? "free" : kDefaultPixelGridPlacement, {"arcs", "free"});
-    if (placement != "arcs") return false;
+    if (placement != "arcs") {
+      if (node.has("arcs_extent"))
+        node.fail_at("arcs_extent",
+                     "only allowed with \"placement\": \"arcs\" (it sizes the grid placed on "
+                     "the arcs); remove it, or remove the grid's scale and centre");
+      return false;
+    }
     for (const std::string k : {"scale", "center_x", "center_y"}) {
       if (node.has(k)) {
         node.fail_at(k,
@@ -311,7 +318,19 @@ class Builder {
     }
     const bool sigma_free = prior.has_value();
     const double sigma_fixed = out_.space.range(sigma_name).first;
-    if (placed_on_arcs) out_.arcs_placement = ArcsPlacementSpec{size_t(index), n};
+    if (placed_on_arcs) {
+      ArcsPlacementSpec arcs;
+      arcs.source_index = size_t(index);
+      arcs.size = n;
+      // "arcs_extent": the grid's side over the side of the box that holds the traced arcs
+      // (ArcsPlacementSpec::side_per_half_width / 2). Wider catches a source's faint outskirts,
+      // below the placement's threshold pixel by pixel, that the lens light otherwise takes up;
+      // coarser pixels are its price (docs/fit.md, "A pixel grid's extent").
+      arcs.side_per_half_width =
+          2.0 * node.number_or("arcs_extent", 0.5 * arcs.side_per_half_width,
+                               Range::closed(kArcsExtentRange.first, kArcsExtentRange.second));
+      out_.arcs_placement = arcs;
+    }
     out_.decoded_kind = "PIXELATED";
     out_.pixel_regularisation = kind;
     out_.pixel_sigma_name = sigma_name;

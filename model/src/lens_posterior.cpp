@@ -7,6 +7,8 @@
 #include "dslens/core/errors.h"
 #include "dslens/samplers/row_parallel.h"
 
+#include "per_row.h"
+
 namespace dslens::model {
 namespace lens_posterior_detail {
 
@@ -26,17 +28,6 @@ physics::ParamMap bind(const ProfileBinding& binding,
     p["e2"] = f * torch::sin(2 * phi);
   }
   return p;
-}
-
-// Each lens's entry [L, ...] repeated for its `per` rows, lens-major: [L * per, ...]. Not
-// repeat_interleave, which reads its output size back from the device (a host sync, and nothing a
-// CUDA graph can capture).
-torch::Tensor per_row(const torch::Tensor& per_lens, int64_t per) {
-  auto shape = per_lens.sizes().vec();
-  shape.insert(shape.begin() + 1, per);
-  auto out_shape = per_lens.sizes().vec();
-  out_shape[0] *= per;
-  return per_lens.unsqueeze(1).expand(shape).reshape(out_shape);
 }
 
 void check_binding(const ProfileBinding& b, const ParameterSpace& space) {
@@ -105,6 +96,14 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   log_norm_ = -(torch::log(safe_sigma) * used.to(opts)).sum({1, 2}) -
               0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
+  if (data_.positions.defined()) {
+    if (data_.positions.x.size(0) != n_lenses_) {
+      throw InvalidArgument("image positions are needed for each of the " +
+                            std::to_string(n_lenses_) + " lenses (padded), got " +
+                            std::to_string(data_.positions.x.size(0)));
+    }
+    data_.positions = data_.positions.to(opts);
+  }
   coordinates_ = g.supersampled_coordinates(spec_.supersampling, compute_);
   if (spec_.arcs_placement) {
     if (spec_.arcs_placement->source_index >= spec_.source.size()) {
@@ -150,6 +149,7 @@ LensPosterior LensPosterior::with_noise_scaled(double factor) const {
   }
   ImagingData scaled = data_;
   scaled.sigma = data_.sigma * factor;
+  scaled.positions = data_.positions.with_sigma_scaled(factor);
   LensModelSpec spec = spec_;
   if (spec.arcs_placement) spec.arcs_placement->noise_factor *= factor;
   return LensPosterior(spec, space_, scaled, compute_);
@@ -283,9 +283,18 @@ torch::Tensor LensPosterior::chi_square(const torch::Tensor& u) const {
   return chi_square_of(space_.unpack(u), u.size(0), 0.0);
 }
 
+torch::Tensor LensPosterior::image_positions_term(const ParameterSpace::Unpacked& un,
+                                                  int64_t rows) const {
+  if (!data_.positions.defined()) return torch::zeros({rows}, compute_.options());
+  return image_positions_log_likelihood(build(un, rows, /*with_sources=*/false).lens,
+                                        data_.positions, rows_per_lens(rows));
+}
+
 torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
-  const int64_t per = rows_per_lens(u.size(0));
-  return -0.5 * chi_square(u) + per_row(log_norm_, per);
+  const auto un = space_.unpack(u);
+  const int64_t rows = u.size(0), per = rows_per_lens(rows);
+  return -0.5 * chi_square_of(un, rows, 0.0) + per_row(log_norm_, per) +
+         image_positions_term(un, rows);
 }
 
 torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
@@ -295,7 +304,9 @@ torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
 torch::Tensor LensPosterior::log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const {
   const auto un = space_.unpack(u);
   const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  return un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) + per_row(log_norm_, per);
+  auto log_p = un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) + per_row(log_norm_, per);
+  if (data_.positions.defined()) log_p = log_p + image_positions_term(un, rows);
+  return log_p;
 }
 
 samplers::LogDensityFn LensPosterior::log_density_smoothed(double blur_pixels) const {

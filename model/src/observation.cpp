@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <sstream>
@@ -328,7 +329,8 @@ double truth_grid_value(const json& truth, const ConfigNode& sim, const std::str
 }
 
 Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
-  data.allow_only({"simulation", "mask", "mask_radius", "mask_circles", "cutout"});
+  data.allow_only(
+      {"simulation", "mask", "mask_radius", "mask_circles", "cutout", "image_positions"});
   const ConfigNode sim = data.at("simulation");
   const std::string given = sim.as_string();
   if (given.empty()) sim.fail("empty folder name; expected a `dslens simulate` output folder");
@@ -390,7 +392,8 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
 
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time", "psf",
-                   "mask", "mask_radius", "mask_circles", "pixel_scale", "cutout"});
+                   "mask", "mask_radius", "mask_circles", "pixel_scale", "cutout",
+                   "image_positions"});
   if (!data.has("image")) {
     data.fail(
         "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "
@@ -446,6 +449,32 @@ Observation load_observation(const ConfigNode& data, const std::string& base_dir
   data.require_object();
   Observation obs =
       data.has("simulation") ? load_simulation(data, base_dir) : load_fits(data, base_dir);
+  if (data.has("image_positions")) {
+    const ConfigNode node = data.at("image_positions");
+    obs.image_positions = parse_image_positions(node);
+    // Positions off the grid are most likely pixel indices where arcsec are asked for.
+    const auto [x, y] = obs.grid.coordinates(Compute{torch::kCPU, torch::kFloat64});
+    const double h = 0.5 * obs.grid.pixel_scale;
+    const double x_lo = x.min().item<double>() - h, x_hi = x.max().item<double>() + h;
+    const double y_lo = y.min().item<double>() - h, y_hi = y.max().item<double>() + h;
+    for (size_t g = 0; g < obs.image_positions.size(); ++g) {
+      const auto& images = obs.image_positions[g].images;
+      for (size_t i = 0; i < images.size(); ++i) {
+        const auto [px, py] = images[i];
+        if (px < x_lo || px > x_hi || py < y_lo || py > y_hi) {
+          char what[256];
+          std::snprintf(what, sizeof what,
+                        "position [%g, %g] lies off the image (x in [%.4g, %.4g], y in [%.4g, "
+                        "%.4g]); allowed: arcsec on the fit's grid (not pixel indices)",
+                        px, py, x_lo, x_hi, y_lo, y_hi);
+          node.at(g).at("images").at(i).fail(what);
+        }
+      }
+    }
+    size_t n = 0;
+    for (const auto& group : obs.image_positions) n += group.images.size();
+    spdlog::info("data: {} image positions of {} source feature(s)", n, obs.image_positions.size());
+  }
   spdlog::info("data: {}: {}x{} pixels (rows x columns), {} fitted, pixel scale {}\", PSF {}",
                obs.description, obs.grid.ny, obs.grid.nx, obs.n_fitted(), obs.grid.pixel_scale,
                obs.psf ? shape_text(*obs.psf) : std::string("none"));

@@ -701,6 +701,49 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
   fs::remove_all(dir);
 }
 
+// Measured image positions (data's "image_positions", model/image_positions.h): the images of the
+// mock's source centre from its truth.json come back to one place through the MAP's lens
+// (map.json's chi-square within 5 sd of its 2 (n - 1) degrees of freedom, no warning), while a
+// "feature" of two points on one ray from the lens centre, 0.7" and 1.3" out, is warned of by its
+// index: an SIE's deflection is the same all along a ray, so no SIE brings them closer than 0.6"
+// (chi-square about 0.6^2 / (2 x 0.03^2) = 200), and they cannot pull the lens either. (A pair one
+// round lens can join, the first true image and its mirror through the centre, did: the MAP's
+// lens went round, and the true images' chi-square rose to 25.6.)
+TEST(FitCommand, ImagePositionsAreFittedAndAFeatureTheLensCannotJoinIsWarnedOf) {
+  const std::string dir = dslens::testing::temp_dir("fit_positions");
+  const std::string cfg = make_mock(dir, "a", 21, 0.9);
+  const json truth = read_json(dir + "/a-data/truth.json").at("image_positions");
+  ASSERT_EQ(truth.size(), 1u) << truth.dump();
+  const json images = truth[0].at("images");
+  ASSERT_GE(images.size(), 2u) << truth.dump();
+  const double ray = std::sqrt(0.5);
+  json c = read_json(cfg);
+  c["data"]["image_positions"] = {
+      {{"images", images}, {"sigma", 0.02}},
+      {{"images", {{-0.7 * ray, 0.7 * ray}, {-1.3 * ray, 1.3 * ray}}}, {"sigma", 0.03}}};
+  write_json(cfg, c);
+  const RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit") +
+                                 " --warmup 30 --draws 30 --chains 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json map = read_json(dir + "/fit/map.json");
+  const json features = map.at("image_positions").at("features");
+  ASSERT_EQ(features.size(), 2u) << map.dump();
+  const double n = static_cast<double>(images.size());
+  EXPECT_EQ(features[0].at("images").get<double>(), n);
+  EXPECT_EQ(features[0].at("dof").get<double>(), 2.0 * (n - 1.0));
+  const double dof = 2.0 * (n - 1.0);
+  EXPECT_LT(features[0].at("chi_square").get<double>(), dof + 5.0 * std::sqrt(2.0 * dof))
+      << map.dump();
+  EXPECT_GT(features[1].at("chi_square").get<double>(), 50.0) << map.dump();
+  EXPECT_NEAR(map.at("parameters").at("theta_E_lens0").get<double>(), 0.9, 0.01);
+  std::string joined;
+  for (const auto& w : read_json(dir + "/fit/warnings.json")) joined += w.get<std::string>() + "\n";
+  EXPECT_NE(joined.find("data/image_positions/1 back to one source position"), std::string::npos)
+      << joined;
+  EXPECT_EQ(joined.find("data/image_positions/0"), std::string::npos) << joined;
+  fs::remove_all(dir);
+}
+
 // Chain rounds (app/fit_chains.h): chains started from raw prior draws and run without warmup
 // end apart on lens "a" (mean log posteriors 74 nats apart) and together on "b" (4 nats). With
 // the default sampler.retry_rounds, "a" alone is run again from its chains' best draw, optimised,

@@ -221,6 +221,38 @@ TEST(SimulatePhysics, UnlensedGaussianHasItsFluxAndCentroid) {
   fs::remove_all(dir);
 }
 
+// truth.json's image_positions: the images of the source's centre through the true lens. An SIS
+// of 1" images a centre 0.2" out on the x axis at 1.2" (magnification 1 + 1 / 0.2 = 6) and -0.8"
+// (1 - 1 / 0.2 = -4), brightest first; without a lens there are none.
+TEST(SimulatePhysics, TruthHasTheImagesOfTheSourceCentre) {
+  const auto dir = dslens::testing::temp_dir("sim_images");
+  json cfg = json::parse(R"({
+    "grid": {"nx": 60, "ny": 60, "pixel_scale": 0.05},
+    "psf": {"fwhm": 0.1},
+    "mass": [{"type": "SIS", "theta_E": 1.0, "center_x": 0.0, "center_y": 0.0}],
+    "source": [{"type": "GAUSSIAN", "amp": 10.0, "sigma": 0.05, "center_x": 0.2, "center_y": 0.0}],
+    "noise": {"background_rms": 0.0, "exposure_time": 0.0}
+  })");
+  write_json(dir + "/c.json", cfg);
+  auto r = run_dslens("simulate " + quote(dir + "/c.json") + " --out " + quote(dir + "/o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json positions = read_json(dir + "/o/truth.json").at("image_positions");
+  ASSERT_EQ(positions.size(), 1u) << positions.dump();
+  const json& images = positions[0].at("images");
+  ASSERT_EQ(images.size(), 2u) << positions.dump();
+  EXPECT_NEAR(images[0][0].get<double>(), 1.2, 1e-8);
+  EXPECT_NEAR(images[0][1].get<double>(), 0.0, 1e-8);
+  EXPECT_NEAR(images[1][0].get<double>(), -0.8, 1e-8);
+  EXPECT_NEAR(positions[0].at("magnifications")[0].get<double>(), 6.0, 1e-6);
+  EXPECT_NEAR(positions[0].at("magnifications")[1].get<double>(), -4.0, 1e-6);
+  cfg["mass"] = json::array();
+  write_json(dir + "/c.json", cfg);
+  r = run_dslens("simulate " + quote(dir + "/c.json") + " --out " + quote(dir + "/unlensed"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(read_json(dir + "/unlensed/truth.json").at("image_positions").empty());
+  fs::remove_all(dir);
+}
+
 // A source of both signs: a pixelated stamp with a block of +1 and, a zero column apart, a block
 // of -0.3 of the same size. Bilinear interpolation keeps the two signs apart and integrates each
 // pixel to its value times its area, so the negative flux is 0.3 of the positive, and the two

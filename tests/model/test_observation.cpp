@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <tuple>
 
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
@@ -325,6 +326,46 @@ TEST(Observation, MaskCirclesLeaveDiscsOut) {
                                    {"mask_circles", json::array({bad})}},
                                   dir, &path);
     EXPECT_EQ(path, "/data/mask_circles/0/" + where) << msg;
+  }
+}
+
+// "image_positions": read in arcsec on the grid, batched for the posterior; a feature with one
+// image, a sigma <= 0, a position that is not [x, y] and one off the image (pixel indices given
+// for arcsec) are errors naming the path.
+TEST(Observation, ImagePositionsAreReadAndBadOnesNameTheirPath) {
+  const auto dir = dslens::testing::temp_dir("obs_positions");
+  dslens::write_fits_image(dir + "/image.fits", ramp(9, 9));
+  const json base = {{"image", "image.fits"}, {"noise_map", "image.fits"}, {"pixel_scale", 0.5}};
+  json data = base;
+  data["image_positions"] = {
+      {{"images", {{1.0, -0.5}, {-1.5, 1.5}}}, {"sigma", 0.05}},
+      {{"images", {{0.5, 0.5}, {-2.0, 0.0}, {2.25, -2.25}}}, {"sigma", 0.1}}};
+  const Observation obs = load(data, dir);
+  ASSERT_EQ(obs.image_positions.size(), 2u);
+  EXPECT_EQ(obs.image_positions[1].images.size(), 3u);
+  EXPECT_EQ(obs.image_positions[1].images[2][0], 2.25);
+  EXPECT_EQ(obs.image_positions[0].sigma, 0.05);
+  const auto batched = obs.imaging().positions;
+  ASSERT_TRUE(batched.defined());
+  EXPECT_EQ(batched.x.sizes(), (std::vector<int64_t>{1, 5}));
+  EXPECT_NEAR(batched.inv_var[0][4].item<double>(), 100.0, 1e-9);
+  EXPECT_EQ(batched.member[0][4][1].item<double>(), 1.0);
+  EXPECT_FALSE(load(base, dir).imaging().positions.defined());
+  const json one = {{{"images", {{1.0, -0.5}}}, {"sigma", 0.05}}};
+  const json flat = {{{"images", {{1.0, -0.5}, {-1.5, 1.5}}}, {"sigma", 0.0}}};
+  const json triple = {{{"images", {{1.0, -0.5}, {-1.5, 1.5, 0.0}}}, {"sigma", 0.05}}};
+  const json pixels = {{{"images", {{1.0, -0.5}, {7.0, 3.0}}}, {"sigma", 0.05}}};
+  for (const auto& [bad, where, says] :
+       {std::tuple<json, std::string, std::string>{one, "/images", "two or more"},
+        {flat, "/sigma", "> 0"},
+        {triple, "/images/1", "[x, y]"},
+        {pixels, "/images/1", "not pixel indices"}}) {
+    json d = base;
+    d["image_positions"] = bad;
+    std::string path;
+    const auto msg = config_error(d, dir, &path);
+    EXPECT_EQ(path, "/data/image_positions/0" + where) << msg;
+    EXPECT_TRUE(contains(msg, says)) << msg;
   }
 }
 

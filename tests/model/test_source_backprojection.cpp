@@ -272,7 +272,9 @@ LensPosterior arcs_placed_posterior(BackProjectionProblem p, int64_t n) {
   p.spec.source.push_back({"INTERPOL_BICUBIC", {{"amp", "one"}}});
   p.spec.latent_block = "pixels";
   p.spec.decoder = [n](const torch::Tensor& z) { return z.reshape({-1, n, n}); };
-  p.spec.arcs_placement = ArcsPlacementSpec{0, n};
+  ArcsPlacementSpec arcs;
+  arcs.size = n;
+  p.spec.arcs_placement = arcs;
   p.space.add_standard_normal_block("pixels", n * n);
   return LensPosterior(p.spec, p.space, p.data, p.compute);
 }

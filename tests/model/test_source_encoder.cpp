@@ -171,6 +171,30 @@ TEST(SourceEncoder, APixelGridIsPlacedOnTheArcsOrFreely) {
     EXPECT_NE(std::string(e.what()).find("\"placement\": \"free\""), std::string::npos) << e.what();
   }
   EXPECT_THROW(parse({{"type", "PIXELATED"}, {"size", 20}, {"placement", "here"}}), ConfigError);
+  // "arcs_extent": the grid's side over the arcs' box's, 1.1 by default; it reaches the spec the
+  // posterior places the grid with.
+  EXPECT_DOUBLE_EQ(arcs.arcs_placement->side_per_half_width, 2.2);
+  const auto wide = parse({{"type", "PIXELATED"}, {"size", 20}, {"arcs_extent", 1.4}});
+  const auto wide_spec = wide.spec(physics::PixelGrid::centered(8, 8, 0.1), std::nullopt);
+  ASSERT_TRUE(wide_spec.arcs_placement.has_value());
+  EXPECT_DOUBLE_EQ(wide_spec.arcs_placement->side_per_half_width, 2.8);
+  const auto error_of = [&](const nlohmann::json& s) {
+    try {
+      parse(s);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const double bad : {0.3, 5.0}) {
+    const auto what = error_of({{"type", "PIXELATED"}, {"size", 20}, {"arcs_extent", bad}});
+    EXPECT_NE(what.find("/model/source/0/arcs_extent"), std::string::npos) << what;
+    EXPECT_NE(what.find("[0.5, 4]"), std::string::npos) << what;
+  }
+  const auto freed =
+      error_of({{"type", "PIXELATED"}, {"size", 20}, {"placement", "free"}, {"arcs_extent", 1.4}});
+  EXPECT_NE(freed.find("/model/source/0/arcs_extent"), std::string::npos) << freed;
+  EXPECT_NE(freed.find("\"placement\": \"arcs\""), std::string::npos) << freed;
 
   const auto free = parse({{"type", "PIXELATED"}, {"size", 20}, {"placement", "free"}});
   EXPECT_FALSE(free.arcs_placement.has_value());

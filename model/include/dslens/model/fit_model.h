@@ -20,7 +20,8 @@
 //              lognormal(ln(kPixelGridSide / n), 1) and, unless given, center_x, center_y ~
 //              normal(0, kPixelGridCentreSigma), or the given values (a fixed scale's centre
 //              defaults to 0, 0). Without "placement": "free" when any of scale, center_x,
-//              center_y is given, else kDefaultPixelGridPlacement.
+//              center_y is given, else kDefaultPixelGridPlacement. "arcs_extent" (arcs only;
+//              default 1.1, kArcsExtentRange): the grid's side over the traced arcs' box's.
 #pragma once
 #include <torch/torch.h>
 
@@ -28,6 +29,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dslens/core/config.h"
@@ -43,6 +45,9 @@ inline constexpr double kPixelGridSide = 1.5;
 inline constexpr double kPixelGridCentreSigma = 0.5;
 // A PIXELATED grid's placement when the config gives none of scale, center_x, center_y.
 inline constexpr const char* kDefaultPixelGridPlacement = "arcs";
+// The "arcs_extent" a config may give: a grid narrower than half the arcs' box drops most of the
+// arcs, and one four times as wide spends 15 of 16 pixels on sky.
+inline constexpr std::pair<double, double> kArcsExtentRange = {0.5, 4.0};
 
 struct FitModel {
   ParameterSpace space;

@@ -14,6 +14,7 @@
 
 #include "dslens/core/device.h"
 #include "dslens/model/arcs_placement.h"
+#include "dslens/model/image_positions.h"
 #include "dslens/model/parameter_space.h"
 #include "dslens/physics/image_model.h"
 #include "dslens/samplers/log_density.h"
@@ -51,6 +52,9 @@ struct ImagingData {
   torch::Tensor image;  // [ny, nx] or [L, ny, nx]
   torch::Tensor sigma;  // per-pixel noise standard deviation (> 0 where unmasked), like image
   torch::Tensor mask;   // bool, like image: true = pixel enters the likelihood
+  // Measured positions of multiply imaged features, a term of the likelihood beside the pixels'
+  // (model/image_positions.h); none when undefined.
+  ImagePositions positions{};
 };
 
 class LensPosterior {
@@ -81,6 +85,7 @@ class LensPosterior {
   const LensModelSpec& spec() const { return spec_; }
   // Noise-free model images [C, ny, nx] for constrained values.
   torch::Tensor model_image(const ParameterSpace::Unpacked& values) const;
+  // The pixels' Gaussian likelihood, plus the image positions' term where the data have any.
   torch::Tensor log_likelihood(const torch::Tensor& u) const;  // [C]
   torch::Tensor log_prob(const torch::Tensor& u) const;        // [C]
   // The posterior in the samplers' interface (autograd gradient).
@@ -92,6 +97,8 @@ class LensPosterior {
   // is log_prob.
   torch::Tensor log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const;
   samplers::LogDensityFn log_density_smoothed(double blur_pixels) const;
+  // The image positions' term alone (model/image_positions.h), [C]; 0 without positions.
+  torch::Tensor image_positions_term(const ParameterSpace::Unpacked& un, int64_t rows) const;
   // Chi-square over unmasked pixels and their count, for the reduced chi-square.
   torch::Tensor chi_square(const torch::Tensor& u) const;
   int64_t n_pixels() const { return n_pixels_; }  // summed over lenses

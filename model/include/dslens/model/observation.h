@@ -25,6 +25,9 @@
 //   cutout                          {"center": [col, row], "size": [nx, ny]}, 0-based pixels;
 //                                   columns [col - nx/2, col - nx/2 + nx) (integer division), rows
 //                                   likewise; center defaults to the image centre (N/2)
+//   image_positions                 [{"images": [[x, y], ...], "sigma": s}, ...]: measured
+//                                   positions (arcsec, the fit's grid) of the images of compact
+//                                   source features, a likelihood term (model/image_positions.h)
 // Non-finite image or noise pixels and sigma <= 0 are masked with a warning.
 #pragma once
 #include <torch/torch.h>
@@ -35,6 +38,7 @@
 #include <vector>
 
 #include "dslens/core/config.h"
+#include "dslens/model/image_positions.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/physics/image_model.h"
 
@@ -52,8 +56,13 @@ struct Observation {
   std::string description;            // e.g. "runs/mock (dslens simulate)" or "image.fits[0]"
   std::vector<std::string> warnings;  // also logged with spdlog::warn
 
+  // "image_positions" (model/image_positions.h), checked to lie on the grid.
+  std::vector<ImagePositionGroup> image_positions;
+
   int64_t n_fitted() const { return mask.defined() ? mask.sum().item<int64_t>() : 0; }
-  ImagingData imaging() const { return {image, sigma, mask}; }
+  ImagingData imaging() const {
+    return {image, sigma, mask, batch_image_positions({image_positions})};
+  }
 };
 
 // `data` is the config's "data" node (its path, e.g. "/data", prefixes every error); relative
