@@ -1,5 +1,6 @@
 // What `dslens fit` writes for one lens (docs/fit.md, "Output").
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -418,6 +419,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // The measured image positions (model/image_positions.h) at the MAP's lens: each feature's
   // chi-square about its fitted source position, against its 2 (n - 1) degrees of freedom.
   std::vector<std::string> position_warnings;
+  std::vector<std::array<double, 2>> image_positions, traced_positions;  // for report.png
   if (post.data().positions.defined()) {
     const auto chi = model::image_positions_chi_square(m.lens, post.data().positions, 1)[0].to(
         torch::kCPU, torch::kFloat64);
@@ -426,7 +428,18 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       const auto n = static_cast<int64_t>(cfg.data.image_positions[g].images.size());
       const double c = chi[static_cast<int64_t>(g)].item<double>();
       const double dof = 2.0 * static_cast<double>(n - 1);
-      features.push_back({{"images", n}, {"chi_square", number_or_null(c)}, {"dof", dof}});
+      nlohmann::json traced = nlohmann::json::array();
+      for (const auto& [x, y] : cfg.data.image_positions[g].images) {
+        const auto at = [&](double v) { return torch::full({1, 1}, v, opts); };
+        const auto [bx, by] = m.lens.ray_shoot(at(x), at(y));
+        image_positions.push_back({x, y});
+        traced_positions.push_back({bx.item<double>(), by.item<double>()});
+        traced.push_back({traced_positions.back()[0], traced_positions.back()[1]});
+      }
+      features.push_back({{"images", n},
+                          {"chi_square", number_or_null(c)},
+                          {"dof", dof},
+                          {"traced_back", traced}});
       if (!(c <= dof + 5.0 * std::sqrt(2.0 * dof))) {
         position_warnings.push_back(
             "the MAP's lens does not bring the images of data/image_positions/" +
@@ -441,7 +454,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
         {"definition",
          "per feature of data/image_positions: chi-square of its images about the source position "
          "that fits them best, through the MAP's lens, each image's error mapped to the source "
-         "plane (model/image_positions.h); expected about dof = 2 (images - 1)"}};
+         "plane (model/image_positions.h); expected about dof = 2 (images - 1); traced_back: "
+         "each image ray-shot through the MAP's lens (arcsec in the source plane)"}};
   }
   nlohmann::json best, starts = nlohmann::json::array();
   const auto x_map = space.constrained(map_u).to(torch::kCPU, torch::kFloat64)[0];
@@ -697,6 +711,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   rep.source_extent = source.extent;
   rep.caustics = cc.caustic;
   rep.critical = cc.critical;
+  rep.image_positions = image_positions;
+  rep.traced_positions = traced_positions;
   rep.convergence = cc.convergence;
   std::vector<int64_t> cols;
   for (const auto& n : cfg.model.free_mass_parameters()) {

@@ -22,6 +22,7 @@ using plot::Rgb;
 using plot_panels::Extent;
 
 constexpr Rgb kCaustic{0, 230, 255};
+constexpr Rgb kPositions{60, 230, 60};  // image positions, and their traced-back source positions
 
 torch::Tensor cpu_image(const torch::Tensor& t, const physics::PixelGrid& g, const char* what) {
   if (!t.defined() || t.dim() != 2 || t.size(0) != g.ny || t.size(1) != g.nx) {
@@ -215,12 +216,15 @@ void render(const std::string& png_path, const FitReportInputs& in) {
     plot_panels::scale_bar(canvas, box_at(0), field, plot::kWhite);
     plot_panels::scale_bar(canvas, box_at(1), field, plot::kWhite);
   }
+  const double field_cross = 0.03 * (field.xmax - field.xmin);
+  plot_panels::draw_crosses(canvas, box_at(0), field, in.image_positions, field_cross, kPositions);
 
   // Normalised residuals; pixels outside the mask are non-finite, drawn grey.
   canvas.image(box_at(2), resid, "coolwarm", -5.0, 5.0);
   plot_panels::panel_title(canvas, box_at(2), "(data - model) / sigma, grey: masked");
   canvas.colorbar(bar_at(2), "coolwarm", -5.0, 5.0);
   plot_panels::scale_bar(canvas, box_at(2), field, plot::kBlack);
+  plot_panels::draw_crosses(canvas, box_at(2), field, in.image_positions, field_cross, kPositions);
 
   // Source with the caustics, in a window of the source's aspect ratio.
   const Extent src = source_window(in, field);
@@ -238,6 +242,8 @@ void render(const std::string& png_path, const FitReportInputs& in) {
       centred_text(canvas, src_box, "no source image", plot::kWhite);
     }
     plot_panels::draw_segments(canvas, src_box, src, in.caustics, kCaustic);
+    plot_panels::draw_crosses(canvas, src_box, src, in.traced_positions,
+                              0.03 * (src.xmax - src.xmin), kPositions);
     plot_panels::panel_title(canvas, src_box, in.source_title);
     plot_panels::scale_bar(canvas, src_box, src, plot::kWhite);
   }

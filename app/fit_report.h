@@ -21,6 +21,10 @@ struct FitReportInputs {
   // The source panel's title (the posterior mean's, where report.png shows it).
   std::string source_title = "source + caustics";
   std::vector<std::array<double, 4>> caustics, critical;  // segments (x0, y0, x1, y1), arcsec
+  // The data's image positions (arcsec; docs/fit.md, "Image positions"), crossed on the data and
+  // residual panels, and the same traced back through the MAP's lens, crossed on the source's:
+  // where the lens is right, each feature's crosses meet there.
+  std::vector<std::array<double, 2>> image_positions, traced_positions;
   torch::Tensor convergence;  // [H, W] covering the data grid's extent; may be undefined
   torch::Tensor
       corner_draws;  // [N, P] posterior draws of the main lens parameters; may be undefined
@@ -32,9 +36,10 @@ struct FitReportInputs {
 // Draws the figure and writes it atomically as PNG. Top row: data (asinh stretch), model (same
 // limits), normalised residuals (coolwarm, -5..5, pixels outside the mask grey), the source with
 // the caustics (cyan), log10 convergence with the critical curves (red); each with a title, a
-// colour bar and a scale bar in arcsec. Below: the corner plot (when draws are given) and the
-// notes. Tensors may live on any device. Throws InvalidArgument when data, model, residuals or
-// mask are not [grid.ny, grid.nx], or the corner inputs disagree (see plot::corner_plot).
+// colour bar and a scale bar in arcsec; image positions as green crosses. Below: the corner plot
+// (when draws are given) and the notes. Tensors may live on any device. Throws InvalidArgument when
+// data, model, residuals or mask are not [grid.ny, grid.nx], or the corner inputs disagree (see
+// plot::corner_plot).
 void write_fit_report(const std::string& png_path, const FitReportInputs& in);
 
 }  // namespace dslens::app

@@ -30,6 +30,16 @@ void draw_segments(Canvas& canvas, const Box& box, const Extent& e,
   }
 }
 
+void draw_crosses(Canvas& canvas, const Box& box, const Extent& e,
+                  const std::vector<std::array<double, 2>>& points, double half, Rgb colour) {
+  std::vector<std::array<double, 4>> segments;
+  for (const auto& [x, y] : points) {
+    segments.push_back({x - half, y, x + half, y});
+    segments.push_back({x, y - half, x, y + half});
+  }
+  draw_segments(canvas, box, e, segments, colour);
+}
+
 void panel_title(Canvas& canvas, const Box& box, const std::string& title) {
   canvas.text(box.x + (box.w - Canvas::text_width(title)) / 2, box.y - 12, title);
 }

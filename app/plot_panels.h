@@ -24,6 +24,10 @@ Extent grid_extent(const physics::PixelGrid& grid);
 void draw_segments(plot::Canvas& canvas, const plot::Box& box, const Extent& e,
                    const std::vector<std::array<double, 4>>& segments, plot::Rgb colour);
 
+// A "+" of half size `half` (arcsec) at each point (x, y), drawn as draw_segments does.
+void draw_crosses(plot::Canvas& canvas, const plot::Box& box, const Extent& e,
+                  const std::vector<std::array<double, 2>>& points, double half, plot::Rgb colour);
+
 // A title centred above a panel.
 void panel_title(plot::Canvas& canvas, const plot::Box& box, const std::string& title);
 

@@ -735,6 +735,17 @@ TEST(FitCommand, ImagePositionsAreFittedAndAFeatureTheLensCannotJoinIsWarnedOf) 
   EXPECT_LT(features[0].at("chi_square").get<double>(), dof + 5.0 * std::sqrt(2.0 * dof))
       << map.dump();
   EXPECT_GT(features[1].at("chi_square").get<double>(), 50.0) << map.dump();
+  // The true images traced back (what report.png crosses on the source) land near the mock's
+  // source centre (0.05, 0.02); the ray's two points stay 0.6" apart.
+  for (const auto& b : features[0].at("traced_back")) {
+    EXPECT_NEAR(b[0].get<double>(), 0.05, 0.02) << map.dump();
+    EXPECT_NEAR(b[1].get<double>(), 0.02, 0.02) << map.dump();
+  }
+  const json ray_back = features[1].at("traced_back");
+  ASSERT_EQ(ray_back.size(), 2u);
+  EXPECT_NEAR(std::hypot(ray_back[0][0].get<double>() - ray_back[1][0].get<double>(),
+                         ray_back[0][1].get<double>() - ray_back[1][1].get<double>()),
+              0.6, 0.01);
   EXPECT_NEAR(map.at("parameters").at("theta_E_lens0").get<double>(), 0.9, 0.01);
   std::string joined;
   for (const auto& w : read_json(dir + "/fit/warnings.json")) joined += w.get<std::string>() + "\n";
