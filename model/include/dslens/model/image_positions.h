@@ -8,9 +8,9 @@
 //   log L = -1/2 sum_i (beta_i - b)^T P_i (beta_i - b) - 1/2 log det S   (+ const),
 //   P_i = (A_i A_i^T)^-1 / sigma_i^2,  S = sum_i P_i,  b = S^-1 sum_i P_i beta_i,
 // summed over features. A lens that does not bring a feature's images back to one place is
-// penalised by their scatter in units of the measurement error: the demagnified optima the MAP
-// finds on pixelated fits (theta_E 0.61 against 1.2; docs/fit.md, "Image positions") trace the
-// arcs' knots an arcsecond apart.
+// penalised by their scatter in units of the measurement error: given the two images of the 32 x
+// 32 pixelated mock's source centre, the MAP search no longer kept the demagnified optimum
+// (theta_E 0.605 against 1.2) it had 115 nats below the best (docs/fit.md, "Image positions").
 #pragma once
 #include <torch/torch.h>
 
