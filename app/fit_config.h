@@ -59,7 +59,8 @@ struct MapSettings {
   bool backproject = true;
   // Polishing (samplers/newton.h): damped Newton iterations with the finite-difference Hessian on
   // each lens's best `newton_starts` optima after the last stage; 0: none. Models with more than
-  // `kHessianMaxDimension` free parameters skip it (the Hessian costs 2D gradients per start).
+  // `kHessianMaxDimension` free parameters to difference skip it (the Hessian costs 2D gradients
+  // per start; a pixel grid's block is known in closed form and not counted).
   int64_t newton_iterations = 50;
   int64_t newton_starts = 4;
   // Search rounds (app/map_rounds.h): a lens whose best optimum leaves a reduced chi-square above
@@ -72,7 +73,9 @@ struct MapSettings {
   double retry_chi_square_sigma = 1.5;
 };
 // Newton polishing and the sampler's curvature metric take Hessians by differences (2D gradient
-// rows per point, a D x D eigensolve); models with more free parameters than this skip both.
+// rows per point, a D x D eigensolve); models with more free parameters to difference than this
+// skip the polish, and with more free parameters skip the curvature metric (which does not yet use
+// a pixel grid's closed-form block).
 inline constexpr int64_t kHessianMaxDimension = 400;
 // The sampler's "auto" metric is dense up to this many free parameters, diagonal above. A dense
 // metric costs D^2 per chain and leapfrog step and D^3 per window, small beside the image model up

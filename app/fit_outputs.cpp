@@ -674,7 +674,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   if (!std::isfinite(background_rms)) {
     background_rms = obs.sigma.masked_select(obs.mask).median().item<double>();
   }
-  write_exported_model(export_model(m, 0, background_rms, exposure_time), dir + "/map_model");
+  write_exported_model(
+      export_model(m, 0, background_rms, exposure_time, cfg.data.image_positions),
+      dir + "/map_model");
   const auto source_cards = [&source](const std::string& content) {
     return std::vector<FitsCard>{{"CONTENT", content, ""},
                                  {"PIXSCALE", source.pixel, "arcsec per pixel"},

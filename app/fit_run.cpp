@@ -56,18 +56,6 @@ torch::Tensor init_starts(const std::vector<const FitConfig*>& lenses, const Fit
   return torch::cat(rows).to(opts);
 }
 
-// For the Laplace approximation at the optima: a pixel grid's block of the Hessian in closed form
-// (model::pixel_source_hessian): on the 32 x 32 grid of docs/benchmarks.md (session 52) 14 of the
-// 1,038 coordinates are differenced, and the approximation at 4 optima took 11 s instead of
-// 1,524 s. None for other sources.
-samplers::HessianBlockFn pixel_hessian_block(const model::FitModel& model,
-                                             const model::LensPosterior& posterior) {
-  if (model.decoded_kind != "PIXELATED") return nullptr;
-  return [&model, &posterior](const torch::Tensor& x) {
-    return model::pixel_source_hessian(model, posterior, x);
-  };
-}
-
 }  // namespace fit_run_detail
 
 using namespace fit_run_detail;

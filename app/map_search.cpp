@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -286,14 +287,21 @@ std::vector<double> best_per_lens(const torch::Tensor& log_p, int64_t n_lenses) 
 }
 
 // The last stage's optima polished by damped Newton steps (samplers/newton.h): each lens's best
-// `newton_starts` rows (lens-major, `per_lens` rows per lens) move, the others stay.
-samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
+// `newton_starts` rows (lens-major, `per_lens` rows per lens) move, the others stay. A pixel
+// grid's block of the Hessian is known in closed form and not differenced, and a free strength
+// sigma is held: in whitened pixels the posterior rises without end along sigma (docs/fit.md,
+// "Pixel grids"), and the optima's sigma is set at its evidence maximum afterwards.
+samplers::OptimizeResult polished(const model::FitModel& model,
+                                  const model::LensPosterior& posterior,
                                   samplers::OptimizeResult result, int64_t n_lenses,
-                                  const MapSettings& ms, int64_t dim, MapBar& bar) {
+                                  const MapSettings& ms, MapBar& bar) {
   if (ms.newton_iterations <= 0) return result;
-  if (dim > kHessianMaxDimension) {
-    spdlog::info("MAP: no Newton polishing: {} free parameters (more than {})", dim,
-                 kHessianMaxDimension);
+  const int64_t dim = posterior.space().dim();
+  const auto block = pixel_hessian_block(model, posterior);
+  const int64_t differenced = dim - (block ? model.decoded_size * model.decoded_size : 0);
+  if (differenced > kHessianMaxDimension) {
+    spdlog::info("MAP: no Newton polishing: {} free parameters to difference (more than {})",
+                 differenced, kHessianMaxDimension);
     return result;
   }
   const int64_t per_lens = result.x.size(0) / n_lenses;
@@ -310,12 +318,18 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
   // On a CPU only the starts still moving are evaluated (CUDA graphs want one shape).
   newton.compact = result.x.device().is_cpu();
   newton.row_groups = n_lenses;
+  newton.hessian_block = block;
+  if (model.has_free_pixel_strength()) {
+    const auto names = posterior.space().coordinate_names();
+    const auto at = std::find(names.begin(), names.end(), model.pixel_sigma_name);
+    newton.held_coordinates = {static_cast<int64_t>(at - names.begin())};
+  }
   newton.on_progress = [&bar](const samplers::OptimizeProgress& p) { bar.update(p); };
   bar.set_stage("polish");
   const auto before = best_per_lens(result.log_p, n_lenses);
   const auto t0 = std::chrono::steady_clock::now();
-  const auto r =
-      samplers::maximize_newton(log_density, result.x.detach().index_select(0, rows), newton);
+  const auto r = samplers::maximize_newton(posterior.log_density(),
+                                           result.x.detach().index_select(0, rows), newton);
   // The polished rows replace their originals in every per-start field, and the best is redone.
   const auto put = [&rows](const torch::Tensor& all, const torch::Tensor& some) {
     return all.detach().index_copy(0, rows.to(all.device()), some.to(all.options()));
@@ -331,11 +345,17 @@ samplers::OptimizeResult polished(const samplers::LogDensityFn& log_density,
   result.best_x = result.x[result.best].clone();
   result.best_log_p = result.log_p[result.best].item<double>();
   result.log_density_calls += r.log_density_calls;
+  std::string how;
+  if (block) {
+    how = "; the pixel grid's Hessian block in closed form, " + std::to_string(differenced) +
+          " coordinates differenced";
+    if (model.has_free_pixel_strength()) how += ", " + model.pixel_sigma_name + " held";
+  }
   spdlog::info(
       "MAP: Newton polishing of the best {} optima per lens in {:.1f} s ({} iterations at most, {} "
-      "of {} converged): best log posterior per lens {} -> {}",
+      "of {} converged{}): best log posterior per lens {} -> {}",
       k, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-      r.iterations.max().item<int64_t>(), r.converged.sum().item<int64_t>(), r.x.size(0),
+      r.iterations.max().item<int64_t>(), r.converged.sum().item<int64_t>(), r.x.size(0), how,
       nlohmann::json(before).dump(), nlohmann::json(best_per_lens(result.log_p, n_lenses)).dump());
   return result;
 }
@@ -395,6 +415,14 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
   return result;
 }
 
+samplers::HessianBlockFn pixel_hessian_block(const model::FitModel& model,
+                                             const model::LensPosterior& posterior) {
+  if (model.decoded_kind != "PIXELATED") return nullptr;
+  return [&model, &posterior](const torch::Tensor& x) {
+    return model::pixel_source_hessian(model, posterior, x);
+  };
+}
+
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
                                         const model::LensPosterior& posterior,
                                         const torch::Tensor& x0) {
@@ -407,10 +435,10 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
   posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
   return with_arcs_lens_light_of_best(
       lenses.front()->model, posterior,
-      polished(posterior.log_density(),
+      polished(lenses.front()->model, posterior,
                optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
                         ms.lbfgs_iterations, {}, "init", bar),
-               n_lenses, ms, posterior.space().dim(), bar),
+               n_lenses, ms, bar),
       "MAP");
 }
 
@@ -490,11 +518,11 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     return with_exact_pixel_source(
         first.model, posterior,
         polished(
-            posterior.log_density(),
+            first.model, posterior,
             optimise(objective_of(posterior), prior_starts(lenses, space, salt, opts, ms.starts),
                      n_lenses, ms.adam_iterations, ms.learning_rate, ms.blur_pixels,
                      ms.lbfgs_iterations, {}, "", bar),
-            n_lenses, ms, space.dim(), bar),
+            n_lenses, ms, bar),
         "MAP");
   }
 
@@ -772,8 +800,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     }
   }
   return with_arcs_lens_light_of_best(
-      first.model, posterior,
-      polished(posterior.log_density(), joined, n_lenses, ms, space.dim(), bar), "MAP");
+      first.model, posterior, polished(first.model, posterior, joined, n_lenses, ms, bar), "MAP");
 }
 
 samplers::OptimizeResult map_search_detail::with_grid_on_arcs(const model::FitModel& fit,

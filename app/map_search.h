@@ -23,6 +23,7 @@
 
 #include "dslens/core/device.h"
 #include "dslens/model/lens_posterior.h"
+#include "dslens/samplers/laplace.h"
 #include "dslens/samplers/optimize.h"
 #include "fit_config.h"
 
@@ -42,6 +43,14 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
                                         const model::LensPosterior& posterior,
                                         const torch::Tensor& x0);
+
+// For Hessians at a batch's points (Newton's polish, the Laplace approximation at the optima): a
+// pixel grid's block in closed form (model::pixel_source_hessian), so that only the other
+// coordinates are differenced. On the 32 x 32 grid of docs/benchmarks.md (session 52) 14 of the
+// 1,038 coordinates are, and the Laplace approximation at 4 optima took 11 s instead of 1,524 s.
+// nullptr for other sources. `posterior` must outlive the function.
+samplers::HessianBlockFn pixel_hessian_block(const model::FitModel& model,
+                                             const model::LensPosterior& posterior);
 
 // Optima of a model with a PIXELATED source, the grid solved exactly for each row's lens and lens
 // light (model/pixel_source_solve.h): the pixels of a fixed sigma at their conditional maximum (no

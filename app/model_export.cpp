@@ -1,6 +1,8 @@
 #include "model_export.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "dslens/core/atomic_file.h"
@@ -54,10 +56,53 @@ std::string lenstronomy_light_type(const std::string& type) {
   return type == "INTERPOL_BICUBIC" ? "INTERPOL" : type;
 }
 
+// The features' images as lenstronomy point sources: one LENSED_POSITION per feature at its
+// measured images, point_amp 0 (a feature is a constraint on the lens; its light is in the
+// extended source), and kwargs_likelihood's source_position_likelihood with the image-plane sigma
+// (lenstronomy's PositionLikelihood maps it to the source plane through the Hessian, as dslens
+// does).
+void export_positions(const std::vector<model::ImagePositionGroup>& positions, nlohmann::json& lt,
+                      nlohmann::json& notes) {
+  if (positions.empty()) return;
+  nlohmann::json types = nlohmann::json::array(), kwargs = nlohmann::json::array();
+  double sigma_max = 0.0, sigma_min = INFINITY;
+  for (const auto& g : positions) {
+    nlohmann::json ra = nlohmann::json::array(), dec = nlohmann::json::array(),
+                   amp = nlohmann::json::array();
+    for (const auto& [x, y] : g.images) {
+      ra.push_back(x);
+      dec.push_back(y);
+      amp.push_back(0.0);
+    }
+    types.push_back("LENSED_POSITION");
+    kwargs.push_back({{"ra_image", ra}, {"dec_image", dec}, {"point_amp", amp}});
+    sigma_max = std::max(sigma_max, g.sigma);
+    sigma_min = std::min(sigma_min, g.sigma);
+  }
+  lt["point_source_model_list"] = types;
+  lt["kwargs_ps"] = kwargs;
+  lt["kwargs_likelihood"] = {{"source_position_likelihood", true},
+                             {"source_position_sigma", sigma_max}};
+  std::string note =
+      "kwargs_ps holds data/image_positions (point_amp 0: constraints, not light). lenstronomy's "
+      "source_position_likelihood compares each image traced back with their mean, where dslens "
+      "marginalises the source position (model/image_positions.h)";
+  if (sigma_min < sigma_max) {
+    char what[160];
+    std::snprintf(what, sizeof what,
+                  "; lenstronomy takes one source_position_sigma, and the features' sigmas range "
+                  "from %g to %g, so the largest is written",
+                  sigma_min, sigma_max);
+    note += what;
+  }
+  notes.push_back(note);
+}
+
 }  // namespace
 
 ExportedModel export_model(const physics::ImageModel& m, int64_t row, double background_rms,
-                           double exposure_time) {
+                           double exposure_time,
+                           const std::vector<model::ImagePositionGroup>& positions) {
   ExportedModel out;
   nlohmann::json notes = nlohmann::json::array();
   const auto& g = m.grid;
@@ -157,6 +202,7 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row, double bac
                    : nlohmann::json{{"psf_type", "NONE"}};
   lt["kwargs_numerics"] = {{"supersampling_factor", m.supersampling},
                            {"supersampling_convolution", false}};
+  export_positions(positions, lt, notes);
   lt["notes"] = notes;
   out.simulate = std::move(sim);
   out.lenstronomy = std::move(lt);

@@ -5,7 +5,9 @@
 //    fitted lens;
 //  - lenstronomy's keyword arguments (lens_model_list / kwargs_lens, lens_light_model_list /
 //    kwargs_lens_light, source_light_model_list / kwargs_source, kwargs_data, kwargs_psf,
-//    kwargs_numerics), whose conventions dslens follows (docs/fit.md, "The MAP model, exported").
+//    kwargs_numerics), whose conventions dslens follows (docs/fit.md, "The MAP model, exported"),
+//    and the data's image positions as LENSED_POSITION point sources with kwargs_likelihood's
+//    source_position_likelihood (the term dslens fits, model/image_positions.h).
 #pragma once
 #include <torch/torch.h>
 
@@ -14,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "dslens/model/image_positions.h"
 #include "dslens/physics/image_model.h"
 
 namespace dslens::app {
@@ -26,10 +29,12 @@ struct ExportedModel {
 };
 
 // Row `row` of `m`. `background_rms` and `exposure_time` fill the config's noise block (a
-// simulation needs one; the model image does not depend on it). Parameters of any other row
+// simulation needs one; the model image does not depend on it). `positions` are the data's
+// image positions (none: no point sources in lenstronomy.json). Parameters of any other row
 // count than 1 or m's batch are an InvalidArgument.
 ExportedModel export_model(const physics::ImageModel& m, int64_t row, double background_rms,
-                           double exposure_time);
+                           double exposure_time,
+                           const std::vector<model::ImagePositionGroup>& positions = {});
 
 // Writes the export into `dir` (created if absent): simulate.json, lenstronomy.json and the FITS
 // files, each atomically.

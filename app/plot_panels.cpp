@@ -11,8 +11,8 @@ using plot::Canvas;
 using plot::Rgb;
 
 Extent grid_extent(const physics::PixelGrid& g) {
-  return {g.ra_at_xy_0 - 0.5 * g.pixel_scale, g.ra_at_xy_0 + (g.nx - 0.5) * g.pixel_scale,
-          g.dec_at_xy_0 - 0.5 * g.pixel_scale, g.dec_at_xy_0 + (g.ny - 0.5) * g.pixel_scale};
+  const auto e = g.edges();
+  return {e.x_min, e.x_max, e.y_min, e.y_max};
 }
 
 void draw_segments(Canvas& canvas, const Box& box, const Extent& e,

@@ -453,20 +453,17 @@ Observation load_observation(const ConfigNode& data, const std::string& base_dir
     const ConfigNode node = data.at("image_positions");
     obs.image_positions = parse_image_positions(node);
     // Positions off the grid are most likely pixel indices where arcsec are asked for.
-    const auto [x, y] = obs.grid.coordinates(Compute{torch::kCPU, torch::kFloat64});
-    const double h = 0.5 * obs.grid.pixel_scale;
-    const double x_lo = x.min().item<double>() - h, x_hi = x.max().item<double>() + h;
-    const double y_lo = y.min().item<double>() - h, y_hi = y.max().item<double>() + h;
+    const auto edges = obs.grid.edges();
     for (size_t g = 0; g < obs.image_positions.size(); ++g) {
       const auto& images = obs.image_positions[g].images;
       for (size_t i = 0; i < images.size(); ++i) {
         const auto [px, py] = images[i];
-        if (px < x_lo || px > x_hi || py < y_lo || py > y_hi) {
+        if (!edges.contains(px, py)) {
           char what[256];
           std::snprintf(what, sizeof what,
                         "position [%g, %g] lies off the image (x in [%.4g, %.4g], y in [%.4g, "
                         "%.4g]); allowed: arcsec on the fit's grid (not pixel indices)",
-                        px, py, x_lo, x_hi, y_lo, y_hi);
+                        px, py, edges.x_min, edges.x_max, edges.y_min, edges.y_max);
           node.at(g).at("images").at(i).fail(what);
         }
       }

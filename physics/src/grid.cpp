@@ -46,6 +46,13 @@ std::pair<Tensor, Tensor> PixelGrid::coordinates(const Compute& compute) const {
   return supersampled_coordinates(1, compute);
 }
 
+PixelGrid::Edges PixelGrid::edges() const {
+  grid_detail::check_grid(*this);
+  const double h = 0.5 * pixel_scale;
+  return {ra_at_xy_0 - h, ra_at_xy_0 + static_cast<double>(nx) * pixel_scale - h, dec_at_xy_0 - h,
+          dec_at_xy_0 + static_cast<double>(ny) * pixel_scale - h};
+}
+
 std::pair<Tensor, Tensor> PixelGrid::supersampled_coordinates(int64_t factor,
                                                               const Compute& compute) const {
   grid_detail::check_grid(*this);

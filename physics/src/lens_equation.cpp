@@ -45,17 +45,14 @@ std::vector<LensImage> solve_lens_equation(const LensModel& lens, double beta_x,
   const auto ys = y.reshape({-1}).to(torch::kCPU, torch::kFloat64);
   const auto misses = miss.to(torch::kCPU, torch::kFloat64);
   const auto mus = mu.to(torch::kCPU, torch::kFloat64);
-  const double half = 0.5 * grid.pixel_scale;
-  const auto [cx, cy] = grid.coordinates(Compute{torch::kCPU, torch::kFloat64});
-  const double x_lo = cx.min().item<double>() - half, x_hi = cx.max().item<double>() + half;
-  const double y_lo = cy.min().item<double>() - half, y_hi = cy.max().item<double>() + half;
+  const auto edges = grid.edges();
   const double merge = grid.pixel_scale / static_cast<double>(oversample);
   std::vector<LensImage> out;
   for (int64_t k = 0; k < xs.size(0); ++k) {
     const double px = xs[k].item<double>(), py = ys[k].item<double>();
     const double m = mus[k].item<double>();
     if (!(misses[k].item<double>() <= tolerance) || !std::isfinite(m)) continue;
-    if (px < x_lo || px > x_hi || py < y_lo || py > y_hi) continue;
+    if (!edges.contains(px, py)) continue;
     const bool seen = std::any_of(out.begin(), out.end(), [&](const LensImage& o) {
       return std::hypot(o.x - px, o.y - py) < merge;
     });

@@ -46,6 +46,20 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   s.validate();
   check_starts(starts, "newton");
   if (s.compact) check_row_groups(starts, s.row_groups, "newton");
+  // The coordinates each step moves (all but the held ones).
+  std::vector<int64_t> moved;
+  {
+    std::vector<bool> held(static_cast<size_t>(starts.size(1)), false);
+    for (const int64_t j : s.held_coordinates) {
+      require(j >= 0 && j < starts.size(1) && !held[static_cast<size_t>(j)],
+              "newton held coordinate " + str(j) + " is outside [0, " + str(starts.size(1)) +
+                  ") or repeated");
+      held[static_cast<size_t>(j)] = true;
+    }
+    for (int64_t j = 0; j < starts.size(1); ++j)
+      if (!held[static_cast<size_t>(j)]) moved.push_back(j);
+    require(!moved.empty(), "newton holds every coordinate");
+  }
   OptimizeResult r;
   torch::NoGradGuard no_grad;
   const int64_t n = starts.size(0), dim = starts.size(1);
@@ -70,8 +84,10 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
   torch::Tensor converged = torch::zeros({n}, f64.dtype(torch::kBool));
   torch::Tensor failures = torch::zeros({n}, f64.dtype(torch::kInt64));
   torch::Tensor iters = torch::zeros({n}, f64.dtype(torch::kInt64));
-  torch::Tensor trust, H;
+  torch::Tensor trust, H, eigenvalues, V;
   bool fresh_hessian_needed = true;
+  const bool all_moved = static_cast<int64_t>(moved.size()) == dim;
+  const auto moved_idx = torch::tensor(moved, f64.dtype(torch::kInt64));
   const torch::Tensor all_rows = torch::arange(n, f64.dtype(torch::kInt64));
   const auto moving_rows = [&] {
     return s.compact && !active.all().item<bool>() ? pending_rows(active, s.row_groups)
@@ -89,29 +105,44 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
     const int64_t ns = e.sel.size(0);
     if (fresh_hessian_needed) {
       const torch::Tensor xs = x.index_select(0, sel_dev);
+      const HessianBlock known = s.hessian_block ? s.hessian_block(xs) : HessianBlock{};
       torch::Tensor Hs;
       if (!H.defined()) {
         // First iteration: a common small step gives each coordinate's width (as laplace.h).
         const auto h1 = torch::full({ns, dim}, s.initial_step, opt);
-        Hs = hessian_by_differences(log_density, xs, h1, s.max_rows, r.log_density_calls);
+        Hs = hessian_by_differences(log_density, xs, h1, s.max_rows, r.log_density_calls, known);
         H = torch::zeros({n, dim, dim}, Hs.options());
       } else {
         Hs = H.index_select(0, e.sel);
       }
       // The steps from the last Hessian's diagonal.
       const auto h = difference_steps(Hs, s.relative_step, s.max_step);
-      Hs = hessian_by_differences(log_density, xs, h.to(opt), s.max_rows, r.log_density_calls);
+      Hs = hessian_by_differences(log_density, xs, h.to(opt), s.max_rows, r.log_density_calls,
+                                  known);
       // Starts that stopped keep their last Hessian (they never move again).
       H.index_copy_(0, to, Hs.index_select(0, e.real));
+      // -H = V diag(lambda) V^T over the moved coordinates, for the starts whose Hessian is new
+      // (a D x D eigensolve per start: on a 32 x 32 pixel grid, D = 1,038, it is most of an
+      // iteration's cost, so a start that stopped or failed a step does not redo it).
+      const auto Hm =
+          all_moved
+              ? Hs.index_select(0, e.real)
+              : Hs.index_select(0, e.real).index_select(1, moved_idx).index_select(2, moved_idx);
+      const auto eig = torch::linalg_eigh(-Hm, "L");
+      if (!V.defined()) {
+        eigenvalues = torch::zeros({n, Hm.size(1)}, Hm.options());
+        V = torch::zeros({n, Hm.size(1), Hm.size(1)}, Hm.options());
+      }
+      eigenvalues.index_copy_(0, to, std::get<0>(eig));
+      V.index_copy_(0, to, std::get<1>(eig));
     }
-    // -H = V diag(lambda) V^T; SoftAbs: |lambda|, floored so a flat direction stays finite.
-    const auto eig = torch::linalg_eigh(-H, "L");
-    auto lambda = std::get<0>(eig).abs();
-    const auto& V = std::get<1>(eig);
+    // SoftAbs: |lambda|, floored so a flat direction stays finite.
+    const auto gm = all_moved ? g : g.index_select(1, moved_idx);
+    auto lambda = eigenvalues.abs();
     const auto top = std::get<0>(lambda.max(1, /*keepdim=*/true)).clamp_min(1e-300);
     lambda = torch::maximum(lambda, 1e-12 * top).clamp_min(1.0 / s.max_variance);
     if (!trust.defined()) trust = std::get<0>(lambda.median(1));
-    const auto gt = V.transpose(1, 2).matmul(g.unsqueeze(2)).squeeze(2);  // [n, D]
+    const auto gt = V.transpose(1, 2).matmul(gm.unsqueeze(2)).squeeze(2);  // [n, D moved]
     // The Newton decrement: the gain the undamped step predicts, g^T |H|^-1 g / 2 (Boyd &
     // Vandenberghe, section 9.5.1); below gain_tol the start has converged. A small realised gain
     // is no such sign: it may come from a heavily damped step.
@@ -123,7 +154,10 @@ OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Ten
     // Steps [n, K, D] = V (|lambda| + mu_k)^-1 V^T g for every damping mu_k of the ladder.
     const auto mu = trust.unsqueeze(1) * ladder.unsqueeze(0);  // [n, K]
     const auto coeff = gt.unsqueeze(1) / (lambda.unsqueeze(1) + mu.unsqueeze(2));
-    const auto steps = coeff.matmul(V.transpose(1, 2));  // [n, K, D]
+    const auto moved_steps = coeff.matmul(V.transpose(1, 2));  // [n, K, D moved]
+    const auto steps = all_moved ? moved_steps
+                                 : torch::zeros({n, K, dim}, moved_steps.options())
+                                       .index_copy(2, moved_idx, moved_steps);
     // Candidates point-major ([n * K, D], the K of start i contiguous), as laplace.h's rows; only
     // the selected starts' are evaluated, the others read -inf.
     const auto cand = (host(x).unsqueeze(1) + steps).reshape({n * K, dim});

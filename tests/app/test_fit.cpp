@@ -752,6 +752,23 @@ TEST(FitCommand, ImagePositionsAreFittedAndAFeatureTheLensCannotJoinIsWarnedOf) 
   EXPECT_NE(joined.find("data/image_positions/1 back to one source position"), std::string::npos)
       << joined;
   EXPECT_EQ(joined.find("data/image_positions/0"), std::string::npos) << joined;
+  // lenstronomy.json carries both features as LENSED_POSITION point sources of no light, with
+  // lenstronomy's source_position_likelihood at the larger sigma, and says so.
+  const json lt = read_json(dir + "/fit/map_model/lenstronomy.json");
+  EXPECT_EQ(lt.at("point_source_model_list"), json({"LENSED_POSITION", "LENSED_POSITION"}));
+  const json& ps = lt.at("kwargs_ps");
+  ASSERT_EQ(ps.size(), 2u);
+  for (size_t i = 0; i < images.size(); ++i) {
+    EXPECT_EQ(ps[0].at("ra_image")[i], images[i][0]);
+    EXPECT_EQ(ps[0].at("dec_image")[i], images[i][1]);
+    EXPECT_EQ(ps[0].at("point_amp")[i], 0.0);
+  }
+  EXPECT_EQ(ps[1].at("ra_image"), json({-0.7 * ray, -1.3 * ray}));
+  EXPECT_EQ(lt.at("kwargs_likelihood"),
+            json({{"source_position_likelihood", true}, {"source_position_sigma", 0.03}}));
+  EXPECT_NE(lt.at("notes").dump().find("range from 0.02 to 0.03, so the largest is written"),
+            std::string::npos)
+      << lt.at("notes").dump();
   fs::remove_all(dir);
 }
 
@@ -1107,6 +1124,49 @@ TEST(FitCommand, AutoMetricIsDenseUpTo2048FreeParameters) {
     EXPECT_EQ(stats.dump().find("\"metric\":\"" + expected + "\"") != std::string::npos, true)
         << size << ": " << stats.dump().substr(0, 2000);
   }
+  fs::remove_all(dir);
+}
+
+// Newton's polish on a pixel grid above the differencing limit: a 21 x 21 grid with a free
+// strength is 445 free parameters, of which the Hessian differences only the lens's 3 and sigma
+// (the pixel block is known in closed form) and each step holds sigma, along which the posterior
+// in whitened pixels has no maximum. From a short L-BFGS the polish must raise the log posterior,
+// and the optima it leaves must be the ones reported.
+TEST(FitCommand, NewtonPolishesAPixelGridAboveTheDifferencingLimit) {
+  const std::string dir = dslens::testing::temp_dir("fit_pixel_newton");
+  const std::string cfg = make_mock(dir, "pix", 31, 1.0);
+  json c = read_json(cfg);
+  c["model"]["source"] = {{{"type", "PIXELATED"},
+                           {"size", 21},
+                           {"scale", 0.05},
+                           {"sigma", prior("lognormal", std::log(30.0), 1.0)}}};
+  c["map"] = {{"starts", 2},
+              {"placement", "none"},
+              {"adam_iterations", 30},
+              {"lbfgs_iterations", 10},
+              {"newton_iterations", 8},
+              {"newton_starts", 2},
+              {"retry_rounds", 0}};
+  write_json(cfg, c);
+  const RunResult r = run_dslens(
+      "fit " + quote(cfg) + " --out " + quote(dir + "/fit") + " --stop-after map", "info");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string polish = "MAP: Newton polishing of the best 2 optima per lens in ";
+  const size_t at = r.output.find(polish);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string line = r.output.substr(at, r.output.find('\n', at) - at);
+  EXPECT_NE(line.find("the pixel grid's Hessian block in closed form, 4 coordinates differenced, "
+                      "sigma_source_light0 held"),
+            std::string::npos)
+      << line;
+  // "best log posterior per lens [before] -> [after]"
+  const size_t open1 = line.find('[', line.find("best log posterior per lens"));
+  const size_t open2 = line.find('[', line.find("->"));
+  ASSERT_NE(open1, std::string::npos) << line;
+  ASSERT_NE(open2, std::string::npos) << line;
+  const double before = std::stod(line.substr(open1 + 1));
+  const double after = std::stod(line.substr(open2 + 1));
+  EXPECT_GT(after, before + 1.0) << line;
   fs::remove_all(dir);
 }
 

@@ -157,6 +157,23 @@ TEST(PixelGrid, OrientationAndSupersampling) {
   EXPECT_THROW(g.supersampled_coordinates(0, Compute{}), dslens::InvalidArgument);
   EXPECT_THROW(PixelGrid::centered(0, 3, 0.1), dslens::InvalidArgument);
   EXPECT_THROW(bin_supersampled(torch::zeros({1, 5, 6}), 2), dslens::InvalidArgument);
+  // The pixels' box: the outer centres (x in [-0.2, 0.2], y in [-0.15, 0.15]) plus half a pixel,
+  // the same for a grid moved off centre.
+  const auto e = g.edges();
+  EXPECT_NEAR(e.x_min, -0.25, 1e-15);
+  EXPECT_NEAR(e.x_max, 0.25, 1e-15);
+  EXPECT_NEAR(e.y_min, -0.2, 1e-15);
+  EXPECT_NEAR(e.y_max, 0.2, 1e-15);
+  EXPECT_TRUE(e.contains(0.2499, -0.1999));
+  EXPECT_FALSE(e.contains(0.2501, 0.0));
+  EXPECT_FALSE(e.contains(0.0, -0.2001));
+  g.ra_at_xy_0 = 1.0;
+  g.dec_at_xy_0 = -2.0;
+  const auto moved = g.edges();
+  EXPECT_NEAR(moved.x_min, 0.95, 1e-15);
+  EXPECT_NEAR(moved.x_max, 1.0 + 4 * 0.1 + 0.05, 1e-15);
+  EXPECT_NEAR(moved.y_min, -2.05, 1e-15);
+  EXPECT_NEAR(moved.y_max, -2.0 + 3 * 0.1 + 0.05, 1e-15);
 }
 
 TEST(Psf, ReferenceConvolutionDirectAndFft) {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <utility>
 
 #include "dslens/core/errors.h"
 #include "dslens/samplers/newton.h"
@@ -127,6 +128,76 @@ TEST(Newton, FlatDirectionStepsAreBoundedByMaxVariance) {
   const auto all = maximize_newton(f, torch::tensor({{12.0}, {-7.0}}, f64()), s);
   EXPECT_LT(all.x.abs().max().item<double>(), 1e-5) << all.x;
   EXPECT_TRUE(all.converged.all().item<bool>());
+}
+
+// A Hessian block known in closed form (a pixel grid's, in the fit) is not differenced: on a
+// Gaussian whose last four of six coordinates form the block, Newton takes the same steps to the
+// mode with a third of the Hessian's gradient rows (2 stepped coordinates of 6).
+TEST(Newton, AKnownHessianBlockIsNotDifferenced) {
+  torch::manual_seed(7);
+  const int64_t B = 3, D = 6, first = 2, K = 4;
+  auto a = torch::randn({D, D}, f64());
+  auto P = a.mm(a.t()) + 0.5 * torch::eye(D, f64());
+  auto mu = torch::randn({B, D}, f64());
+  const LogDensityFn gaussian = dslens::testing::grouped_gaussian(P, torch::ones({B}, f64()), mu);
+  int64_t hessian_rows = 0;
+  // Calls of rows in multiples of 2B are the Hessian's (B starts, +-h per coordinate); the
+  // first call has B rows and the ladder's 7B.
+  const LogDensityFn counted = [&](const torch::Tensor& q) {
+    if (q.size(0) % (2 * B) == 0) hessian_rows += q.size(0);
+    return gaussian(q);
+  };
+  const auto starts = mu + torch::randn({B, D}, f64());
+  const auto run = [&](bool with_block) {
+    hessian_rows = 0;
+    NewtonSettings s;
+    s.gain_tol = 1e-9;
+    if (with_block) {
+      s.hessian_block = [&](const torch::Tensor& x) {
+        const auto block = -P.slice(0, first, first + K).slice(1, first, first + K);
+        return HessianBlock{first, block.unsqueeze(0).expand({x.size(0), K, K}).clone()};
+      };
+    }
+    const auto r = maximize_newton(counted, starts, s);
+    EXPECT_LT((r.x - mu).abs().max().item<double>(), 1e-6) << with_block;
+    EXPECT_TRUE(r.converged.all().item<bool>()) << with_block;
+    return std::pair{r.iterations.max().item<int64_t>(), hessian_rows};
+  };
+  const auto [iterations_differenced, rows_differenced] = run(false);
+  const auto [iterations_known, rows_known] = run(true);
+  EXPECT_EQ(iterations_known, iterations_differenced);
+  EXPECT_GT(rows_known, 0);
+  EXPECT_EQ(rows_known * D, rows_differenced * (D - K));
+}
+
+// log p = -(x0 - x1)^2 / 2 - x2^2 / 2 + 3 x1 rises without end along the ridge x0 = x1 (as a pixel
+// grid's strength does in whitened pixels). Free, Newton walks up it and never converges; with x1
+// held, every start converges to the maximum given its x1 (x0 = x1, x2 = 0) and x1 stays put.
+TEST(Newton, HeldCoordinatesStayAndTheOthersReachTheirConditionalMaximum) {
+  auto f = autograd_log_density([](const torch::Tensor& q) {
+    const auto x0 = q.select(1, 0), x1 = q.select(1, 1), x2 = q.select(1, 2);
+    return -0.5 * (x0 - x1).pow(2) - 0.5 * x2.pow(2) + 3.0 * x1;
+  });
+  const auto starts = torch::tensor({{0.0, 0.5, 1.0}, {2.0, -1.0, -0.3}}, f64());
+  NewtonSettings s;
+  s.max_iterations = 20;
+  s.max_variance = 1.0;  // as the MAP's polish
+  s.gain_tol = 1e-10;
+  const auto free = maximize_newton(f, starts, s);
+  EXPECT_FALSE(free.converged.any().item<bool>());
+  EXPECT_GT((free.x.select(1, 1) - starts.select(1, 1)).min().item<double>(), 1.0);
+  s.held_coordinates = {1};
+  const auto held = maximize_newton(f, starts, s);
+  EXPECT_TRUE(held.converged.all().item<bool>());
+  EXPECT_TRUE(torch::equal(held.x.select(1, 1), starts.select(1, 1)));
+  EXPECT_LT((held.x.select(1, 0) - starts.select(1, 1)).abs().max().item<double>(), 1e-6);
+  EXPECT_LT(held.x.select(1, 2).abs().max().item<double>(), 1e-6);
+  s.held_coordinates = {3};
+  EXPECT_THROW(maximize_newton(f, starts, s), dslens::InvalidArgument);
+  s.held_coordinates = {0, 0};
+  EXPECT_THROW(maximize_newton(f, starts, s), dslens::InvalidArgument);
+  s.held_coordinates = {0, 1, 2};
+  EXPECT_THROW(maximize_newton(f, starts, s), dslens::InvalidArgument);
 }
 
 TEST(Newton, RefusesBadSettingsAndStarts) {

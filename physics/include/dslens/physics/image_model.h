@@ -26,6 +26,14 @@ struct PixelGrid {
   std::pair<Tensor, Tensor> coordinates(const Compute& compute) const;
   // Centres of the factor x factor sub-pixels of every pixel, each [ny*factor, nx*factor].
   std::pair<Tensor, Tensor> supersampled_coordinates(int64_t factor, const Compute& compute) const;
+  // The box the pixels cover (arcsec): the outer pixel centres plus half a pixel.
+  struct Edges {
+    double x_min, x_max, y_min, y_max;
+    bool contains(double x, double y) const {
+      return x >= x_min && x <= x_max && y >= y_min && y <= y_max;
+    }
+  };
+  Edges edges() const;
 };
 
 // Mean over factor x factor blocks: [B, ny*f, nx*f] -> [B, ny, nx].

@@ -15,7 +15,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
+#include "dslens/samplers/laplace.h"
 #include "dslens/samplers/log_density.h"
 #include "dslens/samplers/optimize.h"
 
@@ -46,6 +48,15 @@ struct NewtonSettings {
   // results are unused, as LbfgsSettings::compact_line_search.
   bool compact = false;
   int64_t row_groups = 1;
+  // A diagonal block of the Hessian known in closed form at the points it is given (laplace.h's
+  // HessianBlock; rows as the log density's): its coordinates are not differenced, so a model
+  // with a 32 x 32 pixel grid costs the Hessian 2 x 14 gradient rows per start, not 2 x 1,038.
+  HessianBlockFn hessian_block;
+  // Coordinates every step leaves where they are (the Newton system is solved in the others): a
+  // direction along which log p has no maximum, such as a pixel grid's strength in whitened pixel
+  // coordinates (model/pixel_source_solve.h), would otherwise take every iteration. Each in
+  // [0, D), no repeats.
+  std::vector<int64_t> held_coordinates;
   OptimizeProgressFn on_progress;
   void validate() const;
 };
@@ -53,8 +64,9 @@ struct NewtonSettings {
 // Maximises log p from every start [S, D] (rows keep their positions in every call, so a log
 // density that assigns rows to lenses by position sees each start under its own lens). The result's
 // `converged` marks starts that reached gain_tol; `grad_norm` is the max-abs gradient at x.
-// Costs 2D + 7 rows per start and iteration (plus 2D on the first). Throws InvalidArgument for bad
-// settings or starts, NumericalError when no start has a finite log density.
+// Costs 2D + 7 rows per start and iteration (plus 2D on the first), D less a known block's size.
+// Throws InvalidArgument for bad settings or starts (a held coordinate outside [0, D)),
+// NumericalError when no start has a finite log density.
 OptimizeResult maximize_newton(const LogDensityFn& log_density, const torch::Tensor& starts,
                                const NewtonSettings& settings = {});
 
