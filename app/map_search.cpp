@@ -419,7 +419,11 @@ samplers::HessianBlockFn pixel_hessian_block(const model::FitModel& model,
                                              const model::LensPosterior& posterior) {
   if (model.decoded_kind != "PIXELATED") return nullptr;
   return [&model, &posterior](const torch::Tensor& x) {
-    return model::pixel_source_hessian(model, posterior, x);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto block = model::pixel_source_hessian(model, posterior, x);
+    spdlog::debug("pixel grid's Hessian block at {} points in {:.2f} s", x.size(0),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return block;
   };
 }
 
