@@ -234,6 +234,9 @@ int run(int argc, char** argv) {
   if (rc != 0) throw Error("bench fit: the fit failed");
 
   double map_s = 0, warm_s = 0, samp_s = 0, min_ess = INFINITY, grads = 0, max_rhat = 0;
+  // Divergent transitions after warmup, all lenses: the posterior's tails the chains could not
+  // integrate, which ESS and R-hat do not show (docs/fit.md, "Divergences").
+  int64_t divergences = 0;
   double max_theta_e_error = 0;  // |posterior mean - truth| / truth, the worst lens
   for (int64_t l = 0; l < lenses; ++l) {
     const fs::path lens_dir =
@@ -243,6 +246,7 @@ int run(int argc, char** argv) {
     warm_s += s["seconds"]["warmup"].get<double>();
     samp_s += s["seconds"]["sampling"].get<double>();
     grads += s["gradient_evaluations"].get<double>();
+    divergences += s["divergences"].get<int64_t>();
     for (const auto& row : s["parameters"]) {
       const std::string n = row["variable"];
       if (n.rfind("z_", 0) == 0 || !row["ess_bulk"].is_number()) continue;
@@ -298,6 +302,7 @@ int run(int argc, char** argv) {
       {"min_bulk_ess_lens_params", min_ess},
       {"min_bulk_ess_per_second_sampling", min_ess / (samp_s / lenses)},
       {"max_rhat_lens_params", max_rhat},
+      {"divergences_after_warmup", divergences},
       {"max_theta_e_relative_error", max_theta_e_error},
       {"snr", snr > 0 ? json(snr) : json("fixed noise: background rms 0.01")}};
   if (args.count("keep")) out["kept"] = dir.string();
@@ -323,7 +328,9 @@ int run(int argc, char** argv) {
               << "  largest R-hat of the lens and source parameters: " << std::setprecision(3)
               << max_rhat << (max_rhat > 1.01 ? " (not converged)" : "")
               << "; theta_E's posterior mean off the truth by up to " << 100.0 * max_theta_e_error
-              << " %\n";
+              << " %\n"
+              << "  divergent transitions after warmup: " << divergences << " of "
+              << lenses * args["chains"].as<int64_t>() * args["draws"].as<int64_t>() << "\n";
     for (const auto& line : graph_lines) std::cout << "  " << line.get<std::string>() << "\n";
   }
   if (args.count("keep")) {
