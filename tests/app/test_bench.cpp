@@ -123,6 +123,10 @@ TEST(BenchFit, MapStartTruthSkipsTheSearch) {
   const auto map = nlohmann::json::parse(std::ifstream(dir + "/fit/map.json"));
   EXPECT_EQ(map.at("origin").get<std::string>(), "optimised from --init truth");
   EXPECT_EQ(map.at("search_rounds").get<int64_t>(), 0);
+  // The divergences it prints are the fit's, after warmup.
+  const auto summary = nlohmann::json::parse(std::ifstream(dir + "/fit/summary.json"));
+  EXPECT_EQ(j.at("divergences_after_warmup").get<int64_t>(),
+            summary.at("divergences").get<int64_t>());
   std::filesystem::remove_all(dir);
   EXPECT_EQ(dslens::testing::run_dslens("bench fit --map-start prior").code, 2);
 }
