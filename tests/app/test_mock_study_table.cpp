@@ -123,6 +123,30 @@ TEST(MockStudyTable, TruthModeAggregatesLeaveOutMissedSearches) {
   EXPECT_EQ(all.at("outside_99"), 2);
 }
 
+// level_entry's aggregates apart for the fits with fewer than 10 divergent transitions and with 10
+// or more: 9 counts as few, 10 as many, and each group's z-scores are its own lenses'.
+TEST(MockStudyTable, DivergentFitsAreAggregatedApart) {
+  auto with = [](json lens, int64_t divergences) {
+    lens["divergences"] = divergences;
+    lens["seconds"] = {{"map", 1.0}, {"warmup", 1.0}, {"sampling", 1.0}};
+    return lens;
+  };
+  const json lenses =
+      json::array({with(lens_record(1.0, 1.0, 0.5), 0), with(lens_record(-2.0, 1.0, 0.5), 9),
+                   with(lens_record(3.0, 1.0, 0.5), 10), with(lens_record(-4.0, 2.0, 0.5), 250)});
+  const json level = dslens::app::mock_study::level_entry(30.0, "f", lenses, 1.0);
+  EXPECT_EQ(level.at("many_divergences"), 10);
+  EXPECT_EQ(level.at("lenses_few_divergences"), 2);
+  const json& few = level.at("aggregate_few_divergences").at("gamma");
+  const json& many = level.at("aggregate_many_divergences").at("gamma");
+  EXPECT_EQ(few.at("lenses_z"), 2);
+  EXPECT_EQ(many.at("lenses_z"), 2);
+  EXPECT_DOUBLE_EQ(few.at("rms_z").get<double>(), std::sqrt((1.0 + 4.0) / 2.0));
+  EXPECT_DOUBLE_EQ(many.at("rms_z").get<double>(), std::sqrt((9.0 + 4.0) / 2.0));
+  EXPECT_DOUBLE_EQ(level.at("aggregate").at("gamma").at("rms_z").get<double>(),
+                   std::sqrt((1.0 + 4.0 + 9.0 + 4.0) / 4.0));
+}
+
 // The level's line of mocks searched again: those with more than one search round, by name; lenses
 // without a count (older fits) are counted, and a level without any count has no line.
 TEST(MockStudyTable, SearchedAgainLineNamesTheMocksOfLaterRounds) {
