@@ -163,8 +163,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // for the chains and the outputs (model/arcs_placement.h), and the kept optima's pixels solved
   // for the grids that gives (on a fresh search they are already; on --resume the posterior is
   // new).
+  torch::Tensor arcs_from;  // [L, D] each lens's row whose lens light the grid is traced from
   if (posterior.spec().arcs_placement) {
-    posterior.fix_arcs_lens_light(space.unpack(best_x.select(1, 0)));
+    arcs_from = best_x.select(1, 0).clone();
+    posterior.fix_arcs_lens_light(space.unpack(arcs_from));
     samplers::OptimizeResult kept;
     kept.x = best_x.reshape({-1, dim});
     kept.log_p = best_lp.reshape({-1}).to(opts);
@@ -245,6 +247,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.config = lenses[static_cast<size_t>(l)];
     r.starts_u = best_x[l].to(torch::kCPU, torch::kFloat64);
     r.starts_log_p = best_lp[l];
+    if (arcs_from.defined()) r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
     r.map_u = r.starts_u.narrow(0, 0, 1);
     r.map_log_p = best_lp[l][0].item<double>();
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
@@ -293,7 +296,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       // The same lens light as the first round's (each lens's best optimum of the search).
       std::vector<torch::Tensor> best;
       for (const int64_t l : apart)
-        best.push_back(results[static_cast<size_t>(l)].starts_u.narrow(0, 0, 1).to(opts));
+        best.push_back(results[static_cast<size_t>(l)].arcs_lens_light_u.to(opts));
       run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(best)));
     }
     const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
