@@ -161,8 +161,9 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   if (options.stop_after == "map") return {};
   // A grid placed on the arcs: the lens light it is traced from fixed at each lens's best optimum
   // for the chains and the outputs (model/arcs_placement.h), and the kept optima's pixels solved
-  // for the grids that gives (on a fresh search they are already; on --resume the posterior is
-  // new).
+  // for the grids that gives. Solved again, the optima can change rank (session 56's SLACS fit:
+  // the search's 59,530 became 59,618 and another optimum rose to 60,180), so the row traced from
+  // is kept apart (LensFitResult::arcs_lens_light_u) rather than read from the re-ranked first.
   torch::Tensor arcs_from;  // [L, D] each lens's row whose lens light the grid is traced from
   if (posterior.spec().arcs_placement) {
     arcs_from = best_x.select(1, 0).clone();
