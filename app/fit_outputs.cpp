@@ -415,7 +415,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
         {"definition",
          "side: the PIXELATED grid's side at the MAP (size x scale, arcsec); arcs_side: the side "
          "that holds 99 % of the image flux traced back through the MAP's lens (pixels above 3 "
-         "sigma after the lens light), with a tenth to spare each side"}};
+         "sigma after the lens light, less those the lens demagnifies, |mu| < 1/2), with a tenth "
+         "to spare each side"}};
   }
   // The measured image positions (model/image_positions.h) at the MAP's lens: each feature's
   // chi-square about its fitted source position, against its 2 (n - 1) degrees of freedom.

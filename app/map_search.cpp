@@ -427,6 +427,28 @@ samplers::HessianBlockFn pixel_hessian_block(const model::FitModel& model,
   };
 }
 
+namespace {
+
+// The grid each lens's row of `x` [L, D] gets once the lens light is fixed: the one number that
+// shows a grid traced from a poor lens light (docs/slacs.md: 3.22" against the 1.59" that holds
+// the arcs).
+void log_arcs_grid_side(const model::FitModel& model, const model::LensPosterior& posterior,
+                        const torch::Tensor& x, const std::string& what) {
+  torch::NoGradGuard no_grad;
+  const auto grid = posterior.arcs_grid(posterior.space().unpack(x), x.size(0));
+  if (!grid) return;
+  const auto side = (grid->scale * double(model.decoded_size)).to(torch::kCPU, torch::kFloat64);
+  spdlog::debug(
+      "{}the pixel grid on the arcs, traced from the fixed lens light: side {} arcsec "
+      "per lens",
+      what.empty() ? "" : what + ": ",
+      nlohmann::json(
+          std::vector<double>(side.data_ptr<double>(), side.data_ptr<double>() + side.numel()))
+          .dump());
+}
+
+}  // namespace
+
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
                                         const model::LensPosterior& posterior,
                                         const torch::Tensor& x0) {
@@ -437,6 +459,7 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
       n_lenses, ms.lbfgs_iterations);
   MapBar bar;
   posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
+  log_arcs_grid_side(lenses.front()->model, posterior, x0, "MAP (--init)");
   return with_arcs_lens_light_of_best(
       lenses.front()->model, posterior,
       polished(lenses.front()->model, posterior,
@@ -455,6 +478,7 @@ samplers::OptimizeResult with_arcs_lens_light_of_best(const model::FitModel& mod
   const auto best =
       samplers::best_rows_per_group(result.x.detach(), result.log_p.detach(), n_lenses, 1);
   posterior.fix_arcs_lens_light(posterior.space().unpack(best));
+  log_arcs_grid_side(model, posterior, best, what);
   return with_exact_pixel_source(model, posterior, std::move(result), what);
 }
 

@@ -74,6 +74,16 @@ torch::Tensor smoothed_weighted_quantiles(const torch::Tensor& v, const torch::T
   return torch::cat(out, 1);
 }
 
+torch::Tensor magnification_ramp(const torch::Tensor& inverse_mu, double min_mu, double full_mu) {
+  if (!(min_mu > 0)) return torch::ones_like(inverse_mu);
+  if (!(full_mu > min_mu)) {
+    throw InvalidArgument("magnification ramp: full_magnification must exceed min_magnification");
+  }
+  const double a = 1.0 / min_mu, b = 1.0 / full_mu;
+  const auto ramp = ((a - inverse_mu) / (a - b)).clamp(0.0, 1.0);
+  return torch::where(torch::isnan(inverse_mu), torch::zeros_like(ramp), ramp);
+}
+
 GridPlacement place_on_arcs(const torch::Tensor& bx, const torch::Tensor& by,
                             const torch::Tensor& weight, const ArcsPlacementSpec& spec) {
   if (spec.size < 1) throw InvalidArgument("place_on_arcs: the grid's size must be >= 1");

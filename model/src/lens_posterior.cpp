@@ -113,6 +113,8 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
     if (!(spec_.arcs_placement->smoothing > 0)) spec_.arcs_placement->smoothing = g.pixel_scale;
     if (!spec_.arcs_placement->lens_light)
       spec_.arcs_placement->lens_light = std::make_shared<torch::Tensor>();
+    if (!spec_.arcs_placement->counted)
+      spec_.arcs_placement->counted = std::make_shared<torch::Tensor>();
     const auto [x, y] = g.coordinates(compute_);
     pixel_centres_ = {x.reshape({1, -1}), y.reshape({1, -1})};
   }
@@ -216,8 +218,21 @@ GridPlacement LensPosterior::place_grid(const physics::ImageModel& m, int64_t ro
   }
   const auto root_weight = per_row(weight_.sqrt().reshape({n_lenses_, -1}), per);
   const auto snr = signal * root_weight * a.noise_factor;
-  const auto w = signal.clamp_min(0.0) * (snr - a.snr_threshold).clamp(0.0, 1.0);
+  const auto counted = a.counted->defined() ? per_row(*a.counted, per) : magnification_weight(m);
+  const auto w = signal.clamp_min(0.0) * (snr - a.snr_threshold).clamp(0.0, 1.0) * counted;
   return place_on_arcs(bx, by, w, a);
+}
+
+torch::Tensor LensPosterior::magnification_weight(const physics::ImageModel& m) const {
+  const auto& a = *spec_.arcs_placement;
+  const auto& [x, y] = pixel_centres_;
+  torch::NoGradGuard no_grad;
+  if (m.lens.empty() || !(a.min_magnification > 0)) return torch::ones_like(x);
+  const auto h = m.lens.hessian(x, y);
+  const auto det = ((1.0 - h.xx) * (1.0 - h.yy) - h.xy * h.xy).abs();
+  // A singular centre's non-finite |det A| is the most demagnified of all.
+  return magnification_ramp(torch::nan_to_num(det, INFINITY, INFINITY, INFINITY),
+                            a.min_magnification, a.full_magnification);
 }
 
 void LensPosterior::fix_arcs_lens_light(const ParameterSpace::Unpacked& values) const {
@@ -228,12 +243,16 @@ void LensPosterior::fix_arcs_lens_light(const ParameterSpace::Unpacked& values) 
   if (!m.lens_light.empty())
     light = physics::simulate_image(m, n_lenses_, compute_).reshape({n_lenses_, -1}).clone();
   // In place once set, so that a captured CUDA graph reads the new values.
-  auto& fixed = *spec_.arcs_placement->lens_light;
-  if (fixed.defined() && fixed.sizes() == light.sizes()) {
-    fixed.copy_(light);
-  } else {
-    fixed = light;
-  }
+  const auto set = [](torch::Tensor& fixed, const torch::Tensor& value) {
+    if (fixed.defined() && fixed.sizes() == value.sizes()) {
+      fixed.copy_(value);
+    } else {
+      fixed = value;
+    }
+  };
+  set(*spec_.arcs_placement->lens_light, light);
+  set(*spec_.arcs_placement->counted,
+      magnification_weight(m).expand({n_lenses_, spec_.grid.ny * spec_.grid.nx}).clone());
 }
 
 std::optional<GridPlacement> LensPosterior::arcs_grid(const ParameterSpace::Unpacked& values,

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "dslens/core/errors.h"
+#include "dslens/model/arcs_placement.h"
 
 namespace dslens::model {
 namespace source_backprojection_detail {
@@ -45,25 +46,29 @@ BackProjection back_project(
   const auto sigma = data.sigma.repeat_interleave(per, 0);
   const auto mask = data.mask.repeat_interleave(per, 0);
   const auto signal = mask & (image > settings.snr_threshold * sigma);
-  const auto w = signal.to(opts).reshape({rows, -1});                             // [B, P]
   const auto sb = (image / (g.pixel_scale * g.pixel_scale)).reshape({rows, -1});  // [B, P]
 
   auto [x, y] = g.coordinates(compute);
   auto [bx, by] = m.lens.ray_shoot(x.reshape({1, -1}), y.reshape({1, -1}));
   bx = bx.expand({rows, -1});
   by = by.expand({rows, -1});
+  const auto det_a = 1.0 / m.lens.magnification(x.reshape({1, -1}), y.reshape({1, -1}));
+  // [B, P]: the signal pixels, less those the lens demagnifies (the lens's core; a singular
+  // centre's infinite |det A| among them).
+  const auto w = signal.to(opts).reshape({rows, -1}) *
+                 magnification_ramp(torch::nan_to_num(det_a.abs(), INFINITY, INFINITY),
+                                    settings.min_magnification, settings.full_magnification);
 
   BackProjection out;
   // The source's flux-weighted centre: sum over traced pixels of S(beta) beta |det A| (a pixel's
   // area in the source plane is its image-plane area / |mu|, mu = 1 / det A); unweighted, the
   // highly magnified pixels near the critical curve would pull the centre towards the caustic.
-  const auto det_a = 1.0 / m.lens.magnification(x.reshape({1, -1}), y.reshape({1, -1}));
   const auto flux_w = w * sb.clamp_min(0.0) * torch::nan_to_num(det_a.abs(), 0.0, 0.0, 0.0);
   const auto total = flux_w.sum(1);
   const auto nan = torch::full_like(total, std::nan(""));
   out.center_x = torch::where(total > 0, (flux_w * bx).sum(1) / total, nan);
   out.center_y = torch::where(total > 0, (flux_w * by).sum(1) / total, nan);
-  out.traced = w.sum(1).to(torch::kLong);
+  out.traced = (w > 0).sum(1).to(torch::kLong);
   {
     // A quantile of the traced pixels' Chebyshev distances from the centre, weighted by their
     // flux in the image, per row: the distances sorted, their weights summed in that order, the
@@ -105,10 +110,10 @@ BackProjection back_project(
   const auto col = torch::floor(u / cell), row = torch::floor(v / cell);
   const auto inside = (col >= 0) & (col < n) & (row >= 0) & (row < n) & (w > 0);
   const auto index = torch::where(inside, row * n + col, torch::zeros_like(col)).to(torch::kLong);
-  const auto weight = inside.to(opts);
+  const auto weight = inside.to(opts) * w;
   auto sums = torch::zeros({rows, n * n}, opts).scatter_add(1, index, weight * sb);
   auto counts = torch::zeros({rows, n * n}, opts).scatter_add(1, index, weight);
-  auto cells = torch::where(counts > 0, sums / counts.clamp_min(1.0), torch::zeros_like(sums));
+  auto cells = torch::where(counts > 0, sums / counts.clamp_min(1e-300), torch::zeros_like(sums));
   cells = cells.reshape({rows, 1, n, n});
   if (cell > 1) {
     namespace F = torch::nn::functional;

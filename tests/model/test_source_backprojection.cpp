@@ -267,13 +267,15 @@ TEST(ArcsPlacement, SmoothedQuantilesAreTheKernelDistributionsRoots) {
 
 namespace {
 
-// The problem's model with an n x n pixel grid (identity decoder, sigma 1) placed on the arcs.
-LensPosterior arcs_placed_posterior(BackProjectionProblem p, int64_t n) {
+// The problem's model with an n x n pixel grid (identity decoder, sigma 1) placed on the arcs;
+// pixels with |mu| below min_mu count nothing (ArcsPlacementSpec::min_magnification; 0: all count).
+LensPosterior arcs_placed_posterior(BackProjectionProblem p, int64_t n, double min_mu = 0.5) {
   p.spec.source.push_back({"INTERPOL_BICUBIC", {{"amp", "one"}}});
   p.spec.latent_block = "pixels";
   p.spec.decoder = [n](const torch::Tensor& z) { return z.reshape({-1, n, n}); };
   ArcsPlacementSpec arcs;
   arcs.size = n;
+  arcs.min_magnification = min_mu;
   p.spec.arcs_placement = arcs;
   p.space.add_standard_normal_block("pixels", n * n);
   return LensPosterior(p.spec, p.space, p.data, p.compute);
@@ -366,14 +368,40 @@ TEST(ArcsPlacement, TheLogPosteriorsGradientFollowsThePlacement) {
   EXPECT_GT(std::abs((b.scale - a.scale).item<double>()), 1e-3 * a.scale.item<double>());
 }
 
+// A lens light 5 % too faint, subtracted as the row's own, leaves the core's residuals above the
+// threshold; traced back they land near |beta| = theta_E all round. Counted, they widen the grid
+// 2.6 times; the lens demagnifies them (|mu| < 1/2), and left out for that they widen it by less
+// than a tenth (model/arcs_placement.h). The true lens light's grid is the same either way.
+TEST(ArcsPlacement, TheDemagnifiedCoreDoesNotWidenTheGrid) {
+  BackProjectionProblem p(true, 0.1, 0.005, /*free_light_amp=*/true);
+  const int64_t n = 16;
+  const auto rows = torch::cat({p.lens_u(0.9, 40.0), p.lens_u(0.9, 38.0)});
+  const auto all = *arcs_placed_posterior(p, n, 0.0).arcs_grid(p.space.unpack(rows), 2);
+  const auto magnified = *arcs_placed_posterior(p, n).arcs_grid(p.space.unpack(rows), 2);
+  const double truth = all.scale[0].item<double>();
+  EXPECT_GT(all.scale[1].item<double>(), 2.0 * truth) << all.scale;
+  EXPECT_LT(magnified.scale[1].item<double>(), 1.1 * truth) << magnified.scale;
+  EXPECT_NEAR(magnified.scale[0].item<double>(), truth, 1e-3 * truth);
+  EXPECT_NEAR(magnified.center_x[0].item<double>(), all.center_x[0].item<double>(),
+              1e-3 * truth * n);
+  // The ramp itself: 0 at |mu| <= 1/2, 1 at >= 3/4, linear in 1 / |mu| between; NaN is 0.
+  const auto ramp = magnification_ramp(
+      torch::tensor({3.0, 2.0, 5.0 / 3.0, 4.0 / 3.0, 1.0, std::nan("")}, torch::kFloat64), 0.5,
+      0.75);
+  const auto expected = torch::tensor({0.0, 0.0, 0.5, 1.0, 1.0, 0.0}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(ramp, expected, 1e-12, 1e-12)) << ramp;
+  EXPECT_THROW(magnification_ramp(ramp, 0.5, 0.5), InvalidArgument);
+}
+
 // The lens light the arcs are traced from, fixed (LensPosterior::fix_arcs_lens_light): rows whose
 // lens light is 5 % too faint or too bright get the grid of the true lens light, where with each
-// row's own the too-faint one's core residuals, traced far out, widen it; the tempered copies of
-// the posterior share it.
+// row's own the too-faint one's core residuals, traced far out, widen it (every pixel counted, so
+// that the core does: the test above leaves it out); the tempered copies of the posterior share
+// it.
 TEST(ArcsPlacement, AFixedLensLightHoldsTheGridWhateverTheRowsLensLight) {
   BackProjectionProblem p(true, 0.1, 0.005, /*free_light_amp=*/true);
   const int64_t n = 16;
-  const auto post = arcs_placed_posterior(p, n);
+  const auto post = arcs_placed_posterior(p, n, 0.0);
   const auto rows = torch::cat({p.lens_u(0.9, 40.0), p.lens_u(0.9, 38.0), p.lens_u(0.9, 42.0)});
   const auto own = *post.arcs_grid(p.space.unpack(rows), 3);
   EXPECT_GT(own.scale[1].item<double>(), 1.5 * own.scale[0].item<double>()) << own.scale;

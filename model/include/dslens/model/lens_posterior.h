@@ -113,6 +113,9 @@ class LensPosterior {
                               double blur_pixels) const;
   // The arcs-placed grid for a built lens and lens light (spec_.arcs_placement set).
   GridPlacement place_grid(const physics::ImageModel& m, int64_t rows) const;
+  // The magnification ramp of each pixel centre through m's lens (ArcsPlacementSpec), [B or 1,
+  // ny * nx], without a gradient.
+  torch::Tensor magnification_weight(const physics::ImageModel& m) const;
   LensModelSpec spec_;
   ParameterSpace space_;
   ImagingData data_;

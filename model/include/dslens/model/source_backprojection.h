@@ -29,6 +29,11 @@ struct BackProjectionSettings {
   int64_t cell = 0;
   // The footprint's half width holds this fraction of the traced flux (below).
   double footprint_flux_fraction = 0.99;
+  // Pixels the lens demagnifies count nothing for the centre, the footprint and the stamp, as for
+  // a grid placed on the arcs (ArcsPlacementSpec::min_magnification, model/arcs_placement.h): what
+  // the lens light leaves in the lens's core is not the source. min_magnification <= 0: all count.
+  double min_magnification = 0.5;
+  double full_magnification = 0.75;
 };
 
 struct BackProjection {
