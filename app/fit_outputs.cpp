@@ -416,7 +416,20 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
          "side: the PIXELATED grid's side at the MAP (size x scale, arcsec); arcs_side: the side "
          "that holds 99 % of the image flux traced back through the MAP's lens (pixels above 3 "
          "sigma after the lens light, less those the lens demagnifies, |mu| < 1/2), with a tenth "
-         "to spare each side"}};
+         "to spare each side; lens_light_traced_from: the free lens-light parameters of the "
+         "optimum whose lens light the grid is traced from (held for the chains and here)"}};
+    // Which lens light placed the grid: session 57 could not tell from session 56's outputs why
+    // the SLACS grid was 3.22" wide (docs/slacs.md).
+    if (r.arcs_lens_light_u.defined()) {
+      const auto from =
+          space.constrained(r.arcs_lens_light_u.to(opts)).to(torch::kCPU, torch::kFloat64);
+      nlohmann::json light = nlohmann::json::object();
+      for (size_t j = 0; j < names.size(); ++j) {
+        if (names[j].find("_lens_light") != std::string::npos)
+          light[names[j]] = from[0][static_cast<int64_t>(j)].item<double>();
+      }
+      map_json["pixel_grid"]["lens_light_traced_from"] = light;
+    }
   }
   // The measured image positions (model/image_positions.h) at the MAP's lens: each feature's
   // chi-square about its fitted source position, against its 2 (n - 1) degrees of freedom.

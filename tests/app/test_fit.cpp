@@ -1032,6 +1032,14 @@ TEST(FitCommand, APixelGridOnTheArcsResumesWithTheSameLensLight) {
   EXPECT_TRUE(torch::allclose(a, b, 1e-9, 1e-12));
   EXPECT_EQ(read_json(dir + "/split/map.json").at("log_posterior").get<double>(),
             map.at("log_posterior").get<double>());
+  // map.json records the lens light the grid was traced from: the free amplitude, the same after
+  // --resume.
+  const json traced = map.at("pixel_grid").value("lens_light_traced_from", json());
+  ASSERT_TRUE(traced.is_object() && traced.contains("amp_lens_light0")) << map.dump();
+  EXPECT_EQ(traced.size(), 1u) << traced.dump();
+  EXPECT_GT(traced.at("amp_lens_light0").get<double>(), 0.0);
+  EXPECT_EQ(read_json(dir + "/split/map.json").at("pixel_grid").at("lens_light_traced_from"),
+            traced);
   // The outputs' posterior, built again, gives the MAP the fit's log posterior (its grid traced
   // from the chains' lens light): no "internal inconsistency" warning.
   for (const std::string run : {"whole", "split"})
