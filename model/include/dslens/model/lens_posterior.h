@@ -72,7 +72,8 @@ class LensPosterior {
   physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows,
                             bool with_sources = true) const;
   // An arcs-placed grid's lens light (ArcsPlacementSpec::lens_light) fixed at that of `values`,
-  // one row per lens: for this posterior and every copy made from it. No-op for other models.
+  // one row per lens, and with it the magnification ramp of their lenses (`counted`): for this
+  // posterior and every copy made from it. No-op for other models.
   void fix_arcs_lens_light(const ParameterSpace::Unpacked& values) const;
   // The arcs-placed grid (spec().arcs_placement) of `rows` rows; nullopt for any other model.
   std::optional<GridPlacement> arcs_grid(const ParameterSpace::Unpacked& values,
