@@ -228,10 +228,9 @@ torch::Tensor LensPosterior::magnification_weight(const physics::ImageModel& m) 
   const auto& [x, y] = pixel_centres_;
   torch::NoGradGuard no_grad;
   if (m.lens.empty() || !(a.min_magnification > 0)) return torch::ones_like(x);
-  const auto h = m.lens.hessian(x, y);
-  const auto det = ((1.0 - h.xx) * (1.0 - h.yy) - h.xy * h.xy).abs();
+  const auto inverse_mu = (1.0 / m.lens.magnification(x, y)).abs();
   // A singular centre's non-finite |det A| is the most demagnified of all.
-  return magnification_ramp(torch::nan_to_num(det, INFINITY, INFINITY, INFINITY),
+  return magnification_ramp(torch::nan_to_num(inverse_mu, INFINITY, INFINITY, INFINITY),
                             a.min_magnification, a.full_magnification);
 }
 
