@@ -89,6 +89,9 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // Each lens's search rounds; kept in the MAP checkpoint since they were recorded (an older
   // one has three tensors, and the counts are unknown).
   std::vector<int64_t> search_rounds(static_cast<size_t>(n_lenses), -1);
+  // [L, D] a grid on the arcs: the rows whose lens light the search traced it from (map_search);
+  // undefined for other models and in a MAP checkpoint written before it was kept.
+  torch::Tensor traced_from;
   if (options.resume && fs::exists(map_file)) {
     auto t = load_tensors(map_file);
     best_x = t.at(0).to(opts);
@@ -98,6 +101,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       const auto c = t[3].to(torch::kCPU, torch::kLong).contiguous();
       search_rounds.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n_lenses);
     }
+    if (t.size() > 4 && t[4].sizes() == torch::IntArrayRef({n_lenses, dim}))
+      traced_from = t[4].to(opts);
     spdlog::info("batch {}: MAP optima read from {}", batch_index, map_file);
   } else {
     // Search rounds leave their state in tag-map-roundK.pt (K rounds done), so that --resume
@@ -127,8 +132,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                   [&round_file](const MapRoundState& state) {
                     save_tensors(round_file(state.round), state.to_tensors());
                   },
-                  &search_rounds)
-            : map_from_start(lenses, posterior, init_starts(lenses, options, opts));
+                  &search_rounds, &traced_from)
+            : map_from_start(lenses, posterior, init_starts(lenses, options, opts), &traced_from);
     if (!options.init.empty()) search_rounds.assign(search_rounds.size(), 0);
     const int64_t per_lens = res.x.size(0) / n_lenses;
     const int64_t kept = std::min(keep, per_lens);
@@ -155,19 +160,25 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                            "; check the priors against the data (e.g. ellipticity priors allowing "
                            "|e| >= 1; `dslens fit CONFIG --check` evaluates the initial point)");
     }
-    save_tensors(map_file, {best_x, best_lp, torch::tensor(map_seconds, torch::kFloat64),
-                            torch::tensor(search_rounds, torch::kLong)});
+    std::vector<torch::Tensor> saved = {best_x, best_lp,
+                                        torch::tensor(map_seconds, torch::kFloat64),
+                                        torch::tensor(search_rounds, torch::kLong)};
+    if (traced_from.defined()) saved.push_back(traced_from);
+    save_tensors(map_file, saved);
   }
   if (options.stop_after == "map") return {};
-  // A grid placed on the arcs: the lens light it is traced from fixed at each lens's best optimum
-  // for the chains and the outputs (model/arcs_placement.h), and the kept optima's pixels solved
-  // for the grids that gives. Solved again, the optima can change rank (session 56's SLACS fit:
-  // the search's 59,530 became 59,618 and another optimum rose to 60,180), so the row traced from
-  // is kept apart (LensFitResult::arcs_lens_light_u) rather than read from the re-ranked first.
+  // A grid placed on the arcs: the lens light it is traced from fixed, for the chains and the
+  // outputs (model/arcs_placement.h), at that of the rows the search traced it from (each lens's
+  // best optimum, when a search fixed none or an older checkpoint did not keep them), and the kept
+  // optima's pixels solved for the grids that gives. Solved again, the optima can change rank
+  // (session 56's SLACS fit: the search's 59,530 became 59,618 and another optimum rose to
+  // 60,180), so the row traced from is kept apart (LensFitResult::arcs_lens_light_u).
   torch::Tensor arcs_from;  // [L, D] each lens's row whose lens light the grid is traced from
+  torch::Tensor core_from;  // [L, D] and whose lens's core is left out: the best optimum's
   if (posterior.spec().arcs_placement) {
-    arcs_from = best_x.select(1, 0).clone();
-    posterior.fix_arcs_lens_light(space.unpack(arcs_from));
+    core_from = best_x.select(1, 0).clone();
+    arcs_from = traced_from.defined() ? traced_from.clone() : core_from;
+    posterior.fix_arcs_lens_light(space.unpack(arcs_from), space.unpack(core_from));
     samplers::OptimizeResult kept;
     kept.x = best_x.reshape({-1, dim});
     kept.log_p = best_lp.reshape({-1}).to(opts);
@@ -248,7 +259,10 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.config = lenses[static_cast<size_t>(l)];
     r.starts_u = best_x[l].to(torch::kCPU, torch::kFloat64);
     r.starts_log_p = best_lp[l];
-    if (arcs_from.defined()) r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
+    if (arcs_from.defined()) {
+      r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
+      r.arcs_core_u = core_from.narrow(0, l, 1).to(torch::kCPU);
+    }
     r.map_u = r.starts_u.narrow(0, 0, 1);
     r.map_log_p = best_lp[l][0].item<double>();
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
@@ -294,11 +308,14 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     if (apart.size() < lenses.size()) sub.emplace(batch_posterior(subset, compute));
     const model::LensPosterior& run_posterior = sub ? sub->first : posterior;
     if (sub && run_posterior.spec().arcs_placement) {
-      // The same lens light as the first round's (each lens's best optimum of the search).
-      std::vector<torch::Tensor> best;
-      for (const int64_t l : apart)
-        best.push_back(results[static_cast<size_t>(l)].arcs_lens_light_u.to(opts));
-      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(best)));
+      // The same lens light and core as the first round's (LensFitResult::arcs_lens_light_u).
+      std::vector<torch::Tensor> light, core;
+      for (const int64_t l : apart) {
+        light.push_back(results[static_cast<size_t>(l)].arcs_lens_light_u.to(opts));
+        core.push_back(results[static_cast<size_t>(l)].arcs_core_u.to(opts));
+      }
+      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(light)),
+                                        space.unpack(torch::cat(core)));
     }
     const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
     const std::optional<ChainRun> run =

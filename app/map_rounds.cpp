@@ -90,7 +90,10 @@ std::vector<torch::Tensor> MapRoundState::to_tensors() const {
   for (const auto* t :
        {&result.x, &result.log_p, &result.grad_norm, &result.converged, &result.iterations})
     out.push_back(t->defined() ? t->detach().to(torch::kCPU) : torch::empty({0}));
-  if (lens_rounds.defined()) out.push_back(lens_rounds.to(torch::kCPU, torch::kLong));
+  if (lens_rounds.defined() || arcs_from.defined())
+    out.push_back(lens_rounds.defined() ? lens_rounds.to(torch::kCPU, torch::kLong)
+                                        : torch::empty({0}, torch::kLong));
+  if (arcs_from.defined()) out.push_back(arcs_from.detach().to(torch::kCPU));
   return out;
 }
 
@@ -102,9 +105,10 @@ MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tens
                           std::to_string(starts) + " starts x " + std::to_string(dim) +
                           " parameters: " + why);
   };
-  // 7 tensors since the per-lens round counts were kept; 6 before.
-  if (tensors.size() != 6 && tensors.size() != 7)
-    fail(std::to_string(tensors.size()) + " tensors, not 7");
+  // 8 tensors since a grid on the arcs' traced-from rows were kept (7 for other models), 7 since
+  // the per-lens round counts were kept, 6 before.
+  if (tensors.size() < 6 || tensors.size() > 8)
+    fail(std::to_string(tensors.size()) + " tensors, not 6 to 8");
   const auto& header = tensors[0];
   if (!header.defined() || header.numel() != 4) fail("no header");
   const auto h = header.to(torch::kFloat64).contiguous();
@@ -127,10 +131,15 @@ MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tens
     fail("positions of another shape");
   if (!s.result.log_p.defined() || s.result.log_p.sizes() != torch::IntArrayRef({rows}))
     fail("log posteriors of another shape");
-  if (tensors.size() == 7) {
+  if (tensors.size() >= 7 && tensors[6].numel() > 0) {
     s.lens_rounds = tensors[6].to(torch::kLong);
     if (s.lens_rounds.sizes() != torch::IntArrayRef({lenses}))
       fail("round counts of another shape");
+  }
+  if (tensors.size() == 8) {
+    s.arcs_from = tensors[7];
+    if (s.arcs_from.sizes() != torch::IntArrayRef({lenses, dim}))
+      fail("traced-from rows of another shape");
   }
   return s;
 }
@@ -138,7 +147,8 @@ MapRoundState MapRoundState::from_tensors(const std::vector<torch::Tensor>& tens
 samplers::OptimizeResult map_search_in_rounds(
     const std::vector<const FitConfig*>& lenses, const model::LensPosterior& posterior,
     const std::optional<torch::Tensor>& psf, const BatchPosteriorFn& make,
-    const MapRoundState* resume, const MapRoundFn& on_round, std::vector<int64_t>* lens_rounds) {
+    const MapRoundState* resume, const MapRoundFn& on_round, std::vector<int64_t>* lens_rounds,
+    torch::Tensor* arcs_from) {
   const MapSettings& ms = lenses.front()->map;
   const int64_t n_lenses = static_cast<int64_t>(lenses.size());
   const int64_t per = ms.starts;
@@ -147,6 +157,12 @@ samplers::OptimizeResult map_search_in_rounds(
   samplers::OptimizeResult result;
   int64_t first_round = 1;
   auto rounds = torch::ones({n_lenses}, torch::kLong);  // each lens's rounds so far
+  torch::Tensor traced;  // [L, D] a grid on the arcs' traced-from rows (MapRoundState::arcs_from)
+  // The batch's posterior traced from them, the core left out each lens's best optimum's.
+  const auto fix_traced = [&](const samplers::OptimizeResult& r) {
+    const auto best = samplers::best_rows_per_group(r.x.detach(), r.log_p.detach(), n_lenses, 1);
+    posterior.fix_arcs_lens_light(posterior.space().unpack(traced), posterior.space().unpack(best));
+  };
   if (resume) {
     rounds = resume->lens_rounds.defined() ? resume->lens_rounds.clone()
                                            : torch::full({n_lenses}, -1, torch::kLong);
@@ -158,15 +174,19 @@ samplers::OptimizeResult map_search_in_rounds(
     result.x = result.x.to(posterior.data().image.scalar_type());
     first_round = resume->round;
     seconds_before = resume->seconds;
+    if (resume->arcs_from.defined()) {
+      traced = resume->arcs_from.to(device, result.x.scalar_type());
+      fix_traced(result);
+    }
     spdlog::info("MAP: resumed after round {} ({:.1f} s of search so far)", resume->round,
                  resume->seconds);
   } else {
-    result = map_search(lenses, posterior, psf, 0);
+    result = map_search(lenses, posterior, psf, 0, &traced);
   }
   const auto report = [&](int64_t completed) {
     if (on_round && completed <= ms.retry_rounds)
-      on_round(
-          MapRoundState{completed, result, seconds_before + seconds_since(t_run), rounds.clone()});
+      on_round(MapRoundState{completed, result, seconds_before + seconds_since(t_run),
+                             rounds.clone(), traced});
   };
   if (!resume) report(1);
   for (int64_t round = first_round; round <= ms.retry_rounds; ++round) {
@@ -206,11 +226,13 @@ samplers::OptimizeResult map_search_in_rounds(
         if (count[i] > 0) ++count[i];  // an unknown count (-1) stays unknown
     }
     samplers::OptimizeResult again;
+    torch::Tensor again_traced;
     if (static_cast<int64_t>(retry.size()) == n_lenses) {
-      again = map_search(lenses, posterior, psf, static_cast<uint64_t>(round));
+      again = map_search(lenses, posterior, psf, static_cast<uint64_t>(round), &again_traced);
     } else {
       const BatchPosterior sub = make(subset);
-      again = map_search(subset, sub.first, sub.second, static_cast<uint64_t>(round));
+      again =
+          map_search(subset, sub.first, sub.second, static_cast<uint64_t>(round), &again_traced);
     }
     // Each retried lens keeps its best `per` optima of the old and new rounds.
     const auto index = torch::tensor(retry, torch::kLong).to(result.x.device());
@@ -228,6 +250,16 @@ samplers::OptimizeResult map_search_in_rounds(
     result.log_density_calls += again.log_density_calls;
     result.rows_evaluated += again.rows_evaluated;
     const auto after = result.log_p.reshape({n_lenses, per}).index_select(0, index).max(1);
+    if (traced.defined() && again_traced.defined()) {
+      // A grid on the arcs: each retried lens is traced from the round of its best optimum, and
+      // the batch's posterior is left traced from those rows (a subset's round fixed its own).
+      const auto from_new = (pick.select(1, 0) >= per).to(traced.device());
+      const auto rows = traced.index_select(0, index.to(traced.device()));
+      traced = traced.index_copy(
+          0, index.to(traced.device()),
+          torch::where(from_new.unsqueeze(1), again_traced.to(traced.device()), rows));
+      fix_traced(result);
+    }
     spdlog::info("MAP: round {} took {:.1f} s; best log posterior of the retried lens(es) {} -> {}",
                  round + 1, seconds_since(t0),
                  nlohmann::json(host_values(std::get<0>(before))).dump(),
@@ -239,6 +271,7 @@ samplers::OptimizeResult map_search_in_rounds(
     lens_rounds->assign(static_cast<size_t>(n_lenses), 0);
     for (int64_t i = 0; i < n_lenses; ++i) (*lens_rounds)[static_cast<size_t>(i)] = count[i];
   }
+  if (arcs_from) *arcs_from = traced;
   const auto finite = torch::nan_to_num(result.log_p, -INFINITY);
   result.best = finite.argmax().item<int64_t>();
   result.best_x = result.x[result.best].clone();

@@ -33,6 +33,9 @@ struct MapRoundState {
   // [L] int64: the rounds each lens was searched in so far; undefined in a checkpoint written
   // before it was kept (the count is then unknown, -1).
   torch::Tensor lens_rounds;
+  // [L, D]: a grid on the arcs' traced-from rows (map_search's `arcs_from`), each lens's from the
+  // round that gave its best optimum; undefined for other models and in older checkpoints.
+  torch::Tensor arcs_from;
 
   std::vector<torch::Tensor> to_tensors() const;
   // Throws dslens::InvalidArgument when the tensors are not a state of `lenses` x `starts` rows
@@ -65,12 +68,12 @@ torch::Tensor search_round_thresholds(const torch::Tensor& dof, const MapSetting
 // completed are not searched again; `on_round` receives the state after every round that more
 // rounds may follow. `lens_rounds`, when given, receives the rounds each lens was searched in
 // (1: the first search sufficed; -1: unknown, resumed from a checkpoint that did not keep them).
-samplers::OptimizeResult map_search_in_rounds(const std::vector<const FitConfig*>& lenses,
-                                              const model::LensPosterior& posterior,
-                                              const std::optional<torch::Tensor>& psf,
-                                              const BatchPosteriorFn& make,
-                                              const MapRoundState* resume = nullptr,
-                                              const MapRoundFn& on_round = {},
-                                              std::vector<int64_t>* lens_rounds = nullptr);
+// `arcs_from`, when given, receives MapRoundState::arcs_from at the end; a grid on the arcs is then
+// left traced from those rows in `posterior`.
+samplers::OptimizeResult map_search_in_rounds(
+    const std::vector<const FitConfig*>& lenses, const model::LensPosterior& posterior,
+    const std::optional<torch::Tensor>& psf, const BatchPosteriorFn& make,
+    const MapRoundState* resume = nullptr, const MapRoundFn& on_round = {},
+    std::vector<int64_t>* lens_rounds = nullptr, torch::Tensor* arcs_from = nullptr);
 
 }  // namespace dslens::app

@@ -451,35 +451,41 @@ void log_arcs_grid_side(const model::FitModel& model, const model::LensPosterior
 
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
                                         const model::LensPosterior& posterior,
-                                        const torch::Tensor& x0) {
+                                        const torch::Tensor& x0, torch::Tensor* arcs_from) {
   const MapSettings& ms = lenses.front()->map;
   const auto n_lenses = static_cast<int64_t>(lenses.size());
   spdlog::info(
       "MAP: {} lens(es) from the given start (--init): L-BFGS ({} iterations), then Newton",
       n_lenses, ms.lbfgs_iterations);
   MapBar bar;
-  posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
-  log_arcs_grid_side(lenses.front()->model, posterior, x0, "MAP (--init)");
-  return with_arcs_lens_light_of_best(
-      lenses.front()->model, posterior,
-      polished(lenses.front()->model, posterior,
-               optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
-                        ms.lbfgs_iterations, {}, "init", bar),
-               n_lenses, ms, bar),
-      "MAP");
+  // A grid on the arcs: traced from the start's lens light, for the whole search; the core left
+  // out that of the start's lens, then of the optimum's.
+  if (posterior.spec().arcs_placement) {
+    posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
+    log_arcs_grid_side(lenses.front()->model, posterior, x0, "MAP (--init)");
+    if (arcs_from) *arcs_from = x0.detach().clone();
+  }
+  auto optimum = polished(lenses.front()->model, posterior,
+                          optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate,
+                                   {}, ms.lbfgs_iterations, {}, "init", bar),
+                          n_lenses, ms, bar);
+  fix_arcs_lens_light_at_best(lenses.front()->model, posterior, optimum, "MAP", x0.detach());
+  return with_exact_pixel_source(lenses.front()->model, posterior, std::move(optimum), "MAP");
 }
 
-samplers::OptimizeResult with_arcs_lens_light_of_best(const model::FitModel& model,
-                                                      const model::LensPosterior& posterior,
-                                                      samplers::OptimizeResult result,
-                                                      const std::string& what) {
-  if (!posterior.spec().arcs_placement) return result;
-  const int64_t n_lenses = posterior.n_lenses();
-  const auto best =
-      samplers::best_rows_per_group(result.x.detach(), result.log_p.detach(), n_lenses, 1);
-  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
+torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
+                                          const model::LensPosterior& posterior,
+                                          const samplers::OptimizeResult& result,
+                                          const std::string& what,
+                                          const torch::Tensor& light_from) {
+  if (!posterior.spec().arcs_placement) return {};
+  const auto& space = posterior.space();
+  const auto best = samplers::best_rows_per_group(result.x.detach(), result.log_p.detach(),
+                                                  posterior.n_lenses(), 1);
+  posterior.fix_arcs_lens_light(space.unpack(light_from.defined() ? light_from : best),
+                                space.unpack(best));
   log_arcs_grid_side(model, posterior, best, what);
-  return with_exact_pixel_source(model, posterior, std::move(result), what);
+  return best;
 }
 
 PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {
@@ -528,7 +534,9 @@ PlacementModel placement_model(const nlohmann::json& model, double amp_median, b
 
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
-                                    const std::optional<torch::Tensor>& psf, uint64_t round) {
+                                    const std::optional<torch::Tensor>& psf, uint64_t round,
+                                    torch::Tensor* arcs_from) {
+  if (arcs_from) *arcs_from = torch::Tensor();
   // Round r draws its placements and starts from the streams seed + 2r and seed + 2r + 1.
   const uint64_t salt = 2 * round;
   const FitConfig& first = *lenses.front();
@@ -727,7 +735,13 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
                  ms.starts, n_place, pixelated ? " with the pixels solved" : "");
   }
-  // A grid on the arcs: the lens light traced from fixed at each lens's best row from here on.
+  // A grid on the arcs: traced from the lens light of each lens's best placement, for the rest of
+  // the search and for the chains. Until session 57 the joint stage re-fixed it at each
+  // segment's best optimum; there the grid took up what the lens light missed, the next trace
+  // counted that as arcs, and on SLACS J1430+4105 the grid widened from 0.96" to 3.58" (docs/
+  // slacs.md, "The grid's extent, traced again"). The core left out follows the best optimum's
+  // lens (LensPosterior::fix_arcs_lens_light).
+  torch::Tensor traced_from;
   if (early.spec().arcs_placement) {
     samplers::OptimizeResult ranked;
     ranked.x = x;
@@ -735,7 +749,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       torch::NoGradGuard no_grad;
       ranked.log_p = early.log_prob(x).detach();
     }
-    x = with_arcs_lens_light_of_best(first.model, early, std::move(ranked), "").x;
+    traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements", {});
+    x = with_exact_pixel_source(first.model, early, std::move(ranked), "").x;
   }
   if (pixelated) {
     const auto names = space.coordinate_names();
@@ -783,8 +798,12 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                    ms.joint_learning_rate, {}, iterations, {}, stage, bar);
       if (k + 1 < kPixelSegments) {
         auto solved = with_exact_pixel_source(first.model, post, r, "");
-        // A grid on the arcs: the lens light it is traced from follows the best row.
-        solved = with_arcs_lens_light_of_best(first.model, post, std::move(solved), "");
+        if (traced_from.defined()) {
+          // The core left out follows the segment's best lens; the pixels solved for the grids
+          // that gives.
+          fix_arcs_lens_light_at_best(first.model, post, solved, "MAP joint segment", traced_from);
+          solved = with_exact_pixel_source(first.model, post, std::move(solved), "");
+        }
         if (grid_placement_free) {
           solved =
               with_grid_on_arcs(first.model, post, decoded_index, std::move(solved), snr_threshold);
@@ -827,8 +846,11 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       joined.log_p = torch::where(better, again.log_p, joined.log_p);
     }
   }
-  return with_arcs_lens_light_of_best(
-      first.model, posterior, polished(first.model, posterior, joined, n_lenses, ms, bar), "MAP");
+  if (arcs_from) *arcs_from = traced_from;
+  auto optimum = polished(first.model, posterior, joined, n_lenses, ms, bar);
+  if (traced_from.defined())
+    fix_arcs_lens_light_at_best(first.model, posterior, optimum, "MAP", traced_from);
+  return with_exact_pixel_source(first.model, posterior, std::move(optimum), "MAP");
 }
 
 samplers::OptimizeResult map_search_detail::with_grid_on_arcs(const model::FitModel& fit,

@@ -21,6 +21,12 @@
 
 namespace dslens::model {
 
+// The magnification ramp's ends (ArcsPlacementSpec::min_magnification, below): pixels with |mu|
+// at or below kCoreMagnification count nothing, at or above kArcMagnification fully. The data
+// traced back (BackProjectionSettings, model/source_backprojection.h) use the same.
+inline constexpr double kCoreMagnification = 0.5;
+inline constexpr double kArcMagnification = 0.75;
+
 struct ArcsPlacementSpec {
   size_t source_index = 0;  // the PIXELATED component in the model's source list
   int64_t size = 0;         // the grid's side in pixels
@@ -44,18 +50,18 @@ struct ArcsPlacementSpec {
   // lens's Hessian without a gradient (at a singular centre its gradient is not finite): fixed
   // with the lens light (`counted`, below) it is a constant, so the log density's gradient is
   // exact; before that, each row's own, it is exact but for the pixels inside the ramp.
-  double min_magnification = 0.5;
-  double full_magnification = 0.75;
+  double min_magnification = kCoreMagnification;
+  double full_magnification = kArcMagnification;
   // The noise the weights read is the data's sigma / noise_factor: a tempered posterior
   // (LensPosterior::with_noise_scaled) places the grid as the untempered one does.
   double noise_factor = 1.0;
   // The lens light subtracted from the data before the arcs are traced, [L, ny * nx], fixed
-  // (LensPosterior::fix_arcs_lens_light): a fit sets it to its MAP's. Subtracted as each row's own
-  // lens light, the grid followed the lens light's errors: 5 % too little of the mock's Sersic
-  // amplitude left the core's residuals above the threshold, and traced far out they made the grid
-  // 3.4 times as wide (0.79" -> 2.67"); the joint MAP stage then ended 900 nats below the free
-  // grid's. Undefined until fixed: each row's own. Shared by the copies of a posterior (its
-  // tempered versions included).
+  // (LensPosterior::fix_arcs_lens_light): a fit sets it to its best placement's (app/map_search.h).
+  // Subtracted as each row's own lens light, the grid followed the lens light's errors: 5 % too
+  // little of the mock's Sersic amplitude left the core's residuals above the threshold, and traced
+  // far out they made the grid 3.4 times as wide (0.79" -> 2.67"); the joint MAP stage then ended
+  // 900 nats below the free grid's. Undefined until fixed: each row's own. Shared by the copies of
+  // a posterior (its tempered versions included).
   std::shared_ptr<torch::Tensor> lens_light;
   // The magnification ramp [L, ny * nx] of the lens of the row the lens light is fixed from, fixed
   // with it; undefined until then (each row's own).

@@ -14,6 +14,7 @@
 #include <optional>
 #include <utility>
 
+#include "dslens/model/arcs_placement.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/model/parameter_space.h"
 
@@ -32,8 +33,8 @@ struct BackProjectionSettings {
   // Pixels the lens demagnifies count nothing for the centre, the footprint and the stamp, as for
   // a grid placed on the arcs (ArcsPlacementSpec::min_magnification, model/arcs_placement.h): what
   // the lens light leaves in the lens's core is not the source. min_magnification <= 0: all count.
-  double min_magnification = 0.5;
-  double full_magnification = 0.75;
+  double min_magnification = kCoreMagnification;
+  double full_magnification = kArcMagnification;
 };
 
 struct BackProjection {
