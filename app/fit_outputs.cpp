@@ -325,8 +325,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const auto opts = compute.options();
   // A grid on the arcs traced from the same lens light as the chains' (LensFitResult).
   if (r.arcs_lens_light_u.defined())
-    post.fix_arcs_lens_light(space.unpack(r.arcs_lens_light_u.to(opts)),
-                             space.unpack(r.arcs_core_u.to(opts)));
+    post.fix_arcs_lens_light(space.unpack(r.arcs_lens_light_u.to(opts)));
   torch::NoGradGuard no_grad;
 
   // Draws in the constrained space, [C, N, D].
@@ -418,8 +417,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
          "that holds 99 % of the image flux traced back through the MAP's lens (pixels above 3 "
          "sigma after the lens light, less those the lens demagnifies, |mu| < 1/2), with a tenth "
          "to spare each side; lens_light_traced_from: the free lens-light parameters of the "
-         "row whose lens light the grid is traced from (the MAP search's best placement; held for "
-         "the chains and here); the lens's core left out is that of the search's best optimum"}};
+         "row whose lens light (and lens's core, left out) the grid is traced from: the MAP "
+         "search's best placement, held for the search's later stages, the chains and here"}};
     // Which lens light placed the grid: session 57 could not tell from session 56's outputs why
     // the SLACS grid was 3.22" wide (docs/slacs.md).
     if (r.arcs_lens_light_u.defined()) {

@@ -174,11 +174,9 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // (session 56's SLACS fit: the search's 59,530 became 59,618 and another optimum rose to
   // 60,180), so the row traced from is kept apart (LensFitResult::arcs_lens_light_u).
   torch::Tensor arcs_from;  // [L, D] each lens's row whose lens light the grid is traced from
-  torch::Tensor core_from;  // [L, D] and whose lens's core is left out: the best optimum's
   if (posterior.spec().arcs_placement) {
-    core_from = best_x.select(1, 0).clone();
-    arcs_from = traced_from.defined() ? traced_from.clone() : core_from;
-    posterior.fix_arcs_lens_light(space.unpack(arcs_from), space.unpack(core_from));
+    arcs_from = traced_from.defined() ? traced_from.clone() : best_x.select(1, 0).clone();
+    posterior.fix_arcs_lens_light(space.unpack(arcs_from));
     samplers::OptimizeResult kept;
     kept.x = best_x.reshape({-1, dim});
     kept.log_p = best_lp.reshape({-1}).to(opts);
@@ -259,10 +257,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.config = lenses[static_cast<size_t>(l)];
     r.starts_u = best_x[l].to(torch::kCPU, torch::kFloat64);
     r.starts_log_p = best_lp[l];
-    if (arcs_from.defined()) {
-      r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
-      r.arcs_core_u = core_from.narrow(0, l, 1).to(torch::kCPU);
-    }
+    if (arcs_from.defined()) r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
     r.map_u = r.starts_u.narrow(0, 0, 1);
     r.map_log_p = best_lp[l][0].item<double>();
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
@@ -308,14 +303,11 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     if (apart.size() < lenses.size()) sub.emplace(batch_posterior(subset, compute));
     const model::LensPosterior& run_posterior = sub ? sub->first : posterior;
     if (sub && run_posterior.spec().arcs_placement) {
-      // The same lens light and core as the first round's (LensFitResult::arcs_lens_light_u).
-      std::vector<torch::Tensor> light, core;
-      for (const int64_t l : apart) {
+      // The same lens light as the first round's (LensFitResult::arcs_lens_light_u).
+      std::vector<torch::Tensor> light;
+      for (const int64_t l : apart)
         light.push_back(results[static_cast<size_t>(l)].arcs_lens_light_u.to(opts));
-        core.push_back(results[static_cast<size_t>(l)].arcs_core_u.to(opts));
-      }
-      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(light)),
-                                        space.unpack(torch::cat(core)));
+      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(light)));
     }
     const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
     const std::optional<ChainRun> run =

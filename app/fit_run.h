@@ -20,13 +20,11 @@ struct LensFitResult {
   std::string map_origin = "the MAP search";
   torch::Tensor starts_u;      // [K, D] the best K optima, best first
   torch::Tensor starts_log_p;  // [K]
-  // [1, D] the row whose lens light a PIXELATED grid on the arcs is traced from
-  // (LensPosterior::fix_arcs_lens_light) for the chains and the outputs, the search's best
-  // placement (app/map_search.h); undefined without such a grid. [1, D] arcs_core_u: the row whose
-  // lens's core is left out, the search's best optimum. Both are fixed before the kept optima are
-  // solved again and re-ranked, so arcs_core_u is not always starts_u's first row: outputs that
-  // traced from that row drew the MAP's pixels on another grid (docs/slacs.md, session 56).
-  torch::Tensor arcs_lens_light_u, arcs_core_u;
+  // [1, D] the row whose lens light (and lens's core) a PIXELATED grid on the arcs is traced from
+  // (LensPosterior::fix_arcs_lens_light) for the chains and the outputs: the search's best
+  // placement (app/map_search.h); undefined without such a grid. Not starts_u's first row: outputs
+  // that traced from that row drew the MAP's pixels on another grid (docs/slacs.md, session 56).
+  torch::Tensor arcs_lens_light_u;
   samplers::Draws chains;  // [C, N, D] unconstrained draws and [C, N] statistics
   nlohmann::json sampler_settings;
   double map_seconds = 0.0, warmup_seconds = 0.0, sampling_seconds = 0.0;

@@ -158,10 +158,9 @@ samplers::OptimizeResult map_search_in_rounds(
   int64_t first_round = 1;
   auto rounds = torch::ones({n_lenses}, torch::kLong);  // each lens's rounds so far
   torch::Tensor traced;  // [L, D] a grid on the arcs' traced-from rows (MapRoundState::arcs_from)
-  // The batch's posterior traced from them, the core left out each lens's best optimum's.
-  const auto fix_traced = [&](const samplers::OptimizeResult& r) {
-    const auto best = samplers::best_rows_per_group(r.x.detach(), r.log_p.detach(), n_lenses, 1);
-    posterior.fix_arcs_lens_light(posterior.space().unpack(traced), posterior.space().unpack(best));
+  // The batch's posterior traced from them.
+  const auto fix_traced = [&]() {
+    posterior.fix_arcs_lens_light(posterior.space().unpack(traced));
   };
   if (resume) {
     rounds = resume->lens_rounds.defined() ? resume->lens_rounds.clone()
@@ -176,7 +175,7 @@ samplers::OptimizeResult map_search_in_rounds(
     seconds_before = resume->seconds;
     if (resume->arcs_from.defined()) {
       traced = resume->arcs_from.to(device, result.x.scalar_type());
-      fix_traced(result);
+      fix_traced();
     }
     spdlog::info("MAP: resumed after round {} ({:.1f} s of search so far)", resume->round,
                  resume->seconds);
@@ -258,7 +257,7 @@ samplers::OptimizeResult map_search_in_rounds(
       traced = traced.index_copy(
           0, index.to(traced.device()),
           torch::where(from_new.unsqueeze(1), again_traced.to(traced.device()), rows));
-      fix_traced(result);
+      fix_traced();
     }
     spdlog::info("MAP: round {} took {:.1f} s; best log posterior of the retried lens(es) {} -> {}",
                  round + 1, seconds_since(t0),

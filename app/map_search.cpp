@@ -438,13 +438,33 @@ void log_arcs_grid_side(const model::FitModel& model, const model::LensPosterior
   const auto grid = posterior.arcs_grid(posterior.space().unpack(x), x.size(0));
   if (!grid) return;
   const auto side = (grid->scale * double(model.decoded_size)).to(torch::kCPU, torch::kFloat64);
+  // With the lens it was traced through (its mass parameters, constrained), per lens.
+  const auto& space = posterior.space();
+  const auto names = space.coordinate_names();
+  const auto values = space.constrained(x.detach()).to(torch::kCPU, torch::kFloat64);
+  nlohmann::json lenses = nlohmann::json::array();
+  for (int64_t l = 0; l < x.size(0); ++l) {
+    nlohmann::json lens = nlohmann::json::object();
+    for (size_t j = 0; j < names.size(); ++j) {
+      const bool mass = names[j].find("_lens") != std::string::npos &&
+                        names[j].find("_lens_light") == std::string::npos;
+      if (mass) lens[names[j]] = values[l][static_cast<int64_t>(j)].item<double>();
+    }
+    lenses.push_back(lens);
+  }
   spdlog::debug(
       "{}the pixel grid on the arcs, traced from the fixed lens light: side {} arcsec "
-      "per lens",
+      "per lens, through the lens {}",
       what.empty() ? "" : what + ": ",
       nlohmann::json(
           std::vector<double>(side.data_ptr<double>(), side.data_ptr<double>() + side.numel()))
-          .dump());
+          .dump(),
+      lenses.dump());
+}
+
+// Each lens's best row [L, D] of `r` (rows lens-major).
+torch::Tensor best_rows(const model::LensPosterior& posterior, const samplers::OptimizeResult& r) {
+  return samplers::best_rows_per_group(r.x.detach(), r.log_p.detach(), posterior.n_lenses(), 1);
 }
 
 }  // namespace
@@ -458,32 +478,29 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
       "MAP: {} lens(es) from the given start (--init): L-BFGS ({} iterations), then Newton",
       n_lenses, ms.lbfgs_iterations);
   MapBar bar;
-  // A grid on the arcs: traced from the start's lens light, for the whole search; the core left
-  // out that of the start's lens, then of the optimum's.
+  // A grid on the arcs: traced from the start's lens light (and its lens's core), for the whole
+  // search.
   if (posterior.spec().arcs_placement) {
     posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
     log_arcs_grid_side(lenses.front()->model, posterior, x0, "MAP (--init)");
     if (arcs_from) *arcs_from = x0.detach().clone();
   }
-  auto optimum = polished(lenses.front()->model, posterior,
-                          optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate,
-                                   {}, ms.lbfgs_iterations, {}, "init", bar),
-                          n_lenses, ms, bar);
-  fix_arcs_lens_light_at_best(lenses.front()->model, posterior, optimum, "MAP", x0.detach());
-  return with_exact_pixel_source(lenses.front()->model, posterior, std::move(optimum), "MAP");
+  return with_exact_pixel_source(
+      lenses.front()->model, posterior,
+      polished(lenses.front()->model, posterior,
+               optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
+                        ms.lbfgs_iterations, {}, "init", bar),
+               n_lenses, ms, bar),
+      "MAP");
 }
 
 torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
                                           const model::LensPosterior& posterior,
                                           const samplers::OptimizeResult& result,
-                                          const std::string& what,
-                                          const torch::Tensor& light_from) {
+                                          const std::string& what) {
   if (!posterior.spec().arcs_placement) return {};
-  const auto& space = posterior.space();
-  const auto best = samplers::best_rows_per_group(result.x.detach(), result.log_p.detach(),
-                                                  posterior.n_lenses(), 1);
-  posterior.fix_arcs_lens_light(space.unpack(light_from.defined() ? light_from : best),
-                                space.unpack(best));
+  const auto best = best_rows(posterior, result);
+  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
   log_arcs_grid_side(model, posterior, best, what);
   return best;
 }
@@ -739,8 +756,9 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // the search and for the chains. Until session 57 the joint stage re-fixed it at each
   // segment's best optimum; there the grid took up what the lens light missed, the next trace
   // counted that as arcs, and on SLACS J1430+4105 the grid widened from 0.96" to 3.58" (docs/
-  // slacs.md, "The grid's extent, traced again"). The core left out follows the best optimum's
-  // lens (LensPosterior::fix_arcs_lens_light).
+  // slacs.md, "The grid's extent, traced again"). The lens's core left out stays that of the
+  // placement too: made to follow the best optimum's lens (session 58), it let the search drift
+  // to grids 4.6" wide and ended its joint stage 1,000 nats lower (docs/slacs.md).
   torch::Tensor traced_from;
   if (early.spec().arcs_placement) {
     samplers::OptimizeResult ranked;
@@ -749,7 +767,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       torch::NoGradGuard no_grad;
       ranked.log_p = early.log_prob(x).detach();
     }
-    traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements", {});
+    traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements");
     x = with_exact_pixel_source(first.model, early, std::move(ranked), "").x;
   }
   if (pixelated) {
@@ -798,12 +816,8 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                    ms.joint_learning_rate, {}, iterations, {}, stage, bar);
       if (k + 1 < kPixelSegments) {
         auto solved = with_exact_pixel_source(first.model, post, r, "");
-        if (traced_from.defined()) {
-          // The core left out follows the segment's best lens; the pixels solved for the grids
-          // that gives.
-          fix_arcs_lens_light_at_best(first.model, post, solved, "MAP joint segment", traced_from);
-          solved = with_exact_pixel_source(first.model, post, std::move(solved), "");
-        }
+        if (traced_from.defined())
+          log_arcs_grid_side(first.model, post, best_rows(post, solved), "MAP joint segment");
         if (grid_placement_free) {
           solved =
               with_grid_on_arcs(first.model, post, decoded_index, std::move(solved), snr_threshold);
@@ -847,10 +861,11 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
     }
   }
   if (arcs_from) *arcs_from = traced_from;
-  auto optimum = polished(first.model, posterior, joined, n_lenses, ms, bar);
+  auto optimum = with_exact_pixel_source(
+      first.model, posterior, polished(first.model, posterior, joined, n_lenses, ms, bar), "MAP");
   if (traced_from.defined())
-    fix_arcs_lens_light_at_best(first.model, posterior, optimum, "MAP", traced_from);
-  return with_exact_pixel_source(first.model, posterior, std::move(optimum), "MAP");
+    log_arcs_grid_side(first.model, posterior, best_rows(posterior, optimum), "MAP");
+  return optimum;
 }
 
 samplers::OptimizeResult map_search_detail::with_grid_on_arcs(const model::FitModel& fit,

@@ -33,9 +33,9 @@ namespace dslens::app {
 // final positions [L * starts, D] and their log posteriors. `round` > 0 draws other starts (the
 // search rounds of app/map_rounds.h) and, for a decoded source, places the lens from 2^round
 // times as many draws (at most 16 times). A PIXELATED grid on the arcs (model/arcs_placement.h) is
-// traced, from the source stage on, from the lens light of each lens's best placement, left fixed
-// in `posterior`; `arcs_from`, when given, receives those rows [L, D] (undefined for any other
-// model, and for a search without placements, which fixes none).
+// traced, from the source stage on, from the lens light of each lens's best placement (its lens's
+// core left out), left fixed in `posterior`; `arcs_from`, when given, receives those rows [L, D]
+// (undefined for any other model, and for a search without placements, which fixes none).
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
                                     const std::optional<torch::Tensor>& psf, uint64_t round = 0,
@@ -69,13 +69,13 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
                                                  const std::string& what);
 
 // A PIXELATED grid placed on the arcs (model/arcs_placement.h): the lens light subtracted before
-// the arcs are traced fixed at that of `light_from` [L, D] (when undefined, of each lens's best row
-// of `result`), the core left out at that of the best row's lens; returns those rows [L, D] (the
-// caller solves the pixels for the grids that gives). Other models: undefined, nothing fixed.
+// the arcs are traced, and the lens's core left out, fixed at each lens's best row of `result`;
+// returns those rows [L, D] (the caller solves the pixels for the grids that gives). Other models:
+// undefined, nothing fixed.
 torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
                                           const model::LensPosterior& posterior,
                                           const samplers::OptimizeResult& result,
-                                          const std::string& what, const torch::Tensor& light_from);
+                                          const std::string& what);
 
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude

@@ -235,11 +235,6 @@ torch::Tensor LensPosterior::magnification_weight(const physics::ImageModel& m) 
 }
 
 void LensPosterior::fix_arcs_lens_light(const ParameterSpace::Unpacked& values) const {
-  fix_arcs_lens_light(values, values);
-}
-
-void LensPosterior::fix_arcs_lens_light(const ParameterSpace::Unpacked& values,
-                                        const ParameterSpace::Unpacked& lens_from) const {
   if (!spec_.arcs_placement) return;
   torch::NoGradGuard no_grad;
   physics::ImageModel m = build(values, n_lenses_, /*with_sources=*/false);
@@ -255,10 +250,8 @@ void LensPosterior::fix_arcs_lens_light(const ParameterSpace::Unpacked& values,
     }
   };
   set(*spec_.arcs_placement->lens_light, light);
-  const physics::ImageModel lens =
-      &lens_from == &values ? m : build(lens_from, n_lenses_, /*with_sources=*/false);
   set(*spec_.arcs_placement->counted,
-      magnification_weight(lens).expand({n_lenses_, spec_.grid.ny * spec_.grid.nx}).clone());
+      magnification_weight(m).expand({n_lenses_, spec_.grid.ny * spec_.grid.nx}).clone());
 }
 
 std::optional<GridPlacement> LensPosterior::arcs_grid(const ParameterSpace::Unpacked& values,

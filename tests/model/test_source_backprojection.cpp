@@ -393,30 +393,6 @@ TEST(ArcsPlacement, TheDemagnifiedCoreDoesNotWidenTheGrid) {
   EXPECT_THROW(magnification_ramp(ramp, 0.5, 0.5), InvalidArgument);
 }
 
-// The core left out is that of the lens it is fixed from (LensPosterior::fix_arcs_lens_light's
-// `lens_from`), apart from the lens light: a lens light 5 % too faint, fixed, leaves the core's
-// residuals; with the core of the row's own lens (theta_E 0.9) left out the grid is the true lens
-// light's to a tenth, with that of a lens half as wide (its demagnified core a third of the row
-// lens's radius smaller) the residuals between the two cores count and widen it.
-TEST(ArcsPlacement, TheCoreLeftOutIsThatOfTheLensItIsFixedFrom) {
-  BackProjectionProblem p(true, 0.1, 0.005, /*free_light_amp=*/true);
-  const int64_t n = 16;
-  const auto post = arcs_placed_posterior(p, n);
-  const auto row = p.lens_u(0.9, 40.0);
-  const auto truth = post.arcs_grid(p.space.unpack(row), 1)->scale.item<double>();
-  const auto faint = p.space.unpack(p.lens_u(0.9, 38.0));
-  post.fix_arcs_lens_light(faint, p.space.unpack(row));
-  const double own = post.arcs_grid(p.space.unpack(row), 1)->scale.item<double>();
-  post.fix_arcs_lens_light(faint);  // one argument: the core of the same row's lens
-  EXPECT_EQ(post.arcs_grid(p.space.unpack(row), 1)->scale.item<double>(), own);
-  post.fix_arcs_lens_light(faint, p.space.unpack(p.lens_u(0.45, 40.0)));
-  const double narrow = post.arcs_grid(p.space.unpack(row), 1)->scale.item<double>();
-  RecordProperty("pixel_sizes",
-                 std::to_string(truth) + " " + std::to_string(own) + " " + std::to_string(narrow));
-  EXPECT_LT(own, 1.1 * truth) << own << " " << truth;
-  EXPECT_GT(narrow, 1.3 * own) << narrow << " " << own;
-}
-
 // The lens light the arcs are traced from, fixed (LensPosterior::fix_arcs_lens_light): rows whose
 // lens light is 5 % too faint or too bright get the grid of the true lens light, where with each
 // row's own the too-faint one's core residuals, traced far out, widen it (every pixel counted, so

@@ -72,15 +72,9 @@ class LensPosterior {
   physics::ImageModel build(const ParameterSpace::Unpacked& values, int64_t rows,
                             bool with_sources = true) const;
   // An arcs-placed grid's lens light (ArcsPlacementSpec::lens_light) fixed at that of `values`,
-  // one row per lens, and with it the magnification ramp (`counted`) of the lenses of `lens_from`
-  // (default: `values`'): for this posterior and every copy made from it. No-op for other models.
-  // The two are apart because the lens light is traced from once (app/map_search.h) while the
-  // core left out must follow the lens: on SLACS J1430+4105, with the core of the best
-  // placement's lens left out, the grid at the MAP's lens was 2.84" wide; with the core of the
-  // lens the grid was traced through, 1.30" (docs/slacs.md, session 58).
+  // one row per lens, and with it the magnification ramp of their lenses (`counted`): for this
+  // posterior and every copy made from it. No-op for other models.
   void fix_arcs_lens_light(const ParameterSpace::Unpacked& values) const;
-  void fix_arcs_lens_light(const ParameterSpace::Unpacked& values,
-                           const ParameterSpace::Unpacked& lens_from) const;
   // The arcs-placed grid (spec().arcs_placement) of `rows` rows; nullopt for any other model.
   std::optional<GridPlacement> arcs_grid(const ParameterSpace::Unpacked& values,
                                          int64_t rows) const;
