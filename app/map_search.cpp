@@ -434,6 +434,8 @@ namespace {
 // the arcs).
 void log_arcs_grid_side(const model::FitModel& model, const model::LensPosterior& posterior,
                         const torch::Tensor& x, const std::string& what) {
+  // Only when it is logged: the trace and the read-backs are not free.
+  if (!spdlog::default_logger_raw()->should_log(spdlog::level::debug)) return;
   torch::NoGradGuard no_grad;
   const auto grid = posterior.arcs_grid(posterior.space().unpack(x), x.size(0));
   if (!grid) return;
@@ -467,6 +469,21 @@ torch::Tensor best_rows(const model::LensPosterior& posterior, const samplers::O
   return samplers::best_rows_per_group(r.x.detach(), r.log_p.detach(), posterior.n_lenses(), 1);
 }
 
+// A PIXELATED grid placed on the arcs (model/arcs_placement.h): the lens light subtracted before
+// the arcs are traced, and the lens's core left out, fixed at each lens's best row of `result`;
+// returns those rows [L, D] (the caller solves the pixels for the grids that gives). Other models:
+// undefined, nothing fixed.
+torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
+                                          const model::LensPosterior& posterior,
+                                          const samplers::OptimizeResult& result,
+                                          const std::string& what) {
+  if (!posterior.spec().arcs_placement) return {};
+  const auto best = best_rows(posterior, result);
+  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
+  log_arcs_grid_side(model, posterior, best, what);
+  return best;
+}
+
 }  // namespace
 
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
@@ -492,17 +509,6 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
                         ms.lbfgs_iterations, {}, "init", bar),
                n_lenses, ms, bar),
       "MAP");
-}
-
-torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
-                                          const model::LensPosterior& posterior,
-                                          const samplers::OptimizeResult& result,
-                                          const std::string& what) {
-  if (!posterior.spec().arcs_placement) return {};
-  const auto best = best_rows(posterior, result);
-  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
-  log_arcs_grid_side(model, posterior, best, what);
-  return best;
 }
 
 PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {

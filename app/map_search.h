@@ -68,15 +68,6 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
                                                  samplers::OptimizeResult result,
                                                  const std::string& what);
 
-// A PIXELATED grid placed on the arcs (model/arcs_placement.h): the lens light subtracted before
-// the arcs are traced, and the lens's core left out, fixed at each lens's best row of `result`;
-// returns those rows [L, D] (the caller solves the pixels for the grids that gives). Other models:
-// undefined, nothing fixed.
-torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
-                                          const model::LensPosterior& posterior,
-                                          const samplers::OptimizeResult& result,
-                                          const std::string& what);
-
 // The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
 // SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
 // (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for
