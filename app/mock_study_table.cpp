@@ -77,12 +77,22 @@ const std::vector<RowSpec>& row_specs() {
       {"shear strength gamma_ext (from gamma1, gamma2)", "gamma_ext", "", true},
       {"shear gamma1", "gamma1", "gamma1_lens1", false},
       {"shear gamma2", "gamma2", "gamma2_lens1", false},
+      // summary.json's derived row (the lensed source's flux over its own); absent in the records
+      // of fits before session 45 and where a pixel grid has no positive flux.
+      {"source magnification", "magnification", "", true},
       {"lens centre x", "lens_center_x", "center_x_lens0", false},
       {"lens centre y", "lens_center_y", "center_y_lens0", false},
       {"source centre x", "source_center_x", "center_x_source_light0", false},
       {"source centre y", "source_center_y", "center_y_source_light0", false},
   };
   return rows;
+}
+
+// Whether a level's tables show this row: not when none of its lenses' records has it (the
+// magnification of fits before session 45).
+bool row_shown(const json& level, const RowSpec& spec) {
+  const json& a = level.at("aggregate");
+  return a.contains(spec.key) && a.at(spec.key).value("lenses", int64_t{0}) > 0;
 }
 
 // The truth's normalised rank among a parameter's draws, the fraction of draws below it: over a
@@ -163,6 +173,17 @@ json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
       const double t = std::hypot(s.at("gamma1").at("value").get<double>(),
                                   s.at("gamma2").at("value").get<double>());
       r = derived_row(torch::sqrt(g1 * g1 + g2 * g2), t);
+    } else if (spec.key == "magnification") {
+      json row;
+      if (summary.contains("derived")) {
+        for (const auto& d : summary.at("derived"))
+          if (d.value("variable", std::string()) == "magnification") row = d;
+      }
+      if (!row.contains("truth")) continue;  // left out of its aggregates
+      for (const char* k : {"truth", "mean", "sd", "q2.5", "q16", "q50", "q84", "q97.5", "error",
+                            "relative_error", "in_68", "in_95", "rhat"}) {
+        r[k] = row.value(k, json(nullptr));
+      }
     } else {
       const auto it = by_variable.find(spec.variable);
       if (it == by_variable.end() || !it->second.contains("truth")) {
@@ -191,6 +212,8 @@ json aggregate(const json& lenses) {
     double in68 = 0, in95 = 0, max_rhat = NAN, sum_z = 0, sum_z2 = 0;
     int64_t n = 0, n_z = 0, ranked = 0, outside_99 = 0;
     for (const auto& l : lenses) {
+      // A row a lens's record lacks (the magnification of older fits) leaves that lens out.
+      if (!l.at("parameters").contains(spec.key)) continue;
       const json& r = l.at("parameters").at(spec.key);
       rel.push_back(std::abs(number_or_nan(r, "relative_error")));
       abs_err.push_back(std::abs(number_or_nan(r, "error")));
@@ -456,6 +479,7 @@ std::string divergences_paragraph(const json& l) {
         "sampler could not integrate).\n\n| parameter | rms z, "
      << many << " or more divergences | rms z, fewer |\n| --- | ---: | ---: |\n";
   for (const auto& spec : row_specs()) {
+    if (!row_shown(l, spec)) continue;
     md << "| " << spec.label << " | "
        << fixed(number_or_nan(l.at("aggregate_many_divergences").at(spec.key), "rms_z"), 2) << " | "
        << fixed(number_or_nan(l.at("aggregate_few_divergences").at(spec.key), "rms_z"), 2)
@@ -495,6 +519,7 @@ std::string truth_mode_paragraph(const json& l) {
   md << ".\n\n| parameter | coverage 68 % | coverage 95 % | mean z-score | rms z-score | truth "
         "outside central 99 % |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& spec : row_specs()) {
+    if (!row_shown(l, spec)) continue;
     const json& a = agg.at(spec.key);
     md << "| " << spec.label << " | " << fixed(number_or_nan(a, "coverage_68"), 2) << " | "
        << fixed(number_or_nan(a, "coverage_95"), 2) << " | "
@@ -578,7 +603,10 @@ std::string render_markdown(const json& study) {
      << "the central 68 % (16-84 %) or 95 % (2.5-97.5 %) posterior interval (binomial sd with "
      << "30 mocks: 0.085 at 68 %); R-hat: the largest rank-normalised split R-hat over the mocks. "
      << "The axis ratio is derived per draw from the fitted e1, e2 (q = (1 - |e|) / (1 + |e|)), "
-     << "the shear strength from gamma1, gamma2 (gamma_ext = sqrt(gamma1^2 + gamma2^2)). "
+     << "the shear strength from gamma1, gamma2 (gamma_ext = sqrt(gamma1^2 + gamma2^2)); the "
+     << "source magnification is the fit's summary of the lensed source's flux in the image over "
+     << "its own, per draw, against the same at the truth (no rank: the draws file holds only the "
+     << "parameters; shown where the fits summarised it). "
      << "z-score: error / posterior sd; for an exact posterior over truths drawn from its prior "
      << "z has mean 0 and mean square 1 (the posterior variance is the expected squared distance "
      << "of the truth from the posterior mean), so the mean z over n mocks has sd 1/sqrt(n) "
@@ -654,6 +682,7 @@ std::string render_markdown(const json& study) {
           "total divergences | median time per lens (s) |\n"
        << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for (const auto& spec : row_specs()) {
+      if (!row_shown(l, spec)) continue;
       const json& a = l.at("aggregate").at(spec.key);
       md << "| " << spec.label << " | "
          << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-") << " | "

@@ -111,6 +111,20 @@ TEST(MockStudyCommand, PartsFitTheWholeStudysMocksAndCombineIntoItsTable) {
     EXPECT_NE(r.output.find("| rms z-score | truth outside central 99 % |"), std::string::npos)
         << r.output;
   }
+  // The source's magnification row is summary.json's derived one, its truth included.
+  {
+    const json summary = read_json(dir + "/whole/snr10/fit/mock000/summary.json");
+    json derived;
+    for (const auto& d : summary.at("derived"))
+      if (d.at("variable") == "magnification") derived = d;
+    ASSERT_TRUE(derived.contains("truth")) << summary.dump();
+    const json& row = w.at("mock000").at("parameters").at("magnification");
+    EXPECT_EQ(row.at("truth"), derived.at("truth"));
+    EXPECT_EQ(row.at("mean"), derived.at("mean"));
+    EXPECT_EQ(row.at("in_68"), derived.at("in_68"));
+    EXPECT_EQ(level_of(whole).at("aggregate").at("magnification").at("lenses"), 2);
+    EXPECT_NE(r.output.find("| source magnification | "), std::string::npos) << r.output;
+  }
 
   // --partial: an unfinished level (no index.json, mock001's fit not finished) is tabulated from
   // its finished fits only, and nothing is fitted.

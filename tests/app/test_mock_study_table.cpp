@@ -41,6 +41,23 @@ TEST(MockStudyTable, ZScoresAndTailsFromHandMadeRecords) {
   EXPECT_EQ(a.at("outside_99"), 2);     // 0.001 and 0.999; 0.5 and 0.3 are inside
 }
 
+// A row that some lenses' records lack (the source's magnification, summarised only since session
+// 45) is aggregated over the lenses that have it, and over none where no record has it.
+TEST(MockStudyTable, ARowSomeRecordsLackIsAggregatedOverTheOthers) {
+  json with = lens_record(1.0, 1.0, 0.5), other = lens_record(-1.0, 2.0, 0.5);
+  with["parameters"]["magnification"] = {{"truth", 4.0},          {"error", 0.4},   {"sd", 0.2},
+                                         {"relative_error", 0.1}, {"in_68", false}, {"in_95", true},
+                                         {"rhat", 1.02}};
+  const json without = lens_record(3.0, 1.0, 0.5);
+  const json a = aggregate(json::array({with, without, other}));
+  EXPECT_EQ(a.at("magnification").at("lenses"), 1);
+  EXPECT_DOUBLE_EQ(a.at("magnification").at("mean_z").get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(a.at("magnification").at("coverage_95").get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(a.at("magnification").at("median_abs_relative_error").get<double>(), 0.1);
+  EXPECT_EQ(a.at("gamma").at("lenses"), 3);
+  EXPECT_EQ(aggregate(json::array({without})).at("magnification").at("lenses"), 0);
+}
+
 // The error a calibrated fit makes with the posteriors' widths: the median over lenses of 0.674 sd
 // (|N(0, sd^2)| has median Phi^-1(0.75) sd) and of 0.674 sd / |truth| where the record has a
 // relative error; the error targets carry it. Checked against a simulation of calibrated errors.
