@@ -684,9 +684,14 @@ std::string render_markdown(const json& study) {
     for (const auto& spec : row_specs()) {
       if (!row_shown(l, spec)) continue;
       const json& a = l.at("aggregate").at(spec.key);
-      md << "| " << spec.label << " | "
-         << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-") << " | "
-         << num(number_or_nan(a, "median_abs_error"), 3) << " | "
+      // A row over fewer fits than the level's (a magnification some fits did not summarise).
+      const auto over = a.value("lenses", int64_t{0});
+      const auto all = static_cast<int64_t>(l.at("lenses").size());
+      md << "| " << spec.label
+         << (over < all ? " (" + std::to_string(over) + " of " + std::to_string(all) + " fits)"
+                        : std::string())
+         << " | " << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-")
+         << " | " << num(number_or_nan(a, "median_abs_error"), 3) << " | "
          << fixed(number_or_nan(a, "coverage_68"), 2) << " | "
          << fixed(number_or_nan(a, "coverage_95"), 2) << " | "
          << signed_fixed(number_or_nan(a, "mean_z")) << " | " << fixed(number_or_nan(a, "rms_z"), 2)
