@@ -129,6 +129,16 @@ json derived_row(const torch::Tensor& draws /* [C, N] */, double truth) {
   return r;
 }
 
+// The fields of a summary.json row (a parameter's or a derived quantity's) that a table row keeps.
+json summary_fields(const json& row) {
+  json r;
+  for (const char* k : {"truth", "mean", "sd", "q2.5", "q16", "q50", "q84", "q97.5", "error",
+                        "relative_error", "in_68", "in_95", "rhat"}) {
+    r[k] = row.value(k, json(nullptr));
+  }
+  return r;
+}
+
 }  // namespace
 
 // One lens's rows (keyed by RowSpec::key), divergences and times, from its fit folder.
@@ -180,21 +190,14 @@ json read_lens(const fs::path& lens_dir, const fs::path& sim_dir) {
           if (d.value("variable", std::string()) == "magnification") row = d;
       }
       if (!row.contains("truth")) continue;  // left out of its aggregates
-      for (const char* k : {"truth", "mean", "sd", "q2.5", "q16", "q50", "q84", "q97.5", "error",
-                            "relative_error", "in_68", "in_95", "rhat"}) {
-        r[k] = row.value(k, json(nullptr));
-      }
+      r = summary_fields(row);
     } else {
       const auto it = by_variable.find(spec.variable);
       if (it == by_variable.end() || !it->second.contains("truth")) {
         throw Error("mock-study: " + (lens_dir / "summary.json").string() + " has no '" +
                     spec.variable + "' with a truth");
       }
-      const json& s = it->second;
-      for (const char* k : {"truth", "mean", "sd", "q2.5", "q16", "q50", "q84", "q97.5", "error",
-                            "relative_error", "in_68", "in_95", "rhat"}) {
-        r[k] = s.value(k, json(nullptr));
-      }
+      r = summary_fields(it->second);
       if (r["truth"].is_number())
         r["rank"] = truth_rank(draws.column_values(spec.variable), r["truth"].get<double>());
     }
