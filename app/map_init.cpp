@@ -5,6 +5,8 @@
 #include <map>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "dslens/core/config.h"
 #include "dslens/core/errors.h"
 #include "dslens/model/fit_model.h"
@@ -46,9 +48,24 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
     }
     values = *point;
   } else {
+    // A pixel grid's pixels and strength sigma may be left out: the MAP solves them exactly for
+    // the start's lens and lens light before it optimises (app/map_search.h, map_from_start). So
+    // an earlier fit with a parametric source seeds a pixel grid's fit, its source parameters,
+    // which are not this model's, set aside: the parametric-then-pixelated chain of lenstronomy's
+    // and PyAutoLens's pipelines.
+    const model::FitModel& fit = cfg.model;
+    const bool pixelated = fit.decoded_kind == "PIXELATED";
+    const auto solved = [&](const std::string& base) {
+      return pixelated && (base == fit.latent_block || base == fit.pixel_sigma_name);
+    };
+    std::vector<std::string> set_aside;
     for (const auto& [name, v] : init.values.items()) {
       // A block's coordinate "z[i]" belongs to the block "z".
       const std::string base = name.substr(0, name.find('['));
+      if (!space.has(base) && pixelated && name.find("_source_light") != std::string::npos) {
+        set_aside.push_back(name);
+        continue;
+      }
       if (!space.has(base)) {
         throw InputError(lens + ": '" + name + "' is not a parameter of the model");
       }
@@ -60,13 +77,18 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
     std::map<std::string, std::vector<double>> coords;
     std::map<std::string, bool> is_block;
     std::vector<std::string> missing;
+    int64_t n_solved = 0;
     for (const auto& c : space.coordinate_names()) {
       const auto it = init.values.find(c);
+      const std::string base = c.substr(0, c.find('['));
+      if (it == init.values.end() && solved(base)) {
+        ++n_solved;
+        continue;
+      }
       if (it == init.values.end()) {
         missing.push_back(c);
         continue;
       }
-      const std::string base = c.substr(0, c.find('['));
       coords[base].push_back(it->get<double>());
       is_block[base] = c.find('[') != std::string::npos;
     }
@@ -76,7 +98,27 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
       if (missing.size() > 8) list += ", ... (" + std::to_string(missing.size()) + " in all)";
       throw InputError(lens + ": no value for the free parameter(s) " + list);
     }
+    if (n_solved > 0 || !set_aside.empty()) {
+      std::string names;
+      for (size_t i = 0; i < set_aside.size() && i < 8; ++i)
+        names += (i ? ", " : "") + set_aside[i];
+      if (set_aside.size() > 8) names += ", ...";
+      spdlog::info(
+          "{}: {} coordinate(s) of the pixel grid not given, solved for the start's lens{}", lens,
+          n_solved,
+          set_aside.empty() ? std::string()
+                            : "; its source parameters (" + names + ") are not this model's");
+    }
+    // Coordinates the MAP solves that were not all given start at their prior's median (the
+    // solve does not depend on them).
+    const auto median =
+        space.unpack(space.initial(1, torch::TensorOptions().dtype(torch::kFloat64))).values;
     for (const auto& name : space.free_names()) {
+      const auto& m = median.at(name);
+      if (solved(name) && (!coords.count(name) || int64_t(coords.at(name).size()) != m.numel())) {
+        values[name] = m;
+        continue;
+      }
       const auto t = torch::tensor(coords.at(name), torch::kFloat64);
       values[name] = is_block.at(name) ? t.reshape({1, -1}) : t;
     }

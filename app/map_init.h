@@ -26,8 +26,11 @@ MapInit read_map_init(const std::string& arg);
 
 // The start of `cfg`'s MAP, unconstrained [1, D] (float64, CPU). Every free coordinate must be
 // given; names that are not parameters of the model are refused (a typo would otherwise leave a
-// parameter at a value nobody chose), fixed ones are ignored. Throws InputError naming the lens,
-// the parameter and what is allowed.
+// parameter at a value nobody chose), fixed ones are ignored. One exception, for a PIXELATED
+// source: its pixels and strength sigma may be left out (the MAP solves them for the start's lens,
+// map_from_start), and source parameters the model lacks are set aside, so that an earlier
+// fit with a parametric source (its map.json) seeds the pixel grid's fit. Throws InputError naming
+// the lens, the parameter and what is allowed.
 torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init);
 
 }  // namespace dslens::app

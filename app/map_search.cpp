@@ -484,6 +484,91 @@ torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
   return best;
 }
 
+// The joint stage: every coordinate optimised, Adam then L-BFGS. A pixel grid's L-BFGS runs in
+// kPixelSegments segments with its pixels solved exactly after each: L-BFGS moves the lens and
+// leaves the pixels far from their optimum for it (on the 20 x 20 grid of docs/benchmarks.md,
+// session 48, the solve after 200 iterations gained 407 to 8,060 nats). In segments the MAP there
+// ended 27 nats below the chains' best draw optimised, against 191 nats.
+struct JointStage {
+  static constexpr int64_t kPixelSegments = 4;
+  const model::FitModel& fit;
+  size_t decoded_index;
+  double snr_threshold;
+  bool log_grid;  // a grid on the arcs: its side logged after each segment
+  int64_t n_lenses;
+  const MapSettings& ms;
+
+  samplers::OptimizeResult run(const model::LensPosterior& post, torch::Tensor from,
+                               int64_t adam_iterations, const std::string& stage,
+                               MapBar& bar) const {
+    if (fit.decoded_kind != "PIXELATED" || ms.lbfgs_iterations < kPixelSegments) {
+      return optimise(objective_of(post), from, n_lenses, adam_iterations, ms.joint_learning_rate,
+                      {}, ms.lbfgs_iterations, {}, stage, bar);
+    }
+    bool grid_placement_free = false;
+    for (const auto& [param, name] : fit.source.at(decoded_index).params)
+      grid_placement_free |= (param == "scale" || param == "center_x" || param == "center_y") &&
+                             fit.space.has(name) && !fit.space.is_fixed(name);
+    samplers::OptimizeResult r;
+    int64_t done = 0;
+    for (int64_t k = 0; k < kPixelSegments; ++k) {
+      const int64_t iterations = ms.lbfgs_iterations * (k + 1) / kPixelSegments - done;
+      done += iterations;
+      r = optimise(objective_of(post), from, n_lenses, k == 0 ? adam_iterations : 0,
+                   ms.joint_learning_rate, {}, iterations, {}, stage, bar);
+      if (k + 1 < kPixelSegments) {
+        auto solved = with_exact_pixel_source(fit, post, r, "");
+        if (log_grid) log_arcs_grid_side(fit, post, best_rows(post, solved), "MAP joint segment");
+        if (grid_placement_free)
+          solved = with_grid_on_arcs(fit, post, decoded_index, std::move(solved), snr_threshold);
+        from = solved.x;
+      }
+    }
+    return r;
+  }
+
+  // A pixel grid's optima with a bounded parameter at its prior's edge (within 1 % of the range):
+  // on the 20 x 20 grid of docs/fit.md ("Pixel grids") every kept optimum of the first search
+  // round had the slope at 2.6 of [1.6, 2.6], where the data push it up and the soft clip's
+  // log-Jacobian back, while an inner optimum lay 31 nats higher (docs/benchmarks.md, session 49).
+  // Such rows are moved 5 % of the range inside, their pixels solved, and the joint stage run
+  // again; each row keeps the higher of its two optima. Other models: `joined` as it is.
+  samplers::OptimizeResult off_prior_edges(const model::LensPosterior& post,
+                                           samplers::OptimizeResult joined, int64_t adam_iterations,
+                                           MapBar& bar) const {
+    if (fit.decoded_kind != "PIXELATED") return joined;
+    const auto [inside, at_edge] = app::off_prior_edges(post.space(), joined.x.detach());
+    if (!at_edge.any().item<bool>()) return joined;
+    const auto again = run(post, model::with_pixel_source_solved(fit, post, inside),
+                           adam_iterations, "joint (off the prior's edges)", bar);
+    // Every row ran again, those not at an edge from their own optimum: each keeps the higher.
+    // (Until session 50 only the moved rows could; on the 20 x 20 mock the best optimum, not at an
+    // edge, rose from 23,719 to 23,784 in the second run and was thrown away.)
+    const auto better =
+        torch::nan_to_num(again.log_p, -INFINITY) > torch::nan_to_num(joined.log_p, -INFINITY);
+    spdlog::info(
+        "MAP: {} optima had a parameter within 1 % of its prior's range from an edge; run again "
+        "from 5 % inside (the others from where they were), {} of them rose ({} of the others); "
+        "best log posterior per lens {} -> {}",
+        at_edge.sum().item<int64_t>(), (better & at_edge).sum().item<int64_t>(),
+        (better & ~at_edge).sum().item<int64_t>(),
+        nlohmann::json(best_per_lens(joined.log_p, n_lenses)).dump(),
+        nlohmann::json(best_per_lens(torch::where(better, again.log_p, joined.log_p), n_lenses))
+            .dump());
+    joined.x = torch::where(better.unsqueeze(1), again.x, joined.x);
+    joined.log_p = torch::where(better, again.log_p, joined.log_p);
+    return joined;
+  }
+};
+
+// The index of the decoded source component (a VAE stamp or a pixel grid; 0 if none).
+size_t pixel_source_index(const model::FitModel& fit) {
+  size_t index = 0;
+  for (size_t i = 0; i < fit.source.size(); ++i)
+    if (physics::is_pixelated_light(fit.source[i].type)) index = i;
+  return index;
+}
+
 }  // namespace
 
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
@@ -495,19 +580,36 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
       "MAP: {} lens(es) from the given start (--init): L-BFGS ({} iterations), then Newton",
       n_lenses, ms.lbfgs_iterations);
   MapBar bar;
+  const model::FitModel& model = lenses.front()->model;
   // A grid on the arcs: traced from the start's lens light (and its lens's core), for the whole
   // search.
   if (posterior.spec().arcs_placement) {
     posterior.fix_arcs_lens_light(posterior.space().unpack(x0));
-    log_arcs_grid_side(lenses.front()->model, posterior, x0, "MAP (--init)");
+    log_arcs_grid_side(model, posterior, x0, "MAP (--init)");
     if (arcs_from) *arcs_from = x0.detach().clone();
   }
+  // A pixel grid solved exactly for the start's lens before L-BFGS moves it: a start may leave the
+  // pixels out (an earlier fit with a parametric source, app/map_init.h), and L-BFGS would
+  // otherwise fit the lens to whatever they were. The MAP's pixels are solved again at its end.
+  samplers::OptimizeResult start;
+  start.x = x0;
+  if (model.decoded_kind == "PIXELATED") {
+    {
+      torch::NoGradGuard no_grad;
+      start.log_p = posterior.log_prob(x0).detach();
+    }
+    start = with_exact_pixel_source(model, posterior, std::move(start), "MAP (--init) start");
+  }
+  // L-BFGS as the search's joint stage (in segments for a pixel grid), without its Adam.
+  const JointStage joint{model,    pixel_source_index(model),
+                         3.0,      posterior.spec().arcs_placement.has_value(),
+                         n_lenses, ms};
   return with_exact_pixel_source(
-      lenses.front()->model, posterior,
-      polished(lenses.front()->model, posterior,
-               optimise(objective_of(posterior), x0, n_lenses, 0, ms.joint_learning_rate, {},
-                        ms.lbfgs_iterations, {}, "init", bar),
-               n_lenses, ms, bar),
+      model, posterior,
+      polished(
+          model, posterior,
+          joint.off_prior_edges(posterior, joint.run(posterior, start.x, 0, "init", bar), 0, bar),
+          n_lenses, ms, bar),
       "MAP");
 }
 
@@ -663,9 +765,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // Signal pixels are those above 3 sigma of the data's own noise, whatever the annealing.
   const double snr_threshold = 3.0 / (tempered.empty() ? 1.0 : ms.anneal_noise.front());
   torch::Tensor place_from = prior_starts(lenses, aux.space, salt, opts, n_place);
-  size_t decoded_index = 0;
-  for (size_t i = 0; i < first.model.source.size(); ++i)
-    if (physics::is_pixelated_light(first.model.source[i].type)) decoded_index = i;
+  const size_t decoded_index = pixel_source_index(first.model);
   if (ms.backproject && !inversion && aux.lens_light.empty()) {
     place_from = centred_on_data(placement, place_from, decoded_index, snr_threshold);
     spdlog::info(
@@ -795,77 +895,17 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                  ms.source_lbfgs_iterations, torch::tensor(source_mask, opts), "source", bar)
             .x;
   }
-  // 3. Everything. A pixel grid's L-BFGS runs in kPixelSegments segments with its pixels solved
-  // exactly after each: L-BFGS moves the lens and leaves the pixels far from their optimum for it
-  // (on the 20 x 20 grid of docs/benchmarks.md, session 48, the solve after 200 iterations gained
-  // 407 to 8,060 nats). In segments the MAP there ended 27 nats below the chains' best draw
-  // optimised, against 191 nats.
-  constexpr int64_t kPixelSegments = 4;
-  bool grid_placement_free = false;
-  if (first.model.decoded_kind == "PIXELATED") {
-    for (const auto& [param, name] : first.model.source.at(decoded_index).params)
-      grid_placement_free |= (param == "scale" || param == "center_x" || param == "center_y") &&
-                             space.has(name) && !space.is_fixed(name);
-  }
-  const auto joint = [&](const model::LensPosterior& post, torch::Tensor from,
-                         const std::string& stage) {
-    if (first.model.decoded_kind != "PIXELATED" || ms.lbfgs_iterations < kPixelSegments) {
-      return optimise(objective_of(post), from, n_lenses, ms.adam_iterations,
-                      ms.joint_learning_rate, {}, ms.lbfgs_iterations, {}, stage, bar);
-    }
-    samplers::OptimizeResult r;
-    int64_t done = 0;
-    for (int64_t k = 0; k < kPixelSegments; ++k) {
-      const int64_t iterations = ms.lbfgs_iterations * (k + 1) / kPixelSegments - done;
-      done += iterations;
-      r = optimise(objective_of(post), from, n_lenses, k == 0 ? ms.adam_iterations : 0,
-                   ms.joint_learning_rate, {}, iterations, {}, stage, bar);
-      if (k + 1 < kPixelSegments) {
-        auto solved = with_exact_pixel_source(first.model, post, r, "");
-        if (traced_from.defined())
-          log_arcs_grid_side(first.model, post, best_rows(post, solved), "MAP joint segment");
-        if (grid_placement_free) {
-          solved =
-              with_grid_on_arcs(first.model, post, decoded_index, std::move(solved), snr_threshold);
-        }
-        from = solved.x;
-      }
-    }
-    return r;
-  };
+  // 3. Everything (joint_stage).
+  const JointStage joint{first.model,           decoded_index, snr_threshold,
+                         traced_from.defined(), n_lenses,      ms};
   for (size_t k = 0; k < tempered.size(); ++k)
-    x = joint(tempered[k], x, fmt::format("joint (noise x{:g})", ms.anneal_noise[k])).x;
-  auto joined = joint(posterior, x, "joint");
-  if (first.model.decoded_kind == "PIXELATED") {
-    // Optima with a bounded parameter at its prior's edge (within 1 % of the range): on the 20 x
-    // 20 grid of docs/fit.md ("Pixel grids") every kept optimum of the first search round had the
-    // slope at 2.6 of [1.6, 2.6], where the data push it up and the soft clip's log-Jacobian back,
-    // while an inner optimum lay 31 nats higher (docs/benchmarks.md, session 49). Such rows are
-    // moved 5 % of the range inside, their pixels solved, and the joint stage run again; each row
-    // keeps the higher of its two optima.
-    const auto [inside, at_edge] = off_prior_edges(space, joined.x.detach());
-    if (at_edge.any().item<bool>()) {
-      const auto again =
-          joint(posterior, model::with_pixel_source_solved(first.model, posterior, inside),
-                "joint (off the prior's edges)");
-      // Every row ran again, those not at an edge from their own optimum: each keeps the higher.
-      // (Until session 50 only the moved rows could; on the 20 x 20 mock the best optimum, not at
-      // an edge, rose from 23,719 to 23,784 in the second run and was thrown away.)
-      const auto better =
-          torch::nan_to_num(again.log_p, -INFINITY) > torch::nan_to_num(joined.log_p, -INFINITY);
-      spdlog::info(
-          "MAP: {} optima had a parameter within 1 % of its prior's range from an edge; run again "
-          "from 5 % inside (the others from where they were), {} of them rose ({} of the others); "
-          "best log posterior per lens {} -> {}",
-          at_edge.sum().item<int64_t>(), (better & at_edge).sum().item<int64_t>(),
-          (better & ~at_edge).sum().item<int64_t>(),
-          nlohmann::json(best_per_lens(joined.log_p, n_lenses)).dump(),
-          nlohmann::json(best_per_lens(torch::where(better, again.log_p, joined.log_p), n_lenses))
-              .dump());
-      joined.x = torch::where(better.unsqueeze(1), again.x, joined.x);
-      joined.log_p = torch::where(better, again.log_p, joined.log_p);
-    }
-  }
+    x = joint
+            .run(tempered[k], x, ms.adam_iterations,
+                 fmt::format("joint (noise x{:g})", ms.anneal_noise[k]), bar)
+            .x;
+  auto joined =
+      joint.off_prior_edges(posterior, joint.run(posterior, x, ms.adam_iterations, "joint", bar),
+                            ms.adam_iterations, bar);
   if (arcs_from) *arcs_from = traced_from;
   auto optimum = with_exact_pixel_source(
       first.model, posterior, polished(first.model, posterior, joined, n_lenses, ms, bar), "MAP");

@@ -44,7 +44,9 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
 // The MAP from one given start per lens instead of a search (`dslens fit --init`, app/map_init.h):
 // `x0` [L, D] (unconstrained, lens-major) optimised by L-BFGS (map.lbfgs_iterations) and Newton
 // polishing. Same result layout as map_search with one start per lens. A grid on the arcs is
-// traced from the start's lens light (`arcs_from` receives `x0`).
+// traced from the start's lens light (`arcs_from` receives `x0`); a pixel grid is solved exactly
+// for the start's lens (a free sigma at its evidence's maximum) before L-BFGS, so its pixels in
+// `x0` need not be meaningful.
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
                                         const model::LensPosterior& posterior,
                                         const torch::Tensor& x0,

@@ -1406,23 +1406,48 @@ TEST(FitCommand, VaeMockFromSimulateIsTheFitsModelAtTheTruth) {
   fs::remove_all(dir);
 }
 
+// The mock of the --init tests (theta_E 1.0) in dir, its MAP's optimisers off; the config's path.
+std::string make_unoptimised_mock(const std::string& dir) {
+  const std::string cfg = make_mock(dir, "mock", 11, 1.0);
+  json c = read_json(cfg);
+  c["map"] = {
+      {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
+  write_json(cfg, c);
+  return cfg;
+}
+
+// Each edit of `start`'s "parameters", given to `dslens fit cfg --init`, is refused with exit code
+// 2 and its message, and nothing is written.
+void expect_init_refused(
+    const std::string& cfg, const std::string& dir, const json& start,
+    const std::vector<std::pair<std::function<void(json&)>, std::string>>& bad) {
+  for (const auto& [edit, message] : bad) {
+    json p = start;
+    edit(p["parameters"]);
+    write_json(dir + "/bad.json", p);
+    const RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") +
+                                   " --init " + quote(dir + "/bad.json"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << message << "\n" << r.output;
+    EXPECT_FALSE(fs::exists(dir + "/o"));
+  }
+}
+
+constexpr const char* kShortRun = " --chains 1 --warmup 10 --draws 10";
+
 // --init: the MAP starts at the truth or at a file's point instead of searching. With the
 // optimisers off the MAP is that point exactly; with them on, a start off the truth climbs to the
 // truth's mode; a file that misnames, omits or misplaces a parameter is refused before anything
 // is written.
 TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   const std::string dir = dslens::testing::temp_dir("fit_init");
-  const std::string cfg = make_mock(dir, "mock", 11, 1.0);
+  const std::string cfg = make_unoptimised_mock(dir);
   json c = read_json(cfg);
-  c["map"] = {
-      {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
-  write_json(cfg, c);
-  const std::string short_run = " --chains 1 --warmup 10 --draws 10";
 
   // map.json's "best_starts" are the MAP stage's optima (its MAP may be the chains' best draw).
   const auto start_of = [](const json& map) { return map["best_starts"][0]; };
   RunResult r = run_dslens(
-      "fit " + quote(cfg) + " --out " + quote(dir + "/truth") + " --init truth" + short_run,
+      "fit " + quote(cfg) + " --out " + quote(dir + "/truth") + " --init truth" + kShortRun,
       "info");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("from the given start (--init)"), std::string::npos) << r.output;
@@ -1440,7 +1465,7 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   start["parameters"]["theta_E_lens0"] = 1.04;
   write_json(dir + "/start.json", start);
   r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/file") + " --init " +
-                 quote(dir + "/start.json") + short_run);
+                 quote(dir + "/start.json") + kShortRun);
   ASSERT_EQ(r.code, 0) << r.output;
   const json at_file = read_json(dir + "/file/map.json");
   EXPECT_NEAR(start_of(at_file)["theta_E_lens0"].get<double>(), 1.04, 1e-9);
@@ -1454,7 +1479,7 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   c["map"].erase("newton_iterations");
   write_json(cfg, c);
   r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/climbed") + " --init " +
-                 quote(dir + "/start.json") + short_run);
+                 quote(dir + "/start.json") + kShortRun);
   ASSERT_EQ(r.code, 0) << r.output;
   const json climbed = read_json(dir + "/climbed/map.json");
   EXPECT_GE(start_of(climbed)["log_posterior"].get<double>(),
@@ -1462,27 +1487,73 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   EXPECT_NEAR(start_of(climbed)["theta_E_lens0"].get<double>(), 1.0, 0.01);
 
   // Refused, naming why, with nothing written.
-  const std::vector<std::pair<std::function<void(json&)>, std::string>> bad = {
-      {[](json& p) { p["theta_E_lens9"] = 1.0; }, "'theta_E_lens9' is not a parameter"},
-      {[](json& p) { p.erase("e1_lens0"); }, "no value for the free parameter(s) e1_lens0"},
-      {[](json& p) { p["theta_E_lens0"] = 2.0; }, "'theta_E_lens0' lies outside"},
-      {[](json& p) { p["e2_lens0"] = "small"; }, "'e2_lens0' is \"small\""},
-  };
-  for (size_t k = 0; k < bad.size(); ++k) {
-    json p = start;
-    bad[k].first(p["parameters"]);
-    write_json(dir + "/bad.json", p);
-    r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --init " +
-                   quote(dir + "/bad.json"));
-    EXPECT_EQ(r.code, 2) << r.output;
-    EXPECT_NE(r.output.find(bad[k].second), std::string::npos) << bad[k].second << "\n" << r.output;
-    EXPECT_FALSE(fs::exists(dir + "/o"));
-  }
+  expect_init_refused(
+      cfg, dir, start,
+      {{[](json& p) { p["theta_E_lens9"] = 1.0; }, "'theta_E_lens9' is not a parameter"},
+       {[](json& p) { p.erase("e1_lens0"); }, "no value for the free parameter(s) e1_lens0"},
+       {[](json& p) { p["theta_E_lens0"] = 2.0; }, "'theta_E_lens0' lies outside"},
+       {[](json& p) { p["e2_lens0"] = "small"; }, "'e2_lens0' is \"small\""}});
   r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --init " +
                  quote(dir + "/none.json"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no such file"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/o"));
+  fs::remove_all(dir);
+}
+
+// --init with a parametric source's map.json seeds a pixel grid's fit: the grid's pixels and
+// sigma, which the file lacks, are solved for its lens before the optimisers move it, and its
+// Sersic source's parameters are set aside. With the optimisers off the MAP keeps the file's lens
+// and the solved grid fits the data (pixels left at their prior's median, a blank source, would
+// leave the arcs in the residuals); a file that misnames or omits a lens parameter is still
+// refused.
+TEST(FitCommand, InitSeedsAPixelGridFromAFitWithAParametricSource) {
+  const std::string dir = dslens::testing::temp_dir("fit_init_pixel");
+  const std::string cfg = make_unoptimised_mock(dir);
+  json c = read_json(cfg);
+  RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/sersic") +
+                           " --init truth" + kShortRun);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json sersic = read_json(dir + "/sersic/map.json");
+  ASSERT_TRUE(sersic["parameters"].contains("amp_source_light0")) << sersic.dump();
+
+  c["model"]["source"] = {{{"type", "PIXELATED"},
+                           {"size", 12},
+                           {"scale", 0.05},
+                           {"sigma", prior("lognormal", std::log(30.0), 1.0)}}};
+  const std::string pix = dir + "/configs/pix.json";
+  write_json(pix, c);
+  r = run_dslens("fit " + quote(pix) + " --out " + quote(dir + "/pix") + " --init " +
+                     quote(dir + "/sersic/map.json") + kShortRun,
+                 "info");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("145 coordinate(s) of the pixel grid not given, solved for the start's "
+                          "lens; its source parameters (R_sersic_source_light0, amp_source_light0"),
+            std::string::npos)
+      << r.output;
+  // Solved at the start, before L-BFGS: the start's log posterior rises from a blank source's.
+  const std::string solved_at = "MAP (--init) start: sigma_source_light0 at the maximum";
+  const auto at = r.output.find(solved_at);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const auto line = r.output.substr(at, r.output.find('\n', at) - at);
+  const auto from = line.rfind("log posterior [");
+  ASSERT_NE(from, std::string::npos) << line;
+  const double before = std::stod(line.substr(from + 15));
+  const double after = std::stod(line.substr(line.rfind("-> [") + 4));
+  EXPECT_GT(after, before + 100.0) << line;
+  const json map = read_json(dir + "/pix/map.json");
+  const json& best = map["best_starts"][0];
+  for (const std::string p : {"theta_E_lens0", "e1_lens0", "e2_lens0"}) {
+    EXPECT_NEAR(best[p].get<double>(), sersic["parameters"][p].get<double>(), 1e-9) << p;
+  }
+  const double chi2 = map["reduced_chi_square"].get<double>();
+  EXPECT_GT(chi2, 0.8) << map.dump();
+  EXPECT_LT(chi2, 1.1) << map.dump();
+
+  expect_init_refused(
+      pix, dir, sersic,
+      {{[](json& p) { p["theta_E_lens9"] = 1.0; }, "'theta_E_lens9' is not a parameter"},
+       {[](json& p) { p.erase("e1_lens0"); }, "no value for the free parameter(s) e1_lens0"}});
   fs::remove_all(dir);
 }
 
