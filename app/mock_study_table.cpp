@@ -553,6 +553,37 @@ std::string searched_again_line(const json& lenses) {
   return line + ".\n\n";
 }
 
+std::string level_section(const json& l) {
+  std::ostringstream md;
+  md << "## SNR " << num(l.at("snr").get<double>()) << "\n\n"
+     << "Mocks: " << mock_ranges(l.at("lenses")) << ".\n\n"
+     << searched_again_line(l.at("lenses"))
+     << "| parameter | median abs. relative error | median abs. error | coverage 68 % | "
+        "coverage 95 % | mean z-score | rms z-score | truth outside central 99 % | max R-hat | "
+        "total divergences | median time per lens (s) |\n"
+     << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  for (const auto& spec : row_specs()) {
+    if (!row_shown(l, spec)) continue;
+    const json& a = l.at("aggregate").at(spec.key);
+    // A row over fewer fits than the level's (a magnification some fits did not summarise).
+    const auto over = a.value("lenses", int64_t{0});
+    const auto all = static_cast<int64_t>(l.at("lenses").size());
+    md << "| " << spec.label
+       << (over < all ? " (" + std::to_string(over) + " of " + std::to_string(all) + " fits)"
+                      : std::string())
+       << " | " << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-")
+       << " | " << num(number_or_nan(a, "median_abs_error"), 3) << " | "
+       << fixed(number_or_nan(a, "coverage_68"), 2) << " | "
+       << fixed(number_or_nan(a, "coverage_95"), 2) << " | "
+       << signed_fixed(number_or_nan(a, "mean_z")) << " | " << fixed(number_or_nan(a, "rms_z"), 2)
+       << " | " << tails_cell(a) << " | " << fixed(number_or_nan(a, "max_rhat"), 3) << " | "
+       << l.at("divergences_total").get<int64_t>() << " | "
+       << fixed(number_or_nan(l, "median_seconds_per_lens"), 1) << " |\n";
+  }
+  md << "\n" << truth_mode_paragraph(l) << divergences_paragraph(l);
+  return md.str();
+}
+
 std::string render_markdown(const json& study) {
   std::ostringstream md;
   const json& s = study.at("settings");
@@ -676,34 +707,7 @@ std::string render_markdown(const json& study) {
   }
   md << "\n";
 
-  for (const auto& l : study.at("levels")) {
-    md << "## SNR " << num(l.at("snr").get<double>()) << "\n\n"
-       << "Mocks: " << mock_ranges(l.at("lenses")) << ".\n\n"
-       << searched_again_line(l.at("lenses"))
-       << "| parameter | median abs. relative error | median abs. error | coverage 68 % | "
-          "coverage 95 % | mean z-score | rms z-score | truth outside central 99 % | max R-hat | "
-          "total divergences | median time per lens (s) |\n"
-       << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-    for (const auto& spec : row_specs()) {
-      if (!row_shown(l, spec)) continue;
-      const json& a = l.at("aggregate").at(spec.key);
-      // A row over fewer fits than the level's (a magnification some fits did not summarise).
-      const auto over = a.value("lenses", int64_t{0});
-      const auto all = static_cast<int64_t>(l.at("lenses").size());
-      md << "| " << spec.label
-         << (over < all ? " (" + std::to_string(over) + " of " + std::to_string(all) + " fits)"
-                        : std::string())
-         << " | " << (spec.relative ? percent(number_or_nan(a, "median_abs_relative_error")) : "-")
-         << " | " << num(number_or_nan(a, "median_abs_error"), 3) << " | "
-         << fixed(number_or_nan(a, "coverage_68"), 2) << " | "
-         << fixed(number_or_nan(a, "coverage_95"), 2) << " | "
-         << signed_fixed(number_or_nan(a, "mean_z")) << " | " << fixed(number_or_nan(a, "rms_z"), 2)
-         << " | " << tails_cell(a) << " | " << fixed(number_or_nan(a, "max_rhat"), 3) << " | "
-         << l.at("divergences_total").get<int64_t>() << " | "
-         << fixed(number_or_nan(l, "median_seconds_per_lens"), 1) << " |\n";
-    }
-    md << "\n" << truth_mode_paragraph(l) << divergences_paragraph(l);
-  }
+  for (const auto& l : study.at("levels")) md << level_section(l);
 
   md << "## Targets (issue 5)\n\n"
      << "A calibrated fit's coverage over n intervals is a binomial fraction, so each coverage row "

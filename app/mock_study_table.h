@@ -34,6 +34,10 @@ std::string searched_again_line(const json& lenses);
 // The targets of issue 5 checked on a study's levels.
 json check_targets(const json& levels);
 
+// A level's section of mock_study.md: its heading, mocks and table (a row over fewer fits than the
+// level's labelled "(N of M fits)", one no fit has left out), and its paragraphs.
+std::string level_section(const json& level);
+
 std::string render_markdown(const json& study);
 
 // Adds the targets to `study` and writes out/mock_study.json and out/mock_study.md atomically.

@@ -58,6 +58,37 @@ TEST(MockStudyTable, ARowSomeRecordsLackIsAggregatedOverTheOthers) {
   EXPECT_EQ(aggregate(json::array({without})).at("magnification").at("lenses"), 0);
 }
 
+// A level's table labels a row over fewer fits than the level's "(N of M fits)", leaves the label
+// off rows every fit has, and leaves out a row no fit has (stored parts before session 45 tabulate
+// as they did).
+TEST(MockStudyTable, ALevelsTableSaysOverHowManyFitsARowIs) {
+  auto fit = [](json lens, const std::string& name) {
+    lens["name"] = name;
+    lens["divergences"] = 0;
+    lens["seconds"] = {{"map", 1.0}, {"warmup", 1.0}, {"sampling", 1.0}};
+    return lens;
+  };
+  json with = fit(lens_record(1.0, 1.0, 0.5), "mock0");
+  with["parameters"]["magnification"] = {{"truth", 4.0},          {"error", 0.4},   {"sd", 0.2},
+                                         {"relative_error", 0.1}, {"in_68", false}, {"in_95", true},
+                                         {"rhat", 1.02}};
+  const json without = fit(lens_record(-1.0, 1.0, 0.5), "mock1");
+  using dslens::app::mock_study::level_section;
+  const std::string some =
+      level_section(dslens::app::mock_study::level_entry(100.0, "f", {with, without}, 1.0));
+  EXPECT_NE(some.find("| source magnification (1 of 2 fits) | 10.00 % |"), std::string::npos)
+      << some;
+  EXPECT_NE(some.find("Mocks: 0-1."), std::string::npos) << some;
+  EXPECT_EQ(some.find("of 2 fits)", some.find("of 2 fits)") + 1), std::string::npos) << some;
+  const std::string all =
+      level_section(dslens::app::mock_study::level_entry(100.0, "f", {with, with}, 1.0));
+  EXPECT_NE(all.find("| source magnification | 10.00 % |"), std::string::npos) << all;
+  const std::string none =
+      level_section(dslens::app::mock_study::level_entry(100.0, "f", {without, without}, 1.0));
+  EXPECT_EQ(none.find("magnification"), std::string::npos) << none;
+  EXPECT_NE(none.find("| slope gamma |"), std::string::npos) << none;
+}
+
 // The error a calibrated fit makes with the posteriors' widths: the median over lenses of 0.674 sd
 // (|N(0, sd^2)| has median Phi^-1(0.75) sd) and of 0.674 sd / |truth| where the record has a
 // relative error; the error targets carry it. Checked against a simulation of calibrated errors.
