@@ -123,8 +123,9 @@ int run_fit(int argc, char** argv) {
       "stop-after", "stop after a stage ('map' or 'warmup'), leaving the checkpoint for --resume",
       cxxopts::value<std::string>())(
       "init",
-      "start the MAP at a point instead of searching: an earlier fit's map.json (or a JSON "
-      "object of parameter values), or 'truth' on a simulation",
+      "start the MAP at a point instead of searching: an earlier fit's folder or map.json (or a "
+      "JSON object of parameter values), or 'truth' on a simulation; a parametric source's fit "
+      "seeds a pixel grid's",
       cxxopts::value<std::string>())("max-batch", "most lenses fitted together in one batch",
                                      cxxopts::value<int64_t>()->default_value("64"));
   add_compute_options(options);

@@ -22,10 +22,20 @@ MapInit read_map_init(const std::string& arg) {
   }
   if (!std::filesystem::exists(arg)) {
     throw InputError("--init '" + arg +
-                     "': no such file; allowed: 'truth' (a simulation's) or a JSON file of "
-                     "parameter values (an earlier fit's map.json)");
+                     "': no such file; allowed: 'truth' (a simulation's), a JSON file of "
+                     "parameter values (an earlier fit's map.json) or a fit's folder");
   }
-  const nlohmann::json j = load_json_file(arg);
+  // A fit's output folder stands for its map.json.
+  std::string file = arg;
+  if (std::filesystem::is_directory(arg)) {
+    file = (std::filesystem::path(arg) / "map.json").string();
+    if (!std::filesystem::exists(file)) {
+      throw InputError("--init '" + arg +
+                       "': a folder without map.json; give a fit's folder (with several lenses, "
+                       "one lens's sub-folder) or its map.json");
+    }
+  }
+  const nlohmann::json j = load_json_file(file);
   init.values = j.contains("parameters") ? j.at("parameters") : j;
   if (!init.values.is_object() || init.values.empty()) {
     throw InputError("--init '" + arg +

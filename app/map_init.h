@@ -14,7 +14,7 @@ namespace dslens::app {
 
 // What --init names: "truth" (each lens's simulation truth) or a JSON file of parameter values,
 // either a map.json (its "parameters") or an object {name: value}, with a VAE's latents as
-// "z_source_light0[i]".
+// "z_source_light0[i]"; a fit's folder stands for its map.json.
 struct MapInit {
   std::string source;  // "truth" or the file's path, for messages and map.json's "origin"
   bool truth = false;

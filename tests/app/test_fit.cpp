@@ -1498,6 +1498,11 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no such file"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/o"));
+  r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/o") + " --init " +
+                 quote(dir + "/configs"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("a folder without map.json"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
   fs::remove_all(dir);
 }
 
@@ -1523,8 +1528,9 @@ TEST(FitCommand, InitSeedsAPixelGridFromAFitWithAParametricSource) {
                            {"sigma", prior("lognormal", std::log(30.0), 1.0)}}};
   const std::string pix = dir + "/configs/pix.json";
   write_json(pix, c);
+  // The fit's folder stands for its map.json.
   r = run_dslens("fit " + quote(pix) + " --out " + quote(dir + "/pix") + " --init " +
-                     quote(dir + "/sersic/map.json") + kShortRun,
+                     quote(dir + "/sersic") + kShortRun,
                  "info");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("145 coordinate(s) of the pixel grid not given, solved for the start's "
