@@ -201,9 +201,10 @@ int run_fit(int argc, char** argv) {
   std::string init_source;
   if (args.count("init")) {
     const MapInit m = read_map_init(args["init"].as<std::string>());
-    if (!m.truth && configs.size() > 1) {
+    if (!m.truth && m.per_lens.empty() && configs.size() > 1) {
       throw InputError("--init FILE gives one lens's parameters; fit one config with it (" +
-                       std::to_string(configs.size()) + " given), or use --init truth");
+                       std::to_string(configs.size()) +
+                       " given), give the folder of a fit of these lenses, or use --init truth");
     }
     for (const auto& c : configs) init[&c] = map_init_point(c, m);
     init_source = m.source;

@@ -25,22 +25,36 @@ MapInit read_map_init(const std::string& arg) {
                      "': no such file; allowed: 'truth' (a simulation's), a JSON file of "
                      "parameter values (an earlier fit's map.json) or a fit's folder");
   }
-  // A fit's output folder stands for its map.json.
-  std::string file = arg;
-  if (std::filesystem::is_directory(arg)) {
-    file = (std::filesystem::path(arg) / "map.json").string();
-    if (!std::filesystem::exists(file)) {
-      throw InputError("--init '" + arg +
-                       "': a folder without map.json; give a fit's folder (with several lenses, "
-                       "one lens's sub-folder) or its map.json");
+  const auto values_of = [](const std::string& file) {
+    const nlohmann::json j = load_json_file(file);
+    nlohmann::json values = j.contains("parameters") ? j.at("parameters") : j;
+    if (!values.is_object() || values.empty()) {
+      throw InputError("--init '" + file +
+                       "': expected an object of parameter values (or a map.json with "
+                       "\"parameters\")");
     }
+    return values;
+  };
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(arg)) {
+    init.values = values_of(arg);
+    return init;
   }
-  const nlohmann::json j = load_json_file(file);
-  init.values = j.contains("parameters") ? j.at("parameters") : j;
-  if (!init.values.is_object() || init.values.empty()) {
+  // A fit's output folder stands for its map.json; a fit of several lenses has one per lens's
+  // sub-folder.
+  if (fs::exists(fs::path(arg) / "map.json")) {
+    init.values = values_of((fs::path(arg) / "map.json").string());
+    return init;
+  }
+  for (const auto& entry : fs::directory_iterator(arg)) {
+    const fs::path map = entry.path() / "map.json";
+    if (entry.is_directory() && fs::exists(map))
+      init.per_lens[entry.path().filename().string()] = values_of(map.string());
+  }
+  if (init.per_lens.empty()) {
     throw InputError("--init '" + arg +
-                     "': expected an object of parameter values (or a map.json with "
-                     "\"parameters\")");
+                     "': a folder without map.json, and none in its sub-folders; give a fit's "
+                     "folder or its map.json");
   }
   return init;
 }
@@ -48,6 +62,17 @@ MapInit read_map_init(const std::string& arg) {
 torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
   const auto& space = cfg.model.space;
   const std::string lens = "--init " + init.source + " for lens '" + cfg.name + "'";
+  const nlohmann::json* given = &init.values;
+  if (!init.per_lens.empty()) {
+    const auto it = init.per_lens.find(cfg.name);
+    if (it == init.per_lens.end()) {
+      std::string names;
+      for (const auto& [name, values] : init.per_lens) names += (names.empty() ? "" : ", ") + name;
+      throw InputError(lens + ": the folder has no fit of this lens (" + cfg.name +
+                       "/map.json); its lenses: " + names);
+    }
+    given = &it->second;
+  }
   std::map<std::string, torch::Tensor> values;
   if (init.truth) {
     const auto point = model::truth_point(cfg.model, cfg.data.truth);
@@ -69,7 +94,7 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
       return pixelated && (base == fit.latent_block || base == fit.pixel_sigma_name);
     };
     std::vector<std::string> set_aside;
-    for (const auto& [name, v] : init.values.items()) {
+    for (const auto& [name, v] : given->items()) {
       // A block's coordinate "z[i]" belongs to the block "z".
       const std::string base = name.substr(0, name.find('['));
       if (!space.has(base) && pixelated && name.find("_source_light") != std::string::npos) {
@@ -89,13 +114,13 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
     std::vector<std::string> missing;
     int64_t n_solved = 0;
     for (const auto& c : space.coordinate_names()) {
-      const auto it = init.values.find(c);
+      const auto it = given->find(c);
       const std::string base = c.substr(0, c.find('['));
-      if (it == init.values.end() && solved(base)) {
+      if (it == given->end() && solved(base)) {
         ++n_solved;
         continue;
       }
-      if (it == init.values.end()) {
+      if (it == given->end()) {
         missing.push_back(c);
         continue;
       }

@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -14,11 +15,15 @@ namespace dslens::app {
 
 // What --init names: "truth" (each lens's simulation truth) or a JSON file of parameter values,
 // either a map.json (its "parameters") or an object {name: value}, with a VAE's latents as
-// "z_source_light0[i]"; a fit's folder stands for its map.json.
+// "z_source_light0[i]"; a fit's folder stands for its map.json, and the folder of a fit of
+// several lenses for each lens's map.json in its sub-folder of the lens's name (so that a
+// catalogue's grid configs start from the same catalogue's Sersic fits, lens by lens).
 struct MapInit {
   std::string source;  // "truth" or the file's path, for messages and map.json's "origin"
   bool truth = false;
   nlohmann::json values;  // the file's name -> value object
+  // A fit of several lenses: lens name -> its name -> value object (values unused).
+  std::map<std::string, nlohmann::json> per_lens;
 };
 
 // Throws InputError naming the file when it cannot be read or holds no object of values.

@@ -1563,6 +1563,46 @@ TEST(FitCommand, InitSeedsAPixelGridFromAFitWithAParametricSource) {
   fs::remove_all(dir);
 }
 
+// --init with the folder of a fit of several lenses starts each lens from its own sub-folder's
+// map.json (a catalogue's grid configs from the same catalogue's Sersic fits); a lens the folder
+// has no fit of is refused, naming the lenses it has, and so is one file for several lenses.
+TEST(FitCommand, InitFromAFitOfSeveralLensesStartsEachFromItsOwn) {
+  const std::string dir = dslens::testing::temp_dir("fit_init_lenses");
+  make_raw_map_mocks(dir, [](const std::string&, json&) {});
+  RunResult r = run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/first") +
+                           " --init truth" + kShortRun);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/again") + " --init " +
+                 quote(dir + "/first") + kShortRun);
+  ASSERT_EQ(r.code, 0) << r.output;
+  // Each lens's start (the optimisers are off) is its own first fit's MAP (map.json's
+  // "parameters"); their theta_E are near 0.9 and 1.1, so neither took the other's.
+  for (const auto& [lens, theta_e] :
+       {std::pair{std::string("a"), 0.9}, std::pair{std::string("b"), 1.1}}) {
+    const json first = read_json(dir + "/first/" + lens + "/map.json")["parameters"];
+    const json again = read_json(dir + "/again/" + lens + "/map.json")["best_starts"][0];
+    for (const std::string p : {"theta_E_lens0", "e1_lens0", "amp_source_light0"})
+      EXPECT_NEAR(again[p].get<double>(), first[p].get<double>(), 1e-9) << lens << " " << p;
+    EXPECT_NEAR(again["theta_E_lens0"].get<double>(), theta_e, 0.02) << lens;
+  }
+
+  fs::copy_file(dir + "/configs/b.json", dir + "/configs/c.json");
+  r = run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/o") + " --init " +
+                 quote(dir + "/first"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("for lens 'c': the folder has no fit of this lens (c/map.json); its "
+                          "lenses: a, b"),
+            std::string::npos)
+      << r.output;
+  r = run_dslens("fit " + quote(dir + "/configs") + " --out " + quote(dir + "/o") + " --init " +
+                 quote(dir + "/first/a/map.json"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("give the folder of a fit of these lenses"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
+  fs::remove_all(dir);
+}
+
 // A model that samples the pixels unlike the simulation it fits is warned of (--check shows it
 // beside the config; summary.json keeps it in data_warnings); the same supersampling is not.
 TEST(FitCommand, CheckWarnsWhenTheModelSupersamplesUnlikeTheSimulation) {
