@@ -19,6 +19,7 @@
 #include "duration_text.h"
 #include "lens_streams.h"
 #include "pixel_grid_extent.h"
+#include "placement_model.h"
 #include "prior_edges.h"
 #include "stop_signal.h"
 
@@ -169,11 +170,6 @@ torch::Tensor prior_starts(const std::vector<const FitConfig*>& lenses,
     draws.push_back(space.sample_prior(per_lens, opts, gen));
   }
   return torch::cat(draws);
-}
-
-bool is_decoded(const nlohmann::json& source) {
-  const auto t = source.value("type", std::string());
-  return t == "VAE" || t == "PIXELATED";
 }
 
 // The value of `param` of `binding` for every row: its bound parameter's values, or `fallback`.
@@ -613,50 +609,6 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
       "MAP");
 }
 
-PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion) {
-  PlacementModel result;
-  nlohmann::json& out = result.model;
-  out = model;
-  if (!out.contains("source")) return result;
-  for (auto& s : out["source"]) {
-    if (!is_decoded(s)) continue;
-    if (inversion) {
-      // A source of zero amplitude, fixed: the inversion supplies the source; its grid is centred
-      // on the decoded source's centre (prior mean or init, or value).
-      const auto centre = [&s](const char* key) {
-        const nlohmann::json c = s.value(key, nlohmann::json(0.0));
-        if (c.is_number()) return c.get<double>();
-        if (c.is_object()) return c.value("init", c.value("mean", 0.0));
-        return 0.0;
-      };
-      result.center_x = centre("center_x");
-      result.center_y = centre("center_y");
-      s = {{"type", "SERSIC_ELLIPSE"},
-           {"amp", 0.0},
-           {"R_sersic", 0.1},
-           {"n_sersic", 1.0},
-           {"e1", 0.0},
-           {"e2", 0.0},
-           {"center_x", result.center_x},
-           {"center_y", result.center_y}};
-      continue;
-    }
-    nlohmann::json sersic = {
-        {"type", "SERSIC_ELLIPSE"},
-        // Broad: the stand-in's amplitude is only a starting scale for Adam (log space).
-        {"amp", {{"prior", "lognormal"}, {"mu", std::log(amp_median)}, {"sigma", 2.0}}},
-        // Half-light radii of z ~ 1 galaxies: 0.04" to 0.3" within 1 sigma.
-        {"R_sersic", {{"prior", "lognormal"}, {"mu", std::log(0.1)}, {"sigma", 1.0}}},
-        {"n_sersic", {{"prior", "uniform"}, {"lower", 0.5}, {"upper", 4.0}}},
-        {"e1", {{"prior", "uniform"}, {"lower", -0.5}, {"upper", 0.5}}},
-        {"e2", {{"prior", "uniform"}, {"lower", -0.5}, {"upper", 0.5}}},
-        {"center_x", s.value("center_x", nlohmann::json(0.0))},
-        {"center_y", s.value("center_y", nlohmann::json(0.0))}};
-    s = sersic;
-  }
-  return result;
-}
-
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
                                     const model::LensPosterior& posterior,
                                     const std::optional<torch::Tensor>& psf, uint64_t round,
@@ -853,13 +805,33 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // The solve leaves the solved rows' log posteriors in start.log_p, which the ranking reads.
   if (pixelated) start = with_exact_pixel_source(first.model, early, start, "MAP source stage");
   x = start.x;
+  // A grid on the arcs is traced from the lens light of each lens's best placement by the
+  // stand-in's own log posterior (below), which goes on whatever the full model's ranking.
+  torch::Tensor stand_in_best;  // [L] rows of x, lens-major
+  if (early.spec().arcs_placement) {
+    const int64_t per_lens = x.size(0) / n_lenses;
+    const auto first_rows =
+        torch::arange(n_lenses, torch::TensorOptions().dtype(torch::kLong).device(x.device())) *
+        per_lens;
+    if (placed.log_p.size(0) == x.size(0)) {
+      const auto lp =
+          torch::nan_to_num(placed.log_p.detach(), -INFINITY).reshape({n_lenses, per_lens});
+      stand_in_best = std::get<1>(lp.max(1)).to(first_rows.device()) + first_rows;
+    } else {
+      stand_in_best = first_rows;  // placed was cut to the stand-in's best, best first
+    }
+  }
   if (rank_decoded) {
-    x = samplers::best_rows_per_group(x, start.log_p, n_lenses, ms.starts);
+    torch::Tensor key = start.log_p.detach().clone();
+    if (stand_in_best.defined()) key.index_fill_(0, stand_in_best, INFINITY);
+    x = samplers::best_rows_per_group(x, key, n_lenses, ms.starts);
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
                  ms.starts, n_place, pixelated ? " with the pixels solved" : "");
   }
-  // A grid on the arcs: traced from the lens light of each lens's best placement, for the rest of
-  // the search and for the chains. Until session 57 the joint stage re-fixed it at each
+  // A grid on the arcs: traced from the lens light of each lens's best placement by the
+  // stand-in's log posterior (session 60; before, the best by the full model with the pixels
+  // solved, whose lens light on SLACS J1430+4105 had taken up the clumps the stand-in could not:
+  // R 18.8", n 8), for the rest of the search and for the chains. Until session 57 the joint stage re-fixed it at each
   // segment's best optimum; there the grid took up what the lens light missed, the next trace
   // counted that as arcs, and on SLACS J1430+4105 the grid widened from 0.96" to 3.58" (docs/
   // slacs.md, "The grid's extent, traced again"). The lens's core left out stays that of the
@@ -873,7 +845,16 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       torch::NoGradGuard no_grad;
       ranked.log_p = early.log_prob(x).detach();
     }
-    traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements");
+    if (stand_in_best.defined()) {
+      // The kept rows begin with each lens's stand-in best (its key was +inf).
+      const int64_t per_lens = x.size(0) / n_lenses;
+      traced_from =
+          x.index_select(0, torch::arange(n_lenses, stand_in_best.options()) * per_lens).clone();
+      early.fix_arcs_lens_light(space.unpack(traced_from));
+      log_arcs_grid_side(first.model, early, traced_from, "MAP placements (the stand-in's best)");
+    } else {
+      traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements");
+    }
     x = with_exact_pixel_source(first.model, early, std::move(ranked), "").x;
   }
   if (pixelated) {

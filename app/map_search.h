@@ -26,6 +26,7 @@
 #include "dslens/samplers/laplace.h"
 #include "dslens/samplers/optimize.h"
 #include "fit_config.h"
+#include "placement_model.h"
 
 namespace dslens::app {
 
@@ -69,17 +70,5 @@ samplers::OptimizeResult with_exact_pixel_source(const model::FitModel& model,
                                                  const model::LensPosterior& posterior,
                                                  samplers::OptimizeResult result,
                                                  const std::string& what);
-
-// The "model" JSON of the placement stage: every VAE or PIXELATED source replaced by a
-// SERSIC_ELLIPSE with the same centre (prior, value or tie) and broad priors on amplitude
-// (log-normal around `amp_median`, counts/s per arcsec^2), size, index and ellipticity; or, for
-// `inversion`, by a fixed zero-amplitude one (the source is then solved linearly on a pixel grid
-// centred on the decoded source's centre: its prior's mean or init, or its value). Other
-// components are kept as they are.
-struct PlacementModel {
-  nlohmann::json model;
-  double center_x = 0.0, center_y = 0.0;  // inversion: the source grid's centre
-};
-PlacementModel placement_model(const nlohmann::json& model, double amp_median, bool inversion);
 
 }  // namespace dslens::app
