@@ -558,7 +558,7 @@ struct JointStage {
 };
 
 // The index of the decoded source component (a VAE stamp or a pixel grid; 0 if none).
-size_t pixel_source_index(const model::FitModel& fit) {
+size_t decoded_source_index(const model::FitModel& fit) {
   size_t index = 0;
   for (size_t i = 0; i < fit.source.size(); ++i)
     if (physics::is_pixelated_light(fit.source[i].type)) index = i;
@@ -597,7 +597,7 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
     start = with_exact_pixel_source(model, posterior, std::move(start), "MAP (--init) start");
   }
   // L-BFGS as the search's joint stage (in segments for a pixel grid), without its Adam.
-  const JointStage joint{model,    pixel_source_index(model),
+  const JointStage joint{model,    decoded_source_index(model),
                          3.0,      posterior.spec().arcs_placement.has_value(),
                          n_lenses, ms};
   return with_exact_pixel_source(
@@ -717,7 +717,7 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // Signal pixels are those above 3 sigma of the data's own noise, whatever the annealing.
   const double snr_threshold = 3.0 / (tempered.empty() ? 1.0 : ms.anneal_noise.front());
   torch::Tensor place_from = prior_starts(lenses, aux.space, salt, opts, n_place);
-  const size_t decoded_index = pixel_source_index(first.model);
+  const size_t decoded_index = decoded_source_index(first.model);
   if (ms.backproject && !inversion && aux.lens_light.empty()) {
     place_from = centred_on_data(placement, place_from, decoded_index, snr_threshold);
     spdlog::info(
