@@ -465,21 +465,6 @@ torch::Tensor best_rows(const model::LensPosterior& posterior, const samplers::O
   return samplers::best_rows_per_group(r.x.detach(), r.log_p.detach(), posterior.n_lenses(), 1);
 }
 
-// A PIXELATED grid placed on the arcs (model/arcs_placement.h): the lens light subtracted before
-// the arcs are traced, and the lens's core left out, fixed at each lens's best row of `result`;
-// returns those rows [L, D] (the caller solves the pixels for the grids that gives). Other models:
-// undefined, nothing fixed.
-torch::Tensor fix_arcs_lens_light_at_best(const model::FitModel& model,
-                                          const model::LensPosterior& posterior,
-                                          const samplers::OptimizeResult& result,
-                                          const std::string& what) {
-  if (!posterior.spec().arcs_placement) return {};
-  const auto best = best_rows(posterior, result);
-  posterior.fix_arcs_lens_light(posterior.space().unpack(best));
-  log_arcs_grid_side(model, posterior, best, what);
-  return best;
-}
-
 // The joint stage: every coordinate optimised, Adam then L-BFGS. A pixel grid's L-BFGS runs in
 // kPixelSegments segments with its pixels solved exactly after each: L-BFGS moves the lens and
 // leaves the pixels far from their optimum for it (on the 20 x 20 grid of docs/benchmarks.md,
@@ -805,25 +790,16 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // The solve leaves the solved rows' log posteriors in start.log_p, which the ranking reads.
   if (pixelated) start = with_exact_pixel_source(first.model, early, start, "MAP source stage");
   x = start.x;
-  // A grid on the arcs is traced from the lens light of each lens's best placement by the
-  // stand-in's own log posterior (below), which goes on whatever the full model's ranking.
-  torch::Tensor stand_in_best;  // [L] rows of x, lens-major
-  if (early.spec().arcs_placement) {
-    const int64_t per_lens = x.size(0) / n_lenses;
-    const auto first_rows =
-        torch::arange(n_lenses, torch::TensorOptions().dtype(torch::kLong).device(x.device())) *
-        per_lens;
-    if (placed.log_p.size(0) == x.size(0)) {
-      const auto lp =
-          torch::nan_to_num(placed.log_p.detach(), -INFINITY).reshape({n_lenses, per_lens});
-      stand_in_best = std::get<1>(lp.max(1)).to(first_rows.device()) + first_rows;
-    } else {
-      stand_in_best = first_rows;  // placed was cut to the stand-in's best, best first
-    }
-  }
   if (rank_decoded) {
     torch::Tensor key = start.log_p.detach().clone();
-    if (stand_in_best.defined()) key.index_fill_(0, stand_in_best, INFINITY);
+    if (early.spec().arcs_placement) {
+      // Each lens's best placement by the stand-in's own log posterior goes on first, whatever
+      // the full model's ranking: a grid on the arcs is traced from its lens light (below).
+      const auto lp =
+          torch::nan_to_num(placed.log_p.detach(), -INFINITY).reshape({n_lenses, n_place});
+      const auto first_rows = torch::arange(n_lenses, lp.options().dtype(torch::kLong)) * n_place;
+      key.index_fill_(0, (std::get<1>(lp.max(1)) + first_rows).to(key.device()), INFINITY);
+    }
     x = samplers::best_rows_per_group(x, key, n_lenses, ms.starts);
     spdlog::info("MAP: the best {} of {} placements per lens go on, ranked by the full model{}",
                  ms.starts, n_place, pixelated ? " with the pixels solved" : "");
@@ -831,12 +807,12 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
   // A grid on the arcs: traced from the lens light of each lens's best placement by the
   // stand-in's log posterior (session 60; before, the best by the full model with the pixels
   // solved, whose lens light on SLACS J1430+4105 had taken up the clumps the stand-in could not:
-  // R 18.8", n 8), for the rest of the search and for the chains. Until session 57 the joint stage re-fixed it at each
-  // segment's best optimum; there the grid took up what the lens light missed, the next trace
-  // counted that as arcs, and on SLACS J1430+4105 the grid widened from 0.96" to 3.58" (docs/
-  // slacs.md, "The grid's extent, traced again"). The lens's core left out stays that of the
-  // placement too: made to follow the best optimum's lens (session 58), it let the search drift
-  // to grids 4.6" wide and ended its joint stage 1,000 nats lower (docs/slacs.md).
+  // R 18.8", n 8), for the rest of the search and for the chains. Until session 57 the joint
+  // stage re-fixed it at each segment's best optimum; there the grid took up what the lens light
+  // missed, the next trace counted that as arcs, and on SLACS J1430+4105 the grid widened from
+  // 0.96" to 3.58" (docs/ slacs.md, "The grid's extent, traced again"). The lens's core left out
+  // stays that of the placement too: made to follow the best optimum's lens (session 58), it let
+  // the search drift to grids 4.6" wide and ended its joint stage 1,000 nats lower (docs/slacs.md).
   torch::Tensor traced_from;
   if (early.spec().arcs_placement) {
     samplers::OptimizeResult ranked;
@@ -845,16 +821,17 @@ samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,
       torch::NoGradGuard no_grad;
       ranked.log_p = early.log_prob(x).detach();
     }
-    if (stand_in_best.defined()) {
-      // The kept rows begin with each lens's stand-in best (its key was +inf).
-      const int64_t per_lens = x.size(0) / n_lenses;
-      traced_from =
-          x.index_select(0, torch::arange(n_lenses, stand_in_best.options()) * per_lens).clone();
-      early.fix_arcs_lens_light(space.unpack(traced_from));
-      log_arcs_grid_side(first.model, early, traced_from, "MAP placements (the stand-in's best)");
-    } else {
-      traced_from = fix_arcs_lens_light_at_best(first.model, early, ranked, "MAP placements");
-    }
+    // Each lens's rows begin with its stand-in best: ranked so above, or, without the full
+    // model's ranking, the placements were cut to the stand-in's best, best first.
+    const int64_t per_lens = x.size(0) / n_lenses;
+    traced_from =
+        x.index_select(
+             0, torch::arange(n_lenses,
+                              torch::TensorOptions().dtype(torch::kLong).device(x.device())) *
+                    per_lens)
+            .clone();
+    early.fix_arcs_lens_light(space.unpack(traced_from));
+    log_arcs_grid_side(first.model, early, traced_from, "MAP placements (the stand-in's best)");
     x = with_exact_pixel_source(first.model, early, std::move(ranked), "").x;
   }
   if (pixelated) {
