@@ -8,6 +8,7 @@
 #include "dslens/core/version.h"
 #include "dslens/model/fit_model.h"
 #include "dslens/nn/checkpoint.h"
+#include "dslens/physics/light_profiles.h"
 #include "dslens/physics/mass_profiles.h"
 
 namespace fs = std::filesystem;
@@ -153,6 +154,7 @@ Parsed parse_component(const ConfigNode& node, bool is_mass, const std::string& 
       is_mass ? physics::mass_profile_types() : physics::light_profile_types();
   if (is_source) types.push_back("VAE");
   const std::string type = node.choice("type", types);
+  if (is_source && type == "UNIFORM") node.fail_at("type", physics::kUniformSourceRefusal);
   const std::vector<std::string> names = is_mass ? physics::make_mass_profile(type)->param_names()
                                                  : physics::make_light_profile(type)->param_names();
   const std::map<std::string, double> defaults =
@@ -178,8 +180,10 @@ Parsed parse_component(const ConfigNode& node, bool is_mass, const std::string& 
     if (elliptical && (n == "e1" || n == "e2")) continue;
     double v = 0.0;
     if (node.has(n)) {
+      // A sky level may be below zero (over-subtracted); other amplitudes may not.
       v = n == "m" ? static_cast<double>(node.integer(n, Range::closed(1, 20)))
-                   : node.number(n, param_range(n));
+          : (type == "UNIFORM" && n == "amp") ? node.number(n)
+                                              : node.number(n, param_range(n));
     } else if (defaults.count(n)) {
       v = defaults.at(n);
     } else {
@@ -367,6 +371,7 @@ std::string parameter_unit(const std::string& type, const std::string& name) {
                                                            {"m", "dimensionless"}};
   if (name == "amp") {
     if (type == "GAUSSIAN") return "counts/s (total flux)";
+    if (type == "UNIFORM") return "counts/s/arcsec^2 (constant sky level)";
     if (physics::is_pixelated_light(type))
       return "dimensionless (scales the image, counts/s/arcsec^2)";
     return "counts/s/arcsec^2 (surface brightness at R_sersic)";

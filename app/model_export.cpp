@@ -183,6 +183,12 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row, double bac
                         "(INTERPOL_BICUBIC); lenstronomy's INTERPOL is bilinear, so its image "
                         "differs slightly from the fit's model image");
       }
+      if (c.profile->psf_invariant()) {
+        notes.push_back(list_name + " " + std::to_string(i) + " (" + type +
+                        ") is added after the PSF in the fit; lenstronomy convolves it with the "
+                        "rest, through the zero padding, so its image is dimmer within the PSF's "
+                        "half-width of the edges");
+      }
     }
     if (!sims.empty() || list_name == "source") sim[list_name] = sims;
     lt[lt_list] = types;

@@ -8,6 +8,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/model/pixel_regulariser.h"
 #include "dslens/nn/checkpoint.h"
+#include "dslens/physics/light_profiles.h"
 #include "dslens/physics/mass_profiles.h"
 #include "dslens/physics/profile.h"
 
@@ -92,6 +93,7 @@ class Builder {
       types.push_back("PIXELATED");
     }
     const std::string type = node.choice("type", types);
+    if (list == "source" && type == "UNIFORM") node.fail_at("type", physics::kUniformSourceRefusal);
     const std::string sfx = suffix(list) + std::to_string(index);
     auto& bindings = is_mass ? out_.mass : (list == "lens_light" ? out_.lens_light : out_.source);
     bindings.push_back({type, {}});

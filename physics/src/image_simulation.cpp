@@ -1,5 +1,6 @@
 // Whole-image simulation (lenstronomy's ImageModel): lens light + lensed source light on a
 // supersampled grid, binned to pixels (mean surface brightness times pixel area), PSF convolution.
+#include <algorithm>
 #include <string>
 #include <tuple>
 
@@ -70,8 +71,31 @@ Tensor simulate_unconvolved(const ImageModel& model, int64_t batch, const Comput
 }
 
 Tensor simulate_image(const ImageModel& model, int64_t batch, const Compute& compute) {
+  if (!model.psf_kernel || !model.psf_kernel->defined()) {
+    return simulate_unconvolved(model, batch, compute);
+  }
+  // Lens light the PSF leaves unchanged (a sky level) is added after the convolution: through the
+  // zero padding it would dim within a kernel's half-width of the edges, as no sky does.
+  const auto invariant = [](const LightComponent& c) {
+    return c.profile && c.profile->psf_invariant();
+  };
+  if (std::any_of(model.lens_light.begin(), model.lens_light.end(), invariant)) {
+    ImageModel convolved = model, flat = model;
+    convolved.lens_light.clear();
+    flat.lens_light.clear();
+    flat.source_light.clear();
+    for (const auto& c : model.lens_light)
+      (invariant(c) ? flat : convolved).lens_light.push_back(c);
+    const Tensor sky = simulate_unconvolved(flat, batch, compute);
+    if (convolved.lens_light.empty() && convolved.source_light.empty()) return sky;
+    const Tensor image = simulate_image(convolved, batch, compute);
+    if (image.stride(0) == 0 && sky.stride(0) == 0) {
+      return (image.slice(0, 0, 1) + sky.slice(0, 0, 1))
+          .expand({batch, image.size(1), image.size(2)});
+    }
+    return image + sky;
+  }
   Tensor image = simulate_unconvolved(model, batch, compute);
-  if (!model.psf_kernel || !model.psf_kernel->defined()) return image;
   const Tensor& k = *model.psf_kernel;
   // A single kernel on an image shared by the batch: convolve once.
   if (k.dim() == 2 && batch > 1 && image.stride(0) == 0) {

@@ -239,6 +239,41 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   fs::remove_all(dir);
 }
 
+// A sky level left in the data (over-subtracted: negative, 0.2 noise sd per pixel, unseen in any
+// one pixel) is fitted by a UNIFORM lens light: its truth lies within the 95 % interval. Its sd
+// cannot be below what 1024 pixels of noise 0.2 allow with everything else known, 0.2 / sqrt(1024)
+// / 0.01 arcsec^2 = 0.625; the lensed source's flux and size share some of that information
+// (1.05 when written).
+TEST(FitCommand, ASkyLevelIsFittedByAUniformLensLight) {
+  const std::string dir = dslens::testing::temp_dir("fit_sky");
+  json sim = mock_config(12, 1.0);
+  sim["lens_light"] = {{{"type", "UNIFORM"}, {"amp", -4.0}}};
+  write_json(dir + "/sky-sim.json", sim);
+  RunResult r =
+      run_dslens("simulate " + quote(dir + "/sky-sim.json") + " --out " + quote(dir + "/sky-data"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  json cfg = fit_config("sky-data");
+  cfg["model"]["lens_light"] = {{{"type", "UNIFORM"}, {"amp", prior("normal", 0.0, 10.0)}}};
+  write_json(dir + "/sky.json", cfg);
+  r = run_dslens("fit " + quote(dir + "/sky.json") + " --out " + quote(dir + "/fit"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json summary = read_json(dir + "/fit/summary.json");
+  bool found = false;
+  for (const auto& row : summary["parameters"]) {
+    EXPECT_TRUE(row["in_95"].get<bool>()) << row.dump();
+    if (row["variable"] != "amp_lens_light0") continue;
+    found = true;
+    EXPECT_DOUBLE_EQ(row["truth"].get<double>(), -4.0);
+    EXPECT_GT(row["sd"].get<double>(), 0.625 * 0.9) << row.dump();  // 2 short chains' sd
+    EXPECT_LT(row["sd"].get<double>(), 1.5) << row.dump();
+  }
+  EXPECT_TRUE(found) << summary.dump();
+  const double chi2 = read_json(dir + "/fit/map.json")["reduced_chi_square"].get<double>();
+  EXPECT_GT(chi2, 0.85);
+  EXPECT_LT(chi2, 1.15);
+  fs::remove_all(dir);
+}
+
 TEST(FitCommand, TwoLensesShareOneBatch) {
   const std::string dir = dslens::testing::temp_dir("fit_batch");
   make_mock(dir, "a", 21, 0.9);
@@ -1041,9 +1076,10 @@ TEST(FitCommand, APixelGridOnTheArcsResumesWithTheSameLensLight) {
     const RunResult resumed =
         run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/" + run) + " --resume", "info");
     ASSERT_EQ(resumed.code, 0) << resumed.output;
-    if (run == "rounds")
+    if (run == "rounds") {
       EXPECT_NE(resumed.output.find("MAP: resumed after round 1"), std::string::npos)
           << resumed.output;
+    }
     const auto a = dslens::read_npy(dir + "/whole/draws.npy");
     const auto b = dslens::read_npy(dir + "/" + run + "/draws.npy");
     ASSERT_EQ(a.sizes(), b.sizes());
@@ -1680,6 +1716,10 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
       {[](json& j) { j["sampler"]["adaptation"] = "pooled"; },
        {"/sampler/adaptation", "pooled", "per_lens"}},
       {[](json& j) { j["sampler"]["curvature_metric"] = 1; }, {"/sampler/curvature_metric", "1"}},
+      {[](json& j) {
+         j["model"]["source"][0] = {{"type", "UNIFORM"}, {"amp", 1.0}};
+       },
+       {"/model/source/0/type", "UNIFORM", "lens_light"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

@@ -448,6 +448,11 @@ TEST(SimulateBadInput, EachClassExitsTwoNamingThePathAndWritesNothing) {
        [](json& c) { c["mass"][0]["type"] = "NOPE"; },
        {"/mass/0/type", "EPL", "SIE"}},
       {"PSF without kind", [](json& c) { c["psf"] = json::object(); }, {"/psf", "fwhm"}},
+      {"sky level as a source",
+       [](json& c) {
+         c["source"][0] = {{"type", "UNIFORM"}, {"amp", 1.0}};
+       },
+       {"/source/0/type", "UNIFORM", "lens_light"}},
       {"missing FITS",
        [](json& c) { c["source"][0]["fits"] = "nope.fits"; },
        {"/source/0/fits", "nope.fits"}},

@@ -342,6 +342,44 @@ TEST(ImageSimulation, BatchedEqualsOneAtATime) {
   EXPECT_THROW(simulate_image(m, 3, Compute{}), dslens::InvalidArgument);
 }
 
+// A sky level (UNIFORM lens light) is amp times the pixel area in every pixel of the convolved
+// image, edges included, and adds to the rest of the model without changing it. Convolved
+// through the zero padding, as the other light is, the 5 x 5 kernel would have dimmed the outer
+// two rows and columns: the check on the corner fails if it is.
+TEST(ImageSimulation, ASkyLevelIsTheSameInEveryPixelAfterThePsf) {
+  auto m = small_model();
+  const double area = m.grid.pixel_scale * m.grid.pixel_scale;
+  ImageModel with_sky = m;
+  with_sky.lens_light.push_back({make_light_profile("UNIFORM"), {{"amp", vals({0.7, -0.3})}}});
+  const auto sky = simulate_image(with_sky, 2, Compute{}) - simulate_image(m, 2, Compute{});
+  for (int64_t b = 0; b < 2; ++b) {
+    const double level = (b == 0 ? 0.7 : -0.3) * area;
+    EXPECT_LT(max_abs(sky[b] - level), 1e-14) << b;
+  }
+  // Alone, with a parameter of batch 1: one image, broadcast (an expanded view, as other light).
+  ImageModel only = m;
+  only.lens = LensModel();
+  only.lens_light = {{make_light_profile("UNIFORM"), {{"amp", vals({0.5})}}}};
+  only.source_light.clear();
+  const auto flat = simulate_image(only, 3, Compute{});
+  ASSERT_EQ(flat.sizes(), (std::vector<int64_t>{3, 10, 9}));
+  EXPECT_EQ(flat.stride(0), 0);
+  EXPECT_NEAR(flat[2][0][0].item<double>(), 0.5 * area, 1e-15);
+  EXPECT_NEAR(flat.min().item<double>(), flat.max().item<double>(), 1e-15);
+  // The convolution the sky is kept out of would have dimmed the corner.
+  const auto through_psf =
+      convolve_psf(torch::full({1, 10, 9}, 0.5 * area, torch::kFloat64), *m.psf_kernel);
+  EXPECT_LT(through_psf[0][0][0].item<double>(), 0.9 * 0.5 * area);
+  // Gradient: d(pixel) / d(amp) is the pixel area.
+  auto amp = vals({0.5}).requires_grad_(true);
+  only.lens_light = {{make_light_profile("UNIFORM"), {{"amp", amp}}}};
+  simulate_image(only, 1, Compute{}).sum().backward();
+  EXPECT_NEAR(amp.grad().item<double>(), 90 * area, 1e-12);
+  // It has no total flux, so it cannot be a source.
+  EXPECT_THROW(make_light_profile("UNIFORM")->total_flux({{"amp", vals({1.0})}}),
+               dslens::InvalidArgument);
+}
+
 // ImageModel::coordinates (made once by a fit) stand in for the grid's own sub-pixel centres: the
 // same centres give the same image, centres shifted by a pixel give the image of a shifted grid
 // (so they are used, not recomputed), and centres of another shape or dtype are ignored.

@@ -30,7 +30,7 @@ const Tensor& light_param(const ParamMap& p, const std::string& name, const std:
 }
 
 std::vector<std::string> light_profile_types() {
-  return {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL", "INTERPOL_BICUBIC"};
+  return {"SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL", "INTERPOL_BICUBIC", "UNIFORM"};
 }
 
 bool is_pixelated_light(const std::string& type) {
@@ -44,6 +44,7 @@ std::shared_ptr<const LightProfile> make_light_profile(const std::string& type) 
   if (type == "INTERPOL") return std::make_shared<InterpolLight>();
   if (type == "INTERPOL_BICUBIC")
     return std::make_shared<InterpolLight>(PixelInterpolation::kBicubic);
+  if (type == "UNIFORM") return std::make_shared<UniformLight>();
   throw InvalidArgument("unknown light profile '" + type + "' (allowed: " +
                         light_registry_detail::join_names(light_profile_types()) + ")");
 }

@@ -74,7 +74,8 @@ struct ImageModel {
 };
 
 // Noise-free image [B, ny, nx]: each pixel is the mean surface brightness over its sub-pixels
-// times the pixel area (lenstronomy's convention), then convolved with the PSF.
+// times the pixel area (lenstronomy's convention), then convolved with the PSF; lens light the PSF
+// leaves as it is (LightProfile::psf_invariant: UNIFORM, a sky level) is added after it.
 // `batch` is the batch size B (parameters of size 1 broadcast to it). When every parameter has
 // batch 1 the result is an expanded (stride-0, read-only) view of one image.
 Tensor simulate_image(const ImageModel& model, int64_t batch, const Compute& compute);

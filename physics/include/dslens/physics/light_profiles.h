@@ -9,6 +9,9 @@
 //   INTERPOL        image [B, h, w] or [1, h, w] (or [h, w]), center_x, center_y, scale,
 //                   phi_G (default 0), amp (default 1); see interpolate_source_image.
 //   INTERPOL_BICUBIC  the same, interpolated bicubically (PixelInterpolation::kBicubic).
+//   UNIFORM         amp: a constant surface brightness (a sky level; any sign). The PSF keeps a
+//                   constant, so simulate_image adds it after the convolution, where the zero
+//                   padding would have dimmed it within a kernel's half-width of the edges.
 //
 // Sersic: I = amp exp(-b_n ((R / R_sersic)^(1/n) - 1)), b_n = max(1.9992 n - 0.3271, 1e-5), R and
 // R_sersic floored at 1e-5 and I = 0 beyond 1000 R_sersic, as lenstronomy does.
@@ -17,7 +20,7 @@
 // 4, the same for the product-average ellipse, whose area element is the circle's; the cut-off at
 // 1000 R_sersic is left out); GAUSSIAN amp; INTERPOL amp scale^2 times the sum of the image's
 // pixels (the bilinear tent and Keys's cubic kernel each integrate to 1 per pixel, and the
-// rotation by phi_G keeps areas).
+// rotation by phi_G keeps areas); UNIFORM has none (InvalidArgument).
 #pragma once
 #include <string>
 #include <vector>
@@ -54,6 +57,20 @@ class GaussianLight : public LightProfile {
   Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
   Tensor total_flux(const ParamMap& p) const override;
 };
+
+class UniformLight : public LightProfile {
+ public:
+  std::string type() const override { return "UNIFORM"; }
+  std::vector<std::string> param_names() const override;
+  Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const override;
+  Tensor total_flux(const ParamMap& p) const override;
+  bool psf_invariant() const override { return true; }
+};
+
+// Why a config's source may not be UNIFORM: a source needs a finite flux (its magnification).
+inline constexpr const char* kUniformSourceRefusal =
+    "UNIFORM is a constant sky level, without the finite flux a source has; give it under "
+    "lens_light";
 
 // How a pixelated image is sampled between its pixel centres.
 enum class PixelInterpolation {

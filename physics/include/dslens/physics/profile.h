@@ -44,13 +44,16 @@ class MassProfile {
 class LightProfile {
  public:
   virtual ~LightProfile() = default;
-  virtual std::string type() const = 0;  // "SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL"
+  virtual std::string type() const = 0;  // "SERSIC", "SERSIC_ELLIPSE", "GAUSSIAN", "INTERPOL", ...
   virtual std::vector<std::string> param_names() const = 0;
   // Surface brightness at (x, y), [B, N].
   virtual Tensor surface_brightness(const Tensor& x, const Tensor& y, const ParamMap& p) const = 0;
   // The integral of the surface brightness over the whole plane, [B] (or [1] when every
   // parameter has one row), in closed form (light_profiles.h gives each profile's).
   virtual Tensor total_flux(const ParamMap& p) const = 0;
+  // Whether convolution with a normalised PSF leaves the profile as it is (a constant), so that
+  // simulate_image adds it after convolving the rest rather than through the zero padding.
+  virtual bool psf_invariant() const { return false; }
 };
 
 // Registries: lenstronomy name -> profile. Throw InvalidArgument naming the allowed types.
