@@ -268,9 +268,16 @@ TEST(FitCommand, ASkyLevelIsFittedByAUniformLensLight) {
     EXPECT_LT(row["sd"].get<double>(), 1.5) << row.dump();
   }
   EXPECT_TRUE(found) << summary.dump();
-  const double chi2 = read_json(dir + "/fit/map.json")["reduced_chi_square"].get<double>();
+  const json map = read_json(dir + "/fit/map.json");
+  const double chi2 = map["reduced_chi_square"].get<double>();
   EXPECT_GT(chi2, 0.85);
   EXPECT_LT(chi2, 1.15);
+  // lenstronomy has the profile by the same name, and convolves it: the export says so.
+  const json lt = read_json(dir + "/fit/map_model/lenstronomy.json");
+  EXPECT_EQ(lt["lens_light_model_list"], json::array({"UNIFORM"})) << lt.dump();
+  EXPECT_DOUBLE_EQ(lt["kwargs_lens_light"][0]["amp"].get<double>(),
+                   map["parameters"]["amp_lens_light0"].get<double>());
+  EXPECT_NE(lt["notes"].dump().find("added after the PSF"), std::string::npos) << lt.dump();
   fs::remove_all(dir);
 }
 
@@ -1667,11 +1674,13 @@ TEST(FitCommand, ShippedSlacsConfigsPassTheCheck) {
   const std::string dir = dslens::testing::temp_dir("fit_slacs_check");
   // EPL (4) + shear (2) + lens-light Sersic (7; the EPL's centre is tied to it) + the source:
   // a Sersic (7), or a 32 x 32 pixel grid placed on the arcs with its free strength (1,025); the
-  // SIE of Bolton et al. has the EPL's slope fixed and no shear (3 fewer than the first).
-  for (const auto& [name, free] :
-       std::vector<std::pair<std::string, int>>{{"slacs_j1430+4105", 20},
-                                                {"slacs_j1430+4105_sie", 17},
-                                                {"slacs_j1430+4105_pixelated", 1038}}) {
+  // SIE of Bolton et al. has the EPL's slope fixed and no shear (3 fewer than the first); the
+  // whole image's config adds a second, concentric Sersic (5) and a sky level (1).
+  for (const auto& [name, free, shape] : std::vector<std::tuple<std::string, int, std::string>>{
+           {"slacs_j1430+4105", 20, "140x140"},
+           {"slacs_j1430+4105_sie", 17, "140x140"},
+           {"slacs_j1430+4105_pixelated", 1038, "140x140"},
+           {"slacs_j1430+4105_full", 26, "301x301"}}) {
     SCOPED_TRACE(name);
     json c = read_json(std::string(DSLENS_SOURCE_DIR) + "/configs/" + name + ".json");
     for (const char* file : {"image", "noise_map", "psf"})
@@ -1680,7 +1689,7 @@ TEST(FitCommand, ShippedSlacsConfigsPassTheCheck) {
     write_json(cfg, c);
     const RunResult r = run_dslens("fit " + quote(cfg) + " --check");
     EXPECT_EQ(r.code, 0) << r.output;
-    EXPECT_NE(r.output.find("ok   " + cfg + ": 140x140 px (rows x columns) of 0.03\""),
+    EXPECT_NE(r.output.find("ok   " + cfg + ": " + shape + " px (rows x columns) of 0.03\""),
               std::string::npos)
         << r.output;
     EXPECT_NE(r.output.find(", " + std::to_string(free) + " free parameters; log posterior "),
