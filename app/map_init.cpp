@@ -3,6 +3,8 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <set>
+#include <string>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -108,16 +110,29 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
         throw InputError(lens + ": '" + name + "' is " + v.dump() + "; expected a number");
       }
     }
+    // A sky level (UNIFORM lens light) the file lacks starts at 0, no sky, where its prior allows:
+    // a fit without one seeds the same model with one (docs/fit.md, "A sky level").
+    std::set<std::string> skies;
+    for (const auto& b : fit.lens_light) {
+      if (b.type == "UNIFORM" && b.params.count("amp")) skies.insert(b.params.at("amp"));
+    }
     // Per free scalar or block, the values of its coordinates in order.
     std::map<std::string, std::vector<double>> coords;
     std::map<std::string, bool> is_block;
-    std::vector<std::string> missing;
+    std::vector<std::string> missing, no_sky;
     int64_t n_solved = 0;
     for (const auto& c : space.coordinate_names()) {
       const auto it = given->find(c);
       const std::string base = c.substr(0, c.find('['));
       if (it == given->end() && solved(base)) {
         ++n_solved;
+        continue;
+      }
+      if (it == given->end() && skies.count(c) && space.range(c).first < 0.0 &&
+          space.range(c).second > 0.0) {
+        coords[base].push_back(0.0);
+        is_block[base] = false;
+        no_sky.push_back(c);
         continue;
       }
       if (it == given->end()) {
@@ -133,6 +148,8 @@ torch::Tensor map_init_point(const FitConfig& cfg, const MapInit& init) {
       if (missing.size() > 8) list += ", ... (" + std::to_string(missing.size()) + " in all)";
       throw InputError(lens + ": no value for the free parameter(s) " + list);
     }
+    for (const auto& c : no_sky)
+      spdlog::info("{}: '{}', a sky level, not given: it starts at 0 (no sky)", lens, c);
     if (n_solved > 0 || !set_aside.empty()) {
       std::string names;
       for (size_t i = 0; i < set_aside.size() && i < 8; ++i)

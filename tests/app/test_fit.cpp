@@ -1546,6 +1546,28 @@ TEST(FitCommand, InitStartsTheMapAtTheGivenPoint) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("a folder without map.json"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/o"));
+
+  // A sky level the file lacks starts at 0, no sky: the start's model image is the file's, so
+  // with the optimisers off its log posterior is the file's plus the sky prior's log density at 0
+  // (normal(0, 10): -log(10 sqrt(2 pi)) = -3.2215).
+  json sky = read_json(cfg);
+  sky["map"] = {
+      {"starts", 4}, {"adam_iterations", 0}, {"lbfgs_iterations", 0}, {"newton_iterations", 0}};
+  sky["model"]["lens_light"] = {{{"type", "UNIFORM"}, {"amp", prior("normal", 0.0, 10.0)}}};
+  write_json(dir + "/configs/sky.json", sky);
+  r = run_dslens("fit " + quote(dir + "/configs/sky.json") + " --out " + quote(dir + "/sky") +
+                     " --init " + quote(dir + "/start.json") + kShortRun,
+                 "info");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("'amp_lens_light0', a sky level, not given: it starts at 0"),
+            std::string::npos)
+      << r.output;
+  const json at_sky = read_json(dir + "/sky/map.json");
+  EXPECT_NEAR(start_of(at_sky)["amp_lens_light0"].get<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(
+      start_of(at_sky)["log_posterior"].get<double>(),
+      start_of(at_file)["log_posterior"].get<double>() - std::log(10.0 * std::sqrt(2 * M_PI)),
+      1e-6);
   fs::remove_all(dir);
 }
 
