@@ -14,6 +14,7 @@
 #include "dslens/core/output_dir.h"
 #include "dslens/core/version.h"
 #include "dslens/model/lens_posterior.h"
+#include "dslens/model/noise_estimate.h"
 #include "dslens/samplers/diagnostics.h"
 #include "dslens/samplers/draws_io.h"
 #include "dslens/samplers/summary.h"
@@ -92,13 +93,38 @@ SourceImage evaluate_source(const physics::ImageModel& m, const model::FitModel&
   return out;
 }
 
+// Where the noise is too large: the normalised residuals' mean square in tenths of the fitted
+// pixels by the MAP model's value (model/noise_estimate.h). Falling from the faint tenths to the
+// bright ones, the noise's Poisson term is too large; a rise in the brightest is misfit there.
+// SLACS J1430+4105's whole image, its noise rebuilt from the shared map's form, goes 0.86, 0.63,
+// ..., 0.23, 0.47, 0.72: a Poisson term of too short an exposure, and the arcs' misfit
+// (docs/slacs.md).
+std::string noise_by_brightness(const std::vector<model::BrightnessBin>& bins) {
+  if (bins.size() != 10) return "";
+  std::string out =
+      "; the normalised residuals' mean square by tenths of the fitted pixels, by the MAP model's "
+      "value from faint to bright, is";
+  double bright_min = bins.back().mean_square;
+  for (size_t b = 0; b < bins.size(); ++b) {
+    out += (b ? ", " : " ") + fmt("%.2f", bins[b].mean_square);
+    if (b >= 5) bright_min = std::min(bright_min, bins[b].mean_square);
+  }
+  if (bright_min < 0.5 * bins.front().mean_square) {
+    out +=
+        ": falling from faint to bright, the noise's brightness-dependent (Poisson) term is too "
+        "large";
+  }
+  return out;
+}
+
 // Modeller's warnings (docs/fit.md): convergence, sampler health, prior bounds, goodness of fit.
 // `round_threshold`: the reduced chi-square above which the MAP search is repeated for `dof`
 // degrees of freedom (app/map_rounds.h).
 std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& rows,
                                       const model::ParameterSpace& space,
                                       const samplers::Draws& chains, double reduced_chi2,
-                                      int64_t dof, double round_threshold, int64_t n_draws_total) {
+                                      int64_t dof, double round_threshold, int64_t n_draws_total,
+                                      const std::vector<model::BrightnessBin>& by_brightness) {
   std::vector<std::string> w;
   std::vector<std::string> high_rhat, low_ess, at_bound, row_names;
   for (const auto& r : rows) row_names.push_back(r.name);
@@ -148,7 +174,8 @@ std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& r
     w.push_back("reduced chi-square at MAP is " + fmt("%.3f", reduced_chi2) +
                 (reduced_chi2 > 1 ? ": the model does not describe the data (or the noise is "
                                     "underestimated)"
-                                  : ": the noise map overestimates the noise"));
+                                  : ": the noise map overestimates the noise" +
+                                        noise_by_brightness(by_brightness)));
   } else if (reduced_chi2 > round_threshold) {
     // Inside the fixed band but improbable for its degrees of freedom: a missed mode or a misfit.
     // SNR-100 mock 10 of docs/mock_study.md ended its three search rounds at 1.237 over 6,324
@@ -361,6 +388,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const auto resid =
       torch::where(obs.mask, (obs.image - model_img) / obs.sigma, torch::full_like(model_img, NAN));
 
+  const auto by_brightness = model::residuals_by_brightness(resid, model_img, obs.mask);
+
   const physics::ImageModel m = post.build(un, 1);
   const double magnification_map = physics::source_magnification(m, 1, compute).item<double>();
   const CriticalCurves cc = critical_curves(m.lens, obs.grid, 2, compute);
@@ -407,6 +436,19 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       {"definition",
        "the unmasked pixels where the MAP's lensed source, convolved with the PSF, exceeds the "
        "noise sigma (at least 10); chi-square over them divided by their number"}};
+  nlohmann::json brightness_bins = nlohmann::json::array();
+  for (const auto& b : by_brightness) {
+    brightness_bins.push_back({{"model_low", b.model_low},
+                               {"model_high", b.model_high},
+                               {"mean_square", b.mean_square},
+                               {"pixels", b.pixels}});
+  }
+  map_json["residuals_by_brightness"] = {
+      {"bins", brightness_bins},
+      {"definition",
+       "the fitted pixels in 10 equal-count bins of the MAP model image's value, faintest first; "
+       "mean square of (data - model) / sigma in each: about 1 where the noise is right, below 1 "
+       "where it is too large (model/noise_estimate.h)"}};
   const auto grid_extent = pixel_grid_extent(cfg.model, post, un);
   if (grid_extent) {
     map_json["pixel_grid"] = {
@@ -555,7 +597,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const double round_threshold =
       search_round_thresholds(torch::full({1}, static_cast<double>(dof), torch::kFloat64), cfg.map)
           .item<double>();
-  auto warnings = fit_warnings(rows, space, r.chains, reduced_chi2, dof, round_threshold, C * N);
+  auto warnings =
+      fit_warnings(rows, space, r.chains, reduced_chi2, dof, round_threshold, C * N, by_brightness);
   // The outputs' posterior is built again from the config, so it must give the MAP the log
   // posterior the fit found; where it does not, the images and chi-squares above are not the
   // fit's. Session 56's SLACS fit on a pixel grid traced its grid here from another optimum's lens

@@ -9,6 +9,7 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
+#include "dslens/model/noise_estimate.h"
 
 namespace dslens::model {
 namespace observation_detail {
@@ -213,6 +214,7 @@ struct Noise {
   enum class Kind { kNoiseMap, kWeightMap, kRmsExposure } kind = Kind::kNoiseMap;
   FitsImage map;  // sigma or inverse variance
   double background_rms = 0.0, exposure_time = 0.0;
+  int64_t poisson_smoothing = 1;  // the Poisson term's box (pixels): model/noise_estimate.h
 };
 
 struct Inputs {
@@ -289,6 +291,9 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     sigma = w.apply(noise.map.data);
     mask_bad(obs, torch::isfinite(sigma).logical_not().logical_or(sigma <= 0), noise.map.label,
              "have a non-finite or non-positive sigma");
+    if (auto m = underestimated_noise_warning(noise.map.label, image, sigma, obs.mask)) {
+      warn(obs, *m);
+    }
   } else if (noise.kind == Noise::Kind::kWeightMap) {
     const torch::Tensor weight = w.apply(noise.map.data);
     const torch::Tensor zero = (weight == 0).logical_and(obs.mask);
@@ -300,9 +305,14 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     mask_bad(obs, torch::isfinite(weight).logical_not().logical_or(weight < 0), noise.map.label,
              "have a non-finite or negative weight");
     sigma = 1.0 / torch::sqrt(weight);
+    if (auto m = underestimated_noise_warning(noise.map.label, image, sigma, obs.mask)) {
+      warn(obs, *m);
+    }
   } else {
+    // The local mean is taken over the whole image, so a cutout's edge pixels have full boxes.
+    const torch::Tensor poisson = w.apply(local_mean(in.image.data, noise.poisson_smoothing));
     sigma = torch::sqrt(noise.background_rms * noise.background_rms +
-                        torch::clamp_min(image, 0.0) / noise.exposure_time);
+                        torch::clamp_min(poisson, 0.0) / noise.exposure_time);
   }
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
   obs.sigma = torch::where(obs.mask, sigma, torch::ones_like(sigma));
@@ -391,9 +401,9 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
 }
 
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
-  data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time", "psf",
-                   "mask", "mask_radius", "mask_circles", "pixel_scale", "cutout",
-                   "image_positions"});
+  data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time",
+                   "poisson_smoothing", "psf", "mask", "mask_radius", "mask_circles", "pixel_scale",
+                   "cutout", "image_positions"});
   if (!data.has("image")) {
     data.fail(
         "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "
@@ -423,7 +433,19 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
     in.noise.kind = Noise::Kind::kRmsExposure;
     in.noise.background_rms = data.number("background_rms", Range::positive());
     in.noise.exposure_time = data.number("exposure_time", Range::positive());
+    in.noise.poisson_smoothing = data.integer_or("poisson_smoothing", 1, Range::closed(1, 51));
+    if (in.noise.poisson_smoothing % 2 == 0) {
+      data.fail_at("poisson_smoothing", "value " + std::to_string(in.noise.poisson_smoothing) +
+                                            " is even; allowed: an odd box width in pixels "
+                                            "(1 = each pixel's own value)");
+    }
   } else {
+    if (data.has("poisson_smoothing")) {
+      data.fail_at("poisson_smoothing",
+                   "only allowed with 'background_rms' + 'exposure_time' (the Poisson term it "
+                   "smooths); '" +
+                       given[0] + "' is given");
+    }
     const bool weights = given[0] == "weight_map";
     in.noise.kind = weights ? Noise::Kind::kWeightMap : Noise::Kind::kNoiseMap;
     in.noise.map = read_file_at(data, given[0], base_dir, weights ? "weight map" : "noise map");

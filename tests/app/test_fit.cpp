@@ -739,7 +739,46 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
       warned = warned || w.get<std::string>().find(
                              "above the MAP search rounds' threshold 1.067") != std::string::npos;
     EXPECT_EQ(warned, scale < 1) << "scale " << scale << "\n" << r.output;
+    // map.json's residuals by brightness: 10 bins of the fitted pixels, faintest first, each
+    // near the mean square the noise's scale makes (sd sqrt(2 / 102) = 0.14 per bin).
+    const json bins = map.at("residuals_by_brightness").at("bins");
+    ASSERT_EQ(bins.size(), 10u) << map.dump();
+    int64_t pixels = 0;
+    for (size_t b = 0; b < bins.size(); ++b) {
+      pixels += bins[b].at("pixels").get<int64_t>();
+      EXPECT_NEAR(bins[b].at("mean_square").get<double>(), 1.0 / (scale * scale), 0.5) << b;
+      if (b > 0) {
+        EXPECT_GE(bins[b].at("model_low"), bins[b - 1].at("model_high"));
+      }
+    }
+    EXPECT_EQ(pixels, map.at("pixels").get<int64_t>());
   }
+  // A noise too large where the image is bright, sigma^2 = 0.2^2 + model / 0.5 (the simulation's
+  // noise-free image, a Poisson term of a far too short exposure): the warning says which term.
+  const auto model = dslens::read_fits_image(dir + "/a-data/model.fits");
+  dslens::write_fits_image(dir + "/a-data/sigma.fits",
+                           torch::sqrt(0.04 + torch::clamp_min(model, 0.0) / 0.5));
+  json c = read_json(cfg);
+  c["data"] = {{"image", "../a-data/image.fits"},
+               {"noise_map", "../a-data/sigma.fits"},
+               {"psf", {{"fwhm", 0.12}}},
+               {"pixel_scale", 0.1}};
+  c["map"]["retry_rounds"] = 0;
+  write_json(dir + "/configs/bright.json", c);
+  const RunResult r = run_dslens("fit " + quote(dir + "/configs/bright.json") + " --out " +
+                                 quote(dir + "/bright") + " --warmup 30 --draws 30 --chains 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json bins = read_json(dir + "/bright/map.json").at("residuals_by_brightness").at("bins");
+  ASSERT_EQ(bins.size(), 10u);
+  EXPECT_NEAR(bins[0].at("mean_square").get<double>(), 1.0, 0.5) << bins.dump();
+  EXPECT_LT(bins[9].at("mean_square").get<double>(), 0.25) << bins.dump();
+  bool poisson = false;
+  for (const auto& w : read_json(dir + "/bright/warnings.json")) {
+    poisson = poisson || w.get<std::string>().find(
+                             "falling from faint to bright, the noise's brightness-dependent "
+                             "(Poisson) term is too large") != std::string::npos;
+  }
+  EXPECT_TRUE(poisson) << r.output;
   fs::remove_all(dir);
 }
 
@@ -1705,12 +1744,16 @@ TEST(FitCommand, ShippedSlacsConfigsPassTheCheck) {
            {"slacs_j1430+4105_full", 26, "301x301"}}) {
     SCOPED_TRACE(name);
     json c = read_json(std::string(DSLENS_SOURCE_DIR) + "/configs/" + name + ".json");
-    for (const char* file : {"image", "noise_map", "psf"})
-      c["data"][file]["fits"] = folder + "/" + file + ".fits";
+    for (const char* file : {"image", "noise_map", "psf"}) {
+      if (c["data"].contains(file)) c["data"][file]["fits"] = folder + "/" + file + ".fits";
+    }
     const std::string cfg = dir + "/" + name + ".json";
     write_json(cfg, c);
     const RunResult r = run_dslens("fit " + quote(cfg) + " --check");
     EXPECT_EQ(r.code, 0) << r.output;
+    // No data warning: the whole image's noise is rebuilt where the shared noise map's low
+    // pixels would be warned about (model/noise_estimate.h).
+    EXPECT_EQ(r.output.find("warning:"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("ok   " + cfg + ": " + shape + " px (rows x columns) of 0.03\""),
               std::string::npos)
         << r.output;

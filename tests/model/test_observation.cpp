@@ -9,6 +9,7 @@
 
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
+#include "dslens/model/noise_estimate.h"
 #include "dslens/model/observation.h"
 #include "dslens/physics/image_model.h"
 #include "test_support.h"
@@ -160,6 +161,131 @@ TEST(Observation, BackgroundRmsAndExposureTimeGiveSigma) {
   msg = config_error({{"image", "image.fits"}, {"pixel_scale", 0.03}}, dir, &path);
   EXPECT_EQ(path, "/data") << msg;
   EXPECT_TRUE(contains(msg, "noise_map")) << msg;
+}
+
+TEST(Observation, PoissonSmoothingTakesTheImagesLocalMean) {
+  const auto dir = dslens::testing::temp_dir("obs_poisson_smoothing");
+  // One bright pixel at (1, 1) and a NaN at (4, 4) on a 5 x 5 image of zeros.
+  auto image = torch::zeros({5, 5}, torch::kFloat64);
+  image[1][1] = 9.0;
+  image[4][4] = std::numeric_limits<double>::quiet_NaN();
+  dslens::write_fits_image(dir + "/image.fits", image);
+  const double rms = 0.5, t = 4.0;
+  const json base = {
+      {"image", "image.fits"}, {"background_rms", rms}, {"exposure_time", t}, {"pixel_scale", 0.1}};
+  auto data = base;
+  data["poisson_smoothing"] = 3;
+  const Observation obs = load(data, dir);
+  // The 3 x 3 box's mean over the pixels on the image and finite.
+  const auto expect = [&](int64_t i, int64_t j, double mean) {
+    EXPECT_NEAR(obs.sigma[i][j].item<double>(), std::sqrt(rms * rms + mean / t), 1e-15)
+        << i << "," << j;
+  };
+  expect(0, 0, 9.0 / 4);  // a corner: 4 pixels in its box
+  expect(0, 2, 9.0 / 6);  // an edge: 6
+  expect(2, 2, 9.0 / 9);
+  expect(3, 3, 0.0);  // its box has the NaN, not the bright pixel
+  expect(1, 4, 0.0);
+  expect(2, 3, 0.0);
+  EXPECT_FALSE(obs.mask[4][4].item<bool>());
+  // A cutout's edge keeps its whole box: the bright pixel lies outside the cutout.
+  data["cutout"] = {{"center", {3, 3}}, {"size", {3, 3}}};  // rows and columns 2..4
+  const Observation cut = load(data, dir);
+  EXPECT_NEAR(cut.sigma[0][0].item<double>(), std::sqrt(rms * rms + 1.0 / t), 1e-15);
+  // Width 1 (the default) is the pixel's own value.
+  const Observation own = load(base, dir);
+  EXPECT_NEAR(own.sigma[1][1].item<double>(), std::sqrt(rms * rms + 9.0 / t), 1e-15);
+  EXPECT_NEAR(own.sigma[0][0].item<double>(), rms, 1e-15);
+  // Bad widths and the wrong noise model name the key.
+  std::string path;
+  data = base;
+  data["poisson_smoothing"] = 4;
+  auto msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/poisson_smoothing") << msg;
+  EXPECT_TRUE(contains(msg, "even")) << msg;
+  data["poisson_smoothing"] = 0;
+  msg = config_error(data, dir, &path);
+  EXPECT_EQ(path, "/data/poisson_smoothing") << msg;
+  msg = config_error({{"image", "image.fits"},
+                      {"noise_map", "image.fits"},
+                      {"poisson_smoothing", 3},
+                      {"pixel_scale", 0.1}},
+                     dir, &path);
+  EXPECT_EQ(path, "/data/poisson_smoothing") << msg;
+  EXPECT_TRUE(contains(msg, "background_rms")) << msg;
+}
+
+// A flat sky s with Gaussian noise of variance rms^2 + s / t: the inverse-variance weighted mean
+// of the pixels estimates s. With the Poisson term from each pixel's own value it comes out low by
+// 1 / t (model/noise_estimate.h); from a 7 x 7 local mean, by 1 / (49 t).
+TEST(Observation, PoissonTermFromTheImageBiasesAFlatSkyLowAndItsLocalMeanDoesNot) {
+  const auto dir = dslens::testing::temp_dir("obs_poisson_bias");
+  const int64_t n = 200;
+  const double sky = 1.0, rms = 0.001, t = 100.0;
+  const double sd = std::sqrt(rms * rms + sky / t);  // 0.1: the Poisson term dominates
+  torch::manual_seed(11);
+  const auto image = sky + sd * torch::randn({n, n}, torch::kFloat64);
+  dslens::write_fits_image(dir + "/image.fits", image);
+  const auto weighted_mean_error = [&](int width) {
+    const Observation obs = load({{"image", "image.fits"},
+                                  {"background_rms", rms},
+                                  {"exposure_time", t},
+                                  {"poisson_smoothing", width},
+                                  {"pixel_scale", 0.05}},
+                                 dir);
+    const auto w = 1.0 / obs.sigma.square();
+    return ((w * obs.image).sum() / w.sum()).item<double>() - sky;
+  };
+  const double standard_error = sd / static_cast<double>(n);  // 5e-4, i.e. 0.05 / t
+  const double own = weighted_mean_error(1), smoothed = weighted_mean_error(7);
+  EXPECT_GT(own, -1.3 / t);
+  EXPECT_LT(own, -0.7 / t);  // 0.3 / t is 6 standard errors
+  EXPECT_LT(std::abs(smoothed), 4.0 * standard_error) << smoothed;
+  // The plain mean has no bias either way: the check sees the noise it should.
+  EXPECT_LT(std::abs(image.mean().item<double>() - sky), 4.0 * standard_error);
+}
+
+// A noise map whose Poisson term was computed from the noisy image, left unclamped where the
+// image is negative (the shared SLACS map's pattern): its low pixels carry much of the weight.
+TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
+  const auto dir = dslens::testing::temp_dir("obs_noise_from_image");
+  const int64_t n = 120;
+  const double rms = 0.0015, t = 400.0;
+  // A galaxy-like profile over a faint floor, so the image's values span two decades.
+  const auto r = torch::arange(n, torch::kFloat64) - (n - 1) / 2.0;
+  const auto radius = torch::sqrt(r.unsqueeze(1).square() + r.unsqueeze(0).square());
+  const auto truth = 0.004 + 0.4 * torch::exp(-radius / 8.0);
+  torch::manual_seed(5);
+  const auto noise_free_var = rms * rms + truth / t;
+  const auto image = truth + torch::sqrt(noise_free_var) * torch::randn({n, n}, torch::kFloat64);
+  const auto from_image = torch::sqrt(torch::clamp_min(rms * rms + image / t, 1e-4 * rms * rms));
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/from_image.fits", from_image);
+  dslens::write_fits_image(dir + "/from_truth.fits", torch::sqrt(noise_free_var));
+  const json data = {{"image", "image.fits"}, {"pixel_scale", 0.03}};
+  auto with = data;
+  with["noise_map"] = "from_image.fits";
+  const Observation bad = load(with, dir);
+  ASSERT_EQ(bad.warnings.size(), 1u);
+  const std::string& msg = bad.warnings[0];
+  EXPECT_TRUE(contains(msg, "from_image.fits")) << msg;
+  EXPECT_TRUE(contains(msg, "5x5 neighbourhood")) << msg;
+  EXPECT_TRUE(contains(msg, "\"poisson_smoothing\": 5")) << msg;
+  // The rebuild it suggests is the map's own form.
+  const auto form = dslens::model::fit_noise_map_form(bad.image, bad.sigma, bad.mask);
+  EXPECT_NEAR(form.background_rms, rms, 0.03 * rms);
+  EXPECT_NEAR(form.exposure_time, t, 0.01 * t);
+  EXPECT_LT(form.max_relative_misfit, 0.05);
+  // The noise-free variance, and the same image weighted by it, raise nothing.
+  with["noise_map"] = "from_truth.fits";
+  EXPECT_TRUE(load(with, dir).warnings.empty()) << load(with, dir).warnings[0];
+  // A weight map is checked the same way.
+  dslens::write_fits_image(dir + "/weights.fits", 1.0 / from_image.square());
+  with.erase("noise_map");
+  with["weight_map"] = "weights.fits";
+  const Observation weighted = load(with, dir);
+  ASSERT_EQ(weighted.warnings.size(), 1u);
+  EXPECT_TRUE(contains(weighted.warnings[0], "weights.fits")) << weighted.warnings[0];
 }
 
 TEST(Observation, NonFinitePixelsAreMaskedWithACountedWarning) {
@@ -552,4 +678,22 @@ TEST(Observation, LoadsTheSharedSlacsLensWithACutout) {
   const auto raw = dslens::read_fits_image(folder + "/image.fits");
   const auto expected = raw.slice(0, 100, 200).slice(1, 90, 210);
   EXPECT_TRUE(torch::equal(obs.image.masked_select(obs.mask), expected.masked_select(obs.mask)));
+  // Inside the cut-out the noise map has no low pixels (docs/slacs.md, session 62).
+  EXPECT_TRUE(obs.warnings.empty()) << obs.warnings[0];
+}
+
+// On the whole image, 1.6 % of the pixels, where the image is near or below 0, carry over half
+// the weight: the map's Poisson term was computed from the noisy image (docs/slacs.md).
+TEST(Observation, TheSharedSlacsNoiseMapIsWarnedAboutOnTheWholeImage) {
+  const auto folder = dslens::testing::shared_dir() + "/data/lenses/slacs_j1430+4105";
+  DSLENS_REQUIRE_FILE(folder + "/noise_map.fits");
+  const Observation obs = load(
+      {{"image", "image.fits"}, {"noise_map", "noise_map.fits"}, {"pixel_scale", 0.03}}, folder);
+  ASSERT_EQ(obs.warnings.size(), 1u);
+  EXPECT_TRUE(contains(obs.warnings[0], "noise_map.fits")) << obs.warnings[0];
+  EXPECT_TRUE(contains(obs.warnings[0], "\"poisson_smoothing\": 5")) << obs.warnings[0];
+  const auto s = obs.sigma;
+  const auto form = dslens::model::fit_noise_map_form(obs.image, s, obs.mask);
+  EXPECT_NEAR(form.exposure_time, 398.0, 8.0);
+  EXPECT_NEAR(form.background_rms, 0.0014, 0.0001);
 }

@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "dslens/core/errors.h"
 #include "dslens/model/arcs_placement.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/model/source_backprojection.h"

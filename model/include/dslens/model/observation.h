@@ -15,6 +15,9 @@
 //   noise_map | weight_map | background_rms + exposure_time
 //                                   exactly one: sigma; inverse variance (0 = masked);
 //                                   sigma^2 = rms^2 + max(image, 0) / exposure_time
+//   poisson_smoothing               with background_rms: odd box width (pixels, default 1) of
+//                                   the image's local mean that the Poisson term takes instead
+//                                   of the pixel's own value (model/noise_estimate.h)
 //   psf                             {"fits": ..., "hdu": ...} or {"fwhm": arcsec, "size": odd};
 //                                   absent = no PSF (a simulation folder uses psf.fits)
 //   pixel_scale                     arcsec / pixel (FITS mode only)
@@ -28,7 +31,8 @@
 //   image_positions                 [{"images": [[x, y], ...], "sigma": s}, ...]: measured
 //                                   positions (arcsec, the fit's grid) of the images of compact
 //                                   source features, a likelihood term (model/image_positions.h)
-// Non-finite image or noise pixels and sigma <= 0 are masked with a warning.
+// Non-finite image or noise pixels and sigma <= 0 are masked with a warning; a noise or weight
+// map whose low pixels hold much of the weight is warned about (underestimated_noise_warning).
 #pragma once
 #include <torch/torch.h>
 

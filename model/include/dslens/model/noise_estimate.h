@@ -1,0 +1,60 @@
+// Per-pixel noise estimated from the image, and a check of noise maps that were.
+//
+// A Poisson term computed from the noisy image itself, sigma^2 = rms^2 + max(d, 0) / t, is
+// smaller where a pixel fluctuated low, so the likelihood weighs those pixels more: a weighted
+// mean of a flat sky of variance v comes out low by v |d ln w / d d| = 1 / t (w = 1 / sigma^2,
+// to first order), a bias that does not average away with more pixels. lenstronomy avoids it by
+// taking the Poisson term from the model (ImageNoise.C_D_model); dslens keeps sigma fixed, so it
+// takes the term from the image's local mean, whose fluctuation is width^2 times smaller.
+#pragma once
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dslens::model {
+
+// The mean of `image` [ny, nx] over the width x width box around each pixel (width odd >= 1);
+// non-finite pixels and those off the image are left out of each mean (a pixel with none left is
+// NaN). width 1 returns the image unchanged.
+torch::Tensor local_mean(const torch::Tensor& image, int64_t width);
+
+// sigma^2 = rms^2 + max(d, 0) / t fitted to a noise map by weighted least squares on the medians
+// of 20 equal-count bins of the image's value (weights 1 / median(sigma^2)^2, so that each bin
+// counts by its relative misfit); only bins of positive image value take part.
+struct NoiseMapForm {
+  double background_rms = 0.0;       // sqrt of the intercept (NaN if the intercept is not positive)
+  double exposure_time = 0.0;        // 1 / slope (NaN if the slope is not positive)
+  double max_relative_misfit = 0.0;  // over the bins used, |fit - median| / median
+  int bins = 0;                      // bins used
+};
+NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor& sigma,
+                                const torch::Tensor& mask);
+
+// Looks for the fitted pixels of a noise map whose sigma lies below half the median sigma of their
+// 5 x 5 neighbourhood. Where there are 10 or more of them among 400 or more fitted pixels, and they
+// hold more than `max_weight_share` of the likelihood's weight (sum of 1 / sigma^2 over the fitted
+// pixels), returns a warning naming `label`, their count, their share and, where the map follows
+// sigma^2 = rms^2 + image / t to 10 % (above), the "background_rms" + "exposure_time" +
+// "poisson_smoothing" that rebuild it without the bias.
+std::optional<std::string> underestimated_noise_warning(const std::string& label,
+                                                        const torch::Tensor& image,
+                                                        const torch::Tensor& sigma,
+                                                        const torch::Tensor& mask,
+                                                        double max_weight_share = 0.1);
+
+// The normalised residuals' mean square in `bins` equal-count bins of the model image's value,
+// over the pixels where `mask` holds and the residual is finite, faintest first: a noise that is
+// right has 1 in every bin (less the fitted parameters' share); one whose Poisson term is too
+// large falls below 1 from the faint bins to the bright ones.
+struct BrightnessBin {
+  double model_low = 0.0, model_high = 0.0;  // the bin's range of model values
+  double mean_square = 0.0;                  // of the normalised residuals
+  int64_t pixels = 0;
+};
+std::vector<BrightnessBin> residuals_by_brightness(const torch::Tensor& normalised_residuals,
+                                                   const torch::Tensor& model_image,
+                                                   const torch::Tensor& mask, int64_t bins = 10);
+
+}  // namespace dslens::model

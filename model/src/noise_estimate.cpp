@@ -1,0 +1,152 @@
+#include "dslens/model/noise_estimate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+namespace dslens::model {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// The median of each pixel's width x width neighbourhood over its finite values (NaN where none).
+torch::Tensor local_nanmedian(const torch::Tensor& values, int64_t width) {
+  const int64_t h = width / 2, ny = values.size(0), nx = values.size(1);
+  const auto padded = torch::constant_pad_nd(values, {h, h, h, h}, kNaN);
+  const auto windows = padded.unfold(0, width, 1).unfold(1, width, 1).reshape({ny, nx, -1});
+  return std::get<0>(torch::nanmedian(windows, -1));
+}
+
+std::string format(const char* fmt, double a) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, a);
+  return buf;
+}
+
+}  // namespace
+
+torch::Tensor local_mean(const torch::Tensor& image, int64_t width) {
+  if (width <= 1) return image;
+  namespace F = torch::nn::functional;
+  const int64_t ny = image.size(0), nx = image.size(1);
+  const auto finite = torch::isfinite(image);
+  const auto values = torch::where(finite, image, torch::zeros_like(image)).view({1, 1, ny, nx});
+  const auto count = finite.to(image.scalar_type()).view({1, 1, ny, nx});
+  // Zero padding with count_include_pad: both pools divide by width^2, which the ratio cancels.
+  const auto pool = F::AvgPool2dFuncOptions(width).stride(1).padding(width / 2);
+  const auto sum = F::avg_pool2d(values, pool), n = F::avg_pool2d(count, pool);
+  const double one_pixel = 0.5 / static_cast<double>(width * width);
+  return torch::where(n > one_pixel, sum / n, torch::full_like(sum, kNaN)).view({ny, nx});
+}
+
+NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor& sigma,
+                                const torch::Tensor& mask) {
+  NoiseMapForm out;
+  const auto used = mask.logical_and(torch::isfinite(image))
+                        .logical_and(torch::isfinite(sigma))
+                        .logical_and(sigma > 0);
+  const auto d = image.masked_select(used).to(torch::kFloat64);
+  const auto v = sigma.masked_select(used).to(torch::kFloat64).square();
+  constexpr int64_t kBins = 20;
+  const int64_t n = d.numel();
+  out.background_rms = out.exposure_time = kNaN;
+  if (n < 3 * kBins) return out;
+  const auto order = torch::argsort(d);
+  const auto ds = d.index_select(0, order), vs = v.index_select(0, order);
+  std::vector<double> x, y;
+  for (int64_t b = 0; b < kBins; ++b) {
+    const int64_t lo = b * n / kBins, hi = (b + 1) * n / kBins;
+    const double xb = ds.slice(0, lo, hi).median().item<double>();
+    if (xb <= 0) continue;
+    x.push_back(xb);
+    y.push_back(vs.slice(0, lo, hi).median().item<double>());
+  }
+  out.bins = static_cast<int>(x.size());
+  if (out.bins < 3) return out;
+  // Weighted least squares for y = a + b x, weights 1 / y^2.
+  double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double w = 1.0 / (y[i] * y[i]);
+    sw += w, sx += w * x[i], sy += w * y[i], sxx += w * x[i] * x[i], sxy += w * x[i] * y[i];
+  }
+  const double det = sw * sxx - sx * sx;
+  if (!(det > 0)) return out;
+  const double a = (sxx * sy - sx * sxy) / det, b = (sw * sxy - sx * sy) / det;
+  for (size_t i = 0; i < x.size(); ++i) {
+    out.max_relative_misfit =
+        std::max(out.max_relative_misfit, std::abs(a + b * x[i] - y[i]) / y[i]);
+  }
+  if (a > 0) out.background_rms = std::sqrt(a);
+  if (b > 0) out.exposure_time = 1.0 / b;
+  return out;
+}
+
+std::optional<std::string> underestimated_noise_warning(const std::string& label,
+                                                        const torch::Tensor& image,
+                                                        const torch::Tensor& sigma,
+                                                        const torch::Tensor& mask,
+                                                        double max_weight_share) {
+  const auto s = sigma.to(torch::kFloat64);
+  const auto fitted = mask.logical_and(torch::isfinite(s)).logical_and(s > 0);
+  // Neighbourhood medians say little on a few pixels, and a few low pixels are noise themselves.
+  constexpr int64_t kMinFitted = 400, kMinLow = 10;
+  if (fitted.sum().item<int64_t>() < kMinFitted) return std::nullopt;
+  const auto neighbours = local_nanmedian(torch::where(fitted, s, torch::full_like(s, kNaN)), 5);
+  const auto low = fitted.logical_and(s < 0.5 * neighbours);
+  const int64_t n_low = low.sum().item<int64_t>();
+  if (n_low < kMinLow) return std::nullopt;
+  const auto weight = torch::where(fitted, 1.0 / s.square(), torch::zeros_like(s));
+  const double share = (weight.masked_select(low).sum() / weight.sum()).item<double>();
+  if (!(share > max_weight_share)) return std::nullopt;
+  const double lowest = (s / neighbours).masked_select(low).min().item<double>();
+  std::string msg =
+      "'" + label + "': " + std::to_string(n_low) + " of " +
+      std::to_string(fitted.sum().item<int64_t>()) +
+      " fitted pixels have a sigma below half the median of their 5x5 neighbourhood (down to " +
+      format("%.2g", lowest) + " of it), and they hold " + format("%.0f", 100.0 * share) +
+      " % of the likelihood's weight (sum of 1/sigma^2). A noise map whose Poisson term was "
+      "computed from the noisy image gives pixels that fluctuated low a smaller sigma, so the fit "
+      "follows them and the model (a sky level above all) comes out low";
+  const NoiseMapForm form = fit_noise_map_form(image, s, fitted.logical_and(low.logical_not()));
+  if (std::isfinite(form.background_rms) && std::isfinite(form.exposure_time) &&
+      form.max_relative_misfit <= 0.1) {
+    msg += ". The map follows sigma^2 = " + format("%.3g", form.background_rms) + "^2 + image / " +
+           format("%.4g", form.exposure_time) + " (to " +
+           format("%.0f", 100.0 * form.max_relative_misfit) +
+           " % over the binned image values): to take the Poisson term from the image's local "
+           "mean instead, give \"background_rms\": " +
+           format("%.3g", form.background_rms) +
+           ", \"exposure_time\": " + format("%.4g", form.exposure_time) +
+           ", \"poisson_smoothing\": 5 in place of \"noise_map\" (docs/fit.md)";
+  }
+  return msg;
+}
+
+std::vector<BrightnessBin> residuals_by_brightness(const torch::Tensor& normalised_residuals,
+                                                   const torch::Tensor& model_image,
+                                                   const torch::Tensor& mask, int64_t bins) {
+  const auto r = normalised_residuals.to(torch::kCPU, torch::kFloat64);
+  const auto m = model_image.to(torch::kCPU, torch::kFloat64);
+  const auto used =
+      mask.to(torch::kCPU).logical_and(torch::isfinite(r)).logical_and(torch::isfinite(m));
+  const auto order = torch::argsort(m.masked_select(used));
+  const auto ms = m.masked_select(used).index_select(0, order);
+  const auto r2 = r.masked_select(used).index_select(0, order).square();
+  const int64_t n = ms.numel();
+  std::vector<BrightnessBin> out;
+  if (bins < 1 || n < bins) return out;
+  for (int64_t b = 0; b < bins; ++b) {
+    const int64_t lo = b * n / bins, hi = (b + 1) * n / bins;
+    BrightnessBin bin;
+    bin.model_low = ms[lo].item<double>();
+    bin.model_high = ms[hi - 1].item<double>();
+    bin.mean_square = r2.slice(0, lo, hi).mean().item<double>();
+    bin.pixels = hi - lo;
+    out.push_back(bin);
+  }
+  return out;
+}
+
+}  // namespace dslens::model
