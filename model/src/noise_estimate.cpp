@@ -83,11 +83,9 @@ NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor&
   return out;
 }
 
-std::optional<std::string> underestimated_noise_warning(const std::string& label,
-                                                        const torch::Tensor& image,
-                                                        const torch::Tensor& sigma,
-                                                        const torch::Tensor& mask,
-                                                        double max_weight_share) {
+std::optional<std::string> underestimated_noise_warning(
+    const std::string& label, const std::string& key, const torch::Tensor& image,
+    const torch::Tensor& sigma, const torch::Tensor& mask, double max_weight_share) {
   const auto s = sigma.to(torch::kFloat64);
   const auto fitted = mask.logical_and(torch::isfinite(s)).logical_and(s > 0);
   // Neighbourhood medians say little on a few pixels, and a few low pixels are noise themselves.
@@ -119,7 +117,7 @@ std::optional<std::string> underestimated_noise_warning(const std::string& label
            "mean instead, give \"background_rms\": " +
            format("%.3g", form.background_rms) +
            ", \"exposure_time\": " + format("%.4g", form.exposure_time) +
-           ", \"poisson_smoothing\": 5 in place of \"noise_map\" (docs/fit.md)";
+           ", \"poisson_smoothing\": 5 in place of \"" + key + "\" (docs/fit.md)";
   }
   return msg;
 }

@@ -291,9 +291,6 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     sigma = w.apply(noise.map.data);
     mask_bad(obs, torch::isfinite(sigma).logical_not().logical_or(sigma <= 0), noise.map.label,
              "have a non-finite or non-positive sigma");
-    if (auto m = underestimated_noise_warning(noise.map.label, image, sigma, obs.mask)) {
-      warn(obs, *m);
-    }
   } else if (noise.kind == Noise::Kind::kWeightMap) {
     const torch::Tensor weight = w.apply(noise.map.data);
     const torch::Tensor zero = (weight == 0).logical_and(obs.mask);
@@ -305,14 +302,17 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     mask_bad(obs, torch::isfinite(weight).logical_not().logical_or(weight < 0), noise.map.label,
              "have a non-finite or negative weight");
     sigma = 1.0 / torch::sqrt(weight);
-    if (auto m = underestimated_noise_warning(noise.map.label, image, sigma, obs.mask)) {
-      warn(obs, *m);
-    }
   } else {
     // The local mean is taken over the whole image, so a cutout's edge pixels have full boxes.
     const torch::Tensor poisson = w.apply(local_mean(in.image.data, noise.poisson_smoothing));
     sigma = torch::sqrt(noise.background_rms * noise.background_rms +
                         torch::clamp_min(poisson, 0.0) / noise.exposure_time);
+  }
+  if (noise.kind != Noise::Kind::kRmsExposure) {
+    const char* key = noise.kind == Noise::Kind::kNoiseMap ? "noise_map" : "weight_map";
+    if (auto m = underestimated_noise_warning(noise.map.label, key, image, sigma, obs.mask)) {
+      warn(obs, *m);
+    }
   }
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
   obs.sigma = torch::where(obs.mask, sigma, torch::ones_like(sigma));

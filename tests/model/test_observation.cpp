@@ -286,6 +286,8 @@ TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
   const Observation weighted = load(with, dir);
   ASSERT_EQ(weighted.warnings.size(), 1u);
   EXPECT_TRUE(contains(weighted.warnings[0], "weights.fits")) << weighted.warnings[0];
+  EXPECT_TRUE(contains(weighted.warnings[0], "in place of \"weight_map\"")) << weighted.warnings[0];
+  EXPECT_TRUE(contains(msg, "in place of \"noise_map\"")) << msg;
 }
 
 TEST(Observation, NonFinitePixelsAreMaskedWithACountedWarning) {

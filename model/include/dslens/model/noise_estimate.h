@@ -37,12 +37,11 @@ NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor&
 // hold more than `max_weight_share` of the likelihood's weight (sum of 1 / sigma^2 over the fitted
 // pixels), returns a warning naming `label`, their count, their share and, where the map follows
 // sigma^2 = rms^2 + image / t to 10 % (above), the "background_rms" + "exposure_time" +
-// "poisson_smoothing" that rebuild it without the bias.
-std::optional<std::string> underestimated_noise_warning(const std::string& label,
-                                                        const torch::Tensor& image,
-                                                        const torch::Tensor& sigma,
-                                                        const torch::Tensor& mask,
-                                                        double max_weight_share = 0.1);
+// "poisson_smoothing" that rebuild it without the bias in place of the config's `key`
+// ("noise_map" or "weight_map").
+std::optional<std::string> underestimated_noise_warning(
+    const std::string& label, const std::string& key, const torch::Tensor& image,
+    const torch::Tensor& sigma, const torch::Tensor& mask, double max_weight_share = 0.1);
 
 // The normalised residuals' mean square in `bins` equal-count bins of the model image's value,
 // over the pixels where `mask` holds and the residual is finite, faintest first: a noise that is
