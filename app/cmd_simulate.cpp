@@ -221,6 +221,7 @@ std::vector<FitsCard> image_cards(const LensConfig& cfg, const std::string& cont
           {"SUPERSMP", static_cast<long long>(cfg.model.supersampling), "supersampling factor"},
           {"BKGRMS", cfg.noise.background_rms, "background noise rms (counts/s)"},
           {"EXPTIME", cfg.noise.exposure_time, "exposure time (s); 0 = no Poisson noise"},
+          {"NOISCORR", cfg.noise.correlation_fwhm, "noise correlation kernel FWHM (px); 0 = none"},
           {"SEED", static_cast<long long>(cfg.seed), "noise seed"},
           {"ORIGIN", std::string("dslens ") + version(), ""}};
 }

@@ -117,6 +117,38 @@ std::string noise_by_brightness(const std::vector<model::BrightnessBin>& bins) {
   return out;
 }
 
+// The residuals' correlation: lags up to 2 pixels (a drizzled image's noise correlation reaches
+// about 1.5: SLACS J1430+4105's sky has 0.36-0.39 at lag 1 and 0.02-0.03 at lag 2), each residual
+// less its 15 x 15 local mean (misfit smoother than that is not noise; docs/fit.md).
+constexpr int64_t kCorrelationWindow = 2;
+constexpr int64_t kCorrelationHighpass = 15;
+
+// Noise correlated between neighbouring pixels (drizzled images): the likelihood counts each pixel
+// as independent, so the posterior widths of parameters set by many pixels are off by the factor
+// sqrt(sum of the residuals' autocovariance) (model/noise_estimate.h). Warned where the sum ratio
+// exceeds 1 by more than 0.3 and 3 of its standard errors for independent pixels, over 400 or
+// more pixels, and the factor is outside [0.9, 1.1]: a noise map that overestimates each pixel's
+// variance can balance the correlation (then the widths are about right and nothing is said).
+std::optional<std::string> correlated_noise_warning(const model::ResidualCorrelation& c,
+                                                    double config_scale) {
+  if (c.pixels < 400) return std::nullopt;
+  if (!(c.sum_ratio - 1.0 > std::max(0.3, 3.0 * c.sum_ratio_se))) return std::nullopt;
+  if (c.noise_scale >= 0.9 && c.noise_scale <= 1.1) return std::nullopt;
+  return "the noise is correlated between neighbouring pixels off the arcs where the MAP model is "
+         "faintest (" +
+         std::to_string(c.pixels) + " pixels): lag-1 correlation " + fmt("%.2f", c.rho_x) +
+         " along x and " + fmt("%.2f", c.rho_y) + " along y, and a sum over many pixels varies " +
+         fmt("%.2f", c.sum_ratio) + " times as much as independent pixels' (+- " +
+         fmt("%.2f", c.sum_ratio_se) +
+         " if they were). The likelihood counts pixels as independent, so the posterior widths of "
+         "parameters set by many pixels are off by about sqrt(mean square " +
+         fmt("%.2f", c.mean_square) + " x " + fmt("%.2f", c.sum_ratio) +
+         ") = " + fmt("%.2f", c.noise_scale) +
+         (c.noise_scale > 1 ? " (too narrow)" : " (too wide)") + "; data.noise_scale " +
+         fmt("%.3g", c.noise_scale * config_scale) +
+         " scales sigma to match (docs/fit.md, \"Correlated noise\")";
+}
+
 // Modeller's warnings (docs/fit.md): convergence, sampler health, prior bounds, goodness of fit.
 // `round_threshold`: the reduced chi-square above which the MAP search is repeated for `dof`
 // degrees of freedom (app/map_rounds.h).
@@ -403,6 +435,20 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
   const auto arcs = obs.mask & (arc_light > obs.sigma);
   const int64_t arc_pixels = arcs.sum().item<int64_t>();
+  // The noise's correlation between neighbouring pixels where the residuals are least touched by
+  // misfit, the quiet pixels: those off the arcs (the MAP's lensed source below a tenth of sigma)
+  // and, of those, the half where the MAP model is faintest (off the lens galaxy's core); and over
+  // every fitted pixel. On SLACS J1430+4105's cut-out the arcs' misfit took the half where the
+  // model is faintest to a sum ratio of 9 (high-passed), where its sky's noise has 3.
+  const auto off_arcs = obs.mask & (arc_light < 0.1 * obs.sigma);
+  const auto quiet =
+      off_arcs.any().item<bool>()
+          ? off_arcs & (model_img <= model_img.masked_select(off_arcs).median().item<double>())
+          : off_arcs;
+  const auto correlation_quiet =
+      model::residual_correlation(resid, quiet, kCorrelationWindow, kCorrelationHighpass);
+  const auto correlation_all =
+      model::residual_correlation(resid, obs.mask, kCorrelationWindow, kCorrelationHighpass);
   // The source's brightness the data prefer along the MAP's own lensed source: the model image is
   // linear in it, lens light + s x lensed source, so the likelihood alone peaks at s = <d - lens
   // light, m> / <m, m> in the noise's metric, over the fitted pixels. Well above 1, a prior holds
@@ -449,6 +495,30 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
        "the fitted pixels in 10 equal-count bins of the MAP model image's value, faintest first; "
        "mean square of (data - model) / sigma in each: about 1 where the noise is right, below 1 "
        "where it is too large (model/noise_estimate.h)"}};
+  const auto correlation_json = [&](const model::ResidualCorrelation& c) {
+    return nlohmann::json{{"pixels", c.pixels},
+                          {"mean_square", c.mean_square},
+                          {"rho_x", c.rho_x},
+                          {"rho_y", c.rho_y},
+                          {"sum_ratio", c.sum_ratio},
+                          {"sum_ratio_se_if_independent", c.sum_ratio_se},
+                          {"noise_scale", c.noise_scale * obs.noise_scale}};
+  };
+  map_json["noise_correlation"] = {
+      {"quiet", correlation_json(correlation_quiet)},
+      {"fitted", correlation_json(correlation_all)},
+      {"window", correlation_quiet.window},
+      {"highpass", correlation_quiet.highpass},
+      {"definition",
+       "autocovariance C(dx, dy) of (data - model) / sigma over pixel pairs, lags |dx|, |dy| <= "
+       "window, each residual less the mean of those in the highpass x highpass box around it "
+       "(misfit "
+       "smoother than the box left out; the autocovariances corrected for what that takes from the "
+       "noise); rho_x, rho_y: lag-1 correlations along x and y; sum_ratio: sum of C over the "
+       "lags / C(0) (1 for independent pixels); noise_scale: the data.noise_scale (this fit's "
+       "times sqrt(sum of C)) that gives parameters set by many pixels the posterior width of "
+       "correlated noise; quiet: the fitted pixels off the arcs (the MAP's lensed source below 0.1 "
+       "sigma) where the MAP model is at or below its median over them (model/noise_estimate.h)"}};
   const auto grid_extent = pixel_grid_extent(cfg.model, post, un);
   if (grid_extent) {
     map_json["pixel_grid"] = {
@@ -599,6 +669,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
           .item<double>();
   auto warnings =
       fit_warnings(rows, space, r.chains, reduced_chi2, dof, round_threshold, C * N, by_brightness);
+  if (auto w = correlated_noise_warning(correlation_quiet, obs.noise_scale)) {
+    warnings.push_back(*w);
+  }
   // The outputs' posterior is built again from the config, so it must give the MAP the log
   // posterior the fit found; where it does not, the images and chi-squares above are not the
   // fit's. Session 56's SLACS fit on a pixel grid traced its grid here from another optimum's lens
@@ -748,7 +821,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     exposure_time = n.value("exposure_time", nlohmann::json::object()).value("value", 0.0);
   }
   if (!std::isfinite(background_rms)) {
-    background_rms = obs.sigma.masked_select(obs.mask).median().item<double>();
+    // The data's own sigma, before a correlated-noise noise_scale widened it.
+    background_rms = obs.sigma.masked_select(obs.mask).median().item<double>() / obs.noise_scale;
   }
   write_exported_model(export_model(m, 0, background_rms, exposure_time, cfg.data.image_positions),
                        dir + "/map_model");

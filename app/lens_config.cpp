@@ -327,9 +327,10 @@ LensConfig parse_lens_config(const json& config, const std::string& base_dir,
   }
 
   const ConfigNode noise = root.at("noise");
-  noise.allow_only({"background_rms", "exposure_time"});
+  noise.allow_only({"background_rms", "exposure_time", "correlation_fwhm"});
   out.noise.background_rms = noise.number("background_rms", Range::non_negative());
   out.noise.exposure_time = noise.number("exposure_time", Range::non_negative());
+  out.noise.correlation_fwhm = noise.number_or("correlation_fwhm", 0.0, Range::closed(0.0, 10.0));
 
   out.seed =
       static_cast<uint64_t>(root.integer_or("seed", 1, Range::closed(0, 9007199254740992.0)));
@@ -433,6 +434,9 @@ json lens_config_truth(const LensConfig& config) {
   truth["source"] = components(config.source);
   truth["noise"] = {{"background_rms", value(config.noise.background_rms, "counts/s per pixel")},
                     {"exposure_time", value(config.noise.exposure_time, "s")}};
+  if (config.noise.correlation_fwhm > 0.0) {
+    truth["noise"]["correlation_fwhm"] = value(config.noise.correlation_fwhm, "pixels");
+  }
   truth["seed"] = config.seed;
   return truth;
 }

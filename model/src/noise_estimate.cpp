@@ -1,5 +1,7 @@
 #include "dslens/model/noise_estimate.h"
 
+#include "dslens/core/errors.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -144,6 +146,108 @@ std::vector<BrightnessBin> residuals_by_brightness(const torch::Tensor& normalis
     bin.pixels = hi - lo;
     out.push_back(bin);
   }
+  return out;
+}
+
+ResidualCorrelation residual_correlation(const torch::Tensor& normalised_residuals,
+                                         const torch::Tensor& mask, int64_t window,
+                                         int64_t highpass) {
+  const auto r = normalised_residuals.to(torch::kCPU, torch::kFloat64);
+  const auto used = mask.to(torch::kCPU).to(torch::kBool).logical_and(torch::isfinite(r));
+  ResidualCorrelation out;
+  out.window = window;
+  out.highpass = highpass;
+  out.pixels = used.sum().item<int64_t>();
+  if (out.pixels < 2 || window < 0) return out;
+  if (highpass < 0 || (highpass > 0 && highpass % 2 == 0) ||
+      (highpass > 0 && highpass <= 2 * window)) {
+    throw InvalidArgument(
+        "residual_correlation: highpass must be 0 or odd and wider than 2 x window (" +
+        std::to_string(2 * window) + "), got " + std::to_string(highpass));
+  }
+  const int64_t ny = r.size(0), nx = r.size(1), h = highpass / 2;
+  const auto u = used.to(torch::kFloat64);
+  // Used pixels in the rectangle of rows p_y + r0 .. p_y + r1 and columns p_x + c0 .. p_x + c1
+  // around each pixel p, from the integral image of u padded by the largest offset, pad.
+  const int64_t pad = h + window;
+  const auto padded = torch::constant_pad_nd(u, {pad + 1, pad, pad + 1, pad});
+  const auto integral = padded.cumsum(0).cumsum(1);
+  const auto rect = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    const auto at = [&](int64_t row, int64_t col) {
+      return integral.slice(0, pad + row, pad + row + ny).slice(1, pad + col, pad + col + nx);
+    };
+    return at(r1 + 1, c1 + 1) - at(r0, c1 + 1) - at(r1 + 1, c0) + at(r0, c0);
+  };
+  // The residuals less their mean, or less the mean m_p of the used ones in the box B(p) of side
+  // highpass around each pixel.
+  torch::Tensor centred, in_box;
+  if (highpass > 0) {
+    in_box = torch::clamp_min(rect(-h, h, -h, h), 1.0);  // n_p
+    const auto nan = torch::full_like(r, std::numeric_limits<double>::quiet_NaN());
+    centred = torch::where(used, r - local_mean(torch::where(used, r, nan), highpass),
+                           torch::zeros_like(r));
+  } else {
+    centred = torch::where(used, r - r.masked_select(used).mean(), torch::zeros_like(r));
+  }
+  // C'(d), the measured autocovariance over the pixel pairs (p, p + d) both used, and W(d): for
+  // unit independent noise, what subtracting the local means takes from C(d), cov(r_p, m_{p+d}) +
+  // cov(m_p, r_{p+d}) - cov(m_p, m_{p+d}) = 1 / n_{p+d} + 1 / n_p - |B(p) & B(p+d)| / (n_p
+  // n_{p+d}) (counting used pixels), averaged over the same pairs: exact for independent noise on
+  // this mask, and R C0 W(d) for noise correlated over lengths short beside the box.
+  struct Lag {
+    double c = 0.0, w = 0.0;
+  };
+  const auto lag = [&](int64_t dx, int64_t dy) {
+    Lag out_lag;
+    const int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min(nx, nx - dx);
+    const int64_t y0 = std::max<int64_t>(0, -dy), y1 = std::min(ny, ny - dy);
+    if (x1 <= x0 || y1 <= y0) return out_lag;
+    const auto here = [&](const torch::Tensor& t) { return t.slice(0, y0, y1).slice(1, x0, x1); };
+    const auto there = [&](const torch::Tensor& t) {
+      return t.slice(0, y0 + dy, y1 + dy).slice(1, x0 + dx, x1 + dx);
+    };
+    const auto pair = here(u) * there(u);
+    const double pairs = pair.sum().item<double>();
+    if (!(pairs > 0)) return out_lag;
+    out_lag.c = (here(centred) * there(centred)).sum().item<double>() / pairs;
+    if (highpass > 0) {
+      const auto overlap = rect(std::max(-h, dy - h), std::min(h, dy + h), std::max(-h, dx - h),
+                                std::min(h, dx + h));
+      const auto n_p = here(in_box), n_q = there(in_box);
+      out_lag.w =
+          (pair * (1.0 / n_q + 1.0 / n_p - here(overlap) / (n_p * n_q))).sum().item<double>() /
+          pairs;
+    }
+    return out_lag;
+  };
+  const Lag zero = lag(0, 0);
+  if (!(zero.c > 0)) return out;
+  double sum = zero.c, taken = zero.w;
+  Lag x1, y1;
+  int64_t half_lags = 0;
+  for (int64_t dy = 0; dy <= window; ++dy) {
+    for (int64_t dx = -window; dx <= window; ++dx) {
+      if (dy == 0 && dx <= 0) continue;
+      const Lag l = lag(dx, dy);
+      if (dx == 1 && dy == 0) x1 = l;
+      if (dx == 0 && dy == 1) y1 = l;
+      sum += 2.0 * l.c;
+      taken += 2.0 * l.w;
+      ++half_lags;
+    }
+  }
+  // With C'(d) = C(d) - R C0 W(d): sum_d C' = R C0 (1 - sum_d W) and C'(0) = C0 (1 - R W(0)), so
+  // R = R' / (1 - sum_d W + R' W(0)) and sum_d C = sum_d C' / (1 - sum_d W).
+  const double measured_ratio = sum / zero.c;
+  out.sum_ratio = measured_ratio / (1.0 - taken + measured_ratio * zero.w);
+  const double total = sum / (1.0 - taken);
+  out.mean_square = total / out.sum_ratio;
+  out.rho_x = (x1.c + total * x1.w) / out.mean_square;
+  out.rho_y = (y1.c + total * y1.w) / out.mean_square;
+  // The plain estimate's standard error for independent pixels, 2 sqrt(lags' half / n), grown by
+  // the correction's 1 / (1 - sum_d W) (its derivative there).
+  out.sum_ratio_se = 2.0 * std::sqrt(static_cast<double>(half_lags) / out.pixels) / (1.0 - taken);
+  out.noise_scale = std::sqrt(std::max(total, 0.0));
   return out;
 }
 

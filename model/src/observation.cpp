@@ -314,8 +314,10 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
       warn(obs, *m);
     }
   }
+  // After the check, which compares sigma with itself and is blind to a common factor.
+  obs.noise_scale = data.number_or("noise_scale", 1.0, Range::closed(0.01, 100.0));
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
-  obs.sigma = torch::where(obs.mask, sigma, torch::ones_like(sigma));
+  obs.sigma = torch::where(obs.mask, sigma * obs.noise_scale, torch::ones_like(sigma));
   if (obs.n_fitted() == 0) {
     data.fail("no pixel of '" + in.image.label + "' is left to fit after masking (" +
               std::to_string(w.ny) + "x" + std::to_string(w.nx) +
@@ -339,8 +341,8 @@ double truth_grid_value(const json& truth, const ConfigNode& sim, const std::str
 }
 
 Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
-  data.allow_only(
-      {"simulation", "mask", "mask_radius", "mask_circles", "cutout", "image_positions"});
+  data.allow_only({"simulation", "mask", "mask_radius", "mask_circles", "cutout", "image_positions",
+                   "noise_scale"});
   const ConfigNode sim = data.at("simulation");
   const std::string given = sim.as_string();
   if (given.empty()) sim.fail("empty folder name; expected a `dslens simulate` output folder");
@@ -403,7 +405,7 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time",
                    "poisson_smoothing", "psf", "mask", "mask_radius", "mask_circles", "pixel_scale",
-                   "cutout", "image_positions"});
+                   "cutout", "image_positions", "noise_scale"});
   if (!data.has("image")) {
     data.fail(
         "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "

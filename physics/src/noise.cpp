@@ -1,6 +1,7 @@
 // Noise maps and reproducible noise realisations (Gaussian background + Poisson source counts).
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
 #include <string>
 
 #include "dslens/core/errors.h"
@@ -13,14 +14,45 @@ namespace noise_detail {
 // Above this many expected counts per pixel the Poisson term is drawn as a Gaussian with the same
 // variance (relative skewness below 1%).
 constexpr double kGaussianCounts = 1e4;
+constexpr double kMaxCorrelationFwhm = 10.0;
 
 void check(const NoiseModel& noise) {
   if (!(noise.background_rms >= 0.0) || !(noise.exposure_time >= 0.0)) {
     throw InvalidArgument("noise: background_rms and exposure_time must be >= 0");
   }
+  if (!(noise.correlation_fwhm >= 0.0) || !(noise.correlation_fwhm <= kMaxCorrelationFwhm)) {
+    throw InvalidArgument("noise: correlation_fwhm must be in [0, " +
+                          std::to_string(kMaxCorrelationFwhm) + "] pixels, got " +
+                          std::to_string(noise.correlation_fwhm));
+  }
+}
+
+// The noise field `draw` [..., ny, nx] convolved with the kernel, zero-padded, each pixel
+// divided by the root of the kernel's sum of squares over the part that lies on the image.
+Tensor correlate(const Tensor& draw, const Tensor& kernel) {
+  const int64_t ny = draw.size(-2), nx = draw.size(-1), pad = kernel.size(0) / 2;
+  const auto k = kernel.view({1, 1, kernel.size(0), kernel.size(1)});
+  const auto flat = draw.reshape({-1, 1, ny, nx});
+  const auto conv = torch::conv2d(flat, k, {}, 1, pad);
+  const auto on_image =
+      torch::conv2d(torch::ones({1, 1, ny, nx}, draw.options()), k.square(), {}, 1, pad);
+  return (conv / torch::sqrt(on_image)).reshape(draw.sizes());
 }
 
 }  // namespace noise_detail
+
+Tensor noise_correlation_kernel(double fwhm) {
+  noise_detail::check({0.0, 0.0, fwhm});
+  auto cpu64 = torch::TensorOptions().dtype(torch::kFloat64);
+  if (fwhm == 0.0) return torch::ones({1, 1}, cpu64);
+  // A Gaussian out to 4 sd (its square, whose sum the normalisation takes, to 5.7 sd).
+  const double sd = fwhm / (2.0 * std::sqrt(2.0 * std::log(2.0)));
+  const auto half = static_cast<int64_t>(std::ceil(4.0 * sd));
+  const auto u = torch::arange(-half, half + 1, cpu64);
+  const auto g = torch::exp(-0.5 * (u / sd).square());
+  const auto k = torch::outer(g, g);
+  return k / torch::sqrt(k.square().sum());
+}
 
 Tensor noise_map(const Tensor& model, const NoiseModel& noise) {
   noise_detail::check(noise);
@@ -47,6 +79,9 @@ Tensor add_noise(const Tensor& model, const NoiseModel& noise, uint64_t seed) {
     Tensor poisson =
         torch::poisson(torch::where(large, torch::zeros_like(counts), counts), gen) - counts;
     draw = draw + torch::where(large, gauss, poisson) / t;
+  }
+  if (noise.correlation_fwhm > 0.0) {
+    draw = noise_detail::correlate(draw, noise_correlation_kernel(noise.correlation_fwhm));
   }
   return model + draw.to(model.device(), model.scalar_type());
 }

@@ -30,6 +30,7 @@
 #include "dslens/core/fits.h"
 #include "dslens/core/fits_table.h"
 #include "dslens/core/npy.h"
+#include "dslens/model/noise_estimate.h"
 #include "run_dslens.h"
 #include "test_support.h"
 #include "tiny_vae_config.h"
@@ -779,6 +780,90 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
                              "(Poisson) term is too large") != std::string::npos;
   }
   EXPECT_TRUE(poisson) << r.output;
+  fs::remove_all(dir);
+}
+
+// Noise correlated between neighbouring pixels (`dslens simulate`'s noise.correlation_fwhm, as
+// drizzling makes): map.json's noise_correlation measures it on the quiet pixels' residuals (off
+// the arcs, the fainter half), as model::residual_correlation measures it on the simulation's own
+// noise there (image - model.fits, the truth's residuals), and the fit warns with the
+// data.noise_scale that gives the right widths. Refitted with that noise_scale, the reduced
+// chi-square falls by its square, map.json's noise_scale stays, and the warning goes. The same
+// mock with independent noise: a sum ratio within 4 standard errors of 1 and no warning. 64x64
+// pixels, so that the quiet pixels are well above the 400 the warning needs.
+TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidensThePosterior) {
+  const std::string dir = dslens::testing::temp_dir("fit_correlated_noise");
+  const auto has_warning = [](const std::string& fit) {
+    for (const auto& w : read_json(fit + "/warnings.json")) {
+      if (w.get<std::string>().find("the noise is correlated between neighbouring pixels") !=
+          std::string::npos)
+        return true;
+    }
+    return false;
+  };
+  double suggested = 0.0;
+  for (const double fwhm : {0.0, 1.5}) {
+    json sim = mock_config(21, 0.9);
+    sim["grid"] = {{"nx", 64}, {"ny", 64}, {"pixel_scale", 0.05}};
+    sim["noise"]["correlation_fwhm"] = fwhm;
+    const std::string name = fwhm > 0 ? "corr" : "white";
+    write_json(dir + "/" + name + "-sim.json", sim);
+    RunResult r = run_dslens("simulate " + quote(dir + "/" + name + "-sim.json") + " --out " +
+                             quote(dir + "/" + name + "-data"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    json c = fit_config(dir + "/" + name + "-data");
+    c["map"]["retry_rounds"] = 0;
+    write_json(dir + "/" + name + ".json", c);
+    r = run_dslens("fit " + quote(dir + "/" + name + ".json") + " --out " +
+                   quote(dir + "/" + name + "-fit") + " --warmup 30 --draws 30 --chains 1");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const json nc = read_json(dir + "/" + name + "-fit/map.json").at("noise_correlation");
+    const json faint = nc.at("quiet");
+    ASSERT_GE(faint.at("pixels").get<int64_t>(), 400) << nc.dump();
+    // The truth's residuals over the same pixels.
+    const auto image = dslens::read_fits_image(dir + "/" + name + "-data/image.fits");
+    const auto model = dslens::read_fits_image(dir + "/" + name + "-data/model.fits");
+    const auto sigma = dslens::read_fits_image(dir + "/" + name + "-data/noise_map.fits");
+    // Off the arcs (the noise-free image is the lensed source alone), the fainter half.
+    const auto off_arcs = model < 0.1 * sigma;
+    const auto truth_faint = off_arcs & (model <= model.masked_select(off_arcs).median());
+    const auto truth = dslens::model::residual_correlation((image - model) / sigma, truth_faint);
+    const double ratio = faint.at("sum_ratio").get<double>();
+    if (fwhm == 0.0) {
+      EXPECT_NEAR(ratio, 1.0, 4 * faint.at("sum_ratio_se_if_independent").get<double>())
+          << nc.dump();
+      EXPECT_FALSE(has_warning(dir + "/white-fit")) << nc.dump() << "\n" << r.output;
+      continue;
+    }
+    EXPECT_GT(truth.sum_ratio, 3.0);  // strongly correlated: the test can tell
+    EXPECT_NEAR(ratio, truth.sum_ratio, 0.15 * truth.sum_ratio) << nc.dump();
+    EXPECT_NEAR(faint.at("rho_x").get<double>(), truth.rho_x, 0.08) << nc.dump();
+    suggested = faint.at("noise_scale").get<double>();
+    EXPECT_NEAR(suggested, truth.noise_scale, 0.1 * truth.noise_scale) << nc.dump();
+    EXPECT_TRUE(has_warning(dir + "/corr-fit")) << r.output;
+    bool names_scale = false;
+    for (const auto& w : read_json(dir + "/corr-fit/warnings.json")) {
+      char text[64];
+      std::snprintf(text, sizeof text, "data.noise_scale %.3g", suggested);
+      names_scale = names_scale || w.get<std::string>().find(text) != std::string::npos;
+    }
+    EXPECT_TRUE(names_scale) << r.output;
+  }
+  ASSERT_GT(suggested, 1.5);
+  json c = read_json(dir + "/corr.json");
+  c["data"]["noise_scale"] = suggested;
+  write_json(dir + "/scaled.json", c);
+  const RunResult r = run_dslens("fit " + quote(dir + "/scaled.json") + " --out " +
+                                 quote(dir + "/scaled-fit") + " --warmup 30 --draws 30 --chains 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json before = read_json(dir + "/corr-fit/map.json");
+  const json after = read_json(dir + "/scaled-fit/map.json");
+  EXPECT_NEAR(after.at("reduced_chi_square").get<double>() * suggested * suggested,
+              before.at("reduced_chi_square").get<double>(), 0.05)
+      << after.dump();
+  EXPECT_NEAR(after.at("noise_correlation").at("quiet").at("noise_scale").get<double>(), suggested,
+              0.05 * suggested);
+  EXPECT_FALSE(has_warning(dir + "/scaled-fit")) << r.output;
   fs::remove_all(dir);
 }
 

@@ -437,6 +437,9 @@ TEST(SimulateBadInput, EachClassExitsTwoNamingThePathAndWritesNothing) {
       {"negative noise",
        [](json& c) { c["noise"]["background_rms"] = -1; },
        {"/noise/background_rms", ">= 0"}},
+      {"noise correlation too wide",
+       [](json& c) { c["noise"]["correlation_fwhm"] = 12.0; },
+       {"/noise/correlation_fwhm", "out of range", "10"}},
       {"e and q together", [](json& c) { c["mass"][0]["e1"] = 0.1; }, {"/mass/0/q", "either"}},
       {"ellipticity too large",
        [](json& c) {

@@ -104,6 +104,22 @@ TEST(Observation, NoiseMapGivesSigmaAndACentredGrid) {
   EXPECT_TRUE(contains(obs.description, "image.fits"));
   const auto imaging = obs.imaging();
   EXPECT_TRUE(torch::equal(imaging.sigma, noise));
+  EXPECT_DOUBLE_EQ(obs.noise_scale, 1.0);
+
+  // "noise_scale" multiplies every sigma (correlated noise, docs/fit.md); out of range is an
+  // error naming it.
+  auto scaled = data;
+  scaled["noise_scale"] = 1.7;
+  const Observation wide = load(scaled, dir);
+  EXPECT_TRUE(torch::allclose(wide.sigma, 1.7 * noise, 1e-15, 0));
+  EXPECT_DOUBLE_EQ(wide.noise_scale, 1.7);
+  EXPECT_TRUE(torch::equal(wide.image, image));
+  for (double bad : {0.0, -1.0, 1000.0}) {
+    scaled["noise_scale"] = bad;
+    std::string path;
+    const auto msg = config_error(scaled, dir, &path);
+    EXPECT_EQ(path, "/data/noise_scale") << msg;
+  }
 }
 
 TEST(Observation, WeightMapIsInverseVarianceAndZeroWeightIsMasked) {
@@ -637,6 +653,9 @@ TEST(Observation, SimulationFolderRoundTripsTheGrid) {
   ASSERT_TRUE(obs.psf.has_value());
   EXPECT_DOUBLE_EQ((*obs.psf)[1][1].item<double>(), 0.5);
   EXPECT_TRUE(contains(obs.description, "runs/mock (dslens simulate)")) << obs.description;
+  // A simulation's noise map is scaled too.
+  const Observation scaled = load({{"simulation", "runs/mock"}, {"noise_scale", 2.5}}, dir);
+  EXPECT_TRUE(torch::allclose(scaled.sigma, 2.5 * noise, 1e-15, 0));
 
   // A cutout keeps every pixel at its original position.
   data["cutout"] = {{"center", {5, 3}}, {"size", {3, 3}}};

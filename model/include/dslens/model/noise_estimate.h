@@ -56,4 +56,34 @@ std::vector<BrightnessBin> residuals_by_brightness(const torch::Tensor& normalis
                                                    const torch::Tensor& model_image,
                                                    const torch::Tensor& mask, int64_t bins = 10);
 
+// How the normalised residuals r of neighbouring pixels are correlated, from their autocovariance
+// C(dx, dy) = mean of (r_p - m)(r_{p+d} - m) over the pairs of pixels where `mask` holds and r is
+// finite (m: their mean), for lags |dx|, |dy| <= window. The likelihood treats pixels as
+// independent; where the noise is correlated (drizzled images), a parameter set by many pixels has
+// a posterior variance proportional to sum_d C(d), not to C(0) (Casertano et al. 2000, AJ 120,
+// 2747, for drizzled sums): noise_scale = sqrt(sum_d C(d)) is the factor on sigma that gives such
+// parameters the right width, a summary and not a correlated-noise likelihood.
+//
+// Misfit correlates residuals too, over the scale of the misfit: the lens light's outskirts in a
+// cut-out made SLACS J1430+4105's sum ratio 13.9 where its sky's noise has about 3
+// (docs/fit.md, "Correlated noise"). With highpass > 0 (odd) each residual first loses the mean of
+// the used residuals in the highpass x highpass box around it, which takes away misfit smoother
+// than the box, and the autocovariances are corrected for what the subtraction takes from the
+// noise's own (to first order in 1 / box area; implementation).
+struct ResidualCorrelation {
+  double mean_square = 0.0;   // C(0)
+  double rho_x = 0.0;         // C(1, 0) / C(0): along a row (x)
+  double rho_y = 0.0;         // C(0, 1) / C(0): along a column (y)
+  double sum_ratio = 1.0;     // sum_d C(d) / C(0) over the window's lags; 1 = independent pixels
+  double sum_ratio_se = 0.0;  // its standard error for independent pixels: 2 sqrt(lags' half / n),
+                              // more with a highpass (implementation)
+  double noise_scale = 1.0;   // sqrt(sum_d C(d))
+  int64_t pixels = 0;
+  int64_t window = 0;
+  int64_t highpass = 0;
+};
+ResidualCorrelation residual_correlation(const torch::Tensor& normalised_residuals,
+                                         const torch::Tensor& mask, int64_t window = 2,
+                                         int64_t highpass = 0);
+
 }  // namespace dslens::model

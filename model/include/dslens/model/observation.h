@@ -18,6 +18,9 @@
 //   poisson_smoothing               with background_rms: odd box width (pixels, default 1) of
 //                                   the image's local mean that the Poisson term takes instead
 //                                   of the pixel's own value (model/noise_estimate.h)
+//   noise_scale                     factor (0.01-100, default 1) on every pixel's sigma after the
+//                                   above, e.g. map.json's noise_correlation.noise_scale where
+//                                   the noise is correlated between pixels (drizzled images)
 //   psf                             {"fits": ..., "hdu": ...} or {"fwhm": arcsec, "size": odd};
 //                                   absent = no PSF (a simulation folder uses psf.fits)
 //   pixel_scale                     arcsec / pixel (FITS mode only)
@@ -51,6 +54,7 @@ namespace dslens::model {
 struct Observation {
   torch::Tensor image;               // [ny, nx] float64 CPU; masked pixels set to 0
   torch::Tensor sigma;               // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
+  double noise_scale = 1.0;          // "noise_scale", already applied to sigma
   torch::Tensor mask;                // [ny, nx] bool, true = pixel enters the likelihood
   std::optional<torch::Tensor> psf;  // [k, k'] float64, odd sizes, normalised to sum 1
   // Simulations: the grid of truth.json (shifted by a cutout); FITS: centred on the image, i.e.

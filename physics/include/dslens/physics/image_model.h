@@ -95,11 +95,21 @@ Tensor source_magnification(const ImageModel& model, int64_t batch, const Comput
 struct NoiseModel {
   double background_rms = 0.0;  // Gaussian background per pixel, in image units
   double exposure_time = 0.0;   // seconds; 0 = no Poisson noise. Image units are counts / s.
+  // FWHM (pixels) of the Gaussian kernel the noise field is convolved with, as resampling
+  // (drizzling) correlates the noise of neighbouring pixels; 0 = independent pixels.
+  double correlation_fwhm = 0.0;
 };
+// The kernel `add_noise` convolves the noise with, [k, k] float64 (k odd), normalised so that
+// the sum of its squares is 1 (a pixel's variance is kept). The variance of a sum over many
+// pixels is (sum k)^2 times what independent pixels would give. fwhm 0 gives [[1]].
+Tensor noise_correlation_kernel(double fwhm);
 // Per-pixel standard deviation sqrt(bg^2 + max(model, 0) / t_exp), same shape as `model`.
 Tensor noise_map(const Tensor& model, const NoiseModel& noise);
 // model + Gaussian background + Poisson noise (Gaussian approximation of the Poisson term when
-// counts are large), reproducible: the same seed gives the same noise on any device.
+// counts are large), reproducible: the same seed gives the same noise on any device. With a
+// correlation_fwhm the noise field is convolved with noise_correlation_kernel (zero padding, each
+// pixel renormalised by the kernel's part on the image, so edge pixels keep their variance); a
+// pixel's variance is then the noise map's where sigma varies slowly across the kernel.
 Tensor add_noise(const Tensor& model, const NoiseModel& noise, uint64_t seed);
 
 }  // namespace dslens::physics
