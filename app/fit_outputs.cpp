@@ -151,12 +151,14 @@ std::optional<std::string> correlated_noise_warning(const model::ResidualCorrela
 
 // Modeller's warnings (docs/fit.md): convergence, sampler health, prior bounds, goodness of fit.
 // `round_threshold`: the reduced chi-square above which the MAP search is repeated for `dof`
-// degrees of freedom (app/map_rounds.h).
+// degrees of freedom (app/map_rounds.h). `reduced_chi2` is the noise's as given, before a
+// data.noise_scale, which `chi2_label` then says.
 std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& rows,
                                       const model::ParameterSpace& space,
                                       const samplers::Draws& chains, double reduced_chi2,
                                       int64_t dof, double round_threshold, int64_t n_draws_total,
-                                      const std::vector<model::BrightnessBin>& by_brightness) {
+                                      const std::vector<model::BrightnessBin>& by_brightness,
+                                      const std::string& chi2_label) {
   std::vector<std::string> w;
   std::vector<std::string> high_rhat, low_ess, at_bound, row_names;
   for (const auto& r : rows) row_names.push_back(r.name);
@@ -203,7 +205,7 @@ std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& r
   }
   if (!at_bound.empty()) w.push_back("parameters at a prior bound: " + join(at_bound));
   if (!(reduced_chi2 > 0.8 && reduced_chi2 < 1.25)) {
-    w.push_back("reduced chi-square at MAP is " + fmt("%.3f", reduced_chi2) +
+    w.push_back(chi2_label + " is " + fmt("%.3f", reduced_chi2) +
                 (reduced_chi2 > 1 ? ": the model does not describe the data (or the noise is "
                                     "underestimated)"
                                   : ": the noise map overestimates the noise" +
@@ -213,7 +215,7 @@ std::vector<std::string> fit_warnings(const std::vector<samplers::SummaryRow>& r
     // SNR-100 mock 10 of docs/mock_study.md ended its three search rounds at 1.237 over 6,324
     // degrees of freedom (13 sd above 1), 791 nats below the truth's log posterior, and only the
     // truth's warning, which real data do not have, said so.
-    w.push_back("reduced chi-square at MAP is " + fmt("%.3f", reduced_chi2) + ", " +
+    w.push_back(chi2_label + " is " + fmt("%.3f", reduced_chi2) + ", " +
                 fmt("%.1f", (reduced_chi2 - 1.0) / std::sqrt(2.0 / static_cast<double>(dof))) +
                 " sd above 1 for " + std::to_string(dof) +
                 " degrees of freedom and above the MAP search rounds' threshold " +
@@ -416,6 +418,14 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // Degrees of freedom: a pixel grid's pixels by their effective number (app/map_rounds.h).
   const int64_t dof = std::llround(degrees_of_freedom(cfg.model, post, map_u)[0].item<double>());
   const double reduced_chi2 = chi2 / static_cast<double>(dof);
+  // The goodness-of-fit warnings judge the noise as given: a data.noise_scale for correlated noise
+  // divides every chi-square by its square.
+  const double given_variance = cfg.data.noise_scale * cfg.data.noise_scale;
+  const std::string chi2_label =
+      cfg.data.noise_scale == 1.0
+          ? std::string("reduced chi-square at MAP")
+          : "reduced chi-square at MAP (sigma as given, before data.noise_scale " +
+                fmt("%.3g", cfg.data.noise_scale) + ")";
   const auto& obs = cfg.data;
   const auto resid =
       torch::where(obs.mask, (obs.image - model_img) / obs.sigma, torch::full_like(model_img, NAN));
@@ -475,6 +485,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   map_json["free_parameters"] = D;
   map_json["degrees_of_freedom"] = dof;  // pixels less parameters; a pixel grid's effective ones
   map_json["reduced_chi_square"] = reduced_chi2;
+  if (cfg.data.noise_scale != 1.0) {
+    map_json["noise_scale"] = cfg.data.noise_scale;
+    map_json["reduced_chi_square_before_noise_scale"] = reduced_chi2 * given_variance;
+  }
   map_json["source_flux_scale_preferred_by_data"] = number_or_null(source_flux_scale);
   map_json["arcs"] = {
       {"pixels", arc_pixels},
@@ -667,8 +681,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const double round_threshold =
       search_round_thresholds(torch::full({1}, static_cast<double>(dof), torch::kFloat64), cfg.map)
           .item<double>();
-  auto warnings =
-      fit_warnings(rows, space, r.chains, reduced_chi2, dof, round_threshold, C * N, by_brightness);
+  auto warnings = fit_warnings(rows, space, r.chains, reduced_chi2 * given_variance, dof,
+                               round_threshold, C * N, by_brightness, chi2_label);
   if (auto w = correlated_noise_warning(correlation_quiet, obs.noise_scale)) {
     warnings.push_back(*w);
   }
@@ -705,12 +719,13 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   }
   // The arcs fitted worse than the noise allows while the whole image may look fine: more than 5
   // sd (sqrt(2 / n) each) above 1 and above 1.25.
-  if (std::isfinite(arc_chi2) && arc_chi2 > 1.25 &&
-      (arc_chi2 - 1.0) / std::sqrt(2.0 / static_cast<double>(arc_pixels)) > 5.0) {
-    warnings.push_back("the arcs are fitted worse than the noise: reduced chi-square at MAP " +
-                       fmt("%.3f", arc_chi2) + " over the " + std::to_string(arc_pixels) +
+  const double arc_chi2_given = arc_chi2 * given_variance;
+  if (std::isfinite(arc_chi2_given) && arc_chi2_given > 1.25 &&
+      (arc_chi2_given - 1.0) / std::sqrt(2.0 / static_cast<double>(arc_pixels)) > 5.0) {
+    warnings.push_back("the arcs are fitted worse than the noise: " + chi2_label + " " +
+                       fmt("%.3f", arc_chi2_given) + " over the " + std::to_string(arc_pixels) +
                        " pixels where the lensed source exceeds the noise (the whole image: " +
-                       fmt("%.3f", reduced_chi2) +
+                       fmt("%.3f", reduced_chi2 * given_variance) +
                        "): the source or lens model lacks structure the arcs have, or the noise "
                        "map leaves out noise on the arcs (the source's Poisson noise)");
   }

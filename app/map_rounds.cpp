@@ -191,7 +191,12 @@ samplers::OptimizeResult map_search_in_rounds(
   for (int64_t round = first_round; round <= ms.retry_rounds; ++round) {
     const auto [reduced, dof] =
         best_reduced_chi_square(lenses.front()->model, posterior, result.x, result.log_p);
-    const auto chi = host_values(reduced);
+    // Judged against the noise as given: a data.noise_scale (correlated noise) divides the
+    // chi-square by its square, and would hide a misfit (or, below 1, call a good fit bad).
+    auto chi = host_values(reduced);
+    for (size_t k = 0; k < chi.size() && k < lenses.size(); ++k) {
+      chi[k] *= lenses[k]->data.noise_scale * lenses[k]->data.noise_scale;
+    }
     const auto thresholds = host_values(search_round_thresholds(dof, ms));
     std::vector<int64_t> retry;
     std::vector<double> retry_chi, retry_threshold;

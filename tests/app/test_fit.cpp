@@ -852,6 +852,7 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   ASSERT_GT(suggested, 1.5);
   json c = read_json(dir + "/corr.json");
   c["data"]["noise_scale"] = suggested;
+  c["map"]["retry_rounds"] = 1;  // so that the search's rounds judge the chi-square (below)
   write_json(dir + "/scaled.json", c);
   const RunResult r = run_dslens("fit " + quote(dir + "/scaled.json") + " --out " +
                                  quote(dir + "/scaled-fit") + " --warmup 30 --draws 30 --chains 1");
@@ -864,6 +865,25 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   EXPECT_NEAR(after.at("noise_correlation").at("quiet").at("noise_scale").get<double>(), suggested,
               0.05 * suggested);
   EXPECT_FALSE(has_warning(dir + "/scaled-fit")) << r.output;
+  // The goodness of fit is judged with the noise as given: map.json keeps the reduced chi-square
+  // before the scale, no warning calls the noise overestimated, and the MAP's search rounds
+  // compare the unscaled value with their threshold (the log's list).
+  EXPECT_DOUBLE_EQ(after.at("noise_scale").get<double>(), suggested);
+  EXPECT_NEAR(after.at("reduced_chi_square_before_noise_scale").get<double>(),
+              before.at("reduced_chi_square").get<double>(), 0.05);
+  EXPECT_FALSE(before.contains("reduced_chi_square_before_noise_scale"));
+  for (const auto& w : read_json(dir + "/scaled-fit/warnings.json")) {
+    EXPECT_EQ(w.get<std::string>().find("reduced chi-square"), std::string::npos) << w;
+  }
+  const std::string within = "leaves a reduced chi-square within its threshold ([";
+  std::ifstream log_file(dir + "/scaled-fit/fit.log");
+  const std::string log((std::istreambuf_iterator<char>(log_file)),
+                        std::istreambuf_iterator<char>());
+  const auto at = log.find(within);
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_NEAR(std::stod(log.substr(at + within.size())),
+              before.at("reduced_chi_square").get<double>(), 0.05)
+      << log.substr(at, 200);
   fs::remove_all(dir);
 }
 
