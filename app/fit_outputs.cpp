@@ -118,7 +118,7 @@ std::string noise_by_brightness(const std::vector<model::BrightnessBin>& bins) {
 }
 
 // The residuals' correlation: lags up to 2 pixels (a drizzled image's noise correlation reaches
-// about 1.5: SLACS J1430+4105's sky has 0.36-0.39 at lag 1 and 0.02-0.03 at lag 2), each residual
+// about 1.5: SLACS J1430+4105's sky has 0.34-0.40 at lag 1 and 0.02-0.04 at lag 2), each residual
 // less its 15 x 15 local mean (misfit smoother than that is not noise; docs/fit.md).
 constexpr int64_t kCorrelationWindow = 2;
 constexpr int64_t kCorrelationHighpass = 15;
@@ -526,13 +526,13 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       {"definition",
        "autocovariance C(dx, dy) of (data - model) / sigma over pixel pairs, lags |dx|, |dy| <= "
        "window, each residual less the mean of those in the highpass x highpass box around it "
-       "(misfit "
-       "smoother than the box left out; the autocovariances corrected for what that takes from the "
-       "noise); rho_x, rho_y: lag-1 correlations along x and y; sum_ratio: sum of C over the "
-       "lags / C(0) (1 for independent pixels); noise_scale: the data.noise_scale (this fit's "
-       "times sqrt(sum of C)) that gives parameters set by many pixels the posterior width of "
-       "correlated noise; quiet: the fitted pixels off the arcs (the MAP's lensed source below 0.1 "
-       "sigma) where the MAP model is at or below its median over them (model/noise_estimate.h)"}};
+       "(misfit smoother than the box left out; the autocovariances corrected for what that takes "
+       "from the noise); rho_x, rho_y: lag-1 correlations along x and y; sum_ratio: sum of C "
+       "over the lags / C(0) (1 for independent pixels); noise_scale: the data.noise_scale (this "
+       "fit's times sqrt(sum of C)) that gives parameters set by many pixels the posterior width "
+       "of correlated noise; quiet: the fitted pixels off the arcs (the MAP's lensed source below "
+       "0.1 sigma) where the MAP model is at or below its median over them "
+       "(model/noise_estimate.h)"}};
   const auto grid_extent = pixel_grid_extent(cfg.model, post, un);
   if (grid_extent) {
     map_json["pixel_grid"] = {
