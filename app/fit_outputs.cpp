@@ -681,8 +681,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   const double round_threshold =
       search_round_thresholds(torch::full({1}, static_cast<double>(dof), torch::kFloat64), cfg.map)
           .item<double>();
+  auto by_brightness_given = by_brightness;  // the warning's bins, with the noise as given too
+  for (auto& b : by_brightness_given) b.mean_square *= given_variance;
   auto warnings = fit_warnings(rows, space, r.chains, reduced_chi2 * given_variance, dof,
-                               round_threshold, C * N, by_brightness, chi2_label);
+                               round_threshold, C * N, by_brightness_given, chi2_label);
   if (auto w = correlated_noise_warning(correlation_quiet, obs.noise_scale)) {
     warnings.push_back(*w);
   }

@@ -780,6 +780,31 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
                              "(Poisson) term is too large") != std::string::npos;
   }
   EXPECT_TRUE(poisson) << r.output;
+  // With a data.noise_scale the warning judges the noise as given: the same chi-square and bins
+  // as without it, the label saying so.
+  c["data"]["noise_scale"] = 2.0;
+  write_json(dir + "/configs/bright-scaled.json", c);
+  const RunResult rs =
+      run_dslens("fit " + quote(dir + "/configs/bright-scaled.json") + " --out " +
+                 quote(dir + "/bright-scaled") + " --warmup 30 --draws 30 --chains 1");
+  ASSERT_EQ(rs.code, 0) << rs.output;
+  const double unscaled = read_json(dir + "/bright/map.json").at("reduced_chi_square");
+  bool labelled = false;
+  for (const auto& w : read_json(dir + "/bright-scaled/warnings.json")) {
+    const std::string text = w.get<std::string>();
+    const std::string head =
+        "reduced chi-square at MAP (sigma as given, before data.noise_scale 2) is ";
+    if (text.rfind(head, 0) != 0) continue;
+    labelled = true;
+    EXPECT_NEAR(std::stod(text.substr(head.size())), unscaled, 0.01) << text;
+    const std::string bins_at = "from faint to bright, is ";
+    const auto at = text.find(bins_at);
+    ASSERT_NE(at, std::string::npos) << text;
+    EXPECT_NEAR(std::stod(text.substr(at + bins_at.size())),
+                bins[0].at("mean_square").get<double>(), 0.02)
+        << text;
+  }
+  EXPECT_TRUE(labelled) << rs.output;
   fs::remove_all(dir);
 }
 
@@ -874,6 +899,10 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   EXPECT_FALSE(before.contains("reduced_chi_square_before_noise_scale"));
   for (const auto& w : read_json(dir + "/scaled-fit/warnings.json")) {
     EXPECT_EQ(w.get<std::string>().find("reduced chi-square"), std::string::npos) << w;
+  }
+  // map.json's bins stay the fit's own (the scaled sigma's): a mean square near 1 / s^2.
+  for (const auto& b : after.at("residuals_by_brightness").at("bins")) {
+    EXPECT_NEAR(b.at("mean_square").get<double>() * suggested * suggested, 1.0, 0.6) << b;
   }
   const std::string within = "leaves a reduced chi-square within its threshold ([";
   std::ifstream log_file(dir + "/scaled-fit/fit.log");
