@@ -111,6 +111,16 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
       // The derived quantities at the MAP (map.json's `derived`, from session 45).
       if (map.contains("derived") && map.at("derived").is_object())
         map_values.update(map.at("derived"));
+      // The noise's correlation between pixels (map.json's `noise_correlation`, session 63) on the
+      // quiet pixels: the sigma scale the fit used, the one its residuals call for, and the sum
+      // ratio behind it, to find in a catalogue the lenses whose widths need a noise_scale.
+      add(row, "noise_scale", map.value("noise_scale", json(1.0)));
+      const json quiet = map.value("noise_correlation", json::object()).value("quiet", json());
+      if (quiet.is_object()) {
+        add(row, "noise_scale_suggested", quiet.value("noise_scale", json()));
+        add(row, "noise_sum_ratio", quiet.value("sum_ratio", json()));
+        add(row, "noise_kernel_fwhm", quiet.value("kernel_fwhm", json()));
+      }
     }
     for (const char* list : {"parameters", "derived"}) {
       if (!s.contains(list)) continue;

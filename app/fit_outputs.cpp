@@ -129,10 +129,22 @@ constexpr int64_t kCorrelationHighpass = 15;
 // exceeds 1 by more than 0.3 and 3 of its standard errors for independent pixels, over 400 or
 // more pixels, and the factor is outside [0.9, 1.1]: a noise map that overestimates each pixel's
 // variance can balance the correlation (then the widths are about right and nothing is said).
+bool correlation_is_significant(const model::ResidualCorrelation& c) {
+  return c.pixels >= 400 && c.sum_ratio - 1.0 > std::max(0.3, 3.0 * c.sum_ratio_se);
+}
+
+// The FWHM (px) of dslens simulate's noise kernel (physics::noise_correlation_kernel) whose noise
+// has the residuals' mean lag-1 correlation, so that a mock of the fitted lens gets noise like the
+// data's; NaN where none is measured or no kernel up to 10 px reaches it.
+double correlation_kernel_fwhm(const model::ResidualCorrelation& c) {
+  const double rho = 0.5 * (c.rho_x + c.rho_y);
+  if (!std::isfinite(rho) || rho > physics::noise_correlation_lag1(10.0)) return NAN;
+  return physics::noise_correlation_fwhm_for_lag1(rho);
+}
+
 std::optional<std::string> correlated_noise_warning(const model::ResidualCorrelation& c,
                                                     double config_scale) {
-  if (c.pixels < 400) return std::nullopt;
-  if (!(c.sum_ratio - 1.0 > std::max(0.3, 3.0 * c.sum_ratio_se))) return std::nullopt;
+  if (!correlation_is_significant(c)) return std::nullopt;
   if (c.noise_scale >= 0.9 && c.noise_scale <= 1.1) return std::nullopt;
   return "the noise is correlated between neighbouring pixels off the arcs where the MAP model is "
          "faintest (" +
@@ -516,7 +528,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
                           {"rho_y", c.rho_y},
                           {"sum_ratio", c.sum_ratio},
                           {"sum_ratio_se_if_independent", c.sum_ratio_se},
-                          {"noise_scale", c.noise_scale * obs.noise_scale}};
+                          {"noise_scale", c.noise_scale * obs.noise_scale},
+                          {"kernel_fwhm", number_or_null(correlation_kernel_fwhm(c))}};
   };
   map_json["noise_correlation"] = {
       {"quiet", correlation_json(correlation_quiet)},
@@ -531,8 +544,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
        "over the lags / C(0) (1 for independent pixels); noise_scale: the data.noise_scale (this "
        "fit's times sqrt(sum of C)) that gives parameters set by many pixels the posterior width "
        "of correlated noise; quiet: the fitted pixels off the arcs (the MAP's lensed source below "
-       "0.1 sigma) where the MAP model is at or below its median over them "
-       "(model/noise_estimate.h)"}};
+       "0.1 sigma) where the MAP model is at or below its median over them; kernel_fwhm: the "
+       "FWHM (px) of dslens simulate's noise.correlation_fwhm whose noise has the mean of rho_x "
+       "and rho_y (model/noise_estimate.h, physics::noise_correlation_lag1)"}};
   const auto grid_extent = pixel_grid_extent(cfg.model, post, un);
   if (grid_extent) {
     map_json["pixel_grid"] = {
@@ -830,19 +844,27 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   write_fits_image(dir + "/residuals.fits", resid,
                    grid_cards(obs.grid, "(data - model) / sigma at MAP, NaN where masked"));
   // The MAP model as a `dslens simulate` config and as lenstronomy's kwargs (app/model_export.h).
-  // Its noise block: a simulation's own, else the data's median noise sigma as a background.
-  double background_rms = NAN, exposure_time = 0.0;
+  // Its noise block: a simulation's own, else the data's median noise sigma as a background and,
+  // where the quiet pixels' correlation is significant (as for the warning), its kernel FWHM.
+  physics::NoiseModel noise{NAN, 0.0, 0.0};
   if (obs.truth.contains("noise")) {
     const auto& n = obs.truth["noise"];
-    background_rms = n.value("background_rms", nlohmann::json::object()).value("value", NAN);
-    exposure_time = n.value("exposure_time", nlohmann::json::object()).value("value", 0.0);
+    const auto truth_value = [&n](const char* key, double otherwise) {
+      return n.value(key, nlohmann::json::object()).value("value", otherwise);
+    };
+    noise.background_rms = truth_value("background_rms", NAN);
+    noise.exposure_time = truth_value("exposure_time", 0.0);
+    noise.correlation_fwhm = truth_value("correlation_fwhm", 0.0);
   }
-  if (!std::isfinite(background_rms)) {
+  if (!std::isfinite(noise.background_rms)) {
     // The data's own sigma, before a correlated-noise noise_scale widened it.
-    background_rms = obs.sigma.masked_select(obs.mask).median().item<double>() / obs.noise_scale;
+    noise.background_rms =
+        obs.sigma.masked_select(obs.mask).median().item<double>() / obs.noise_scale;
+    const double fwhm = correlation_kernel_fwhm(correlation_quiet);
+    if (correlation_is_significant(correlation_quiet) && std::isfinite(fwhm))
+      noise.correlation_fwhm = fwhm;
   }
-  write_exported_model(export_model(m, 0, background_rms, exposure_time, cfg.data.image_positions),
-                       dir + "/map_model");
+  write_exported_model(export_model(m, 0, noise, cfg.data.image_positions), dir + "/map_model");
   const auto source_cards = [&source](const std::string& content) {
     return std::vector<FitsCard>{{"CONTENT", content, ""},
                                  {"PIXSCALE", source.pixel, "arcsec per pixel"},

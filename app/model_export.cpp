@@ -100,8 +100,8 @@ void export_positions(const std::vector<model::ImagePositionGroup>& positions, n
 
 }  // namespace
 
-ExportedModel export_model(const physics::ImageModel& m, int64_t row, double background_rms,
-                           double exposure_time,
+ExportedModel export_model(const physics::ImageModel& m, int64_t row,
+                           const physics::NoiseModel& noise,
                            const std::vector<model::ImagePositionGroup>& positions) {
   ExportedModel out;
   nlohmann::json notes = nlohmann::json::array();
@@ -197,12 +197,23 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row, double bac
   lights(m.lens_light, "lens_light", "lens_light_model_list", "kwargs_lens_light");
   lights(m.source_light, "source", "source_light_model_list", "kwargs_source");
 
-  sim["noise"] = {{"background_rms", background_rms}, {"exposure_time", exposure_time}};
+  sim["noise"] = {{"background_rms", noise.background_rms}, {"exposure_time", noise.exposure_time}};
+  if (noise.correlation_fwhm > 0.0) {
+    sim["noise"]["correlation_fwhm"] = noise.correlation_fwhm;
+    // lenstronomy's ImageModel draws independent pixels (its kwargs_data has no correlation).
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "the data's noise is correlated between pixels (dslens simulate's "
+                  "noise.correlation_fwhm %.3g px); lenstronomy's noise and likelihood treat "
+                  "pixels as independent",
+                  noise.correlation_fwhm);
+    notes.push_back(what);
+  }
   lt["kwargs_data"] = {{"ra_at_xy_0", g.ra_at_xy_0},
                        {"dec_at_xy_0", g.dec_at_xy_0},
                        {"transform_pix2angle", {{g.pixel_scale, 0.0}, {0.0, g.pixel_scale}}},
-                       {"background_rms", background_rms},
-                       {"exposure_time", exposure_time}};
+                       {"background_rms", noise.background_rms},
+                       {"exposure_time", noise.exposure_time}};
   lt["kwargs_psf"] =
       m.psf_kernel ? nlohmann::json{{"psf_type", "PIXEL"}, {"kernel_point_source", image_rows(psf)}}
                    : nlohmann::json{{"psf_type", "NONE"}};

@@ -28,13 +28,13 @@ struct ExportedModel {
   std::vector<std::pair<std::string, torch::Tensor>> fits_files;
 };
 
-// Row `row` of `m`. `background_rms` and `exposure_time` fill the config's noise block (a
-// simulation needs one; the model image does not depend on it). `positions` are the data's
-// image positions (none: no point sources in lenstronomy.json). Parameters of any other row
-// count than 1 or m's batch are an InvalidArgument.
-ExportedModel export_model(const physics::ImageModel& m, int64_t row, double background_rms,
-                           double exposure_time,
-                           const std::vector<model::ImagePositionGroup>& positions = {});
+// Row `row` of `m`. `noise` fills the config's noise block (a simulation needs one; the model
+// image does not depend on it; a correlation_fwhm of 0 is left out). `positions` are the data's
+// image positions (none: no point sources in lenstronomy.json). Parameters of any other row count
+// than 1 or m's batch are an InvalidArgument.
+ExportedModel export_model(const physics::ImageModel& m, int64_t row,
+                           const physics::NoiseModel& noise,
+                           const std::vector<model::ImagePositionGroup>& positions);
 
 // Writes the export into `dir` (created if absent): simulate.json, lenstronomy.json and the FITS
 // files, each atomically.

@@ -54,6 +54,34 @@ Tensor noise_correlation_kernel(double fwhm) {
   return k / torch::sqrt(k.square().sum());
 }
 
+double noise_correlation_lag1(double fwhm) {
+  const auto k = noise_correlation_kernel(fwhm);
+  const int64_t c = k.size(0) / 2;
+  // The kernel's central row is g / sqrt(sum g^2) times g_c; its lag-1 sum over its own squares is
+  // the separable kernel's lag-1 autocorrelation.
+  const auto g = k[c];
+  if (g.numel() == 1) return 0.0;
+  return (g.slice(0, 0, -1) * g.slice(0, 1)).sum().item<double>() / g.square().sum().item<double>();
+}
+
+double noise_correlation_fwhm_for_lag1(double rho) {
+  if (!(rho > 0.0)) return 0.0;
+  constexpr double kLargest = 10.0;
+  if (rho > noise_correlation_lag1(kLargest)) {
+    throw InvalidArgument("noise_correlation_fwhm_for_lag1: a lag-1 correlation of " +
+                          std::to_string(rho) + " needs a kernel wider than FWHM " +
+                          std::to_string(kLargest) + " px (" +
+                          std::to_string(noise_correlation_lag1(kLargest)) + ")");
+  }
+  // Bisection: the correlation rises with the FWHM (to within the 4 sd truncation's e-8 steps).
+  double lo = 0.0, hi = kLargest;
+  while (hi - lo > 1e-9) {
+    const double mid = 0.5 * (lo + hi);
+    (noise_correlation_lag1(mid) < rho ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
 Tensor noise_map(const Tensor& model, const NoiseModel& noise) {
   noise_detail::check(noise);
   const double bg2 = noise.background_rms * noise.background_rms;

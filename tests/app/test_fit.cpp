@@ -854,12 +854,18 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
     const auto truth_faint = off_arcs & (model <= model.masked_select(off_arcs).median());
     const auto truth = dslens::model::residual_correlation((image - model) / sigma, truth_faint);
     const double ratio = faint.at("sum_ratio").get<double>();
+    // The exported model's noise block carries the simulation's own correlation (none: no key).
+    const json exported = read_json(dir + "/" + name + "-fit/map_model/simulate.json");
     if (fwhm == 0.0) {
       EXPECT_NEAR(ratio, 1.0, 4 * faint.at("sum_ratio_se_if_independent").get<double>())
           << nc.dump();
       EXPECT_FALSE(has_warning(dir + "/white-fit")) << nc.dump() << "\n" << r.output;
+      EXPECT_FALSE(exported.at("noise").contains("correlation_fwhm")) << exported.at("noise");
       continue;
     }
+    EXPECT_EQ(exported.at("noise").value("correlation_fwhm", 0.0), fwhm) << exported.at("noise");
+    // The kernel whose noise has the measured lag-1 correlation is the simulation's.
+    EXPECT_NEAR(faint.at("kernel_fwhm").get<double>(), fwhm, 0.2) << nc.dump();
     EXPECT_GT(truth.sum_ratio, 3.0);  // strongly correlated: the test can tell
     EXPECT_NEAR(ratio, truth.sum_ratio, 0.15 * truth.sum_ratio) << nc.dump();
     EXPECT_NEAR(faint.at("rho_x").get<double>(), truth.rho_x, 0.08) << nc.dump();
@@ -875,8 +881,15 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
     EXPECT_TRUE(names_scale) << r.output;
   }
   ASSERT_GT(suggested, 1.5);
+  // Refitted with the suggested scale, from the FITS files (no truth.json: the exported model's
+  // noise correlation is then the one measured).
   json c = read_json(dir + "/corr.json");
-  c["data"]["noise_scale"] = suggested;
+  const std::string data = dir + "/corr-data/";
+  c["data"] = {{"image", {{"fits", data + "image.fits"}}},
+               {"noise_map", {{"fits", data + "noise_map.fits"}}},
+               {"psf", {{"fits", data + "psf.fits"}}},
+               {"pixel_scale", 0.05},
+               {"noise_scale", suggested}};
   c["map"]["retry_rounds"] = 1;  // so that the search's rounds judge the chi-square (below)
   write_json(dir + "/scaled.json", c);
   const RunResult r = run_dslens("fit " + quote(dir + "/scaled.json") + " --out " +
@@ -890,6 +903,21 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   EXPECT_NEAR(after.at("noise_correlation").at("quiet").at("noise_scale").get<double>(), suggested,
               0.05 * suggested);
   EXPECT_FALSE(has_warning(dir + "/scaled-fit")) << r.output;
+  const json measured = after.at("noise_correlation").at("quiet");
+  const json exported = read_json(dir + "/scaled-fit/map_model/simulate.json").at("noise");
+  EXPECT_NEAR(exported.value("correlation_fwhm", 0.0), 1.5, 0.2) << exported;
+  EXPECT_EQ(exported.value("correlation_fwhm", 0.0), measured.at("kernel_fwhm").get<double>());
+  // The catalogue's noise columns: the scale used, the one suggested, the sum ratio.
+  const auto table = read_csv(dir + "/scaled-fit/catalogue.csv");
+  ASSERT_EQ(table.size(), 2u);
+  const auto cell = [&table](const std::string& name) {
+    const auto it = std::find(table[0].begin(), table[0].end(), name);
+    EXPECT_NE(it, table[0].end()) << name;
+    return it == table[0].end() ? NAN : std::stod(table[1][it - table[0].begin()]);
+  };
+  EXPECT_NEAR(cell("noise_scale"), suggested, 1e-9);
+  EXPECT_NEAR(cell("noise_scale_suggested"), measured.at("noise_scale").get<double>(), 1e-8);
+  EXPECT_NEAR(cell("noise_sum_ratio"), measured.at("sum_ratio").get<double>(), 1e-8);
   // The goodness of fit is judged with the noise as given: map.json keeps the reduced chi-square
   // before the scale, no warning calls the noise overestimated, and the MAP's search rounds
   // compare the unscaled value with their threshold (the log's list).

@@ -139,4 +139,27 @@ TEST(Noise, CorrelatedNoiseKeepsThePixelVarianceAndCorrelatesAsTheKernel) {
   EXPECT_TRUE(torch::equal(add_noise(model, nm, 17), add_noise(model, nm, 17)));
 }
 
+// The kernel's lag-1 correlation in closed form (the separable sum) equals the one summed by hand
+// over the whole 2-d kernel, for several widths; its inverse gives back each width, rises with the
+// correlation, and refuses a correlation no kernel up to FWHM 10 px reaches.
+TEST(Noise, CorrelationFwhmIsRecoveredFromTheLag1Correlation) {
+  double previous = -1.0;
+  for (const double fwhm : {0.8, 1.0, 1.35, 1.5, 2.5, 6.0}) {
+    const auto k = noise_correlation_kernel(fwhm);
+    const auto ka = k.accessor<double, 2>();
+    double along = 0.0;
+    for (int64_t i = 0; i < k.size(0); ++i) {
+      for (int64_t j = 0; j + 1 < k.size(1); ++j) along += ka[i][j] * ka[i][j + 1];
+    }
+    EXPECT_NEAR(noise_correlation_lag1(fwhm), along, 1e-12) << fwhm;
+    EXPECT_GT(along, previous);
+    previous = along;
+    EXPECT_NEAR(noise_correlation_fwhm_for_lag1(along), fwhm, 1e-6) << along;
+  }
+  EXPECT_EQ(noise_correlation_lag1(0.0), 0.0);
+  EXPECT_EQ(noise_correlation_fwhm_for_lag1(0.0), 0.0);
+  EXPECT_EQ(noise_correlation_fwhm_for_lag1(-0.05), 0.0);  // a measured anticorrelation: none
+  EXPECT_THROW(noise_correlation_fwhm_for_lag1(0.99), dslens::InvalidArgument);
+}
+
 }  // namespace dslens::physics

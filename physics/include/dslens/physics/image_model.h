@@ -103,6 +103,14 @@ struct NoiseModel {
 // the sum of its squares is 1 (a pixel's variance is kept). The variance of a sum over many
 // pixels is (sum k)^2 times what independent pixels would give. fwhm 0 gives [[1]].
 Tensor noise_correlation_kernel(double fwhm);
+// The correlation between neighbouring pixels (lag 1 along x or y, away from the edges) of noise
+// correlated by noise_correlation_kernel(fwhm): the kernel is separable, k = g g^T / sum g^2, so
+// it is sum_i g_i g_(i+1) / sum_i g_i^2: 0 for fwhm 0, 0.12 for 1 px, 0.50 for 1.5, 0.986 for 10.
+double noise_correlation_lag1(double fwhm);
+// Its inverse: the kernel FWHM (pixels) whose noise has lag-1 correlation `rho`, to 1e-9 px, so
+// that a correlation measured on real data can be simulated. 0 for rho <= 0; InvalidArgument for
+// rho above noise_correlation_lag1(10), the largest correlation_fwhm.
+double noise_correlation_fwhm_for_lag1(double rho);
 // Per-pixel standard deviation sqrt(bg^2 + max(model, 0) / t_exp), same shape as `model`.
 Tensor noise_map(const Tensor& model, const NoiseModel& noise);
 // model + Gaussian background + Poisson noise (Gaussian approximation of the Poisson term when
