@@ -844,9 +844,11 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   write_fits_image(dir + "/residuals.fits", resid,
                    grid_cards(obs.grid, "(data - model) / sigma at MAP, NaN where masked"));
   // The MAP model as a `dslens simulate` config and as lenstronomy's kwargs (app/model_export.h).
-  // Its noise block: a simulation's own, else the data's median noise sigma as a background and,
-  // where the quiet pixels' correlation is significant (as for the warning), its kernel FWHM.
+  // Its noise block: a simulation's own; else the data's background_rms + exposure_time where the
+  // config gives them, or its median noise sigma as a background, and, where the quiet pixels'
+  // correlation is significant (as for the warning), its kernel FWHM.
   physics::NoiseModel noise{NAN, 0.0, 0.0};
+  if (obs.noise_model) noise = *obs.noise_model;
   if (obs.truth.contains("noise")) {
     const auto& n = obs.truth["noise"];
     const auto truth_value = [&n](const char* key, double otherwise) {
@@ -860,9 +862,11 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     // The data's own sigma, before a correlated-noise noise_scale widened it.
     noise.background_rms =
         obs.sigma.masked_select(obs.mask).median().item<double>() / obs.noise_scale;
-    const double fwhm = correlation_kernel_fwhm(correlation_quiet);
-    if (correlation_is_significant(correlation_quiet) && std::isfinite(fwhm))
-      noise.correlation_fwhm = fwhm;
+  }
+  const double measured_fwhm = correlation_kernel_fwhm(correlation_quiet);
+  if (!obs.truth.contains("noise") && correlation_is_significant(correlation_quiet) &&
+      std::isfinite(measured_fwhm)) {
+    noise.correlation_fwhm = measured_fwhm;
   }
   write_exported_model(export_model(m, 0, noise, cfg.data.image_positions), dir + "/map_model");
   const auto source_cards = [&source](const std::string& content) {

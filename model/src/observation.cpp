@@ -307,6 +307,7 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     const torch::Tensor poisson = w.apply(local_mean(in.image.data, noise.poisson_smoothing));
     sigma = torch::sqrt(noise.background_rms * noise.background_rms +
                         torch::clamp_min(poisson, 0.0) / noise.exposure_time);
+    obs.noise_model = physics::NoiseModel{noise.background_rms, noise.exposure_time};
   }
   if (noise.kind != Noise::Kind::kRmsExposure) {
     const char* key = noise.kind == Noise::Kind::kNoiseMap ? "noise_map" : "weight_map";

@@ -882,11 +882,13 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   }
   ASSERT_GT(suggested, 1.5);
   // Refitted with the suggested scale, from the FITS files (no truth.json: the exported model's
-  // noise correlation is then the one measured).
+  // noise correlation is then the one measured, and its noise the config's background_rms and
+  // exposure_time; a Poisson term of 1e-9 of the sky's variance leaves sigma the noise map's).
   json c = read_json(dir + "/corr.json");
   const std::string data = dir + "/corr-data/";
   c["data"] = {{"image", {{"fits", data + "image.fits"}}},
-               {"noise_map", {{"fits", data + "noise_map.fits"}}},
+               {"background_rms", 0.2},
+               {"exposure_time", 1e9},
                {"psf", {{"fits", data + "psf.fits"}}},
                {"pixel_scale", 0.05},
                {"noise_scale", suggested}};
@@ -906,6 +908,8 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   const json measured = after.at("noise_correlation").at("quiet");
   const json exported = read_json(dir + "/scaled-fit/map_model/simulate.json").at("noise");
   EXPECT_NEAR(exported.value("correlation_fwhm", 0.0), 1.5, 0.2) << exported;
+  EXPECT_EQ(exported.value("background_rms", 0.0), 0.2) << exported;
+  EXPECT_EQ(exported.value("exposure_time", 0.0), 1e9) << exported;
   EXPECT_EQ(exported.value("correlation_fwhm", 0.0), measured.at("kernel_fwhm").get<double>());
   // The catalogue's noise columns: the scale used, the one suggested, the sum ratio.
   const auto table = read_csv(dir + "/scaled-fit/catalogue.csv");

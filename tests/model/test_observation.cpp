@@ -105,6 +105,7 @@ TEST(Observation, NoiseMapGivesSigmaAndACentredGrid) {
   const auto imaging = obs.imaging();
   EXPECT_TRUE(torch::equal(imaging.sigma, noise));
   EXPECT_DOUBLE_EQ(obs.noise_scale, 1.0);
+  EXPECT_FALSE(obs.noise_model.has_value());
 
   // "noise_scale" multiplies every sigma (correlated noise, docs/fit.md); out of range is an
   // error naming it.
@@ -212,6 +213,11 @@ TEST(Observation, PoissonSmoothingTakesTheImagesLocalMean) {
   const Observation own = load(base, dir);
   EXPECT_NEAR(own.sigma[1][1].item<double>(), std::sqrt(rms * rms + 9.0 / t), 1e-15);
   EXPECT_NEAR(own.sigma[0][0].item<double>(), rms, 1e-15);
+  // The noise's form is kept for an exported model (a noise map has none).
+  ASSERT_TRUE(own.noise_model.has_value());
+  EXPECT_EQ(own.noise_model->background_rms, rms);
+  EXPECT_EQ(own.noise_model->exposure_time, t);
+  EXPECT_EQ(own.noise_model->correlation_fwhm, 0.0);
   // Bad widths and the wrong noise model name the key.
   std::string path;
   data = base;

@@ -52,9 +52,12 @@
 namespace dslens::model {
 
 struct Observation {
-  torch::Tensor image;               // [ny, nx] float64 CPU; masked pixels set to 0
-  torch::Tensor sigma;               // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
-  double noise_scale = 1.0;          // "noise_scale", already applied to sigma
+  torch::Tensor image;       // [ny, nx] float64 CPU; masked pixels set to 0
+  torch::Tensor sigma;       // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
+  double noise_scale = 1.0;  // "noise_scale", already applied to sigma
+  // FITS data with background_rms + exposure_time: that noise model (the form of sigma, before
+  // noise_scale), so that an exported model simulates noise like the data's; nullopt otherwise.
+  std::optional<physics::NoiseModel> noise_model;
   torch::Tensor mask;                // [ny, nx] bool, true = pixel enters the likelihood
   std::optional<torch::Tensor> psf;  // [k, k'] float64, odd sizes, normalised to sum 1
   // Simulations: the grid of truth.json (shifted by a cutout); FITS: centred on the image, i.e.
