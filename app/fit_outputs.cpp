@@ -123,12 +123,8 @@ std::string noise_by_brightness(const std::vector<model::BrightnessBin>& bins) {
 constexpr int64_t kCorrelationWindow = 2;
 constexpr int64_t kCorrelationHighpass = 15;
 
-// Noise correlated between neighbouring pixels (drizzled images): the likelihood counts each pixel
-// as independent, so the posterior widths of parameters set by many pixels are off by the factor
-// sqrt(sum of the residuals' autocovariance) (model/noise_estimate.h). Warned where the sum ratio
-// exceeds 1 by more than 0.3 and 3 of its standard errors for independent pixels, over 400 or
-// more pixels, and the factor is outside [0.9, 1.1]: a noise map that overestimates each pixel's
-// variance can balance the correlation (then the widths are about right and nothing is said).
+// The correlation the warning and the exported noise take as measured: 400 or more pixels, a sum
+// ratio above 1 by more than 0.3 and 3 of its standard errors for independent pixels.
 bool correlation_is_significant(const model::ResidualCorrelation& c) {
   return c.pixels >= 400 && c.sum_ratio - 1.0 > std::max(0.3, 3.0 * c.sum_ratio_se);
 }
@@ -142,6 +138,12 @@ double correlation_kernel_fwhm(const model::ResidualCorrelation& c) {
   return physics::noise_correlation_fwhm_for_lag1(rho);
 }
 
+// Noise correlated between neighbouring pixels (drizzled images): the likelihood counts each pixel
+// as independent, so the posterior widths of parameters set by many pixels are off by the factor
+// sqrt(sum of the residuals' autocovariance) (model/noise_estimate.h). Warned where the sum ratio
+// exceeds 1 by more than 0.3 and 3 of its standard errors for independent pixels, over 400 or
+// more pixels, and the factor is outside [0.9, 1.1]: a noise map that overestimates each pixel's
+// variance can balance the correlation (then the widths are about right and nothing is said).
 std::optional<std::string> correlated_noise_warning(const model::ResidualCorrelation& c,
                                                     double config_scale) {
   if (!correlation_is_significant(c)) return std::nullopt;
