@@ -804,6 +804,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["derived"] = derived_summary;
   summary_file["chains"] = chains_json(per_chain);
   summary_file["reduced_chi_square_map"] = reduced_chi2;
+  summary_file["noise_scale"] = obs.noise_scale;  // the widths above include it
   summary_file["reduced_chi_square_arcs"] = number_or_null(arc_chi2);
   summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
   summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);
@@ -814,7 +815,14 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["warnings"] = warnings;
   summary_file["data_warnings"] = obs.warnings;
   write_text_atomically(dir + "/summary.json", summary_file.dump(2) + "\n");
-  std::string text = cfg.name + " (" + obs.description + ")\n\n" + samplers::summary_text(rows);
+  std::string text = cfg.name + " (" + obs.description + ")\n";
+  // A noise_scale sets every width below: say so before them.
+  if (obs.noise_scale != 1.0) {
+    text += "every pixel's sigma times data.noise_scale " + fmt("%g", obs.noise_scale) +
+            " (noise correlated between pixels, docs/fit.md \"Correlated noise\"); the widths "
+            "below include it\n";
+  }
+  text += "\n" + samplers::summary_text(rows);
   if (!derived_rows.empty())
     text +=
         "\nDerived (q = (1 - |e|) / (1 + |e|), gamma_ext = |(gamma1, gamma2)|, magnification = "
@@ -829,7 +837,12 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   }
   const std::string chains_table = chains_text(per_chain);
   if (!chains_table.empty()) text += "\nPer chain (means over its draws):\n" + chains_table;
-  text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2) + "\n";
+  text += "\nreduced chi-square at MAP: " + fmt("%.4f", reduced_chi2);
+  if (obs.noise_scale != 1.0) {
+    text += " (" + fmt("%.4f", reduced_chi2 * given_variance) +
+            " with sigma as given, before data.noise_scale)";
+  }
+  text += "\n";
   if (std::isfinite(arc_chi2)) {
     text += "reduced chi-square on the arcs at MAP: " + fmt("%.4f", arc_chi2) + " (" +
             std::to_string(arc_pixels) + " pixels where the lensed source exceeds the noise)\n";

@@ -926,6 +926,23 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   // before the scale, no warning calls the noise overestimated, and the MAP's search rounds
   // compare the unscaled value with their threshold (the log's list).
   EXPECT_DOUBLE_EQ(after.at("noise_scale").get<double>(), suggested);
+  // summary.json and summary.txt say which scale the widths include (the unscaled fit: none).
+  const auto text_of = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  EXPECT_DOUBLE_EQ(read_json(dir + "/scaled-fit/summary.json").at("noise_scale").get<double>(),
+                   suggested);
+  EXPECT_DOUBLE_EQ(read_json(dir + "/corr-fit/summary.json").at("noise_scale").get<double>(), 1.0);
+  char scale_text[64];
+  std::snprintf(scale_text, sizeof scale_text, "data.noise_scale %g (", suggested);
+  const std::string scaled_summary = text_of(dir + "/scaled-fit/summary.txt");
+  EXPECT_NE(scaled_summary.find(scale_text), std::string::npos) << scaled_summary;
+  EXPECT_NE(scaled_summary.find("with sigma as given, before data.noise_scale"), std::string::npos)
+      << scaled_summary;
+  const std::string unscaled_summary = text_of(dir + "/corr-fit/summary.txt");
+  EXPECT_EQ(unscaled_summary.find("sigma times data.noise_scale"), std::string::npos);
+  EXPECT_EQ(unscaled_summary.find("before data.noise_scale)"), std::string::npos);
   EXPECT_NEAR(after.at("reduced_chi_square_before_noise_scale").get<double>(),
               before.at("reduced_chi_square").get<double>(), 0.05);
   EXPECT_FALSE(before.contains("reduced_chi_square_before_noise_scale"));
