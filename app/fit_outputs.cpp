@@ -902,7 +902,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // The report figure.
   FitReportInputs rep;
   rep.title = cfg.name + "   reduced chi2 = " + fmt("%.3f", reduced_chi2) +
-              (std::isfinite(arc_chi2) ? " (arcs " + fmt("%.3f", arc_chi2) + ")" : "") + "   " +
+              (std::isfinite(arc_chi2) ? " (arcs " + fmt("%.3f", arc_chi2) + ")" : "") +
+              (obs.noise_scale != 1.0 ? ", sigma x " + fmt("%g", obs.noise_scale) : "") + "   " +
               std::to_string(C) + " chains x " + std::to_string(N) +
               " draws   MAP: " + r.map_origin;
   rep.grid = obs.grid;
