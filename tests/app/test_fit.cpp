@@ -46,6 +46,12 @@ using dslens::testing::run_dslens;
 using dslens::testing::RunResult;
 using dslens::testing::write_json;
 
+// A whole text file (empty if it cannot be read).
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 // A CSV file without quoted fields, as rows of fields.
 std::vector<std::vector<std::string>> read_csv(const std::string& path) {
   std::vector<std::vector<std::string>> rows;
@@ -208,10 +214,7 @@ TEST(FitCommand, SmallMockRecoversTheTruthAndResumesExactly) {
   const std::string log = dir + "/fit3.log";
   const pid_t pid = dslens::testing::spawn_dslens({"fit", cfg, "--out", dir + "/fit3"}, log);
   ASSERT_GT(pid, 0);
-  const auto read_log = [&log] {
-    std::ifstream in(log);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  };
+  const auto read_log = [&log] { return read_text(log); };
   std::string seen;
   for (int k = 0; k < 6000 && seen.find("NUTS [") == std::string::npos; ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -362,8 +365,7 @@ TEST(FitCommand, TwoLensesShareOneBatch) {
     const double e_true = std::hypot(0.08, -0.05);  // mock_config's e1, e2
     EXPECT_NEAR(std::stod(table[k][col("q_lens0_truth")]), (1 - e_true) / (1 + e_true), 1e-9);
     // summary.txt lists q in its derived table and against the truth.
-    std::ifstream txt(dir + "/fit/" + lens + "/summary.txt");
-    const std::string text((std::istreambuf_iterator<char>(txt)), std::istreambuf_iterator<char>());
+    const std::string text = read_text(dir + "/fit/" + lens + "/summary.txt");
     const auto derived_at = text.find("\nDerived (q = ");
     EXPECT_NE(derived_at, std::string::npos) << text;
     EXPECT_NE(text.find("\nq_lens0 ", derived_at), std::string::npos) << text;
@@ -926,23 +928,6 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   // before the scale, no warning calls the noise overestimated, and the MAP's search rounds
   // compare the unscaled value with their threshold (the log's list).
   EXPECT_DOUBLE_EQ(after.at("noise_scale").get<double>(), suggested);
-  // summary.json and summary.txt say which scale the widths include (the unscaled fit: none).
-  const auto text_of = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  };
-  EXPECT_DOUBLE_EQ(read_json(dir + "/scaled-fit/summary.json").at("noise_scale").get<double>(),
-                   suggested);
-  EXPECT_DOUBLE_EQ(read_json(dir + "/corr-fit/summary.json").at("noise_scale").get<double>(), 1.0);
-  char scale_text[64];
-  std::snprintf(scale_text, sizeof scale_text, "data.noise_scale %g (", suggested);
-  const std::string scaled_summary = text_of(dir + "/scaled-fit/summary.txt");
-  EXPECT_NE(scaled_summary.find(scale_text), std::string::npos) << scaled_summary;
-  EXPECT_NE(scaled_summary.find("with sigma as given, before data.noise_scale"), std::string::npos)
-      << scaled_summary;
-  const std::string unscaled_summary = text_of(dir + "/corr-fit/summary.txt");
-  EXPECT_EQ(unscaled_summary.find("sigma times data.noise_scale"), std::string::npos);
-  EXPECT_EQ(unscaled_summary.find("before data.noise_scale)"), std::string::npos);
   EXPECT_NEAR(after.at("reduced_chi_square_before_noise_scale").get<double>(),
               before.at("reduced_chi_square").get<double>(), 0.05);
   EXPECT_FALSE(before.contains("reduced_chi_square_before_noise_scale"));
@@ -954,14 +939,25 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
     EXPECT_NEAR(b.at("mean_square").get<double>() * suggested * suggested, 1.0, 0.6) << b;
   }
   const std::string within = "leaves a reduced chi-square within its threshold ([";
-  std::ifstream log_file(dir + "/scaled-fit/fit.log");
-  const std::string log((std::istreambuf_iterator<char>(log_file)),
-                        std::istreambuf_iterator<char>());
+  const std::string log = read_text(dir + "/scaled-fit/fit.log");
   const auto at = log.find(within);
   ASSERT_NE(at, std::string::npos) << log;
   EXPECT_NEAR(std::stod(log.substr(at + within.size())),
               before.at("reduced_chi_square").get<double>(), 0.05)
       << log.substr(at, 200);
+  // summary.json and summary.txt say which scale the widths include (the unscaled fit: none).
+  EXPECT_DOUBLE_EQ(read_json(dir + "/scaled-fit/summary.json").at("noise_scale").get<double>(),
+                   suggested);
+  EXPECT_DOUBLE_EQ(read_json(dir + "/corr-fit/summary.json").at("noise_scale").get<double>(), 1.0);
+  char scale_text[64];
+  std::snprintf(scale_text, sizeof scale_text, "data.noise_scale %g (", suggested);
+  const std::string scaled_summary = read_text(dir + "/scaled-fit/summary.txt");
+  EXPECT_NE(scaled_summary.find(scale_text), std::string::npos) << scaled_summary;
+  EXPECT_NE(scaled_summary.find("with sigma as given, before data.noise_scale"), std::string::npos)
+      << scaled_summary;
+  const std::string unscaled_summary = read_text(dir + "/corr-fit/summary.txt");
+  EXPECT_EQ(unscaled_summary.find("sigma times data.noise_scale"), std::string::npos);
+  EXPECT_EQ(unscaled_summary.find("before data.noise_scale)"), std::string::npos);
   fs::remove_all(dir);
 }
 
@@ -1401,8 +1397,7 @@ TEST(FitCommand, FreePixelSigmaReachesTheDataAndNutsFindsItsPosterior) {
   // posterior of 13.8 +- 2.4).
   const double at_map = map.at("parameters").at("sigma_source_light0").get<double>();
   EXPECT_LT(std::abs(std::log(at_map / median)), 0.4) << at_map << " against " << median;
-  std::ifstream log_file(dir + "/fit/fit.log");
-  const std::string log((std::istreambuf_iterator<char>(log_file)), {});
+  const std::string log = read_text(dir + "/fit/fit.log");
   EXPECT_NE(log.find("sigma_source_light0 at the maximum of its evidence times its prior"),
             std::string::npos)
       << log;
