@@ -883,7 +883,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       std::isfinite(measured_fwhm)) {
     noise.correlation_fwhm = measured_fwhm;
   }
-  write_exported_model(export_model(m, 0, noise, cfg.data.image_positions), dir + "/map_model");
+  write_exported_model(
+      export_model(m, 0, noise, cfg.data.image_positions, {obs.sigma / obs.noise_scale, obs.mask}),
+      dir + "/map_model");
   const auto source_cards = [&source](const std::string& content) {
     return std::vector<FitsCard>{{"CONTENT", content, ""},
                                  {"PIXSCALE", source.pixel, "arcsec per pixel"},

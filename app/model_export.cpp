@@ -102,7 +102,8 @@ void export_positions(const std::vector<model::ImagePositionGroup>& positions, n
 
 ExportedModel export_model(const physics::ImageModel& m, int64_t row,
                            const physics::NoiseModel& noise,
-                           const std::vector<model::ImagePositionGroup>& positions) {
+                           const std::vector<model::ImagePositionGroup>& positions,
+                           const ExportedData& data) {
   ExportedModel out;
   nlohmann::json notes = nlohmann::json::array();
   const auto& g = m.grid;
@@ -129,8 +130,11 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row,
       "arcsec; pixel (row i, col j) at ra = ra_at_xy_0 + j * pixel_scale, dec = dec_at_xy_0 + i * "
       "pixel_scale (transform_pix2angle); INTERPOL images are array[row][col] with row = y; pixel "
       "values are counts/s (surface brightness times pixel area); the PSF convolves the "
-      "supersampled image after binning (supersampling_convolution false). Add image_data (the "
-      "fit's data.fits) and a noise map to kwargs_data for an ImageModel with data.";
+      "supersampled image after binning (supersampling_convolution false). kwargs_data needs "
+      "image_data: the fit's data.fits with its NaN (the masked pixels) set to 0, since "
+      "lenstronomy multiplies each pixel's chi-square by the mask and NaN x 0 is NaN "
+      "(numpy.nan_to_num); kwargs_likelihood's image_likelihood_mask_list, where present, is the "
+      "fit's mask (1 = fitted). The noise is the data's before any data.noise_scale.";
 
   nlohmann::json mass_sim = nlohmann::json::array(), lens_list = nlohmann::json::array(),
                  kwargs_lens = nlohmann::json::array();
@@ -146,6 +150,15 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row,
     s["type"] = c.profile->type();
     mass_sim.push_back(s);
     lens_list.push_back(c.profile->type());
+    // MULTIPOLE's r_E enters its m = 1 term only (physics/src/mass/multipole.cpp), and lenstronomy
+    // releases before that term's (2024) refuse the keyword: it is left out for other orders.
+    if (c.profile->type() == "MULTIPOLE" && kw.contains("r_E") && kw.value("m", 0) != 1) {
+      kw.erase("r_E");
+    } else if (c.profile->type() == "MULTIPOLE" && kw.contains("r_E")) {
+      notes.push_back(
+          "MULTIPOLE of order m = 1 takes r_E, which lenstronomy's MULTIPOLE accepts "
+          "only in releases since its m = 1 term (2024)");
+    }
     kwargs_lens.push_back(kw);
   }
   sim["mass"] = mass_sim;
@@ -212,14 +225,55 @@ ExportedModel export_model(const physics::ImageModel& m, int64_t row,
   lt["kwargs_data"] = {{"ra_at_xy_0", g.ra_at_xy_0},
                        {"dec_at_xy_0", g.dec_at_xy_0},
                        {"transform_pix2angle", {{g.pixel_scale, 0.0}, {0.0, g.pixel_scale}}},
-                       {"background_rms", noise.background_rms},
-                       {"exposure_time", noise.exposure_time}};
+                       {"background_rms", noise.background_rms}};
+  const auto check_shape = [&g](const torch::Tensor& t, const char* what) {
+    if (t.defined() && (t.dim() != 2 || t.size(0) != g.ny || t.size(1) != g.nx)) {
+      throw InvalidArgument(std::string("export_model: the data's ") + what + " is not " +
+                            std::to_string(g.ny) + " x " + std::to_string(g.nx) + " (the grid)");
+    }
+  };
+  check_shape(data.sigma, "sigma");
+  check_shape(data.mask, "mask");
+  const torch::Tensor mask =
+      data.mask.defined() ? data.mask.to(torch::kCPU, torch::kBool) : torch::Tensor();
+  if (noise.exposure_time > 0.0) {
+    lt["kwargs_data"]["exposure_time"] = noise.exposure_time;
+  } else {
+    // No Poisson term: lenstronomy's ImageNoise would raise exposure_time 0 to 1e-10 s (a
+    // Poisson variance of 1e10 x the image), and without one it divides by None; a noise_map
+    // overrides both. Masked and non-finite pixels take the background (unused, but finite:
+    // lenstronomy multiplies each pixel's chi-square by the mask, and NaN x 0 is NaN).
+    const auto background = torch::full({g.ny, g.nx}, noise.background_rms, torch::kFloat64);
+    torch::Tensor sd =
+        data.sigma.defined() ? data.sigma.to(torch::kCPU, torch::kFloat64).detach() : background;
+    auto usable = torch::isfinite(sd) & (sd > 0);
+    if (mask.defined()) usable = usable & mask;
+    lt["kwargs_data"]["noise_map"] = image_rows(torch::where(usable, sd, background).contiguous());
+  }
+  if (g.nx != g.ny) {
+    notes.push_back(
+        "the grid is not square (" + std::to_string(g.ny) + " rows x " + std::to_string(g.nx) +
+        " columns): lenstronomy's ImageData reads (nx, ny) = np.shape(image_data), rows first, "
+        "and its PixelGrid numbers x over nx, so its pixel coordinates differ from "
+        "ra_at_xy_0 + col * pixel_scale here; cut a square image for lenstronomy");
+  }
   lt["kwargs_psf"] =
       m.psf_kernel ? nlohmann::json{{"psf_type", "PIXEL"}, {"kernel_point_source", image_rows(psf)}}
                    : nlohmann::json{{"psf_type", "NONE"}};
   lt["kwargs_numerics"] = {{"supersampling_factor", m.supersampling},
                            {"supersampling_convolution", false}};
   export_positions(positions, lt, notes);
+  if (mask.defined() && !mask.all().item<bool>()) {
+    lt["kwargs_likelihood"]["image_likelihood_mask_list"] =
+        nlohmann::json::array({image_rows(mask.to(torch::kFloat64).contiguous())});
+  }
+  // create_class_instances(**kwargs_model) and FittingSequence take the lists together.
+  lt["kwargs_model"] = {{"lens_model_list", lt["lens_model_list"]},
+                        {"lens_light_model_list", lt["lens_light_model_list"]},
+                        {"source_light_model_list", lt["source_light_model_list"]}};
+  if (lt.contains("point_source_model_list")) {
+    lt["kwargs_model"]["point_source_model_list"] = lt["point_source_model_list"];
+  }
   lt["notes"] = notes;
   out.simulate = std::move(sim);
   out.lenstronomy = std::move(lt);
