@@ -2,6 +2,9 @@
 
 #include <fitsio.h>
 
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "dslens/core/atomic_file.h"
@@ -81,6 +84,122 @@ std::map<std::string, double> read_fits_numeric_header(const std::string& path,
     if (end != value && *end == '\0') out[key] = v;
   }
   return out;
+}
+
+std::map<std::string, std::string> read_fits_header(const std::string& path, const FitsHdu& hdu) {
+  fits_io::FitsFile f;
+  fits_io::open_for_read(f, path);
+  move_to_hdu(f, path, hdu);
+  int status = 0, nkeys = 0;
+  fits_get_hdrspace(f.ptr, &nkeys, nullptr, &status);
+  std::map<std::string, std::string> out;
+  for (int i = 1; i <= nkeys; ++i) {
+    char key[FLEN_KEYWORD], value[FLEN_VALUE], comment[FLEN_COMMENT];
+    status = 0;
+    if (fits_read_keyn(f.ptr, i, key, value, comment, &status) || value[0] == '\0') continue;
+    std::string v = value;
+    if (v.size() >= 2 && v.front() == '\'') {
+      // A string: quotes doubled inside it, blanks after it not significant (FITS 4.0, 4.2.1).
+      std::string text;
+      for (size_t k = 1; k + 1 < v.size(); ++k) {
+        text += v[k];
+        if (v[k] == '\'' && v[k + 1] == '\'') ++k;
+      }
+      while (!text.empty() && text.back() == ' ') text.pop_back();
+      v = text;
+    }
+    out[key] = v;
+  }
+  return out;
+}
+
+namespace {
+
+// Arcsec per unit of a celestial axis's CUNIT; 0 for a unit that is not an angle.
+double arcsec_per_unit(std::string unit) {
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (unit == "deg") return 3600.0;
+  if (unit == "arcmin") return 60.0;
+  if (unit == "arcsec") return 1.0;
+  if (unit == "mas") return 1e-3;
+  return 0.0;
+}
+
+bool celestial_axis(const std::string& ctype) {
+  for (const char* prefix : {"RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT"}) {
+    if (ctype.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header) {
+  const auto number = [&header](const std::string& key) -> std::optional<double> {
+    const auto it = header.find(key);
+    if (it == header.end()) return std::nullopt;
+    std::string text = it->second;
+    for (auto& c : text) {
+      if (c == 'D' || c == 'd') c = 'E';  // Fortran's double-precision exponent (FITS 4.2.4)
+    }
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (end == text.c_str() || *end != '\0' || !std::isfinite(v)) return std::nullopt;
+    return v;
+  };
+  double m[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
+  std::string from;
+  bool cd = false;
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      if (const auto v = number("CD" + std::to_string(i + 1) + "_" + std::to_string(j + 1))) {
+        m[i][j] = *v;
+        cd = true;
+      }
+    }
+  }
+  if (cd) {
+    from = "CD1_1..CD2_2";
+  } else if (const auto d1 = number("CDELT1"), d2 = number("CDELT2"); d1 && d2) {
+    const double delt[2] = {*d1, *d2};
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const auto pc = number("PC" + std::to_string(i + 1) + "_" + std::to_string(j + 1));
+        m[i][j] = delt[i] * pc.value_or(i == j ? 1.0 : 0.0);
+      }
+    }
+    from = "CDELT1, CDELT2";
+  }
+  if (!from.empty()) {
+    std::string units;
+    bool angles = true;
+    for (int i = 0; i < 2; ++i) {
+      const std::string n = std::to_string(i + 1);
+      const auto unit = header.find("CUNIT" + n);
+      const auto ctype = header.find("CTYPE" + n);
+      double factor = 0.0;
+      if (unit != header.end() && !unit->second.empty()) {
+        factor = arcsec_per_unit(unit->second);
+        units = unit->second;
+      } else if (ctype != header.end() && celestial_axis(ctype->second)) {
+        factor = 3600.0;
+        units = "deg";
+      }
+      angles = angles && factor > 0.0;
+      m[i][0] *= factor;
+      m[i][1] *= factor;
+    }
+    const double area = std::abs(m[0][0] * m[1][1] - m[0][1] * m[1][0]);
+    if (angles && area > 0.0) {
+      // Column j of M is the step on the sky of one pixel along the image's axis j.
+      const double side_x = std::hypot(m[0][0], m[1][0]), side_y = std::hypot(m[0][1], m[1][1]);
+      return FitsPixelScale{std::sqrt(area), side_x / side_y, from + " (" + units + ")"};
+    }
+  }
+  if (const auto p = number("PIXSCALE"); p && *p > 0.0) {
+    return FitsPixelScale{*p, 1.0, "PIXSCALE (arcsec)"};
+  }
+  return std::nullopt;
 }
 
 void write_fits_image(const std::string& path, const torch::Tensor& image,

@@ -38,6 +38,8 @@ struct FitsImage {
   torch::Tensor data;     // [rows, columns] float64
   std::string label;      // resolved path, with "[hdu]" when one was chosen
   std::string json_path;  // where the config names it
+  std::string path;       // resolved path
+  FitsHdu hdu;            // the HDU asked for
 };
 
 FitsHdu parse_hdu(const ConfigNode& node) {
@@ -58,6 +60,8 @@ FitsImage read_2d(const std::string& path, const FitsHdu& hdu, const std::string
   FitsImage out;
   out.json_path = json_path;
   out.label = path;
+  out.path = path;
+  out.hdu = hdu;
   if (hdu.index >= 0) out.label += "[" + std::to_string(hdu.index) + "]";
   if (!hdu.name.empty()) out.label += "[" + hdu.name + "]";
   torch::Tensor img;
@@ -403,6 +407,44 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
   return obs;
 }
 
+// "pixel_scale", or where it is absent the image header's (core/fits.h: its WCS, or dslens's
+// PIXSCALE). A given scale more than 1 % from the header's is warned of (a drizzled image's
+// header has the drizzled scale: 0.03" for SLACS's ACS images, whose detector pixels are 0.05"),
+// as are pixels that are not square, which the grid assumes.
+double fits_pixel_scale_of(Observation& obs, const ConfigNode& data, const FitsImage& image) {
+  std::optional<FitsPixelScale> header;
+  try {
+    header = fits_pixel_scale(read_fits_header(image.path, image.hdu));
+  } catch (const FileError& e) {
+    throw ConfigError(image.json_path, std::string(e.what()) + " (image header)");
+  }
+  double scale = 0.0;
+  if (data.has("pixel_scale")) {
+    scale = data.number("pixel_scale", Range::positive());
+    if (header && std::abs(header->arcsec / scale - 1.0) > 0.01) {
+      warn(obs, "data/pixel_scale " + num(scale) + "\" differs from the " + num(header->arcsec) +
+                    "\" per pixel in the header of image '" + image.label + "' (" + header->from +
+                    "); every angle of the fit (theta_E, positions, R_sersic) is in units of "
+                    "the scale given: leave pixel_scale out to take the header's");
+    }
+  } else if (header) {
+    scale = header->arcsec;
+    spdlog::info("data: pixel scale {:.6g}\" from the header of image '{}' ({})", scale,
+                 image.label, header->from);
+  } else {
+    data.fail_at("pixel_scale",
+                 "missing, and image '" + image.label +
+                     "' has no world coordinates (CDi_j or CDELTi in degrees or arcsec) or "
+                     "PIXSCALE in its header to take it from; allowed: arcsec per pixel > 0");
+  }
+  if (header && std::abs(header->aspect - 1.0) > 0.01) {
+    warn(obs, "the pixels of image '" + image.label + "' are not square (x side / y side " +
+                  num(header->aspect) + ", " + header->from +
+                  "); the fit's grid has square pixels of " + num(scale) + "\"");
+  }
+  return scale;
+}
+
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time",
                    "poisson_smoothing", "psf", "mask", "mask_radius", "mask_circles", "pixel_scale",
@@ -414,9 +456,9 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
         json_excerpt(data.value()));
   }
   Observation obs;
-  const double pixel_scale = data.number("pixel_scale", Range::positive());
   Inputs in;
   in.image = read_file_at(data, "image", base_dir, "image");
+  const double pixel_scale = fits_pixel_scale_of(obs, data, in.image);
 
   const bool has_rms = data.has("background_rms"), has_t = data.has("exposure_time");
   if (has_rms != has_t) {

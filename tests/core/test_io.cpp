@@ -1,8 +1,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "dslens/core/device.h"
 #include "dslens/core/errors.h"
@@ -23,6 +26,86 @@ TEST(Fits, RoundTripKeepsOrientationAndValues) {
   auto header = dslens::read_fits_numeric_header(path);
   EXPECT_DOUBLE_EQ(header.at("PIXSCALE"), 0.05);
   EXPECT_EQ(header.at("NAXIS1"), 4);  // columns are FITS axis 1
+}
+
+// read_fits_header: every valued keyword as written, strings unquoted (a doubled quote is one).
+TEST(Fits, HeaderKeepsStringsAndNumbersAsWritten) {
+  const auto dir = dslens::testing::temp_dir("fits_header");
+  const auto path = dir + "/h.fits";
+  dslens::write_fits_image(path, torch::zeros({2, 3}),
+                           {{"CTYPE1", std::string("RA---TAN"), ""},
+                            {"OBSERVER", std::string("O'Hara"), ""},
+                            {"CD1_1", -8.5e-6, ""},
+                            {"NCOMBINE", 4LL, ""}});
+  const auto h = dslens::read_fits_header(path);
+  EXPECT_EQ(h.at("CTYPE1"), "RA---TAN");
+  EXPECT_EQ(h.at("OBSERVER"), "O'Hara");
+  EXPECT_DOUBLE_EQ(std::stod(h.at("CD1_1")), -8.5e-6);
+  EXPECT_EQ(h.at("NCOMBINE"), "4");
+  EXPECT_EQ(h.at("NAXIS1"), "3");
+}
+
+// fits_pixel_scale against pixel sizes set by hand through each form of the FITS WCS.
+TEST(Fits, PixelScaleFromTheWorldCoordinateSystem) {
+  using Header = std::map<std::string, std::string>;
+  const auto num = [](double v) {
+    char s[40];
+    std::snprintf(s, sizeof s, "%.15E", v);
+    return std::string(s);
+  };
+  // An HST-like CD matrix: 0.03" pixels, east left, rotated by 30 degrees; RA/DEC in degrees
+  // (no CUNIT: the standard's default for celestial axes).
+  const double p = 0.03 / 3600.0, t = 30.0 * M_PI / 180.0;
+  Header hst = {{"CTYPE1", "RA---TAN"},           {"CTYPE2", "DEC--TAN"},
+                {"CD1_1", num(-p * std::cos(t))}, {"CD1_2", num(p * std::sin(t))},
+                {"CD2_1", num(p * std::sin(t))},  {"CD2_2", num(p * std::cos(t))}};
+  auto s = dslens::fits_pixel_scale(hst);
+  ASSERT_TRUE(s);
+  EXPECT_NEAR(s->arcsec, 0.03, 1e-12);
+  EXPECT_NEAR(s->aspect, 1.0, 1e-12);
+  EXPECT_NE(s->from.find("CD1_1"), std::string::npos) << s->from;
+  // The same in Fortran's exponent (old headers), and with a PIXSCALE that the WCS overrides.
+  hst["CD2_2"] = "8.333333333333333D-06";
+  hst["CD1_2"] = hst["CD2_1"] = "0.0";
+  hst["CD1_1"] = "-8.333333333333333D-06";
+  hst["PIXSCALE"] = "0.05";
+  s = dslens::fits_pixel_scale(hst);
+  ASSERT_TRUE(s);
+  EXPECT_NEAR(s->arcsec, 0.03, 1e-12);
+  // CDELT x PC, rotated: the area, and so the scale, is the CDELTs'; pixels 0.05" x 0.04".
+  const Header pc = {{"CTYPE1", "RA---TAN"},        {"CTYPE2", "DEC--TAN"},
+                     {"CDELT1", num(-0.05 / 3600)}, {"CDELT2", num(0.04 / 3600)},
+                     {"PC1_1", num(std::cos(t))},   {"PC1_2", num(-std::sin(t))},
+                     {"PC2_1", num(std::sin(t))},   {"PC2_2", num(std::cos(t))}};
+  s = dslens::fits_pixel_scale(pc);
+  ASSERT_TRUE(s);
+  EXPECT_NEAR(s->arcsec, std::sqrt(0.05 * 0.04), 1e-12);
+  // PC turns the pixel axes before CDELT stretches the world's: a pixel's x step on the sky is
+  // (-0.05 cos t, 0.04 sin t), its y step (0.05 sin t, 0.04 cos t).
+  EXPECT_NEAR(s->aspect,
+              std::hypot(0.05 * std::cos(t), 0.04 * std::sin(t)) /
+                  std::hypot(0.05 * std::sin(t), 0.04 * std::cos(t)),
+              1e-9);
+  s = dslens::fits_pixel_scale({{"CTYPE1", "RA---TAN"},
+                                {"CTYPE2", "DEC--TAN"},
+                                {"CDELT1", num(-0.05 / 3600)},
+                                {"CDELT2", num(0.04 / 3600)}});
+  ASSERT_TRUE(s);
+  EXPECT_NEAR(s->aspect, 1.25, 1e-9);
+  // dslens simulate's cards: CDELT in arcsec by CUNIT, no CTYPE.
+  s = dslens::fits_pixel_scale(
+      {{"CDELT1", "0.05"}, {"CDELT2", "0.05"}, {"CUNIT1", "arcsec"}, {"CUNIT2", "arcsec"}});
+  ASSERT_TRUE(s);
+  EXPECT_DOUBLE_EQ(s->arcsec, 0.05);
+  // CDELT with neither a unit nor a celestial axis (pixels, say) is no scale; PIXSCALE then is.
+  EXPECT_FALSE(dslens::fits_pixel_scale({{"CDELT1", "1.0"}, {"CDELT2", "1.0"}}));
+  s = dslens::fits_pixel_scale({{"CDELT1", "1.0"}, {"CDELT2", "1.0"}, {"PIXSCALE", "0.1"}});
+  ASSERT_TRUE(s);
+  EXPECT_DOUBLE_EQ(s->arcsec, 0.1);
+  EXPECT_FALSE(dslens::fits_pixel_scale({{"CTYPE1", "RA---TAN"}, {"CD1_1", "0"}}));  // singular
+  EXPECT_FALSE(dslens::fits_pixel_scale(
+      {{"CDELT1", "1e-5"}, {"CDELT2", "1e-5"}, {"CUNIT1", "m"}, {"CUNIT2", "m"}}));
+  EXPECT_FALSE(dslens::fits_pixel_scale({}));
 }
 
 TEST(Fits, MissingAndMalformedFilesNameTheFile) {

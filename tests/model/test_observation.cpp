@@ -552,6 +552,62 @@ TEST(Observation, SelectsHdusByNumberAndExtname) {
   EXPECT_TRUE(contains(msg, "-1") && contains(msg, "EXTNAME")) << msg;
 }
 
+// FITS data without "pixel_scale" take the image header's (core/fits.h); a scale given that is
+// more than 1 % from the header's, and pixels that are not square, are warned of; with neither
+// a scale nor a header to take it from, the error names data/pixel_scale.
+TEST(Observation, PixelScaleComesFromTheImageHeaderWhenNotGiven) {
+  const auto dir = dslens::testing::temp_dir("obs_pixel_scale");
+  const double deg = 0.03 / 3600.0;
+  const std::vector<dslens::FitsCard> wcs = {{"CTYPE1", std::string("RA---TAN"), ""},
+                                             {"CTYPE2", std::string("DEC--TAN"), ""},
+                                             {"CD1_1", -deg, ""},
+                                             {"CD2_2", deg, ""}};
+  dslens::write_fits_image(dir + "/hst.fits", ramp(6, 8), wcs);
+  dslens::write_fits_image(dir + "/bare.fits", ramp(6, 8));
+  const json base = {{"image", "hst.fits"}, {"background_rms", 0.1}, {"exposure_time", 100.0}};
+  Observation obs = load(base, dir);
+  EXPECT_NEAR(obs.grid.pixel_scale, 0.03, 1e-12);
+  EXPECT_TRUE(obs.warnings.empty()) << obs.warnings.size();
+  // The PSF's FWHM is in arcsec on that scale: 0.09" is 3 pixels.
+  json with_psf = base;
+  with_psf["psf"] = {{"fwhm", 0.09}};
+  obs = load(with_psf, dir);
+  ASSERT_TRUE(obs.psf.has_value());
+  EXPECT_EQ(obs.psf->size(0) % 2, 1);
+  // Given: taken as given; within 1 % no warning, beyond it one naming both scales.
+  json given = base;
+  given["pixel_scale"] = 0.0301;
+  obs = load(given, dir);
+  EXPECT_DOUBLE_EQ(obs.grid.pixel_scale, 0.0301);
+  EXPECT_TRUE(obs.warnings.empty());
+  given["pixel_scale"] = 0.05;
+  obs = load(given, dir);
+  EXPECT_DOUBLE_EQ(obs.grid.pixel_scale, 0.05);
+  ASSERT_EQ(obs.warnings.size(), 1u);
+  EXPECT_TRUE(contains(obs.warnings[0], "data/pixel_scale 0.05\" differs from the 0.03\"") &&
+              contains(obs.warnings[0], "hst.fits"))
+      << obs.warnings[0];
+  // Pixels 0.03" x 0.045": a scale of their area's side, and a warning.
+  dslens::write_fits_image(dir + "/oblong.fits", ramp(6, 8),
+                           {{"CTYPE1", std::string("RA---TAN"), ""},
+                            {"CTYPE2", std::string("DEC--TAN"), ""},
+                            {"CDELT1", -deg, ""},
+                            {"CDELT2", 1.5 * deg, ""}});
+  json oblong = base;
+  oblong["image"] = "oblong.fits";
+  obs = load(oblong, dir);
+  EXPECT_NEAR(obs.grid.pixel_scale, 0.03 * std::sqrt(1.5), 1e-12);
+  ASSERT_EQ(obs.warnings.size(), 1u);
+  EXPECT_TRUE(contains(obs.warnings[0], "not square")) << obs.warnings[0];
+  // No scale given and none in the header.
+  json bare = base;
+  bare["image"] = "bare.fits";
+  std::string path;
+  const std::string msg = config_error(bare, dir, &path);
+  EXPECT_EQ(path, "/data/pixel_scale");
+  EXPECT_TRUE(contains(msg, "bare.fits") && contains(msg, "missing")) << msg;
+}
+
 TEST(Observation, PsfIsCheckedAndNormalised) {
   const auto dir = dslens::testing::temp_dir("obs_psf");
   dslens::write_fits_image(dir + "/image.fits", ramp(6, 6));

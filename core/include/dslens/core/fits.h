@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -36,6 +37,26 @@ torch::Tensor read_fits_image(const std::string& path,
 // Reads header keywords of the selected HDU (numeric ones only; others skipped).
 std::map<std::string, double> read_fits_numeric_header(
     const std::string& path, const FitsHdu& hdu = FitsHdu::primary_or_first_image());
+// Reads every valued keyword of the selected HDU as written: strings without their quotes and
+// trailing blanks, numbers and logicals as their text.
+std::map<std::string, std::string> read_fits_header(
+    const std::string& path, const FitsHdu& hdu = FitsHdu::primary_or_first_image());
+
+// The size of an image's pixels on the sky, from its header's world coordinate system.
+struct FitsPixelScale {
+  double arcsec = 0.0;  // sqrt(|det M|): the side of a square pixel of the same area
+  double aspect = 1.0;  // the pixel's x side over its y side (1 = square)
+  std::string from;     // the keywords used, e.g. "CD1_1..CD2_2 (deg)"
+};
+// The linear transform M from pixel to world coordinates is CDi_j where any is present, else
+// CDELTi x PCi_j (PC the identity where absent; CROTA2 only rotates, which leaves the area as it
+// is), each row i in CUNITi: deg, arcmin, arcsec or mas, and degrees where CUNITi is absent on a
+// celestial axis (CTYPEi RA/DEC, GLON/GLAT, ELON/ELAT), as FITS WCS Papers I and II (Greisen &
+// Calabretta 2002, A&A 395, 1061 and 1077) define them. Without such a transform, dslens's own
+// PIXSCALE card (arcsec per pixel). nullopt when the header gives neither, or a singular M.
+// (CFITSIO's fits_read_img_coord returns only the old-style CDELT/CROTA2 equivalents, approximate
+// for a skewed CD matrix, and ignores CUNIT.)
+std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header);
 
 // Writes `image` (any float/int tensor, any device) as a float64 (or float32 when
 // `as_float32`) primary image, atomically: to a temporary file renamed into place.

@@ -11,7 +11,7 @@
 // Keys (every file is a path string or {"fits": path, "hdu": number or EXTNAME}):
 //   simulation                      a `dslens simulate` folder: image.fits, noise_map.fits,
 //                                   psf.fits (optional), truth.json (grid and truth)
-//   image                           FITS mode: the image (required, with "pixel_scale")
+//   image                           FITS mode: the image (required)
 //   noise_map | weight_map | background_rms + exposure_time
 //                                   exactly one: sigma; inverse variance (0 = masked);
 //                                   sigma^2 = rms^2 + max(image, 0) / exposure_time
@@ -23,7 +23,9 @@
 //                                   the noise is correlated between pixels (drizzled images)
 //   psf                             {"fits": ..., "hdu": ...} or {"fwhm": arcsec, "size": odd};
 //                                   absent = no PSF (a simulation folder uses psf.fits)
-//   pixel_scale                     arcsec / pixel (FITS mode only)
+//   pixel_scale                     arcsec / pixel (FITS mode only); default: the image
+//                                   header's (its WCS, or PIXSCALE: core/fits.h), warned of
+//                                   where a scale given differs from it by more than 1 %
 //   mask                            FITS image, nonzero = fitted, NaN = not (both modes; like
 //                                   every path, relative to the config's folder)
 //   mask_radius                     {"inner": r1, "outer": r2} arcsec from the grid's origin:
