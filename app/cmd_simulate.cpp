@@ -15,6 +15,7 @@
 #include "dslens/core/plot.h"
 #include "dslens/core/version.h"
 #include "dslens/physics/lens_equation.h"
+#include "grid_fits_cards.h"
 #include "lens_config.h"
 #include "plot_panels.h"
 
@@ -206,24 +207,19 @@ json source_centre_images(const LensConfig& cfg, const Compute& compute) {
 }
 
 std::vector<FitsCard> image_cards(const LensConfig& cfg, const std::string& content) {
-  const auto& g = cfg.model.grid;
-  return {{"CONTENT", content, "what this image holds"},
-          {"BUNIT", std::string("counts/s"), "image units per pixel"},
-          {"PIXSCALE", g.pixel_scale, "arcsec per pixel"},
-          {"CUNIT1", std::string("arcsec"), ""},
-          {"CUNIT2", std::string("arcsec"), ""},
-          {"CDELT1", g.pixel_scale, "x step per column (arcsec)"},
-          {"CDELT2", g.pixel_scale, "y step per row (arcsec)"},
-          {"CRPIX1", 1.0, "reference pixel (FITS, 1-based)"},
-          {"CRPIX2", 1.0, "reference pixel (FITS, 1-based)"},
-          {"CRVAL1", g.ra_at_xy_0, "x of pixel (1,1), ra_at_xy_0 (arcsec)"},
-          {"CRVAL2", g.dec_at_xy_0, "y of pixel (1,1), dec_at_xy_0 (arcsec)"},
-          {"SUPERSMP", static_cast<long long>(cfg.model.supersampling), "supersampling factor"},
-          {"BKGRMS", cfg.noise.background_rms, "background noise rms (counts/s)"},
-          {"EXPTIME", cfg.noise.exposure_time, "exposure time (s); 0 = no Poisson noise"},
-          {"NOISCORR", cfg.noise.correlation_fwhm, "noise correlation kernel FWHM (px); 0 = none"},
-          {"SEED", static_cast<long long>(cfg.seed), "noise seed"},
-          {"ORIGIN", std::string("dslens ") + version(), ""}};
+  std::vector<FitsCard> cards = {{"CONTENT", content, "what this image holds"},
+                                 {"BUNIT", std::string("counts/s"), "image units per pixel"}};
+  for (auto& c : grid_fits_cards(cfg.model.grid)) cards.push_back(std::move(c));
+  for (auto& c : std::vector<FitsCard>{
+           {"SUPERSMP", static_cast<long long>(cfg.model.supersampling), "supersampling factor"},
+           {"BKGRMS", cfg.noise.background_rms, "background noise rms (counts/s)"},
+           {"EXPTIME", cfg.noise.exposure_time, "exposure time (s); 0 = no Poisson noise"},
+           {"NOISCORR", cfg.noise.correlation_fwhm, "noise correlation kernel FWHM (px); 0 = none"},
+           {"SEED", static_cast<long long>(cfg.seed), "noise seed"},
+           {"ORIGIN", std::string("dslens ") + version(), ""}}) {
+    cards.push_back(std::move(c));
+  }
+  return cards;
 }
 
 int run_simulate(int argc, char** argv) {

@@ -20,6 +20,7 @@
 #include "dslens/samplers/summary.h"
 #include "fit_report.h"
 #include "fit_run.h"
+#include "grid_fits_cards.h"
 #include "lens_config.h"
 #include "map_rounds.h"
 #include "model_export.h"
@@ -260,11 +261,12 @@ std::string truth_table(const std::vector<samplers::SummaryRow>& rows,
 }
 
 std::vector<FitsCard> grid_cards(const physics::PixelGrid& g, const std::string& what) {
-  return {{"CONTENT", what, ""},
-          {"PIXSCALE", g.pixel_scale, "arcsec per pixel"},
-          {"RA_XY0", g.ra_at_xy_0, "x of pixel (0,0), arcsec"},
-          {"DEC_XY0", g.dec_at_xy_0, "y of pixel (0,0), arcsec"},
-          {"ORIGIN", std::string("dslens ") + version(), ""}};
+  std::vector<FitsCard> cards = {{"CONTENT", what, ""}};
+  for (auto& c : grid_fits_cards(g)) cards.push_back(std::move(c));
+  cards.push_back({"RA_XY0", g.ra_at_xy_0, "x of pixel (0,0), arcsec"});
+  cards.push_back({"DEC_XY0", g.dec_at_xy_0, "y of pixel (0,0), arcsec"});
+  cards.push_back({"ORIGIN", std::string("dslens ") + version(), ""});
+  return cards;
 }
 
 // Adds to each summary row its central 68 % and 95 % intervals from flat [draws, K] (columns

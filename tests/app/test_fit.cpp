@@ -1659,6 +1659,15 @@ TEST(FitCommand, VaeMockFromSimulateIsTheFitsModelAtTheTruth) {
     EXPECT_NEAR(lt["kwargs_data"]["ra_at_xy_0"].get<double>(), -1.24, 1e-12);
     EXPECT_NEAR(lt["kwargs_data"]["dec_at_xy_0"].get<double>(), -1.24, 1e-12);
     EXPECT_EQ(lt["kwargs_data"]["transform_pix2angle"], json({{0.08, 0.0}, {0.0, 0.08}}));
+    // The fit's FITS images carry the same grid as a linear WCS in arcsec, from which a fit of
+    // them takes its pixel scale.
+    const auto header = dslens::read_fits_header(dir + "/" + name + "/data.fits");
+    const auto scale = dslens::fits_pixel_scale(header);
+    ASSERT_TRUE(scale.has_value());
+    EXPECT_DOUBLE_EQ(scale->arcsec, 0.08);
+    EXPECT_NE(scale->from.find("CDELT1"), std::string::npos) << scale->from;
+    EXPECT_NEAR(std::stod(header.at("CRVAL1")), -1.24, 1e-12);
+    EXPECT_NEAR(std::stod(header.at("CRVAL2")), -1.24, 1e-12);
     const auto psf = dslens::read_fits_image(exported + "/psf.fits");
     EXPECT_NEAR(psf.sum().item<double>(), 1.0, 1e-12);
     EXPECT_EQ(lt["kwargs_psf"]["kernel_point_source"].size(), static_cast<size_t>(psf.size(0)));

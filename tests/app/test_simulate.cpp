@@ -147,6 +147,11 @@ TEST(SimulateConfigs, ShippedConfigsRunAndWriteConsistentFiles) {
     ASSERT_EQ(sigma.sizes(), model.sizes());
     const auto header = dslens::read_fits_numeric_header(out + "/model.fits");
     EXPECT_DOUBLE_EQ(header.at("PIXSCALE"), cfg["grid"]["pixel_scale"].get<double>());
+    // Its WCS gives the same scale (CDELT in arcsec), so that a fit of it needs no pixel_scale.
+    const auto wcs = dslens::fits_pixel_scale(dslens::read_fits_header(out + "/model.fits"));
+    ASSERT_TRUE(wcs.has_value());
+    EXPECT_DOUBLE_EQ(wcs->arcsec, cfg["grid"]["pixel_scale"].get<double>());
+    EXPECT_NE(wcs->from.find("CDELT1"), std::string::npos) << wcs->from;
 
     // The model is a lens: bright, finite, non-negative.
     EXPECT_TRUE(torch::isfinite(model).all().item<bool>());
