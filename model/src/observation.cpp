@@ -422,8 +422,9 @@ double fits_pixel_scale_of(Observation& obs, const ConfigNode& data, const FitsI
   if (data.has("pixel_scale")) {
     scale = data.number("pixel_scale", Range::positive());
     if (header && std::abs(header->arcsec / scale - 1.0) > 0.01) {
-      warn(obs, "data/pixel_scale " + num(scale) + "\" differs from the " + num(header->arcsec) +
-                    "\" per pixel in the header of image '" + image.label + "' (" + header->from +
+      warn(obs, data.child_path("pixel_scale") + " " + num(scale) + "\" differs from the " +
+                    num(header->arcsec) + "\" per pixel in the header of image '" + image.label +
+                    "' (" + header->from +
                     "); every angle of the fit (theta_E, positions, R_sersic) is in units of "
                     "the scale given: leave pixel_scale out to take the header's");
     }

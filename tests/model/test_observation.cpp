@@ -584,7 +584,7 @@ TEST(Observation, PixelScaleComesFromTheImageHeaderWhenNotGiven) {
   obs = load(given, dir);
   EXPECT_DOUBLE_EQ(obs.grid.pixel_scale, 0.05);
   ASSERT_EQ(obs.warnings.size(), 1u);
-  EXPECT_TRUE(contains(obs.warnings[0], "data/pixel_scale 0.05\" differs from the 0.03\"") &&
+  EXPECT_TRUE(contains(obs.warnings[0], "/data/pixel_scale 0.05\" differs from the 0.03\"") &&
               contains(obs.warnings[0], "hst.fits"))
       << obs.warnings[0];
   // Pixels 0.03" x 0.045": a scale of their area's side, and a warning.
