@@ -67,37 +67,43 @@ torch::Tensor read_fits_image(const std::string& path, const FitsHdu& hdu) {
   return fits_io::read_current_image(f, "FITS file '" + path + "', " + hdu.describe());
 }
 
-std::map<std::string, double> read_fits_numeric_header(const std::string& path,
-                                                       const FitsHdu& hdu) {
+namespace {
+
+// The valued keywords of the selected HDU with their values as CFITSIO gives them (strings still
+// in quotes).
+std::vector<std::pair<std::string, std::string>> raw_header(const std::string& path,
+                                                            const FitsHdu& hdu) {
   fits_io::FitsFile f;
   fits_io::open_for_read(f, path);
   move_to_hdu(f, path, hdu);
   int status = 0, nkeys = 0;
   fits_get_hdrspace(f.ptr, &nkeys, nullptr, &status);
-  std::map<std::string, double> out;
+  std::vector<std::pair<std::string, std::string>> out;
   for (int i = 1; i <= nkeys; ++i) {
     char key[FLEN_KEYWORD], value[FLEN_VALUE], comment[FLEN_COMMENT];
     status = 0;
-    if (fits_read_keyn(f.ptr, i, key, value, comment, &status)) continue;
+    if (fits_read_keyn(f.ptr, i, key, value, comment, &status) || value[0] == '\0') continue;
+    out.emplace_back(key, value);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::map<std::string, double> read_fits_numeric_header(const std::string& path,
+                                                       const FitsHdu& hdu) {
+  std::map<std::string, double> out;
+  for (const auto& [key, value] : raw_header(path, hdu)) {
     char* end = nullptr;
-    const double v = std::strtod(value, &end);
-    if (end != value && *end == '\0') out[key] = v;
+    const double v = std::strtod(value.c_str(), &end);
+    if (end != value.c_str() && *end == '\0') out[key] = v;
   }
   return out;
 }
 
 std::map<std::string, std::string> read_fits_header(const std::string& path, const FitsHdu& hdu) {
-  fits_io::FitsFile f;
-  fits_io::open_for_read(f, path);
-  move_to_hdu(f, path, hdu);
-  int status = 0, nkeys = 0;
-  fits_get_hdrspace(f.ptr, &nkeys, nullptr, &status);
   std::map<std::string, std::string> out;
-  for (int i = 1; i <= nkeys; ++i) {
-    char key[FLEN_KEYWORD], value[FLEN_VALUE], comment[FLEN_COMMENT];
-    status = 0;
-    if (fits_read_keyn(f.ptr, i, key, value, comment, &status) || value[0] == '\0') continue;
-    std::string v = value;
+  for (auto [key, v] : raw_header(path, hdu)) {
     if (v.size() >= 2 && v.front() == '\'') {
       // A string: quotes doubled inside it, blanks after it not significant (FITS 4.0, 4.2.1).
       std::string text;
