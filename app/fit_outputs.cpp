@@ -24,6 +24,7 @@
 #include "lens_config.h"
 #include "map_rounds.h"
 #include "model_export.h"
+#include "noise_correlation.h"
 #include "pixel_grid_extent.h"
 
 namespace fs = std::filesystem;
@@ -116,27 +117,6 @@ std::string noise_by_brightness(const std::vector<model::BrightnessBin>& bins) {
         "large";
   }
   return out;
-}
-
-// The residuals' correlation: lags up to 2 pixels (a drizzled image's noise correlation reaches
-// about 1.5: SLACS J1430+4105's sky has 0.34-0.40 at lag 1 and 0.02-0.04 at lag 2), each residual
-// less its 15 x 15 local mean (misfit smoother than that is not noise; docs/fit.md).
-constexpr int64_t kCorrelationWindow = 2;
-constexpr int64_t kCorrelationHighpass = 15;
-
-// The correlation the warning and the exported noise take as measured: 400 or more pixels, a sum
-// ratio above 1 by more than 0.3 and 3 of its standard errors for independent pixels.
-bool correlation_is_significant(const model::ResidualCorrelation& c) {
-  return c.pixels >= 400 && c.sum_ratio - 1.0 > std::max(0.3, 3.0 * c.sum_ratio_se);
-}
-
-// The FWHM (px) of dslens simulate's noise kernel (physics::noise_correlation_kernel) whose noise
-// has the residuals' mean lag-1 correlation, so that a mock of the fitted lens gets noise like the
-// data's; NaN where none is measured or no kernel up to 10 px reaches it.
-double correlation_kernel_fwhm(const model::ResidualCorrelation& c) {
-  const double rho = 0.5 * (c.rho_x + c.rho_y);
-  if (!std::isfinite(rho) || rho > physics::noise_correlation_lag1(10.0)) return NAN;
-  return physics::noise_correlation_fwhm_for_lag1(rho);
 }
 
 // Noise correlated between neighbouring pixels (drizzled images): the likelihood counts each pixel
@@ -260,9 +240,10 @@ std::string truth_table(const std::vector<samplers::SummaryRow>& rows,
   return s.str();
 }
 
-std::vector<FitsCard> grid_cards(const physics::PixelGrid& g, const std::string& what) {
+std::vector<FitsCard> grid_cards(const physics::PixelGrid& g, const std::vector<FitsCard>& sky,
+                                 const std::string& what) {
   std::vector<FitsCard> cards = {{"CONTENT", what, ""}};
-  for (auto& c : grid_fits_cards(g)) cards.push_back(std::move(c));
+  for (auto& c : grid_fits_cards(g, sky)) cards.push_back(std::move(c));
   cards.push_back({"RA_XY0", g.ra_at_xy_0, "x of pixel (0,0), arcsec"});
   cards.push_back({"DEC_XY0", g.dec_at_xy_0, "y of pixel (0,0), arcsec"});
   cards.push_back({"ORIGIN", std::string("dslens ") + version(), ""});
@@ -391,7 +372,7 @@ using namespace fit_outputs_detail;
 
 nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r,
                                   const Compute& compute) {
-  const FitConfig& cfg = *r.config;
+  const FitConfig& cfg = r.fitted_config();
   const auto& space = cfg.model.space;
   const auto names = space.coordinate_names();
   const int64_t C = r.chains.draws.size(0), N = r.chains.draws.size(1), D = r.chains.draws.size(2);
@@ -461,20 +442,9 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
       physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
   const auto arcs = obs.mask & (arc_light > obs.sigma);
   const int64_t arc_pixels = arcs.sum().item<int64_t>();
-  // The noise's correlation between neighbouring pixels where the residuals are least touched by
-  // misfit, the quiet pixels: those off the arcs (the MAP's lensed source below a tenth of sigma)
-  // and, of those, the half where the MAP model is faintest (off the lens galaxy's core); and over
-  // every fitted pixel. On SLACS J1430+4105's cut-out the arcs' misfit took the half where the
-  // model is faintest to a sum ratio of 9 (high-passed), where its sky's noise has 3.
-  const auto off_arcs = obs.mask & (arc_light < 0.1 * obs.sigma);
-  const auto quiet =
-      off_arcs.any().item<bool>()
-          ? off_arcs & (model_img <= model_img.masked_select(off_arcs).median().item<double>())
-          : off_arcs;
-  const auto correlation_quiet =
-      model::residual_correlation(resid, quiet, kCorrelationWindow, kCorrelationHighpass);
-  const auto correlation_all =
-      model::residual_correlation(resid, obs.mask, kCorrelationWindow, kCorrelationHighpass);
+  // The noise's correlation between neighbouring pixels (app/noise_correlation.h).
+  const auto [correlation_quiet, correlation_all] =
+      map_noise_correlation(obs, resid, model_img, arc_light);
   // The source's brightness the data prefer along the MAP's own lensed source: the model image is
   // linear in it, lens light + s x lensed source, so the likelihood alone peaks at s = <d - lens
   // light, m> / <m, m> in the noise's metric, over the fitted pixels. Well above 1, a prior holds
@@ -505,6 +475,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     map_json["noise_scale"] = cfg.data.noise_scale;
     map_json["reduced_chi_square_before_noise_scale"] = reduced_chi2 * given_variance;
   }
+  if (!r.noise_scale_auto.is_null()) map_json["noise_scale_auto"] = r.noise_scale_auto;
   map_json["source_flux_scale_preferred_by_data"] = number_or_null(source_flux_scale);
   map_json["arcs"] = {
       {"pixels", arc_pixels},
@@ -821,6 +792,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // A noise_scale sets every width below: say so before them.
   if (obs.noise_scale != 1.0) {
     text += "every pixel's sigma times data.noise_scale " + fmt("%g", obs.noise_scale) +
+            (obs.noise_scale_auto ? " (\"auto\": measured on the MAP's residuals)" : "") +
             " (noise correlated between pixels, docs/fit.md \"Correlated noise\"); the widths "
             "below include it\n";
   }
@@ -856,10 +828,12 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // FITS images.
   write_fits_image(dir + "/data.fits",
                    torch::where(obs.mask, obs.image, torch::full_like(obs.image, NAN)),
-                   grid_cards(obs.grid, "data (masked pixels NaN)"));
-  write_fits_image(dir + "/model.fits", model_img, grid_cards(obs.grid, "model image at MAP"));
-  write_fits_image(dir + "/residuals.fits", resid,
-                   grid_cards(obs.grid, "(data - model) / sigma at MAP, NaN where masked"));
+                   grid_cards(obs.grid, obs.sky_wcs, "data (masked pixels NaN)"));
+  write_fits_image(dir + "/model.fits", model_img,
+                   grid_cards(obs.grid, obs.sky_wcs, "model image at MAP"));
+  write_fits_image(
+      dir + "/residuals.fits", resid,
+      grid_cards(obs.grid, obs.sky_wcs, "(data - model) / sigma at MAP, NaN where masked"));
   // The MAP model as a `dslens simulate` config and as lenstronomy's kwargs (app/model_export.h).
   // Its noise block: a simulation's own; else the data's background_rms + exposure_time where the
   // config gives them, or its median noise sigma as a background, and, where the quiet pixels'
@@ -907,8 +881,10 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   FitReportInputs rep;
   rep.title = cfg.name + "   reduced chi2 = " + fmt("%.3f", reduced_chi2) +
               (std::isfinite(arc_chi2) ? " (arcs " + fmt("%.3f", arc_chi2) + ")" : "") +
-              (obs.noise_scale != 1.0 ? ", sigma x " + fmt("%g", obs.noise_scale) : "") + "   " +
-              std::to_string(C) + " chains x " + std::to_string(N) +
+              (obs.noise_scale != 1.0 ? ", sigma x " + fmt("%.3g", obs.noise_scale) +
+                                            (obs.noise_scale_auto ? " (auto)" : "")
+                                      : "") +
+              "   " + std::to_string(C) + " chains x " + std::to_string(N) +
               " draws   MAP: " + r.map_origin;
   rep.grid = obs.grid;
   rep.data = obs.image;

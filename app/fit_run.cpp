@@ -14,6 +14,7 @@
 #include "fit_chains.h"
 #include "map_rounds.h"
 #include "map_search.h"
+#include "noise_correlation.h"
 #include "stopwatch.h"
 
 namespace fs = std::filesystem;
@@ -54,6 +55,20 @@ torch::Tensor init_starts(const std::vector<const FitConfig*>& lenses, const Fit
   std::vector<torch::Tensor> rows;
   for (const auto* c : lenses) rows.push_back(options.init.at(c));
   return torch::cat(rows).to(opts);
+}
+
+// Each lens's best `keep` rows of a lens-major optimisation result [L * per_lens, D], best first:
+// [L, keep, D] and their log posteriors [L, keep] (float64, CPU; non-finite ones as -inf).
+std::pair<torch::Tensor, torch::Tensor> best_rows_per_lens(const samplers::OptimizeResult& res,
+                                                           int64_t n_lenses, int64_t keep) {
+  const int64_t per_lens = res.x.size(0) / n_lenses;
+  const int64_t kept = std::min(keep, per_lens);
+  auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, per_lens});
+  lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
+  const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, kept);
+  const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * per_lens).reshape({-1});
+  return {res.x.detach().index_select(0, rows.to(res.x.device())).reshape({n_lenses, kept, -1}),
+          lp.gather(1, order)};
 }
 
 }  // namespace fit_run_detail
@@ -135,14 +150,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                   &search_rounds, &traced_from)
             : map_from_start(lenses, posterior, init_starts(lenses, options, opts), &traced_from);
     if (!options.init.empty()) search_rounds.assign(search_rounds.size(), 0);
-    const int64_t per_lens = res.x.size(0) / n_lenses;
-    const int64_t kept = std::min(keep, per_lens);
-    auto lp = res.log_p.to(torch::kCPU, torch::kFloat64).reshape({n_lenses, per_lens});
-    lp = torch::where(torch::isfinite(lp), lp, torch::full_like(lp, -INFINITY));
-    const auto order = std::get<1>(lp.sort(1, /*descending=*/true)).narrow(1, 0, kept);
-    best_lp = lp.gather(1, order);
-    const auto rows = (order + torch::arange(n_lenses).unsqueeze(1) * per_lens).reshape({-1});
-    best_x = res.x.detach().index_select(0, rows.to(compute.device)).reshape({n_lenses, kept, dim});
+    std::tie(best_x, best_lp) = best_rows_per_lens(res, n_lenses, keep);
     map_seconds = seconds_since(t0) + (resumed ? resumed->seconds : 0.0);
     // The best optimum of each lens: column 0 of [L, keep], strided by `keep` until copied.
     const auto best_per_lens = best_lp.select(1, 0).contiguous();
@@ -189,6 +197,63 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
                  .gather(1, order.to(compute.device).unsqueeze(2).expand({-1, -1, dim}));
   }
 
+  // 1b. data.noise_scale "auto" (app/noise_correlation.h): each such lens's noise correlation is
+  // measured on its best optimum's residuals with sigma as given, its sigma is multiplied by the
+  // factor that calls for, and the kept optima are optimised again under the scaled posterior
+  // (the prior's weight against the data's changes by the factor squared, which moves a VAE's
+  // latents); the chains and the outputs then use the scaled data, as a config with that number
+  // would. The measurement is repeated on --resume (it is deterministic in the MAP checkpoint);
+  // the second optimisation is kept in tag-map-noise-scaled.pt.
+  std::vector<const FitConfig*> run_lenses = lenses;  // the configs the chains sample
+  std::vector<std::shared_ptr<const FitConfig>> scaled_configs(lenses.size());
+  std::vector<nlohmann::json> noise_records(lenses.size());
+  std::optional<BatchPosterior> scaled_batch;
+  for (int64_t l = 0; l < n_lenses; ++l) {
+    const FitConfig& c = *lenses[static_cast<size_t>(l)];
+    if (!c.data.noise_scale_auto) continue;
+    const BatchPosterior one = batch_posterior({&c}, compute);
+    if (arcs_from.defined()) one.first.fix_arcs_lens_light(space.unpack(arcs_from.narrow(0, l, 1)));
+    const NoiseScaleMeasurement m =
+        measure_noise_scale(c.data, one.first, best_x[l].narrow(0, 0, 1), compute);
+    noise_records[static_cast<size_t>(l)] = m.to_json();
+    spdlog::info(
+        "{}: data.noise_scale \"auto\": on {} quiet pixels at the MAP the residuals' sum ratio is "
+        "{:.2f} (+- {:.2f} for independent pixels) and their mean square {:.2f}: {}",
+        c.name, m.quiet.pixels, m.quiet.sum_ratio, m.quiet.sum_ratio_se, m.quiet.mean_square,
+        m.factor != 1.0 ? fmt::format("sigma x {:.3f} for the chains", m.factor)
+                        : std::string("not a correlation this test can tell, sigma as given"));
+    if (m.factor == 1.0) continue;
+    auto scaled = std::make_shared<FitConfig>(c);
+    scaled->data = c.data.with_noise_scaled(m.factor);
+    run_lenses[static_cast<size_t>(l)] = scaled.get();
+    scaled_configs[static_cast<size_t>(l)] = std::move(scaled);
+  }
+  if (run_lenses != lenses) {
+    scaled_batch.emplace(batch_posterior(run_lenses, compute));
+    if (arcs_from.defined()) scaled_batch->first.fix_arcs_lens_light(space.unpack(arcs_from));
+    const std::string scaled_file = tag + "-map-noise-scaled.pt";
+    if (options.resume && fs::exists(scaled_file)) {
+      auto t = load_tensors(scaled_file);
+      best_x = t.at(0).to(opts);
+      best_lp = t.at(1);
+      map_seconds += t.at(2).item<double>();
+      spdlog::info("batch {}: MAP optima under the scaled noise read from {}", batch_index,
+                   scaled_file);
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      const int64_t kept = best_x.size(1);
+      std::tie(best_x, best_lp) = best_rows_per_lens(
+          map_reoptimised(run_lenses, scaled_batch->first, best_x.reshape({-1, dim})), n_lenses,
+          kept);
+      const double seconds = seconds_since(t0);
+      map_seconds += seconds;
+      save_tensors(scaled_file, {best_x, best_lp, torch::tensor(seconds, torch::kFloat64)});
+    }
+  }
+  const model::LensPosterior& run_posterior = scaled_batch ? scaled_batch->first : posterior;
+  const samplers::LogDensityFn run_density =
+      scaled_batch ? run_posterior.log_density() : log_density;
+
   // 2. Chains: the best few optima of a lens seed its chains (round-robin over the kept optima
   // whose Laplace mass is within ln 100 of the largest, so that a second mode of similar mass gets
   // chains and R-hat can see it, while a mode holding a negligible share does not). Each chain
@@ -198,15 +263,15 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
   // which --resume continues an interrupted run exactly (app/fit_chains.h).
   const std::string label = "batch " + std::to_string(batch_index);
   const std::optional<ChainRun> first_run =
-      run_chains(lenses, log_density, pixel_hessian_block(first.model, posterior), best_x, best_lp,
-                 1, {tag + "-chains.pt", tag + "-sampler.pt"}, options, label);
+      run_chains(run_lenses, run_density, pixel_hessian_block(first.model, run_posterior), best_x,
+                 best_lp, 1, {tag + "-chains.pt", tag + "-sampler.pt"}, options, label);
   if (!first_run) return {};
 
   // Each lens's share of a run of `subset` (indices into `lenses`): its chains, and the optimised
   // best draw as the MAP where it is higher than the MAP so far.
   const auto adopt = [&](const std::vector<int64_t>& subset, const ChainRun& run,
                          const samplers::LogDensityFn& density,
-                         const model::LensPosterior& run_posterior) {
+                         const model::LensPosterior& chains_posterior) {
     const int64_t n = static_cast<int64_t>(subset.size());
     ChainsMode mode = chains_mode(density, run.sampled, n);
     // A pixel grid's pixels solved, as at the MAP's optima (a free sigma at its evidence's
@@ -214,7 +279,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     samplers::OptimizeResult o;
     o.x = mode.x;
     o.log_p = mode.log_p.to(mode.x.device());
-    o = with_exact_pixel_source(first.model, run_posterior, o, "the chains' best draws, optimised");
+    o = with_exact_pixel_source(first.model, chains_posterior, o,
+                                "the chains' best draws, optimised");
     mode.x = o.x;
     mode.log_p = o.log_p.to(torch::kCPU, torch::kFloat64);
     for (int64_t j = 0; j < n; ++j) {
@@ -255,6 +321,8 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     LensFitResult& r = results[static_cast<size_t>(l)];
     all[static_cast<size_t>(l)] = l;
     r.config = lenses[static_cast<size_t>(l)];
+    r.noise_scaled_config = scaled_configs[static_cast<size_t>(l)];
+    r.noise_scale_auto = noise_records[static_cast<size_t>(l)];
     r.starts_u = best_x[l].to(torch::kCPU, torch::kFloat64);
     r.starts_log_p = best_lp[l];
     if (arcs_from.defined()) r.arcs_lens_light_u = arcs_from.narrow(0, l, 1).to(torch::kCPU);
@@ -263,9 +331,13 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     r.map_seconds = map_seconds / static_cast<double>(n_lenses);
     r.search_rounds = search_rounds[static_cast<size_t>(l)];
     if (!options.init.empty()) r.map_origin = "optimised from --init " + options.init_source;
+    if (r.noise_scaled_config)
+      r.map_origin += ", optimised again with sigma x " +
+                      fmt::format("{:.3g}", r.noise_scaled_config->data.noise_scale) +
+                      " (data.noise_scale \"auto\")";
     r.batch_size = n_lenses;
   }
-  adopt(all, *first_run, log_density, posterior);
+  adopt(all, *first_run, run_density, run_posterior);
 
   // 3. Chain rounds: a lens whose chains ended apart, some in a mode tens of nats below another's
   // (lenses_with_chains_apart), is run again with all its chains started from its best optimum so
@@ -281,7 +353,7 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
       lp_rows.push_back(results[static_cast<size_t>(l)].chains.log_density);
     for (const int64_t l : lenses_with_chains_apart(torch::cat(lp_rows), chains, sc.stray_nats)) {
       apart.push_back(l);
-      subset.push_back(lenses[static_cast<size_t>(l)]);
+      subset.push_back(run_lenses[static_cast<size_t>(l)]);
     }
     if (apart.empty()) break;
     std::vector<std::string> names;
@@ -301,21 +373,21 @@ std::vector<LensFitResult> fit_batch(const std::vector<const FitConfig*>& lenses
     // The retried lenses run as a batch of their own (when all are retried, the batch itself).
     std::optional<BatchPosterior> sub;
     if (apart.size() < lenses.size()) sub.emplace(batch_posterior(subset, compute));
-    const model::LensPosterior& run_posterior = sub ? sub->first : posterior;
-    if (sub && run_posterior.spec().arcs_placement) {
+    const model::LensPosterior& round_posterior = sub ? sub->first : run_posterior;
+    if (sub && round_posterior.spec().arcs_placement) {
       // The same lens light as the first round's (LensFitResult::arcs_lens_light_u).
       std::vector<torch::Tensor> light;
       for (const int64_t l : apart)
         light.push_back(results[static_cast<size_t>(l)].arcs_lens_light_u.to(opts));
-      run_posterior.fix_arcs_lens_light(space.unpack(torch::cat(light)));
+      round_posterior.fix_arcs_lens_light(space.unpack(torch::cat(light)));
     }
-    const samplers::LogDensityFn density = sub ? run_posterior.log_density() : log_density;
+    const samplers::LogDensityFn density = sub ? round_posterior.log_density() : run_density;
     const std::optional<ChainRun> run =
-        run_chains(subset, density, pixel_hessian_block(first.model, run_posterior),
+        run_chains(subset, density, pixel_hessian_block(first.model, round_posterior),
                    torch::stack(seed_x), torch::stack(seed_lp), round,
                    {tag + "-chains" + suffix, tag + "-sampler" + suffix}, options, label);
     if (!run) return {};
-    adopt(apart, *run, density, run_posterior);
+    adopt(apart, *run, density, round_posterior);
   }
   return results;
 }

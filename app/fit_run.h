@@ -3,6 +3,7 @@
 // all lenses' starts and chains as rows of one tensor batch (lens-major).
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,15 @@ namespace dslens::app {
 // One lens's share of a batch fit: everything its output folder is made from.
 struct LensFitResult {
   const FitConfig* config = nullptr;
+  // data.noise_scale "auto" (app/noise_correlation.h): the config with the measured factor applied
+  // to sigma, which the chains sampled (null where no factor was applied), and the measurement
+  // (null where the config's noise_scale is a number).
+  std::shared_ptr<const FitConfig> noise_scaled_config;
+  nlohmann::json noise_scale_auto;
+  // The config the chains sampled: the noise-scaled one, else `config`.
+  const FitConfig& fitted_config() const {
+    return noise_scaled_config ? *noise_scaled_config : *config;
+  }
   torch::Tensor map_u;     // [1, D] the highest optimum found (unconstrained) ...
   double map_log_p = 0.0;  // ... its log posterior, and where it came from
   std::string map_origin = "the MAP search";

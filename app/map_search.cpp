@@ -550,6 +550,26 @@ size_t decoded_source_index(const model::FitModel& fit) {
   return index;
 }
 
+// L-BFGS from `x` as the search's joint stage (in segments for a pixel grid), without its Adam,
+// then Newton's polish and a pixel grid solved exactly: map_from_start and map_reoptimised.
+samplers::OptimizeResult lbfgs_then_newton(const std::vector<const FitConfig*>& lenses,
+                                           const model::LensPosterior& posterior,
+                                           const torch::Tensor& x, const std::string& stage,
+                                           MapBar& bar) {
+  const MapSettings& ms = lenses.front()->map;
+  const auto n_lenses = static_cast<int64_t>(lenses.size());
+  const model::FitModel& model = lenses.front()->model;
+  const JointStage joint{model,    decoded_source_index(model),
+                         3.0,      posterior.spec().arcs_placement.has_value(),
+                         n_lenses, ms};
+  return with_exact_pixel_source(
+      model, posterior,
+      polished(model, posterior,
+               joint.off_prior_edges(posterior, joint.run(posterior, x, 0, stage, bar), 0, bar),
+               n_lenses, ms, bar),
+      "MAP");
+}
+
 }  // namespace
 
 samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& lenses,
@@ -581,17 +601,16 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
     }
     start = with_exact_pixel_source(model, posterior, std::move(start), "MAP (--init) start");
   }
-  // L-BFGS as the search's joint stage (in segments for a pixel grid), without its Adam.
-  const JointStage joint{model,    decoded_source_index(model),
-                         3.0,      posterior.spec().arcs_placement.has_value(),
-                         n_lenses, ms};
-  return with_exact_pixel_source(
-      model, posterior,
-      polished(
-          model, posterior,
-          joint.off_prior_edges(posterior, joint.run(posterior, start.x, 0, "init", bar), 0, bar),
-          n_lenses, ms, bar),
-      "MAP");
+  return lbfgs_then_newton(lenses, posterior, start.x, "init", bar);
+}
+
+samplers::OptimizeResult map_reoptimised(const std::vector<const FitConfig*>& lenses,
+                                         const model::LensPosterior& posterior,
+                                         const torch::Tensor& x) {
+  spdlog::info("MAP: {} optima of {} lens(es) optimised again: L-BFGS ({} iterations), then Newton",
+               x.size(0), lenses.size(), lenses.front()->map.lbfgs_iterations);
+  MapBar bar;
+  return lbfgs_then_newton(lenses, posterior, x, "again", bar);
 }
 
 samplers::OptimizeResult map_search(const std::vector<const FitConfig*>& lenses,

@@ -53,6 +53,14 @@ samplers::OptimizeResult map_from_start(const std::vector<const FitConfig*>& len
                                         const torch::Tensor& x0,
                                         torch::Tensor* arcs_from = nullptr);
 
+// Optima of one posterior optimised again under another of the same model and the same lenses
+// (data.noise_scale "auto", app/noise_correlation.h: sigma scaled after the MAP): `x` [L * K, D]
+// (lens-major), by L-BFGS (map.lbfgs_iterations) and Newton polishing as map_from_start. A grid on
+// the arcs must already be fixed in `posterior`. Same result layout as `x`.
+samplers::OptimizeResult map_reoptimised(const std::vector<const FitConfig*>& lenses,
+                                         const model::LensPosterior& posterior,
+                                         const torch::Tensor& x);
+
 // For Hessians at a batch's points (Newton's polish, the Laplace approximation at the optima): a
 // pixel grid's block in closed form (model::pixel_source_hessian), so that only the other
 // coordinates are differenced. On the 32 x 32 grid of docs/benchmarks.md (session 52) 14 of the

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <regex>
 
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/errors.h"
@@ -138,21 +139,25 @@ bool celestial_axis(const std::string& ctype) {
   return false;
 }
 
+// A numeric keyword of a header read by read_fits_header; nullopt where absent or not a number.
+std::optional<double> header_number(const std::map<std::string, std::string>& header,
+                                    const std::string& key) {
+  const auto it = header.find(key);
+  if (it == header.end()) return std::nullopt;
+  std::string text = it->second;
+  for (auto& c : text) {
+    if (c == 'D' || c == 'd') c = 'E';  // Fortran's double-precision exponent (FITS 4.2.4)
+  }
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0' || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
 }  // namespace
 
 std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header) {
-  const auto number = [&header](const std::string& key) -> std::optional<double> {
-    const auto it = header.find(key);
-    if (it == header.end()) return std::nullopt;
-    std::string text = it->second;
-    for (auto& c : text) {
-      if (c == 'D' || c == 'd') c = 'E';  // Fortran's double-precision exponent (FITS 4.2.4)
-    }
-    char* end = nullptr;
-    const double v = std::strtod(text.c_str(), &end);
-    if (end == text.c_str() || *end != '\0' || !std::isfinite(v)) return std::nullopt;
-    return v;
-  };
+  const auto number = [&header](const std::string& key) { return header_number(header, key); };
   double m[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
   std::string from;
   bool cd = false;
@@ -206,6 +211,40 @@ std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::
     return FitsPixelScale{*p, 1.0, "PIXSCALE (arcsec)"};
   }
   return std::nullopt;
+}
+
+std::vector<FitsCard> fits_celestial_wcs(const std::map<std::string, std::string>& header,
+                                         double column_offset, double row_offset) {
+  const auto ctype = [&header](const char* key) {
+    const auto it = header.find(key);
+    return it == header.end() ? std::string() : it->second;
+  };
+  if (!celestial_axis(ctype("CTYPE1")) || !celestial_axis(ctype("CTYPE2"))) return {};
+  // FITS WCS Papers I and II (Greisen & Calabretta 2002) and the SIP convention's keywords.
+  static const std::regex wcs_key(
+      "(CTYPE|CUNIT|CRVAL|CDELT)[12]|CROTA2|(CD|PC)[12]_[12]|PV[12]_[0-9]+|LONPOLE|LATPOLE|"
+      "RADESYS|RADECSYS|EQUINOX|EPOCH|MJD-OBS|DATE-OBS|WCSNAME|(A|B|AP|BP)_ORDER|"
+      "(A|B|AP|BP)_[0-9]+_[0-9]+");
+  static const std::regex text_key("(CTYPE|CUNIT)[12]|RADESYS|RADECSYS|DATE-OBS|WCSNAME");
+  static const std::regex order_key("(A|B|AP|BP)_ORDER");
+  std::vector<FitsCard> cards;
+  for (const auto& [key, value] : header) {
+    if (!std::regex_match(key, wcs_key)) continue;
+    if (std::regex_match(key, text_key)) {
+      cards.push_back({key, value, ""});
+    } else if (const auto v = header_number(header, key)) {
+      if (std::regex_match(key, order_key))
+        cards.push_back({key, static_cast<long long>(std::llround(*v)), ""});
+      else
+        cards.push_back({key, *v, ""});
+    }
+  }
+  // CRPIXi (0 where absent, FITS's default) moved to the cut-out's pixels.
+  cards.push_back({"CRPIX1", header_number(header, "CRPIX1").value_or(0.0) - column_offset,
+                   "reference pixel (the image's it was cut from less the cut-out's column)"});
+  cards.push_back({"CRPIX2", header_number(header, "CRPIX2").value_or(0.0) - row_offset,
+                   "reference pixel (the image's it was cut from less the cut-out's row)"});
+  return cards;
 }
 
 void write_fits_image(const std::string& path, const torch::Tensor& image,

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <sstream>
 
 #include "dslens/core/errors.h"
@@ -226,6 +227,8 @@ struct Inputs {
   Noise noise;
   std::optional<FitsImage> mask;
   bool centred_grid = false;  // FITS data: the grid is centred on the (cut-out) image
+  // FITS data: the image's header (read_fits_header), whose celestial WCS the cut-out keeps.
+  std::map<std::string, std::string> image_header;
 };
 
 // Cutout, masks and sigma; obs.grid must already hold the full image's grid.
@@ -244,6 +247,8 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
                        " (columns x rows) from column " + std::to_string(w.col0) + ", row " +
                        std::to_string(w.row0);
   }
+  obs.sky_wcs =
+      fits_celestial_wcs(in.image_header, static_cast<double>(w.col0), static_cast<double>(w.row0));
   const torch::Tensor image = w.apply(in.image.data);
   obs.mask = torch::ones({w.ny, w.nx}, torch::kBool);
   if (in.mask) {
@@ -320,7 +325,17 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     }
   }
   // After the check, which compares sigma with itself and is blind to a common factor.
-  obs.noise_scale = data.number_or("noise_scale", 1.0, Range::closed(0.01, 100.0));
+  if (data.has("noise_scale") && data.at("noise_scale").value().is_string()) {
+    const ConfigNode scale = data.at("noise_scale");
+    if (scale.as_string() != "auto") {
+      scale.fail("'" + scale.as_string() +
+                 "' is not a noise scale; allowed: a number in [0.01, 100], or \"auto\" to take "
+                 "the one the MAP's residuals call for (docs/fit.md, \"Correlated noise\")");
+    }
+    obs.noise_scale_auto = true;
+  } else {
+    obs.noise_scale = data.number_or("noise_scale", 1.0, Range::closed(0.01, 100.0));
+  }
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
   obs.sigma = torch::where(obs.mask, sigma * obs.noise_scale, torch::ones_like(sigma));
   if (obs.n_fitted() == 0) {
@@ -411,13 +426,9 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
 // PIXSCALE). A given scale more than 1 % from the header's is warned of (a drizzled image's
 // header has the drizzled scale: 0.03" for SLACS's ACS images, whose detector pixels are 0.05"),
 // as are pixels that are not square, which the grid assumes.
-double fits_pixel_scale_of(Observation& obs, const ConfigNode& data, const FitsImage& image) {
-  std::optional<FitsPixelScale> header;
-  try {
-    header = fits_pixel_scale(read_fits_header(image.path, image.hdu));
-  } catch (const FileError& e) {
-    throw ConfigError(image.json_path, std::string(e.what()) + " (image header)");
-  }
+double fits_pixel_scale_of(Observation& obs, const ConfigNode& data, const FitsImage& image,
+                           const std::map<std::string, std::string>& image_header) {
+  const std::optional<FitsPixelScale> header = fits_pixel_scale(image_header);
   double scale = 0.0;
   if (data.has("pixel_scale")) {
     scale = data.number("pixel_scale", Range::positive());
@@ -459,7 +470,12 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   Observation obs;
   Inputs in;
   in.image = read_file_at(data, "image", base_dir, "image");
-  const double pixel_scale = fits_pixel_scale_of(obs, data, in.image);
+  try {
+    in.image_header = read_fits_header(in.image.path, in.image.hdu);
+  } catch (const FileError& e) {
+    throw ConfigError(in.image.json_path, std::string(e.what()) + " (image header)");
+  }
+  const double pixel_scale = fits_pixel_scale_of(obs, data, in.image, in.image_header);
 
   const bool has_rms = data.has("background_rms"), has_t = data.has("exposure_time");
   if (has_rms != has_t) {
@@ -511,6 +527,17 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
 }
 
 }  // namespace observation_detail
+
+Observation Observation::with_noise_scaled(double factor) const {
+  if (!(factor > 0.0) || !std::isfinite(factor)) {
+    throw InvalidArgument("noise scale factor must be a positive number, got " +
+                          std::to_string(factor));
+  }
+  Observation out = *this;
+  out.sigma = torch::where(mask, sigma * factor, sigma);
+  out.noise_scale = noise_scale * factor;
+  return out;
+}
 
 Observation load_observation(const ConfigNode& data, const std::string& base_dir) {
   using namespace observation_detail;

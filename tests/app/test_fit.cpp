@@ -133,6 +133,13 @@ std::string make_mock(const std::string& dir, const std::string& name, int seed,
   return cfg;
 }
 
+// `dslens fit CONFIG --out OUT` with one short chain (30 warmup + 30 draws): for tests of the
+// MAP's outputs and warnings, which the chains' length does not change.
+RunResult short_fit(const std::string& config, const std::string& out) {
+  return run_dslens("fit " + quote(config) + " --out " + quote(out) +
+                    " --warmup 30 --draws 30 --chains 1");
+}
+
 // Mocks "a" (theta_E 0.9) and "b" (1.1) in dir/configs with the MAP's optimisers off, so that
 // their optima are their prior draws; `edit` changes each config before it is written.
 void make_raw_map_mocks(const std::string& dir,
@@ -693,8 +700,7 @@ TEST(FitCommand, WarnsWhenTheArcsAreFittedWorseThanTheNoise) {
     c["map"]["retry_rounds"] = 0;
     fs::create_directories(dir + "/configs");
     write_json(dir + "/configs/" + name + ".json", c);
-    const RunResult r = run_dslens("fit " + quote(dir + "/configs/" + name + ".json") + " --out " +
-                                   quote(dir + "/" + name) + " --warmup 30 --draws 30 --chains 1");
+    const RunResult r = short_fit(dir + "/configs/" + name + ".json", dir + "/" + name);
     ASSERT_EQ(r.code, 0) << r.output;
     const json arcs = read_json(dir + "/" + name + "/map.json").at("arcs");
     const double chi2 = arcs.at("reduced_chi_square").get<double>();
@@ -731,8 +737,7 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
     const std::string sub = dir + "/scale" + std::to_string(scale);
     fs::create_directories(sub);
     write_json(sub + "/a.json", c);
-    const RunResult r = run_dslens("fit " + quote(sub + "/a.json") + " --out " +
-                                   quote(sub + "/fit") + " --warmup 30 --draws 30 --chains 1");
+    const RunResult r = short_fit(sub + "/a.json", sub + "/fit");
     ASSERT_EQ(r.code, 0) << r.output;
     const json map = read_json(sub + "/fit/map.json");
     const double chi2 = map.at("reduced_chi_square");
@@ -768,8 +773,7 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
                {"pixel_scale", 0.1}};
   c["map"]["retry_rounds"] = 0;
   write_json(dir + "/configs/bright.json", c);
-  const RunResult r = run_dslens("fit " + quote(dir + "/configs/bright.json") + " --out " +
-                                 quote(dir + "/bright") + " --warmup 30 --draws 30 --chains 1");
+  const RunResult r = short_fit(dir + "/configs/bright.json", dir + "/bright");
   ASSERT_EQ(r.code, 0) << r.output;
   const json bins = read_json(dir + "/bright/map.json").at("residuals_by_brightness").at("bins");
   ASSERT_EQ(bins.size(), 10u);
@@ -786,9 +790,7 @@ TEST(FitCommand, WarnsOfAChiSquareImprobableForItsDegreesOfFreedom) {
   // as without it, the label saying so.
   c["data"]["noise_scale"] = 2.0;
   write_json(dir + "/configs/bright-scaled.json", c);
-  const RunResult rs =
-      run_dslens("fit " + quote(dir + "/configs/bright-scaled.json") + " --out " +
-                 quote(dir + "/bright-scaled") + " --warmup 30 --draws 30 --chains 1");
+  const RunResult rs = short_fit(dir + "/configs/bright-scaled.json", dir + "/bright-scaled");
   ASSERT_EQ(rs.code, 0) << rs.output;
   const double unscaled = read_json(dir + "/bright/map.json").at("reduced_chi_square");
   bool labelled = false;
@@ -841,8 +843,7 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
     json c = fit_config(dir + "/" + name + "-data");
     c["map"]["retry_rounds"] = 0;
     write_json(dir + "/" + name + ".json", c);
-    r = run_dslens("fit " + quote(dir + "/" + name + ".json") + " --out " +
-                   quote(dir + "/" + name + "-fit") + " --warmup 30 --draws 30 --chains 1");
+    r = short_fit(dir + "/" + name + ".json", dir + "/" + name + "-fit");
     ASSERT_EQ(r.code, 0) << r.output;
     const json nc = read_json(dir + "/" + name + "-fit/map.json").at("noise_correlation");
     const json faint = nc.at("quiet");
@@ -896,8 +897,7 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
                {"noise_scale", suggested}};
   c["map"]["retry_rounds"] = 1;  // so that the search's rounds judge the chi-square (below)
   write_json(dir + "/scaled.json", c);
-  const RunResult r = run_dslens("fit " + quote(dir + "/scaled.json") + " --out " +
-                                 quote(dir + "/scaled-fit") + " --warmup 30 --draws 30 --chains 1");
+  const RunResult r = short_fit(dir + "/scaled.json", dir + "/scaled-fit");
   ASSERT_EQ(r.code, 0) << r.output;
   const json before = read_json(dir + "/corr-fit/map.json");
   const json after = read_json(dir + "/scaled-fit/map.json");
@@ -958,6 +958,126 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   const std::string unscaled_summary = read_text(dir + "/corr-fit/summary.txt");
   EXPECT_EQ(unscaled_summary.find("sigma times data.noise_scale"), std::string::npos);
   EXPECT_EQ(unscaled_summary.find("before data.noise_scale)"), std::string::npos);
+
+  // "noise_scale": "auto" does the two fits' work in one: the factor measured at the MAP with
+  // sigma as given is the first fit's suggestion (the same MAP), the kept optima are optimised
+  // again with it and the chains sample the scaled posterior, so that the outputs are the scaled
+  // fit's (within that fit's own MAP search, which started again from prior draws).
+  // dir/NAME.json with "auto", fitted into dir/NAME-auto-fit: its map.json.
+  const auto fit_auto = [&dir](const std::string& name) {
+    json c = read_json(dir + "/" + name + ".json");
+    c["data"]["noise_scale"] = "auto";
+    write_json(dir + "/" + name + "-auto.json", c);
+    const RunResult r = short_fit(dir + "/" + name + "-auto.json", dir + "/" + name + "-auto-fit");
+    EXPECT_EQ(r.code, 0) << r.output;
+    return r.code == 0 ? read_json(dir + "/" + name + "-auto-fit/map.json") : json::object();
+  };
+  const json automatic = fit_auto("corr");
+  ASSERT_TRUE(automatic.contains("noise_scale_auto")) << automatic;
+  const json record = automatic.at("noise_scale_auto");
+  const double factor = record.at("factor").get<double>();
+  EXPECT_TRUE(record.at("significant").get<bool>()) << record;
+  EXPECT_NEAR(factor, suggested, 0.02 * suggested) << record;
+  EXPECT_DOUBLE_EQ(record.at("noise_scale").get<double>(), factor);
+  EXPECT_DOUBLE_EQ(automatic.at("noise_scale").get<double>(), factor);
+  EXPECT_NE(automatic.at("origin").get<std::string>().find("optimised again with sigma x"),
+            std::string::npos)
+      << automatic.at("origin");
+  EXPECT_NEAR(automatic.at("reduced_chi_square").get<double>() * factor * factor,
+              before.at("reduced_chi_square").get<double>(), 0.05)
+      << automatic.dump();
+  EXPECT_NEAR(automatic.at("noise_correlation").at("quiet").at("noise_scale").get<double>(), factor,
+              0.05 * factor);
+  for (const std::string name : {"theta_E_lens0", "e1_lens0", "e2_lens0"}) {
+    EXPECT_NEAR(automatic.at("parameters").at(name).get<double>(),
+                after.at("parameters").at(name).get<double>(), 0.01)
+        << name;
+  }
+  EXPECT_FALSE(has_warning(dir + "/corr-auto-fit"));
+  EXPECT_DOUBLE_EQ(read_json(dir + "/corr-auto-fit/summary.json").at("noise_scale").get<double>(),
+                   factor);
+  const std::string auto_summary = read_text(dir + "/corr-auto-fit/summary.txt");
+  EXPECT_NE(auto_summary.find("(\"auto\": measured on the MAP's residuals)"), std::string::npos)
+      << auto_summary;
+  // Interrupted after warmup and resumed, the same draws: the measurement is repeated from the
+  // MAP checkpoint, the second optimisation read from its own.
+  const std::string args =
+      " --out " + quote(dir + "/auto-resumed") + " --warmup 30 --draws 30 --chains 1";
+  ASSERT_EQ(
+      run_dslens("fit " + quote(dir + "/corr-auto.json") + args + " --stop-after warmup").code, 0);
+  EXPECT_TRUE(fs::exists(dir + "/auto-resumed/checkpoint/batch0-map-noise-scaled.pt"));
+  const RunResult rr = run_dslens("fit " + quote(dir + "/corr-auto.json") + args + " --resume");
+  ASSERT_EQ(rr.code, 0) << rr.output;
+  EXPECT_EQ(read_json(dir + "/auto-resumed/summary.json").at("parameters"),
+            read_json(dir + "/corr-auto-fit/summary.json").at("parameters"));
+  EXPECT_EQ(read_json(dir + "/auto-resumed/map.json").at("noise_scale_auto"), record);
+  // A white-noise lens's "auto" leaves sigma as given (its correlation is not significant).
+  const json white_auto = fit_auto("white");
+  ASSERT_TRUE(white_auto.contains("noise_scale_auto")) << white_auto;
+  EXPECT_FALSE(white_auto.at("noise_scale_auto").at("significant").get<bool>()) << white_auto;
+  EXPECT_EQ(white_auto.at("noise_scale_auto").at("factor").get<double>(), 1.0);
+  EXPECT_FALSE(white_auto.contains("noise_scale")) << white_auto;
+  EXPECT_EQ(white_auto.at("origin").get<std::string>().find("optimised again"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// FITS data with a celestial WCS (an HST image's RA and Dec): the fit's data, model and residual
+// images keep it, CRPIX moved by the cut-out, so that a viewer overlays them on the sky, and carry
+// the fit's own x, y (arcsec) as the alternate WCS "A"; the pixel scale comes from the CD matrix.
+TEST(FitCommand, FitImagesKeepTheDataSkyCoordinatesThroughACutout) {
+  const std::string dir = dslens::testing::temp_dir("fit_sky_wcs");
+  const std::string cfg = make_mock(dir, "a", 21, 0.9);
+  const double p = 0.1 / 3600.0, t = 30.0 * M_PI / 180.0;
+  const std::vector<dslens::FitsCard> sky = {{"CTYPE1", std::string("RA---TAN"), ""},
+                                             {"CTYPE2", std::string("DEC--TAN"), ""},
+                                             {"CRVAL1", 217.5, ""},
+                                             {"CRVAL2", 41.1, ""},
+                                             {"CRPIX1", 16.5, ""},
+                                             {"CRPIX2", 16.5, ""},
+                                             {"CD1_1", -p * std::cos(t), ""},
+                                             {"CD1_2", p * std::sin(t), ""},
+                                             {"CD2_1", p * std::sin(t), ""},
+                                             {"CD2_2", p * std::cos(t), ""},
+                                             {"RADESYS", std::string("ICRS"), ""}};
+  dslens::write_fits_image(dir + "/a-data/sky.fits",
+                           dslens::read_fits_image(dir + "/a-data/image.fits"), sky);
+  json c = read_json(cfg);
+  // Columns 2..29 and rows 3..28 of the 32 x 32 image: the cut-out's centre is the image's.
+  c["data"] = {{"image", "../a-data/sky.fits"},
+               {"background_rms", 0.2},
+               {"exposure_time", 1e12},
+               {"psf", {{"fwhm", 0.12}}},
+               {"cutout", {{"center", {16, 16}}, {"size", {28, 26}}}}};
+  c["map"]["retry_rounds"] = 0;
+  write_json(dir + "/configs/sky.json", c);
+  const RunResult r = short_fit(dir + "/configs/sky.json", dir + "/fit");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* image : {"data", "model", "residuals"}) {
+    SCOPED_TRACE(image);
+    const auto h = dslens::read_fits_header(dir + "/fit/" + image + ".fits");
+    const auto number = [&h](const std::string& key) { return std::stod(h.at(key)); };
+    EXPECT_EQ(h.at("CTYPE1"), "RA---TAN");
+    EXPECT_EQ(h.at("CTYPE2"), "DEC--TAN");
+    EXPECT_EQ(h.at("RADESYS"), "ICRS");
+    EXPECT_DOUBLE_EQ(number("CRVAL1"), 217.5);
+    EXPECT_DOUBLE_EQ(number("CRVAL2"), 41.1);
+    EXPECT_DOUBLE_EQ(number("CRPIX1"), 16.5 - 2);
+    EXPECT_DOUBLE_EQ(number("CRPIX2"), 16.5 - 3);
+    EXPECT_NEAR(number("CD1_1"), -p * std::cos(t), 1e-18);
+    EXPECT_NEAR(number("CD2_1"), p * std::sin(t), 1e-18);
+    EXPECT_NEAR(dslens::fits_pixel_scale(h)->arcsec, 0.1, 1e-12);
+    // The fit's frame: pixel (1, 1) at x = -(28 - 1) / 2 x 0.1", y = -(26 - 1) / 2 x 0.1".
+    EXPECT_EQ(h.at("WCSNAMEA"), "DSLENS");
+    EXPECT_EQ(h.at("CUNIT1A"), "arcsec");
+    EXPECT_NEAR(number("CDELT1A"), 0.1, 1e-12);
+    EXPECT_NEAR(number("CRVAL1A"), -1.35, 1e-12);
+    EXPECT_NEAR(number("CRVAL2A"), -1.25, 1e-12);
+    EXPECT_DOUBLE_EQ(number("CRPIX1A"), 1.0);
+    EXPECT_EQ(h.count("CDELT1"), 0u);  // the primary WCS is the sky's alone
+  }
+  // The sky's fit is the mock's: the lens where it was simulated.
+  const json map = read_json(dir + "/fit/map.json");
+  EXPECT_NEAR(map.at("parameters").at("theta_E_lens0").get<double>(), 0.9, 0.02) << map.dump();
   fs::remove_all(dir);
 }
 
@@ -982,8 +1102,7 @@ TEST(FitCommand, ImagePositionsAreFittedAndAFeatureTheLensCannotJoinIsWarnedOf) 
       {{"images", images}, {"sigma", 0.02}},
       {{"images", {{-0.7 * ray, 0.7 * ray}, {-1.3 * ray, 1.3 * ray}}}, {"sigma", 0.03}}};
   write_json(cfg, c);
-  const RunResult r = run_dslens("fit " + quote(cfg) + " --out " + quote(dir + "/fit") +
-                                 " --warmup 30 --draws 30 --chains 1");
+  const RunResult r = short_fit(cfg, dir + "/fit");
   ASSERT_EQ(r.code, 0) << r.output;
   const json map = read_json(dir + "/fit/map.json");
   const json features = map.at("image_positions").at("features");

@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <string>
+#include <variant>
+#include <vector>
 
 #include "dslens/core/device.h"
 #include "dslens/core/errors.h"
@@ -106,6 +109,81 @@ TEST(Fits, PixelScaleFromTheWorldCoordinateSystem) {
   EXPECT_FALSE(dslens::fits_pixel_scale(
       {{"CDELT1", "1e-5"}, {"CDELT2", "1e-5"}, {"CUNIT1", "m"}, {"CUNIT2", "m"}}));
   EXPECT_FALSE(dslens::fits_pixel_scale({}));
+}
+
+// fits_celestial_wcs: a celestial header's WCS keywords, SIP's included, with CRPIX moved by the
+// cut-out's offset (so that a cut-out pixel lies where it lay in the image it was cut from), and
+// nothing else; a header without celestial axes gives none. Written and read back, the cards are
+// themselves again, and the pixel scale is the header's.
+TEST(Fits, CelestialWcsMovesWithTheCutout) {
+  const double p = 0.03 / 3600.0, t = 30.0 * M_PI / 180.0;
+  char cd11[40];
+  std::snprintf(cd11, sizeof cd11, "%.15E", -p * std::cos(t));
+  const std::map<std::string, std::string> header = {{"SIMPLE", "T"},
+                                                     {"NAXIS1", "301"},
+                                                     {"OBJECT", "J1430+4105"},
+                                                     {"EXPTIME", "2192.0"},
+                                                     {"CTYPE1", "RA---TAN-SIP"},
+                                                     {"CTYPE2", "DEC--TAN-SIP"},
+                                                     {"CRVAL1", "217.5"},
+                                                     {"CRVAL2", "41.1"},
+                                                     {"CRPIX1", "151.0"},
+                                                     {"CRPIX2", "150.5D0"},
+                                                     {"CD1_1", cd11},
+                                                     {"CD1_2", std::to_string(p * std::sin(t))},
+                                                     {"CD2_1", "2.1D-06"},
+                                                     {"CD2_2", std::to_string(p * std::cos(t))},
+                                                     {"RADESYS", "ICRS"},
+                                                     {"EQUINOX", "2000.0"},
+                                                     {"A_ORDER", "2"},
+                                                     {"A_0_2", "1.5E-07"},
+                                                     {"B_ORDER", "2"},
+                                                     {"B_2_0", "-3.0E-07"},
+                                                     {"MJD-OBS", "53779.1"},
+                                                     {"CDELT1A", "0.03"},
+                                                     {"PV2_1", "45.0"}};
+  const auto cards = dslens::fits_celestial_wcs(header, 80.0, 75.0);
+  std::map<std::string, dslens::FitsValue> by_key;
+  for (const auto& c : cards) by_key[c.key] = c.value;
+  const std::vector<std::string> expected = {
+      "A_0_2",  "A_ORDER", "B_2_0",  "B_ORDER", "CD1_1",  "CD1_2",   "CD2_1",   "CD2_2", "CRPIX1",
+      "CRPIX2", "CRVAL1",  "CRVAL2", "CTYPE1",  "CTYPE2", "EQUINOX", "MJD-OBS", "PV2_1", "RADESYS"};
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : by_key) keys.push_back(k);
+  EXPECT_EQ(keys, expected);  // OBJECT, EXPTIME, NAXIS1 and the alternate WCS's CDELT1A left out
+  EXPECT_DOUBLE_EQ(std::get<double>(by_key["CRPIX1"]), 151.0 - 80.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(by_key["CRPIX2"]), 150.5 - 75.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(by_key["CD2_1"]), 2.1e-6);  // Fortran's exponent read
+  EXPECT_DOUBLE_EQ(std::get<double>(by_key["CD1_1"]), std::stod(cd11));
+  EXPECT_EQ(std::get<std::string>(by_key["CTYPE1"]), "RA---TAN-SIP");
+  EXPECT_EQ(std::get<std::string>(by_key["RADESYS"]), "ICRS");
+  EXPECT_EQ(std::get<long long>(by_key["A_ORDER"]), 2);
+  // Written on a cut-out and read back: the same cards (CRPIX moved once), the header's scale.
+  const auto dir = dslens::testing::temp_dir("fits_sky");
+  dslens::write_fits_image(dir + "/cut.fits", torch::zeros({4, 5}), cards);
+  const auto back = dslens::read_fits_header(dir + "/cut.fits");
+  const auto again = dslens::fits_celestial_wcs(back);
+  ASSERT_EQ(again.size(), cards.size());
+  for (const auto& c : again) {
+    if (const auto* d = std::get_if<double>(&c.value)) {
+      EXPECT_NEAR(*d, std::get<double>(by_key[c.key]), 1e-12 * std::abs(*d)) << c.key;
+    } else {
+      EXPECT_TRUE(c.value == by_key[c.key]) << c.key;
+    }
+  }
+  const auto scale = dslens::fits_pixel_scale(back);
+  ASSERT_TRUE(scale);
+  EXPECT_NEAR(scale->arcsec, dslens::fits_pixel_scale(header)->arcsec, 1e-12);
+  // No celestial axes (dslens's own linear arcsec frame, or one celestial axis alone): none.
+  EXPECT_TRUE(dslens::fits_celestial_wcs({{"CUNIT1", "arcsec"}, {"CDELT1", "0.05"}}).empty());
+  EXPECT_TRUE(dslens::fits_celestial_wcs({{"CTYPE1", "RA---TAN"}, {"CTYPE2", "WAVE"}}).empty());
+  // CRPIX absent (FITS's default 0): written as minus the offset.
+  const auto bare =
+      dslens::fits_celestial_wcs({{"CTYPE1", "GLON-CAR"}, {"CTYPE2", "GLAT-CAR"}}, 3, 4);
+  std::map<std::string, dslens::FitsValue> bare_keys;
+  for (const auto& c : bare) bare_keys[c.key] = c.value;
+  EXPECT_DOUBLE_EQ(std::get<double>(bare_keys.at("CRPIX1")), -3.0);
+  EXPECT_DOUBLE_EQ(std::get<double>(bare_keys.at("CRPIX2")), -4.0);
 }
 
 TEST(Fits, MissingAndMalformedFilesNameTheFile) {

@@ -121,6 +121,37 @@ TEST(Observation, NoiseMapGivesSigmaAndACentredGrid) {
     const auto msg = config_error(scaled, dir, &path);
     EXPECT_EQ(path, "/data/noise_scale") << msg;
   }
+  // "auto": sigma as given until `dslens fit` measures the factor (app/noise_correlation.h); any
+  // other string is an error naming the value and what is allowed.
+  scaled["noise_scale"] = "auto";
+  const Observation automatic = load(scaled, dir);
+  EXPECT_TRUE(automatic.noise_scale_auto);
+  EXPECT_FALSE(wide.noise_scale_auto);
+  EXPECT_DOUBLE_EQ(automatic.noise_scale, 1.0);
+  EXPECT_TRUE(torch::equal(automatic.sigma, noise));
+  scaled["noise_scale"] = "Auto ";
+  std::string path;
+  const auto msg = config_error(scaled, dir, &path);
+  EXPECT_EQ(path, "/data/noise_scale") << msg;
+  EXPECT_TRUE(contains(msg, "'Auto '") && contains(msg, "\"auto\"") && contains(msg, "[0.01, 100]"))
+      << msg;
+  // with_noise_scaled: the fitted pixels' sigma and noise_scale times the factor; the masked
+  // pixels' placeholder sigma, the image and the image positions' sigmas unchanged.
+  auto masked = data;
+  masked["mask_radius"] = {{"outer", 0.08}};
+  const Observation given = load(masked, dir);
+  ASSERT_GT(given.n_fitted(), 0);
+  ASSERT_LT(given.n_fitted(), given.sigma.numel());
+  const Observation times = given.with_noise_scaled(1.5);
+  EXPECT_TRUE(torch::allclose(times.sigma.masked_select(given.mask),
+                              1.5 * given.sigma.masked_select(given.mask), 1e-15, 0));
+  EXPECT_TRUE(
+      torch::equal(times.sigma.masked_select(~given.mask), given.sigma.masked_select(~given.mask)));
+  EXPECT_DOUBLE_EQ(times.noise_scale, 1.5);
+  EXPECT_DOUBLE_EQ(times.with_noise_scaled(2.0).noise_scale, 3.0);
+  EXPECT_TRUE(torch::equal(times.image, given.image));
+  EXPECT_THROW(given.with_noise_scaled(0.0), dslens::InvalidArgument);
+  EXPECT_THROW(given.with_noise_scaled(NAN), dslens::InvalidArgument);
 }
 
 TEST(Observation, WeightMapIsInverseVarianceAndZeroWeightIsMasked) {

@@ -58,6 +58,16 @@ struct FitsPixelScale {
 // for a skewed CD matrix, and ignores CUNIT.)
 std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header);
 
+// The celestial world coordinate system of a header (CTYPE1 and CTYPE2 both celestial: RA/DEC,
+// GLON/GLAT, ELON/ELAT) as cards to write on an image cut from it whose pixel (1, 1) is the
+// header's pixel (1 + column_offset, 1 + row_offset): CRPIXi less the offsets, every other WCS
+// keyword as it is (CTYPEi, CUNITi, CRVALi, CDELTi, CROTA2, CDi_j, PCi_j, PVi_m, LONPOLE, LATPOLE,
+// RADESYS, RADECSYS, EQUINOX, EPOCH, MJD-OBS, DATE-OBS, WCSNAME, and SIP's A/B/AP/BP terms and
+// orders, which are relative to CRPIX and so move with it: Shupe et al. 2005, ASP Conf. 347,
+// 491). Empty where the header has no celestial axes.
+std::vector<FitsCard> fits_celestial_wcs(const std::map<std::string, std::string>& header,
+                                         double column_offset = 0.0, double row_offset = 0.0);
+
 // Writes `image` (any float/int tensor, any device) as a float64 (or float32 when
 // `as_float32`) primary image, atomically: to a temporary file renamed into place.
 void write_fits_image(const std::string& path, const torch::Tensor& image,

@@ -20,7 +20,9 @@
 //                                   of the pixel's own value (model/noise_estimate.h)
 //   noise_scale                     factor (0.01-100, default 1) on every pixel's sigma after the
 //                                   above, e.g. map.json's noise_correlation.noise_scale where
-//                                   the noise is correlated between pixels (drizzled images)
+//                                   the noise is correlated between pixels (drizzled images);
+//                                   "auto": 1 here, and `dslens fit` measures that factor on the
+//                                   MAP's residuals before the chains (app/noise_correlation.h)
 //   psf                             {"fits": ..., "hdu": ...} or {"fwhm": arcsec, "size": odd};
 //                                   absent = no PSF (a simulation folder uses psf.fits)
 //   pixel_scale                     arcsec / pixel (FITS mode only); default: the image
@@ -47,6 +49,7 @@
 #include <vector>
 
 #include "dslens/core/config.h"
+#include "dslens/core/fits.h"
 #include "dslens/model/image_positions.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/physics/image_model.h"
@@ -54,9 +57,10 @@
 namespace dslens::model {
 
 struct Observation {
-  torch::Tensor image;       // [ny, nx] float64 CPU; masked pixels set to 0
-  torch::Tensor sigma;       // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
-  double noise_scale = 1.0;  // "noise_scale", already applied to sigma
+  torch::Tensor image;            // [ny, nx] float64 CPU; masked pixels set to 0
+  torch::Tensor sigma;            // [ny, nx] float64 CPU, per-pixel noise sd (1 where masked)
+  double noise_scale = 1.0;       // "noise_scale", already applied to sigma
+  bool noise_scale_auto = false;  // "noise_scale": "auto" (noise_scale then 1 until measured)
   // FITS data with background_rms + exposure_time: that noise model (the form of sigma, before
   // noise_scale), so that an exported model simulates noise like the data's; nullopt otherwise.
   std::optional<physics::NoiseModel> noise_model;
@@ -65,6 +69,9 @@ struct Observation {
   // Simulations: the grid of truth.json (shifted by a cutout); FITS: centred on the image, i.e.
   // pixel (i, j) at x = (j - (nx-1)/2) * pixel_scale, y = (i - (ny-1)/2) * pixel_scale.
   physics::PixelGrid grid;
+  // FITS data whose image header has a celestial WCS: its cards, with CRPIX moved to the cut-out
+  // (core/fits.h, fits_celestial_wcs), for the fit's images to carry; empty otherwise.
+  std::vector<FitsCard> sky_wcs;
   nlohmann::json truth;               // truth.json of a simulation, null otherwise
   std::string description;            // e.g. "runs/mock (dslens simulate)" or "image.fits[0]"
   std::vector<std::string> warnings;  // also logged with spdlog::warn
@@ -76,6 +83,9 @@ struct Observation {
   ImagingData imaging() const {
     return {image, sigma, mask, batch_image_positions({image_positions})};
   }
+  // The same data with every fitted pixel's sigma, and noise_scale, times `factor` (> 0); the
+  // image positions' sigmas are unchanged, as with a noise_scale in the config.
+  Observation with_noise_scaled(double factor) const;
 };
 
 // `data` is the config's "data" node (its path, e.g. "/data", prefixes every error); relative
