@@ -1018,6 +1018,20 @@ TEST(FitCommand, CorrelatedNoiseIsMeasuredAndWarnedOfWithTheNoiseScaleThatWidens
   EXPECT_EQ(white_auto.at("noise_scale_auto").at("factor").get<double>(), 1.0);
   EXPECT_FALSE(white_auto.contains("noise_scale")) << white_auto;
   EXPECT_EQ(white_auto.at("origin").get<std::string>().find("optimised again"), std::string::npos);
+  // In one batch with a lens whose sigma is given, each lens keeps its own: the correlated one
+  // scaled by its own measurement, the other as given.
+  const RunResult rb =
+      run_dslens("fit " + quote(dir + "/corr-auto.json") + " " + quote(dir + "/white.json") +
+                 " --out " + quote(dir + "/batch") + " --warmup 30 --draws 30 --chains 1");
+  ASSERT_EQ(rb.code, 0) << rb.output;
+  const json batched = read_json(dir + "/batch/corr-auto/map.json");
+  EXPECT_NEAR(batched.at("noise_scale_auto").at("factor").get<double>(), suggested,
+              0.02 * suggested);
+  EXPECT_DOUBLE_EQ(batched.at("noise_scale").get<double>(),
+                   batched.at("noise_scale_auto").at("factor").get<double>());
+  const json given = read_json(dir + "/batch/white/map.json");
+  EXPECT_FALSE(given.contains("noise_scale") || given.contains("noise_scale_auto")) << given;
+  EXPECT_EQ(read_json(dir + "/batch/corr-auto/summary.json").at("lenses_in_batch"), 2);
   fs::remove_all(dir);
 }
 
