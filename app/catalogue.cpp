@@ -114,6 +114,12 @@ Catalogue catalogue_csv(const std::vector<fs::path>& lens_dirs) {
       // The noise's correlation between pixels (map.json's `noise_correlation`, session 63) on the
       // quiet pixels: the sigma scale the fit used, the one its residuals call for, and the sum
       // ratio behind it, to find in a catalogue the lenses whose widths need a noise_scale.
+      // The lens's centre on the sky, where the data had a celestial WCS (map.json's "sky").
+      const json centre = map.value("sky", json::object()).value("lens_center", json());
+      if (centre.is_object()) {
+        add(row, "ra_lens_center", centre.value("ra", json()));
+        add(row, "dec_lens_center", centre.value("dec", json()));
+      }
       add(row, "noise_scale", map.value("noise_scale", json(1.0)));
       const json quiet = map.value("noise_correlation", json::object()).value("quiet", json());
       if (quiet.is_object()) {

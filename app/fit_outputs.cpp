@@ -12,6 +12,7 @@
 #include "dslens/core/atomic_file.h"
 #include "dslens/core/fits.h"
 #include "dslens/core/output_dir.h"
+#include "dslens/core/sky_position.h"
 #include "dslens/core/version.h"
 #include "dslens/model/lens_posterior.h"
 #include "dslens/model/noise_estimate.h"
@@ -361,6 +362,45 @@ DrawProducts draw_products(const model::LensPosterior& post, const torch::Tensor
   return out;
 }
 
+// map.json's "sky": the first mass component's centre at the MAP (`parameters`, fixed ones
+// included) as RA and Dec through the data's celestial WCS (core/sky_position.h), for a catalogue
+// to cross-match; where the WCS is not TAN, or no mass component has a centre, why not.
+nlohmann::json lens_centre_on_sky(const model::Observation& obs, const nlohmann::json& parameters) {
+  std::string ctype;
+  for (const auto& c : obs.sky_wcs)
+    if (c.key == "CTYPE1" || c.key == "CTYPE2")
+      ctype += (ctype.empty() ? "" : ", ") + std::get<std::string>(c.value);
+  nlohmann::json sky = {{"wcs", ctype + " (the data image's header, CRPIX moved to the cut-out)"}};
+  for (int k = 0; k < 100; ++k) {
+    const std::string cx = "center_x_lens" + std::to_string(k);
+    const std::string cy = "center_y_lens" + std::to_string(k);
+    if (!parameters.contains(cx) || !parameters.contains(cy)) continue;
+    const double x = parameters.at(cx).get<double>(), y = parameters.at(cy).get<double>();
+    // The grid's pixel (0, 0) is FITS pixel (1, 1).
+    const double pixel1 = 1.0 + (x - obs.grid.ra_at_xy_0) / obs.grid.pixel_scale;
+    const double pixel2 = 1.0 + (y - obs.grid.dec_at_xy_0) / obs.grid.pixel_scale;
+    std::string why;
+    const auto at = tan_sky_position(obs.sky_wcs, pixel1, pixel2, &why);
+    if (!at) {
+      sky["unavailable"] = why;
+      return sky;
+    }
+    sky["lens_center"] = {{"component", "lens" + std::to_string(k)},
+                          {"x", x},
+                          {"y", y},
+                          {"ra", at->ra},
+                          {"dec", at->dec},
+                          {"definition",
+                           "the MAP's centre (center_x, center_y, arcsec on the fit's grid) of "
+                           "this mass component, the first with one, at FITS pixel (" +
+                               fmt("%.3f", pixel1) + ", " + fmt("%.3f", pixel2) +
+                               ") of data.fits; ra, dec in degrees (the WCS's RADESYS)"}};
+    return sky;
+  }
+  sky["unavailable"] = "no mass component has a center_x and center_y";
+  return sky;
+}
+
 // The most the data may prefer to scale the MAP's lensed source by before the fit warns that a
 // prior holds the source down. A prior that fits its source shrinks only the pixels the data
 // barely constrain, whose share of the arcs is small (the test mocks: 1.0 to 1.15).
@@ -595,6 +635,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     if (space.is_fixed(n)) best[n] = v.reshape({-1})[0].item<double>();
   }
   map_json["parameters"] = best;
+  if (!obs.sky_wcs.empty()) map_json["sky"] = lens_centre_on_sky(obs, best);
   // The derived quantities of the summary's `derived` list at the MAP.
   nlohmann::json derived_map = nlohmann::json::object();
   const DerivedDraws at_map = derived_draws(x_map.unsqueeze(0), names, {});

@@ -30,6 +30,7 @@
 #include "dslens/core/fits.h"
 #include "dslens/core/fits_table.h"
 #include "dslens/core/npy.h"
+#include "dslens/core/sky_position.h"
 #include "dslens/model/noise_estimate.h"
 #include "run_dslens.h"
 #include "test_support.h"
@@ -1046,8 +1047,8 @@ TEST(FitCommand, FitImagesKeepTheDataSkyCoordinatesThroughACutout) {
                                              {"CTYPE2", std::string("DEC--TAN"), ""},
                                              {"CRVAL1", 217.5, ""},
                                              {"CRVAL2", 41.1, ""},
-                                             {"CRPIX1", 16.5, ""},
-                                             {"CRPIX2", 16.5, ""},
+                                             {"CRPIX1", 10.0, ""},
+                                             {"CRPIX2", 20.0, ""},
                                              {"CD1_1", -p * std::cos(t), ""},
                                              {"CD1_2", p * std::sin(t), ""},
                                              {"CD2_1", p * std::sin(t), ""},
@@ -1075,8 +1076,8 @@ TEST(FitCommand, FitImagesKeepTheDataSkyCoordinatesThroughACutout) {
     EXPECT_EQ(h.at("RADESYS"), "ICRS");
     EXPECT_DOUBLE_EQ(number("CRVAL1"), 217.5);
     EXPECT_DOUBLE_EQ(number("CRVAL2"), 41.1);
-    EXPECT_DOUBLE_EQ(number("CRPIX1"), 16.5 - 2);
-    EXPECT_DOUBLE_EQ(number("CRPIX2"), 16.5 - 3);
+    EXPECT_DOUBLE_EQ(number("CRPIX1"), 10.0 - 2);
+    EXPECT_DOUBLE_EQ(number("CRPIX2"), 20.0 - 3);
     EXPECT_NEAR(number("CD1_1"), -p * std::cos(t), 1e-18);
     EXPECT_NEAR(number("CD2_1"), p * std::sin(t), 1e-18);
     EXPECT_NEAR(dslens::fits_pixel_scale(h)->arcsec, 0.1, 1e-12);
@@ -1092,6 +1093,28 @@ TEST(FitCommand, FitImagesKeepTheDataSkyCoordinatesThroughACutout) {
   // The sky's fit is the mock's: the lens where it was simulated.
   const json map = read_json(dir + "/fit/map.json");
   EXPECT_NEAR(map.at("parameters").at("theta_E_lens0").get<double>(), 0.9, 0.02) << map.dump();
+  // Its centre, fixed at the grid's origin, is the whole image's FITS pixel (16.5, 16.5): its RA
+  // and Dec through the whole image's WCS (core/sky_position.h), in map.json and the catalogue.
+  const auto want = dslens::tan_sky_position(sky, 16.5, 16.5);
+  ASSERT_TRUE(want);
+  const json centre = map.at("sky").at("lens_center");
+  EXPECT_NEAR(centre.at("ra").get<double>(), want->ra, 1e-10) << centre;
+  EXPECT_NEAR(centre.at("dec").get<double>(), want->dec, 1e-10) << centre;
+  // Not the reference pixel's: 7.4 pixels away.
+  EXPECT_GT(std::hypot((want->ra - 217.5) * std::cos(41.1 * M_PI / 180.0), want->dec - 41.1),
+            7.0 * p);
+  const RunResult rc =
+      run_dslens("catalogue " + quote(dir + "/fit") + " --out " + quote(dir + "/cat.csv"), "");
+  ASSERT_EQ(rc.code, 0) << rc.output;
+  const auto table = read_csv(dir + "/cat.csv");
+  ASSERT_EQ(table.size(), 2u);
+  for (const auto& [column, value] :
+       {std::pair{"ra_lens_center", want->ra}, std::pair{"dec_lens_center", want->dec}}) {
+    const auto it = std::find(table[0].begin(), table[0].end(), column);
+    ASSERT_NE(it, table[0].end()) << column;
+    // The CSV's 10 significant digits: 1e-7 degrees, 0.4 mas.
+    EXPECT_NEAR(std::stod(table[1][it - table[0].begin()]), value, 1e-7) << column;
+  }
   fs::remove_all(dir);
 }
 

@@ -14,6 +14,7 @@
 #include "dslens/core/errors.h"
 #include "dslens/core/fits.h"
 #include "dslens/core/output_dir.h"
+#include "dslens/core/sky_position.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -184,6 +185,78 @@ TEST(Fits, CelestialWcsMovesWithTheCutout) {
   for (const auto& c : bare) bare_keys[c.key] = c.value;
   EXPECT_DOUBLE_EQ(std::get<double>(bare_keys.at("CRPIX1")), -3.0);
   EXPECT_DOUBLE_EQ(std::get<double>(bare_keys.at("CRPIX2")), -4.0);
+}
+
+// tan_sky_position against the gnomonic projection written forwards as in spherical astronomy
+// texts (standard coordinates xi, eta of a point about the tangent point; Calabretta & Greisen
+// 2002 write it inverted and as a rotation): sky points around a tangent point at mid, high and
+// southern declinations and across RA = 0 go to pixels through the inverse of a rotated CD matrix
+// and come back to within 1e-9 arcsec. CRPIX is CRVAL; SIP's terms move a pixel as the pixel its
+// polynomial names; other projections are refused, saying why.
+TEST(Fits, TanSkyPositionMatchesTheGnomonicProjection) {
+  constexpr double deg = M_PI / 180.0;
+  const double p = 0.1 / 3600.0, t = 30.0 * deg;
+  const double cd[2][2] = {{-p * std::cos(t), p * std::sin(t)}, {p * std::sin(t), p * std::cos(t)}};
+  const double det = cd[0][0] * cd[1][1] - cd[0][1] * cd[1][0];
+  for (const auto& [a0, d0] : std::vector<std::pair<double, double>>{
+           {217.5, 41.1}, {150.1, 2.2}, {0.01, -62.5}, {80.0, 88.9}}) {
+    SCOPED_TRACE("tangent point " + std::to_string(a0) + ", " + std::to_string(d0));
+    std::vector<dslens::FitsCard> wcs = {{"CTYPE1", std::string("RA---TAN"), ""},
+                                         {"CTYPE2", std::string("DEC--TAN"), ""},
+                                         {"CRVAL1", a0, ""},
+                                         {"CRVAL2", d0, ""},
+                                         {"CRPIX1", 1000.5, ""},
+                                         {"CRPIX2", 990.0, ""},
+                                         {"CD1_1", cd[0][0], ""},
+                                         {"CD1_2", cd[0][1], ""},
+                                         {"CD2_1", cd[1][0], ""},
+                                         {"CD2_2", cd[1][1], ""}};
+    const auto centre = dslens::tan_sky_position(wcs, 1000.5, 990.0);
+    ASSERT_TRUE(centre);
+    EXPECT_NEAR(centre->ra, a0, 1e-12);
+    EXPECT_NEAR(centre->dec, d0, 1e-12);
+    for (const auto& [da, dd] : std::vector<std::pair<double, double>>{
+             {0.01, 0.0}, {-0.02, 0.015}, {0.0, -0.03}, {0.03, 0.03}}) {
+      // The point's offsets on the sky in degrees of great circle, as RA steps grow with 1/cos.
+      const double dec = (d0 + dd) * deg, ra = (a0 + da / std::cos(d0 * deg)) * deg;
+      const double dra = ra - a0 * deg, sd0 = std::sin(d0 * deg), cd0 = std::cos(d0 * deg);
+      const double cosc = sd0 * std::sin(dec) + cd0 * std::cos(dec) * std::cos(dra);
+      const double xi = std::cos(dec) * std::sin(dra) / cosc / deg;
+      const double eta = (cd0 * std::sin(dec) - sd0 * std::cos(dec) * std::cos(dra)) / cosc / deg;
+      const double u = (cd[1][1] * xi - cd[0][1] * eta) / det;
+      const double v = (-cd[1][0] * xi + cd[0][0] * eta) / det;
+      const auto s = dslens::tan_sky_position(wcs, 1000.5 + u, 990.0 + v);
+      ASSERT_TRUE(s);
+      double want_ra = std::fmod(ra / deg, 360.0);
+      if (want_ra < 0) want_ra += 360.0;
+      EXPECT_NEAR(std::remainder(s->ra - want_ra, 360.0) * std::cos(dec), 0.0, 1e-9 / 3600.0);
+      EXPECT_NEAR(s->dec, dec / deg, 1e-9 / 3600.0);
+    }
+    // SIP: A_0_2 v^2 and B_1_1 u v added to the offsets before CD.
+    auto sip = wcs;
+    sip[0].value = std::string("RA---TAN-SIP");
+    sip[1].value = std::string("DEC--TAN-SIP");
+    sip.push_back({"A_ORDER", 2LL, ""});
+    sip.push_back({"B_ORDER", 2LL, ""});
+    sip.push_back({"A_0_2", 2e-5, ""});
+    sip.push_back({"B_1_1", -3e-5, ""});
+    const double u = 120.0, v = -80.0;
+    const auto distorted = dslens::tan_sky_position(sip, 1000.5 + u, 990.0 + v);
+    const auto moved =
+        dslens::tan_sky_position(wcs, 1000.5 + u + 2e-5 * v * v, 990.0 + v - 3e-5 * u * v);
+    ASSERT_TRUE(distorted && moved);
+    EXPECT_NEAR(distorted->ra, moved->ra, 1e-12);
+    EXPECT_NEAR(distorted->dec, moved->dec, 1e-12);
+  }
+  std::string why;
+  EXPECT_FALSE(dslens::tan_sky_position({{"CTYPE1", std::string("RA---SIN"), ""},
+                                         {"CTYPE2", std::string("DEC--SIN"), ""},
+                                         {"CRVAL1", 1.0, ""},
+                                         {"CRVAL2", 2.0, ""},
+                                         {"CDELT1", 1e-5, ""},
+                                         {"CDELT2", 1e-5, ""}},
+                                        1, 1, &why));
+  EXPECT_NE(why.find("RA---SIN"), std::string::npos) << why;
 }
 
 TEST(Fits, MissingAndMalformedFilesNameTheFile) {
