@@ -450,7 +450,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // MAP and its images.
   const auto map_u = r.map_u.to(opts);
   const auto un = space.unpack(map_u);
-  const auto model_img = post.model_image(un)[0].to(torch::kCPU, torch::kFloat64);
+  const MapImages images = map_images(cfg.data, post, un, compute);
+  const auto& model_img = images.model;
   const double chi2 = post.chi_square(map_u).item<double>();
   // Degrees of freedom: a pixel grid's pixels by their effective number (app/map_rounds.h).
   const int64_t dof = std::llround(degrees_of_freedom(cfg.model, post, map_u)[0].item<double>());
@@ -464,8 +465,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
           : "reduced chi-square at MAP (sigma as given, before data.noise_scale " +
                 fmt("%.3g", cfg.data.noise_scale) + ")";
   const auto& obs = cfg.data;
-  const auto resid =
-      torch::where(obs.mask, (obs.image - model_img) / obs.sigma, torch::full_like(model_img, NAN));
+  const auto& resid = images.residuals;
 
   const auto by_brightness = model::residuals_by_brightness(resid, model_img, obs.mask);
 
@@ -476,15 +476,11 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   // The fit on the arcs alone: the unmasked pixels where the MAP's lensed source (with the PSF)
   // is brighter than the noise sigma. Most pixels of a cut-out are background, so the whole
   // image's reduced chi-square can be near 1 while the arcs' structure is missed.
-  physics::ImageModel lensed_source = m;
-  lensed_source.lens_light.clear();
-  const auto arc_light =
-      physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
+  const auto& arc_light = images.arc_light;
   const auto arcs = obs.mask & (arc_light > obs.sigma);
   const int64_t arc_pixels = arcs.sum().item<int64_t>();
   // The noise's correlation between neighbouring pixels (app/noise_correlation.h).
-  const auto [correlation_quiet, correlation_all] =
-      map_noise_correlation(obs, resid, model_img, arc_light);
+  const auto [correlation_quiet, correlation_all] = map_noise_correlation(obs, images);
   // The source's brightness the data prefer along the MAP's own lensed source: the model image is
   // linear in it, lens light + s x lensed source, so the likelihood alone peaks at s = <d - lens
   // light, m> / <m, m> in the noise's metric, over the fitted pixels. Well above 1, a prior holds

@@ -7,18 +7,31 @@
 
 namespace dslens::app {
 
-MapNoiseCorrelation map_noise_correlation(const model::Observation& obs,
-                                          const torch::Tensor& residuals,
-                                          const torch::Tensor& model_image,
-                                          const torch::Tensor& arc_light) {
-  const auto off_arcs = obs.mask & (arc_light < 0.1 * obs.sigma);
+MapImages map_images(const model::Observation& obs, const model::LensPosterior& posterior,
+                     const model::ParameterSpace::Unpacked& un, const Compute& compute) {
+  torch::NoGradGuard no_grad;
+  MapImages out;
+  out.model = posterior.model_image(un)[0].to(torch::kCPU, torch::kFloat64);
+  physics::ImageModel lensed_source = posterior.build(un, 1);
+  lensed_source.lens_light.clear();
+  out.arc_light =
+      physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
+  out.residuals =
+      torch::where(obs.mask, (obs.image - out.model) / obs.sigma, torch::full_like(out.model, NAN));
+  return out;
+}
+
+MapNoiseCorrelation map_noise_correlation(const model::Observation& obs, const MapImages& images) {
+  const auto off_arcs = obs.mask & (images.arc_light < 0.1 * obs.sigma);
+  const auto& model_image = images.model;
   const auto quiet =
       off_arcs.any().item<bool>()
           ? off_arcs & (model_image <= model_image.masked_select(off_arcs).median().item<double>())
           : off_arcs;
-  return {
-      model::residual_correlation(residuals, quiet, kCorrelationWindow, kCorrelationHighpass),
-      model::residual_correlation(residuals, obs.mask, kCorrelationWindow, kCorrelationHighpass)};
+  return {model::residual_correlation(images.residuals, quiet, kCorrelationWindow,
+                                      kCorrelationHighpass),
+          model::residual_correlation(images.residuals, obs.mask, kCorrelationWindow,
+                                      kCorrelationHighpass)};
 }
 
 bool correlation_is_significant(const model::ResidualCorrelation& c) {
@@ -51,17 +64,10 @@ nlohmann::json NoiseScaleMeasurement::to_json() const {
 NoiseScaleMeasurement measure_noise_scale(const model::Observation& obs,
                                           const model::LensPosterior& posterior,
                                           const torch::Tensor& u, const Compute& compute) {
-  torch::NoGradGuard no_grad;
-  const auto un = posterior.space().unpack(u);
-  const auto model_image = posterior.model_image(un)[0].to(torch::kCPU, torch::kFloat64);
-  physics::ImageModel lensed_source = posterior.build(un, 1);
-  lensed_source.lens_light.clear();
-  const auto arc_light =
-      physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
-  const auto residuals = torch::where(obs.mask, (obs.image - model_image) / obs.sigma,
-                                      torch::full_like(model_image, NAN));
   NoiseScaleMeasurement m;
-  m.quiet = map_noise_correlation(obs, residuals, model_image, arc_light).quiet;
+  m.quiet =
+      map_noise_correlation(obs, map_images(obs, posterior, posterior.space().unpack(u), compute))
+          .quiet;
   if (correlation_is_significant(m.quiet) && std::isfinite(m.quiet.noise_scale) &&
       m.quiet.noise_scale > 0.0)
     m.factor = m.quiet.noise_scale;

@@ -30,12 +30,16 @@ struct MapNoiseCorrelation {
   model::ResidualCorrelation fitted;  // every fitted pixel
 };
 
-// `residuals` [ny, nx]: (data - model) / sigma on the fitted pixels; `model_image`: the MAP's
-// model; `arc_light`: the MAP's lensed source alone (no lens light), convolved with the PSF.
-MapNoiseCorrelation map_noise_correlation(const model::Observation& obs,
-                                          const torch::Tensor& residuals,
-                                          const torch::Tensor& model_image,
-                                          const torch::Tensor& arc_light);
+// A fit's images at a point `un` of the one-lens `posterior` (a grid on the arcs already fixed),
+// [ny, nx] float64 on the CPU: the model image; the lensed source alone (no lens light), convolved
+// with the PSF; and the normalised residuals (data - model) / sigma, NaN where masked.
+struct MapImages {
+  torch::Tensor model, arc_light, residuals;
+};
+MapImages map_images(const model::Observation& obs, const model::LensPosterior& posterior,
+                     const model::ParameterSpace::Unpacked& un, const Compute& compute);
+
+MapNoiseCorrelation map_noise_correlation(const model::Observation& obs, const MapImages& images);
 
 // The correlation the warning, the exported noise and "auto" take as measured: 400 or more
 // pixels, a sum ratio above 1 by more than 0.3 and 3 of its standard errors for independent
