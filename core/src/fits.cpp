@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <regex>
@@ -139,9 +140,10 @@ bool celestial_axis(const std::string& ctype) {
   return false;
 }
 
-// A numeric keyword of a header read by read_fits_header; nullopt where absent or not a number.
-std::optional<double> header_number(const std::map<std::string, std::string>& header,
-                                    const std::string& key) {
+}  // namespace
+
+std::optional<double> fits_header_number(const std::map<std::string, std::string>& header,
+                                         const std::string& key) {
   const auto it = header.find(key);
   if (it == header.end()) return std::nullopt;
   std::string text = it->second;
@@ -154,63 +156,85 @@ std::optional<double> header_number(const std::map<std::string, std::string>& he
   return v;
 }
 
-}  // namespace
-
-std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header) {
-  const auto number = [&header](const std::string& key) { return header_number(header, key); };
-  double m[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
-  std::string from;
+std::optional<FitsPixelToSky> fits_pixel_to_sky(const std::map<std::string, std::string>& header) {
+  const auto number = [&header](const std::string& key) { return fits_header_number(header, key); };
+  FitsPixelToSky out;
   bool cd = false;
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
       if (const auto v = number("CD" + std::to_string(i + 1) + "_" + std::to_string(j + 1))) {
-        m[i][j] = *v;
+        out.m[i][j] = *v;
         cd = true;
       }
     }
   }
   if (cd) {
-    from = "CD1_1..CD2_2";
+    out.from = "CD1_1..CD2_2";
   } else if (const auto d1 = number("CDELT1"), d2 = number("CDELT2"); d1 && d2) {
     const double delt[2] = {*d1, *d2};
     for (int i = 0; i < 2; ++i) {
       for (int j = 0; j < 2; ++j) {
         const auto pc = number("PC" + std::to_string(i + 1) + "_" + std::to_string(j + 1));
-        m[i][j] = delt[i] * pc.value_or(i == j ? 1.0 : 0.0);
+        out.m[i][j] = delt[i] * pc.value_or(i == j ? 1.0 : 0.0);
       }
     }
-    from = "CDELT1, CDELT2";
+    out.from = "CDELT1, CDELT2";
+  } else {
+    return std::nullopt;
   }
-  if (!from.empty()) {
-    std::string units;
-    bool angles = true;
-    for (int i = 0; i < 2; ++i) {
-      const std::string n = std::to_string(i + 1);
-      const auto unit = header.find("CUNIT" + n);
-      const auto ctype = header.find("CTYPE" + n);
-      double factor = 0.0;
-      if (unit != header.end() && !unit->second.empty()) {
-        factor = arcsec_per_unit(unit->second);
-        units = unit->second;
-      } else if (ctype != header.end() && celestial_axis(ctype->second)) {
-        factor = 3600.0;
-        units = "deg";
-      }
-      angles = angles && factor > 0.0;
-      m[i][0] *= factor;
-      m[i][1] *= factor;
+  std::string units;
+  for (int i = 0; i < 2; ++i) {
+    const std::string n = std::to_string(i + 1);
+    const auto unit = header.find("CUNIT" + n);
+    const auto ctype = header.find("CTYPE" + n);
+    double factor = 0.0;
+    if (unit != header.end() && !unit->second.empty()) {
+      factor = arcsec_per_unit(unit->second);
+      units = unit->second;
+    } else if (ctype != header.end() && celestial_axis(ctype->second)) {
+      factor = 3600.0;
+      units = "deg";
     }
+    if (!(factor > 0.0)) return std::nullopt;
+    out.m[i][0] *= factor;
+    out.m[i][1] *= factor;
+  }
+  out.from += " (" + units + ")";
+  return out;
+}
+
+std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header) {
+  if (const auto t = fits_pixel_to_sky(header)) {
+    const auto& m = t->m;
     const double area = std::abs(m[0][0] * m[1][1] - m[0][1] * m[1][0]);
-    if (angles && area > 0.0) {
+    if (area > 0.0) {
       // Column j of M is the step on the sky of one pixel along the image's axis j.
       const double side_x = std::hypot(m[0][0], m[1][0]), side_y = std::hypot(m[0][1], m[1][1]);
-      return FitsPixelScale{std::sqrt(area), side_x / side_y, from + " (" + units + ")"};
+      return FitsPixelScale{std::sqrt(area), side_x / side_y, t->from};
     }
   }
-  if (const auto p = number("PIXSCALE"); p && *p > 0.0) {
+  if (const auto p = fits_header_number(header, "PIXSCALE"); p && *p > 0.0) {
     return FitsPixelScale{*p, 1.0, "PIXSCALE (arcsec)"};
   }
   return std::nullopt;
+}
+
+std::map<std::string, std::string> fits_cards_as_header(const std::vector<FitsCard>& cards) {
+  std::map<std::string, std::string> out;
+  for (const auto& c : cards) {
+    if (const auto* d = std::get_if<double>(&c.value)) {
+      char text[40];
+      std::snprintf(text, sizeof text, "%.17g", *d);
+      out[c.key] = text;
+    } else if (const auto* i = std::get_if<long long>(&c.value)) {
+      out[c.key] = std::to_string(*i);
+    } else if (const auto* t = std::get_if<std::string>(&c.value)) {
+      out[c.key] = *t;
+    } else if (const auto* b = std::get_if<bool>(&c.value)) {
+      out[c.key] = *b ? "T" : "F";
+    }
+  }
+  return out;
 }
 
 std::vector<FitsCard> fits_celestial_wcs(const std::map<std::string, std::string>& header,
@@ -232,7 +256,7 @@ std::vector<FitsCard> fits_celestial_wcs(const std::map<std::string, std::string
     if (!std::regex_match(key, wcs_key)) continue;
     if (std::regex_match(key, text_key)) {
       cards.push_back({key, value, ""});
-    } else if (const auto v = header_number(header, key)) {
+    } else if (const auto v = fits_header_number(header, key)) {
       if (std::regex_match(key, order_key))
         cards.push_back({key, static_cast<long long>(std::llround(*v)), ""});
       else
@@ -240,9 +264,9 @@ std::vector<FitsCard> fits_celestial_wcs(const std::map<std::string, std::string
     }
   }
   // CRPIXi (0 where absent, FITS's default) moved to the cut-out's pixels.
-  cards.push_back({"CRPIX1", header_number(header, "CRPIX1").value_or(0.0) - column_offset,
+  cards.push_back({"CRPIX1", fits_header_number(header, "CRPIX1").value_or(0.0) - column_offset,
                    "reference pixel (the image's it was cut from less the cut-out's column)"});
-  cards.push_back({"CRPIX2", header_number(header, "CRPIX2").value_or(0.0) - row_offset,
+  cards.push_back({"CRPIX2", fits_header_number(header, "CRPIX2").value_or(0.0) - row_offset,
                    "reference pixel (the image's it was cut from less the cut-out's row)"});
   return cards;
 }

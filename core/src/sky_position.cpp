@@ -1,5 +1,6 @@
 #include "dslens/core/sky_position.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -11,39 +12,26 @@ std::optional<SkyPosition> tan_sky_position(const std::vector<FitsCard>& cards, 
     if (why) *why = what;
     return std::nullopt;
   };
-  std::map<std::string, double> num;
-  std::map<std::string, std::string> text;
-  for (const auto& c : cards) {
-    if (const auto* d = std::get_if<double>(&c.value)) num[c.key] = *d;
-    if (const auto* i = std::get_if<long long>(&c.value)) num[c.key] = static_cast<double>(*i);
-    if (const auto* s = std::get_if<std::string>(&c.value)) text[c.key] = *s;
-  }
-  const auto value = [&num](const std::string& key, double fallback) {
-    const auto it = num.find(key);
-    return it == num.end() ? fallback : it->second;
+  const std::map<std::string, std::string> header = fits_cards_as_header(cards);
+  const auto value = [&header](const std::string& key, double fallback) {
+    return fits_header_number(header, key).value_or(fallback);
   };
-  const std::string c1 = text.count("CTYPE1") ? text["CTYPE1"] : "";
-  const std::string c2 = text.count("CTYPE2") ? text["CTYPE2"] : "";
+  const auto text = [&header](const char* key) {
+    const auto it = header.find(key);
+    return it == header.end() ? std::string() : it->second;
+  };
+  const std::string c1 = text("CTYPE1"), c2 = text("CTYPE2");
   const bool sip = c1 == "RA---TAN-SIP" && c2 == "DEC--TAN-SIP";
   if (!sip && !(c1 == "RA---TAN" && c2 == "DEC--TAN")) {
     return fail("axes '" + c1 + "', '" + c2 +
                 "' are not RA---TAN and DEC--TAN (the gnomonic projection, with or without -SIP)");
   }
   for (const char* key : {"CRVAL1", "CRVAL2"}) {
-    if (!num.count(key)) return fail(std::string("no ") + key);
+    if (!fits_header_number(header, key)) return fail(std::string("no ") + key);
   }
-  // Degrees per unit of each axis (FITS's default for celestial axes is degrees).
-  double unit[2] = {1.0, 1.0};
-  for (int i = 0; i < 2; ++i) {
-    const std::string key = "CUNIT" + std::to_string(i + 1);
-    if (!text.count(key) || text[key].empty() || text[key] == "deg") continue;
-    if (text[key] == "arcmin")
-      unit[i] = 1.0 / 60.0;
-    else if (text[key] == "arcsec")
-      unit[i] = 1.0 / 3600.0;
-    else
-      return fail(key + " '" + text[key] + "' is not an angle");
-  }
+  // The pixel-to-sky matrix (core/fits.h), arcsec per pixel.
+  const auto linear = fits_pixel_to_sky(header);
+  if (!linear) return fail("no CDi_j or CDELTi, or an axis's CUNIT is not an angle");
   // Pixel offsets from CRPIX, with SIP's polynomials added (Shupe et al. 2005, eq. 1).
   double u = pixel1 - value("CRPIX1", 0.0), v = pixel2 - value("CRPIX2", 0.0);
   if (sip) {
@@ -62,21 +50,8 @@ std::optional<SkyPosition> tan_sky_position(const std::vector<FitsCard>& cards, 
     v += g;
   }
   // Intermediate world coordinates (degrees), Paper I eq. 1 and 3.
-  double m[2][2];
-  bool cd = false;
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j)
-      cd |= num.count("CD" + std::to_string(i + 1) + "_" + std::to_string(j + 1)) > 0;
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 2; ++j) {
-      const std::string ij = std::to_string(i + 1) + "_" + std::to_string(j + 1);
-      m[i][j] = cd ? value("CD" + ij, 0.0)
-                   : value("CDELT" + std::to_string(i + 1), 1.0) * value("PC" + ij, i == j ? 1 : 0);
-      m[i][j] *= unit[i];
-    }
-  }
-  if (!cd && !(num.count("CDELT1") && num.count("CDELT2"))) return fail("no CDi_j or CDELTi");
-  const double x = m[0][0] * u + m[0][1] * v, y = m[1][0] * u + m[1][1] * v;
+  const auto& m = linear->m;
+  const double x = (m[0][0] * u + m[0][1] * v) / 3600.0, y = (m[1][0] * u + m[1][1] * v) / 3600.0;
   // TAN (Paper II eq. 54-55, inverted): native longitude phi and latitude theta.
   constexpr double deg = M_PI / 180.0;
   const double r = std::hypot(x, y);

@@ -58,6 +58,23 @@ struct FitsPixelScale {
 // for a skewed CD matrix, and ignores CUNIT.)
 std::optional<FitsPixelScale> fits_pixel_scale(const std::map<std::string, std::string>& header);
 
+// The linear part of a header's WCS as above: M (arcsec per pixel; row i = world axis i, column
+// j = pixel axis j) from CDi_j, else CDELTi x PCi_j, in CUNITi; `from` names the keywords and
+// unit. nullopt without CD or both CDELTs, or where an axis's unit is not an angle.
+struct FitsPixelToSky {
+  double m[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
+  std::string from;
+};
+std::optional<FitsPixelToSky> fits_pixel_to_sky(const std::map<std::string, std::string>& header);
+
+// A numeric keyword of a header as read_fits_header gives it (Fortran's D exponent read); nullopt
+// where absent or not a finite number.
+std::optional<double> fits_header_number(const std::map<std::string, std::string>& header,
+                                         const std::string& key);
+
+// Cards as read_fits_header would read them back (numbers as text to 17 digits, logicals T/F).
+std::map<std::string, std::string> fits_cards_as_header(const std::vector<FitsCard>& cards);
+
 // The celestial world coordinate system of a header (CTYPE1 and CTYPE2 both celestial: RA/DEC,
 // GLON/GLAT, ELON/ELAT) as cards to write on an image cut from it whose pixel (1, 1) is the
 // header's pixel (1 + column_offset, 1 + row_offset): CRPIXi less the offsets, every other WCS

@@ -18,7 +18,7 @@ struct SkyPosition {
 // The sky position of the FITS pixel (pixel1, pixel2) (1-based, fractional; axis 1 = columns) under
 // the WCS `cards` (fits_celestial_wcs's, or any with the same keywords): CTYPE1 RA---TAN and
 // CTYPE2 DEC--TAN (either with -SIP), CRPIXi, CRVALi, and CDi_j, else CDELTi x PCi_j, in CUNITi
-// (degrees by default). FITS WCS Paper I (pixel to intermediate coordinates) and Paper II
+// (fits_pixel_to_sky). FITS WCS Paper I (pixel to intermediate coordinates) and Paper II
 // (Calabretta & Greisen 2002, A&A 395, 1077: section 5.1.3, TAN; eq. 2, the native to celestial
 // rotation, with LONPOLE 180 deg unless given); SIP: Shupe et al. 2005 (A_p_q, B_p_q applied to the
 // pixel offsets from CRPIX before CD). nullopt for other projections or axes, or a missing
