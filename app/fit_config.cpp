@@ -188,6 +188,14 @@ FitConfig load_fit_config(const std::string& path, const Compute& compute) {
   if (root.has("comment")) root.string("comment");
   out.data = model::load_observation(root.at("data"), base);
   out.model = model::parse_fit_model(root.at("model"), base, compute);
+  if (out.data.poisson_from_model && out.model.decoded_kind == "PIXELATED") {
+    // Its pixels are solved linearly for a fixed sigma (model/pixel_source_solve.h).
+    throw ConfigError("/data/poisson_term",
+                      "\"model\" is not allowed with the PIXELATED source at " +
+                          out.model.decoded_path +
+                          ", whose pixels are solved linearly for a fixed noise; allowed: "
+                          "\"image\" (the default) with a PIXELATED source");
+  }
   warn_of_other_supersampling(out);
   warn_of_other_vae_reading(out);
   parse_fit_settings(root, out.map, out.sampler);

@@ -406,6 +406,19 @@ nlohmann::json lens_centre_on_sky(const model::Observation& obs, const nlohmann:
 // barely constrain, whose share of the arcs is small (the test mocks: 1.0 to 1.15).
 constexpr double kSourceFluxScaleWarn = 1.5;
 
+// map.json's "poisson_term" for data.poisson_term "model": the noise's form and where its
+// Poisson term came from.
+nlohmann::json poisson_term_json(const model::Observation& obs) {
+  return {{"from", "model"},
+          {"background_rms", obs.noise_model->background_rms},
+          {"exposure_time", obs.noise_model->exposure_time},
+          {"definition",
+           "sigma^2 = (background_rms^2 + max(model, 0) / exposure_time) x noise_scale^2 at each "
+           "point of the fit, with the Gaussian normalisation -1/2 sum log(2 pi sigma^2) in the "
+           "likelihood (docs/fit.md, \"The noise: a Poisson term from the model\"); the MAP's "
+           "residuals divide by the MAP model's sigma"}};
+}
+
 }  // namespace fit_outputs_detail
 
 using namespace fit_outputs_detail;
@@ -464,7 +477,8 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
           ? std::string("reduced chi-square at MAP")
           : "reduced chi-square at MAP (sigma as given, before data.noise_scale " +
                 fmt("%.3g", cfg.data.noise_scale) + ")";
-  const auto& obs = cfg.data;
+  // With "poisson_term": "model", the noise at the MAP's model image: the residuals' sigma.
+  const model::Observation obs = cfg.data.at_model(model_img);
   const auto& resid = images.residuals;
 
   const auto by_brightness = model::residuals_by_brightness(resid, model_img, obs.mask);
@@ -512,6 +526,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
     map_json["reduced_chi_square_before_noise_scale"] = reduced_chi2 * given_variance;
   }
   if (!r.noise_scale_auto.is_null()) map_json["noise_scale_auto"] = r.noise_scale_auto;
+  if (obs.poisson_from_model) map_json["poisson_term"] = poisson_term_json(obs);
   map_json["source_flux_scale_preferred_by_data"] = number_or_null(source_flux_scale);
   map_json["arcs"] = {
       {"pixels", arc_pixels},
@@ -815,6 +830,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
   summary_file["chains"] = chains_json(per_chain);
   summary_file["reduced_chi_square_map"] = reduced_chi2;
   summary_file["noise_scale"] = obs.noise_scale;  // the widths above include it
+  summary_file["poisson_term"] = obs.poisson_from_model ? "model" : "image";
   summary_file["reduced_chi_square_arcs"] = number_or_null(arc_chi2);
   summary_file["divergences"] = samplers::count_divergences(r.chains.divergent);
   summary_file["ebfmi"] = samplers::ebfmi(r.chains.energy);
@@ -832,6 +848,12 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
             (obs.noise_scale_auto ? " (\"auto\": measured on the MAP's residuals)" : "") +
             " (noise correlated between pixels, docs/fit.md \"Correlated noise\"); the widths "
             "below include it\n";
+  }
+  if (obs.poisson_from_model) {
+    text += "sigma^2 = " + fmt("%.4g", obs.noise_model->background_rms) + "^2 + max(model, 0) / " +
+            fmt("%.4g", obs.noise_model->exposure_time) +
+            " at each point of the fit (data.poisson_term \"model\"); the residuals' sigma is "
+            "the MAP model's\n";
   }
   text += "\n" + samplers::summary_text(rows);
   if (!derived_rows.empty())

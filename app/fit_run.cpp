@@ -43,6 +43,18 @@ BatchPosterior batch_posterior(const std::vector<const FitConfig*>& lenses,
   if (!psfs.empty()) psf = same_psf ? psfs.front() : torch::stack(psfs);
   model::ImagingData data{torch::stack(images), torch::stack(sigmas), torch::stack(masks),
                           model::batch_image_positions(positions)};
+  // A lens whose Poisson term follows the model makes the whole batch's variance a ModelNoise;
+  // the others' is their fixed sigma^2 in it.
+  if (std::any_of(lenses.begin(), lenses.end(),
+                  [](const FitConfig* c) { return c->data.poisson_from_model; })) {
+    std::vector<torch::Tensor> background, inverse_exposure;
+    for (const auto* c : lenses) {
+      const model::ModelNoise n = c->data.model_noise();
+      background.push_back(n.background_variance);
+      inverse_exposure.push_back(n.inverse_exposure);
+    }
+    data.model_noise = {torch::stack(background), torch::stack(inverse_exposure)};
+  }
   const FitConfig& first = *lenses.front();
   return {model::LensPosterior(first.model.spec(first.data.grid, psf), first.model.space, data,
                                compute),

@@ -16,13 +16,13 @@ MapImages map_images(const model::Observation& obs, const model::LensPosterior& 
   lensed_source.lens_light.clear();
   out.arc_light =
       physics::simulate_image(lensed_source, 1, compute)[0].to(torch::kCPU, torch::kFloat64);
-  out.residuals =
-      torch::where(obs.mask, (obs.image - out.model) / obs.sigma, torch::full_like(out.model, NAN));
+  out.residuals = torch::where(obs.mask, (obs.image - out.model) / obs.sigma_at(out.model),
+                               torch::full_like(out.model, NAN));
   return out;
 }
 
 MapNoiseCorrelation map_noise_correlation(const model::Observation& obs, const MapImages& images) {
-  const auto off_arcs = obs.mask & (images.arc_light < 0.1 * obs.sigma);
+  const auto off_arcs = obs.mask & (images.arc_light < 0.1 * obs.sigma_at(images.model));
   const auto& model_image = images.model;
   const auto quiet =
       off_arcs.any().item<bool>()

@@ -32,7 +32,8 @@ struct MapNoiseCorrelation {
 
 // A fit's images at a point `un` of the one-lens `posterior` (a grid on the arcs already fixed),
 // [ny, nx] float64 on the CPU: the model image; the lensed source alone (no lens light), convolved
-// with the PSF; and the normalised residuals (data - model) / sigma, NaN where masked.
+// with the PSF; and the normalised residuals (data - model) / sigma, NaN where masked (sigma at
+// the model image where the Poisson term follows it: Observation::sigma_at).
 struct MapImages {
   torch::Tensor model, arc_light, residuals;
 };

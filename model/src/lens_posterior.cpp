@@ -51,7 +51,8 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
     : spec_(std::move(spec)), space_(std::move(space)), data_(std::move(data)), compute_(compute) {
   const auto& g = spec_.grid;
   if (data_.image.defined() && data_.image.dim() == 2) {
-    for (auto* t : {&data_.image, &data_.sigma, &data_.mask}) {
+    for (auto* t : {&data_.image, &data_.sigma, &data_.mask, &data_.model_noise.background_variance,
+                    &data_.model_noise.inverse_exposure}) {
       if (t->defined()) *t = t->unsqueeze(0);
     }
   }
@@ -95,6 +96,33 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
   }
   log_norm_ = -(torch::log(safe_sigma) * used.to(opts)).sum({1, 2}) -
               0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
+  if (data_.model_noise.defined()) {
+    auto& mn = data_.model_noise;
+    for (const auto* t : {&mn.background_variance, &mn.inverse_exposure}) {
+      if (!t->defined() || t->sizes() != data_.image.sizes()) {
+        throw InvalidArgument(
+            "a model-image noise needs a background variance and an inverse "
+            "exposure like the image, [L, ny, nx]");
+      }
+    }
+    mn.background_variance = mn.background_variance.to(opts);
+    mn.inverse_exposure = mn.inverse_exposure.to(opts);
+    if (!(mn.background_variance.masked_select(used) > 0).all().item<bool>() ||
+        !(mn.inverse_exposure.masked_select(used) >= 0).all().item<bool>()) {
+      throw InvalidArgument(
+          "a model-image noise needs a positive background variance and a "
+          "non-negative inverse exposure on every unmasked pixel");
+    }
+    // Masked pixels: variance 1 and no Poisson term, so that log var = 0 there and the model's
+    // values (NaN or not) cannot reach the sums through them.
+    mn.background_variance =
+        torch::where(used, mn.background_variance, torch::ones_like(mn.background_variance));
+    mn.inverse_exposure =
+        torch::where(used, mn.inverse_exposure, torch::zeros_like(mn.inverse_exposure));
+    used_ = used.to(opts);
+    model_log_norm_ = -0.5 * (torch::log(mn.background_variance) * used_).sum({1, 2}) -
+                      0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
+  }
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
   if (data_.positions.defined()) {
     if (data_.positions.x.size(0) != n_lenses_) {
@@ -151,6 +179,11 @@ LensPosterior LensPosterior::with_noise_scaled(double factor) const {
   }
   ImagingData scaled = data_;
   scaled.sigma = data_.sigma * factor;
+  if (data_.model_noise.defined()) {
+    scaled.model_noise.background_variance =
+        data_.model_noise.background_variance * factor * factor;
+    scaled.model_noise.inverse_exposure = data_.model_noise.inverse_exposure * factor * factor;
+  }
   scaled.positions = data_.positions.with_sigma_scaled(factor);
   LensModelSpec spec = spec_;
   if (spec.arcs_placement) spec.arcs_placement->noise_factor *= factor;
@@ -266,12 +299,32 @@ torch::Tensor LensPosterior::model_image(const ParameterSpace::Unpacked& values)
 }
 
 torch::Tensor LensPosterior::chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows,
-                                           double blur_pixels) const {
+                                           double blur_pixels, torch::Tensor* log_norm) const {
   const int64_t per = rows_per_lens(rows);
   const auto& g = spec_.grid;
   const auto model = model_image(un).reshape({n_lenses_, per, g.ny, g.nx});
   const auto r = model - data_.image.unsqueeze(1);
-  if (!(blur_pixels > 0)) return (r * r * weight_.unsqueeze(1)).sum({2, 3}).reshape({rows});
+  // The pixels' inverse variances, [L, 1 or per, ny, nx]: fixed, or from the model image.
+  torch::Tensor weight = weight_.unsqueeze(1);
+  if (data_.model_noise.defined()) {
+    const auto& mn = data_.model_noise;
+    const auto& b = mn.background_variance;
+    // var = b (1 + x), x = max(m, 0) k / b: log var = log b + log1p(x), with sum log b fixed
+    // (model_log_norm_). Summed whole, 1,600 pixels' log var of about -4.6 each left the log
+    // posterior with rounding noise that L-BFGS's line search could not see past: a 40 x 40
+    // mock's MAP starts stopped at |grad| 4e-5, backtracking 25 times per iteration.
+    const auto x = model.clamp_min(0.0) * (mn.inverse_exposure / b).unsqueeze(1);
+    weight = (used_ / b).unsqueeze(1) / (1.0 + x);
+    // Masked pixels have k = 0 (constructor): log1p(0) = 0 adds nothing there.
+    if (log_norm) {
+      *log_norm = (per_row(model_log_norm_, per).reshape({n_lenses_, per}) -
+                   0.5 * torch::log1p(x).sum({2, 3}))
+                      .reshape({rows});
+    }
+  } else if (log_norm) {
+    *log_norm = per_row(log_norm_, per);
+  }
+  if (!(blur_pixels > 0)) return (r * r * weight).sum({2, 3}).reshape({rows});
   // Masked pixels carry no residual; the blur then spreads only fitted ones.
   const auto rm = torch::where(weight_.unsqueeze(1) > 0, r, torch::zeros_like(r))
                       .reshape({rows, 1, g.ny, g.nx});
@@ -292,8 +345,7 @@ torch::Tensor LensPosterior::chi_square_of(const ParameterSpace::Unpacked& un, i
                           torch::IntArrayRef{0, half});
   rb = torch::conv2d(rb, k.view({1, 1, -1, 1}), no_bias, torch::IntArrayRef{1, 1},
                      torch::IntArrayRef{half, 0});
-  const auto w =
-      weight_.unsqueeze(1).expand({n_lenses_, per, g.ny, g.nx}).reshape({rows, 1, g.ny, g.nx});
+  const auto w = weight.expand({n_lenses_, per, g.ny, g.nx}).reshape({rows, 1, g.ny, g.nx});
   return (rb * rb * w).sum({1, 2, 3}) / sum_g2;
 }
 
@@ -310,9 +362,10 @@ torch::Tensor LensPosterior::image_positions_term(const ParameterSpace::Unpacked
 
 torch::Tensor LensPosterior::log_likelihood(const torch::Tensor& u) const {
   const auto un = space_.unpack(u);
-  const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  return -0.5 * chi_square_of(un, rows, 0.0) + per_row(log_norm_, per) +
-         image_positions_term(un, rows);
+  const int64_t rows = u.size(0);
+  torch::Tensor log_norm;
+  const auto chi2 = chi_square_of(un, rows, 0.0, &log_norm);
+  return -0.5 * chi2 + log_norm + image_positions_term(un, rows);
 }
 
 torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
@@ -321,8 +374,10 @@ torch::Tensor LensPosterior::log_prob(const torch::Tensor& u) const {
 
 torch::Tensor LensPosterior::log_prob_smoothed(const torch::Tensor& u, double blur_pixels) const {
   const auto un = space_.unpack(u);
-  const int64_t rows = u.size(0), per = rows_per_lens(rows);
-  auto log_p = un.log_prior - 0.5 * chi_square_of(un, rows, blur_pixels) + per_row(log_norm_, per);
+  const int64_t rows = u.size(0);
+  torch::Tensor log_norm;
+  const auto chi2 = chi_square_of(un, rows, blur_pixels, &log_norm);
+  auto log_p = un.log_prior - 0.5 * chi2 + log_norm;
   if (data_.positions.defined()) log_p = log_p + image_positions_term(un, rows);
   return log_p;
 }

@@ -360,9 +360,22 @@ double truth_grid_value(const json& truth, const ConfigNode& sim, const std::str
   return v->get<double>();
 }
 
+// "poisson_term": true for "model", false for "image" (the default).
+bool poisson_from_model(const ConfigNode& data) {
+  if (!data.has("poisson_term")) return false;
+  const ConfigNode node = data.at("poisson_term");
+  const std::string v = node.as_string();
+  if (v != "image" && v != "model") {
+    node.fail("'" + v +
+              "' is not a Poisson term; allowed: \"image\" (sigma from the image, fixed) or "
+              "\"model\" (sigma from the model image at each point of the fit, as lenstronomy)");
+  }
+  return v == "model";
+}
+
 Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"simulation", "mask", "mask_radius", "mask_circles", "cutout", "image_positions",
-                   "noise_scale"});
+                   "noise_scale", "poisson_term"});
   const ConfigNode sim = data.at("simulation");
   const std::string given = sim.as_string();
   if (given.empty()) sim.fail("empty folder name; expected a `dslens simulate` output folder");
@@ -418,6 +431,30 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
     obs.psf = checked_psf(read_2d(file("psf.fits"), FitsHdu{}, sim.path(), "PSF"));
   }
   obs.description = folder + " (dslens simulate)";
+  if (poisson_from_model(data)) {
+    // The simulation's own noise (truth.json), in place of its noise map, which was made from
+    // the noise-free model at the truth.
+    const auto noise_value = [&](const char* key) {
+      const json* v = nullptr;
+      if (obs.truth.contains("noise") && obs.truth["noise"].is_object() &&
+          obs.truth["noise"].contains(key)) {
+        const json& n = obs.truth["noise"][key];
+        v = n.is_object() && n.contains("value") ? &n["value"] : &n;
+      }
+      if (!v || !v->is_number() || !std::isfinite(v->get<double>())) {
+        data.fail_at("poisson_term", "\"model\" needs the simulation's noise, and '" + truth_file +
+                                         "' has no number at noise/" + key + "/value");
+      }
+      return v->get<double>();
+    };
+    obs.noise_model =
+        physics::NoiseModel{noise_value("background_rms"), noise_value("exposure_time")};
+    if (!(obs.noise_model->background_rms > 0)) {
+      data.fail_at("poisson_term", "\"model\" needs a positive background_rms, and '" + truth_file +
+                                       "' has " + num(obs.noise_model->background_rms));
+    }
+    obs.poisson_from_model = true;
+  }
   finish(obs, data, in);
   return obs;
 }
@@ -459,8 +496,8 @@ double fits_pixel_scale_of(Observation& obs, const ConfigNode& data, const FitsI
 
 Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
   data.allow_only({"image", "noise_map", "weight_map", "background_rms", "exposure_time",
-                   "poisson_smoothing", "psf", "mask", "mask_radius", "mask_circles", "pixel_scale",
-                   "cutout", "image_positions", "noise_scale"});
+                   "poisson_smoothing", "poisson_term", "psf", "mask", "mask_radius",
+                   "mask_circles", "pixel_scale", "cutout", "image_positions", "noise_scale"});
   if (!data.has("image")) {
     data.fail(
         "expected {\"simulation\": folder} or FITS files ({\"image\": ..., \"noise_map\": "
@@ -501,7 +538,14 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
                                             " is even; allowed: an odd box width in pixels "
                                             "(1 = each pixel's own value)");
     }
+    obs.poisson_from_model = poisson_from_model(data);
   } else {
+    if (data.has("poisson_term")) {
+      data.fail_at("poisson_term",
+                   "only allowed with 'background_rms' + 'exposure_time' (the noise whose "
+                   "Poisson term it places); '" +
+                       given[0] + "' is given");
+    }
     if (data.has("poisson_smoothing")) {
       data.fail_at("poisson_smoothing",
                    "only allowed with 'background_rms' + 'exposure_time' (the Poisson term it "
@@ -527,6 +571,30 @@ Observation load_fits(const ConfigNode& data, const std::string& base_dir) {
 }
 
 }  // namespace observation_detail
+
+ModelNoise Observation::model_noise() const {
+  if (!poisson_from_model) {
+    return {torch::where(mask, sigma.square(), torch::ones_like(sigma)), torch::zeros_like(sigma)};
+  }
+  const double s2 = noise_scale * noise_scale;
+  const double rms = noise_model->background_rms, t = noise_model->exposure_time;
+  const auto fitted = mask.to(torch::kFloat64);
+  return {torch::where(mask, torch::full_like(sigma, rms * rms * s2), torch::ones_like(sigma)),
+          fitted * (t > 0 ? s2 / t : 0.0)};
+}
+
+torch::Tensor Observation::sigma_at(const torch::Tensor& model) const {
+  if (!poisson_from_model) return sigma;
+  const ModelNoise n = model_noise();
+  const auto m = model.to(torch::kCPU, torch::kFloat64).reshape(sigma.sizes());
+  return torch::sqrt(n.background_variance + m.clamp_min(0.0) * n.inverse_exposure);
+}
+
+Observation Observation::at_model(const torch::Tensor& model) const {
+  Observation out = *this;
+  out.sigma = sigma_at(model);
+  return out;
+}
 
 Observation Observation::with_noise_scaled(double factor) const {
   if (!(factor > 0.0) || !std::isfinite(factor)) {
@@ -566,6 +634,13 @@ Observation load_observation(const ConfigNode& data, const std::string& base_dir
     size_t n = 0;
     for (const auto& group : obs.image_positions) n += group.images.size();
     spdlog::info("data: {} image positions of {} source feature(s)", n, obs.image_positions.size());
+  }
+  if (obs.poisson_from_model) {
+    spdlog::info(
+        "data: sigma^2 = {:.4g}^2 + max(model, 0) / {:.4g}{} at each point of the fit "
+        "(poisson_term \"model\")",
+        obs.noise_model->background_rms, obs.noise_model->exposure_time,
+        obs.noise_scale != 1.0 ? fmt::format(", times {:.4g}^2", obs.noise_scale) : "");
   }
   spdlog::info("data: {}: {}x{} pixels (rows x columns), {} fitted, pixel scale {}\", PSF {}",
                obs.description, obs.grid.ny, obs.grid.nx, obs.n_fitted(), obs.grid.pixel_scale,

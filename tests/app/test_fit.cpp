@@ -293,6 +293,45 @@ TEST(FitCommand, ASkyLevelIsFittedByAUniformLensLight) {
   fs::remove_all(dir);
 }
 
+// "poisson_term": "model" on a mock whose noise is Poisson-dominated on the arcs (t = 1: a
+// pixel of 0.9 has variance 0.04 + 0.9): the MAP's residuals divide by the MAP model's sigma, as
+// the likelihood does, and the fit finds the truth with a reduced chi-square of about 1.
+TEST(FitCommand, PoissonTermFromTheModelIsTheFitsNoiseAndItsResidualsSigma) {
+  const std::string dir = dslens::testing::temp_dir("fit_poisson_model");
+  json sim = mock_config(17, 1.0);
+  sim["noise"]["exposure_time"] = 1.0;
+  write_json(dir + "/sim.json", sim);
+  RunResult r =
+      run_dslens("simulate " + quote(dir + "/sim.json") + " --out " + quote(dir + "/data"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  json cfg = fit_config("data");
+  cfg["data"]["poisson_term"] = "model";
+  write_json(dir + "/fit.json", cfg);
+  r = short_fit(dir + "/fit.json", dir + "/fit");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const json map = read_json(dir + "/fit/map.json");
+  ASSERT_TRUE(map.contains("poisson_term")) << map.dump();
+  EXPECT_EQ(map["poisson_term"]["from"], "model");
+  EXPECT_DOUBLE_EQ(map["poisson_term"]["background_rms"].get<double>(), 0.2);
+  EXPECT_DOUBLE_EQ(map["poisson_term"]["exposure_time"].get<double>(), 1.0);
+  EXPECT_EQ(read_json(dir + "/fit/summary.json")["poisson_term"], "model");
+  EXPECT_NE(read_text(dir + "/fit/summary.txt").find("max(model, 0) / 1 at each point"),
+            std::string::npos);
+  const double chi2 = map["reduced_chi_square"].get<double>();
+  EXPECT_GT(chi2, 0.85) << map.dump();
+  EXPECT_LT(chi2, 1.15) << map.dump();
+  EXPECT_NEAR(map["parameters"]["theta_E_lens0"].get<double>(), 1.0, 0.02) << map.dump();
+  // The residuals' sigma is the MAP model's: sqrt(0.2^2 + max(model, 0) / 1).
+  const auto data = dslens::read_fits_image(dir + "/fit/data.fits");
+  const auto model = dslens::read_fits_image(dir + "/fit/model.fits");
+  const auto resid = dslens::read_fits_image(dir + "/fit/residuals.fits");
+  const auto expected = (data - model) / torch::sqrt(0.04 + model.clamp_min(0));
+  ASSERT_GT(model.max().item<double>(), 0.5);  // the arcs' Poisson term dominates
+  EXPECT_TRUE(torch::allclose(resid, expected, 1e-6, 1e-6))
+      << (resid - expected).abs().max().item<double>();
+  fs::remove_all(dir);
+}
+
 TEST(FitCommand, TwoLensesShareOneBatch) {
   const std::string dir = dslens::testing::temp_dir("fit_batch");
   make_mock(dir, "a", 21, 0.9);
@@ -2137,6 +2176,13 @@ TEST(FitCommand, BadInputExitsTwoAndWritesNothing) {
          j["model"]["source"][0] = {{"type", "UNIFORM"}, {"amp", 1.0}};
        },
        {"/model/source/0/type", "UNIFORM", "lens_light"}},
+      {[](json& j) { j["data"]["poisson_term"] = "models"; }, {"/data/poisson_term", "models"}},
+      {[](json& j) {
+         j["data"]["poisson_term"] = "model";
+         j["model"]["source"][0] = {{"type", "PIXELATED"}, {"size", 8},       {"scale", 0.05},
+                                    {"sigma", 30.0},       {"center_x", 0.0}, {"center_y", 0.0}};
+       },
+       {"/data/poisson_term", "PIXELATED", "/model/source/0"}},
   };
   RunResult r;
   for (size_t k = 0; k < bad.size(); ++k) {

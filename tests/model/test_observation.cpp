@@ -298,6 +298,67 @@ TEST(Observation, PoissonTermFromTheImageBiasesAFlatSkyLowAndItsLocalMeanDoesNot
   EXPECT_LT(std::abs(image.mean().item<double>() - sky), 4.0 * standard_error);
 }
 
+// "poisson_term": "model": the noise's form (rms, t, noise_scale) as a ModelNoise for the
+// likelihood, and sigma at any model image for the outputs; the image's sigma stays for what
+// needs a fixed one. Refused with a noise map and for an unknown value, naming the JSON path.
+TEST(Observation, PoissonTermFromTheModelGivesTheNoisesFormAtEachModelImage) {
+  const auto dir = dslens::testing::temp_dir("obs_poisson_model");
+  const double rms = 0.02, t = 40.0, scale = 1.5;
+  torch::manual_seed(3);
+  const auto image = 0.5 * torch::rand({10, 12}, torch::kFloat64) - 0.1;
+  dslens::write_fits_image(dir + "/image.fits", image);
+  dslens::write_fits_image(dir + "/sigma.fits", 0.01 + 0.0 * image);
+  const json base = {
+      {"image", "image.fits"}, {"background_rms", rms},
+      {"exposure_time", t},    {"pixel_scale", 0.05},
+      {"noise_scale", scale},  {"mask_circles", {{{"center", {0, 0}}, {"radius", 0.1}}}}};
+  const Observation as_image = load(base, dir);
+  EXPECT_FALSE(as_image.poisson_from_model);
+  EXPECT_FALSE(as_image.imaging().model_noise.defined());
+  const auto model = 0.3 * torch::randn({10, 12}, torch::kFloat64);  // some pixels below 0
+  EXPECT_TRUE(torch::equal(as_image.sigma_at(model), as_image.sigma));
+
+  auto with = base;
+  with["poisson_term"] = "model";
+  const Observation obs = load(with, dir);
+  ASSERT_TRUE(obs.poisson_from_model);
+  const auto fitted = obs.mask;
+  ASSERT_GT(fitted.logical_not().sum().item<int64_t>(), 0);  // the circle masks some
+  // The image's sigma is as with "image" (arcs placement and pixel solves read it).
+  EXPECT_TRUE(torch::allclose(obs.sigma, as_image.sigma, 0, 0));
+  const auto n = obs.imaging().model_noise;
+  ASSERT_TRUE(n.defined());
+  const auto s2 = scale * scale;
+  EXPECT_TRUE(torch::allclose(
+      n.background_variance.masked_select(fitted),
+      torch::full({fitted.sum().item<int64_t>()}, rms * rms * s2, torch::kFloat64)));
+  EXPECT_TRUE(
+      torch::allclose(n.inverse_exposure.masked_select(fitted),
+                      torch::full({fitted.sum().item<int64_t>()}, s2 / t, torch::kFloat64)));
+  EXPECT_EQ(n.inverse_exposure.masked_select(fitted.logical_not()).abs().sum().item<double>(), 0);
+  const auto expected = scale * torch::sqrt(rms * rms + model.clamp_min(0) / t);
+  EXPECT_TRUE(torch::allclose(obs.sigma_at(model).masked_select(fitted),
+                              expected.masked_select(fitted), 1e-14, 0));
+  EXPECT_TRUE(torch::equal(obs.at_model(model).sigma, obs.sigma_at(model)));
+  // A noise_scale applied later ("auto") scales the model's sigma too.
+  EXPECT_TRUE(torch::allclose(obs.with_noise_scaled(2.0).sigma_at(model).masked_select(fitted),
+                              2.0 * expected.masked_select(fitted), 1e-14, 0));
+
+  std::string path;
+  with["poisson_term"] = "Model";
+  auto msg = config_error(with, dir, &path);
+  EXPECT_EQ(path, "/data/poisson_term");
+  EXPECT_TRUE(contains(msg, "'Model'") && contains(msg, "\"image\"") && contains(msg, "\"model\""))
+      << msg;
+  json noise_map = {{"image", "image.fits"},
+                    {"noise_map", "sigma.fits"},
+                    {"pixel_scale", 0.05},
+                    {"poisson_term", "model"}};
+  msg = config_error(noise_map, dir, &path);
+  EXPECT_EQ(path, "/data/poisson_term");
+  EXPECT_TRUE(contains(msg, "'noise_map' is given")) << msg;
+}
+
 // A noise map whose Poisson term was computed from the noisy image, left unclamped where the
 // image is negative (the shared SLACS map's pattern): its low pixels carry much of the weight.
 TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
@@ -743,12 +804,26 @@ TEST(Observation, SimulationFolderRoundTripsTheGrid) {
   EXPECT_EQ(obs.truth, truth);
   EXPECT_TRUE(torch::equal(obs.image, image));
   EXPECT_TRUE(torch::equal(obs.sigma, noise));
+  EXPECT_FALSE(obs.poisson_from_model);
   ASSERT_TRUE(obs.psf.has_value());
   EXPECT_DOUBLE_EQ((*obs.psf)[1][1].item<double>(), 0.5);
   EXPECT_TRUE(contains(obs.description, "runs/mock (dslens simulate)")) << obs.description;
   // A simulation's noise map is scaled too.
   const Observation scaled = load({{"simulation", "runs/mock"}, {"noise_scale", 2.5}}, dir);
   EXPECT_TRUE(torch::allclose(scaled.sigma, 2.5 * noise, 1e-15, 0));
+
+  // "poisson_term": "model" takes the simulation's noise from truth.json; without it, an error.
+  std::string where;
+  auto why = config_error({{"simulation", "runs/mock"}, {"poisson_term", "model"}}, dir, &where);
+  EXPECT_EQ(where, "/data/poisson_term");
+  EXPECT_TRUE(contains(why, "noise/background_rms")) << why;
+  truth["noise"] = {{"background_rms", value(0.01, "")}, {"exposure_time", value(200, "s")}};
+  std::ofstream(sim + "/truth.json") << truth.dump(2) << "\n";
+  const Observation from_model =
+      load({{"simulation", "runs/mock"}, {"poisson_term", "model"}}, dir);
+  ASSERT_TRUE(from_model.poisson_from_model);
+  EXPECT_TRUE(torch::allclose(from_model.sigma_at(image), torch::sqrt(0.01 * 0.01 + image / 200.0),
+                              1e-14, 0));
 
   // A cutout keeps every pixel at its original position.
   data["cutout"] = {{"center", {5, 3}}, {"size", {3, 3}}};

@@ -45,6 +45,19 @@ struct LensModelSpec {
   std::optional<ArcsPlacementSpec> arcs_placement;
 };
 
+// A noise whose variance follows the model image m, as lenstronomy's ImageNoise.C_D_model:
+//   var = background_variance + max(m, 0) * inverse_exposure   (per pixel, like the image),
+// i.e. rms^2 + max(m, 0) / t. The likelihood then keeps its normalisation -1/2 sum log(2 pi var),
+// which now depends on the parameters: with it the score's expectation at the truth is 0 (an
+// unbiased estimating equation), where the chi-square alone (lenstronomy's
+// ImageData.log_likelihood) leans towards brighter models by var' / (2 var) per pixel. A lens of
+// a batch without such a term has background_variance = sigma^2 and inverse_exposure = 0.
+struct ModelNoise {
+  torch::Tensor background_variance;
+  torch::Tensor inverse_exposure;
+  bool defined() const { return background_variance.defined(); }
+};
+
 // One lens's data [ny, nx], or L lenses of the same model and grid [L, ny, nx] fitted as one
 // batch: then rows of u [B, D] belong to lens b / (B / L) (B a multiple of L), i.e. the rows are
 // lens-major, B / L chains (or optimiser starts) per lens.
@@ -55,6 +68,9 @@ struct ImagingData {
   // Measured positions of multiply imaged features, a term of the likelihood beside the pixels'
   // (model/image_positions.h); none when undefined.
   ImagePositions positions{};
+  // When defined, the pixels' variance follows the model image (ModelNoise) and `sigma` serves
+  // only what needs a fixed noise: pixel-source solves, arcs placement, source back-projection.
+  ModelNoise model_noise{};
 };
 
 class LensPosterior {
@@ -86,7 +102,8 @@ class LensPosterior {
   const LensModelSpec& spec() const { return spec_; }
   // Noise-free model images [C, ny, nx] for constrained values.
   torch::Tensor model_image(const ParameterSpace::Unpacked& values) const;
-  // The pixels' Gaussian likelihood, plus the image positions' term where the data have any.
+  // The pixels' Gaussian likelihood (sigma fixed, or following the model image: ModelNoise), plus
+  // the image positions' term where the data have any.
   torch::Tensor log_likelihood(const torch::Tensor& u) const;  // [C]
   torch::Tensor log_prob(const torch::Tensor& u) const;        // [C]
   // The posterior in the samplers' interface (autograd gradient).
@@ -109,9 +126,11 @@ class LensPosterior {
 
  private:
   int64_t rows_per_lens(int64_t batch) const;
-  // Chi-square per row, of the residuals blurred by a Gaussian of blur_pixels when > 0.
-  torch::Tensor chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows,
-                              double blur_pixels) const;
+  // Chi-square per row, of the residuals blurred by a Gaussian of blur_pixels when > 0. With
+  // `log_norm`, also the Gaussian normalisation per row, -sum log sigma - n/2 log 2 pi (from the
+  // model image's variance under a ModelNoise).
+  torch::Tensor chi_square_of(const ParameterSpace::Unpacked& un, int64_t rows, double blur_pixels,
+                              torch::Tensor* log_norm = nullptr) const;
   // The arcs-placed grid for a built lens and lens light (spec_.arcs_placement set).
   GridPlacement place_grid(const physics::ImageModel& m, int64_t rows) const;
   // The magnification ramp of each pixel centre through m's lens (ArcsPlacementSpec), [B or 1,
@@ -121,8 +140,10 @@ class LensPosterior {
   ParameterSpace space_;
   ImagingData data_;
   Compute compute_;
-  torch::Tensor weight_;    // [L, ny, nx]: mask / sigma^2, 0 where masked
-  torch::Tensor log_norm_;  // [L]: -sum log sigma - n/2 log 2 pi over unmasked pixels
+  torch::Tensor weight_;          // [L, ny, nx]: mask / sigma^2, 0 where masked
+  torch::Tensor log_norm_;        // [L]: -sum log sigma - n/2 log 2 pi over unmasked pixels
+  torch::Tensor used_;            // [L, ny, nx]: 1 where fitted, 0 where masked (a ModelNoise's)
+  torch::Tensor model_log_norm_;  // [L]: a ModelNoise's -1/2 sum log(2 pi b) over used pixels
   int64_t n_pixels_ = 0;
   int64_t n_lenses_ = 1;
   torch::Tensor pixels_per_lens_;

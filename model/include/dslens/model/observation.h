@@ -15,6 +15,12 @@
 //   noise_map | weight_map | background_rms + exposure_time
 //                                   exactly one: sigma; inverse variance (0 = masked);
 //                                   sigma^2 = rms^2 + max(image, 0) / exposure_time
+//   poisson_term                    "image" (default) or "model": with background_rms +
+//                                   exposure_time (or a simulation's truth.json noise), whether
+//                                   the Poisson term is taken from the image once (sigma fixed)
+//                                   or from the model image at each point of the fit, as
+//                                   lenstronomy's likelihood does (ModelNoise); not with a
+//                                   PIXELATED source, whose linear solves need a fixed sigma
 //   poisson_smoothing               with background_rms: odd box width (pixels, default 1) of
 //                                   the image's local mean that the Poisson term takes instead
 //                                   of the pixel's own value (model/noise_estimate.h)
@@ -64,6 +70,10 @@ struct Observation {
   // FITS data with background_rms + exposure_time: that noise model (the form of sigma, before
   // noise_scale), so that an exported model simulates noise like the data's; nullopt otherwise.
   std::optional<physics::NoiseModel> noise_model;
+  // "poisson_term": "model": sigma^2 = noise_model's rms^2 + max(model, 0) / t, times
+  // noise_scale^2, at each point of the fit (ModelNoise); `sigma` is then the image's, for what
+  // needs a fixed noise, and sigma_at gives the model's.
+  bool poisson_from_model = false;
   torch::Tensor mask;                // [ny, nx] bool, true = pixel enters the likelihood
   std::optional<torch::Tensor> psf;  // [k, k'] float64, odd sizes, normalised to sum 1
   // Simulations: the grid of truth.json (shifted by a cutout); FITS: centred on the image, i.e.
@@ -81,8 +91,17 @@ struct Observation {
 
   int64_t n_fitted() const { return mask.defined() ? mask.sum().item<int64_t>() : 0; }
   ImagingData imaging() const {
-    return {image, sigma, mask, batch_image_positions({image_positions})};
+    return {image, sigma, mask, batch_image_positions({image_positions}),
+            poisson_from_model ? model_noise() : ModelNoise{}};
   }
+  // The pixels' variance as a ModelNoise [ny, nx]: rms^2 and 1 / t (times noise_scale^2) with
+  // "poisson_term": "model", else sigma^2 and 0, i.e. this lens in a batch with such lenses.
+  ModelNoise model_noise() const;
+  // The noise sigma at a model image [ny, nx] (1 where masked): from the model with
+  // "poisson_term": "model", else `sigma`. What a fit's normalised residuals divide by.
+  torch::Tensor sigma_at(const torch::Tensor& model) const;
+  // The same data with sigma = sigma_at(model): the noise of the fit's outputs at its MAP.
+  Observation at_model(const torch::Tensor& model) const;
   // The same data with every fitted pixel's sigma, and noise_scale, times `factor` (> 0); the
   // image positions' sigmas are unchanged, as with a noise_scale in the config.
   Observation with_noise_scaled(double factor) const;
