@@ -113,14 +113,15 @@ LensPosterior::LensPosterior(LensModelSpec spec, ParameterSpace space, ImagingDa
           "a model-image noise needs a positive background variance and a "
           "non-negative inverse exposure on every unmasked pixel");
     }
-    // Masked pixels: variance 1 and no Poisson term, so that log var = 0 there and the model's
-    // values (NaN or not) cannot reach the sums through them.
+    // Masked pixels: variance 1 and no Poisson term, so that log var = 0 there.
     mn.background_variance =
         torch::where(used, mn.background_variance, torch::ones_like(mn.background_variance));
     mn.inverse_exposure =
         torch::where(used, mn.inverse_exposure, torch::zeros_like(mn.inverse_exposure));
-    used_ = used.to(opts);
-    model_log_norm_ = -0.5 * (torch::log(mn.background_variance) * used_).sum({1, 2}) -
+    // What each evaluation needs, once: var = b (1 + max(m, 0) k / b).
+    inverse_background_ = used.to(opts) / mn.background_variance;
+    poisson_ratio_ = mn.inverse_exposure / mn.background_variance;
+    model_log_norm_ = -0.5 * (torch::log(mn.background_variance) * used.to(opts)).sum({1, 2}) -
                       0.5 * pixels_per_lens_.to(opts) * std::log(2 * M_PI);
   }
   if (spec_.psf_kernel) spec_.psf_kernel = spec_.psf_kernel->to(opts);
@@ -307,19 +308,16 @@ torch::Tensor LensPosterior::chi_square_of(const ParameterSpace::Unpacked& un, i
   // The pixels' inverse variances, [L, 1 or per, ny, nx]: fixed, or from the model image.
   torch::Tensor weight = weight_.unsqueeze(1);
   if (data_.model_noise.defined()) {
-    const auto& mn = data_.model_noise;
-    const auto& b = mn.background_variance;
     // var = b (1 + x), x = max(m, 0) k / b: log var = log b + log1p(x), with sum log b fixed
     // (model_log_norm_). Summed whole, 1,600 pixels' log var of about -4.6 each left the log
     // posterior with rounding noise that L-BFGS's line search could not see past: a 40 x 40
     // mock's MAP starts stopped at |grad| 4e-5, backtracking 25 times per iteration.
-    const auto x = model.clamp_min(0.0) * (mn.inverse_exposure / b).unsqueeze(1);
-    weight = (used_ / b).unsqueeze(1) / (1.0 + x);
+    const auto x = model.clamp_min(0.0) * poisson_ratio_.unsqueeze(1);
+    weight = inverse_background_.unsqueeze(1) / (1.0 + x);
     // Masked pixels have k = 0 (constructor): log1p(0) = 0 adds nothing there.
     if (log_norm) {
-      *log_norm = (per_row(model_log_norm_, per).reshape({n_lenses_, per}) -
-                   0.5 * torch::log1p(x).sum({2, 3}))
-                      .reshape({rows});
+      *log_norm =
+          (model_log_norm_.unsqueeze(1) - 0.5 * torch::log1p(x).sum({2, 3})).reshape({rows});
     }
   } else if (log_norm) {
     *log_norm = per_row(log_norm_, per);

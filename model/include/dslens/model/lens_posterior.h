@@ -140,10 +140,11 @@ class LensPosterior {
   ParameterSpace space_;
   ImagingData data_;
   Compute compute_;
-  torch::Tensor weight_;          // [L, ny, nx]: mask / sigma^2, 0 where masked
-  torch::Tensor log_norm_;        // [L]: -sum log sigma - n/2 log 2 pi over unmasked pixels
-  torch::Tensor used_;            // [L, ny, nx]: 1 where fitted, 0 where masked (a ModelNoise's)
-  torch::Tensor model_log_norm_;  // [L]: a ModelNoise's -1/2 sum log(2 pi b) over used pixels
+  torch::Tensor weight_;    // [L, ny, nx]: mask / sigma^2, 0 where masked
+  torch::Tensor log_norm_;  // [L]: -sum log sigma - n/2 log 2 pi over unmasked pixels
+  // A ModelNoise's, var = b (1 + max(m, 0) k / b): [L, ny, nx] mask / b and k / b, and [L]
+  // -1/2 sum log(2 pi b) over unmasked pixels.
+  torch::Tensor inverse_background_, poisson_ratio_, model_log_norm_;
   int64_t n_pixels_ = 0;
   int64_t n_lenses_ = 1;
   torch::Tensor pixels_per_lens_;
