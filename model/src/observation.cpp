@@ -345,15 +345,20 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
   }
 }
 
+// truth.json's section/key as a finite number (its "value" where it is an object), or nullptr.
+const json* truth_number(const json& truth, const char* section, const std::string& key) {
+  if (!truth.is_object() || !truth.contains(section) || !truth[section].is_object() ||
+      !truth[section].contains(key))
+    return nullptr;
+  const json& g = truth[section][key];
+  const json* v = g.is_object() && g.contains("value") ? &g["value"] : &g;
+  return v->is_number() && std::isfinite(v->get<double>()) ? v : nullptr;
+}
+
 double truth_grid_value(const json& truth, const ConfigNode& sim, const std::string& file,
                         const std::string& key) {
-  const json* v = nullptr;
-  if (truth.is_object() && truth.contains("grid") && truth["grid"].is_object() &&
-      truth["grid"].contains(key)) {
-    const json& g = truth["grid"][key];
-    v = g.is_object() && g.contains("value") ? &g["value"] : &g;
-  }
-  if (!v || !v->is_number() || !std::isfinite(v->get<double>())) {
+  const json* v = truth_number(truth, "grid", key);
+  if (!v) {
     sim.fail("'" + file + "' has no number at grid/" + key +
              "/value; expected the truth.json written by `dslens simulate`");
   }
@@ -435,13 +440,8 @@ Observation load_simulation(const ConfigNode& data, const std::string& base_dir)
     // The simulation's own noise (truth.json), in place of its noise map, which was made from
     // the noise-free model at the truth.
     const auto noise_value = [&](const char* key) {
-      const json* v = nullptr;
-      if (obs.truth.contains("noise") && obs.truth["noise"].is_object() &&
-          obs.truth["noise"].contains(key)) {
-        const json& n = obs.truth["noise"][key];
-        v = n.is_object() && n.contains("value") ? &n["value"] : &n;
-      }
-      if (!v || !v->is_number() || !std::isfinite(v->get<double>())) {
+      const json* v = truth_number(obs.truth, "noise", key);
+      if (!v) {
         data.fail_at("poisson_term", "\"model\" needs the simulation's noise, and '" + truth_file +
                                          "' has no number at noise/" + key + "/value");
       }
