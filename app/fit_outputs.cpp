@@ -850,8 +850,7 @@ nlohmann::json write_lens_outputs(const std::string& dir, const LensFitResult& r
             "below include it\n";
   }
   if (obs.poisson_from_model) {
-    text += "sigma^2 = " + fmt("%.4g", obs.noise_model->background_rms) + "^2 + max(model, 0) / " +
-            fmt("%.4g", obs.noise_model->exposure_time) +
+    text += obs.model_noise_formula() +
             " at each point of the fit (data.poisson_term \"model\"); the residuals' sigma is "
             "the MAP model's\n";
   }

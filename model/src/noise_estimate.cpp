@@ -43,6 +43,26 @@ torch::Tensor local_mean(const torch::Tensor& image, int64_t width) {
   return torch::where(n > one_pixel, sum / n, torch::full_like(sum, kNaN)).view({ny, nx});
 }
 
+ImagePoissonBias image_poisson_bias(const torch::Tensor& box_mean, const torch::Tensor& sigma,
+                                    const torch::Tensor& mask, double exposure_time,
+                                    int64_t width) {
+  ImagePoissonBias out;
+  out.shift = 1.0 / (static_cast<double>(width * width) * exposure_time);
+  // The box mean's noise is about sigma / k: a pixel 2 of those above 0 holds light.
+  const auto lit = mask.logical_and(torch::isfinite(box_mean))
+                       .logical_and(sigma > 0)
+                       .logical_and(box_mean > 2.0 * sigma / static_cast<double>(width));
+  const auto g = box_mean.masked_select(lit).to(torch::kFloat64);
+  const auto w = sigma.masked_select(lit).to(torch::kFloat64).square().reciprocal();
+  out.pixels = g.numel();
+  const double s1 = (g * w).sum().item<double>(), s2 = (g * g * w).sum().item<double>();
+  if (s2 > 0) {
+    out.relative = out.shift * s1 / s2;
+    out.z = out.shift * s1 / std::sqrt(s2);
+  }
+  return out;
+}
+
 NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor& sigma,
                                 const torch::Tensor& mask) {
   NoiseMapForm out;

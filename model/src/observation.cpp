@@ -231,6 +231,47 @@ struct Inputs {
   std::map<std::string, std::string> image_header;
 };
 
+// "poisson_term": true for "model", false for "image" (the default).
+bool poisson_from_model(const ConfigNode& data) {
+  if (!data.has("poisson_term")) return false;
+  const ConfigNode node = data.at("poisson_term");
+  const std::string v = node.as_string();
+  if (v != "image" && v != "model") {
+    node.fail("'" + v +
+              "' is not a Poisson term; allowed: \"image\" (sigma from the image, fixed) or "
+              "\"model\" (sigma from the model image at each point of the fit, as lenstronomy)");
+  }
+  return v == "model";
+}
+
+// The Poisson term taken from the image pulls the fit's light low (model/noise_estimate.h,
+// image_poisson_bias): a warning where that is a standard deviation of the light's amplitude or
+// more (with obs.noise_scale's widening), else a line of the log.
+void warn_of_image_poisson_bias(Observation& obs, const std::string& label,
+                                const torch::Tensor& box_mean, const torch::Tensor& sigma,
+                                const Noise& noise) {
+  const int64_t k = noise.poisson_smoothing;
+  const ImagePoissonBias b = image_poisson_bias(box_mean, sigma, obs.mask, noise.exposure_time, k);
+  // A noise_scale widens the amplitude's sd, not the bias ("auto" is not known yet: 1 here).
+  const double z = b.z / obs.noise_scale;
+  const std::string bias = fmt::format(
+      "pulls each fitted pixel's light low by about 1 / (k^2 t) = 1 / ({}^2 x {:.4g}) = {:.3g} "
+      "({:.2g} background_rms), so the light of the {} pixels 2 sigma above 0 comes out at least "
+      "{:.2g} % too faint, {:.2g} standard deviations of its amplitude{} (first order, a lower "
+      "bound)",
+      k, noise.exposure_time, b.shift, b.shift / noise.background_rms, b.pixels, 100.0 * b.relative,
+      z, obs.noise_scale != 1.0 ? fmt::format(" with noise_scale {:.3g}", obs.noise_scale) : "");
+  if (z < 1.0) {
+    spdlog::info("data: the Poisson term taken from '{}' (poisson_smoothing {}) {}", label, k,
+                 bias);
+    return;
+  }
+  warn(obs, "'" + label + "': the Poisson term taken from the image (poisson_smoothing " +
+                std::to_string(k) + ") " + bias +
+                ". \"poisson_term\": \"model\" takes it from the model instead (docs/fit.md, "
+                "\"The noise: a Poisson term from the model\")");
+}
+
 // Cutout, masks and sigma; obs.grid must already hold the full image's grid.
 void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
   const Window w = parse_cutout(data, in.image);
@@ -294,7 +335,7 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
   mask_bad(obs, torch::isfinite(image).logical_not(), in.image.label,
            "are not finite (NaN or inf)");
 
-  torch::Tensor sigma;
+  torch::Tensor sigma, poisson_box_mean;  // the latter for a Poisson term from the image
   const Noise& noise = in.noise;
   if (noise.kind == Noise::Kind::kNoiseMap) {
     sigma = w.apply(noise.map.data);
@@ -317,6 +358,7 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     sigma = torch::sqrt(noise.background_rms * noise.background_rms +
                         torch::clamp_min(poisson, 0.0) / noise.exposure_time);
     obs.noise_model = physics::NoiseModel{noise.background_rms, noise.exposure_time};
+    if (!poisson_from_model(data)) poisson_box_mean = poisson;
   }
   if (noise.kind != Noise::Kind::kRmsExposure) {
     const char* key = noise.kind == Noise::Kind::kNoiseMap ? "noise_map" : "weight_map";
@@ -335,6 +377,9 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     obs.noise_scale_auto = true;
   } else {
     obs.noise_scale = data.number_or("noise_scale", 1.0, Range::closed(0.01, 100.0));
+  }
+  if (poisson_box_mean.defined()) {
+    warn_of_image_poisson_bias(obs, in.image.label, poisson_box_mean, sigma, noise);
   }
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
   obs.sigma = torch::where(obs.mask, sigma * obs.noise_scale, torch::ones_like(sigma));
@@ -363,19 +408,6 @@ double truth_grid_value(const json& truth, const ConfigNode& sim, const std::str
              "/value; expected the truth.json written by `dslens simulate`");
   }
   return v->get<double>();
-}
-
-// "poisson_term": true for "model", false for "image" (the default).
-bool poisson_from_model(const ConfigNode& data) {
-  if (!data.has("poisson_term")) return false;
-  const ConfigNode node = data.at("poisson_term");
-  const std::string v = node.as_string();
-  if (v != "image" && v != "model") {
-    node.fail("'" + v +
-              "' is not a Poisson term; allowed: \"image\" (sigma from the image, fixed) or "
-              "\"model\" (sigma from the model image at each point of the fit, as lenstronomy)");
-  }
-  return v == "model";
 }
 
 Observation load_simulation(const ConfigNode& data, const std::string& base_dir) {
@@ -583,6 +615,13 @@ ModelNoise Observation::model_noise() const {
           fitted * (t > 0 ? s2 / t : 0.0)};
 }
 
+std::string Observation::model_noise_formula() const {
+  const double rms = noise_model ? noise_model->background_rms : 0.0;
+  const double t = noise_model ? noise_model->exposure_time : 0.0;
+  if (!(t > 0)) return fmt::format("sigma = {:.4g} (exposure_time 0: no Poisson term)", rms);
+  return fmt::format("sigma^2 = {:.4g}^2 + max(model, 0) / {:.4g}", rms, t);
+}
+
 torch::Tensor Observation::sigma_at(const torch::Tensor& model) const {
   if (!poisson_from_model) return sigma;
   const ModelNoise n = model_noise();
@@ -636,11 +675,9 @@ Observation load_observation(const ConfigNode& data, const std::string& base_dir
     spdlog::info("data: {} image positions of {} source feature(s)", n, obs.image_positions.size());
   }
   if (obs.poisson_from_model) {
-    spdlog::info(
-        "data: sigma^2 = {:.4g}^2 + max(model, 0) / {:.4g}{} at each point of the fit "
-        "(poisson_term \"model\")",
-        obs.noise_model->background_rms, obs.noise_model->exposure_time,
-        obs.noise_scale != 1.0 ? fmt::format(", times {:.4g}^2", obs.noise_scale) : "");
+    spdlog::info("data: {}{} at each point of the fit (poisson_term \"model\")",
+                 obs.model_noise_formula(),
+                 obs.noise_scale != 1.0 ? fmt::format(", times {:.4g}", obs.noise_scale) : "");
   }
   spdlog::info("data: {}: {}x{} pixels (rows x columns), {} fitted, pixel scale {}\", PSF {}",
                obs.description, obs.grid.ny, obs.grid.nx, obs.n_fitted(), obs.grid.pixel_scale,

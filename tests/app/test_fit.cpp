@@ -2134,7 +2134,8 @@ TEST(FitCommand, ShippedSlacsConfigsPassTheCheck) {
     const RunResult r = run_dslens("fit " + quote(cfg) + " --check");
     EXPECT_EQ(r.code, 0) << r.output;
     // No data warning: the whole image's noise is rebuilt where the shared noise map's low
-    // pixels would be warned about (model/noise_estimate.h).
+    // pixels would be warned about, and its Poisson term is the model's where the image's would
+    // be warned about for the bias it gives the light (model/noise_estimate.h).
     EXPECT_EQ(r.output.find("warning:"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("ok   " + cfg + ": " + shape + " px (rows x columns) of 0.03\""),
               std::string::npos)

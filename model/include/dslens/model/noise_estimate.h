@@ -20,6 +20,30 @@ namespace dslens::model {
 // NaN). width 1 returns the image unchanged.
 torch::Tensor local_mean(const torch::Tensor& image, int64_t width);
 
+// What the Poisson term taken from the image does to a fit, to first order. Each fitted pixel's
+// weight w = 1 / sigma^2 falls as its box mean rises, and the box mean shares the pixel's noise
+// (var / k^2 of it, k = width), so E[w (d - m)] = var w'(m) / k^2 = -w / (k^2 t): every pixel's
+// light is pulled low by shift = 1 / (k^2 t), whatever its brightness or the background. A fit of
+// a light template g times an amplitude A then comes out low by
+//   shift sum(g / sigma^2) / sum(g^2 / sigma^2)   (relative),
+//   shift sum(g / sigma^2) / sqrt(sum(g^2 / sigma^2))   (in standard deviations of A).
+// g is the image's box mean over the pixels where it is 2 of its sds (sigma / k) above 0: with
+// all pixels the sky's clamped noise counts as light, and the figure grows with the cut-out's
+// empty sky. So the figure is a lower bound, from 0.6 to 0.9 of a Monte Carlo's bias in the test
+// (Observation.PoissonTermFromTheImageWarnsOfTheFirstOrderBiasItGivesTheLight), and less where
+// pixels hold a few counts, where first order falls short (docs/fit.md, "The noise: a Poisson
+// term from the image").
+struct ImagePoissonBias {
+  double shift = 0.0;     // 1 / (k^2 t), in the image's units per pixel
+  double relative = 0.0;  // the lit pixels' light in the fit, too faint by this fraction
+  double z = 0.0;         // the same in standard deviations of its amplitude
+  int64_t pixels = 0;     // lit pixels
+};
+// box_mean and sigma [ny, nx] as the observation made them (sigma^2 = rms^2 + max(box_mean, 0) /
+// t), mask the fitted pixels.
+ImagePoissonBias image_poisson_bias(const torch::Tensor& box_mean, const torch::Tensor& sigma,
+                                    const torch::Tensor& mask, double exposure_time, int64_t width);
+
 // sigma^2 = rms^2 + max(d, 0) / t fitted to a noise map by weighted least squares on the medians
 // of 20 equal-count bins of the image's value (weights 1 / median(sigma^2)^2, so that each bin
 // counts by its relative misfit); only bins of positive image value take part.

@@ -100,6 +100,9 @@ struct Observation {
   // The noise sigma at a model image [ny, nx] (1 where masked): from the model with
   // "poisson_term": "model", else `sigma`. What a fit's normalised residuals divide by.
   torch::Tensor sigma_at(const torch::Tensor& model) const;
+  // "poisson_term": "model"'s noise in words, before noise_scale: "sigma^2 = 0.1^2 + max(model, 0)
+  // / 50", or "sigma = 0.1 (exposure_time 0: no Poisson term)" (a simulation without one).
+  std::string model_noise_formula() const;
   // The same data with sigma = sigma_at(model): the noise of the fit's outputs at its MAP.
   Observation at_model(const torch::Tensor& model) const;
   // The same data with every fitted pixel's sigma, and noise_scale, times `factor` (> 0); the
