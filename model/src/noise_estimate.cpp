@@ -135,13 +135,50 @@ std::optional<std::string> underestimated_noise_warning(
     msg += ". The map follows sigma^2 = " + format("%.3g", form.background_rms) + "^2 + image / " +
            format("%.4g", form.exposure_time) + " (to " +
            format("%.0f", 100.0 * form.max_relative_misfit) +
-           " % over the binned image values): to take the Poisson term from the image's local "
-           "mean instead, give \"background_rms\": " +
+           " % over the binned image values): to take the Poisson term from the model instead, "
+           "give \"background_rms\": " +
            format("%.3g", form.background_rms) +
            ", \"exposure_time\": " + format("%.4g", form.exposure_time) +
-           ", \"poisson_smoothing\": 5 in place of \"" + key + "\" (docs/fit.md)";
+           ", \"poisson_term\": \"model\" in place of \"" + key +
+           "\", or, with a pixelated source, \"poisson_smoothing\": 5 for the image's local "
+           "mean (docs/fit.md)";
   }
   return msg;
+}
+
+std::optional<std::string> image_poisson_noise_map_warning(
+    const std::string& label, const std::string& key, const torch::Tensor& image,
+    const torch::Tensor& sigma, const torch::Tensor& mask, double noise_scale) {
+  const auto d = image.to(torch::kFloat64), s = sigma.to(torch::kFloat64);
+  const auto fitted =
+      mask.logical_and(torch::isfinite(d)).logical_and(torch::isfinite(s)).logical_and(s > 0);
+  const NoiseMapForm form = fit_noise_map_form(d, s, fitted);
+  if (!std::isfinite(form.background_rms) || !std::isfinite(form.exposure_time) ||
+      form.max_relative_misfit > 0.1)
+    return std::nullopt;
+  const double rms = form.background_rms, t = form.exposure_time;
+  const auto bright = fitted.logical_and(d > 3.0 * s);
+  constexpr int64_t kMinBright = 100;
+  if (bright.sum().item<int64_t>() < kMinBright) return std::nullopt;
+  const auto r = ((s.square() - rms * rms) * t - d) / s;
+  const double r_rms = r.masked_select(bright).square().mean().sqrt().item<double>();
+  if (!(r_rms < 0.3)) return std::nullopt;
+  const ImagePoissonBias b = image_poisson_bias(d, s, fitted, t, 1);
+  const double z = b.z / noise_scale;
+  if (z < 1.0) return std::nullopt;
+  return "'" + label + "': its sigma follows sigma^2 = " + format("%.3g", rms) + "^2 + image / " +
+         format("%.4g", t) + " pixel by pixel (rms " + format("%.2g", r_rms) +
+         " sigma where the image is 3 sigma above 0): its Poisson term was computed from this "
+         "noisy image, which pulls each fitted pixel's light low by about 1 / t = " +
+         format("%.3g", b.shift) + " (" + format("%.2g", b.shift / rms) +
+         " background_rms), so the light of the " + std::to_string(b.pixels) +
+         " pixels 2 sigma above 0 comes out at least " + format("%.2g", 100.0 * b.relative) +
+         " % too faint, " + format("%.2g", z) +
+         " standard deviations of its amplitude (first order, a lower bound). To take the "
+         "Poisson term from the model instead, give \"background_rms\": " +
+         format("%.3g", rms) + ", \"exposure_time\": " + format("%.4g", t) +
+         ", \"poisson_term\": \"model\" in place of \"" + key +
+         "\" (docs/fit.md, \"The noise: a Poisson term from the image\")";
 }
 
 std::vector<BrightnessBin> residuals_by_brightness(const torch::Tensor& normalised_residuals,

@@ -360,10 +360,12 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
     obs.noise_model = physics::NoiseModel{noise.background_rms, noise.exposure_time};
     if (!poisson_from_model(data)) poisson_box_mean = poisson;
   }
+  const char* map_key = noise.kind == Noise::Kind::kNoiseMap ? "noise_map" : "weight_map";
+  bool low_pixels_warned = false;
   if (noise.kind != Noise::Kind::kRmsExposure) {
-    const char* key = noise.kind == Noise::Kind::kNoiseMap ? "noise_map" : "weight_map";
-    if (auto m = underestimated_noise_warning(noise.map.label, key, image, sigma, obs.mask)) {
+    if (auto m = underestimated_noise_warning(noise.map.label, map_key, image, sigma, obs.mask)) {
       warn(obs, *m);
+      low_pixels_warned = true;
     }
   }
   // After the check, which compares sigma with itself and is blind to a common factor.
@@ -380,6 +382,12 @@ void finish(Observation& obs, const ConfigNode& data, const Inputs& in) {
   }
   if (poisson_box_mean.defined()) {
     warn_of_image_poisson_bias(obs, in.image.label, poisson_box_mean, sigma, noise);
+  } else if (noise.kind != Noise::Kind::kRmsExposure && !low_pixels_warned) {
+    // A map made from this image pixel by pixel (the low-pixels warning already says so).
+    if (auto m = image_poisson_noise_map_warning(noise.map.label, map_key, image, sigma, obs.mask,
+                                                 obs.noise_scale)) {
+      warn(obs, *m);
+    }
   }
   obs.image = torch::where(obs.mask, image, torch::zeros_like(image));
   obs.sigma = torch::where(obs.mask, sigma * obs.noise_scale, torch::ones_like(sigma));

@@ -75,6 +75,13 @@ void write_extensions(const std::string& path,
   ASSERT_EQ(status, 0);
 }
 
+// 0.4 exp(-r / 8 px) on an n x n image centred on it: a galaxy's light spanning decades.
+torch::Tensor galaxy_profile(int64_t n) {
+  const auto r = torch::arange(n, torch::kFloat64) - static_cast<double>(n - 1) / 2.0;
+  const auto radius = torch::sqrt(r.unsqueeze(1).square() + r.unsqueeze(0).square());
+  return 0.4 * torch::exp(-radius / 8.0);
+}
+
 }  // namespace observation_test
 
 using namespace observation_test;
@@ -450,9 +457,7 @@ TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
   const int64_t n = 120;
   const double rms = 0.0015, t = 400.0;
   // A galaxy-like profile over a faint floor, so the image's values span two decades.
-  const auto r = torch::arange(n, torch::kFloat64) - (n - 1) / 2.0;
-  const auto radius = torch::sqrt(r.unsqueeze(1).square() + r.unsqueeze(0).square());
-  const auto truth = 0.004 + 0.4 * torch::exp(-radius / 8.0);
+  const auto truth = 0.004 + galaxy_profile(n);
   torch::manual_seed(5);
   const auto noise_free_var = rms * rms + truth / t;
   const auto image = truth + torch::sqrt(noise_free_var) * torch::randn({n, n}, torch::kFloat64);
@@ -468,6 +473,7 @@ TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
   const std::string& msg = bad.warnings[0];
   EXPECT_TRUE(contains(msg, "from_image.fits")) << msg;
   EXPECT_TRUE(contains(msg, "5x5 neighbourhood")) << msg;
+  EXPECT_TRUE(contains(msg, "\"poisson_term\": \"model\" in place of \"noise_map\"")) << msg;
   EXPECT_TRUE(contains(msg, "\"poisson_smoothing\": 5")) << msg;
   // The rebuild it suggests is the map's own form.
   const auto form = dslens::model::fit_noise_map_form(bad.image, bad.sigma, bad.mask);
@@ -486,6 +492,45 @@ TEST(Observation, ANoiseMapFromTheNoisyImageIsWarnedAboutWithItsRebuild) {
   EXPECT_TRUE(contains(weighted.warnings[0], "weights.fits")) << weighted.warnings[0];
   EXPECT_TRUE(contains(weighted.warnings[0], "in place of \"weight_map\"")) << weighted.warnings[0];
   EXPECT_TRUE(contains(msg, "in place of \"noise_map\"")) << msg;
+}
+
+// A noise map computed from the noisy image with its Poisson term clamped at 0 has no low pixels
+// for the warning above, but it carries the same bias: each pixel pulled low by 1 / t (here 1.7
+// background rms). It is recognised by giving back the image pixel by pixel where the image is
+// bright; maps made from the noise-free image or from the image's 5 x 5 mean are not.
+TEST(Observation, ANoiseMapWhosePoissonTermIsTheNoisyImagesIsWarnedOfItsBias) {
+  const auto dir = dslens::testing::temp_dir("obs_noise_map_poisson");
+  const int64_t n = 120;
+  const double rms = 0.0015, t = 400.0;
+  const auto truth = galaxy_profile(n);
+  torch::manual_seed(6);
+  const auto image =
+      truth + torch::sqrt(rms * rms + truth / t) * torch::randn({n, n}, torch::kFloat64);
+  dslens::write_fits_image(dir + "/image.fits", image);
+  const auto write_map = [&](const std::string& name, const torch::Tensor& poisson) {
+    dslens::write_fits_image(dir + "/" + name,
+                             torch::sqrt(rms * rms + torch::clamp_min(poisson, 0.0) / t));
+  };
+  write_map("from_image.fits", image);
+  write_map("from_truth.fits", truth);
+  write_map("from_box_mean.fits", dslens::model::local_mean(image, 5));
+  json data = {{"image", "image.fits"}, {"pixel_scale", 0.03}, {"noise_map", "from_image.fits"}};
+  const Observation obs = load(data, dir);
+  ASSERT_EQ(obs.warnings.size(), 1u);
+  const std::string& msg = obs.warnings[0];
+  for (const char* part : {"from_image.fits': its sigma follows sigma^2 = 0.0015^2 + image / 400 "
+                           "pixel by pixel",
+                           "computed from this noisy image", "1 / t = 0.0025 (1.7 background_rms)",
+                           "\"background_rms\": 0.0015, \"exposure_time\": 400, "
+                           "\"poisson_term\": \"model\" in place of \"noise_map\""}) {
+    EXPECT_TRUE(contains(msg, part)) << part << " in " << msg;
+  }
+  EXPECT_FALSE(contains(msg, "5x5 neighbourhood")) << msg;  // no low pixels
+  for (const char* map : {"from_truth.fits", "from_box_mean.fits"}) {
+    data["noise_map"] = map;
+    const Observation quiet = load(data, dir);
+    EXPECT_TRUE(quiet.warnings.empty()) << map << ": " << quiet.warnings[0];
+  }
 }
 
 TEST(Observation, NonFinitePixelsAreMaskedWithACountedWarning) {

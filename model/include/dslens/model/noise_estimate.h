@@ -61,11 +61,22 @@ NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor&
 // hold more than `max_weight_share` of the likelihood's weight (sum of 1 / sigma^2 over the fitted
 // pixels), returns a warning naming `label`, their count, their share and, where the map follows
 // sigma^2 = rms^2 + image / t to 10 % (above), the "background_rms" + "exposure_time" +
-// "poisson_smoothing" that rebuild it without the bias in place of the config's `key`
-// ("noise_map" or "weight_map").
+// "poisson_term": "model" that rebuild it without the bias in place of the config's `key`
+// ("noise_map" or "weight_map"), or "poisson_smoothing" where the source is pixelated.
 std::optional<std::string> underestimated_noise_warning(
     const std::string& label, const std::string& key, const torch::Tensor& image,
     const torch::Tensor& sigma, const torch::Tensor& mask, double max_weight_share = 0.1);
+
+// A noise map (or weight map) whose Poisson term was computed from this very image, pixel by
+// pixel, carries the bias of image_poisson_bias with k = 1. It is recognised where the image is
+// bright (d > 3 sigma, 100 pixels or more): there the map's form (fit_noise_map_form, to 10 %)
+// gives back the image, r = ((sigma^2 - rms^2) t - d) / sigma, with an rms of r below 0.3; a map
+// made from a model or a smoothed image has r = (m - d) / sigma, rms about 1. Returns a warning
+// naming `label`, the rms of r and the bias, where the bias is at least one standard deviation
+// of the light's amplitude (with sigma times noise_scale), and the rebuild in place of `key`.
+std::optional<std::string> image_poisson_noise_map_warning(
+    const std::string& label, const std::string& key, const torch::Tensor& image,
+    const torch::Tensor& sigma, const torch::Tensor& mask, double noise_scale = 1.0);
 
 // The normalised residuals' mean square in `bins` equal-count bins of the model image's value,
 // over the pixels where `mask` holds and the residual is finite, faintest first: a noise that is
