@@ -44,8 +44,8 @@ torch::Tensor local_mean(const torch::Tensor& image, int64_t width) {
 }
 
 ImagePoissonBias image_poisson_bias(const torch::Tensor& box_mean, const torch::Tensor& sigma,
-                                    const torch::Tensor& mask, double exposure_time,
-                                    int64_t width) {
+                                    const torch::Tensor& mask, double exposure_time, int64_t width,
+                                    double noise_scale) {
   ImagePoissonBias out;
   out.shift = 1.0 / (static_cast<double>(width * width) * exposure_time);
   // The box mean's noise is about sigma / k: a pixel 2 of those above 0 holds light.
@@ -58,9 +58,19 @@ ImagePoissonBias image_poisson_bias(const torch::Tensor& box_mean, const torch::
   const double s1 = (g * w).sum().item<double>(), s2 = (g * g * w).sum().item<double>();
   if (s2 > 0) {
     out.relative = out.shift * s1 / s2;
-    out.z = out.shift * s1 / std::sqrt(s2);
+    out.z = out.shift * s1 / std::sqrt(s2) / noise_scale;
   }
   return out;
+}
+
+std::string describe_image_poisson_bias(const ImagePoissonBias& bias,
+                                        const std::string& shift_formula, double background_rms) {
+  return "pulls each fitted pixel's light low by about " + shift_formula + " = " +
+         format("%.3g", bias.shift) + " (" + format("%.2g", bias.shift / background_rms) +
+         " background_rms), so the light of the " + std::to_string(bias.pixels) +
+         " pixels 2 sigma above 0 comes out at least " + format("%.2g", 100.0 * bias.relative) +
+         " % too faint, " + format("%.2g", bias.z) +
+         " standard deviations of its amplitude (first order, a lower bound)";
 }
 
 NoiseMapForm fit_noise_map_form(const torch::Tensor& image, const torch::Tensor& sigma,
@@ -163,18 +173,14 @@ std::optional<std::string> image_poisson_noise_map_warning(
   const auto r = ((s.square() - rms * rms) * t - d) / s;
   const double r_rms = r.masked_select(bright).square().mean().sqrt().item<double>();
   if (!(r_rms < 0.3)) return std::nullopt;
-  const ImagePoissonBias b = image_poisson_bias(d, s, fitted, t, 1);
-  const double z = b.z / noise_scale;
-  if (z < 1.0) return std::nullopt;
+  const ImagePoissonBias b = image_poisson_bias(d, s, fitted, t, 1, noise_scale);
+  if (b.z < 1.0) return std::nullopt;
   return "'" + label + "': its sigma follows sigma^2 = " + format("%.3g", rms) + "^2 + image / " +
          format("%.4g", t) + " pixel by pixel (rms " + format("%.2g", r_rms) +
          " sigma where the image is 3 sigma above 0): its Poisson term was computed from this "
-         "noisy image, which pulls each fitted pixel's light low by about 1 / t = " +
-         format("%.3g", b.shift) + " (" + format("%.2g", b.shift / rms) +
-         " background_rms), so the light of the " + std::to_string(b.pixels) +
-         " pixels 2 sigma above 0 comes out at least " + format("%.2g", 100.0 * b.relative) +
-         " % too faint, " + format("%.2g", z) +
-         " standard deviations of its amplitude (first order, a lower bound). To take the "
+         "noisy image, which " +
+         describe_image_poisson_bias(b, "1 / t", rms) +
+         ". To take the "
          "Poisson term from the model instead, give \"background_rms\": " +
          format("%.3g", rms) + ", \"exposure_time\": " + format("%.4g", t) +
          ", \"poisson_term\": \"model\" in place of \"" + key +

@@ -251,17 +251,15 @@ void warn_of_image_poisson_bias(Observation& obs, const std::string& label,
                                 const torch::Tensor& box_mean, const torch::Tensor& sigma,
                                 const Noise& noise) {
   const int64_t k = noise.poisson_smoothing;
-  const ImagePoissonBias b = image_poisson_bias(box_mean, sigma, obs.mask, noise.exposure_time, k);
   // A noise_scale widens the amplitude's sd, not the bias ("auto" is not known yet: 1 here).
-  const double z = b.z / obs.noise_scale;
-  const std::string bias = fmt::format(
-      "pulls each fitted pixel's light low by about 1 / (k^2 t) = 1 / ({}^2 x {:.4g}) = {:.3g} "
-      "({:.2g} background_rms), so the light of the {} pixels 2 sigma above 0 comes out at least "
-      "{:.2g} % too faint, {:.2g} standard deviations of its amplitude{} (first order, a lower "
-      "bound)",
-      k, noise.exposure_time, b.shift, b.shift / noise.background_rms, b.pixels, 100.0 * b.relative,
-      z, obs.noise_scale != 1.0 ? fmt::format(" with noise_scale {:.3g}", obs.noise_scale) : "");
-  if (z < 1.0) {
+  const ImagePoissonBias b =
+      image_poisson_bias(box_mean, sigma, obs.mask, noise.exposure_time, k, obs.noise_scale);
+  const std::string bias =
+      describe_image_poisson_bias(
+          b, fmt::format("1 / (k^2 t) = 1 / ({}^2 x {:.4g})", k, noise.exposure_time),
+          noise.background_rms) +
+      (obs.noise_scale != 1.0 ? fmt::format(", with noise_scale {:.3g}", obs.noise_scale) : "");
+  if (b.z < 1.0) {
     spdlog::info("data: the Poisson term taken from '{}' (poisson_smoothing {}) {}", label, k,
                  bias);
     return;
