@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "dslens/core/logging.h"
 #include "dslens/core/output_dir.h"
 #include "dslens/core/version.h"
+#include "dslens/model/fit_model.h"
 #include "dslens/model/lens_posterior.h"
 #include "duration_text.h"
 #include "fit_config.h"
@@ -89,10 +91,21 @@ int check_configs(const std::vector<FitConfig>& configs,
                            std::to_string(lp) + "; check the priors against the data");
       continue;
     }
+    // A simulation's truth, where it gives every free parameter: how far the initial point is
+    // from it, and whether the priors allow it (warned of at load, fit_config.cpp).
+    std::string at_truth;
+    if (const auto truth = model::truth_point(c.model, c.data.truth)) {
+      const double lp_truth =
+          post.log_prob(c.model.space.pack(*truth).to(compute.options())).item<double>();
+      std::ostringstream text;
+      text << ", " << lp_truth << " at the truth";
+      at_truth = std::isfinite(lp_truth) ? text.str() : ", the truth outside the priors";
+    }
     std::cout << "ok   " << c.path << ": " << c.data.image.size(0) << "x" << c.data.image.size(1)
               << " px (rows x columns) of " << c.data.grid.pixel_scale << "\" ("
               << c.data.n_fitted() << " fitted), " << model << ", " << c.model.space.dim()
-              << " free parameters; log posterior " << lp << " at the initial point\n";
+              << " free parameters; log posterior " << lp << " at the initial point" << at_truth
+              << "\n";
     for (const auto& w : c.data.warnings) std::cout << "     warning: " << w << "\n";
     if (batch_sizes[batch_key(c)]++ % max_batch == 0) ++batches;
     ++ready;

@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "dslens/core/errors.h"
@@ -174,6 +176,66 @@ void warn_of_other_vae_reading(FitConfig& c) {
   }
 }
 
+// A simulation's truth that its fit fixes elsewhere, or whose prior excludes it or puts it far in a
+// tail, cannot be recovered:
+// the intervals of a fit whose prior is not the population the truth came from are not calibrated
+// (the mock study's coverage assumes that they are, docs/mock_study.md), and a truth outside the
+// support is never inside them. Said at load, so that --check finds it before hours of fitting.
+// A tail is 4 prior sds from the prior's centre (a normal's two-sided 6e-5; for a lognormal in
+// log x): priors centred far from a mock's truth, such as a lognormal amplitude on the wrong
+// scale, are the usual cause.
+void warn_of_truths_the_priors_exclude(FitConfig& c) {
+  constexpr double kTailSds = 4.0;
+  // Only where the fitted profile is the simulated one: a Sersic source's amp is not a VAE's.
+  const auto same_profile = [&c](const model::FitModel::Origin& o) {
+    const json fitted = c.config.at("model").value(o.list, json::array());
+    const json simulated = c.data.truth.value(o.list, json::array());
+    const auto i = static_cast<size_t>(o.index);
+    return fitted.is_array() && simulated.is_array() && i < fitted.size() && i < simulated.size() &&
+           fitted[i].is_object() && simulated[i].is_object() &&
+           fitted[i].value("type", "") == simulated[i].value("type", "?");
+  };
+  for (const auto& [name, value] : model::truth_values(c.model, c.data.truth)) {
+    const auto o = c.model.origins.find(name);
+    if (o == c.model.origins.end() || !same_profile(o->second)) continue;
+    const std::string path =
+        "/model/" + o->second.list + "/" + std::to_string(o->second.index) + "/" + o->second.param;
+    char text[160];
+    const auto prior = c.model.space.prior(name);
+    if (!prior) {
+      // Fixed elsewhere than the truth (a tie has no origin): the model cannot reach the image.
+      // Rounding of q, phi derived from e1, e2 stays far below the tolerance.
+      const double fixed = c.model.space.range(name).first;
+      if (std::abs(fixed - value) <= 1e-6 * (1.0 + std::abs(value))) continue;
+      std::snprintf(text, sizeof text, "is %.6g, but the config fixes it at %.6g", value, fixed);
+      warn_of(c, "the simulation's truth of " + name + " (" + path + ") " + text +
+                     ": the model cannot reproduce the data exactly, even at the truth; free it "
+                     "or fix it at the truth");
+      continue;
+    }
+    const json p = prior->to_json();
+    if (!(value > prior->lower() && value < prior->upper()) &&
+        !(std::isinf(prior->lower()) && std::isinf(prior->upper()))) {
+      std::snprintf(text, sizeof text, "%.6g lies outside its prior's support (%.6g, %.6g)", value,
+                    prior->lower(), prior->upper());
+      warn_of(c, "the simulation's truth of " + name + " (" + path + "), " + text +
+                     ": the fit cannot recover it; widen the prior to hold it");
+      continue;
+    }
+    const std::string kind = p.value("prior", "");
+    double sds = 0.0;
+    if (kind == "normal" || kind == "truncated_normal")
+      sds = (value - p.at("mean").get<double>()) / p.at("sigma").get<double>();
+    else if (kind == "lognormal")
+      sds = (std::log(value) - p.at("mu").get<double>()) / p.at("sigma").get<double>();
+    if (std::abs(sds) < kTailSds) continue;
+    std::snprintf(text, sizeof text, "%.6g lies %.1f prior sds %s the prior's centre", value,
+                  std::abs(sds), sds > 0 ? "above" : "below");
+    warn_of(c, "the simulation's truth of " + name + " (" + path + "), " + text + " (" + p.dump() +
+                   "): the prior pulls the fit away from it; centre the prior nearer");
+  }
+}
+
 }  // namespace
 
 FitConfig load_fit_config(const std::string& path, const Compute& compute) {
@@ -198,6 +260,7 @@ FitConfig load_fit_config(const std::string& path, const Compute& compute) {
   }
   warn_of_other_supersampling(out);
   warn_of_other_vae_reading(out);
+  warn_of_truths_the_priors_exclude(out);
   parse_fit_settings(root, out.map, out.sampler);
   return out;
 }

@@ -304,7 +304,9 @@ class Builder {
         v.fail("value " + json_excerpt(v.value()) + " is not allowed; allowed: > 0");
     }
     scalar(node, "sigma", sigma_name, binding, "amp", list, index, 1.0);
-    out_.origins[sigma_name].param = "sigma";  // not a simulation's INTERPOL amp
+    // Matched to no simulation's parameter: neither an INTERPOL stamp's amp (the key it binds)
+    // nor a GAUSSIAN source's width "sigma", which a simulation's truth.json would give it.
+    out_.origins[sigma_name].param = "pixel_grid_sigma";
     // Nor is the grid's placement a simulation's INTERPOL stamp's: its pixel size and centre are
     // the grid's, not the source's (the 20 x 20 grid's 0.042" pixels read as 17 sd from the
     // mock's 0.02" stamp in the summary's truth table).
